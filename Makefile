@@ -1,0 +1,50 @@
+# vpd: see README.md. Every target installs what is missing first (scripts/install-deps.sh).
+
+CARGO ?= cargo
+FILTER ?= faces,motion
+OUT ?= out
+
+.PHONY: deps rabbitmq build run test lint bench sample clean
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+## Process the sample video: make run [FILTER=edges] [OUT=dir]
+run: build
+	@mkdir -p $(OUT)
+	$(CARGO) run --release --locked --quiet -- run assets/sample.mp4 --filter $(FILTER) -o $(OUT)/sample-out.mp4
+
+## A RabbitMQ for the distributed tests: VPD_TEST_AMQP_URL, or a local one started if none answers.
+rabbitmq:
+	@scripts/ensure-rabbitmq.sh
+
+## The whole test suite (CI runs exactly this): lints, unit and integration tests, docs.
+test: deps rabbitmq lint
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --locked --no-fail-fast; \
+	else \
+		$(CARGO) test --locked --no-fail-fast; \
+	fi
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --quiet
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets --quiet -- -D warnings
+
+## Criterion benchmarks of each filter and codec, vpd run against ffmpeg, distributed against vpd run.
+bench: deps rabbitmq
+	$(CARGO) bench --locked --bench filters --bench codecs
+	scripts/bench-e2e.sh 5 sample
+	scripts/bench-e2e.sh 5 testsrc2
+	scripts/bench-distributed.sh 3
+
+## Regenerate assets/sample.mp4 from the photos in assets/.
+sample: deps
+	$(CARGO) run --release --locked --example make_sample
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)

@@ -1,0 +1,395 @@
+//! RabbitMQ, through lapin: the only module that imports it.
+//!
+//! Topology, for a namespace `NS` (`vpd` unless `--namespace` says otherwise; tests use one
+//! each):
+//!
+//! | name | kind | what flows |
+//! | --- | --- | --- |
+//! | `NS.tasks` | durable queue, dead-letters to `NS.dlx` | frame tasks, consumed by workers with manual acks |
+//! | `NS.dlx` → `NS.tasks.dead` | direct exchange → durable queue, bounded | tasks that failed for good (poison frames), kept for inspection |
+//! | `NS.events` | fanout exchange | [`JobEvent`]s as JSON; every listener binds its own exclusive queue |
+//! | `NS.reply.JOB` | exclusive, auto-delete queue, one per job | results, named in each task's `reply_to` |
+//!
+//! Messages are transient: the server holds every outstanding frame and re-dispatches what a
+//! broker restart loses, so writing frames to the broker's disk would only cost time. Tasks are
+//! published with confirms: a frame counts as dispatched once the broker has it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use futures_lite::StreamExt;
+
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
+};
+
+use crate::protocol::event::JobEvent;
+
+/// Header carrying how many times a task has been re-published (re-dispatch or retry).
+pub const ATTEMPT_HEADER: &str = "x-vpd-attempt";
+/// Default namespace of every queue and exchange name.
+pub const DEFAULT_NAMESPACE: &str = "vpd";
+/// Most poison tasks kept in `NS.tasks.dead`; older ones are dropped.
+const DEAD_MAX_MESSAGES: i32 = 1000;
+/// Most bytes kept in `NS.tasks.dead` (each holds one or two frames).
+const DEAD_MAX_BYTES: i64 = 256 << 20;
+/// How long connecting may take before it is an error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The names of one namespace's queues and exchanges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    ns: String,
+}
+
+impl Topology {
+    /// The topology of namespace `ns`.
+    pub fn new(ns: impl Into<String>) -> Self {
+        Topology { ns: ns.into() }
+    }
+
+    /// The work queue.
+    pub fn tasks(&self) -> String {
+        format!("{}.tasks", self.ns)
+    }
+
+    /// The dead-letter exchange.
+    pub fn dlx(&self) -> String {
+        format!("{}.dlx", self.ns)
+    }
+
+    /// The queue of poison tasks.
+    pub fn dead(&self) -> String {
+        format!("{}.tasks.dead", self.ns)
+    }
+
+    /// The events exchange.
+    pub fn events(&self) -> String {
+        format!("{}.events", self.ns)
+    }
+
+    /// The reply queue of one job.
+    pub fn reply(&self, job: &str) -> String {
+        format!("{}.reply.{job}", self.ns)
+    }
+}
+
+/// A connection to RabbitMQ.
+#[derive(Clone)]
+pub struct Broker {
+    conn: Arc<Connection>,
+    url: String,
+}
+
+/// `amqp://user:secret@host` → `amqp://user:***@host`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Broker {
+    /// Connects, naming the connection `name` in RabbitMQ's management views.
+    pub async fn connect(url: &str, name: &str) -> anyhow::Result<Broker> {
+        let shown = redact(url);
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+            .await
+            .map_err(|_| anyhow!("cannot reach RabbitMQ at {shown}: no answer in {} s", CONNECT_TIMEOUT.as_secs()))?
+            .with_context(|| format!("cannot reach RabbitMQ at {shown}"))?;
+        Ok(Broker { conn: Arc::new(conn), url: shown })
+    }
+
+    /// The broker's address, without the password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        self.conn.create_channel().await.context("opening a RabbitMQ channel")
+    }
+
+    /// Declares the namespace's queues and exchanges (idempotent; every role does it).
+    pub async fn declare(&self, t: &Topology) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare(t.dlx().into(), ExchangeKind::Direct, exchange, FieldTable::default()).await?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-max-length".into(), AMQPValue::LongInt(DEAD_MAX_MESSAGES));
+        dead_args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(DEAD_MAX_BYTES));
+        ch.queue_declare(t.dead().into(), durable, dead_args).await?;
+        ch.queue_bind(
+            t.dead().into(),
+            t.dlx().into(),
+            t.dead().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let mut task_args = FieldTable::default();
+        task_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(long(&t.dlx())));
+        task_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(long(&t.dead())));
+        ch.queue_declare(t.tasks().into(), durable, task_args).await?;
+        ch.exchange_declare(t.events().into(), ExchangeKind::Fanout, exchange, FieldTable::default()).await?;
+        ch.close(200, "declared".into()).await.ok();
+        Ok(())
+    }
+
+    /// Deletes the namespace's queues and exchanges (tests clean up with this).
+    pub async fn delete(&self, t: &Topology) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        for q in [t.tasks(), t.dead()] {
+            ch.queue_delete(q.into(), QueueDeleteOptions::default()).await?;
+        }
+        for e in [t.events(), t.dlx()] {
+            ch.exchange_delete(e.into(), ExchangeDeleteOptions::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Messages waiting in a queue, and consumers subscribed to it.
+    pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+        let ch = self.channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.close(200, "done".into()).await.ok();
+        Ok((q.message_count(), q.consumer_count()))
+    }
+
+    /// A channel to publish on, with publisher confirms.
+    pub async fn publisher(&self) -> anyhow::Result<Publisher> {
+        let ch = self.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await.context("enabling publisher confirms")?;
+        Ok(Publisher { ch })
+    }
+
+    /// Consumes frame tasks with manual acks, at most `prefetch` unacknowledged at a time.
+    pub async fn consume_tasks(&self, t: &Topology, prefetch: u16, tag: &str) -> anyhow::Result<Consumer> {
+        let ch = self.channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let inner = ch
+            .basic_consume(t.tasks().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        Ok(Consumer { inner, ch, tag: tag.to_string() })
+    }
+
+    /// Declares job `job`'s reply queue and consumes it (no acks: a result lost with the
+    /// server's connection is re-dispatched after reconnecting).
+    pub async fn consume_replies(&self, t: &Topology, job: &str) -> anyhow::Result<(String, Consumer)> {
+        let ch = self.channel().await?;
+        let queue = t.reply(job);
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        ch.queue_declare(queue.clone().into(), options, FieldTable::default()).await?;
+        let tag = format!("reply-{job}");
+        let inner = ch
+            .basic_consume(
+                queue.clone().into(),
+                tag.clone().into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((queue, Consumer { inner, ch, tag }))
+    }
+
+    /// Consumes every event on the events exchange through a fresh exclusive queue.
+    pub async fn consume_events(&self, t: &Topology, tag: &str) -> anyhow::Result<Consumer> {
+        let ch = self.channel().await?;
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let q = ch.queue_declare("".into(), options, FieldTable::default()).await?;
+        ch.queue_bind(
+            q.name().clone(),
+            t.events().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let inner = ch
+            .basic_consume(
+                q.name().clone(),
+                tag.into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Consumer { inner, ch, tag: tag.to_string() })
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.conn.close(200, "bye".into()).await.ok();
+    }
+}
+
+fn long(s: &str) -> LongString {
+    LongString::from(s.as_bytes().to_vec())
+}
+
+/// A channel in confirm mode.
+pub struct Publisher {
+    ch: Channel,
+}
+
+/// The broker's answer to one publish.
+pub struct Confirm(PublisherConfirm);
+
+impl Confirm {
+    /// Waits for the broker: `true` when it took the message, `false` when it refused it.
+    pub async fn accepted(self) -> anyhow::Result<bool> {
+        Ok(matches!(self.0.await?, Confirmation::Ack(_)))
+    }
+}
+
+impl Publisher {
+    /// Publishes a task body to the work queue.
+    pub async fn task(
+        &self,
+        t: &Topology,
+        body: &[u8],
+        reply_to: &str,
+        correlation: &str,
+        attempt: u32,
+    ) -> anyhow::Result<Confirm> {
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+        let props = BasicProperties::default()
+            .with_reply_to(reply_to.into())
+            .with_correlation_id(correlation.into())
+            .with_headers(headers);
+        let confirm =
+            self.ch.basic_publish("".into(), t.tasks().into(), BasicPublishOptions::default(), body, props).await?;
+        Ok(Confirm(confirm))
+    }
+
+    /// Publishes a result body to a job's reply queue.
+    pub async fn result(&self, reply_to: &str, correlation: &str, body: &[u8]) -> anyhow::Result<Confirm> {
+        let props = BasicProperties::default().with_correlation_id(correlation.into());
+        let confirm =
+            self.ch.basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), body, props).await?;
+        Ok(Confirm(confirm))
+    }
+
+    /// Publishes an event; does not wait for the broker's confirm.
+    pub async fn event(&self, t: &Topology, event: &JobEvent) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(event)?;
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        self.ch.basic_publish(t.events().into(), "".into(), BasicPublishOptions::default(), &body, props).await?;
+        Ok(())
+    }
+}
+
+/// A message off a queue.
+pub struct Message {
+    /// The body.
+    pub body: Vec<u8>,
+    /// Whether the broker delivered it before (its consumer died without acking).
+    pub redelivered: bool,
+    /// [`ATTEMPT_HEADER`], 0 when absent.
+    pub attempt: u32,
+    /// The `reply_to` property.
+    pub reply_to: Option<String>,
+    /// The `correlation_id` property.
+    pub correlation: Option<String>,
+    acker: Acker,
+}
+
+impl Message {
+    /// Acknowledges the message: the broker forgets it.
+    pub async fn ack(&self) -> anyhow::Result<()> {
+        self.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Rejects the message: back onto its queue, or (`requeue: false`) to the dead-letter queue.
+    pub async fn reject(&self, requeue: bool) -> anyhow::Result<()> {
+        self.acker.reject(BasicRejectOptions { requeue }).await?;
+        Ok(())
+    }
+}
+
+/// A subscription to a queue.
+pub struct Consumer {
+    inner: lapin::Consumer,
+    ch: Channel,
+    tag: String,
+}
+
+impl Consumer {
+    /// The next message; `None` once the subscription is cancelled; an error when the
+    /// connection broke.
+    pub async fn next(&mut self) -> Option<anyhow::Result<Message>> {
+        let delivery = match self.inner.next().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(anyhow!(e).context("RabbitMQ connection lost"))),
+        };
+        let header = |name: &str| delivery.properties.headers().as_ref().and_then(|h| h.inner().get(name).cloned());
+        let attempt = match header(ATTEMPT_HEADER) {
+            Some(AMQPValue::LongUInt(n)) => n,
+            _ => 0,
+        };
+        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_string());
+        Some(Ok(Message {
+            redelivered: delivery.redelivered,
+            attempt,
+            reply_to: text(delivery.properties.reply_to()),
+            correlation: text(delivery.properties.correlation_id()),
+            body: delivery.data,
+            acker: delivery.acker,
+        }))
+    }
+
+    /// Stops the subscription: no more deliveries; ones already received can still be acked.
+    pub async fn cancel(&self) -> anyhow::Result<()> {
+        self.ch.basic_cancel(self.tag.clone().into(), BasicCancelOptions::default()).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_live_in_their_namespace() {
+        let t = Topology::new("ns1");
+        assert_eq!(
+            (t.tasks(), t.dead(), t.dlx(), t.events()),
+            ("ns1.tasks".into(), "ns1.tasks.dead".into(), "ns1.dlx".into(), "ns1.events".into())
+        );
+        assert_eq!(t.reply("j9"), "ns1.reply.j9");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+        assert_eq!(redact("amqp://user@host"), "amqp://user@host");
+    }
+}

@@ -1,0 +1,264 @@
+//! The command line. Doc comments here are the `--help` text; values are checked in
+//! [`crate::config`], which turns these types into validated configs for the roles.
+
+// Help text speaks of addresses such as `[::]:9000`: brackets here are literal, not doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::ServerAddr;
+use crate::filters::Chain;
+use crate::protocol::wire::TransportEncoding;
+use crate::video::Codec;
+
+/// vpd: split a video into frames, filter them in parallel, reassemble the result in order.
+#[derive(Debug, Parser)]
+#[command(name = "vpd", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Options every role takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The role to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every role takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML, one table per role; see config/vpd.example.toml).
+    #[arg(long, global = true, env = "VPD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "VPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log output: -v info, -vv debug, -vvv trace (RUST_LOG, when set, wins).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The roles.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Process a video in this process, no broker needed: decode, filter on a thread pool, write in order.
+    Run(RunArgs),
+    /// Accept jobs from clients; filter their frames in-process or on workers through RabbitMQ.
+    Server(ServerArgs),
+    /// Filter frame tasks from RabbitMQ (run as many as you like, on any hosts).
+    Worker(WorkerArgs),
+    /// Send a video to a server, show its progress, download the result.
+    Client(ClientArgs),
+}
+
+/// `vpd server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TCP address to listen on; `[::]:PORT` takes IPv4 and IPv6 clients [default: [::]:9000,
+    /// unless only --unix is given].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Also (or only) listen on this Unix socket (created with mode 0660, removed on exit).
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+
+    /// RabbitMQ URL: dispatch frames to `vpd worker`s. Without it, frames are filtered in this process.
+    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
+    pub amqp: Option<String>,
+
+    /// In-process filter threads, when there is no --amqp [default: the number of CPU cores].
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// Require clients to present this token.
+    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Largest upload accepted, in bytes; K, M and G suffixes allowed [default: 4G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_upload: Option<u64>,
+
+    /// Jobs processed at once; more wait for a slot [default: 2].
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<NonZeroUsize>,
+
+    /// Where uploads and results are kept while their job runs [default: a fresh directory
+    /// under the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Prefix of every queue and exchange name.
+    #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Re-dispatch a frame that has had no result for this many seconds while other frames
+    /// keep coming back [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub redispatch_after: Option<f64>,
+
+    /// Frames in flight per job [default: from the frame size].
+    #[arg(long, value_name = "N")]
+    pub window: Option<NonZeroUsize>,
+
+    /// Haar cascade for `faces`, for in-process filtering.
+    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
+    pub face_cascade: Option<PathBuf>,
+}
+
+/// `vpd worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// RabbitMQ URL.
+    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
+    pub amqp: Option<String>,
+
+    /// Filter threads, and tasks held at once [default: the number of CPU cores].
+    #[arg(short, long, value_name = "N")]
+    pub concurrency: Option<NonZeroUsize>,
+
+    /// Prefix of every queue and exchange name (as given to the server).
+    #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
+    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
+    pub face_cascade: Option<PathBuf>,
+}
+
+/// `vpd client`.
+#[derive(Debug, Args)]
+#[command(after_help = FILTER_HELP)]
+pub struct ClientArgs {
+    /// The video to process.
+    pub input: PathBuf,
+
+    /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
+    #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR")]
+    pub server: Option<ServerAddr>,
+
+    /// Where to write the result; the extension picks the container (.mp4, .mkv, .avi, .mov, .m4v).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Filter chain, applied in order, e.g. `blur:ksize=21,edges` (see below).
+    #[arg(short, long, value_name = "CHAIN")]
+    pub filter: Chain,
+
+    /// Output codec [default: mp4v].
+    #[arg(long, value_enum)]
+    pub codec: Option<Codec>,
+
+    /// How frames travel to remote workers: auto (lossless: LZ4 when it pays, else raw), raw,
+    /// lz4, or jpeg:QUALITY (lossy, smaller) [default: auto].
+    #[arg(long, value_name = "ENCODING")]
+    pub transport: Option<TransportEncoding>,
+
+    /// The server's token.
+    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// No progress bar and no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `4096`, `512K`, `100M`, `4G` (binary multiples) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.trim().to_ascii_uppercase().chars().last() {
+        Some('K') => (&s.trim()[..s.trim().len() - 1], 10),
+        Some('M') => (&s.trim()[..s.trim().len() - 1], 20),
+        Some('G') => (&s.trim()[..s.trim().len() - 1], 30),
+        _ => (s.trim(), 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{s}' is not a size such as 4096, 512K, 100M or 4G"))
+}
+
+/// `vpd run`.
+#[derive(Debug, Args)]
+#[command(after_help = FILTER_HELP)]
+pub struct RunArgs {
+    /// The video to process.
+    pub input: PathBuf,
+
+    /// Where to write the result; the extension picks the container (.mp4, .mkv, .avi, .mov, .m4v).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Filter chain, applied in order, e.g. `blur:ksize=21,edges` (see below).
+    #[arg(short, long, value_name = "CHAIN")]
+    pub filter: Chain,
+
+    /// Filter threads [default: the number of CPU cores].
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// Output codec [default: mp4v].
+    #[arg(long, value_enum)]
+    pub codec: Option<Codec>,
+
+    /// Most frames in flight between decoding and writing [default: 2 × workers + 4, capped to
+    /// 512 MB of frames].
+    #[arg(long, value_name = "N")]
+    pub window: Option<NonZeroUsize>,
+
+    /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
+    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
+    pub face_cascade: Option<PathBuf>,
+
+    /// No progress bar and no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The filter reference appended to `--help`.
+pub const FILTER_HELP: &str = "\
+Filters (parameters as name:key=value:key=value, filters separated by commas):
+  blur    ksize=15 (odd, 1-255)  sigma=0 (0: from ksize)
+  edges   low=50  high=150       Canny on the grey image
+  faces   mode=box|blur  width=640 (detection width)  neighbors=5
+  motion  threshold=25 (1-255)  min_area=400 (pixels)  dilate=2
+Detectors (faces, motion) look at the source frame and draw on the chain's current image.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("100M"), Ok(100 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        for bad in ["", "0", "G", "4T", "-1", "1.5G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! `vpd client`: uploads a video to a server, shows the job's progress as the server reports
+//! it, and downloads the result.
+//!
+//! Everything that can be checked locally (input readable, output path, container and codec,
+//! filter chain) is checked before connecting. The result is written to a hidden file beside
+//! the output and renamed once every byte has arrived. Ctrl-C sends a cancel: the server drops
+//! the job's remaining frames.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::filters::Chain;
+use crate::metrics::JobSummary;
+use crate::pipeline::Progress;
+use crate::progress::ProgressView;
+use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES};
+use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
+use crate::protocol::wire::TransportEncoding;
+use crate::video::{Codec, check_container, check_input, check_output_path, temp_path};
+
+/// Time to connect and to hear the server's welcome.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a cancel, time to wait for the server to confirm.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the server listens: `HOST:PORT`, `[IPV6]:PORT` or `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// A TCP address (name or IP, and port).
+    Tcp(String),
+    /// A Unix socket.
+    Unix(PathBuf),
+}
+
+impl FromStr for ServerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return if path.is_empty() {
+                Err("unix: needs a socket path".into())
+            } else {
+                Ok(ServerAddr::Unix(path.into()))
+            };
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(ServerAddr::Tcp(s.to_string())),
+            _ => Err(format!("'{s}' is not HOST:PORT, [IPV6]:PORT or unix:PATH")),
+        }
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => f.write_str(a),
+            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Everything `vpd client` needs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The video to upload.
+    pub input: PathBuf,
+    /// Where the result goes.
+    pub output: PathBuf,
+    /// The server.
+    pub server: ServerAddr,
+    /// The filters.
+    pub chain: Chain,
+    /// Output codec.
+    pub codec: Codec,
+    /// How frames travel to workers.
+    pub transport: TransportEncoding,
+    /// The server's token, if it wants one.
+    pub token: Option<Token>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Why a client run ended without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Interrupted; the server was told to drop the job.
+    #[error("cancelled")]
+    Cancelled,
+    /// Anything else.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// Runs one job on the server and returns its summary.
+pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobSummary, ClientError> {
+    let upload_bytes = check_input(&cfg.input).map_err(anyhow::Error::from)?;
+    check_output_path(&cfg.input, &cfg.output).map_err(anyhow::Error::from)?;
+    check_container(&cfg.output, cfg.codec).map_err(anyhow::Error::from)?;
+    let connect = async {
+        match &cfg.server {
+            ServerAddr::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(Box::new(stream) as Box<dyn Stream>)
+            }
+            ServerAddr::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as Box<dyn Stream>),
+        }
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| anyhow!("cannot connect to {}: no answer in {} s", cfg.server, CONNECT_TIMEOUT.as_secs()))?
+        .with_context(|| format!("cannot connect to {}", cfg.server))?;
+    let mut summary = talk(stream, cfg, upload_bytes, shutdown).await?;
+    summary.input = cfg.input.display().to_string();
+    summary.output = cfg.output.display().to_string();
+    Ok(summary)
+}
+
+/// A byte stream to the server.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+fn server_error(code: ErrorCode, message: &str) -> ClientError {
+    match code {
+        ErrorCode::Cancelled => ClientError::Failed(anyhow!("server: {message}")),
+        _ => ClientError::Failed(anyhow!("server refused or failed the job ({code}): {message}")),
+    }
+}
+
+async fn talk(
+    stream: Box<dyn Stream>,
+    cfg: &ClientConfig,
+    upload_bytes: u64,
+    shutdown: CancellationToken,
+) -> Result<JobSummary, ClientError> {
+    let (r, w) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(r);
+    let mut writer = FrameWriter::new(w);
+    let hello = ClientMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        client: format!("vpd/{}", env!("CARGO_PKG_VERSION")),
+        token: cfg.token.clone(),
+    };
+    writer.send(&hello).await.context("sending hello")?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>()).await {
+        Err(_) => return Err(anyhow!("{} did not answer the handshake", cfg.server).into()),
+        Ok(Ok(Some(Frame::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => {
+            if upload_bytes > max_upload_bytes {
+                return Err(anyhow!(
+                    "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
+                    cfg.input.display()
+                )
+                .into());
+            }
+        }
+        Ok(Ok(Some(Frame::Message(ServerMessage::Error { code, message })))) => {
+            return Err(server_error(code, &message));
+        }
+        Ok(Ok(other)) => return Err(anyhow!("unexpected answer to hello: {other:?}").into()),
+        Ok(Err(e)) => return Err(anyhow!(e).context("reading the server's welcome").into()),
+    }
+    let request = SubmitRequest {
+        filters: cfg.chain.to_string(),
+        codec: cfg.codec.to_string(),
+        container: cfg.output.extension().and_then(|e| e.to_str()).unwrap_or_default().to_string(),
+        transport: cfg.transport.to_string(),
+        input_name: cfg.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        upload_bytes,
+    };
+    writer.send(&ClientMessage::Submit(request)).await.context("submitting the job")?;
+
+    // The writer half uploads once the job is accepted, then waits to send a cancel.
+    let (start_tx, start_rx) = oneshot::channel::<()>();
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    let input = cfg.input.clone();
+    let uploader = tokio::spawn(async move {
+        let mut cancel_rx = cancel_rx;
+        tokio::select! {
+            started = start_rx => if started.is_err() { return Ok(()) },
+            _ = &mut cancel_rx => {
+                writer.send(&ClientMessage::Cancel).await.ok();
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            sent = upload(&input, &mut writer) => sent?,
+            _ = &mut cancel_rx => {
+                writer.send(&ClientMessage::Cancel).await.ok();
+                return Ok(());
+            }
+        }
+        // Uploaded: stay ready to cancel until the job ends.
+        if cancel_rx.await.is_ok() {
+            writer.send(&ClientMessage::Cancel).await.ok();
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+
+    let mut start = Some(start_tx);
+    let mut cancel = Some(cancel_tx);
+    let mut progress: Option<ProgressView> = None;
+    let mut give_up = None;
+    let result = loop {
+        let message = tokio::select! {
+            m = reader.read::<ServerMessage>() => m,
+            _ = shutdown.cancelled(), if cancel.is_some() => {
+                debug!("interrupted: asking the server to cancel the job");
+                if let Some(c) = cancel.take() {
+                    let _ = c.send(());
+                }
+                give_up = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                break Err(ClientError::Cancelled);
+            }
+        };
+        let cancelled = cancel.is_none();
+        match message {
+            Ok(Some(Frame::Message(ServerMessage::Accepted { job }))) => {
+                debug!(%job, "accepted; uploading");
+                if let Some(s) = start.take() {
+                    let _ = s.send(());
+                }
+            }
+            Ok(Some(Frame::Message(ServerMessage::Started { frames, .. }))) => {
+                progress = Some(ProgressView::new(frames, !cfg.quiet));
+            }
+            Ok(Some(Frame::Message(ServerMessage::Progress { done, failed, total }))) => {
+                if let Some(p) = &progress {
+                    p.update(&Progress { done, failed, total, ..Progress::default() });
+                }
+            }
+            Ok(Some(Frame::Message(ServerMessage::Done { summary, result_bytes }))) => {
+                if let Some(p) = progress.take() {
+                    p.finish();
+                }
+                break download(&mut reader, cfg, result_bytes).await.map(|()| *summary).map_err(ClientError::from);
+            }
+            Ok(Some(Frame::Message(ServerMessage::Error { code, .. })))
+                if cancelled && code == ErrorCode::Cancelled =>
+            {
+                break Err(ClientError::Cancelled);
+            }
+            Ok(Some(Frame::Message(ServerMessage::Error { code, message }))) => {
+                break Err(server_error(code, &message));
+            }
+            Ok(Some(other)) => break Err(anyhow!("unexpected message from the server: {other:?}").into()),
+            Ok(None) if cancelled => break Err(ClientError::Cancelled),
+            Ok(None) => break Err(anyhow!("the server closed the connection before the job ended").into()),
+            Err(e) => break Err(anyhow!(e).context("reading from the server").into()),
+        }
+    };
+    if let Some(p) = progress {
+        p.finish();
+    }
+    uploader.abort();
+    result
+}
+
+async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut FrameWriter<W>) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("reading {}", path.display()))?;
+    let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+    loop {
+        let n = file.read(&mut buf).await.with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        writer.send_chunk(&buf[..n]).await.context("uploading")?;
+    }
+}
+
+/// Receives exactly `size` bytes into a hidden file beside the output, then renames it.
+async fn download<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    cfg: &ClientConfig,
+    size: u64,
+) -> anyhow::Result<()> {
+    let temp = PartialFile(temp_path(&cfg.output));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp.0)
+        .await
+        .with_context(|| format!("cannot write {}", cfg.output.display()))?;
+    let mut received = 0u64;
+    while received < size {
+        match reader.read::<ServerMessage>().await? {
+            Some(Frame::Chunk(data)) => {
+                received += data.len() as u64;
+                if received > size {
+                    bail!("the server sent more than the announced {size} bytes");
+                }
+                file.write_all(&data).await.with_context(|| format!("writing {}", cfg.output.display()))?;
+            }
+            Some(Frame::Message(m)) => bail!("unexpected message during the download: {m:?}"),
+            None => bail!("the connection closed after {received} of {size} bytes of the result"),
+        }
+    }
+    file.sync_all().await.ok();
+    drop(file);
+    tokio::fs::rename(&temp.0, &cfg.output)
+        .await
+        .with_context(|| format!("moving the result to {}", cfg.output.display()))?;
+    Ok(())
+}
+
+/// A partial download, deleted on drop (a no-op once it was renamed into place).
+struct PartialFile(PathBuf);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_parse() {
+        assert_eq!("127.0.0.1:9000".parse(), Ok(ServerAddr::Tcp("127.0.0.1:9000".into())));
+        assert_eq!("[::1]:9000".parse(), Ok(ServerAddr::Tcp("[::1]:9000".into())));
+        assert_eq!("render-1.lan:9000".parse(), Ok(ServerAddr::Tcp("render-1.lan:9000".into())));
+        assert_eq!("unix:/run/vpd/vpd.sock".parse(), Ok(ServerAddr::Unix("/run/vpd/vpd.sock".into())));
+        for bad in ["9000", "host", "host:port", "unix:", ":9000"] {
+            assert!(bad.parse::<ServerAddr>().is_err(), "{bad}");
+        }
+    }
+}

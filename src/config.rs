@@ -1,0 +1,326 @@
+//! Configuration: command line over environment over file over defaults, validated into the
+//! config each role runs with. Clap types stop here.
+//!
+//! The file is TOML with one section per role (see `config/vpd.example.toml`); environment
+//! variables are read by clap (`env = ...` in [`crate::cli`]).
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use clap::CommandFactory;
+use clap::error::ErrorKind;
+
+use crate::broker::{DEFAULT_NAMESPACE, Topology};
+use crate::cli::{Cli, ClientArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
+use crate::client::{ClientConfig, ServerAddr};
+use crate::filters::{Chain, FilterEnv};
+use crate::protocol::message::Token;
+use crate::protocol::wire::TransportEncoding;
+use crate::server::{Backend, ServerConfig};
+use crate::video::Codec;
+use crate::worker::WorkerConfig;
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Settings for every role that runs filters.
+    #[serde(default)]
+    pub filters: FiltersSection,
+    /// Defaults for `vpd run`.
+    #[serde(default)]
+    pub run: RunSection,
+    /// Defaults for `vpd server`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Defaults for `vpd worker`.
+    #[serde(default)]
+    pub worker: WorkerSection,
+    /// Defaults for `vpd client`.
+    #[serde(default)]
+    pub client: ClientSection,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// TCP address.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket path.
+    pub unix: Option<PathBuf>,
+    /// RabbitMQ URL.
+    pub amqp: Option<String>,
+    /// In-process filter threads.
+    pub workers: Option<NonZeroUsize>,
+    /// Largest upload (`4G`, `512M`, …).
+    pub max_upload: Option<String>,
+    /// Jobs at once.
+    pub max_jobs: Option<NonZeroUsize>,
+    /// Work directory.
+    pub work_dir: Option<PathBuf>,
+    /// Queue and exchange prefix.
+    pub namespace: Option<String>,
+    /// Seconds before an overdue frame is re-dispatched.
+    pub redispatch_after: Option<f64>,
+    /// Frames in flight per job.
+    pub window: Option<NonZeroUsize>,
+}
+
+/// `[worker]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// RabbitMQ URL.
+    pub amqp: Option<String>,
+    /// Filter threads.
+    pub concurrency: Option<NonZeroUsize>,
+    /// Queue and exchange prefix.
+    pub namespace: Option<String>,
+}
+
+/// `[client]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// The server's address.
+    pub server: Option<String>,
+}
+
+/// `[filters]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FiltersSection {
+    /// Haar cascade for `faces`.
+    pub face_cascade: Option<PathBuf>,
+}
+
+/// `[run]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Filter threads.
+    pub workers: Option<NonZeroUsize>,
+    /// Output codec.
+    pub codec: Option<Codec>,
+    /// Most frames in flight.
+    pub window: Option<NonZeroUsize>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or returns the defaults when there is no file.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// The validated configuration of `vpd run`.
+    pub fn run(&self, args: RunArgs) -> anyhow::Result<RunConfig> {
+        let workers = args.workers.or(self.run.workers).unwrap_or_else(default_workers);
+        Ok(RunConfig {
+            input: args.input,
+            output: args.output,
+            chain: args.filter,
+            workers,
+            codec: args.codec.or(self.run.codec).unwrap_or(Codec::Mp4v),
+            window: args.window.or(self.run.window),
+            filter_env: self.filter_env(args.face_cascade),
+            quiet: args.quiet,
+            json: args.json,
+        })
+    }
+
+    /// The validated configuration of `vpd server`.
+    pub fn server(&self, a: ServerArgs) -> anyhow::Result<ServerConfig> {
+        let f = &self.server;
+        let unix = a.unix.or_else(|| f.unix.clone());
+        let listen =
+            a.listen.or(f.listen).or_else(|| unix.is_none().then(|| "[::]:9000".parse().expect("a valid address")));
+        let namespace = namespace(a.namespace.or_else(|| f.namespace.clone()))?;
+        let redispatch = a.redispatch_after.or(f.redispatch_after).unwrap_or(60.0);
+        if !(redispatch.is_finite() && redispatch > 0.0) {
+            return Err(usage(ErrorKind::ValueValidation, "--redispatch-after must be a positive number of seconds"));
+        }
+        let backend = match a.amqp.or_else(|| f.amqp.clone()) {
+            Some(url) => Backend::Amqp {
+                url,
+                topology: Topology::new(namespace),
+                redispatch_after: Duration::from_secs_f64(redispatch),
+            },
+            None => Backend::Local {
+                workers: a.workers.or(f.workers).unwrap_or_else(default_workers),
+                filter_env: self.filter_env(a.face_cascade),
+            },
+        };
+        let max_upload = match (a.max_upload, &f.max_upload) {
+            (Some(n), _) => n,
+            (None, Some(text)) => {
+                parse_size(text).map_err(|e| usage(ErrorKind::ValueValidation, &format!("[server] max_upload: {e}")))?
+            }
+            (None, None) => 4 << 30,
+        };
+        Ok(ServerConfig {
+            listen,
+            unix,
+            backend,
+            token: token(a.token)?,
+            max_upload,
+            max_jobs: a.max_jobs.or(f.max_jobs).unwrap_or(NonZeroUsize::new(2).expect("2 > 0")),
+            work_dir: a
+                .work_dir
+                .or_else(|| f.work_dir.clone())
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("vpd-server-{}", std::process::id()))),
+            window: a.window.or(f.window),
+        })
+    }
+
+    /// The validated configuration of `vpd worker`.
+    pub fn worker(&self, a: WorkerArgs) -> anyhow::Result<WorkerConfig> {
+        let f = &self.worker;
+        let Some(amqp_url) = a.amqp.or_else(|| f.amqp.clone()) else {
+            return Err(usage(
+                ErrorKind::MissingRequiredArgument,
+                "a worker needs RabbitMQ: pass --amqp URL or set VPD_AMQP_URL",
+            ));
+        };
+        Ok(WorkerConfig {
+            amqp_url,
+            concurrency: a.concurrency.or(f.concurrency).unwrap_or_else(default_workers),
+            topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?),
+            filter_env: self.filter_env(a.face_cascade),
+            id: crate::worker::worker_id(),
+        })
+    }
+
+    /// The validated configuration of `vpd client`, and whether to print JSON.
+    pub fn client(&self, a: ClientArgs) -> anyhow::Result<(ClientConfig, bool)> {
+        let server = match (a.server, &self.client.server) {
+            (Some(s), _) => s,
+            (None, Some(text)) => {
+                text.parse().map_err(|e: String| usage(ErrorKind::ValueValidation, &format!("[client] server: {e}")))?
+            }
+            (None, None) => ServerAddr::Tcp("127.0.0.1:9000".into()),
+        };
+        let cfg = ClientConfig {
+            input: a.input,
+            output: a.output,
+            server,
+            chain: a.filter,
+            codec: a.codec.unwrap_or(Codec::Mp4v),
+            transport: a.transport.unwrap_or(TransportEncoding::Auto),
+            token: token(a.token)?,
+            quiet: a.quiet,
+        };
+        Ok((cfg, a.json))
+    }
+
+    fn filter_env(&self, face_cascade: Option<PathBuf>) -> FilterEnv {
+        match face_cascade.or_else(|| self.filters.face_cascade.clone()) {
+            Some(face_cascade) => FilterEnv { face_cascade },
+            None => FilterEnv::default(),
+        }
+    }
+}
+
+/// A usage error, printed by clap (with its exit status 2).
+fn usage(kind: ErrorKind, message: &str) -> anyhow::Error {
+    anyhow::Error::new(Cli::command().error(kind, message))
+}
+
+/// Queue names are built from the namespace: keep it to what RabbitMQ and shells take well.
+fn namespace(ns: Option<String>) -> anyhow::Result<String> {
+    let ns = ns.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    if ns.is_empty() || ns.len() > 100 || !ns.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(usage(
+            ErrorKind::ValueValidation,
+            &format!("namespace '{ns}': use 1-100 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(ns)
+}
+
+fn token(t: Option<String>) -> anyhow::Result<Option<Token>> {
+    match t {
+        Some(t) if t.is_empty() => Err(usage(ErrorKind::ValueValidation, "the token is empty")),
+        t => Ok(t.map(Token::new)),
+    }
+}
+
+/// One filter thread per CPU core.
+fn default_workers() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Everything `vpd run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The video to read.
+    pub input: PathBuf,
+    /// Where the result goes.
+    pub output: PathBuf,
+    /// The filters.
+    pub chain: Chain,
+    /// Filter threads.
+    pub workers: NonZeroUsize,
+    /// Output codec.
+    pub codec: Codec,
+    /// Most frames in flight; `None` picks from the worker count and frame size.
+    pub window: Option<NonZeroUsize>,
+    /// Files the filters need.
+    pub filter_env: FilterEnv,
+    /// No progress bar or human summary.
+    pub quiet: bool,
+    /// Summary as JSON on stdout.
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["vpd", "run", "in.mp4", "-o", "out.mp4", "--filter", "edges"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn command_line_beats_file_beats_default() {
+        let file: FileConfig =
+            toml::from_str("[run]\nworkers = 3\ncodec = \"avc1\"\n[filters]\nface_cascade = \"/x.xml\"").unwrap();
+        let cfg = file.run(run_args(&[])).unwrap();
+        assert_eq!((cfg.workers.get(), cfg.codec), (3, Codec::Avc1));
+        assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/x.xml"));
+
+        let cfg = file.run(run_args(&["--workers", "5", "--codec", "mjpg", "--face-cascade", "/y.xml"])).unwrap();
+        assert_eq!((cfg.workers.get(), cfg.codec), (5, Codec::Mjpg));
+        assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/y.xml"));
+
+        let cfg = FileConfig::default().run(run_args(&[])).unwrap();
+        assert_eq!(cfg.codec, Codec::Mp4v);
+        assert_eq!(cfg.workers, default_workers());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<FileConfig>("[run]\nworkerz = 3").is_err());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vpd.example.toml");
+        FileConfig::load(Some(&path)).unwrap();
+    }
+}

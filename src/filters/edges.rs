@@ -1,0 +1,85 @@
+//! `edges`: Canny on the grey image, returned as a 3-channel frame.
+
+use opencv::core::Mat;
+use opencv::imgproc;
+
+use super::EdgesParams;
+use super::canny::Canny;
+
+/// Canny with per-thread grey and edge-map buffers, reused for every frame.
+pub(super) struct Edges {
+    params: EdgesParams,
+    canny: Canny,
+    grey: Mat,
+    edges: Mat,
+}
+
+impl Edges {
+    pub(super) fn new(params: EdgesParams) -> Self {
+        Edges { params, canny: Canny::default(), grey: Mat::default(), edges: Mat::default() }
+    }
+
+    pub(super) fn apply(&mut self, input: &Mat) -> opencv::Result<Mat> {
+        imgproc::cvt_color(input, &mut self.grey, imgproc::COLOR_BGR2GRAY, 0)?;
+        // Aperture 3 and the L1 gradient, as cv::Canny by default: see canny.rs for why it is ours.
+        self.canny.detect(&self.grey, self.params.low, self.params.high, &mut self.edges)?;
+        let mut out = Mat::default();
+        imgproc::cvt_color(&self.edges, &mut out, imgproc::COLOR_GRAY2BGR, 0)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opencv::core::{self, CV_8UC3, Rect, Scalar, Vec3b};
+    use opencv::prelude::*;
+
+    #[test]
+    fn edges_of_a_rectangle_are_on_its_sides() {
+        let mut frame = Mat::new_rows_cols_with_default(200, 300, CV_8UC3, Scalar::all(0.0)).unwrap();
+        let rect = Rect::new(60, 50, 150, 90);
+        imgproc::rectangle(&mut frame, rect, Scalar::all(255.0), imgproc::FILLED, imgproc::LINE_8, 0).unwrap();
+
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0 }).apply(&frame).unwrap();
+        assert_eq!(out.typ(), CV_8UC3);
+        assert_eq!(out.size().unwrap(), frame.size().unwrap());
+
+        let (x0, y0, x1, y1) = (rect.x, rect.y, rect.x + rect.width - 1, rect.y + rect.height - 1);
+        let mut on_side = [0; 4];
+        for y in 0..out.rows() {
+            for x in 0..out.cols() {
+                let px = out.at_2d::<Vec3b>(y, x).unwrap();
+                if px[0] == 0 {
+                    continue;
+                }
+                assert!(px[0] == 255 && px[1] == 255 && px[2] == 255, "edge pixels are white");
+                // Canny marks one side of the step: within a pixel of the rectangle's border.
+                let near = |a: i32, b: i32| (a - b).abs() <= 1;
+                let within = |v: i32, lo: i32, hi: i32| v >= lo - 1 && v <= hi + 1;
+                let sides = [
+                    near(x, x0) && within(y, y0, y1),
+                    near(x, x1) && within(y, y0, y1),
+                    near(y, y0) && within(x, x0, x1),
+                    near(y, y1) && within(x, x0, x1),
+                ];
+                assert!(sides.iter().any(|s| *s), "edge pixel at ({x},{y}) is not on a side of {rect:?}");
+                for (count, hit) in on_side.iter_mut().zip(sides) {
+                    *count += hit as i32;
+                }
+            }
+        }
+        // Every side is traced along (nearly) its whole length.
+        assert!(on_side[0] >= rect.height - 4 && on_side[1] >= rect.height - 4, "{on_side:?}");
+        assert!(on_side[2] >= rect.width - 4 && on_side[3] >= rect.width - 4, "{on_side:?}");
+    }
+
+    #[test]
+    fn flat_frame_has_no_edges() {
+        let frame = Mat::new_rows_cols_with_default(64, 64, CV_8UC3, Scalar::all(128.0)).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0 }).apply(&frame).unwrap();
+        let mut grey = Mat::default();
+        imgproc::cvt_color(&out, &mut grey, imgproc::COLOR_BGR2GRAY, 0).unwrap();
+        assert_eq!(core::count_non_zero(&grey).unwrap(), 0);
+    }
+}

@@ -1,0 +1,180 @@
+//! The four filters and the [`Processor`] that applies a chain of them to one frame.
+//!
+//! A filter is a pure function of the frame, its parameters and (for `motion`) the previous
+//! source frame, so the result does not depend on which thread or host runs it. Detectors
+//! (`faces`, `motion`) look at the *source* frame and draw on the chain's current image, so
+//! `edges,faces` finds faces in the picture, not in its edge map.
+//!
+//! A [`Processor`] holds per-thread state: the loaded face cascade (OpenCV's detector is not
+//! safe to share between threads) and scratch buffers reused from frame to frame.
+
+mod blur;
+mod canny;
+mod edges;
+pub mod faces;
+pub mod motion;
+mod spec;
+
+use std::path::{Path, PathBuf};
+
+use opencv::core::{CV_8UC3, Mat};
+use opencv::prelude::*;
+
+pub use spec::{
+    BlurParams, Chain, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, MotionParams, SpecError,
+};
+
+/// Where Debian's `opencv-data` package installs the frontal-face Haar cascade.
+pub const DEFAULT_FACE_CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
+
+/// Files the filters need at run time, which differ from host to host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterEnv {
+    /// The Haar cascade XML used by `faces`.
+    pub face_cascade: PathBuf,
+}
+
+impl Default for FilterEnv {
+    fn default() -> Self {
+        FilterEnv { face_cascade: PathBuf::from(DEFAULT_FACE_CASCADE) }
+    }
+}
+
+/// Why a filter could not be set up or could not process a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The face cascade is missing or unreadable.
+    #[error("cannot load the face cascade {path}: {reason} (install Debian's opencv-data or pass --face-cascade)")]
+    Cascade {
+        /// The path that was tried.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A frame that is not 8-bit BGR.
+    #[error("expected an 8-bit 3-channel frame, got type {0}")]
+    BadInput(i32),
+    /// `motion` got a previous frame of another size.
+    #[error("previous frame is {prev_w}x{prev_h}, current is {w}x{h}")]
+    SizeMismatch {
+        /// Previous frame width.
+        prev_w: i32,
+        /// Previous frame height.
+        prev_h: i32,
+        /// Current frame width.
+        w: i32,
+        /// Current frame height.
+        h: i32,
+    },
+    /// A filter produced a frame of the wrong size or type (a bug, reported as a failed frame).
+    #[error("{0} produced a frame of the wrong size or type")]
+    BadOutput(&'static str),
+    /// OpenCV reported an error.
+    #[error("opencv: {0}")]
+    OpenCv(#[from] opencv::Error),
+}
+
+/// A chain ready to run on one thread.
+pub struct Processor {
+    stages: Vec<Stage>,
+}
+
+enum Stage {
+    Blur(BlurParams),
+    Edges(edges::Edges),
+    Faces(faces::Faces),
+    Motion(motion::Motion),
+}
+
+impl Processor {
+    /// Prepares `chain`, loading the face cascade if it is needed.
+    pub fn new(chain: &Chain, env: &FilterEnv) -> Result<Self, FilterError> {
+        let stages = chain
+            .specs()
+            .iter()
+            .map(|spec| {
+                Ok(match *spec {
+                    FilterSpec::Blur(p) => Stage::Blur(p),
+                    FilterSpec::Edges(p) => Stage::Edges(edges::Edges::new(p)),
+                    FilterSpec::Faces(p) => Stage::Faces(faces::Faces::new(p, &env.face_cascade)?),
+                    FilterSpec::Motion(p) => Stage::Motion(motion::Motion::new(p)),
+                })
+            })
+            .collect::<Result<_, FilterError>>()?;
+        Ok(Processor { stages })
+    }
+
+    /// Applies the chain to `frame`; `previous` is the source frame before it, if any.
+    pub fn apply(&mut self, frame: &Mat, previous: Option<&Mat>) -> Result<Mat, FilterError> {
+        if frame.typ() != CV_8UC3 {
+            return Err(FilterError::BadInput(frame.typ()));
+        }
+        let mut current = Image::Source(frame);
+        for stage in &mut self.stages {
+            let (name, out) = match stage {
+                Stage::Blur(p) => ("blur", blur::apply(current.as_mat(), p)?),
+                Stage::Edges(e) => ("edges", e.apply(current.as_mat())?),
+                Stage::Faces(f) => ("faces", f.apply(current.into_owned()?, frame)?),
+                Stage::Motion(m) => ("motion", m.apply(current.into_owned()?, frame, previous)?),
+            };
+            if out.size()? != frame.size()? || out.typ() != CV_8UC3 {
+                return Err(FilterError::BadOutput(name));
+            }
+            current = Image::Owned(out);
+        }
+        current.into_owned().map_err(FilterError::from)
+    }
+}
+
+/// The chain's current image: the source frame itself until a filter produces a new one, so a
+/// drawing filter copies the shared source only when it is first in the chain.
+enum Image<'a> {
+    Source(&'a Mat),
+    Owned(Mat),
+}
+
+impl Image<'_> {
+    fn as_mat(&self) -> &Mat {
+        match self {
+            Image::Source(m) => m,
+            Image::Owned(m) => m,
+        }
+    }
+
+    fn into_owned(self) -> opencv::Result<Mat> {
+        match self {
+            Image::Source(m) => m.try_clone(),
+            Image::Owned(m) => Ok(m),
+        }
+    }
+}
+
+/// Checks that the face cascade at `path` loads, for callers that want the error up front.
+pub fn check_face_cascade(path: &Path) -> Result<(), FilterError> {
+    faces::load_cascade(path).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opencv::core::{CV_8UC1, Scalar};
+
+    #[test]
+    fn rejects_non_bgr_frames() {
+        let chain: Chain = "blur".parse().unwrap();
+        let mut p = Processor::new(&chain, &FilterEnv::default()).unwrap();
+        let grey = Mat::new_rows_cols_with_default(8, 8, CV_8UC1, Scalar::all(0.0)).unwrap();
+        assert!(matches!(p.apply(&grey, None), Err(FilterError::BadInput(_))));
+    }
+
+    #[test]
+    fn missing_cascade_is_a_clear_error() {
+        let chain: Chain = "faces".parse().unwrap();
+        let env = FilterEnv { face_cascade: "/nonexistent/cascade.xml".into() };
+        let err = Processor::new(&chain, &env).err().expect("must fail");
+        assert!(err.to_string().contains("/nonexistent/cascade.xml"), "{err}");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support;

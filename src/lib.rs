@@ -1,0 +1,36 @@
+//! vpd: a video frame processing daemon. One binary, several roles; one pipeline.
+//!
+//! - [`cli`]: the command line (clap); [`config`]: file + env + args → validated configs.
+//! - [`app`]: start-up written once: logging, runtime, signals.
+//! - [`filters`]: the filter-chain language and the four filters.
+//! - [`video`]: decoding and atomic, verified encoding through OpenCV.
+//! - [`pipeline`]: the job driver: dispatch, collect, reorder, write, all bounded.
+//! - [`transport`]: the seam between the pipeline and the filter workers.
+//! - [`protocol`]: frame tasks and results.
+//! - [`metrics`]: per-job counters and latency histograms.
+//! - [`progress`]: the only module that draws on the terminal.
+//! - [`job`]: one file through the pipeline into another (run and server share it).
+//! - [`broker`]: RabbitMQ (the only lapin user): topology, confirmed publishing, consumers.
+//! - [`cancel`]: a cancellation signal blocking threads can select on.
+//! - Roles: [`run`], [`server`], [`worker`], [`client`].
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod broker;
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod filters;
+pub mod job;
+pub mod metrics;
+pub mod pipeline;
+pub mod progress;
+pub mod protocol;
+pub mod run;
+pub mod server;
+pub mod telemetry;
+pub mod transport;
+pub mod video;
+pub mod worker;

@@ -1,0 +1,257 @@
+//! Per-job numbers: one source for the progress bar, the summary, job events, the dashboard and
+//! `/metrics`.
+//!
+//! Latencies go into fixed-size HDR histograms, so a job's memory does not grow with the
+//! length of the video; at the end of a job they are folded into Prometheus buckets
+//! ([`Buckets`]) that views can add up across jobs. [`exposition`] writes the Prometheus text
+//! format.
+
+pub mod exposition;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::task::WorkerId;
+
+/// Per-frame latencies, recorded in microseconds from 1 µs to one hour at 3 significant digits.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram(Histogram<u64>);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        // 1 µs .. 1 h at 3 significant digits: ~30 kB, bounded whatever the job length.
+        LatencyHistogram(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid"))
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one latency; values beyond an hour are clamped to an hour.
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 3_600_000_000);
+        self.0.saturating_record(micros);
+    }
+
+    /// How many latencies were recorded.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The recorded latencies in the cumulative buckets of [`LATENCY_BOUNDS`].
+    pub fn buckets(&self) -> Buckets {
+        let bounds = LATENCY_BOUNDS;
+        let counts = bounds
+            .iter()
+            .map(|b| {
+                let micros = (b * 1e6) as u64;
+                self.0.iter_recorded().filter(|v| v.value_iterated_to() <= micros).map(|v| v.count_at_value()).sum()
+            })
+            .collect();
+        let sum =
+            self.0.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
+        Buckets { counts, sum, count: self.0.len() }
+    }
+
+    /// p50/p95/p99/max in milliseconds; all zero when nothing was recorded.
+    pub fn percentiles(&self) -> Percentiles {
+        if self.0.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |q: f64| self.0.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles { p50: ms(0.50), p95: ms(0.95), p99: ms(0.99), max: self.0.max() as f64 / 1000.0 }
+    }
+}
+
+/// Upper bounds, in seconds, of the per-frame latency buckets every view uses.
+pub const LATENCY_BOUNDS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Upper bounds, in seconds, of the job duration buckets.
+pub const DURATION_BOUNDS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// A histogram as Prometheus carries it: cumulative counts per upper bound, sum and count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Buckets {
+    /// Observations at or below each bound, in the order of the bounds.
+    pub counts: Vec<u64>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Buckets {
+    /// Empty buckets for `bounds`.
+    pub fn empty(bounds: &[f64]) -> Self {
+        Buckets { counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    /// Adds another histogram over the same bounds.
+    pub fn add(&mut self, other: &Buckets) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    /// Adds one observation.
+    pub fn observe(&mut self, bounds: &[f64], value: f64) {
+        if self.counts.len() < bounds.len() {
+            self.counts.resize(bounds.len(), 0);
+        }
+        for (c, b) in self.counts.iter_mut().zip(bounds) {
+            if value <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest recorded value.
+    pub max: f64,
+}
+
+/// Counters a job accumulates while its results come back.
+#[derive(Debug, Clone, Default)]
+pub struct JobStats {
+    /// Frames whose result has been collected (processed or failed).
+    pub done: u64,
+    /// Frames written as the original because the chain failed on them.
+    pub failed: u64,
+    /// Results dropped because the frame's result had already arrived.
+    pub duplicates: u64,
+    /// Redeliveries, re-dispatches and retries, counted from the results that report them.
+    pub retries: u64,
+    /// Time each frame spent in the filter chain.
+    pub filter_latency: LatencyHistogram,
+    /// Time from dispatch to result, queueing and transport included.
+    pub latency: LatencyHistogram,
+    /// Frames per worker.
+    pub per_worker: BTreeMap<WorkerId, u64>,
+}
+
+impl JobStats {
+    /// Counts one collected result.
+    pub fn record(&mut self, worker: &WorkerId, filter_time: Duration, latency: Duration, failed: bool) {
+        self.done += 1;
+        self.failed += u64::from(failed);
+        self.filter_latency.record(filter_time);
+        self.latency.record(latency);
+        *self.per_worker.entry(worker.clone()).or_default() += 1;
+    }
+}
+
+/// The end-of-job report: printed by `vpd run`, sent to clients, stored with the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// The input file.
+    pub input: String,
+    /// Where the result was written.
+    pub output: String,
+    /// The filter chain, parameters spelled out.
+    pub filters: String,
+    /// The output codec.
+    pub codec: String,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// The input's (and output's) frame rate.
+    pub video_fps: f64,
+    /// Frames written.
+    pub frames: u64,
+    /// Frames written as the original because the filter failed on them.
+    pub failed_frames: u64,
+    /// Redeliveries and re-dispatches.
+    pub retries: u64,
+    /// Results that arrived more than once and were dropped.
+    pub duplicates: u64,
+    /// Wall-clock time of the whole job, decoding and encoding included.
+    pub wall_seconds: f64,
+    /// Frames per second over the whole job.
+    pub fps: f64,
+    /// Time each frame spent in the filter chain.
+    pub filter_latency_ms: Percentiles,
+    /// Time from dispatch to result.
+    pub latency_ms: Percentiles,
+    /// Frames per worker.
+    pub workers: BTreeMap<String, u64>,
+    /// Bytes of frame tasks sent to workers (re-dispatches included); 0 in-process.
+    pub wire_bytes_sent: u64,
+    /// Bytes of results received from workers (duplicates included); 0 in-process.
+    pub wire_bytes_received: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_follow_the_recorded_values() {
+        let mut h = LatencyHistogram::default();
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let p = h.percentiles();
+        assert_eq!(h.count(), 100);
+        // 3 significant digits: within 0.1 % of the exact order statistic.
+        assert!((p.p50 - 50.0).abs() < 0.1, "{p:?}");
+        assert!((p.p95 - 95.0).abs() < 0.1, "{p:?}");
+        assert!((p.p99 - 99.0).abs() < 0.1, "{p:?}");
+        assert!((p.max - 100.0).abs() < 0.1, "{p:?}");
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_add_up() {
+        let mut h = LatencyHistogram::default();
+        for ms in [1u64, 3, 3, 40, 2000] {
+            h.record(Duration::from_millis(ms));
+        }
+        let b = h.buckets();
+        // Bounds: 1 ms, 2.5 ms, 5 ms, 10 ms, 25 ms, 50 ms, … 2.5 s …
+        assert_eq!(&b.counts[..6], &[1, 1, 3, 3, 3, 4]);
+        assert_eq!(b.counts[LATENCY_BOUNDS.iter().position(|x| *x == 2.5).unwrap()], 5);
+        assert_eq!(b.count, 5);
+        assert!((b.sum - 2.047).abs() < 0.01, "{}", b.sum);
+        let mut total = Buckets::empty(LATENCY_BOUNDS);
+        total.add(&b);
+        total.add(&b);
+        assert_eq!((total.counts[2], total.count), (6, 10));
+        let mut d = Buckets::empty(DURATION_BOUNDS);
+        d.observe(DURATION_BOUNDS, 7.0);
+        assert_eq!(&d.counts[..3], &[0, 0, 1]);
+    }
+
+    #[test]
+    fn empty_histogram_reports_zeros() {
+        assert_eq!(LatencyHistogram::default().percentiles(), Percentiles::default());
+    }
+
+    #[test]
+    fn stats_count_failures_and_workers() {
+        let mut s = JobStats::default();
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        s.record(&a, Duration::from_millis(2), Duration::from_millis(3), false);
+        s.record(&b, Duration::from_millis(2), Duration::from_millis(3), true);
+        s.record(&a, Duration::from_millis(2), Duration::from_millis(3), false);
+        assert_eq!((s.done, s.failed), (3, 1));
+        assert_eq!(s.per_worker[&a], 2);
+        assert_eq!(s.per_worker[&b], 1);
+    }
+}

@@ -1,0 +1,101 @@
+//! Everything vpd draws on the terminal: the progress bar and the end-of-job summary.
+//! Other modules report through [`Observer`] and return [`JobSummary`] values.
+
+use std::io::{self, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+use crate::metrics::{JobStats, JobSummary, Percentiles};
+use crate::pipeline::{Observer, Progress};
+
+/// A progress bar on stderr: frames done/total, fps, ETA. Hidden when stderr is not a terminal.
+pub struct ProgressView(ProgressBar);
+
+impl ProgressView {
+    /// A bar for `total` frames (a spinner when unknown); `visible: false` draws nothing.
+    pub fn new(total: Option<u64>, visible: bool) -> Self {
+        let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(total, target);
+        let template = if total.is_some() {
+            "{spinner:.green} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} frames {fps:.bold} ETA {eta} {msg}"
+        } else {
+            "{spinner:.green} [{elapsed_precise}] {pos} frames {fps:.bold} {msg}"
+        };
+        // The templates above are fixed strings; a typo in them is a bug caught by any run.
+        let style = ProgressStyle::with_template(template).expect("valid progress template");
+        let style = style
+            .with_key("fps", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} fps", s.per_sec());
+            })
+            .progress_chars("=> ");
+        bar.set_style(style);
+        ProgressView(bar)
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl ProgressView {
+    /// Shows `p`.
+    pub fn update(&self, p: &Progress) {
+        self.0.set_position(p.done);
+        if p.failed > 0 {
+            self.0.set_message(format!("({} failed)", p.failed));
+        }
+    }
+}
+
+impl Observer for ProgressView {
+    fn on_progress(&self, p: &Progress, _: &JobStats) {
+        self.update(p);
+    }
+}
+
+/// Prints `summary`: as text on stderr unless `quiet`, as one JSON line on stdout if `json`.
+pub fn print_summary(summary: &JobSummary, quiet: bool, json: bool) -> io::Result<()> {
+    if !quiet {
+        let mut err = io::stderr().lock();
+        write_human(&mut err, summary)?;
+    }
+    if json {
+        let mut out = io::stdout().lock();
+        let line = serde_json::to_string(summary).map_err(io::Error::other)?;
+        // A reader that closed the pipe early (`| head`) is not an error of ours.
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
+    writeln!(
+        w,
+        "{}: {} frames, {} failed, {:.2} s, {:.1} fps ({}x{} @ {:.2} fps, {})",
+        s.output, s.frames, s.failed_frames, s.wall_seconds, s.fps, s.width, s.height, s.video_fps, s.codec
+    )?;
+    if s.retries > 0 || s.duplicates > 0 {
+        writeln!(w, "  retries {}, duplicate results dropped {}", s.retries, s.duplicates)?;
+    }
+    writeln!(w, "  filter latency   {}", percentiles(&s.filter_latency_ms))?;
+    writeln!(w, "  frame latency    {}  (dispatch to result)", percentiles(&s.latency_ms))?;
+    if s.wire_bytes_sent + s.wire_bytes_received > 0 {
+        let per_frame = |b: u64| b as f64 / s.frames.max(1) as f64 / 1e3;
+        writeln!(
+            w,
+            "  on the wire      {:.1} kB/frame to workers, {:.1} kB/frame back",
+            per_frame(s.wire_bytes_sent),
+            per_frame(s.wire_bytes_received)
+        )?;
+    }
+    let workers: Vec<String> = s.workers.iter().map(|(id, n)| format!("{id} {n}")).collect();
+    writeln!(w, "  frames per worker  {}", workers.join(", "))
+}
+
+fn percentiles(p: &Percentiles) -> String {
+    format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms", p.p50, p.p95, p.p99)
+}

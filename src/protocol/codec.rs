@@ -1,0 +1,238 @@
+//! Length-prefixed frames on a byte stream (TCP or Unix socket).
+//!
+//! ```text
+//! frame := length: u32, big-endian (bytes after it) | kind: u8 | payload
+//! kind 1: a JSON control message        (at most MAX_CONTROL_BYTES)
+//! kind 2: a chunk of upload or result   (at most MAX_CHUNK_BYTES)
+//! ```
+//!
+//! The declared length is checked against the limit for its kind before anything is
+//! allocated, so a hostile or confused peer (a 4 GB length, an HTTP request) costs nothing
+//! but the connection.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest JSON control message, in bytes.
+pub const MAX_CONTROL_BYTES: usize = 64 << 10;
+/// Largest data chunk, in bytes; senders split uploads and results into chunks of this size.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+const KIND_CONTROL: u8 = 1;
+const KIND_CHUNK: u8 = 2;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The peer closed the connection in the middle of a frame.
+    #[error("the connection closed in the middle of a message")]
+    Truncated,
+    /// A declared length over the limit for its kind.
+    #[error("a {kind} of {len} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        /// `control message` or `data chunk`.
+        kind: &'static str,
+        /// The declared length.
+        len: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// A frame kind this protocol does not have, or a zero length.
+    #[error("not a vpd protocol frame (kind {0})")]
+    BadFrame(u8),
+    /// A control message that is not valid JSON for the expected type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One frame off the wire.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<T> {
+    /// A control message.
+    Message(T),
+    /// A chunk of upload or result data.
+    Chunk(Vec<u8>),
+}
+
+/// Reads frames from `R`, control messages decoded as `T`.
+pub struct FrameReader<R> {
+    inner: R,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a byte stream.
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner }
+    }
+
+    /// The next frame, or `None` when the peer closed the connection between frames.
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>, ProtocolError> {
+        let mut header = [0u8; 5];
+        let first = self.inner.read(&mut header[..1]).await?;
+        if first == 0 {
+            return Ok(None);
+        }
+        self.inner.read_exact(&mut header[1..]).await.map_err(eof_as_truncated)?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let kind = header[4];
+        let (name, limit) = match kind {
+            KIND_CONTROL => ("control message", MAX_CONTROL_BYTES),
+            KIND_CHUNK => ("data chunk", MAX_CHUNK_BYTES),
+            other => return Err(ProtocolError::BadFrame(other)),
+        };
+        let body_len = u64::from(len).checked_sub(1).ok_or(ProtocolError::BadFrame(kind))?;
+        if body_len > limit as u64 {
+            return Err(ProtocolError::TooLarge { kind: name, len: body_len, limit });
+        }
+        let mut body = vec![0u8; body_len as usize];
+        self.inner.read_exact(&mut body).await.map_err(eof_as_truncated)?;
+        Ok(Some(match kind {
+            KIND_CONTROL => {
+                Frame::Message(serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(e.to_string()))?)
+            }
+            _ => Frame::Chunk(body),
+        }))
+    }
+}
+
+/// Writes frames to `W`.
+pub struct FrameWriter<W> {
+    inner: W,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a byte stream.
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner }
+    }
+
+    /// Sends a control message.
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ProtocolError> {
+        let body = serde_json::to_vec(message).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        if body.len() > MAX_CONTROL_BYTES {
+            return Err(ProtocolError::TooLarge {
+                kind: "control message",
+                len: body.len() as u64,
+                limit: MAX_CONTROL_BYTES,
+            });
+        }
+        self.write_frame(KIND_CONTROL, &body).await
+    }
+
+    /// Sends a data chunk of at most [`MAX_CHUNK_BYTES`].
+    pub async fn send_chunk(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        if data.len() > MAX_CHUNK_BYTES {
+            return Err(ProtocolError::TooLarge { kind: "data chunk", len: data.len() as u64, limit: MAX_CHUNK_BYTES });
+        }
+        self.write_frame(KIND_CHUNK, data).await
+    }
+
+    /// Flushes and shuts the write side down.
+    pub async fn shutdown(&mut self) -> Result<(), ProtocolError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+
+    async fn write_frame(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
+        // Lengths are bounded by the limits above, far below u32::MAX.
+        let len = (body.len() + 1) as u32;
+        let mut header = [0u8; 5];
+        header[..4].copy_from_slice(&len.to_be_bytes());
+        header[4] = kind;
+        self.inner.write_all(&header).await?;
+        self.inner.write_all(body).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+}
+
+fn eof_as_truncated(e: std::io::Error) -> ProtocolError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof { ProtocolError::Truncated } else { ProtocolError::Io(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{ClientMessage, Token};
+
+    #[tokio::test]
+    async fn messages_and_chunks_round_trip_through_a_tiny_pipe() {
+        // An 8-byte pipe forces every frame through many partial reads and writes.
+        let (a, b) = tokio::io::duplex(8);
+        let writer = tokio::spawn(async move {
+            let mut w = FrameWriter::new(a);
+            w.send(&ClientMessage::Hello { protocol: 1, client: "t".into(), token: Some(Token::new("s")) })
+                .await
+                .unwrap();
+            w.send_chunk(&[7u8; 1000]).await.unwrap();
+            w.send(&ClientMessage::Cancel).await.unwrap();
+        });
+        let mut r = FrameReader::new(b);
+        assert_eq!(
+            r.read::<ClientMessage>().await.unwrap(),
+            Some(Frame::Message(ClientMessage::Hello {
+                protocol: 1,
+                client: "t".into(),
+                token: Some(Token::new("s"))
+            }))
+        );
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Frame::Chunk(vec![7u8; 1000])));
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Frame::Message(ClientMessage::Cancel)));
+        writer.await.unwrap();
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), None, "clean close between frames");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_length_is_refused_before_allocating() {
+        // 4 GB declared: reading it would need 4 GB; the reader must refuse from the header alone.
+        let mut bytes = vec![0xff, 0xff, 0xff, 0xff, KIND_CHUNK];
+        bytes.extend_from_slice(b"tiny");
+        let mut r = FrameReader::new(&bytes[..]);
+        match r.read::<ClientMessage>().await {
+            Err(ProtocolError::TooLarge { kind: "data chunk", len, limit }) => {
+                assert_eq!(len, u64::from(u32::MAX) - 1);
+                assert_eq!(limit, MAX_CHUNK_BYTES);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // A control message just over its own limit.
+        let mut bytes = ((MAX_CONTROL_BYTES + 2) as u32).to_be_bytes().to_vec();
+        bytes.push(KIND_CONTROL);
+        assert!(matches!(
+            FrameReader::new(&bytes[..]).read::<ClientMessage>().await,
+            Err(ProtocolError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_truncation_and_bad_json_are_errors() {
+        // An HTTP request is not a frame: "GET " as a length is ~1.2 GB, and 'h' is no kind.
+        let http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(matches!(
+            FrameReader::new(&http[..]).read::<ClientMessage>().await,
+            Err(ProtocolError::BadFrame(b'/'))
+        ));
+        // A frame cut short.
+        let cut = [0, 0, 0, 10, KIND_CHUNK, 1, 2];
+        assert!(matches!(FrameReader::new(&cut[..]).read::<ClientMessage>().await, Err(ProtocolError::Truncated)));
+        // A zero length.
+        let zero = [0, 0, 0, 0, KIND_CHUNK];
+        assert!(matches!(FrameReader::new(&zero[..]).read::<ClientMessage>().await, Err(ProtocolError::BadFrame(_))));
+        // JSON of the wrong shape.
+        let mut bad = 13u32.to_be_bytes().to_vec();
+        bad.push(KIND_CONTROL);
+        bad.extend_from_slice(br#"{"type":"x"}"#);
+        assert!(matches!(FrameReader::new(&bad[..]).read::<ClientMessage>().await, Err(ProtocolError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn writers_refuse_what_readers_would_refuse() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = FrameWriter::new(a);
+        assert!(matches!(w.send_chunk(&vec![0u8; MAX_CHUNK_BYTES + 1]).await, Err(ProtocolError::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,197 @@
+//! The client ⇄ server conversation, one enum per direction.
+//!
+//! ```text
+//! client                                   server
+//!   Hello {protocol, token}        ──▶
+//!                                  ◀──     Welcome {protocol, limits}   (or Error, then close)
+//!   Submit {filters, codec, …}     ──▶
+//!                                  ◀──     Accepted {job}               (or Error)
+//!   chunk, chunk, … (upload_bytes) ──▶
+//!                                  ◀──     Started {frames, size, fps}
+//!                                  ◀──     Progress {done, …}  (while frames are processed)
+//!                                  ◀──     Done {summary, result_bytes}, then the result's chunks
+//!   Cancel (any time after Submit) ──▶     Error {code: cancelled}
+//! ```
+//!
+//! Control messages are JSON; the video travels as binary chunks (see [`super::codec`]).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::JobSummary;
+
+/// The protocol version both sides must speak; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A shared secret presented in the handshake. Never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Token(secret.into())
+    }
+
+    /// Compares in time independent of where the secrets differ.
+    pub fn matches(&self, other: &Token) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What a client asks the server to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The filter chain as written (the server parses and validates it).
+    pub filters: String,
+    /// Output codec name (`mp4v`, `avc1`, …).
+    pub codec: String,
+    /// Output container extension (`mp4`, `mkv`, …), from the client's output path.
+    pub container: String,
+    /// How frames travel to remote workers (`auto`, `raw`, `lz4`, `jpeg:90`).
+    pub transport: String,
+    /// The input file's name, for logs and as a container hint.
+    pub input_name: String,
+    /// Exact size of the upload that follows, in bytes.
+    pub upload_bytes: u64,
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message on a connection.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the client.
+        protocol: u32,
+        /// `vpd/<version>`, for logs.
+        client: String,
+        /// The shared secret, when the server requires one.
+        token: Option<Token>,
+    },
+    /// Starts a job; the upload's chunks follow.
+    Submit(SubmitRequest),
+    /// Stops the job; the server answers with an `Error` coded `cancelled`.
+    Cancel,
+}
+
+/// Why the server refused or ended something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Bad or missing token.
+    Unauthorized,
+    /// The client speaks another protocol version.
+    VersionMismatch,
+    /// A malformed, unexpected or invalid message (unknown filter, bad codec, …).
+    BadRequest,
+    /// Over a size limit (message, upload, frame).
+    TooLarge,
+    /// The upload is not a video the server can decode.
+    BadInput,
+    /// The job failed while running.
+    JobFailed,
+    /// The job was cancelled (by the client or a shutting-down server).
+    Cancelled,
+    /// The peer was too slow.
+    Timeout,
+    /// Something broke on the server.
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The handshake succeeded.
+    Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// `vpd/<version>`.
+        server: String,
+        /// The largest upload the server accepts.
+        max_upload_bytes: u64,
+    },
+    /// The submitted job was accepted; send the upload.
+    Accepted {
+        /// The job's id.
+        job: String,
+    },
+    /// The upload decoded; processing starts.
+    Started {
+        /// Frames the container announces, if any.
+        frames: Option<u64>,
+        /// Frame width.
+        width: u32,
+        /// Frame height.
+        height: u32,
+        /// Frame rate.
+        fps: f64,
+    },
+    /// Frames processed so far.
+    Progress {
+        /// Frames done.
+        done: u64,
+        /// Of those, frames whose filter failed.
+        failed: u64,
+        /// Frames in the video, when known.
+        total: Option<u64>,
+    },
+    /// The job finished; `result_bytes` of result chunks follow.
+    Done {
+        /// The job's report.
+        summary: Box<JobSummary>,
+        /// Exact size of the result that follows.
+        result_bytes: u64,
+    },
+    /// Something went wrong; the server closes the connection after it.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// For humans.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_print_and_compare_exactly() {
+        let t = Token::new("hunter2");
+        assert_eq!(format!("{t:?}"), "***");
+        let hello = ClientMessage::Hello { protocol: 1, client: "vpd".into(), token: Some(t.clone()) };
+        assert!(!format!("{hello:?}").contains("hunter2"));
+        assert!(t.matches(&Token::new("hunter2")));
+        assert!(!t.matches(&Token::new("hunter3")));
+        assert!(!t.matches(&Token::new("hunter22")));
+    }
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let m = ClientMessage::Cancel;
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"cancel"}"#);
+        let e = ServerMessage::Error { code: ErrorCode::VersionMismatch, message: "x".into() };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"error","code":"version_mismatch","message":"x"}"#);
+        assert_eq!(ErrorCode::TooLarge.to_string(), "too_large");
+        let back: ServerMessage = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+    }
+}

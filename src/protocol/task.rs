@@ -1,0 +1,128 @@
+//! A frame's trip through a transport: [`FrameTask`] out, [`FrameResult`] back.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opencv::core::Mat;
+use opencv::prelude::*;
+
+/// A decoded frame, shared without copying between the task that filters it, the next frame's
+/// task (as `motion`'s previous frame) and the pipeline (which writes it if filtering fails).
+pub type Frame = Arc<Mat>;
+
+/// One frame to filter.
+pub struct FrameTask {
+    /// Position of the frame in the video, from 0.
+    pub index: u64,
+    /// The source frame.
+    pub frame: Frame,
+    /// The source frame before it, when the chain needs it (`motion`) and there is one.
+    pub previous: Option<Frame>,
+}
+
+/// What filtering a frame gave.
+pub enum FrameOutcome {
+    /// The filtered frame.
+    Processed(Mat),
+    /// The chain failed on this frame; the pipeline writes the original instead.
+    Failed(String),
+}
+
+/// Who processed a frame: a thread of this process, or a remote worker.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(Arc<str>);
+
+impl WorkerId {
+    /// A worker id from its display form.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        WorkerId(id.into())
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// The result of one [`FrameTask`].
+pub struct FrameResult {
+    /// The task's frame index.
+    pub index: u64,
+    /// The filtered frame, or why there is none.
+    pub outcome: FrameOutcome,
+    /// Time spent in the filter chain.
+    pub filter_time: Duration,
+    /// Who did the work.
+    pub worker: WorkerId,
+    /// Extra deliveries the frame needed before this result (redelivery, re-dispatch, retry).
+    pub retries: u32,
+}
+
+/// Prints a frame as `<1280x720 bgr, 2.6 MB>`: logs never carry pixels.
+pub struct FrameShape<'a>(pub &'a Mat);
+
+impl fmt::Display for FrameShape<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        let kind = match m.channels() {
+            1 => "grey",
+            3 => "bgr",
+            _ => "other",
+        };
+        let bytes = m.total() * m.elem_size().unwrap_or(0);
+        write!(f, "<{}x{} {kind}, {:.1} MB>", m.cols(), m.rows(), bytes as f64 / 1e6)
+    }
+}
+
+impl fmt::Debug for FrameTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameTask")
+            .field("index", &self.index)
+            .field("frame", &format_args!("{}", FrameShape(&self.frame)))
+            .field("previous", &self.previous.as_ref().map(|p| format!("{}", FrameShape(p))))
+            .finish()
+    }
+}
+
+impl fmt::Debug for FrameOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameOutcome::Processed(m) => write!(f, "Processed({})", FrameShape(m)),
+            FrameOutcome::Failed(e) => write!(f, "Failed({e:?})"),
+        }
+    }
+}
+
+impl fmt::Debug for FrameResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameResult")
+            .field("index", &self.index)
+            .field("outcome", &self.outcome)
+            .field("filter_time", &self.filter_time)
+            .field("worker", &self.worker)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opencv::core::{CV_8UC3, Scalar};
+
+    #[test]
+    fn debug_never_prints_pixels() {
+        let m = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(7.0)).unwrap();
+        let task = FrameTask { index: 3, frame: Arc::new(m), previous: None };
+        let s = format!("{task:?}");
+        assert_eq!(s, "FrameTask { index: 3, frame: <1280x720 bgr, 2.8 MB>, previous: None }");
+    }
+}

@@ -1,0 +1,237 @@
+//! `vpd server`: accepts jobs from clients over TCP (one dual-stack socket) and a Unix socket,
+//! runs each through the pipeline, and streams progress and the result back.
+//!
+//! Frames go to in-process filter threads, or with `--amqp` to `vpd worker`s through
+//! RabbitMQ; the job code is the same (see [`crate::transport`]). Jobs run side by side up to
+//! `--max-jobs`; more wait for a slot. The first SIGTERM or SIGINT stops accepting, cancels
+//! running jobs (their clients are told), removes the socket file and the work directory.
+
+mod listener;
+mod session;
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::{Publisher, Topology};
+use crate::filters::FilterEnv;
+use crate::pipeline::JobOptions;
+use crate::protocol::event::JobEvent;
+use crate::protocol::message::Token;
+use crate::transport::Transport;
+use crate::transport::amqp::{AmqpTransport, BrokerLink};
+use crate::transport::local::LocalTransport;
+
+pub use listener::{bind_tcp, bind_unix};
+
+/// How long running connections get to end after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where the server's frames are filtered.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Filter threads in the server process.
+    Local {
+        /// Threads.
+        workers: NonZeroUsize,
+        /// Files the filters need.
+        filter_env: FilterEnv,
+    },
+    /// `vpd worker`s behind RabbitMQ.
+    Amqp {
+        /// The broker.
+        url: String,
+        /// Queue and exchange names.
+        topology: Topology,
+        /// Re-dispatch a frame without a result for this long (while others come back).
+        redispatch_after: Duration,
+    },
+}
+
+/// Everything `vpd server` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// TCP address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket path to listen on.
+    pub unix: Option<PathBuf>,
+    /// Where frames are filtered.
+    pub backend: Backend,
+    /// Token clients must present, if any.
+    pub token: Option<Token>,
+    /// Largest accepted upload, in bytes.
+    pub max_upload: u64,
+    /// Jobs running at once.
+    pub max_jobs: NonZeroUsize,
+    /// Where uploads and results are kept while a job runs.
+    pub work_dir: PathBuf,
+    /// Frames in flight per job; `None` picks from the frame size.
+    pub window: Option<NonZeroUsize>,
+}
+
+/// What every connection shares.
+pub struct Shared {
+    transport: Arc<dyn Transport + Send + Sync>,
+    token: Option<Token>,
+    max_upload: u64,
+    job_slots: Semaphore,
+    work_dir: PathBuf,
+    window: Option<NonZeroUsize>,
+    parallelism: NonZeroUsize,
+    /// The face cascade, checked before a job starts, when filters run in this process.
+    local_face_cascade: Option<PathBuf>,
+    events: Option<(Arc<BrokerLink>, Mutex<Option<Publisher>>)>,
+}
+
+impl Shared {
+    fn window(&self, frame_bytes: usize) -> NonZeroUsize {
+        self.window.unwrap_or_else(|| JobOptions::default_window(self.parallelism, frame_bytes))
+    }
+
+    /// Publishes a job event on the events exchange; a failure is logged, never fatal.
+    async fn publish(&self, event: JobEvent) {
+        let Some((link, publisher)) = &self.events else { return };
+        let mut publisher = publisher.lock().await;
+        for _ in 0..2 {
+            if publisher.is_none() {
+                match link.get().await {
+                    Ok(b) => *publisher = b.publisher().await.ok(),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "cannot publish a job event");
+                        return;
+                    }
+                }
+            }
+            let Some(p) = publisher.as_ref() else { return };
+            match p.event(link.topology(), &event).await {
+                Ok(()) => return,
+                Err(_) => *publisher = None, // the channel died: open another once
+            }
+        }
+    }
+}
+
+/// The sockets a server listens on, bound before it runs (so a caller can read the ports).
+pub struct Listeners {
+    tcp: Option<tokio::net::TcpListener>,
+    unix: Option<listener::UnixSocket>,
+}
+
+impl Listeners {
+    /// Binds what `cfg` asks for.
+    pub fn bind(cfg: &ServerConfig) -> anyhow::Result<Self> {
+        let tcp = cfg.listen.map(bind_tcp).transpose()?;
+        let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
+        Ok(Listeners { tcp, unix })
+    }
+
+    /// `tcp ADDR` and `unix PATH`, one line each: what the server announces on stdout.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(addr) = self.tcp.as_ref().and_then(|l| l.local_addr().ok()) {
+            lines.push(format!("tcp {addr}"));
+        }
+        if let Some(u) = &self.unix {
+            lines.push(format!("unix {}", u.path().display()));
+        }
+        lines
+    }
+}
+
+/// Runs the server on `listeners` until `shutdown` fires.
+pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.work_dir)
+        .with_context(|| format!("creating the work directory {}", cfg.work_dir.display()))?;
+    let _work_dir = RemoveDir(cfg.work_dir.clone());
+    let (transport, parallelism, local_face_cascade, events): (Arc<dyn Transport + Send + Sync>, _, _, _) =
+        match &cfg.backend {
+            Backend::Local { workers, filter_env } => (
+                Arc::new(LocalTransport::new(*workers, filter_env.clone())?),
+                *workers,
+                Some(filter_env.face_cascade.clone()),
+                None,
+            ),
+            Backend::Amqp { url, topology, redispatch_after } => {
+                let name = format!("vpd-server {}", crate::worker::worker_id());
+                let link = Arc::new(BrokerLink::connect(url, &name, topology.clone()).await?);
+                let transport = AmqpTransport::new(link.clone(), tokio::runtime::Handle::current(), *redispatch_after);
+                // Enough frames in flight to keep several remote workers busy.
+                let parallelism = NonZeroUsize::new(8).expect("8 > 0");
+                (Arc::new(transport), parallelism, None, Some((link, Mutex::new(None))))
+            }
+        };
+    let shared = Arc::new(Shared {
+        transport,
+        token: cfg.token.clone(),
+        max_upload: cfg.max_upload,
+        job_slots: Semaphore::new(cfg.max_jobs.get()),
+        work_dir: cfg.work_dir.clone(),
+        window: cfg.window,
+        parallelism,
+        local_face_cascade,
+        events,
+    });
+    let tracker = TaskTracker::new();
+    let Listeners { tcp, unix } = listeners;
+    info!(listening = ?cfg.listen, unix = ?cfg.unix, "server started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = accept_tcp(tcp.as_ref()) => {
+                let (stream, peer) = accepted.context("accepting a TCP connection")?;
+                let _ = stream.set_nodelay(true);
+                spawn(&tracker, stream, peer.to_string(), &shared, &shutdown);
+            }
+            accepted = accept_unix(unix.as_ref()) => {
+                let stream = accepted.context("accepting a Unix-socket connection")?;
+                spawn(&tracker, stream, "unix".into(), &shared, &shutdown);
+            }
+        }
+    }
+    info!("shutting down: cancelling running jobs");
+    tracker.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait()).await.is_err() {
+        warn!("connections still open after {} s; leaving them", DRAIN_DEADLINE.as_secs());
+    }
+    drop(unix); // removes the socket file
+    Ok(())
+}
+
+fn spawn<S>(tracker: &TaskTracker, stream: S, peer: String, shared: &Arc<Shared>, shutdown: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracker.spawn(session::serve(stream, peer, shared.clone(), shutdown.clone()));
+}
+
+async fn accept_tcp(l: Option<&tokio::net::TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(l: Option<&listener::UnixSocket>) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(u) => u.listener.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Removes a directory tree when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

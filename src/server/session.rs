@@ -1,0 +1,475 @@
+//! One client connection: handshake, submit, upload, job, result.
+//!
+//! Every way a peer can misbehave ends here in a coded [`ServerMessage::Error`] and a closed
+//! connection, never in the server: bad version or token, a message out of turn, garbage
+//! bytes, an oversize frame (refused from its length alone), a stalled or abandoned upload.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use opencv::core::Mat;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Shared;
+use crate::cancel::Stop;
+use crate::filters::Chain;
+use crate::job::Finished;
+use crate::metrics::JobStats;
+use crate::pipeline::{Observer, PipelineError, Progress};
+use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES, ProtocolError};
+use crate::protocol::event::{JobEvent, ProgressSnapshot};
+use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
+use crate::protocol::wire::TransportEncoding;
+use crate::transport::JobContext;
+use crate::video::{Codec, check_container};
+
+/// Time a client has to say hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to submit after the handshake.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause allowed between upload chunks.
+const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Shortest time between two progress messages or events of a job.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest time between two thumbnails of a job.
+const THUMBNAIL_INTERVAL: Duration = Duration::from_millis(400);
+/// Thumbnails are at most this wide.
+const THUMBNAIL_WIDTH: i32 = 320;
+/// JPEG quality of thumbnails.
+const THUMBNAIL_QUALITY: i32 = 75;
+
+/// Why a connection ends early: sent to the client as an error, then the connection closes.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+impl From<ProtocolError> for Refusal {
+    fn from(e: ProtocolError) -> Self {
+        let code = match e {
+            ProtocolError::TooLarge { .. } => ErrorCode::TooLarge,
+            ProtocolError::Io(_) | ProtocolError::Truncated => ErrorCode::Internal,
+            ProtocolError::BadFrame(_) | ProtocolError::Malformed(_) => ErrorCode::BadRequest,
+        };
+        refuse(code, e.to_string())
+    }
+}
+
+/// A file deleted when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves one connection to its end.
+pub async fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (r, w) = tokio::io::split(stream);
+    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
+    if let Err(Refusal { code, message }) = converse(&mut reader, &mut writer, &shared, &shutdown, &peer).await {
+        info!(%peer, %code, %message, "connection refused or job ended in error");
+        let _ = writer.send(&ServerMessage::Error { code, message }).await;
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_within<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    limit: Duration,
+    what: &str,
+) -> Result<Option<Frame<ClientMessage>>, Refusal> {
+    match tokio::time::timeout(limit, reader.read::<ClientMessage>()).await {
+        Ok(frame) => Ok(frame?),
+        Err(_) => Err(refuse(ErrorCode::Timeout, format!("no {what} within {} s", limit.as_secs()))),
+    }
+}
+
+async fn converse<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    peer: &str,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    // Handshake.
+    let Some(Frame::Message(ClientMessage::Hello { protocol, client, token })) =
+        read_within(reader, HANDSHAKE_TIMEOUT, "hello").await?
+    else {
+        return Err(refuse(ErrorCode::BadRequest, "the first message must be hello"));
+    };
+    if protocol != PROTOCOL_VERSION {
+        return Err(refuse(
+            ErrorCode::VersionMismatch,
+            format!("client {client} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    if let Some(expected) = &shared.token
+        && !token.as_ref().is_some_and(|t| t.matches(expected))
+    {
+        return Err(refuse(ErrorCode::Unauthorized, "missing or wrong token"));
+    }
+    let server = format!("vpd/{}", env!("CARGO_PKG_VERSION"));
+    writer
+        .send(&ServerMessage::Welcome { protocol: PROTOCOL_VERSION, server, max_upload_bytes: shared.max_upload })
+        .await?;
+
+    // Submit.
+    let Some(Frame::Message(ClientMessage::Submit(request))) = read_within(reader, SUBMIT_TIMEOUT, "submit").await?
+    else {
+        return Err(refuse(ErrorCode::BadRequest, "expected a submit message"));
+    };
+    let job = validate(&request, shared)?;
+    // One slot per running job bounds the disk (uploads) and memory (frames) in use.
+    let _slot = tokio::select! {
+        slot = shared.job_slots.acquire() => slot.map_err(|_| refuse(ErrorCode::Internal, "server shutting down"))?,
+        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
+    };
+    let id = new_job_id();
+    info!(%peer, job = %id, filters = %job.chain, upload = request.upload_bytes, "job accepted");
+    writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
+
+    // Upload into the work directory.
+    let input = TempFile(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
+    receive_upload(reader, &input.0, request.upload_bytes).await?;
+
+    // Open and run the job.
+    let output = TempFile(shared.work_dir.join(format!("{id}.out.{}", job.container)));
+    let cascade = shared.local_face_cascade.clone();
+    let (input_path, output_path, chain, codec) = (input.0.clone(), output.0.clone(), job.chain.clone(), job.codec);
+    let opened = tokio::task::spawn_blocking(move || {
+        crate::job::open(&input_path, &output_path, &chain, codec, cascade.as_deref())
+    })
+    .await
+    .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| refuse(ErrorCode::BadInput, format!("{e:#}")))?;
+    let info = opened.info();
+    writer
+        .send(&ServerMessage::Started {
+            frames: info.frame_count,
+            width: info.width as u32,
+            height: info.height as u32,
+            fps: info.fps,
+        })
+        .await?;
+    shared
+        .publish(JobEvent::Started {
+            job: id.clone(),
+            filters: job.chain.to_string(),
+            frames: info.frame_count,
+            width: info.width as u32,
+            height: info.height as u32,
+            fps: info.fps,
+        })
+        .await;
+
+    let job_token = shutdown.child_token();
+    let ctx = JobContext {
+        id: id.clone(),
+        chain: job.chain.clone(),
+        stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
+        encoding: job.encoding,
+    };
+    let window = shared.window(info.frame_bytes());
+    let started = Instant::now();
+    let initial = ProgressSnapshot { total: info.frame_count, ..ProgressSnapshot::default() };
+    let (progress_tx, mut progress_rx) = watch::channel(initial);
+    let (thumb_tx, mut thumb_rx) = mpsc::channel(2);
+    let observer = JobObserver::new(progress_tx, thumb_tx, started, info.frame_count);
+    let transport = shared.transport.clone();
+    let mut running = tokio::task::spawn_blocking(move || opened.run(&ctx, &*transport, window, &observer));
+
+    // While it runs: stream progress and thumbnails, and watch the client for a cancel or a
+    // hang-up. The observer already rate-limits both.
+    let mut client_gone = false;
+    let outcome = loop {
+        tokio::select! {
+            finished = &mut running => break finished.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?,
+            changed = progress_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let p = progress_rx.borrow_and_update().clone();
+                writer.send(&ServerMessage::Progress { done: p.done, failed: p.failed, total: p.total }).await.ok();
+                shared.publish(JobEvent::Progress { job: id.clone(), progress: p }).await;
+            }
+            Some((index, jpeg)) = thumb_rx.recv() => {
+                shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
+            }
+            message = reader.read::<ClientMessage>(), if !client_gone => match message {
+                Ok(Some(Frame::Message(ClientMessage::Cancel))) => {
+                    info!(job = %id, "cancelled by the client");
+                    job_token.cancel();
+                }
+                Ok(Some(_)) => {
+                    warn!(job = %id, "unexpected message while the job runs; cancelling it");
+                    job_token.cancel();
+                }
+                Ok(None) | Err(_) => {
+                    info!(job = %id, "client went away; cancelling the job");
+                    client_gone = true;
+                    job_token.cancel();
+                }
+            },
+        }
+    };
+    job_token.cancel(); // ends the stop's waiting task
+    let Finished { summary, latency } = match outcome {
+        Ok(finished) => finished,
+        Err(PipelineError::Cancelled) => {
+            shared.publish(JobEvent::Cancelled { job: id.clone() }).await;
+            let why = if shutdown.is_cancelled() { "server shutting down" } else { "job cancelled" };
+            return Err(refuse(ErrorCode::Cancelled, why));
+        }
+        Err(PipelineError::Failed(e)) => {
+            let message = format!("{e:#}");
+            shared.publish(JobEvent::Failed { job: id.clone(), error: message.clone() }).await;
+            return Err(refuse(ErrorCode::JobFailed, message));
+        }
+    };
+    // The last thumbnail, and the final numbers: from the summary, so every view agrees with it.
+    while let Ok((index, jpeg)) = thumb_rx.try_recv() {
+        shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
+    }
+    let last = ProgressSnapshot {
+        done: summary.frames,
+        failed: summary.failed_frames,
+        total: Some(summary.frames),
+        retries: summary.retries,
+        in_flight: 0,
+        elapsed_ms: (summary.wall_seconds * 1000.0) as u64,
+        workers: summary.workers.clone(),
+    };
+    writer.send(&ServerMessage::Progress { done: last.done, failed: last.failed, total: last.total }).await.ok();
+    shared.publish(JobEvent::Progress { job: id.clone(), progress: last }).await;
+    shared.publish(JobEvent::Done { job: id.clone(), summary: Box::new(summary.clone()), latency }).await;
+    info!(job = %id, frames = summary.frames, fps = format!("{:.1}", summary.fps), "job done");
+
+    // Send the result.
+    let mut file = tokio::fs::File::open(&output.0).await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+    let size = file.metadata().await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?.len();
+    writer.send(&ServerMessage::Done { summary: Box::new(summary), result_bytes: size }).await?;
+    let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+    loop {
+        let n = file.read(&mut buf).await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        writer.send_chunk(&buf[..n]).await?;
+    }
+    Ok(())
+}
+
+/// The checked parts of a submit request.
+struct ValidJob {
+    chain: Chain,
+    codec: Codec,
+    container: String,
+    encoding: TransportEncoding,
+}
+
+fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
+    let chain = Chain::from_str(&r.filters).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+    let codec = Codec::from_str(&r.codec, true)
+        .map_err(|_| refuse(ErrorCode::BadRequest, format!("unknown codec '{}'", r.codec)))?;
+    let container = r.container.to_ascii_lowercase();
+    if container.is_empty() || !container.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(refuse(ErrorCode::BadRequest, format!("bad container '{}'", r.container)));
+    }
+    check_container(Path::new(&format!("output.{container}")), codec)
+        .map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+    let encoding = TransportEncoding::from_str(&r.transport).map_err(|e| refuse(ErrorCode::BadRequest, e))?;
+    if r.upload_bytes == 0 {
+        return Err(refuse(ErrorCode::BadInput, "the upload is empty"));
+    }
+    if r.upload_bytes > shared.max_upload {
+        return Err(refuse(
+            ErrorCode::TooLarge,
+            format!("an upload of {} bytes is over this server's limit of {}", r.upload_bytes, shared.max_upload),
+        ));
+    }
+    Ok(ValidJob { chain, codec, container, encoding })
+}
+
+/// Receives exactly `size` bytes of chunks into `path`.
+async fn receive_upload<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    path: &Path,
+    size: u64,
+) -> Result<(), Refusal> {
+    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("writing the upload: {e}"));
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut received = 0u64;
+    while received < size {
+        match read_within(reader, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
+            Some(Frame::Chunk(data)) => {
+                received += data.len() as u64;
+                if received > size {
+                    return Err(refuse(
+                        ErrorCode::BadRequest,
+                        format!("upload longer than the announced {size} bytes"),
+                    ));
+                }
+                file.write_all(&data).await.map_err(internal)?;
+            }
+            Some(Frame::Message(ClientMessage::Cancel)) => return Err(refuse(ErrorCode::Cancelled, "job cancelled")),
+            Some(Frame::Message(_)) => return Err(refuse(ErrorCode::BadRequest, "expected upload data")),
+            None => {
+                return Err(refuse(ErrorCode::BadRequest, format!("upload ended after {received} of {size} bytes")));
+            }
+        }
+    }
+    file.flush().await.map_err(internal)?;
+    Ok(())
+}
+
+/// `.mp4` from `clip.mp4`: the upload keeps its extension as a container hint for FFmpeg.
+fn extension_of(name: &str) -> String {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| !e.is_empty() && e.len() <= 8 && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|e| format!(".{}", e.to_ascii_lowercase()))
+        .unwrap_or_default()
+}
+
+/// A job id: `j` and 12 hex digits, random per process and job.
+fn new_job_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS per process; the sequence number separates jobs.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("j{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Passes the pipeline's progress and a thumbnail now and then to the connection task. Called
+/// from pipeline threads: keeps only the latest progress, drops thumbnails nobody took yet.
+struct JobObserver {
+    progress: watch::Sender<ProgressSnapshot>,
+    thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
+    started: Instant,
+    /// The announced frame count: the last frame always gets a thumbnail.
+    total: Option<u64>,
+    last_progress: Mutex<Option<Instant>>,
+    last_thumbnail: Mutex<Option<Instant>>,
+}
+
+impl JobObserver {
+    fn new(
+        progress: watch::Sender<ProgressSnapshot>,
+        thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
+        started: Instant,
+        total: Option<u64>,
+    ) -> Self {
+        let (last_progress, last_thumbnail) = (Mutex::new(None), Mutex::new(None));
+        JobObserver { progress, thumbnails, started, total, last_progress, last_thumbnail }
+    }
+}
+
+/// Whether `interval` has passed since `last`; if so, `last` becomes now.
+fn due(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|t| t.elapsed() < interval) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
+impl Observer for JobObserver {
+    fn on_progress(&self, p: &Progress, stats: &JobStats) {
+        if !due(&self.last_progress, PROGRESS_INTERVAL) {
+            return;
+        }
+        self.progress.send_replace(ProgressSnapshot {
+            done: p.done,
+            failed: p.failed,
+            total: p.total,
+            retries: p.retries,
+            in_flight: p.in_flight,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            workers: stats.per_worker.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+        });
+    }
+
+    fn on_frame(&self, index: u64, frame: &Mat) {
+        let last = self.total == Some(index + 1);
+        if self.thumbnails.capacity() == 0 || !(due(&self.last_thumbnail, THUMBNAIL_INTERVAL) || last) {
+            return;
+        }
+        match thumbnail(frame) {
+            Ok(jpeg) => {
+                let _ = self.thumbnails.try_send((index, jpeg));
+            }
+            Err(e) => warn!(error = %e, "cannot make a thumbnail"),
+        }
+    }
+}
+
+/// `frame` scaled down to at most [`THUMBNAIL_WIDTH`] pixels wide, as a JPEG.
+fn thumbnail(frame: &Mat) -> opencv::Result<Vec<u8>> {
+    use opencv::core::{Size, Vector};
+    use opencv::imgcodecs::{IMWRITE_JPEG_QUALITY, imencode};
+    use opencv::imgproc::{INTER_AREA, resize};
+    use opencv::prelude::*;
+
+    let (w, h) = (frame.cols().max(1), frame.rows().max(1));
+    let mut small = Mat::default();
+    let scaled = if w > THUMBNAIL_WIDTH {
+        let height = (i64::from(h) * i64::from(THUMBNAIL_WIDTH) / i64::from(w)).max(1) as i32;
+        resize(frame, &mut small, Size::new(THUMBNAIL_WIDTH, height), 0.0, 0.0, INTER_AREA)?;
+        &small
+    } else {
+        frame
+    };
+    let mut jpeg = Vector::<u8>::new();
+    imencode(".jpg", scaled, &mut jpeg, &Vector::from_slice(&[IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY]))?;
+    Ok(jpeg.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbnails_are_small_jpegs_of_the_same_aspect() {
+        use opencv::core::{CV_8UC3, Scalar};
+        use opencv::prelude::*;
+        let frame = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::new(10.0, 200.0, 30.0, 0.0)).unwrap();
+        let jpeg = thumbnail(&frame).unwrap();
+        assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff]);
+        let back =
+            opencv::imgcodecs::imdecode(&opencv::core::Vector::from_slice(&jpeg), opencv::imgcodecs::IMREAD_COLOR)
+                .unwrap();
+        assert_eq!((back.cols(), back.rows()), (320, 180));
+    }
+
+    #[test]
+    fn rate_limits_let_one_through_per_interval() {
+        let last = Mutex::new(None);
+        assert!(due(&last, Duration::from_secs(60)));
+        assert!(!due(&last, Duration::from_secs(60)), "the second within the interval waits");
+        assert!(due(&last, Duration::ZERO));
+    }
+}

@@ -1,0 +1,409 @@
+//! The RabbitMQ transport: frame tasks to `NS.tasks`, results back on the job's reply queue.
+//!
+//! One [`Transport::serve`] call per job, on the pipeline's transport thread:
+//!
+//! ```text
+//!  tasks ─▶ encoder thread ─bodies─▶ session (async, on the server's runtime) ─▶ NS.tasks
+//!                                      │  keeps every outstanding body
+//!  results ◀─ decoder threads ◀─bodies─┘◀── NS.reply.JOB
+//! ```
+//!
+//! The session is where the guarantees live. It publishes with confirms; it keeps each
+//! outstanding body until the frame's first result, re-dispatches a frame that is overdue
+//! while other frames are still coming back (so that a hung worker cannot stall the job, and an
+//! empty worker pool does not fill the queue with copies), and gives up on a frame after
+//! [`MAX_DISPATCHES`], reporting it failed so that the original is written. When the connection
+//! drops it reconnects for up to [`RECONNECT_FOR`] and re-publishes everything outstanding;
+//! the pipeline drops the duplicates that may cause.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::{JobContext, Transport, WireBytes};
+use crate::broker::{Broker, Publisher, Topology};
+use crate::protocol::task::{Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
+use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
+
+/// A frame dispatched this many times without a result is reported failed.
+pub const MAX_DISPATCHES: u32 = 5;
+/// How long a job keeps trying to reconnect after losing the broker.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// Threads decoding results for one job.
+const DECODERS: usize = 2;
+
+/// The server's link to RabbitMQ: one connection shared by its jobs, re-opened on demand.
+pub struct BrokerLink {
+    url: String,
+    name: String,
+    topology: Topology,
+    current: Mutex<Option<Broker>>,
+}
+
+impl BrokerLink {
+    /// Connects to `url` and declares the topology: an unreachable broker is an error here, at
+    /// start-up, not on the first job.
+    pub async fn connect(url: &str, name: &str, topology: Topology) -> anyhow::Result<Self> {
+        let broker = Broker::connect(url, name).await?;
+        broker.declare(&topology).await.with_context(|| format!("declaring queues on {}", broker.url()))?;
+        Ok(BrokerLink { url: url.to_string(), name: name.to_string(), topology, current: Mutex::new(Some(broker)) })
+    }
+
+    /// The namespace's names.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// A live connection: the current one, or a new one if it dropped.
+    pub async fn get(&self) -> anyhow::Result<Broker> {
+        let mut current = self.current.lock().await;
+        if let Some(b) = current.as_ref().filter(|b| b.is_connected()) {
+            return Ok(b.clone());
+        }
+        let broker = Broker::connect(&self.url, &self.name).await?;
+        broker.declare(&self.topology).await?;
+        info!(broker = broker.url(), "connected to RabbitMQ");
+        *current = Some(broker.clone());
+        Ok(broker)
+    }
+
+    /// Waits for a live connection for up to `patience`.
+    async fn reconnect(&self, patience: Duration) -> anyhow::Result<Broker> {
+        let deadline = Instant::now() + patience;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.get().await {
+                Ok(b) => return Ok(b),
+                Err(e) if Instant::now() + backoff < deadline => {
+                    warn!(error = %format!("{e:#}"), "RabbitMQ unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(
+                        e.context(format!("lost RabbitMQ and could not reconnect within {} s", patience.as_secs()))
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Frames to `vpd worker`s through RabbitMQ.
+pub struct AmqpTransport {
+    link: Arc<BrokerLink>,
+    runtime: tokio::runtime::Handle,
+    redispatch_after: Duration,
+}
+
+impl AmqpTransport {
+    /// A transport over `link`, driven on `runtime`. A frame is re-dispatched when it has had
+    /// no result for `redispatch_after` while other frames' results keep arriving.
+    pub fn new(link: Arc<BrokerLink>, runtime: tokio::runtime::Handle, redispatch_after: Duration) -> Self {
+        AmqpTransport { link, runtime, redispatch_after }
+    }
+}
+
+impl Transport for AmqpTransport {
+    fn serve(
+        &self,
+        job: &JobContext,
+        tasks: Receiver<FrameTask>,
+        results: Sender<FrameResult>,
+    ) -> anyhow::Result<WireBytes> {
+        let (body_tx, body_rx) = mpsc::channel::<(u64, Vec<u8>)>(8);
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded::<Vec<u8>>(16);
+        // Source frames of outstanding tasks (shared, not copied): results may be deltas of them.
+        let sources = StdMutex::new(HashMap::new());
+        std::thread::scope(|s| {
+            let encoder = s.spawn(|| encode(job, tasks, body_tx, &sources));
+            for _ in 0..DECODERS {
+                let (reply_rx, results, sources) = (reply_rx.clone(), results.clone(), &sources);
+                s.spawn(move || decode(reply_rx, results, sources));
+            }
+            drop(reply_rx);
+            let session = Session {
+                link: &self.link,
+                job,
+                redispatch_after: self.redispatch_after,
+                outstanding: HashMap::new(),
+                last_result: None,
+                replies: reply_tx,
+                results: results.clone(),
+                wire: WireBytes::default(),
+            };
+            let served = self.runtime.block_on(session.run(body_rx));
+            let encoded = encoder.join().unwrap_or_else(|_| Err(anyhow!("the frame encoder panicked")));
+            encoded.and(served)
+        })
+    }
+}
+
+/// Source frames of outstanding tasks, by index.
+type Sources = StdMutex<HashMap<u64, Frame>>;
+
+/// Encodes tasks into message bodies (CPU work, off the async runtime).
+fn encode(
+    job: &JobContext,
+    tasks: Receiver<FrameTask>,
+    bodies: mpsc::Sender<(u64, Vec<u8>)>,
+    sources: &Sources,
+) -> anyhow::Result<()> {
+    let mut encoder = Encoder::new(job.encoding);
+    for task in tasks {
+        let meta = TaskMeta { job: &job.id, index: task.index, chain: &job.chain, encoding: job.encoding };
+        let body = wire::encode_task(&meta, &task.frame, task.previous.as_deref(), &mut encoder)?;
+        sources.lock().expect("sources lock").insert(task.index, task.frame.clone());
+        drop(task);
+        if bodies.blocking_send((meta.index, body)).is_err() {
+            break; // the session ended (cancelled or failed); it reports why
+        }
+    }
+    Ok(())
+}
+
+/// Decodes result bodies for the pipeline.
+fn decode(replies: Receiver<Vec<u8>>, results: Sender<FrameResult>, sources: &Sources) {
+    for body in replies {
+        let source =
+            wire::result_header(&body).ok().and_then(|h| sources.lock().expect("sources lock").get(&h.index).cloned());
+        let (header, frame) = match wire::decode_result(&body, source.as_deref()) {
+            Ok(decoded) => {
+                // The first result settles the frame; a later duplicate that needs the source
+                // fails to decode and is dropped, as the pipeline would drop it anyway.
+                sources.lock().expect("sources lock").remove(&decoded.0.index);
+                decoded
+            }
+            Err(e) if source.is_none() => {
+                // Most likely a duplicate delta of a frame whose first result already came.
+                debug!(error = %e, "dropping a result whose source frame is settled");
+                continue;
+            }
+            Err(e) => {
+                // The frame stays outstanding and is re-dispatched.
+                warn!(error = %e, "dropping an undecodable result");
+                continue;
+            }
+        };
+        drop(body);
+        let outcome = match (header.outcome, frame) {
+            (ResultOutcome::Frame(_), Some(frame)) => FrameOutcome::Processed(frame),
+            (ResultOutcome::Failed(reason), _) => FrameOutcome::Failed(reason),
+            (ResultOutcome::Frame(_), None) => FrameOutcome::Failed("result without a frame".into()),
+        };
+        let result = FrameResult {
+            index: header.index,
+            outcome,
+            filter_time: Duration::from_micros(header.filter_us),
+            worker: WorkerId::new(header.worker),
+            retries: header.retries,
+        };
+        if results.send(result).is_err() {
+            return; // the pipeline stopped
+        }
+    }
+}
+
+/// A frame on the broker, not yet answered.
+struct Outstanding {
+    body: Arc<Vec<u8>>,
+    last_dispatch: Instant,
+    dispatches: u32,
+    /// Send again at the next tick: the broker refused it, or the connection it went out on
+    /// died.
+    resend: bool,
+}
+
+struct Session<'a> {
+    link: &'a BrokerLink,
+    job: &'a JobContext,
+    redispatch_after: Duration,
+    outstanding: HashMap<u64, Outstanding>,
+    /// When the last result arrived: evidence that workers are alive.
+    last_result: Option<Instant>,
+    replies: Sender<Vec<u8>>,
+    results: Sender<FrameResult>,
+    wire: WireBytes,
+}
+
+/// Why a connected stretch of the session ended.
+enum Interrupted {
+    /// The connection (or a channel) broke: reconnect and carry on.
+    Connection(anyhow::Error),
+    /// Something that reconnecting cannot fix.
+    Fatal(anyhow::Error),
+    /// The pipeline stopped reading results (the job was cancelled or failed elsewhere): end
+    /// quietly, the pipeline reports why.
+    PipelineGone,
+}
+
+impl Session<'_> {
+    async fn run(mut self, mut bodies: mpsc::Receiver<(u64, Vec<u8>)>) -> anyhow::Result<WireBytes> {
+        let mut broker = self.link.get().await?;
+        loop {
+            match self.connected(&broker, &mut bodies).await {
+                Ok(()) | Err(Interrupted::PipelineGone) => return Ok(self.wire),
+                Err(Interrupted::Fatal(e)) => return Err(e),
+                Err(Interrupted::Connection(e)) => {
+                    warn!(job = %self.job.id, error = %format!("{e:#}"), "lost RabbitMQ; reconnecting");
+                    broker = self.link.reconnect(RECONNECT_FOR).await.context(format!("{e:#}"))?;
+                    // Everything outstanding is sent again: the old reply queue died with the
+                    // old connection, and so did any result in it.
+                    for entry in self.outstanding.values_mut() {
+                        entry.resend = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves the job over one connection until it ends or the connection breaks.
+    async fn connected(
+        &mut self,
+        broker: &Broker,
+        bodies: &mut mpsc::Receiver<(u64, Vec<u8>)>,
+    ) -> Result<(), Interrupted> {
+        let t = self.link.topology();
+        let conn = |e: anyhow::Error| Interrupted::Connection(e);
+        let (reply_to, mut replies) = broker.consume_replies(t, &self.job.id).await.map_err(conn)?;
+        let publisher = broker.publisher().await.map_err(conn)?;
+        let mut confirms: JoinSet<(u64, anyhow::Result<bool>)> = JoinSet::new();
+        let mut tick = tokio::time::interval(self.tick_period());
+        let mut more_tasks = true;
+        // Re-dispatch what a previous connection left outstanding.
+        self.redispatch_overdue(t, &publisher, &reply_to, &mut confirms).await?;
+        loop {
+            if !more_tasks && self.outstanding.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                message = replies.next() => match message {
+                    Some(Ok(m)) => self.on_result(m.correlation.as_deref(), m.body)?,
+                    Some(Err(e)) => return Err(conn(e)),
+                    None => return Err(conn(anyhow!("the reply queue's consumer was cancelled"))),
+                },
+                body = bodies.recv(), if more_tasks => match body {
+                    Some((index, body)) => {
+                        let entry = Outstanding { body: Arc::new(body), last_dispatch: Instant::now(), dispatches: 1, resend: false };
+                        let body = entry.body.clone();
+                        self.outstanding.insert(index, entry);
+                        self.publish(t, &publisher, &reply_to, index, &body, 0, &mut confirms).await?;
+                    }
+                    None => more_tasks = false,
+                },
+                Some(confirmed) = confirms.join_next() => {
+                    let (index, accepted) = confirmed.map_err(|e| Interrupted::Fatal(anyhow!(e)))?;
+                    match accepted {
+                        Ok(true) => {}
+                        // The broker refused it (out of resources): try again on the next tick.
+                        Ok(false) => {
+                            if let Some(e) = self.outstanding.get_mut(&index) {
+                                e.resend = true;
+                            }
+                        }
+                        Err(e) => return Err(conn(e)),
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.job.stop.is_stopped() {
+                        return Ok(()); // cancelled: the workers learn it from the server's event
+                    }
+                    self.redispatch_overdue(t, &publisher, &reply_to, &mut confirms).await?;
+                }
+            }
+        }
+    }
+
+    fn tick_period(&self) -> Duration {
+        (self.redispatch_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &mut self,
+        t: &Topology,
+        publisher: &Publisher,
+        reply_to: &str,
+        index: u64,
+        body: &[u8],
+        attempt: u32,
+        confirms: &mut JoinSet<(u64, anyhow::Result<bool>)>,
+    ) -> Result<(), Interrupted> {
+        let correlation = format!("{}:{index}", self.job.id);
+        let confirm =
+            publisher.task(t, body, reply_to, &correlation, attempt).await.map_err(Interrupted::Connection)?;
+        self.wire.sent += body.len() as u64;
+        confirms.spawn(async move { (index, confirm.accepted().await) });
+        Ok(())
+    }
+
+    fn on_result(&mut self, correlation: Option<&str>, body: Vec<u8>) -> Result<(), Interrupted> {
+        let index = correlation
+            .and_then(|c| c.rsplit_once(':'))
+            .filter(|(job, _)| *job == self.job.id)
+            .and_then(|(_, i)| i.parse::<u64>().ok());
+        let Some(index) = index else {
+            warn!(job = %self.job.id, "dropping a result with a foreign correlation id");
+            return Ok(());
+        };
+        self.last_result = Some(Instant::now());
+        self.wire.received += body.len() as u64;
+        // The first result frees the frame; later ones go on too, for the pipeline to count.
+        self.outstanding.remove(&index);
+        self.replies.send(body).map_err(|_| Interrupted::PipelineGone)
+    }
+
+    /// Re-publishes frames overdue while others keep coming back; gives up after
+    /// [`MAX_DISPATCHES`].
+    async fn redispatch_overdue(
+        &mut self,
+        t: &Topology,
+        publisher: &Publisher,
+        reply_to: &str,
+        confirms: &mut JoinSet<(u64, anyhow::Result<bool>)>,
+    ) -> Result<(), Interrupted> {
+        let now = Instant::now();
+        // Overdue with results since its last dispatch: workers are alive but this frame is
+        // stuck. With no results at all, more copies would only pile up in the queue (the
+        // pipeline's stall timeout is the limit then).
+        let alive_since = |e: &Outstanding| self.last_result.is_some_and(|r| r > e.last_dispatch);
+        let overdue: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(_, e)| {
+                e.resend || (now.duration_since(e.last_dispatch) >= self.redispatch_after && alive_since(e))
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for index in overdue {
+            let Some(entry) = self.outstanding.get_mut(&index) else { continue };
+            if entry.dispatches >= MAX_DISPATCHES {
+                self.outstanding.remove(&index);
+                warn!(job = %self.job.id, frame = index, "no worker finished the frame after {MAX_DISPATCHES} dispatches");
+                let failed = FrameResult {
+                    index,
+                    outcome: FrameOutcome::Failed(format!("no worker finished it after {MAX_DISPATCHES} dispatches")),
+                    filter_time: Duration::ZERO,
+                    worker: WorkerId::new("none"),
+                    retries: MAX_DISPATCHES - 1,
+                };
+                if self.results.send(failed).is_err() {
+                    return Err(Interrupted::PipelineGone);
+                }
+                continue;
+            }
+            entry.dispatches += 1;
+            entry.last_dispatch = now;
+            entry.resend = false;
+            let (attempt, body) = (entry.dispatches - 1, entry.body.clone());
+            self.publish(t, publisher, reply_to, index, &body, attempt, confirms).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! `vpd worker`: takes frame tasks from RabbitMQ, filters them on a pool of threads, publishes
+//! each result to its job's reply queue, then acknowledges the task.
+//!
+//! ```text
+//!  NS.tasks ─▶ async loop ─bodies─▶ filter threads (decode, filter, encode)
+//!                 ▲    ▲                  │
+//!  NS.events ─────┘    └──── done ────────┘   publish result (confirmed) → ack task
+//! ```
+//!
+//! Guarantees: a task is acked only after its result is confirmed by the broker, so a worker
+//! that dies loses nothing (RabbitMQ redelivers what it held). A task whose filters fail is
+//! published again, up to [`MAX_ATTEMPTS`] in all; then its failure is reported to the server
+//! (which writes the original frame) and the task is dead-lettered to `NS.tasks.dead`. Tasks
+//! of jobs announced cancelled on `NS.events` are acked and skipped. SIGTERM or SIGINT: stop
+//! consuming, finish and ack the tasks in hand, exit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use crossbeam_channel::{Receiver, bounded};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, Message, Publisher, Topology};
+use crate::filters::FilterEnv;
+use crate::protocol::event::JobEvent;
+use crate::protocol::task::FrameOutcome;
+use crate::protocol::wire::{self, Encoder, TransportEncoding};
+use crate::transport::{ProcessorCache, execute};
+
+/// Deliveries of one task, first try included, before its failure is final.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Cancelled job ids remembered (oldest forgotten first).
+const CANCELLED_MEMORY: usize = 4096;
+
+/// Everything `vpd worker` needs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The broker.
+    pub amqp_url: String,
+    /// Filter threads, and tasks held at once (prefetch).
+    pub concurrency: NonZeroUsize,
+    /// Queue and exchange namespace.
+    pub topology: Topology,
+    /// Files the filters need.
+    pub filter_env: FilterEnv,
+    /// This worker's id in summaries: `hostname:pid`.
+    pub id: String,
+}
+
+/// A task handed to a filter thread.
+struct Work {
+    seq: u64,
+    body: Vec<u8>,
+    retries: u32,
+}
+
+/// What a filter thread made of a task.
+enum Done {
+    /// The result body to publish.
+    Result { seq: u64, body: Vec<u8> },
+    /// The filters failed; the task body comes back for a retry.
+    Failed { seq: u64, reason: String, task: Vec<u8> },
+    /// The body does not decode: no retry can help.
+    Malformed { seq: u64, error: String },
+}
+
+/// `hostname:pid`, the id a worker reports its frames under.
+pub fn worker_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer it is given.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown".into() };
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs a worker until `shutdown` fires.
+pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // An unreachable broker at start is an error, not a silent retry loop.
+    let mut broker = Broker::connect(&cfg.amqp_url, &format!("vpd-worker {}", cfg.id)).await?;
+    let (work_tx, work_rx) = bounded::<Work>(cfg.concurrency.get());
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(cfg.concurrency.get() * 2);
+    let threads: Vec<_> = (0..cfg.concurrency.get())
+        .map(|i| {
+            let (rx, tx, env, id) = (work_rx.clone(), done_tx.clone(), cfg.filter_env.clone(), cfg.id.clone());
+            std::thread::Builder::new().name(format!("vpd-filter-{i}")).spawn(move || filter_thread(rx, tx, env, &id))
+        })
+        .collect::<Result<_, _>>()
+        .context("spawning filter threads")?;
+    drop((work_rx, done_tx));
+    info!(worker = %cfg.id, concurrency = cfg.concurrency.get(), broker = broker.url(), "worker started");
+
+    let mut cancelled = Cancelled::default();
+    loop {
+        match session(&cfg, &broker, &work_tx, &mut done_rx, &mut cancelled, &shutdown).await {
+            Ok(()) => break,
+            Err(e) if shutdown.is_cancelled() => {
+                warn!(error = %format!("{e:#}"), "stopping with the broker gone");
+                break;
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "lost RabbitMQ; reconnecting (tasks in hand go back to the queue)");
+                broker = reconnect(&cfg, &shutdown).await?;
+            }
+        }
+    }
+    drop(work_tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    broker.close().await;
+    info!(worker = %cfg.id, "worker stopped");
+    Ok(())
+}
+
+async fn reconnect(cfg: &WorkerConfig, shutdown: &CancellationToken) -> anyhow::Result<Broker> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while reconnecting to RabbitMQ"),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        match Broker::connect(&cfg.amqp_url, &format!("vpd-worker {}", cfg.id)).await {
+            Ok(b) => return Ok(b),
+            Err(e) => warn!(error = %format!("{e:#}"), "RabbitMQ still unreachable"),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Job ids announced cancelled, remembered in a bounded window.
+#[derive(Default)]
+struct Cancelled {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Cancelled {
+    fn insert(&mut self, job: String) {
+        if self.set.insert(job.clone()) {
+            self.order.push_back(job);
+            if self.order.len() > CANCELLED_MEMORY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// Consumes tasks over one connection until shutdown (`Ok`) or until the connection breaks.
+async fn session(
+    cfg: &WorkerConfig,
+    broker: &Broker,
+    work: &crossbeam_channel::Sender<Work>,
+    done: &mut mpsc::Receiver<Done>,
+    cancelled: &mut Cancelled,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let t = &cfg.topology;
+    broker.declare(t).await?;
+    let prefetch = u16::try_from(cfg.concurrency.get()).unwrap_or(u16::MAX);
+    let mut tasks = broker.consume_tasks(t, prefetch, &format!("worker {}", cfg.id)).await?;
+    let mut events = broker.consume_events(t, &format!("worker-events {}", cfg.id)).await?;
+    let publisher = std::sync::Arc::new(broker.publisher().await?);
+    let mut in_hand: HashMap<u64, Message> = HashMap::new();
+    let mut acking: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut seq = 0u64;
+    let mut draining = false;
+    loop {
+        if draining && in_hand.is_empty() && acking.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled(), if !draining => {
+                info!(in_hand = in_hand.len(), "stopping: finishing the tasks in hand");
+                tasks.cancel().await?;
+                draining = true;
+            }
+            message = tasks.next(), if !draining => {
+                let Some(message) = message else { continue };
+                let mut m = message?;
+                let header = match wire::task_header(&m.body) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        warn!(error = %e, "dead-lettering a malformed task");
+                        m.reject(false).await?;
+                        continue;
+                    }
+                };
+                if cancelled.set.contains(&header.job) {
+                    m.ack().await?;
+                    continue;
+                }
+                seq += 1;
+                let body = std::mem::take(&mut m.body);
+                let retries = m.attempt + u32::from(m.redelivered);
+                in_hand.insert(seq, m);
+                // Never blocks: at most `prefetch` tasks are in hand, and the channel holds that many.
+                work.send(Work { seq, body, retries }).context("the filter threads stopped")?;
+            }
+            event = events.next() => match event {
+                Some(Ok(m)) => {
+                    if let Ok(JobEvent::Cancelled { job }) = serde_json::from_slice::<JobEvent>(&m.body) {
+                        info!(%job, "job cancelled; skipping its tasks");
+                        cancelled.insert(job);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => anyhow::bail!("the events subscription was cancelled"),
+            },
+            Some(d) = done.recv() => {
+                let seq = match &d { Done::Result { seq, .. } | Done::Failed { seq, .. } | Done::Malformed { seq, .. } => *seq };
+                // A task from before a reconnect: the broker already took it back.
+                let Some(m) = in_hand.remove(&seq) else { continue };
+                let (publisher, topology) = (publisher.clone(), t.clone());
+                acking.spawn(async move { finish(&publisher, &topology, m, d).await });
+            }
+            Some(finished) = acking.join_next() => finished??,
+        }
+    }
+}
+
+/// Publishes what became of a task, then acks (or dead-letters) it.
+async fn finish(publisher: &Publisher, t: &Topology, m: Message, done: Done) -> anyhow::Result<()> {
+    let reply_to = m.reply_to.clone().unwrap_or_default();
+    let correlation = m.correlation.clone().unwrap_or_default();
+    match done {
+        Done::Result { body, .. } => {
+            if !publisher.result(&reply_to, &correlation, &body).await?.accepted().await? {
+                m.reject(true).await?; // the broker refused the result: let another try
+                return Ok(());
+            }
+            m.ack().await
+        }
+        Done::Failed { reason, task, .. } if m.attempt + 1 < MAX_ATTEMPTS => {
+            warn!(%correlation, %reason, attempt = m.attempt + 1, "filter failed; retrying the task");
+            if !publisher.task(t, &task, &reply_to, &correlation, m.attempt + 1).await?.accepted().await? {
+                m.reject(true).await?;
+                return Ok(());
+            }
+            m.ack().await
+        }
+        Done::Failed { seq: _, reason, task: _ } => {
+            warn!(%correlation, %reason, "filter failed on every attempt; reporting it and dead-lettering the task");
+            report_failure(publisher, &m, &reply_to, &correlation, &reason).await?;
+            m.reject(false).await
+        }
+        Done::Malformed { error, .. } => {
+            warn!(%correlation, %error, "undecodable task; dead-lettering it");
+            report_failure(publisher, &m, &reply_to, &correlation, &error).await?;
+            m.reject(false).await
+        }
+    }
+}
+
+async fn report_failure(
+    publisher: &Publisher,
+    m: &Message,
+    reply_to: &str,
+    correlation: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let Some((job, index)) = correlation.rsplit_once(':').and_then(|(j, i)| Some((j, i.parse::<u64>().ok()?))) else {
+        return Ok(()); // nobody to tell
+    };
+    let mut enc = Encoder::new(TransportEncoding::Raw);
+    let retries = m.attempt + u32::from(m.redelivered);
+    let worker = worker_id();
+    let meta = wire::ResultMeta { job, index, worker: &worker, filter_us: 0, retries };
+    let body = wire::encode_result(&meta, Err(reason), None, &mut enc)?;
+    publisher.result(reply_to, correlation, &body).await?.accepted().await?;
+    Ok(())
+}
+
+/// A filter thread: decode, filter, encode, for as long as tasks come.
+fn filter_thread(work: Receiver<Work>, done: mpsc::Sender<Done>, env: FilterEnv, id: &str) {
+    let mut cache = ProcessorCache::new(env);
+    let mut encoders: HashMap<String, Encoder> = HashMap::new();
+    for Work { seq, body, retries } in work {
+        let outcome = match wire::decode_task(&body) {
+            Err(e) => Done::Malformed { seq, error: e.to_string() },
+            Ok((h, frame, previous)) => {
+                let (outcome, time) = match cache.get(&h.chain) {
+                    Ok(p) => execute(p, &frame, previous.as_ref()),
+                    Err(e) => (FrameOutcome::Failed(e.to_string()), Duration::ZERO),
+                };
+                let encoder = encoders.entry(h.encoding.to_string()).or_insert_with(|| Encoder::new(h.encoding));
+                let filter_us = time.as_micros() as u64;
+                match outcome {
+                    FrameOutcome::Processed(out) => {
+                        let meta = wire::ResultMeta { job: &h.job, index: h.index, worker: id, filter_us, retries };
+                        // Against the task's frame: a result that is mostly its source travels as a delta.
+                        match wire::encode_result(&meta, Ok(&out), Some(&frame), encoder) {
+                            Ok(body) => Done::Result { seq, body },
+                            Err(e) => Done::Failed { seq, reason: e.to_string(), task: body },
+                        }
+                    }
+                    FrameOutcome::Failed(reason) => Done::Failed { seq, reason, task: body },
+                }
+            }
+        };
+        if done.blocking_send(outcome).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `vpd server`, `vpd worker` and `vpd client` as separate processes on the real RabbitMQ:
+//! outputs compared frame by frame with `vpd run`'s, workers killed and frozen mid-job,
+//! jobs cancelled, connections cut.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use vpd::metrics::JobSummary;
+use vpd::protocol::event::JobEvent;
+
+use crate::util::cluster::*;
+use crate::util::*;
+
+/// `vpd client INPUT --server ADDR -f CHAIN -o OUT --codec ffv1 --json ARGS…`.
+fn client(addr: &str, input: &Path, chain: &str, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "client",
+        input.to_str().unwrap(),
+        "--server",
+        addr,
+        "-f",
+        chain,
+        "-o",
+        output.to_str().unwrap(),
+        "--json",
+    ];
+    if output.extension().is_some_and(|e| e == "mkv") {
+        args.extend(["--codec", "ffv1"]);
+    }
+    args.extend_from_slice(extra);
+    run_vpd(&args)
+}
+
+fn summary(out: &Output) -> JobSummary {
+    assert!(out.status.success(), "client failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("a JSON summary on stdout")
+}
+
+/// `vpd run` on the same input: the reference every other path must equal.
+fn reference(input: &Path, chain: &str, output: &Path) -> Vec<opencv::core::Mat> {
+    let out = run_vpd(&[
+        "run",
+        input.to_str().unwrap(),
+        "-f",
+        chain,
+        "-o",
+        output.to_str().unwrap(),
+        "--codec",
+        "ffv1",
+        "-q",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    decode_all(output)
+}
+
+fn assert_same_frames(got: &Path, want: &[opencv::core::Mat], what: &str) {
+    let got = decode_all(got);
+    assert_eq!(got.len(), want.len(), "{what}: frame count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(max_diff(g, w), 0.0, "{what}: frame {i} differs from vpd run's");
+    }
+}
+
+fn clip(dir: &Path, spec: ClipSpec) -> PathBuf {
+    let input = dir.join("in.mkv");
+    write_clip(&input, &spec, "FFV1");
+    input
+}
+
+#[test]
+fn run_server_and_remote_workers_write_identical_frames() {
+    let ns = Namespace::new("same");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 20, width: 480, height: 360, fps: 25.0, face: true });
+    let local = Server::start(&["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let remote = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
+    ns.wait_for_workers(2);
+    for chain in ["blur:ksize=9", "edges", "faces:mode=blur", "motion", "blur:ksize=5,motion,faces,edges"] {
+        let want = reference(&input, chain, &dir.path().join("run.mkv"));
+        let s = summary(&client(&local.addr(), &input, chain, &dir.path().join("local.mkv"), &[]));
+        assert_eq!((s.frames, s.failed_frames), (20, 0), "{chain}");
+        assert_same_frames(&dir.path().join("local.mkv"), &want, &format!("{chain} (server, in-process)"));
+        let s = summary(&client(&remote.addr(), &input, chain, &dir.path().join("remote.mkv"), &[]));
+        assert_eq!((s.frames, s.failed_frames), (20, 0), "{chain}");
+        // Both workers took frames: `motion` got its previous frame from the task, not from a
+        // worker's memory.
+        assert_eq!(s.workers.len(), 2, "{chain}: frames per worker {:?}", s.workers);
+        assert_eq!(s.workers.values().sum::<u64>(), 20);
+        assert_same_frames(&dir.path().join("remote.mkv"), &want, &format!("{chain} (two workers over RabbitMQ)"));
+    }
+    let frame_bytes = 480 * 360 * 3;
+    let mut sent = Vec::new();
+    for transport in ["raw", "lz4"] {
+        let out = dir.path().join(format!("{transport}.mkv"));
+        let s = summary(&client(&remote.addr(), &input, "motion", &out, &["--transport", transport]));
+        assert_same_frames(&out, &reference(&input, "motion", &dir.path().join("run.mkv")), transport);
+        sent.push(s.wire_bytes_sent);
+    }
+    // Raw, every task carries its frame and (but the first) the previous one: 39 frames' worth
+    // for 20 tasks, plus headers of well under a kilobyte each.
+    assert!((39 * frame_bytes..39 * frame_bytes + 20 * 1024).contains(&sent[0]), "raw sent {} bytes", sent[0]);
+    assert!(sent[1] < sent[0] / 2, "LZ4 halves these synthetic frames at least: {sent:?}");
+    let local = summary(&client(&local.addr(), &input, "edges", &dir.path().join("l.mkv"), &[]));
+    assert_eq!((local.wire_bytes_sent, local.wire_bytes_received), (0, 0), "nothing crosses a wire in-process");
+    // JPEG in transit is lossy, but close.
+    let out = dir.path().join("jpeg.mkv");
+    summary(&client(&remote.addr(), &input, "blur:ksize=3", &out, &["--transport", "jpeg:95"]));
+    let want = reference(&input, "blur:ksize=3", &dir.path().join("run.mkv"));
+    let got = decode_all(&out);
+    assert_eq!(got.len(), want.len());
+    // Through JPEG twice (task and result) at quality 95: above 30 dB PSNR, good quality by the
+    // usual measure (these sharp synthetic frames measure about 33 dB).
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let psnr = opencv::core::psnr(g, w, 255.0).unwrap();
+        assert!(psnr > 30.0, "frame {i}: jpeg:95 round trip at {psnr:.1} dB");
+    }
+    assert!(got.iter().zip(&want).any(|(g, w)| max_diff(g, w) > 0.0), "and it is lossy");
+}
+
+#[test]
+fn killing_a_worker_mid_job_loses_nothing() {
+    let ns = Namespace::new("kill");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 60, width: 640, height: 480, fps: 25.0, face: false });
+    let chain = "blur:ksize=51,motion";
+    let want = reference(&input, chain, &dir.path().join("run.mkv"));
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    // Alone at first: with the job's window (20 frames) far above its prefetch (2), it always
+    // holds two unacked tasks while the job runs.
+    let mut doomed = Worker::start(&ns, 2);
+    ns.wait_for_workers(1);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let mut survivor = None;
+    let job = std::thread::scope(|s| {
+        let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
+        events.wait_for(
+            Duration::from_secs(60),
+            "progress",
+            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 6),
+        );
+        // Mid-job, holding tasks it has not acked: kill -9. Then another worker takes over.
+        signal(&doomed.child.0, libc::SIGKILL);
+        let _ = doomed.child.0.wait();
+        survivor = Some(Worker::start(&ns, 2));
+        job.join().unwrap()
+    });
+    let s = summary(&job);
+    assert_eq!((s.frames, s.failed_frames), (60, 0));
+    // It held two tasks; one of them may have been acked on its way out, the other was not.
+    assert!(s.retries >= 1, "the tasks the killed worker held were redelivered and counted: {s:?}");
+    assert_eq!(s.workers.len(), 2, "both workers took frames: {:?}", s.workers);
+    drop(survivor);
+    assert_same_frames(&output, &want, "after kill -9");
+}
+
+#[test]
+fn a_frozen_worker_is_routed_around() {
+    let ns = Namespace::new("frozen");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 40, width: 480, height: 360, fps: 25.0, face: false });
+    let chain = "blur:ksize=31";
+    let want = reference(&input, chain, &dir.path().join("run.mkv"));
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp_url(),
+        "--namespace",
+        &ns.name,
+        "--redispatch-after",
+        "1",
+    ]);
+    // Alone at first, so that it holds unacked tasks when it freezes (see the kill test).
+    let frozen = Worker::start(&ns, 2);
+    ns.wait_for_workers(1);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let mut healthy = None;
+    let job = std::thread::scope(|s| {
+        let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
+        events.wait_for(
+            Duration::from_secs(60),
+            "progress",
+            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 4),
+        );
+        // Alive to RabbitMQ (its connection stays open) but doing nothing: only the server's
+        // re-dispatch can finish the frames it holds.
+        signal(&frozen.child.0, libc::SIGSTOP);
+        healthy = Some(Worker::start(&ns, 2));
+        job.join().unwrap()
+    });
+    drop(healthy);
+    signal(&frozen.child.0, libc::SIGCONT);
+    let s = summary(&job);
+    assert_eq!((s.frames, s.failed_frames), (40, 0));
+    assert!(s.retries >= 1, "overdue frames were re-dispatched: {s:?}");
+    assert_same_frames(&output, &want, "around a frozen worker");
+}
+
+#[test]
+fn a_worker_stops_gracefully_finishing_what_it_holds() {
+    let ns = Namespace::new("graceful");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 40, width: 480, height: 360, fps: 25.0, face: false });
+    let chain = "blur:ksize=41";
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let mut leaving = Worker::start(&ns, 2);
+    let _staying = Worker::start(&ns, 1);
+    ns.wait_for_workers(2);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let (job, exit) = std::thread::scope(|s| {
+        let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
+        events.wait_for(
+            Duration::from_secs(60),
+            "progress",
+            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 5),
+        );
+        signal(&leaving.child.0, libc::SIGTERM);
+        let exit = wait_output(&mut leaving.child.0);
+        (job.join().unwrap(), exit)
+    });
+    assert_eq!(exit.0, Some(0), "the worker exits 0 after finishing its tasks: {}", exit.1);
+    let s = summary(&job);
+    assert_eq!((s.frames, s.failed_frames), (40, 0));
+    // It acked what it held, so nothing it took needed redelivering.
+    assert_eq!(s.retries, 0, "{s:?}");
+    assert_same_frames(&output, &reference(&input, chain, &dir.path().join("run.mkv")), "after a graceful stop");
+}
+
+#[test]
+fn ctrl_c_in_the_client_cancels_the_job_on_the_server() {
+    let ns = Namespace::new("cancel");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 150, width: 640, height: 480, fps: 25.0, face: false });
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let _worker = Worker::start(&ns, 1);
+    ns.wait_for_workers(1);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let mut child = vpd()
+        .args(["client", input.to_str().unwrap(), "--server", &server.addr(), "-f", "blur:ksize=101", "-o"])
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    events.wait_for(
+        Duration::from_secs(60),
+        "progress",
+        |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 2),
+    );
+    signal(&child, libc::SIGINT);
+    let (code, err) = wait_output(&mut child);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(!output.exists() && partial_files(dir.path()).is_empty(), "no output, no partial file");
+    // The server announced it and workers drop the job's remaining tasks: the queue empties
+    // long before 150 heavy frames could have been filtered.
+    events.wait_for(Duration::from_secs(30), "cancelled", |e| matches!(e, JobEvent::Cancelled { .. }));
+    let tasks = ns.topology().tasks();
+    assert!(wait_for(Duration::from_secs(30), || ns.stats(&tasks).0 == 0), "the cancelled job's tasks were dropped");
+    assert!(
+        wait_for(Duration::from_secs(10), || files_in(&server.work_dir).is_empty()),
+        "{:?}",
+        files_in(&server.work_dir)
+    );
+    // And the server goes on serving.
+    let s = summary(&client(&server.addr(), &input, "edges", &dir.path().join("after.mkv"), &[]));
+    assert_eq!(s.frames, 150);
+}
+
+#[test]
+fn clients_over_ipv4_ipv6_and_a_unix_socket_two_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
+    let socket = dir.path().join("vpd.sock");
+    let server = Server::start(&["--listen", "[::]:0", "--unix", socket.to_str().unwrap(), "--workers", "2"]);
+    let port = server.tcp.as_deref().unwrap().rsplit(':').next().unwrap().to_string();
+    let want = reference(&input, "edges", &dir.path().join("run.mkv"));
+    let addrs = [format!("127.0.0.1:{port}"), format!("[::1]:{port}"), format!("unix:{}", socket.display())];
+    // All three at once: the server runs jobs side by side (two slots; the third waits).
+    let outputs: Vec<PathBuf> = (0..addrs.len()).map(|i| dir.path().join(format!("out{i}.mkv"))).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            addrs.iter().zip(&outputs).map(|(a, o)| s.spawn(|| summary(&client(a, &input, "edges", o, &[])))).collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().frames, 20);
+        }
+    });
+    for (addr, out) in addrs.iter().zip(&outputs) {
+        assert_same_frames(out, &want, addr);
+    }
+    let (code, err) = server.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!socket.exists(), "the socket file is removed on exit");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_at_start() {
+    let dead = "amqp://guest:secret@127.0.0.1:1/%2f";
+    for role in [vec!["server", "--listen", "127.0.0.1:0", "--amqp", dead], vec!["worker", "--amqp", dead]] {
+        let out = run_vpd(&role);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{role:?}: {err}");
+        assert!(err.starts_with("vpd: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"), "{role:?}: {err}");
+        assert!(!err.contains("secret"), "the password is never printed");
+    }
+    // No URL at all: a usage error.
+    let out = vpd().arg("worker").env_remove("VPD_AMQP_URL").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a worker needs RabbitMQ"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_lost_broker_connection_is_reconnected_mid_job() {
+    if std::process::Command::new("rabbitmqctl").arg("help").output().is_err() {
+        eprintln!("skipped: needs rabbitmqctl beside the broker to cut connections");
+        return;
+    }
+    let ns = Namespace::new("reconnect");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 60, width: 480, height: 360, fps: 25.0, face: false });
+    let chain = "blur:ksize=41,motion";
+    let want = reference(&input, chain, &dir.path().join("run.mkv"));
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
+    ns.wait_for_workers(2);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let server_pid = server.child.0.id().to_string();
+    let job = std::thread::scope(|s| {
+        let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
+        events.wait_for(
+            Duration::from_secs(60),
+            "progress",
+            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 10),
+        );
+        // Freeze the workers so the job cannot finish before the cut (rabbitmqctl takes seconds):
+        // the frames dispatched but not yet returned are then certainly outstanding.
+        for w in &workers {
+            signal(&w.child.0, libc::SIGSTOP);
+        }
+        // Cut the server's connection from the broker's side, as a broker restart would.
+        let list = std::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "-q", "pid", "client_properties"])
+            .output()
+            .unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        // Each line: the connection's pid, then its client properties with the name vpd gave it.
+        let pid = list
+            .lines()
+            .find(|l| l.contains("vpd-server ") && l.contains(&format!(":{server_pid}\"")))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no server connection in:\n{list}"))
+            .to_string();
+        let closed =
+            std::process::Command::new("rabbitmqctl").args(["close_connection", &pid, "test"]).output().unwrap();
+        assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+        for w in &workers {
+            signal(&w.child.0, libc::SIGCONT);
+        }
+        job.join().unwrap()
+    });
+    let s = summary(&job);
+    assert_eq!((s.frames, s.failed_frames), (60, 0));
+    assert!(s.retries >= 1, "what was outstanding was re-published: {s:?}");
+    assert_same_frames(&output, &want, "across a reconnect");
+}
+
+#[test]
+fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
+    use opencv::core::{CV_8UC3, Mat, Scalar};
+    use vpd::broker::Broker;
+    use vpd::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta, TransportEncoding};
+
+    let ns = Namespace::new("poison");
+    let _worker = Worker::start(&ns, 1);
+    ns.wait_for_workers(1);
+    let t = ns.topology();
+    runtime().block_on(async {
+        let broker = Broker::connect(&amqp_url(), "vpd-test-poison").await.unwrap();
+        let (reply_to, mut replies) = broker.consume_replies(&t, "jpoison").await.unwrap();
+        // `motion` with a previous frame of another size fails in the filter, every time.
+        let chain = "motion".parse().unwrap();
+        let meta = TaskMeta { job: "jpoison", index: 3, chain: &chain, encoding: TransportEncoding::Raw };
+        let frame = Mat::new_rows_cols_with_default(32, 32, CV_8UC3, Scalar::all(1.0)).unwrap();
+        let other = Mat::new_rows_cols_with_default(16, 16, CV_8UC3, Scalar::all(1.0)).unwrap();
+        let body = wire::encode_task(&meta, &frame, Some(&other), &mut Encoder::new(TransportEncoding::Raw)).unwrap();
+        let publisher = broker.publisher().await.unwrap();
+        assert!(publisher.task(&t, &body, &reply_to, "jpoison:3", 0).await.unwrap().accepted().await.unwrap());
+
+        let reply =
+            tokio::time::timeout(Duration::from_secs(60), replies.next()).await.expect("a result").unwrap().unwrap();
+        let (header, frame) = wire::decode_result(&reply.body, None).unwrap();
+        assert_eq!(header.index, 3);
+        assert_eq!(header.retries, vpd::worker::MAX_ATTEMPTS - 1, "tried {} times", vpd::worker::MAX_ATTEMPTS);
+        assert!(frame.is_none());
+        match header.outcome {
+            ResultOutcome::Failed(reason) => assert!(reason.contains("previous frame is 16x16"), "{reason}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        broker.close().await;
+    });
+    assert!(wait_for(Duration::from_secs(10), || ns.stats(&t.dead()).0 == 1), "the task is dead-lettered");
+    assert_eq!(ns.stats(&t.tasks()).0, 0);
+}

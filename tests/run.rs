@@ -1,0 +1,308 @@
+//! `vpd run`: the real binary on generated clips, outputs checked frame by frame.
+
+use std::path::Path;
+use std::time::Duration;
+
+use opencv::core::Mat;
+use vpd::filters::{Chain, FilterEnv, Processor};
+
+use crate::util::*;
+
+/// The filter applied by the library itself, frame by frame, as `vpd run` should.
+fn expected_frames(input: &[Mat], chain: &str) -> Vec<Mat> {
+    let chain: Chain = chain.parse().unwrap();
+    let mut p = Processor::new(&chain, &FilterEnv::default()).unwrap();
+    input.iter().enumerate().map(|(i, f)| p.apply(f, i.checked_sub(1).map(|j| &input[j])).unwrap()).collect()
+}
+
+fn lossless_clip(dir: &Path, spec: &ClipSpec) -> std::path::PathBuf {
+    let path = dir.join("in.mkv");
+    write_clip(&path, spec, "FFV1");
+    path
+}
+
+#[test]
+fn output_has_the_input_frame_count_size_and_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    write_clip(&input, &ClipSpec { frames: 40, width: 320, height: 240, fps: 24.0, face: false }, "mp4v");
+    let output = dir.path().join("out.mp4");
+    let out = run_vpd(&["run", input.to_str().unwrap(), "--filter", "blur:ksize=3", "-o", output.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ffprobe(&output),
+        Probe { codec: "mpeg4".into(), width: 320, height: 240, rate: "24/1".into(), frames: 40 }
+    );
+    // Frames come out in input order: each carries its number as a barcode a light blur keeps.
+    let numbers: Vec<u32> = decode_all(&output).iter().map(frame_number).collect();
+    assert_eq!(numbers, (0..40).collect::<Vec<_>>());
+}
+
+#[test]
+fn every_frame_equals_the_library_filter_of_the_input_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClipSpec { frames: 24, width: 480, height: 360, fps: 25.0, face: true };
+    let input = lossless_clip(dir.path(), &spec);
+    let source = decode_all(&input);
+    assert_eq!(source.len(), 24);
+    for chain in [
+        "blur:ksize=9",
+        "edges:low=40:high=120",
+        "faces",
+        "faces:mode=blur",
+        "motion",
+        "blur:ksize=5,motion,faces,edges",
+    ] {
+        let output = dir.path().join("out.mkv");
+        let out = run_vpd(&[
+            "run",
+            input.to_str().unwrap(),
+            "--filter",
+            chain,
+            "-o",
+            output.to_str().unwrap(),
+            "--codec",
+            "ffv1",
+            "--workers",
+            "3",
+        ]);
+        assert!(out.status.success(), "{chain}: {}", stderr(&out));
+        let got = decode_all(&output);
+        let want = expected_frames(&source, chain);
+        assert_eq!(got.len(), want.len(), "{chain}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(max_diff(g, w), 0.0, "{chain}: frame {i} differs from the library's result");
+        }
+        // The filter did something: the output is not the input.
+        assert!(got.iter().zip(&source).any(|(g, s)| max_diff(g, s) > 0.0), "{chain} changed nothing");
+    }
+}
+
+#[test]
+fn one_worker_and_four_workers_write_identical_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    write_clip(&input, &ClipSpec { frames: 60, face: true, ..ClipSpec::default() }, "mp4v");
+    let mut outputs = Vec::new();
+    for workers in ["1", "4"] {
+        let output = dir.path().join(format!("out{workers}.mp4"));
+        let out = run_vpd(&[
+            "run",
+            input.to_str().unwrap(),
+            "-f",
+            "motion,faces:mode=blur,blur:ksize=3",
+            "-o",
+            output.to_str().unwrap(),
+            "-w",
+            workers,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        outputs.push(decode_all(&output));
+    }
+    assert_eq!(outputs[0].len(), 60);
+    assert_eq!(outputs[1].len(), 60);
+    for (i, (a, b)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
+        assert_eq!(max_diff(a, b), 0.0, "frame {i}");
+    }
+}
+
+#[test]
+fn every_codec_writes_a_playable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    write_clip(&input, &ClipSpec { frames: 12, ..ClipSpec::default() }, "mp4v");
+    for (codec, ext, ffmpeg_name) in [
+        ("mp4v", "mp4", "mpeg4"),
+        ("avc1", "mp4", "h264"),
+        ("mjpg", "avi", "mjpeg"),
+        ("xvid", "avi", "mpeg4"),
+        ("ffv1", "mkv", "ffv1"),
+    ] {
+        let output = dir.path().join(format!("out-{codec}.{ext}"));
+        let out =
+            run_vpd(&["run", input.to_str().unwrap(), "-f", "blur", "-o", output.to_str().unwrap(), "--codec", codec]);
+        assert!(out.status.success(), "{codec}: {}", stderr(&out));
+        let p = ffprobe(&output);
+        assert_eq!((p.codec.as_str(), p.frames, p.width, p.height), (ffmpeg_name, 12, 320, 240), "{codec}");
+    }
+}
+
+#[test]
+fn json_summary_reports_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    write_clip(&input, &ClipSpec { frames: 20, ..ClipSpec::default() }, "mp4v");
+    let output = dir.path().join("out.mp4");
+    let out =
+        run_vpd(&["run", input.to_str().unwrap(), "-f", "edges", "-o", output.to_str().unwrap(), "--json", "-w", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stderr.is_empty() || stderr(&out).contains("20 frames"), "{}", stderr(&out));
+    let s: vpd::metrics::JobSummary = serde_json::from_slice(&out.stdout).expect("one JSON summary on stdout");
+    assert_eq!((s.frames, s.failed_frames, s.width, s.height), (20, 0, 320, 240));
+    assert_eq!(s.filters, "edges:low=50:high=150");
+    assert_eq!(s.workers.values().sum::<u64>(), 20);
+    assert!(s.workers.keys().all(|k| k.starts_with("local-")));
+    assert!(s.fps > 0.0 && s.wall_seconds > 0.0);
+    assert!(s.filter_latency_ms.p50 > 0.0 && s.filter_latency_ms.p50 <= s.filter_latency_ms.p99);
+    assert!(s.latency_ms.p50 >= s.filter_latency_ms.p50, "dispatch-to-result includes filtering");
+}
+
+#[test]
+fn quiet_prints_nothing_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mp4");
+    write_clip(&input, &ClipSpec { frames: 5, ..ClipSpec::default() }, "mp4v");
+    let output = dir.path().join("out.mp4");
+    let out = run_vpd(&["run", input.to_str().unwrap(), "-f", "blur", "-o", output.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success());
+    assert_eq!(stderr(&out), "");
+    assert!(out.stdout.is_empty());
+}
+
+/// Each bad input: a one-line error naming the problem, a non-zero exit, and no output file
+/// or partial file left behind.
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = d.join("good.mkv");
+    write_clip(&good, &ClipSpec { frames: 30, ..ClipSpec::default() }, "FFV1");
+    let good_mp4 = d.join("good.mp4");
+    write_clip(&good_mp4, &ClipSpec { frames: 30, ..ClipSpec::default() }, "mp4v");
+    std::fs::write(d.join("notes.mp4"), "these are not the frames you are looking for\n").unwrap();
+    std::fs::write(d.join("empty.mp4"), "").unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(d.join("truncated.mkv"), &bytes[..bytes.len() / 2]).unwrap();
+    let bytes = std::fs::read(&good_mp4).unwrap();
+    std::fs::write(d.join("truncated.mp4"), &bytes[..bytes.len() / 2]).unwrap();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let out_dir = d.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let o = |name: &str| out_dir.join(name).to_str().unwrap().to_string();
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![p("missing.mp4"), "-f".into(), "edges".into(), "-o".into(), o("a.mp4")], "missing.mp4: no such file"),
+        (vec![p("notes.mp4"), "-f".into(), "edges".into(), "-o".into(), o("a.mp4")], "notes.mp4: not a video file"),
+        (vec![p("empty.mp4"), "-f".into(), "edges".into(), "-o".into(), o("a.mp4")], "empty.mp4: the file is empty"),
+        (
+            vec![p("truncated.mkv"), "-f".into(), "edges".into(), "-o".into(), o("a.mp4")],
+            "truncated.mkv: truncated or corrupt: decoded",
+        ),
+        (
+            vec![p("truncated.mp4"), "-f".into(), "edges".into(), "-o".into(), o("a.mp4")],
+            "truncated.mp4: not a video file (or a truncated one)",
+        ),
+        (vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), p("nowhere/a.mp4")], "cannot write"),
+        (
+            vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), p("good.mkv")],
+            "the output would overwrite the input",
+        ),
+        (vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), o("")], "is a directory"),
+        (
+            vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), o("a.webm")],
+            "unsupported output container '.webm'",
+        ),
+        (
+            vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), o("a.mp4"), "--codec".into(), "ffv1".into()],
+            "codec ffv1 cannot be written to a .mp4 file",
+        ),
+        (
+            vec![
+                p("good.mkv"),
+                "-f".into(),
+                "faces".into(),
+                "-o".into(),
+                o("a.mp4"),
+                "--face-cascade".into(),
+                p("nope.xml"),
+            ],
+            "cannot load the face cascade",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut argv = vec!["run".to_string()];
+        argv.extend(args.iter().cloned());
+        let out = vpd().args(&argv).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{argv:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{argv:?}: one line, got: {err}");
+        assert!(err.starts_with("vpd: ") && err.contains(message), "{argv:?}: expected {message:?}, got: {err}");
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{argv:?} left files behind");
+        assert!(partial_files(d).is_empty(), "{argv:?} left partial files");
+    }
+    assert!(!d.join("nowhere").exists());
+}
+
+/// Chain errors are usage errors (exit 2), reported before any frame is read.
+#[test]
+fn bad_filter_chains_are_rejected_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.mp4");
+    for (chain, message) in [
+        ("sharpen", "unknown filter 'sharpen' (known filters: blur, edges, faces, motion)"),
+        ("blur:ksize=4", "blur: ksize=4 is invalid: expected an odd integer from 1 to 255"),
+        ("edges:low=-3", "edges: low=-3 is invalid"),
+        ("edges,motion:speed=2", "motion: unknown parameter 'speed' (allowed: threshold, min_area, dilate)"),
+    ] {
+        // The input does not even exist: the chain is checked first.
+        let result = run_vpd(&["run", "/nonexistent.mp4", "--filter", chain, "-o", out.to_str().unwrap()]);
+        let err = stderr(&result);
+        assert_eq!(result.status.code(), Some(2), "{chain}: {err}");
+        assert!(err.lines().next().unwrap().contains(message), "{chain}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn interrupt_cancels_the_job_and_removes_the_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 150, width: 640, height: 480, ..ClipSpec::default() }, "FFV1");
+    let output = dir.path().join("out.mp4");
+    // A heavy blur on one thread keeps the job running well past the moment we interrupt it.
+    let child = vpd()
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "-f",
+            "blur:ksize=151,blur:ksize=151",
+            "-w",
+            "1",
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    assert!(wait_for(Duration::from_secs(20), || !partial_files(dir.path()).is_empty()), "the job never started");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(!output.exists(), "no output after a cancelled job");
+    assert!(partial_files(dir.path()).is_empty(), "partial output removed");
+}
+
+#[test]
+fn the_sample_video_runs_through_every_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("sample.mp4");
+    let out = run_vpd(&[
+        "run",
+        asset("sample.mp4").to_str().unwrap(),
+        "-f",
+        "faces,motion,edges",
+        "-o",
+        output.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: vpd::metrics::JobSummary = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((s.frames, s.failed_frames, s.width, s.height), (200, 0, 960, 540));
+    assert_eq!(ffprobe(&output).frames, 200);
+}

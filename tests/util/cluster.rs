@@ -1,0 +1,241 @@
+//! Real `vpd server` and `vpd worker` processes on a real RabbitMQ, each test in its own
+//! namespace, all removed when the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use vpd::broker::{Broker, Topology};
+
+use super::{ChildGuard, vpd};
+
+/// The broker the tests use: `VPD_TEST_AMQP_URL`, or the local default (`make test` starts one).
+pub fn amqp_url() -> String {
+    std::env::var("VPD_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A runtime for the tests' own broker calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A namespace of queues and exchanges for one test, deleted when dropped.
+pub struct Namespace {
+    /// The namespace's name, for `--namespace`.
+    pub name: String,
+}
+
+impl Namespace {
+    /// A fresh namespace named after `test`.
+    pub fn new(test: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!("vpdtest-{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        // Fail early and clearly when there is no broker.
+        runtime().block_on(async {
+            let b = Broker::connect(&amqp_url(), "vpd-test").await.unwrap_or_else(|e| {
+                panic!("{e:#}\n(the distributed tests need RabbitMQ: `make test` starts one, or set VPD_TEST_AMQP_URL)")
+            });
+            b.declare(&Topology::new(&name)).await.unwrap();
+            b.close().await;
+        });
+        Namespace { name }
+    }
+
+    /// The namespace's names.
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.name)
+    }
+
+    /// Messages waiting in one of the namespace's queues, and its consumers.
+    pub fn stats(&self, queue: &str) -> (u32, u32) {
+        runtime().block_on(async {
+            let b = Broker::connect(&amqp_url(), "vpd-test").await.unwrap();
+            let n = b.queue_stats(queue).await.unwrap();
+            b.close().await;
+            n
+        })
+    }
+
+    /// Waits until `n` workers consume the namespace's task queue.
+    pub fn wait_for_workers(&self, n: u32) {
+        let tasks = self.topology().tasks();
+        let ready = super::wait_for(Duration::from_secs(60), || self.stats(&tasks).1 >= n);
+        assert!(ready, "{n} workers did not start consuming within a minute");
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let t = self.topology();
+        runtime().block_on(async {
+            if let Ok(b) = Broker::connect(&amqp_url(), "vpd-test").await {
+                let _ = b.delete(&t).await;
+                b.close().await;
+            }
+        });
+    }
+}
+
+/// A running `vpd server`, stopped (and waited for) when dropped.
+pub struct Server {
+    /// The process.
+    pub child: ChildGuard,
+    /// Its TCP address (`127.0.0.1:PORT` or `[::]:PORT`).
+    pub tcp: Option<String>,
+    /// Its Unix socket.
+    pub unix: Option<PathBuf>,
+    /// Its work directory.
+    pub work_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `vpd server ARGS --work-dir …` and waits for it to announce its sockets.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let work_dir = dir.path().join("work");
+        let mut child = vpd()
+            .arg("server")
+            .args(args)
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vpd server");
+        let stdout = child.stdout.take().unwrap();
+        let (mut tcp, mut unix) = (None, None);
+        // The server prints a `listening …` line per socket, then nothing more on stdout.
+        let expected = usize::from(!args.contains(&"--unix") || args.contains(&"--listen"))
+            + usize::from(args.contains(&"--unix"));
+        let mut lines = BufReader::new(stdout).lines();
+        while usize::from(tcp.is_some()) + usize::from(unix.is_some()) < expected {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("listening tcp ") {
+                        tcp = Some(a.to_string());
+                    } else if let Some(p) = line.strip_prefix("listening unix ") {
+                        unix = Some(PathBuf::from(p));
+                    }
+                }
+                _ => {
+                    let out = child.wait_with_output().unwrap();
+                    panic!("vpd server exited before listening: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+        }
+        Server { child: ChildGuard(child), tcp, unix, work_dir, _dir: dir }
+    }
+
+    /// The address clients use over IPv4 loopback.
+    pub fn addr(&self) -> String {
+        let tcp = self.tcp.as_deref().expect("listening on TCP");
+        let port = tcp.rsplit(':').next().unwrap();
+        format!("127.0.0.1:{port}")
+    }
+
+    /// Stops the server with SIGTERM and returns its exit code and stderr.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        signal(&self.child.0, libc::SIGTERM);
+        wait_output(&mut self.child.0)
+    }
+}
+
+/// A running `vpd worker`, killed when dropped.
+pub struct Worker {
+    /// The process.
+    pub child: ChildGuard,
+}
+
+impl Worker {
+    /// Starts a worker in `ns` with `concurrency` threads.
+    pub fn start(ns: &Namespace, concurrency: usize) -> Worker {
+        let child = vpd()
+            .args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--concurrency", &concurrency.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vpd worker");
+        Worker { child: ChildGuard(child) }
+    }
+}
+
+/// Sends `sig` to a child.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling a child process of this test.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Waits for a child to exit (at most a minute) and returns its exit code and stderr.
+pub fn wait_output(child: &mut Child) -> (Option<i32>, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "process did not exit within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+    }
+    (status.code(), err)
+}
+
+/// Files in `dir` (none when it does not exist).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A subscription to a namespace's job events, ready when `subscribe` returns.
+pub struct Events {
+    rx: crossbeam_channel::Receiver<vpd::protocol::event::JobEvent>,
+}
+
+impl Events {
+    /// Subscribes to `ns`'s events exchange.
+    pub fn subscribe(ns: &Namespace) -> Events {
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let t = ns.topology();
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let b = Broker::connect(&amqp_url(), "vpd-test-events").await.unwrap();
+                let mut consumer = b.consume_events(&t, "test-events").await.unwrap();
+                ready_tx.send(()).unwrap();
+                while let Some(Ok(m)) = consumer.next().await {
+                    let Ok(event) = serde_json::from_slice(&m.body) else { continue };
+                    if tx.send(event).is_err() {
+                        break; // the test is done with it
+                    }
+                }
+                b.close().await;
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(20)).expect("subscribing to events");
+        Events { rx }
+    }
+
+    /// The first event matching `pred` (earlier ones are dropped); panics after `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&vpd::protocol::event::JobEvent) -> bool,
+    ) -> vpd::protocol::event::JobEvent {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) => {}
+                Err(_) => panic!("no {what} event within {timeout:?}"),
+            }
+        }
+    }
+}
