@@ -7,6 +7,8 @@ packages=(
   pkg-config clang libclang-dev libopencv-dev # the opencv crate binds OpenCV 4.6 through libclang
   opencv-data                                 # the Haar cascade used by the faces filter
   ffmpeg                                      # ffprobe checks outputs in the tests; ffmpeg is the benchmark baseline
+  chromium                                    # the dashboard test renders the page in headless Chromium
+  prometheus                                  # promtool checks /metrics in the tests
 )
 
 missing=()

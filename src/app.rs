@@ -39,7 +39,7 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = match cli.command {
         // Roles that serve many connections and drive RabbitMQ get a small thread pool; OpenCV
         // never runs on it (it has its own threads).
-        Command::Server(_) | Command::Worker(_) => {
+        Command::Server(_) | Command::Worker(_) | Command::Preview(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?
         }
         Command::Run(_) | Command::Client(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
@@ -66,7 +66,19 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Worker(args) => {
-                crate::worker::run(file.worker(args)?, shutdown).await?;
+                let cfg = file.worker(args)?;
+                let metrics = cfg.metrics.map(crate::net::bind_tcp).transpose()?;
+                if let Some(addr) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+                    announce(&[format!("metrics http://{addr}/")])?;
+                }
+                crate::worker::run(cfg, metrics, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Preview(args) => {
+                let (cfg, listen) = file.preview(args)?;
+                let listener = crate::net::bind_tcp(listen)?;
+                announce(&[format!("preview http://{}/", listener.local_addr()?)])?;
+                crate::preview::run(cfg, listener, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Client(args) => {

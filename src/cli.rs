@@ -63,6 +63,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Send a video to a server, show its progress, download the result.
     Client(ClientArgs),
+    /// Serve a live dashboard of the cluster's jobs (and Prometheus /metrics) from RabbitMQ's events.
+    Preview(PreviewArgs),
 }
 
 /// `vpd server`.
@@ -118,6 +120,30 @@ pub struct ServerArgs {
     /// Haar cascade for `faces`, for in-process filtering.
     #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
     pub face_cascade: Option<PathBuf>,
+
+    /// Serve the dashboard of this server's jobs (and /metrics) on this address, e.g. [::]:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub preview: Option<SocketAddr>,
+
+    /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9100.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `vpd preview`.
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// Address of the dashboard; `[::]:PORT` takes IPv4 and IPv6 [default: [::]:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// RabbitMQ URL (the servers' broker).
+    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
+    pub amqp: Option<String>,
+
+    /// Prefix of every queue and exchange name (as given to the servers).
+    #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
 }
 
 /// `vpd worker`.
@@ -138,6 +164,10 @@ pub struct WorkerArgs {
     /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
     #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
     pub face_cascade: Option<PathBuf>,
+
+    /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9101.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `vpd client`.

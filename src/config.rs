@@ -16,9 +16,10 @@ use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
-use crate::cli::{Cli, ClientArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
+use crate::cli::{Cli, ClientArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
 use crate::client::{ClientConfig, ServerAddr};
 use crate::filters::{Chain, FilterEnv};
+use crate::preview::PreviewConfig;
 use crate::protocol::message::Token;
 use crate::protocol::wire::TransportEncoding;
 use crate::server::{Backend, ServerConfig};
@@ -44,6 +45,21 @@ pub struct FileConfig {
     /// Defaults for `vpd client`.
     #[serde(default)]
     pub client: ClientSection,
+    /// Defaults for `vpd preview`.
+    #[serde(default)]
+    pub preview: PreviewSection,
+}
+
+/// `[preview]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewSection {
+    /// Dashboard address.
+    pub listen: Option<SocketAddr>,
+    /// RabbitMQ URL.
+    pub amqp: Option<String>,
+    /// Queue and exchange prefix.
+    pub namespace: Option<String>,
 }
 
 /// `[server]`.
@@ -70,6 +86,10 @@ pub struct ServerSection {
     pub redispatch_after: Option<f64>,
     /// Frames in flight per job.
     pub window: Option<NonZeroUsize>,
+    /// Dashboard address.
+    pub preview: Option<SocketAddr>,
+    /// `/metrics` address.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[worker]`.
@@ -82,6 +102,8 @@ pub struct WorkerSection {
     pub concurrency: Option<NonZeroUsize>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
+    /// `/metrics` address.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[client]`.
@@ -179,6 +201,8 @@ impl FileConfig {
                 .or_else(|| f.work_dir.clone())
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("vpd-server-{}", std::process::id()))),
             window: a.window.or(f.window),
+            preview: a.preview.or(f.preview),
+            metrics: a.metrics.or(f.metrics),
         })
     }
 
@@ -197,7 +221,23 @@ impl FileConfig {
             topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?),
             filter_env: self.filter_env(a.face_cascade),
             id: crate::worker::worker_id(),
+            metrics: a.metrics.or(f.metrics),
         })
+    }
+
+    /// The validated configuration of `vpd preview`, and its address.
+    pub fn preview(&self, a: PreviewArgs) -> anyhow::Result<(PreviewConfig, SocketAddr)> {
+        let f = &self.preview;
+        let Some(amqp_url) = a.amqp.or_else(|| f.amqp.clone()) else {
+            return Err(usage(
+                ErrorKind::MissingRequiredArgument,
+                "a preview reads job events from RabbitMQ: pass --amqp URL or set VPD_AMQP_URL \
+                 (or run `vpd server --preview ADDR` for a server's own jobs)",
+            ));
+        };
+        let topology = Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?);
+        let listen = a.listen.or(f.listen).unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
+        Ok((PreviewConfig { amqp_url, topology }, listen))
     }
 
     /// The validated configuration of `vpd client`, and whether to print JSON.

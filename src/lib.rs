@@ -12,7 +12,8 @@
 //! - [`job`]: one file through the pipeline into another (run and server share it).
 //! - [`broker`]: RabbitMQ (the only lapin user): topology, confirmed publishing, consumers.
 //! - [`cancel`]: a cancellation signal blocking threads can select on.
-//! - Roles: [`run`], [`server`], [`worker`], [`client`].
+//! - [`net`]: listening sockets; [`preview::http`]: the dashboard, `/metrics` and `/healthz`.
+//! - Roles: [`run`], [`server`], [`worker`], [`client`], [`preview`].
 
 #![warn(missing_docs)]
 
@@ -25,7 +26,9 @@ pub mod config;
 pub mod filters;
 pub mod job;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
+pub mod preview;
 pub mod progress;
 pub mod protocol;
 pub mod run;

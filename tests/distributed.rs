@@ -3,39 +3,13 @@
 //! jobs cancelled, connections cut.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use vpd::metrics::JobSummary;
 use vpd::protocol::event::JobEvent;
 
 use crate::util::cluster::*;
 use crate::util::*;
-
-/// `vpd client INPUT --server ADDR -f CHAIN -o OUT --codec ffv1 --json ARGS…`.
-fn client(addr: &str, input: &Path, chain: &str, output: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "client",
-        input.to_str().unwrap(),
-        "--server",
-        addr,
-        "-f",
-        chain,
-        "-o",
-        output.to_str().unwrap(),
-        "--json",
-    ];
-    if output.extension().is_some_and(|e| e == "mkv") {
-        args.extend(["--codec", "ffv1"]);
-    }
-    args.extend_from_slice(extra);
-    run_vpd(&args)
-}
-
-fn summary(out: &Output) -> JobSummary {
-    assert!(out.status.success(), "client failed: {}", stderr(out));
-    serde_json::from_slice(&out.stdout).expect("a JSON summary on stdout")
-}
 
 /// `vpd run` on the same input: the reference every other path must equal.
 fn reference(input: &Path, chain: &str, output: &Path) -> Vec<opencv::core::Mat> {
@@ -60,12 +34,6 @@ fn assert_same_frames(got: &Path, want: &[opencv::core::Mat], what: &str) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(max_diff(g, w), 0.0, "{what}: frame {i} differs from vpd run's");
     }
-}
-
-fn clip(dir: &Path, spec: ClipSpec) -> PathBuf {
-    let input = dir.join("in.mkv");
-    write_clip(&input, &spec, "FFV1");
-    input
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (it links OpenCV once), one module per area.
 
 mod distributed;
+mod preview;
 mod protocol;
 mod run;
 mod util;

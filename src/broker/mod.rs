@@ -37,6 +37,8 @@ use crate::protocol::event::JobEvent;
 pub const ATTEMPT_HEADER: &str = "x-vpd-attempt";
 /// Default namespace of every queue and exchange name.
 pub const DEFAULT_NAMESPACE: &str = "vpd";
+/// Events held for one listener (thumbnails are the big ones, tens of kilobytes).
+const EVENTS_MAX_MESSAGES: i32 = 2000;
 /// Most poison tasks kept in `NS.tasks.dead`; older ones are dropped.
 const DEAD_MAX_MESSAGES: i32 = 1000;
 /// Most bytes kept in `NS.tasks.dead` (each holds one or two frames).
@@ -222,7 +224,10 @@ impl Broker {
     pub async fn consume_events(&self, t: &Topology, tag: &str) -> anyhow::Result<Consumer> {
         let ch = self.channel().await?;
         let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let q = ch.queue_declare("".into(), options, FieldTable::default()).await?;
+        // A listener that falls behind loses the oldest events, not the broker's memory.
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(EVENTS_MAX_MESSAGES));
+        let q = ch.queue_declare("".into(), options, args).await?;
         ch.queue_bind(
             q.name().clone(),
             t.events().into(),

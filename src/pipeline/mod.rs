@@ -56,6 +56,9 @@ pub trait Observer: Sync {
     /// Each frame as it is written, in order, from the writer thread; must be quick (sample,
     /// don't copy every frame).
     fn on_frame(&self, _index: u64, _frame: &Mat) {}
+
+    /// The last frame of a job that wrote every frame, after [`Observer::on_frame`] saw it.
+    fn on_last_frame(&self, _index: u64, _frame: &Mat) {}
 }
 
 /// A snapshot of a running job.
@@ -357,13 +360,19 @@ fn write(
     observer: &dyn Observer,
 ) -> Result<u64, Halt> {
     let mut written = 0;
+    let mut last = None;
     for frame in frames {
         sink.write(frame.as_mat())?;
         observer.on_frame(written, frame.as_mat());
         written += 1;
-        drop(frame);
+        // Kept (not copied) until the next one replaces it, for the observer's last look:
+        // one frame beyond the window.
+        last = Some(frame);
         // Returns one credit; fails only once the source has finished, which is fine.
         let _ = credits.recv();
+    }
+    if let Some(frame) = &last {
+        observer.on_last_frame(written - 1, frame.as_mat());
     }
     Ok(written)
 }

@@ -6,7 +6,6 @@
 //! `--max-jobs`; more wait for a slot. The first SIGTERM or SIGINT stops accepting, cancels
 //! running jobs (their clients are told), removes the socket file and the work directory.
 
-mod listener;
 mod session;
 
 use std::net::SocketAddr;
@@ -24,14 +23,16 @@ use tracing::{info, warn};
 
 use crate::broker::{Publisher, Topology};
 use crate::filters::FilterEnv;
+use crate::net::{UnixSocket, bind_tcp, bind_unix};
 use crate::pipeline::JobOptions;
+use crate::preview::QUEUE_POLL;
+use crate::preview::board::{Board, Link};
+use crate::preview::http::{self, Site};
 use crate::protocol::event::JobEvent;
 use crate::protocol::message::Token;
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpTransport, BrokerLink};
 use crate::transport::local::LocalTransport;
-
-pub use listener::{bind_tcp, bind_unix};
 
 /// How long running connections get to end after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -76,6 +77,10 @@ pub struct ServerConfig {
     pub work_dir: PathBuf,
     /// Frames in flight per job; `None` picks from the frame size.
     pub window: Option<NonZeroUsize>,
+    /// Serve the dashboard of this server's jobs here.
+    pub preview: Option<SocketAddr>,
+    /// Serve `/metrics` and `/healthz` here.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// What every connection shares.
@@ -90,6 +95,8 @@ pub struct Shared {
     /// The face cascade, checked before a job starts, when filters run in this process.
     local_face_cascade: Option<PathBuf>,
     events: Option<(Arc<BrokerLink>, Mutex<Option<Publisher>>)>,
+    /// Every job of this server, for its dashboard and `/metrics`.
+    board: Arc<Board>,
 }
 
 impl Shared {
@@ -97,8 +104,10 @@ impl Shared {
         self.window.unwrap_or_else(|| JobOptions::default_window(self.parallelism, frame_bytes))
     }
 
-    /// Publishes a job event on the events exchange; a failure is logged, never fatal.
+    /// Applies a job event to the server's board and publishes it on the events exchange; a
+    /// failure to publish is logged, never fatal.
     async fn publish(&self, event: JobEvent) {
+        self.board.apply(&event);
         let Some((link, publisher)) = &self.events else { return };
         let mut publisher = publisher.lock().await;
         for _ in 0..2 {
@@ -123,7 +132,9 @@ impl Shared {
 /// The sockets a server listens on, bound before it runs (so a caller can read the ports).
 pub struct Listeners {
     tcp: Option<tokio::net::TcpListener>,
-    unix: Option<listener::UnixSocket>,
+    unix: Option<UnixSocket>,
+    preview: Option<tokio::net::TcpListener>,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
@@ -131,7 +142,9 @@ impl Listeners {
     pub fn bind(cfg: &ServerConfig) -> anyhow::Result<Self> {
         let tcp = cfg.listen.map(bind_tcp).transpose()?;
         let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
-        Ok(Listeners { tcp, unix })
+        let preview = cfg.preview.map(bind_tcp).transpose()?;
+        let metrics = cfg.metrics.map(bind_tcp).transpose()?;
+        Ok(Listeners { tcp, unix, preview, metrics })
     }
 
     /// `tcp ADDR` and `unix PATH`, one line each: what the server announces on stdout.
@@ -142,6 +155,11 @@ impl Listeners {
         }
         if let Some(u) = &self.unix {
             lines.push(format!("unix {}", u.path().display()));
+        }
+        for (what, l) in [("preview", &self.preview), ("metrics", &self.metrics)] {
+            if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
+                lines.push(format!("{what} http://{addr}/"));
+            }
         }
         lines
     }
@@ -179,9 +197,20 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         parallelism,
         local_face_cascade,
         events,
+        board: Arc::new(Board::new()),
     });
     let tracker = TaskTracker::new();
-    let Listeners { tcp, unix } = listeners;
+    let Listeners { tcp, unix, preview, metrics } = listeners;
+    if let Some(l) = preview {
+        tracker.spawn(http::serve(l, Site::dashboard(shared.board.clone()), shutdown.clone()));
+    }
+    if let Some(l) = metrics {
+        let board = shared.board.clone();
+        tracker.spawn(http::serve(l, Site::metrics_only(move || board.metrics()), shutdown.clone()));
+    }
+    if let (Some((link, _)), true) = (&shared.events, cfg.preview.is_some() || cfg.metrics.is_some()) {
+        tracker.spawn(poll_queue(link.clone(), shared.board.clone(), shutdown.clone()));
+    }
     info!(listening = ?cfg.listen, unix = ?cfg.unix, "server started");
     loop {
         tokio::select! {
@@ -220,10 +249,26 @@ async fn accept_tcp(l: Option<&tokio::net::TcpListener>) -> std::io::Result<(tok
     }
 }
 
-async fn accept_unix(l: Option<&listener::UnixSocket>) -> std::io::Result<tokio::net::UnixStream> {
+async fn accept_unix(l: Option<&UnixSocket>) -> std::io::Result<tokio::net::UnixStream> {
     match l {
         Some(u) => u.listener.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,
+    }
+}
+
+/// Keeps the board's view of the broker current: connected or not, and the task queue's depth.
+async fn poll_queue(link: Arc<BrokerLink>, board: Arc<Board>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(QUEUE_POLL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let depth = match link.get().await {
+            Ok(broker) => broker.queue_stats(&link.topology().tasks()).await.ok().map(|(depth, _)| depth),
+            Err(_) => None,
+        };
+        board.set_link(Link { broker_connected: Some(depth.is_some()), queue_depth: depth });
     }
 }
 

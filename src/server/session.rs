@@ -192,8 +192,8 @@ where
     let started = Instant::now();
     let initial = ProgressSnapshot { total: info.frame_count, ..ProgressSnapshot::default() };
     let (progress_tx, mut progress_rx) = watch::channel(initial);
-    let (thumb_tx, mut thumb_rx) = mpsc::channel(2);
-    let observer = JobObserver::new(progress_tx, thumb_tx, started, info.frame_count);
+    let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
+    let observer = JobObserver::new(progress_tx, thumb_tx, started);
     let transport = shared.transport.clone();
     let mut running = tokio::task::spawn_blocking(move || opened.run(&ctx, &*transport, window, &observer));
 
@@ -369,8 +369,8 @@ struct JobObserver {
     progress: watch::Sender<ProgressSnapshot>,
     thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
     started: Instant,
-    /// The announced frame count: the last frame always gets a thumbnail.
-    total: Option<u64>,
+    /// The index of the last thumbnail made.
+    last_index: Mutex<Option<u64>>,
     last_progress: Mutex<Option<Instant>>,
     last_thumbnail: Mutex<Option<Instant>>,
 }
@@ -380,10 +380,9 @@ impl JobObserver {
         progress: watch::Sender<ProgressSnapshot>,
         thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
         started: Instant,
-        total: Option<u64>,
     ) -> Self {
-        let (last_progress, last_thumbnail) = (Mutex::new(None), Mutex::new(None));
-        JobObserver { progress, thumbnails, started, total, last_progress, last_thumbnail }
+        let (last_progress, last_thumbnail, last_index) = (Mutex::new(None), Mutex::new(None), Mutex::new(None));
+        JobObserver { progress, thumbnails, started, last_index, last_progress, last_thumbnail }
     }
 }
 
@@ -414,13 +413,27 @@ impl Observer for JobObserver {
     }
 
     fn on_frame(&self, index: u64, frame: &Mat) {
-        let last = self.total == Some(index + 1);
-        if self.thumbnails.capacity() == 0 || !(due(&self.last_thumbnail, THUMBNAIL_INTERVAL) || last) {
-            return;
+        // One slot stays free for the last frame's.
+        if self.thumbnails.capacity() > 1 && due(&self.last_thumbnail, THUMBNAIL_INTERVAL) {
+            self.send_thumbnail(index, frame);
         }
+    }
+
+    fn on_last_frame(&self, index: u64, frame: &Mat) {
+        // The dashboard of a finished job shows its last frame.
+        if *self.last_index.lock().unwrap_or_else(|p| p.into_inner()) != Some(index) {
+            self.send_thumbnail(index, frame);
+        }
+    }
+}
+
+impl JobObserver {
+    fn send_thumbnail(&self, index: u64, frame: &Mat) {
         match thumbnail(frame) {
             Ok(jpeg) => {
-                let _ = self.thumbnails.try_send((index, jpeg));
+                if self.thumbnails.try_send((index, jpeg)).is_ok() {
+                    *self.last_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
+                }
             }
             Err(e) => warn!(error = %e, "cannot make a thumbnail"),
         }

@@ -14,8 +14,12 @@
 //! of jobs announced cancelled on `NS.events` are acked and skipped. SIGTERM or SIGINT: stop
 //! consuming, finish and ack the tasks in hand, exit.
 
+mod stats;
+
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,9 +35,12 @@ use crate::protocol::event::JobEvent;
 use crate::protocol::task::FrameOutcome;
 use crate::protocol::wire::{self, Encoder, TransportEncoding};
 use crate::transport::{ProcessorCache, execute};
+pub use stats::WorkerStats;
 
 /// Deliveries of one task, first try included, before its failure is final.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// How long a stopping worker waits for deliveries sent before its cancel reached the broker.
+const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 /// Cancelled job ids remembered (oldest forgotten first).
 const CANCELLED_MEMORY: usize = 4096;
 
@@ -50,6 +57,8 @@ pub struct WorkerConfig {
     pub filter_env: FilterEnv,
     /// This worker's id in summaries: `hostname:pid`.
     pub id: String,
+    /// Serve `/metrics` and `/healthz` here.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A task handed to a filter thread.
@@ -79,16 +88,30 @@ pub fn worker_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Runs a worker until `shutdown` fires.
-pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs a worker until `shutdown` fires, serving its `/metrics` on `metrics` when given.
+pub async fn run(
+    cfg: WorkerConfig,
+    metrics: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // An unreachable broker at start is an error, not a silent retry loop.
     let mut broker = Broker::connect(&cfg.amqp_url, &format!("vpd-worker {}", cfg.id)).await?;
+    let stats = Arc::new(WorkerStats::default());
+    stats.set_connected(true);
+    let http = metrics.map(|listener| {
+        let s = stats.clone();
+        let site = crate::preview::http::Site::metrics_only(move || s.render());
+        tokio::spawn(crate::preview::http::serve(listener, site, shutdown.clone()))
+    });
     let (work_tx, work_rx) = bounded::<Work>(cfg.concurrency.get());
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(cfg.concurrency.get() * 2);
     let threads: Vec<_> = (0..cfg.concurrency.get())
         .map(|i| {
             let (rx, tx, env, id) = (work_rx.clone(), done_tx.clone(), cfg.filter_env.clone(), cfg.id.clone());
-            std::thread::Builder::new().name(format!("vpd-filter-{i}")).spawn(move || filter_thread(rx, tx, env, &id))
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name(format!("vpd-filter-{i}"))
+                .spawn(move || filter_thread(rx, tx, env, &id, &stats))
         })
         .collect::<Result<_, _>>()
         .context("spawning filter threads")?;
@@ -97,7 +120,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let mut cancelled = Cancelled::default();
     loop {
-        match session(&cfg, &broker, &work_tx, &mut done_rx, &mut cancelled, &shutdown).await {
+        match session(&cfg, &broker, &work_tx, &mut done_rx, &mut cancelled, &stats, &shutdown).await {
             Ok(()) => break,
             Err(e) if shutdown.is_cancelled() => {
                 warn!(error = %format!("{e:#}"), "stopping with the broker gone");
@@ -105,7 +128,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
             }
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "lost RabbitMQ; reconnecting (tasks in hand go back to the queue)");
+                stats.set_connected(false);
+                stats.set_in_hand(0);
                 broker = reconnect(&cfg, &shutdown).await?;
+                stats.set_connected(true);
             }
         }
     }
@@ -114,6 +140,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: CancellationToken) -> anyhow::Resu
         let _ = t.join();
     }
     broker.close().await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
 }
@@ -160,6 +189,7 @@ async fn session(
     work: &crossbeam_channel::Sender<Work>,
     done: &mut mpsc::Receiver<Done>,
     cancelled: &mut Cancelled,
+    stats: &Arc<WorkerStats>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let t = &cfg.topology;
@@ -172,18 +202,33 @@ async fn session(
     let mut acking: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut seq = 0u64;
     let mut draining = false;
+    // Deliveries can still come after the cancel: those the broker sent before it. They are
+    // in hand too, and finished like the rest, until the subscription ends.
+    let mut consuming = true;
+    let mut drain_deadline = tokio::time::Instant::now();
     loop {
-        if draining && in_hand.is_empty() && acking.is_empty() {
+        if draining && !consuming && in_hand.is_empty() && acking.is_empty() {
             return Ok(());
         }
+        stats.set_in_hand(in_hand.len() + acking.len());
         tokio::select! {
             _ = shutdown.cancelled(), if !draining => {
                 info!(in_hand = in_hand.len(), "stopping: finishing the tasks in hand");
                 tasks.cancel().await?;
                 draining = true;
+                drain_deadline = tokio::time::Instant::now() + CANCEL_SETTLE;
             }
-            message = tasks.next(), if !draining => {
-                let Some(message) = message else { continue };
+            // Should the subscription not end, what still comes goes back to the queue when
+            // the channel closes.
+            _ = tokio::time::sleep_until(drain_deadline), if draining && consuming => consuming = false,
+            message = tasks.next(), if consuming => {
+                let Some(message) = message else {
+                    if draining {
+                        consuming = false;
+                        continue;
+                    }
+                    anyhow::bail!("RabbitMQ ended the task subscription");
+                };
                 let mut m = message?;
                 let header = match wire::task_header(&m.body) {
                     Ok(h) => h,
@@ -200,6 +245,9 @@ async fn session(
                 seq += 1;
                 let body = std::mem::take(&mut m.body);
                 let retries = m.attempt + u32::from(m.redelivered);
+                if m.redelivered {
+                    stats.redelivered();
+                }
                 in_hand.insert(seq, m);
                 // Never blocks: at most `prefetch` tasks are in hand, and the channel holds that many.
                 work.send(Work { seq, body, retries }).context("the filter threads stopped")?;
@@ -218,8 +266,8 @@ async fn session(
                 let seq = match &d { Done::Result { seq, .. } | Done::Failed { seq, .. } | Done::Malformed { seq, .. } => *seq };
                 // A task from before a reconnect: the broker already took it back.
                 let Some(m) = in_hand.remove(&seq) else { continue };
-                let (publisher, topology) = (publisher.clone(), t.clone());
-                acking.spawn(async move { finish(&publisher, &topology, m, d).await });
+                let (publisher, topology, stats) = (publisher.clone(), t.clone(), stats.clone());
+                acking.spawn(async move { finish(&publisher, &topology, m, d, &stats).await });
             }
             Some(finished) = acking.join_next() => finished??,
         }
@@ -227,7 +275,13 @@ async fn session(
 }
 
 /// Publishes what became of a task, then acks (or dead-letters) it.
-async fn finish(publisher: &Publisher, t: &Topology, m: Message, done: Done) -> anyhow::Result<()> {
+async fn finish(
+    publisher: &Publisher,
+    t: &Topology,
+    m: Message,
+    done: Done,
+    stats: &WorkerStats,
+) -> anyhow::Result<()> {
     let reply_to = m.reply_to.clone().unwrap_or_default();
     let correlation = m.correlation.clone().unwrap_or_default();
     match done {
@@ -236,7 +290,9 @@ async fn finish(publisher: &Publisher, t: &Topology, m: Message, done: Done) -> 
                 m.reject(true).await?; // the broker refused the result: let another try
                 return Ok(());
             }
-            m.ack().await
+            m.ack().await?;
+            stats.processed();
+            Ok(())
         }
         Done::Failed { reason, task, .. } if m.attempt + 1 < MAX_ATTEMPTS => {
             warn!(%correlation, %reason, attempt = m.attempt + 1, "filter failed; retrying the task");
@@ -244,12 +300,16 @@ async fn finish(publisher: &Publisher, t: &Topology, m: Message, done: Done) -> 
                 m.reject(true).await?;
                 return Ok(());
             }
-            m.ack().await
+            m.ack().await?;
+            stats.retried();
+            Ok(())
         }
         Done::Failed { seq: _, reason, task: _ } => {
             warn!(%correlation, %reason, "filter failed on every attempt; reporting it and dead-lettering the task");
             report_failure(publisher, &m, &reply_to, &correlation, &reason).await?;
-            m.reject(false).await
+            m.reject(false).await?;
+            stats.failed();
+            Ok(())
         }
         Done::Malformed { error, .. } => {
             warn!(%correlation, %error, "undecodable task; dead-lettering it");
@@ -279,7 +339,7 @@ async fn report_failure(
 }
 
 /// A filter thread: decode, filter, encode, for as long as tasks come.
-fn filter_thread(work: Receiver<Work>, done: mpsc::Sender<Done>, env: FilterEnv, id: &str) {
+fn filter_thread(work: Receiver<Work>, done: mpsc::Sender<Done>, env: FilterEnv, id: &str, stats: &WorkerStats) {
     let mut cache = ProcessorCache::new(env);
     let mut encoders: HashMap<String, Encoder> = HashMap::new();
     for Work { seq, body, retries } in work {
@@ -292,6 +352,7 @@ fn filter_thread(work: Receiver<Work>, done: mpsc::Sender<Done>, env: FilterEnv,
                 };
                 let encoder = encoders.entry(h.encoding.to_string()).or_insert_with(|| Encoder::new(h.encoding));
                 let filter_us = time.as_micros() as u64;
+                stats.filter_time(time);
                 match outcome {
                     FrameOutcome::Processed(out) => {
                         let meta = wire::ResultMeta { job: &h.job, index: h.index, worker: id, filter_us, retries };

@@ -3,13 +3,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use vpd::broker::{Broker, Topology};
 
-use super::{ChildGuard, vpd};
+use vpd::metrics::JobSummary;
+
+use super::{ChildGuard, ClipSpec, run_vpd, stderr, vpd, write_clip};
 
 /// The broker the tests use: `VPD_TEST_AMQP_URL`, or the local default (`make test` starts one).
 pub fn amqp_url() -> String {
@@ -88,6 +90,10 @@ pub struct Server {
     pub unix: Option<PathBuf>,
     /// Its work directory.
     pub work_dir: PathBuf,
+    /// Its dashboard's base URL (`http://127.0.0.1:PORT/`), with `--preview`.
+    pub preview: Option<String>,
+    /// Its `/metrics` base URL, with `--metrics`.
+    pub metrics: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -106,18 +112,26 @@ impl Server {
             .spawn()
             .expect("starting vpd server");
         let stdout = child.stdout.take().unwrap();
-        let (mut tcp, mut unix) = (None, None);
+        let (mut tcp, mut unix, mut preview, mut metrics) = (None, None, None, None);
         // The server prints a `listening …` line per socket, then nothing more on stdout.
         let expected = usize::from(!args.contains(&"--unix") || args.contains(&"--listen"))
-            + usize::from(args.contains(&"--unix"));
+            + usize::from(args.contains(&"--unix"))
+            + usize::from(args.contains(&"--preview"))
+            + usize::from(args.contains(&"--metrics"));
         let mut lines = BufReader::new(stdout).lines();
-        while usize::from(tcp.is_some()) + usize::from(unix.is_some()) < expected {
+        let mut seen = 0;
+        while seen < expected {
             match lines.next() {
                 Some(Ok(line)) => {
+                    seen += 1;
                     if let Some(a) = line.strip_prefix("listening tcp ") {
                         tcp = Some(a.to_string());
                     } else if let Some(p) = line.strip_prefix("listening unix ") {
                         unix = Some(PathBuf::from(p));
+                    } else if let Some(u) = line.strip_prefix("listening preview ") {
+                        preview = Some(u.to_string());
+                    } else if let Some(u) = line.strip_prefix("listening metrics ") {
+                        metrics = Some(u.to_string());
                     }
                 }
                 _ => {
@@ -126,7 +140,7 @@ impl Server {
                 }
             }
         }
-        Server { child: ChildGuard(child), tcp, unix, work_dir, _dir: dir }
+        Server { child: ChildGuard(child), tcp, unix, work_dir, preview, metrics, _dir: dir }
     }
 
     /// The address clients use over IPv4 loopback.
@@ -159,6 +173,51 @@ impl Worker {
             .spawn()
             .expect("starting vpd worker");
         Worker { child: ChildGuard(child) }
+    }
+
+    /// Starts a worker that serves `/metrics`, and returns it with its base URL.
+    pub fn with_metrics(ns: &Namespace, concurrency: usize) -> (Worker, String) {
+        let mut child = vpd()
+            .args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--concurrency", &concurrency.to_string()])
+            .args(["--metrics", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting vpd worker");
+        let url = announced(&mut child, "metrics");
+        (Worker { child: ChildGuard(child) }, url)
+    }
+}
+
+/// The address in `listening WHAT ADDR`, the line a role prints on stdout once it serves.
+pub fn announced(child: &mut Child, what: &str) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    line.trim_end()
+        .strip_prefix(&format!("listening {what} "))
+        .unwrap_or_else(|| panic!("expected `listening {what} …`, got {line:?}"))
+        .to_string()
+}
+
+/// A running `vpd preview`, killed when dropped.
+pub struct Preview {
+    /// The process.
+    pub child: ChildGuard,
+    /// Its base URL, `http://127.0.0.1:PORT/`.
+    pub url: String,
+}
+
+impl Preview {
+    /// Starts a preview of `ns` on a free port.
+    pub fn start(ns: &Namespace) -> Preview {
+        let mut child = vpd()
+            .args(["preview", "--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting vpd preview");
+        let url = announced(&mut child, "preview");
+        Preview { child: ChildGuard(child), url }
     }
 }
 
@@ -238,4 +297,37 @@ impl Events {
             }
         }
     }
+}
+
+/// `vpd client INPUT --server ADDR -f CHAIN -o OUT --codec ffv1 --json ARGS…`.
+pub fn client(addr: &str, input: &Path, chain: &str, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "client",
+        input.to_str().unwrap(),
+        "--server",
+        addr,
+        "-f",
+        chain,
+        "-o",
+        output.to_str().unwrap(),
+        "--json",
+    ];
+    if output.extension().is_some_and(|e| e == "mkv") {
+        args.extend(["--codec", "ffv1"]);
+    }
+    args.extend_from_slice(extra);
+    run_vpd(&args)
+}
+
+/// The client's JSON summary, after checking it succeeded.
+pub fn summary(out: &Output) -> JobSummary {
+    assert!(out.status.success(), "client failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("a JSON summary on stdout")
+}
+
+/// Writes a lossless clip to `dir/in.mkv`.
+pub fn clip(dir: &Path, spec: ClipSpec) -> PathBuf {
+    let input = dir.join("in.mkv");
+    write_clip(&input, &spec, "FFV1");
+    input
 }

@@ -13,6 +13,7 @@ use opencv::prelude::*;
 use opencv::videoio::{self, VideoCapture, VideoWriter};
 
 pub mod cluster;
+pub mod web;
 
 /// The `vpd` binary cargo built for these tests.
 pub fn vpd() -> Command {

@@ -1,4 +1,5 @@
-//! The server's sockets: TCP on one dual-stack socket, and a Unix socket for same-host clients.
+//! Listening sockets every serving role uses: TCP on one dual-stack socket (the server's
+//! clients, the dashboard, `/metrics`), and a Unix socket for same-host clients.
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,0 +1,576 @@
+//! The dashboard's state, built from job events: what `/jobs`, `/events` and `/metrics` show.
+//!
+//! Events come from RabbitMQ (`vpd preview`) or straight from a server's jobs (`vpd server
+//! --preview`). Every change is broadcast to the open event streams. Memory is bounded: the
+//! board keeps the last [`MAX_JOBS`] jobs; counters remember the ones it let go, so they never
+//! go down.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::metrics::exposition::{Exposition, Kind};
+use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS};
+use crate::protocol::event::{JobEvent, ProgressSnapshot};
+
+/// Jobs kept; the oldest finished one goes first.
+pub const MAX_JOBS: usize = 256;
+/// A worker counts as seen for this long after its last frame.
+const WORKER_SEEN_FOR: Duration = Duration::from_secs(300);
+/// Updates buffered per event stream; a stream that falls further behind gets a fresh snapshot.
+const UPDATES_BUFFERED: usize = 256;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Frames are being processed.
+    Running,
+    /// Finished.
+    Done,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// One worker's share of a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WorkerView {
+    /// Frames it processed.
+    pub frames: u64,
+    /// Its current frames per second (over the whole job once it is done).
+    pub fps: f64,
+}
+
+/// A job as the dashboard and `/jobs` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobView {
+    /// The job's id.
+    pub id: String,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// The filter chain (empty when the board joined after the job started).
+    pub filters: String,
+    /// Frames in the video, if known.
+    pub frames: Option<u64>,
+    /// Frames done.
+    pub done: u64,
+    /// Frames whose filter failed.
+    pub failed: u64,
+    /// Redeliveries, re-dispatches and retries.
+    pub retries: u64,
+    /// Frames dispatched and not yet back.
+    pub in_flight: u64,
+    /// Done as a share of the frames, 0–100 (100 once done).
+    pub percent: f64,
+    /// Current frames per second (the whole job's once it is done).
+    pub fps: f64,
+    /// Seconds left at the current speed, when it can be told.
+    pub eta_seconds: Option<f64>,
+    /// Seconds since the job started.
+    pub elapsed_seconds: f64,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// The video's frame rate.
+    pub video_fps: f64,
+    /// Per worker.
+    pub workers: BTreeMap<String, WorkerView>,
+    /// Index of the latest thumbnail, if any (`/jobs/{id}/frame.jpg`).
+    pub frame_index: Option<u64>,
+    /// The job's report, once it is done: the numbers the client printed.
+    pub summary: Option<JobSummary>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The broker link as the board knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Link {
+    /// Whether the events come in (`None`: no broker involved).
+    pub broker_connected: Option<bool>,
+    /// Messages waiting in the task queue, when known.
+    pub queue_depth: Option<u32>,
+}
+
+/// A change, as event streams send it.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A job changed.
+    Job(Box<JobView>),
+    /// A job has a new thumbnail.
+    Frame {
+        /// The job.
+        job: String,
+        /// The frame's index.
+        index: u64,
+    },
+    /// The broker link changed.
+    Link(Link),
+}
+
+struct Entry {
+    view: JobView,
+    thumbnail: Option<Vec<u8>>,
+    /// The last progress snapshot, to measure speed between two of them.
+    last: Option<ProgressSnapshot>,
+}
+
+#[derive(Default)]
+struct Totals {
+    done: u64,
+    failed: u64,
+    retries: u64,
+}
+
+struct State {
+    jobs: HashMap<String, Entry>,
+    order: VecDeque<String>,
+    /// Counters of jobs no longer kept.
+    retired: Totals,
+    outcomes: [u64; 3],
+    latency: Buckets,
+    durations: Buckets,
+    workers_seen: HashMap<String, Instant>,
+    link: Link,
+}
+
+/// The dashboard's state.
+pub struct Board {
+    state: Mutex<State>,
+    updates: broadcast::Sender<Update>,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board::new()
+    }
+}
+
+impl Board {
+    /// An empty board.
+    pub fn new() -> Self {
+        Board {
+            state: Mutex::new(State {
+                jobs: HashMap::new(),
+                order: VecDeque::new(),
+                retired: Totals::default(),
+                outcomes: [0; 3],
+                latency: Buckets::empty(LATENCY_BOUNDS),
+                durations: Buckets::empty(DURATION_BOUNDS),
+                workers_seen: HashMap::new(),
+                link: Link::default(),
+            }),
+            updates: broadcast::channel(UPDATES_BUFFERED).0,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind: keep serving it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds an event in and tells the streams.
+    pub fn apply(&self, event: &JobEvent) {
+        let update = self.state().apply(event);
+        // No subscriber is fine: nobody is watching.
+        let _ = self.updates.send(update);
+    }
+
+    /// Records the state of the broker link.
+    pub fn set_link(&self, link: Link) {
+        let changed = {
+            let mut s = self.state();
+            let changed = s.link != link;
+            s.link = link;
+            changed
+        };
+        if changed {
+            let _ = self.updates.send(Update::Link(link));
+        }
+    }
+
+    /// The broker link.
+    pub fn link(&self) -> Link {
+        self.state().link
+    }
+
+    /// Every job, newest first.
+    pub fn jobs(&self) -> Vec<JobView> {
+        let s = self.state();
+        s.order.iter().rev().filter_map(|id| s.jobs.get(id)).map(|e| e.view.clone()).collect()
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Option<JobView> {
+        self.state().jobs.get(id).map(|e| e.view.clone())
+    }
+
+    /// A job's latest thumbnail (JPEG).
+    pub fn thumbnail(&self, id: &str) -> Option<Vec<u8>> {
+        self.state().jobs.get(id).and_then(|e| e.thumbnail.clone())
+    }
+
+    /// A stream of changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+        self.updates.subscribe()
+    }
+
+    /// `/metrics`, in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let s = self.state();
+        let running: Vec<&JobView> =
+            s.jobs.values().map(|e| &e.view).filter(|v| v.status == JobStatus::Running).collect();
+        let sum = |f: fn(&JobView) -> u64| s.jobs.values().map(|e| f(&e.view)).sum::<u64>();
+        let mut e = Exposition::new();
+        e.single(
+            Kind::Counter,
+            "vpd_frames_processed_total",
+            "Frames processed (filtered or written unchanged after a failure).",
+            (s.retired.done + sum(|v| v.done)) as f64,
+        );
+        e.single(
+            Kind::Counter,
+            "vpd_frames_failed_total",
+            "Frames written unchanged because their filters failed.",
+            (s.retired.failed + sum(|v| v.failed)) as f64,
+        );
+        e.single(
+            Kind::Counter,
+            "vpd_frames_retried_total",
+            "Redeliveries, re-dispatches and retries of frames.",
+            (s.retired.retries + sum(|v| v.retries)) as f64,
+        );
+        let [done, failed, cancelled] = s.outcomes;
+        e.labelled(
+            Kind::Counter,
+            "vpd_jobs_total",
+            "Jobs finished, by outcome.",
+            "outcome",
+            &[("done", done as f64), ("failed", failed as f64), ("cancelled", cancelled as f64)],
+        );
+        e.histogram(
+            "vpd_frame_latency_seconds",
+            "Per-frame time from dispatch to result, of finished jobs.",
+            LATENCY_BOUNDS,
+            &s.latency,
+        );
+        e.histogram("vpd_job_duration_seconds", "Wall time of finished jobs.", DURATION_BOUNDS, &s.durations);
+        e.single(Kind::Gauge, "vpd_jobs_running", "Jobs running.", running.len() as f64);
+        e.single(
+            Kind::Gauge,
+            "vpd_frames_in_flight",
+            "Frames dispatched and not yet back, over running jobs.",
+            running.iter().map(|v| v.in_flight).sum::<u64>() as f64,
+        );
+        let seen = s.workers_seen.values().filter(|t| t.elapsed() < WORKER_SEEN_FOR).count();
+        e.single(Kind::Gauge, "vpd_workers_seen", "Workers that processed a frame in the last 5 minutes.", seen as f64);
+        if let Some(depth) = s.link.queue_depth {
+            e.single(
+                Kind::Gauge,
+                "vpd_tasks_queue_depth",
+                "Frame tasks waiting in the RabbitMQ task queue.",
+                f64::from(depth),
+            );
+        }
+        if let Some(up) = s.link.broker_connected {
+            e.single(
+                Kind::Gauge,
+                "vpd_broker_connected",
+                "1 while the events connection to RabbitMQ is up.",
+                f64::from(u8::from(up)),
+            );
+        }
+        e.finish()
+    }
+}
+
+impl State {
+    fn entry(&mut self, id: &str) -> &mut Entry {
+        if !self.jobs.contains_key(id) {
+            self.order.push_back(id.to_string());
+            self.jobs.insert(id.to_string(), Entry { view: JobView::new(id), thumbnail: None, last: None });
+            self.evict();
+        }
+        self.jobs.get_mut(id).expect("inserted above")
+    }
+
+    /// Drops the oldest finished jobs beyond [`MAX_JOBS`], keeping their counts.
+    fn evict(&mut self) {
+        while self.jobs.len() > MAX_JOBS {
+            let Some(pos) =
+                self.order.iter().position(|id| self.jobs.get(id).is_some_and(|e| e.view.status != JobStatus::Running))
+            else {
+                return; // all running: keep them
+            };
+            let id = self.order.remove(pos).expect("position just found");
+            if let Some(e) = self.jobs.remove(&id) {
+                self.retired.done += e.view.done;
+                self.retired.failed += e.view.failed;
+                self.retired.retries += e.view.retries;
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &JobEvent) -> Update {
+        let now = Instant::now();
+        let id = event.job().to_string();
+        match event {
+            JobEvent::Started { filters, frames, width, height, fps, .. } => {
+                let e = self.entry(&id);
+                e.view = JobView {
+                    filters: filters.clone(),
+                    frames: *frames,
+                    width: *width,
+                    height: *height,
+                    video_fps: *fps,
+                    ..JobView::new(&id)
+                };
+                e.thumbnail = None;
+                e.last = None;
+            }
+            JobEvent::Progress { progress: p, .. } => {
+                for w in p.workers.keys() {
+                    self.workers_seen.insert(w.clone(), now);
+                }
+                let e = self.entry(&id);
+                let v = &mut e.view;
+                if v.status != JobStatus::Running {
+                    // A late snapshot after the job ended changes nothing.
+                    return Update::Job(Box::new(v.clone()));
+                }
+                v.done = v.done.max(p.done);
+                v.failed = p.failed;
+                v.retries = p.retries;
+                v.in_flight = p.in_flight;
+                v.frames = p.total.or(v.frames);
+                v.elapsed_seconds = p.elapsed_ms as f64 / 1000.0;
+                if let Some(last) = &e.last {
+                    let dt = p.elapsed_ms.saturating_sub(last.elapsed_ms) as f64 / 1000.0;
+                    if dt >= 0.05 {
+                        v.fps = smooth(v.fps, p.done.saturating_sub(last.done) as f64 / dt);
+                        for (w, n) in &p.workers {
+                            let before = last.workers.get(w).copied().unwrap_or(0);
+                            let wv = v.workers.entry(w.clone()).or_default();
+                            wv.fps = smooth(wv.fps, n.saturating_sub(before) as f64 / dt);
+                        }
+                    }
+                }
+                for (w, n) in &p.workers {
+                    v.workers.entry(w.clone()).or_default().frames = *n;
+                }
+                v.percent = percent(v.done, v.frames);
+                v.eta_seconds = match (v.frames, v.fps > 0.0) {
+                    (Some(total), true) => Some(total.saturating_sub(v.done) as f64 / v.fps),
+                    _ => None,
+                };
+                e.last = Some(p.clone());
+            }
+            JobEvent::Frame { index, jpeg, .. } => {
+                let e = self.entry(&id);
+                e.thumbnail = Some(jpeg.clone());
+                e.view.frame_index = Some(*index);
+                return Update::Frame { job: id, index: *index };
+            }
+            JobEvent::Done { summary, latency, .. } => {
+                self.outcomes[0] += 1;
+                self.latency.add(latency);
+                self.durations.observe(DURATION_BOUNDS, summary.wall_seconds);
+                for w in summary.workers.keys() {
+                    self.workers_seen.insert(w.clone(), now);
+                }
+                let v = &mut self.entry(&id).view;
+                v.status = JobStatus::Done;
+                v.done = summary.frames;
+                v.failed = summary.failed_frames;
+                v.retries = summary.retries;
+                v.in_flight = 0;
+                v.frames = Some(summary.frames);
+                v.percent = 100.0;
+                v.fps = summary.fps;
+                v.eta_seconds = None;
+                v.elapsed_seconds = summary.wall_seconds;
+                v.workers = summary
+                    .workers
+                    .iter()
+                    .map(|(w, n)| {
+                        (w.clone(), WorkerView { frames: *n, fps: *n as f64 / summary.wall_seconds.max(f64::EPSILON) })
+                    })
+                    .collect();
+                if v.filters.is_empty() {
+                    v.filters = summary.filters.clone();
+                }
+                v.summary = Some((**summary).clone());
+            }
+            JobEvent::Failed { error, .. } => {
+                self.outcomes[1] += 1;
+                let v = &mut self.entry(&id).view;
+                v.status = JobStatus::Failed;
+                v.error = Some(error.clone());
+                v.in_flight = 0;
+                v.eta_seconds = None;
+            }
+            JobEvent::Cancelled { .. } => {
+                self.outcomes[2] += 1;
+                let v = &mut self.entry(&id).view;
+                v.status = JobStatus::Cancelled;
+                v.in_flight = 0;
+                v.eta_seconds = None;
+            }
+        }
+        let view = self.jobs.get(&id).map(|e| e.view.clone()).unwrap_or_else(|| JobView::new(&id));
+        Update::Job(Box::new(view))
+    }
+}
+
+impl JobView {
+    fn new(id: &str) -> Self {
+        JobView {
+            id: id.to_string(),
+            status: JobStatus::Running,
+            filters: String::new(),
+            frames: None,
+            done: 0,
+            failed: 0,
+            retries: 0,
+            in_flight: 0,
+            percent: 0.0,
+            fps: 0.0,
+            eta_seconds: None,
+            elapsed_seconds: 0.0,
+            width: 0,
+            height: 0,
+            video_fps: 0.0,
+            workers: BTreeMap::new(),
+            frame_index: None,
+            summary: None,
+            error: None,
+        }
+    }
+}
+
+/// An exponential moving average that starts at the first sample.
+fn smooth(previous: f64, sample: f64) -> f64 {
+    if previous == 0.0 { sample } else { 0.6 * previous + 0.4 * sample }
+}
+
+fn percent(done: u64, total: Option<u64>) -> f64 {
+    match total {
+        Some(t) if t > 0 => (100.0 * done as f64 / t as f64).min(100.0),
+        _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(done: u64, elapsed_ms: u64, workers: &[(&str, u64)]) -> JobEvent {
+        JobEvent::Progress {
+            job: "j".into(),
+            progress: ProgressSnapshot {
+                done,
+                total: Some(100),
+                elapsed_ms,
+                retries: 1,
+                in_flight: 4,
+                workers: workers.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn summary(frames: u64) -> JobSummary {
+        serde_json::from_value(serde_json::json!({
+            "input": "i", "output": "o", "filters": "edges", "codec": "mp4v", "width": 64, "height": 48,
+            "video_fps": 25.0, "frames": frames, "failed_frames": 1, "retries": 2, "duplicates": 0,
+            "wall_seconds": 4.0, "fps": frames as f64 / 4.0,
+            "filter_latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
+            "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
+            "workers": {"a": frames - 10, "b": 10}, "wire_bytes_sent": 0, "wire_bytes_received": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn progress_gives_speed_eta_and_per_worker_rates() {
+        let b = Board::new();
+        b.apply(&JobEvent::Started {
+            job: "j".into(),
+            filters: "edges".into(),
+            frames: Some(100),
+            width: 64,
+            height: 48,
+            fps: 25.0,
+        });
+        b.apply(&progress(10, 1000, &[("a", 6), ("b", 4)]));
+        b.apply(&progress(30, 2000, &[("a", 18), ("b", 12)]));
+        let v = b.job("j").unwrap();
+        assert_eq!((v.done, v.percent, v.in_flight, v.retries), (30, 30.0, 4, 1));
+        assert!((v.fps - 20.0).abs() < 1e-9, "20 frames in a second: {}", v.fps);
+        assert!((v.eta_seconds.unwrap() - 3.5).abs() < 1e-9, "70 frames left at 20 fps");
+        assert!((v.workers["a"].fps - 12.0).abs() < 1e-9 && v.workers["b"].frames == 12);
+    }
+
+    #[test]
+    fn done_takes_the_summary_and_metrics_agree_with_it() {
+        let b = Board::new();
+        b.apply(&progress(50, 1000, &[("a", 50)]));
+        let mut latency = Buckets::empty(LATENCY_BOUNDS);
+        latency.observe(LATENCY_BOUNDS, 0.02);
+        b.apply(&JobEvent::Done { job: "j".into(), summary: Box::new(summary(100)), latency });
+        let v = b.job("j").unwrap();
+        assert_eq!((v.status, v.done, v.failed, v.retries, v.percent), (JobStatus::Done, 100, 1, 2, 100.0));
+        assert_eq!(v.filters, "edges", "known from the summary even without a started event");
+        let m = b.metrics();
+        for line in [
+            "vpd_frames_processed_total 100",
+            "vpd_frames_failed_total 1",
+            "vpd_frames_retried_total 2",
+            "vpd_jobs_total{outcome=\"done\"} 1",
+            "vpd_jobs_running 0",
+            "vpd_frame_latency_seconds_bucket{le=\"0.025\"} 1",
+            "vpd_job_duration_seconds_bucket{le=\"5\"} 1",
+            "vpd_workers_seen 2",
+        ] {
+            assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+        }
+        // A progress snapshot arriving late does not undo the end.
+        b.apply(&progress(60, 1500, &[]));
+        assert_eq!(b.job("j").unwrap().done, 100);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_counters_never_go_down() {
+        let b = Board::new();
+        for i in 0..(MAX_JOBS + 50) {
+            let job = format!("j{i}");
+            let mut s = summary(20);
+            s.failed_frames = 0;
+            s.retries = 0;
+            b.apply(&JobEvent::Done { job, summary: Box::new(s), latency: Buckets::empty(LATENCY_BOUNDS) });
+        }
+        assert_eq!(b.jobs().len(), MAX_JOBS);
+        assert_eq!(b.jobs()[0].id, format!("j{}", MAX_JOBS + 49), "newest first");
+        let processed = format!("vpd_frames_processed_total {}", 20 * (MAX_JOBS + 50));
+        assert!(b.metrics().lines().any(|l| l == processed));
+    }
+
+    #[test]
+    fn streams_hear_every_change() {
+        let b = Board::new();
+        let mut rx = b.subscribe();
+        b.apply(&progress(1, 10, &[]));
+        b.apply(&JobEvent::Frame { job: "j".into(), index: 0, jpeg: vec![1, 2] });
+        b.set_link(Link { broker_connected: Some(false), queue_depth: None });
+        assert!(matches!(rx.try_recv(), Ok(Update::Job(v)) if v.done == 1));
+        assert!(matches!(rx.try_recv(), Ok(Update::Frame { index: 0, .. })));
+        assert!(matches!(rx.try_recv(), Ok(Update::Link(Link { broker_connected: Some(false), .. }))));
+        assert_eq!(b.thumbnail("j"), Some(vec![1, 2]));
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTTP side of every role that serves one: the dashboard, its JSON API and event stream
+//! (`vpd preview`, `vpd server --preview`), and `/metrics` with `/healthz` (those and
+//! `--metrics` on the server and the workers). hyper 1.x, HTTP/1.1.
+//!
+//! | Path | What |
+//! |---|---|
+//! | `/` , `/app.js`, `/style.css` | the dashboard (compiled in from `assets/dashboard/`) |
+//! | `/events` | Server-Sent Events: a `snapshot`, then `job`, `frame` and `link` events |
+//! | `/jobs`, `/jobs/{id}` | JSON views of jobs ([`JobView`]) |
+//! | `/jobs/{id}/frame.jpg` | the job's latest thumbnail; 404 before the first |
+//! | `/metrics` | Prometheus text format |
+//! | `/healthz` | `ok` while the process serves |
+//!
+//! Bounded: at most [`MAX_CONNECTIONS`] connections; every event stream buffers a few chunks
+//! and, when it falls behind the board, starts over from a snapshot. Every event stream ends
+//! when the process shuts down, so a graceful stop never waits on an open browser tab.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::board::{Board, JobView, Link, Update};
+use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A comment line on idle event streams, so proxies and browsers keep them open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a browser waits before reconnecting a dropped event stream, in milliseconds.
+const RETRY_MS: u64 = 2000;
+/// Chunks buffered per event stream.
+const STREAM_BUFFER: usize = 16;
+/// Time a connection has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open requests get to finish after a shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
+
+type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+/// What a listener serves.
+pub struct Site {
+    board: Option<Arc<Board>>,
+    metrics: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl Site {
+    /// The dashboard, its API and event stream, and `/metrics`, all from `board`.
+    pub fn dashboard(board: Arc<Board>) -> Self {
+        let b = board.clone();
+        Site { board: Some(board), metrics: Box::new(move || b.metrics()) }
+    }
+
+    /// `/metrics` (rendered by `metrics` on each scrape) and `/healthz` only.
+    pub fn metrics_only(metrics: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        Site { board: None, metrics: Box::new(metrics) }
+    }
+}
+
+/// Serves `site` on `listener` until `shutdown` fires, then lets open requests finish (event
+/// streams end at once) for a few seconds.
+pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToken) {
+    let site = Arc::new(site);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    warn!(error = %e, "accepting an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (site, stop) = (site.clone(), shutdown.clone());
+        let service = service_fn(move |request| {
+            let reply = route(&site, &request, &stop);
+            async move { Ok::<_, Infallible>(reply) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "HTTP connection ended in error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+        warn!("HTTP connections still open {} s after shutdown; leaving them", DRAIN_DEADLINE.as_secs());
+    }
+}
+
+fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken) -> Reply {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "only GET here\n");
+        reply.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return reply;
+    }
+    let path = request.uri().path();
+    match path {
+        "/healthz" => return text(StatusCode::OK, "ok\n"),
+        "/metrics" => return body(StatusCode::OK, METRICS_CONTENT_TYPE, (site.metrics)()),
+        _ => {}
+    }
+    let Some(board) = &site.board else {
+        return not_found(path);
+    };
+    match path {
+        "/" | "/index.html" => body(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
+        "/app.js" => body(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
+        "/style.css" => body(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
+        "/events" => events(board.clone(), shutdown.clone()),
+        "/jobs" | "/jobs/" => json(StatusCode::OK, &board.jobs()),
+        _ => match path.strip_prefix("/jobs/").map(|rest| rest.split_once('/').unwrap_or((rest, ""))) {
+            Some((id, "")) => match board.job(id) {
+                Some(view) => json(StatusCode::OK, &view),
+                None => not_found(path),
+            },
+            Some((id, "frame.jpg")) => match board.thumbnail(id) {
+                Some(jpeg) => body(StatusCode::OK, "image/jpeg", jpeg),
+                None => not_found(path),
+            },
+            _ => not_found(path),
+        },
+    }
+}
+
+fn body(status: StatusCode, content_type: &'static str, content: impl Into<Bytes>) -> Reply {
+    let mut reply = Response::new(Full::new(content.into()).boxed());
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Everything here changes while a job runs, the page included when vpd is upgraded.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    reply
+}
+
+fn text(status: StatusCode, content: &'static str) -> Reply {
+    body(status, "text/plain; charset=utf-8", content)
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => body(status, "application/json", bytes),
+        Err(e) => body(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", e.to_string()),
+    }
+}
+
+fn not_found(path: &str) -> Reply {
+    let message = serde_json::json!({ "error": format!("nothing at {path}") });
+    json(StatusCode::NOT_FOUND, &message)
+}
+
+/// `/events`: a snapshot of the board, then every change, as Server-Sent Events.
+fn events(board: Arc<Board>, shutdown: CancellationToken) -> Reply {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(stream_events(board, tx, shutdown));
+    let mut reply = Response::new(EventBody(rx).boxed());
+    let headers = reply.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    reply
+}
+
+async fn stream_events(board: Arc<Board>, tx: mpsc::Sender<Bytes>, shutdown: CancellationToken) {
+    // Subscribed before the snapshot is taken: no change falls between the two.
+    let mut updates = board.subscribe();
+    let mut next = Some(snapshot(&board));
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await; // the first tick is immediate
+    loop {
+        if let Some(chunk) = next.take() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                sent = tx.send(chunk) => if sent.is_err() { return },
+            }
+        }
+        next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            _ = heartbeat.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
+            update = updates.recv() => match update {
+                Ok(update) => Some(encode(&update)),
+                // Fell behind: start over from the current state rather than miss changes.
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(snapshot(&board)),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+    }
+}
+
+/// The whole board as one `snapshot` event, with the reconnect delay for the browser.
+fn snapshot(board: &Board) -> Bytes {
+    #[derive(Serialize)]
+    struct Snapshot {
+        jobs: Vec<JobView>,
+        link: Link,
+    }
+    let data = Snapshot { jobs: board.jobs(), link: board.link() };
+    let mut chunk = format!("retry: {RETRY_MS}\n");
+    push_event(&mut chunk, "snapshot", &data);
+    chunk.into()
+}
+
+fn encode(update: &Update) -> Bytes {
+    let mut chunk = String::new();
+    match update {
+        Update::Job(view) => push_event(&mut chunk, "job", view),
+        Update::Frame { job, index } => {
+            push_event(&mut chunk, "frame", &serde_json::json!({ "job": job, "index": index }))
+        }
+        Update::Link(link) => push_event(&mut chunk, "link", link),
+    }
+    chunk.into()
+}
+
+/// Appends one event. JSON has no raw newlines, so `data` is one line.
+fn push_event<T: Serialize>(chunk: &mut String, name: &str, data: &T) {
+    let data = serde_json::to_string(data).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#));
+    chunk.push_str("event: ");
+    chunk.push_str(name);
+    chunk.push_str("\ndata: ");
+    chunk.push_str(&data);
+    chunk.push_str("\n\n");
+}
+
+/// A response body fed from a channel: ends when the sender goes.
+struct EventBody(mpsc::Receiver<Bytes>);
+
+impl Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_single_data_lines_with_their_names() {
+        let chunk = encode(&Update::Frame { job: "j1".into(), index: 7 });
+        assert_eq!(&chunk[..], b"event: frame\ndata: {\"index\":7,\"job\":\"j1\"}\n\n");
+        let board = Board::new();
+        let snap = String::from_utf8(snapshot(&board).to_vec()).unwrap();
+        assert!(snap.starts_with("retry: 2000\nevent: snapshot\ndata: {\"jobs\":[],\"link\":"), "{snap}");
+        assert_eq!(snap.matches('\n').count(), 4, "retry, event, data, blank line: {snap}");
+    }
+}

@@ -1,0 +1,104 @@
+//! `vpd preview`: a live dashboard of the cluster, fed by the job events servers publish on
+//! `NS.events`, with `/metrics` for Prometheus.
+//!
+//! ```text
+//!  servers ──JobEvent──▶ NS.events (fanout) ──▶ preview's own queue ──▶ Board ──▶ /events (SSE) ──▶ browsers
+//!                                                                        │──▶ /jobs, /jobs/{id}, frame.jpg
+//!  NS.tasks depth ◀── polled every few seconds ──────────────────────────┘──▶ /metrics
+//! ```
+//!
+//! Any number of previews can run: each binds its own exclusive queue to the exchange. One
+//! started mid-job shows the job from its next event on. A lost broker connection is retried
+//! with a growing pause, and the page says so meanwhile. `vpd server --preview` serves the
+//! same dashboard from the server's own jobs, with no broker involved.
+
+pub mod board;
+pub mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use board::Board;
+use board::Link;
+
+use crate::broker::{Broker, Topology};
+use crate::protocol::event::JobEvent;
+
+/// How often the task queue's depth is read.
+pub const QUEUE_POLL: Duration = Duration::from_secs(2);
+
+/// Everything `vpd preview` needs.
+#[derive(Debug, Clone)]
+pub struct PreviewConfig {
+    /// The broker.
+    pub amqp_url: String,
+    /// Queue and exchange names.
+    pub topology: Topology,
+}
+
+/// Runs a preview, serving on `listener`, until `shutdown` fires. An unreachable broker at
+/// start is an error; later losses are retried.
+pub async fn run(cfg: PreviewConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let name = format!("vpd-preview {}", crate::worker::worker_id());
+    let broker = Broker::connect(&cfg.amqp_url, &name).await?;
+    let board = Arc::new(Board::new());
+    info!(broker = broker.url(), "preview started");
+    let follower = tokio::spawn(follow(cfg, name, broker, board.clone(), shutdown.clone()));
+    http::serve(listener, http::Site::dashboard(board), shutdown).await;
+    follower.await?;
+    Ok(())
+}
+
+/// Feeds the board from the events exchange, reconnecting for as long as the process runs.
+async fn follow(cfg: PreviewConfig, name: String, mut broker: Broker, board: Arc<Board>, shutdown: CancellationToken) {
+    loop {
+        match watch(&broker, &cfg.topology, &board, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => warn!(error = %format!("{e:#}"), "lost RabbitMQ; reconnecting"),
+        }
+        board.set_link(Link { broker_connected: Some(false), queue_depth: None });
+        let mut pause = Duration::from_millis(250);
+        broker = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            match Broker::connect(&cfg.amqp_url, &name).await {
+                Ok(b) => break b,
+                Err(e) => debug!(error = %format!("{e:#}"), "RabbitMQ still unreachable"),
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        };
+        info!("reconnected to RabbitMQ");
+    }
+    broker.close().await;
+}
+
+/// Applies every event to the board and polls the task queue, until shutdown (`Ok`) or the
+/// connection fails (`Err`).
+async fn watch(broker: &Broker, t: &Topology, board: &Board, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    broker.declare(t).await?;
+    let mut events = broker.consume_events(t, "preview").await?;
+    let mut poll = tokio::time::interval(QUEUE_POLL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = poll.tick() => {
+                let (depth, _consumers) = broker.queue_stats(&t.tasks()).await?;
+                board.set_link(Link { broker_connected: Some(true), queue_depth: Some(depth) });
+            }
+            message = events.next() => match message {
+                Some(Ok(m)) => match serde_json::from_slice::<JobEvent>(&m.body) {
+                    Ok(event) => board.apply(&event),
+                    Err(e) => debug!(error = %e, "ignoring an event this version does not know"),
+                },
+                Some(Err(e)) => return Err(e),
+                None => anyhow::bail!("the events subscription was cancelled"),
+            },
+        }
+    }
+}
