@@ -228,7 +228,13 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
     assert!(text.contains("\nvpd_tasks_queue_depth "), "the task queue's depth is a gauge:\n{text}");
     assert_metrics_match(server.metrics.as_deref().unwrap(), &s);
     // The late preview saw the job from its next event on, to the same end.
-    let late_view = get_json(&format!("{}jobs/{id}", late.url));
+    // It hears the end on its own queue, perhaps a moment after the first preview.
+    let late_job = format!("{}jobs/{id}", late.url);
+    wait_for(Duration::from_secs(10), || {
+        let (status, _, body) = get(&late_job);
+        status == 200 && serde_json::from_slice::<Value>(&body).unwrap()["status"] == "done"
+    });
+    let late_view = get_json(&late_job);
     assert_eq!(late_view["status"], "done");
     assert_eq!(reported_summary(&late_view, &s), s);
     assert_eq!(late_view["filters"], s.filters, "known from the summary though it missed the start");
@@ -238,12 +244,22 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
 
     // Each worker's own /metrics counts the frames the summary credits it with.
     for (worker, base) in workers.iter().zip(&worker_metrics) {
-        let (status, _, body) = get(&format!("{base}metrics"));
-        assert_eq!(status, 200);
-        let text = String::from_utf8(body).unwrap();
-        promtool_check(&text);
         let pid = worker.child.0.id();
         let credited = s.workers.iter().find(|(w, _)| w.ends_with(&format!(":{pid}"))).map_or(0, |(_, n)| *n);
+        let scrape = || {
+            let (status, _, body) = get(&format!("{base}metrics"));
+            assert_eq!(status, 200);
+            String::from_utf8(body).unwrap()
+        };
+        // A worker counts a frame once its ack is sent, which can be just after the server has
+        // the result: wait for the last ack rather than race it.
+        let settled = |text: &str| {
+            sample(text, "vpd_worker_frames_processed_total") == credited as f64
+                && sample(text, "vpd_worker_tasks_in_hand") == 0.0
+        };
+        wait_for(Duration::from_secs(10), || settled(&scrape()));
+        let text = scrape();
+        promtool_check(&text);
         assert_eq!(sample(&text, "vpd_worker_frames_processed_total"), credited as f64, "worker {pid}:\n{text}");
         assert_eq!(sample(&text, "vpd_worker_filter_seconds_count"), credited as f64);
         assert_eq!(sample(&text, "vpd_worker_tasks_in_hand"), 0.0);
