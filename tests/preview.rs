@@ -271,6 +271,16 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
         eprintln!("skipped the broker cut: needs rabbitmqctl beside the broker");
         return;
     }
+    // The page too: every state its broker badge takes is recorded as it changes.
+    let mut browser = Browser::launch();
+    browser.navigate(&dash);
+    let watching = "(() => { const pill = document.querySelector('#broker'); \
+                    if (!pill || pill.dataset.state !== 'up') return false; \
+                    window.brokerStates = []; \
+                    new MutationObserver(() => window.brokerStates.push(pill.dataset.state + ' ' + pill.textContent)) \
+                      .observe(pill, { attributes: true, childList: true, characterData: true, subtree: true }); \
+                    return true; })()";
+    assert!(browser.wait_until(Duration::from_secs(30), watching), "the page shows the broker connected");
     let pid = preview.child.0.id();
     let list = std::process::Command::new("rabbitmqctl")
         .args(["list_connections", "-q", "pid", "client_properties"])
@@ -294,6 +304,10 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
         }
     }
     assert!(connected(&dash), "reconnected");
+    let shown = "(() => { const s = window.brokerStates; \
+                 return s.some(t => t.startsWith('down RabbitMQ lost')) && s[s.length - 1].startsWith('up RabbitMQ connected'); })()";
+    let said = browser.wait_until(Duration::from_secs(30), shown);
+    assert!(said, "the page said the broker was lost, then connected: {}", browser.eval("window.brokerStates"));
 }
 
 #[test]
