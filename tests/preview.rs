@@ -166,7 +166,7 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
 #[test]
 fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
     let ns = Namespace::new("preview");
-    let preview = Preview::start(&ns);
+    let mut preview = Preview::start(&ns);
     let dash = preview.url.clone();
     let connected = |base: &str| {
         let (_, _, body) = get(&format!("{base}metrics"));
@@ -308,6 +308,12 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
                  return s.some(t => t.startsWith('down RabbitMQ lost')) && s[s.length - 1].startsWith('up RabbitMQ connected'); })()";
     let said = browser.wait_until(Duration::from_secs(30), shown);
     assert!(said, "the page said the broker was lost, then connected: {}", browser.eval("window.brokerStates"));
+
+    // SIGTERM: the preview ends its event streams (the browser's and ours) and exits 0.
+    signal(&preview.child.0, libc::SIGTERM);
+    let (code, err) = wait_output(&mut preview.child.0);
+    assert_eq!(code, Some(0), "{err}");
+    while events.next(Duration::from_secs(10)).is_some() {}
 }
 
 #[test]

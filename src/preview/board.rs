@@ -498,6 +498,44 @@ mod tests {
     }
 
     #[test]
+    fn failed_and_cancelled_jobs_end_and_are_counted_by_outcome() {
+        let b = Board::new();
+        let started = |job: &str| JobEvent::Started {
+            job: job.into(),
+            filters: "edges".into(),
+            frames: Some(100),
+            width: 64,
+            height: 48,
+            fps: 25.0,
+        };
+        b.apply(&started("j1"));
+        b.apply(&started("j2"));
+        b.apply(&progress(10, 500, &[("a", 10)]));
+        // `j`, first heard of by its progress (a preview started mid-job), runs too.
+        assert!(b.metrics().lines().any(|l| l == "vpd_jobs_running 3"));
+        assert!(b.metrics().lines().any(|l| l == "vpd_frames_in_flight 4"));
+        b.apply(&JobEvent::Failed { job: "j1".into(), error: "in.mp4: truncated".into() });
+        b.apply(&JobEvent::Cancelled { job: "j2".into() });
+        let (j1, j2) = (b.job("j1").unwrap(), b.job("j2").unwrap());
+        assert_eq!((j1.status, j1.error.as_deref()), (JobStatus::Failed, Some("in.mp4: truncated")));
+        assert_eq!((j2.status, j2.eta_seconds), (JobStatus::Cancelled, None));
+        let m = b.metrics();
+        for line in [
+            "vpd_jobs_total{outcome=\"done\"} 0",
+            "vpd_jobs_total{outcome=\"failed\"} 1",
+            "vpd_jobs_total{outcome=\"cancelled\"} 1",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
+        // A progress snapshot that arrives after the end changes nothing.
+        b.apply(&JobEvent::Progress {
+            job: "j1".into(),
+            progress: ProgressSnapshot { done: 50, ..Default::default() },
+        });
+        assert_eq!(b.job("j1").unwrap(), j1);
+    }
+
+    #[test]
     fn progress_gives_speed_eta_and_per_worker_rates() {
         let b = Board::new();
         b.apply(&JobEvent::Started {
