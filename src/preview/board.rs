@@ -119,6 +119,8 @@ struct Entry {
     thumbnail: Option<Vec<u8>>,
     /// The last progress snapshot, to measure speed between two of them.
     last: Option<ProgressSnapshot>,
+    /// When the job's last event came.
+    heard: Instant,
 }
 
 #[derive(Default)]
@@ -192,6 +194,26 @@ impl Board {
         };
         if changed {
             let _ = self.updates.send(Update::Link(link));
+        }
+    }
+
+    /// Marks failed the running jobs with no event for `silence`: their server is gone (a
+    /// live job is never silent for long: a server fails a job whose frames get no result for
+    /// [`crate::pipeline::DEFAULT_STALL_TIMEOUT`], and says so).
+    pub fn expire_silent(&self, silence: Duration) {
+        let updates: Vec<Update> = {
+            let mut s = self.state();
+            let silent: Vec<String> = s
+                .jobs
+                .iter()
+                .filter(|(_, e)| e.view.status == JobStatus::Running && e.heard.elapsed() >= silence)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let error = format!("no news of the job for {} s: its server stopped", silence.as_secs());
+            silent.iter().map(|id| s.apply(&JobEvent::Failed { job: id.clone(), error: error.clone() })).collect()
+        };
+        for update in updates {
+            let _ = self.updates.send(update);
         }
     }
 
@@ -294,7 +316,8 @@ impl State {
     fn entry(&mut self, id: &str) -> &mut Entry {
         if !self.jobs.contains_key(id) {
             self.order.push_back(id.to_string());
-            self.jobs.insert(id.to_string(), Entry { view: JobView::new(id), thumbnail: None, last: None });
+            let entry = Entry { view: JobView::new(id), thumbnail: None, last: None, heard: Instant::now() };
+            self.jobs.insert(id.to_string(), entry);
             self.evict();
         }
         self.jobs.get_mut(id).expect("inserted above")
@@ -320,6 +343,7 @@ impl State {
     fn apply(&mut self, event: &JobEvent) -> Update {
         let now = Instant::now();
         let id = event.job().to_string();
+        self.entry(&id).heard = now;
         match event {
             JobEvent::Started { filters, frames, width, height, fps, .. } => {
                 let e = self.entry(&id);
@@ -533,6 +557,21 @@ mod tests {
             progress: ProgressSnapshot { done: 50, ..Default::default() },
         });
         assert_eq!(b.job("j1").unwrap(), j1);
+    }
+
+    #[test]
+    fn silent_running_jobs_expire_as_failed() {
+        let b = Board::new();
+        b.apply(&progress(10, 500, &[("a", 10)]));
+        b.expire_silent(Duration::from_secs(60));
+        assert_eq!(b.job("j").unwrap().status, JobStatus::Running, "heard of just now");
+        let mut updates = b.subscribe();
+        b.expire_silent(Duration::ZERO);
+        let j = b.job("j").unwrap();
+        assert_eq!(j.status, JobStatus::Failed);
+        assert!(j.error.unwrap().contains("its server stopped"));
+        assert!(matches!(updates.try_recv(), Ok(Update::Job(v)) if v.status == JobStatus::Failed), "streams hear it");
+        assert!(b.metrics().lines().any(|l| l == "vpd_jobs_running 0"));
     }
 
     #[test]

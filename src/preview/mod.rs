@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Any number of previews can run: each binds its own exclusive queue to the exchange. One
-//! started mid-job shows the job from its next event on. A lost broker connection is retried
+//! started mid-job shows the job from its next event on. A running job that goes silent for
+//! longer than a server lets a job stall is shown failed: its server is gone. A lost broker connection is retried
 //! with a growing pause, and the page says so meanwhile. `vpd server --preview` serves the
 //! same dashboard from the server's own jobs, with no broker involved.
 
@@ -30,6 +31,8 @@ use crate::protocol::event::JobEvent;
 
 /// How often the task queue's depth is read.
 pub const QUEUE_POLL: Duration = Duration::from_secs(2);
+/// A running job silent for this long is shown failed: its server is gone.
+const SILENCE: Duration = Duration::from_secs(crate::pipeline::DEFAULT_STALL_TIMEOUT.as_secs() + 60);
 
 /// Everything `vpd preview` needs.
 #[derive(Debug, Clone)]
@@ -88,6 +91,7 @@ async fn watch(broker: &Broker, t: &Topology, board: &Board, shutdown: &Cancella
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = poll.tick() => {
+                board.expire_silent(SILENCE);
                 let (depth, _consumers) = broker.queue_stats(&t.tasks()).await?;
                 board.set_link(Link { broker_connected: Some(true), queue_depth: Some(depth) });
             }
