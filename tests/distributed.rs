@@ -269,7 +269,11 @@ fn clients_over_ipv4_ipv6_and_a_unix_socket_two_at_once() {
 #[test]
 fn an_unreachable_broker_is_a_clear_error_at_start() {
     let dead = "amqp://guest:secret@127.0.0.1:1/%2f";
-    for role in [vec!["server", "--listen", "127.0.0.1:0", "--amqp", dead], vec!["worker", "--amqp", dead]] {
+    for role in [
+        vec!["server", "--listen", "127.0.0.1:0", "--amqp", dead],
+        vec!["worker", "--amqp", dead],
+        vec!["preview", "--listen", "127.0.0.1:0", "--amqp", dead],
+    ] {
         let out = run_vpd(&role);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{role:?}: {err}");
@@ -280,6 +284,9 @@ fn an_unreachable_broker_is_a_clear_error_at_start() {
     let out = vpd().arg("worker").env_remove("VPD_AMQP_URL").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("a worker needs RabbitMQ"), "{}", stderr(&out));
+    let out = vpd().arg("preview").env_remove("VPD_AMQP_URL").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a preview reads job events from RabbitMQ"), "{}", stderr(&out));
 }
 
 #[test]
