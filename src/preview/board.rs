@@ -343,7 +343,14 @@ impl State {
     fn apply(&mut self, event: &JobEvent) -> Update {
         let now = Instant::now();
         let id = event.job().to_string();
-        self.entry(&id).heard = now;
+        let e = self.entry(&id);
+        e.heard = now;
+        let ended = e.view.status != JobStatus::Running;
+        if ended && !matches!(event, JobEvent::Started { .. } | JobEvent::Frame { .. }) {
+            // A job ends once: a late snapshot, a repeated end, or the real end of a job
+            // this board had given up on changes nothing and is not counted again.
+            return Update::Job(Box::new(e.view.clone()));
+        }
         match event {
             JobEvent::Started { filters, frames, width, height, fps, .. } => {
                 let e = self.entry(&id);
@@ -364,10 +371,6 @@ impl State {
                 }
                 let e = self.entry(&id);
                 let v = &mut e.view;
-                if v.status != JobStatus::Running {
-                    // A late snapshot after the job ended changes nothing.
-                    return Update::Job(Box::new(v.clone()));
-                }
                 v.done = v.done.max(p.done);
                 v.failed = p.failed;
                 v.retries = p.retries;
@@ -572,6 +575,16 @@ mod tests {
         assert!(j.error.unwrap().contains("its server stopped"));
         assert!(matches!(updates.try_recv(), Ok(Update::Job(v)) if v.status == JobStatus::Failed), "streams hear it");
         assert!(b.metrics().lines().any(|l| l == "vpd_jobs_running 0"));
+        // Should the job end after all, it is not counted twice.
+        b.apply(&JobEvent::Done {
+            job: "j".into(),
+            summary: Box::new(summary(100)),
+            latency: Buckets::empty(LATENCY_BOUNDS),
+        });
+        let m = b.metrics();
+        for line in ["vpd_jobs_total{outcome=\"done\"} 0", "vpd_jobs_total{outcome=\"failed\"} 1"] {
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
     }
 
     #[test]
