@@ -352,7 +352,7 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
     use vpd::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta, TransportEncoding};
 
     let ns = Namespace::new("poison");
-    let _worker = Worker::start(&ns, 1);
+    let (_worker, metrics) = Worker::with_metrics(&ns, 1);
     ns.wait_for_workers(1);
     let t = ns.topology();
     runtime().block_on(async {
@@ -377,8 +377,18 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
             ResultOutcome::Failed(reason) => assert!(reason.contains("previous frame is 16x16"), "{reason}"),
             other => panic!("expected a failure, got {other:?}"),
         }
+        // Bytes that are no task at all go straight to the dead letters.
+        assert!(publisher.task(&t, b"garbage", &reply_to, "jpoison:4", 0).await.unwrap().accepted().await.unwrap());
         broker.close().await;
     });
-    assert!(wait_for(Duration::from_secs(10), || ns.stats(&t.dead()).0 == 1), "the task is dead-lettered");
+    assert!(wait_for(Duration::from_secs(10), || ns.stats(&t.dead()).0 == 2), "both tasks are dead-lettered");
     assert_eq!(ns.stats(&t.tasks()).0, 0);
+    // The worker's own /metrics counts both as given up on (once each reject is sent, so
+    // perhaps a moment after the broker has them), and the two retries of the first.
+    let scrape = || String::from_utf8(web::get(&format!("{metrics}metrics")).2).unwrap();
+    wait_for(Duration::from_secs(10), || web::sample(&scrape(), "vpd_worker_frames_failed_total") == 2.0);
+    let text = scrape();
+    assert_eq!(web::sample(&text, "vpd_worker_frames_failed_total"), 2.0, "{text}");
+    assert_eq!(web::sample(&text, "vpd_worker_frames_retried_total"), f64::from(vpd::worker::MAX_ATTEMPTS - 1));
+    assert_eq!(web::sample(&text, "vpd_worker_frames_processed_total"), 0.0);
 }

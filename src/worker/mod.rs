@@ -235,6 +235,7 @@ async fn session(
                     Err(e) => {
                         warn!(error = %e, "dead-lettering a malformed task");
                         m.reject(false).await?;
+                        stats.failed();
                         continue;
                     }
                 };
@@ -314,7 +315,9 @@ async fn finish(
         Done::Malformed { error, .. } => {
             warn!(%correlation, %error, "undecodable task; dead-lettering it");
             report_failure(publisher, &m, &reply_to, &correlation, &error).await?;
-            m.reject(false).await
+            m.reject(false).await?;
+            stats.failed();
+            Ok(())
         }
     }
 }

@@ -25,7 +25,8 @@ impl WorkerStats {
         self.processed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A frame failed on every attempt and was dead-lettered.
+    /// A frame was given up on and dead-lettered: its filters failed on every attempt, or its
+    /// task did not decode.
     pub fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -69,7 +70,7 @@ impl WorkerStats {
         e.single(
             Kind::Counter,
             "vpd_worker_frames_failed_total",
-            "Frames whose filters failed on every attempt (dead-lettered).",
+            "Frames given up on and dead-lettered (filters failed on every attempt, or undecodable).",
             get(&self.failed),
         );
         e.single(
