@@ -291,7 +291,7 @@ fn an_unreachable_broker_is_a_clear_error_at_start() {
 
 #[test]
 fn a_lost_broker_connection_is_reconnected_mid_job() {
-    if std::process::Command::new("rabbitmqctl").arg("help").output().is_err() {
+    if !can_cut_connections() {
         eprintln!("skipped: needs rabbitmqctl beside the broker to cut connections");
         return;
     }
@@ -305,7 +305,6 @@ fn a_lost_broker_connection_is_reconnected_mid_job() {
     ns.wait_for_workers(2);
     let events = Events::subscribe(&ns);
     let output = dir.path().join("out.mkv");
-    let server_pid = server.child.0.id().to_string();
     let job = std::thread::scope(|s| {
         let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
         events.wait_for(
@@ -318,22 +317,7 @@ fn a_lost_broker_connection_is_reconnected_mid_job() {
         for w in &workers {
             signal(&w.child.0, libc::SIGSTOP);
         }
-        // Cut the server's connection from the broker's side, as a broker restart would.
-        let list = std::process::Command::new("rabbitmqctl")
-            .args(["list_connections", "-q", "pid", "client_properties"])
-            .output()
-            .unwrap();
-        let list = String::from_utf8_lossy(&list.stdout);
-        // Each line: the connection's pid, then its client properties with the name vpd gave it.
-        let pid = list
-            .lines()
-            .find(|l| l.contains("vpd-server ") && l.contains(&format!(":{server_pid}\"")))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no server connection in:\n{list}"))
-            .to_string();
-        let closed =
-            std::process::Command::new("rabbitmqctl").args(["close_connection", &pid, "test"]).output().unwrap();
-        assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+        cut_connection("vpd-server", server.child.0.id());
         for w in &workers {
             signal(&w.child.0, libc::SIGCONT);
         }

@@ -164,10 +164,15 @@ pub struct Worker {
 }
 
 impl Worker {
+    fn command(ns: &Namespace, concurrency: usize) -> std::process::Command {
+        let mut cmd = vpd();
+        cmd.args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--concurrency", &concurrency.to_string()]);
+        cmd
+    }
+
     /// Starts a worker in `ns` with `concurrency` threads.
     pub fn start(ns: &Namespace, concurrency: usize) -> Worker {
-        let child = vpd()
-            .args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--concurrency", &concurrency.to_string()])
+        let child = Worker::command(ns, concurrency)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -177,8 +182,7 @@ impl Worker {
 
     /// Starts a worker that serves `/metrics`, and returns it with its base URL.
     pub fn with_metrics(ns: &Namespace, concurrency: usize) -> (Worker, String) {
-        let mut child = vpd()
-            .args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--concurrency", &concurrency.to_string()])
+        let mut child = Worker::command(ns, concurrency)
             .args(["--metrics", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -219,6 +223,32 @@ impl Preview {
         let url = announced(&mut child, "preview");
         Preview { child: ChildGuard(child), url }
     }
+}
+
+/// Whether `rabbitmqctl` is here to cut connections (it runs beside a local broker only).
+pub fn can_cut_connections() -> bool {
+    std::process::Command::new("rabbitmqctl").arg("help").output().is_ok()
+}
+
+/// Closes, from the broker's side as a broker restart would, the connection that the vpd role
+/// `role` (`vpd-server`, `vpd-preview`, …) in process `pid` opened.
+pub fn cut_connection(role: &str, pid: u32) {
+    let list = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    // Each line: the connection's pid, then its client properties with the name vpd gave it
+    // (`ROLE HOST:PID`).
+    let connection = list
+        .lines()
+        .find(|l| l.contains(&format!("{role} ")) && l.contains(&format!(":{pid}\"")))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {role} connection of process {pid} in:\n{list}"))
+        .to_string();
+    let closed =
+        std::process::Command::new("rabbitmqctl").args(["close_connection", &connection, "test"]).output().unwrap();
+    assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
 }
 
 /// Sends `sig` to a child.
