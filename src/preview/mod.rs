@@ -9,9 +9,9 @@
 //!
 //! Any number of previews can run: each binds its own exclusive queue to the exchange. One
 //! started mid-job shows the job from its next event on. A running job that goes silent for
-//! longer than a server lets a job stall is shown failed: its server is gone. A lost broker connection is retried
-//! with a growing pause, and the page says so meanwhile. `vpd server --preview` serves the
-//! same dashboard from the server's own jobs, with no broker involved.
+//! longer than a server lets a job stall is shown failed: its server is gone. A lost broker
+//! connection is retried with a growing pause, and the page says so meanwhile. `vpd server
+//! --preview` serves the same dashboard from the server's own jobs, with no broker involved.
 
 pub mod board;
 pub mod http;
