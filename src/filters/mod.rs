@@ -21,7 +21,8 @@ use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 
 pub use spec::{
-    BlurParams, Chain, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, MotionParams, SpecError,
+    BlurParams, Chain, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, MAX_CHAIN_LEN, MotionParams,
+    SpecError,
 };
 
 /// Where Debian's `opencv-data` package installs the frontal-face Haar cascade.

@@ -13,12 +13,22 @@ use serde::{Deserialize, Serialize};
 /// Names of the filters, in the order the help text lists them.
 pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion"];
 
+/// Most filters in one chain. A real chain has a handful; the bound keeps a hostile one (3000
+/// blurs fit in a 64 KiB message) from pinning a filter thread for minutes on one frame.
+pub const MAX_CHAIN_LEN: usize = 16;
+
 /// Why a filter chain was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
     /// The chain string held no filter at all.
     #[error("empty filter chain (known filters: {})", FILTER_NAMES.join(", "))]
     Empty,
+    /// An empty element between commas (`blur,,edges`) or at either end.
+    #[error("empty element at position {0} of the filter chain (write filters as NAME[:KEY=VALUE...],NAME...)")]
+    EmptyElement(usize),
+    /// More filters than [`MAX_CHAIN_LEN`].
+    #[error("a chain of {0} filters is over the limit of {MAX_CHAIN_LEN}")]
+    TooLong(usize),
     /// A filter name that vpd does not know.
     #[error("unknown filter '{0}' (known filters: {known})", known = FILTER_NAMES.join(", "))]
     UnknownFilter(String),
@@ -132,14 +142,35 @@ pub enum FilterSpec {
     Motion(MotionParams),
 }
 
-/// An ordered, non-empty list of filters.
+/// An ordered, non-empty list of at most [`MAX_CHAIN_LEN`] filters, each within its bounds.
+///
+/// Every way to make one checks this, deserialising included: a chain read from a broker
+/// message is held to the same bounds as one typed on the command line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<FilterSpec>")]
 pub struct Chain(Vec<FilterSpec>);
 
+impl TryFrom<Vec<FilterSpec>> for Chain {
+    type Error = SpecError;
+
+    fn try_from(specs: Vec<FilterSpec>) -> Result<Self, SpecError> {
+        Chain::new(specs)
+    }
+}
+
 impl Chain {
-    /// Builds a chain from already validated specs; `None` when empty.
-    pub fn new(specs: Vec<FilterSpec>) -> Option<Self> {
-        (!specs.is_empty()).then_some(Chain(specs))
+    /// Builds a chain from specs, checking the length and every parameter's bounds.
+    pub fn new(specs: Vec<FilterSpec>) -> Result<Self, SpecError> {
+        if specs.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        if specs.len() > MAX_CHAIN_LEN {
+            return Err(SpecError::TooLong(specs.len()));
+        }
+        for spec in &specs {
+            spec.validate()?;
+        }
+        Ok(Chain(specs))
     }
 
     /// The filters in application order.
@@ -162,13 +193,20 @@ impl FromStr for Chain {
     type Err = SpecError;
 
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        let specs = s
-            .split(',')
-            .map(str::trim)
-            .filter(|part| !part.is_empty())
-            .map(FilterSpec::from_str)
-            .collect::<Result<Vec<_>, _>>()?;
-        Chain::new(specs).ok_or(SpecError::Empty)
+        if s.trim().is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        // Counted before parsing: a 4000-element chain is refused without parsing 4000 filters.
+        if parts.len() > MAX_CHAIN_LEN {
+            return Err(SpecError::TooLong(parts.len()));
+        }
+        let specs = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| if part.is_empty() { Err(SpecError::EmptyElement(i + 1)) } else { part.parse() })
+            .collect::<Result<Vec<FilterSpec>, _>>()?;
+        Chain::new(specs)
     }
 }
 
@@ -196,6 +234,75 @@ impl FilterSpec {
     }
 }
 
+/// A parameter's bounds: the test, and the words an error uses for it.
+struct Rule<T> {
+    ok: fn(&T) -> bool,
+    expected: &'static str,
+}
+
+const KSIZE: Rule<u32> = Rule { ok: |k| k % 2 == 1 && (1..=255).contains(k), expected: "an odd integer from 1 to 255" };
+const SIGMA: Rule<f64> = Rule {
+    ok: |s| s.is_finite() && (0.0..=100.0).contains(s),
+    expected: "a number from 0 to 100 (0: derived from ksize)",
+};
+const THRESHOLD: Rule<f64> =
+    Rule { ok: |v| v.is_finite() && (0.0..=10_000.0).contains(v), expected: "a number from 0 to 10000" };
+const MODE: Rule<FaceMode> = Rule { ok: |_| true, expected: "box or blur" };
+const FACE_WIDTH: Rule<u32> = Rule { ok: |w| (64..=4096).contains(w), expected: "an integer from 64 to 4096" };
+const NEIGHBORS: Rule<u32> = Rule { ok: |n| (1..=50).contains(n), expected: "an integer from 1 to 50" };
+const MOTION_THRESHOLD: Rule<u32> = Rule { ok: |t| (1..=255).contains(t), expected: "an integer from 1 to 255" };
+const MIN_AREA: Rule<u32> = Rule { ok: |_| true, expected: "a non-negative integer" };
+const DILATE: Rule<u32> = Rule { ok: |d| *d <= 20, expected: "an integer from 0 to 20" };
+
+/// `value` checked against `rule`, as an error naming the filter and parameter.
+fn check<T: fmt::Display>(
+    filter: &'static str,
+    param: &'static str,
+    value: &T,
+    rule: &Rule<T>,
+) -> Result<(), SpecError> {
+    if (rule.ok)(value) {
+        Ok(())
+    } else {
+        Err(SpecError::BadValue { filter, param, value: value.to_string(), expected: rule.expected })
+    }
+}
+
+impl FilterSpec {
+    /// Checks every parameter against the bounds the command line enforces. [`Chain`] calls
+    /// this for specs from anywhere, so a spec deserialised from a broker message is held to
+    /// the same limits as one parsed from text.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match *self {
+            FilterSpec::Blur(p) => {
+                check("blur", "ksize", &p.ksize, &KSIZE)?;
+                check("blur", "sigma", &p.sigma, &SIGMA)
+            }
+            FilterSpec::Edges(p) => {
+                check("edges", "low", &p.low, &THRESHOLD)?;
+                check("edges", "high", &p.high, &THRESHOLD)?;
+                if p.low > p.high {
+                    return Err(SpecError::Conflict {
+                        filter: "edges",
+                        message: format!("low={} must not exceed high={}", p.low, p.high),
+                    });
+                }
+                Ok(())
+            }
+            FilterSpec::Faces(p) => {
+                check("faces", "mode", &p.mode, &MODE)?;
+                check("faces", "width", &p.width, &FACE_WIDTH)?;
+                check("faces", "neighbors", &p.neighbors, &NEIGHBORS)
+            }
+            FilterSpec::Motion(p) => {
+                check("motion", "threshold", &p.threshold, &MOTION_THRESHOLD)?;
+                check("motion", "min_area", &p.min_area, &MIN_AREA)?;
+                check("motion", "dilate", &p.dilate, &DILATE)
+            }
+        }
+    }
+}
+
 impl FromStr for FilterSpec {
     type Err = SpecError;
 
@@ -203,57 +310,38 @@ impl FromStr for FilterSpec {
         let mut parts = s.split(':').map(str::trim);
         let name = parts.next().unwrap_or_default();
         let params = parts.filter(|p| !p.is_empty());
-        match name {
+        let spec = match name {
             "blur" => {
                 let mut p = Params::read("blur", &["ksize", "sigma"], params)?;
-                let ksize =
-                    p.get("ksize", 15u32, |k| k % 2 == 1 && (1..=255).contains(k), "an odd integer from 1 to 255")?;
-                let sigma = p.get(
-                    "sigma",
-                    0.0f64,
-                    |s| s.is_finite() && (0.0..=100.0).contains(s),
-                    "a number from 0 to 100 (0: derived from ksize)",
-                )?;
-                Ok(FilterSpec::Blur(BlurParams { ksize, sigma }))
+                let ksize = p.get("ksize", 15u32, &KSIZE)?;
+                let sigma = p.get("sigma", 0.0f64, &SIGMA)?;
+                FilterSpec::Blur(BlurParams { ksize, sigma })
             }
             "edges" => {
                 let mut p = Params::read("edges", &["low", "high"], params)?;
-                let low = p.get(
-                    "low",
-                    50.0f64,
-                    |v| v.is_finite() && (0.0..=10_000.0).contains(v),
-                    "a number from 0 to 10000",
-                )?;
-                let high = p.get(
-                    "high",
-                    150.0f64,
-                    |v| v.is_finite() && (0.0..=10_000.0).contains(v),
-                    "a number from 0 to 10000",
-                )?;
-                if low > high {
-                    return Err(SpecError::Conflict {
-                        filter: "edges",
-                        message: format!("low={low} must not exceed high={high}"),
-                    });
-                }
-                Ok(FilterSpec::Edges(EdgesParams { low, high }))
+                let low = p.get("low", 50.0f64, &THRESHOLD)?;
+                let high = p.get("high", 150.0f64, &THRESHOLD)?;
+                FilterSpec::Edges(EdgesParams { low, high })
             }
             "faces" => {
                 let mut p = Params::read("faces", &["mode", "width", "neighbors"], params)?;
-                let mode = p.get("mode", FaceMode::Box, |_| true, "box or blur")?;
-                let width = p.get("width", 640u32, |w| (64..=4096).contains(w), "an integer from 64 to 4096")?;
-                let neighbors = p.get("neighbors", 5u32, |n| (1..=50).contains(n), "an integer from 1 to 50")?;
-                Ok(FilterSpec::Faces(FacesParams { mode, width, neighbors }))
+                let mode = p.get("mode", FaceMode::Box, &MODE)?;
+                let width = p.get("width", 640u32, &FACE_WIDTH)?;
+                let neighbors = p.get("neighbors", 5u32, &NEIGHBORS)?;
+                FilterSpec::Faces(FacesParams { mode, width, neighbors })
             }
             "motion" => {
                 let mut p = Params::read("motion", &["threshold", "min_area", "dilate"], params)?;
-                let threshold = p.get("threshold", 25u32, |t| (1..=255).contains(t), "an integer from 1 to 255")?;
-                let min_area = p.get("min_area", 400u32, |_| true, "a non-negative integer")?;
-                let dilate = p.get("dilate", 2u32, |d| *d <= 20, "an integer from 0 to 20")?;
-                Ok(FilterSpec::Motion(MotionParams { threshold, min_area, dilate }))
+                let threshold = p.get("threshold", 25u32, &MOTION_THRESHOLD)?;
+                let min_area = p.get("min_area", 400u32, &MIN_AREA)?;
+                let dilate = p.get("dilate", 2u32, &DILATE)?;
+                FilterSpec::Motion(MotionParams { threshold, min_area, dilate })
             }
-            other => Err(SpecError::UnknownFilter(other.to_string())),
-        }
+            other => return Err(SpecError::UnknownFilter(other.to_string())),
+        };
+        // The cross-parameter checks (edges' low <= high) live in one place.
+        spec.validate()?;
+        Ok(spec)
     }
 }
 
@@ -316,20 +404,19 @@ impl<'a> Params<'a> {
         Ok(Params { filter, pairs })
     }
 
-    /// The value of `key` parsed as `T`, or `default` when absent; `valid` checks the range.
-    fn get<T: FromStr>(
-        &mut self,
-        key: &'static str,
-        default: T,
-        valid: impl Fn(&T) -> bool,
-        expected: &'static str,
-    ) -> Result<T, SpecError> {
+    /// The value of `key` parsed as `T`, or `default` when absent; `rule` checks the range.
+    fn get<T: FromStr>(&mut self, key: &'static str, default: T, rule: &Rule<T>) -> Result<T, SpecError> {
         let Some((_, raw)) = self.pairs.iter().find(|(k, _)| *k == key) else {
             return Ok(default);
         };
         match raw.parse::<T>() {
-            Ok(v) if valid(&v) => Ok(v),
-            _ => Err(SpecError::BadValue { filter: self.filter, param: key, value: raw.to_string(), expected }),
+            Ok(v) if (rule.ok)(&v) => Ok(v),
+            _ => Err(SpecError::BadValue {
+                filter: self.filter,
+                param: key,
+                value: raw.to_string(),
+                expected: rule.expected,
+            }),
         }
     }
 }
@@ -369,6 +456,38 @@ mod tests {
     }
 
     #[test]
+    fn chains_longer_than_the_limit_are_refused() {
+        let at_limit = vec!["blur:ksize=3"; MAX_CHAIN_LEN].join(",");
+        assert_eq!(parse(&at_limit).unwrap().specs().len(), MAX_CHAIN_LEN);
+        let over = vec!["blur:ksize=3"; 4000].join(",");
+        assert_eq!(parse(&over), Err(SpecError::TooLong(4000)));
+        assert_eq!(parse(&over).unwrap_err().to_string(), "a chain of 4000 filters is over the limit of 16");
+    }
+
+    #[test]
+    fn deserialised_chains_are_held_to_the_same_bounds() {
+        // What a forged broker message would carry: bounds the parser never lets through.
+        let huge_blur = vec![FilterSpec::Blur(BlurParams { ksize: 100_001, sigma: 0.0 })];
+        let bytes = postcard::to_stdvec(&huge_blur).unwrap();
+        assert!(postcard::from_bytes::<Chain>(&bytes).is_err(), "ksize=100001 must not deserialise");
+        let json = serde_json::to_string(&huge_blur).unwrap();
+        let err = serde_json::from_str::<Chain>(&json).unwrap_err().to_string();
+        assert!(err.contains("ksize=100001 is invalid"), "{err}");
+
+        let long = vec![FilterSpec::Blur(BlurParams { ksize: 3, sigma: 0.0 }); 3000];
+        assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&long).unwrap()).is_err());
+        assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&Vec::<FilterSpec>::new()).unwrap()).is_err());
+        let inverted = vec![FilterSpec::Edges(EdgesParams { low: 200.0, high: 100.0 })];
+        assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&inverted).unwrap()).is_err());
+        let nan = vec![FilterSpec::Blur(BlurParams { ksize: 3, sigma: f64::NAN })];
+        assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&nan).unwrap()).is_err());
+
+        // A valid chain still round-trips.
+        let ok = parse("blur:ksize=7,edges,faces:mode=blur,motion").unwrap();
+        assert_eq!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&ok).unwrap()).unwrap(), ok);
+    }
+
+    #[test]
     fn display_round_trips() {
         let chain = parse("blur:ksize=7,edges,faces:mode=blur:width=320,motion:dilate=0").unwrap();
         let again: Chain = chain.to_string().parse().unwrap();
@@ -391,6 +510,18 @@ mod tests {
             ("faces:mode=pixelate", "faces: mode=pixelate is invalid: expected box or blur"),
             ("motion:threshold=-5", "motion: threshold=-5 is invalid: expected an integer from 1 to 255"),
             ("edges,motion:what=1", "motion: unknown parameter 'what' (allowed: threshold, min_area, dilate)"),
+            (
+                "blur:ksize=3,,edges",
+                "empty element at position 2 of the filter chain (write filters as NAME[:KEY=VALUE...],NAME...)",
+            ),
+            (
+                "edges,",
+                "empty element at position 2 of the filter chain (write filters as NAME[:KEY=VALUE...],NAME...)",
+            ),
+            (
+                ",edges",
+                "empty element at position 1 of the filter chain (write filters as NAME[:KEY=VALUE...],NAME...)",
+            ),
         ];
         for (input, message) in cases {
             let err = parse(input).expect_err(input);
