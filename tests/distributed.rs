@@ -336,43 +336,57 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
     use vpd::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta, TransportEncoding};
 
     let ns = Namespace::new("poison");
-    let (_worker, metrics) = Worker::with_metrics(&ns, 1);
+    // `faces` without its cascade fails in the filter, every time.
+    let (_worker, metrics) = Worker::with_metrics_and(&ns, 1, &["--face-cascade", "/nonexistent/cascade.xml"]);
     ns.wait_for_workers(1);
     let t = ns.topology();
     runtime().block_on(async {
         let broker = Broker::connect(&amqp_url(), "vpd-test-poison").await.unwrap();
         let (reply_to, mut replies) = broker.consume_replies(&t, "jpoison").await.unwrap();
-        // `motion` with a previous frame of another size fails in the filter, every time.
-        let chain = "motion".parse().unwrap();
-        let meta = TaskMeta { job: "jpoison", index: 3, chain: &chain, encoding: TransportEncoding::Raw };
+        let publisher = broker.publisher().await.unwrap();
         let frame = Mat::new_rows_cols_with_default(32, 32, CV_8UC3, Scalar::all(1.0)).unwrap();
+        let mut next_reply = async || {
+            let reply = tokio::time::timeout(Duration::from_secs(60), replies.next()).await.expect("a result");
+            let (header, frame) = wire::decode_result(&reply.unwrap().unwrap().body, None, None).unwrap();
+            assert!(frame.is_none());
+            match header.outcome {
+                ResultOutcome::Failed(ref reason) => (header.index, header.retries, reason.clone()),
+                other => panic!("expected a failure, got {other:?}"),
+            }
+        };
+
+        let chain = "faces".parse().unwrap();
+        let meta = TaskMeta { job: "jpoison", index: 3, chain: &chain, encoding: TransportEncoding::Raw };
+        let body = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
+        assert!(publisher.task(&t, &body, &reply_to, "jpoison:3", 0).await.unwrap().accepted().await.unwrap());
+        let (index, retries, reason) = next_reply().await;
+        assert_eq!(index, 3);
+        assert_eq!(retries, vpd::worker::MAX_ATTEMPTS - 1, "tried {} times", vpd::worker::MAX_ATTEMPTS);
+        assert!(reason.contains("cannot load the face cascade"), "{reason}");
+
+        // A task that cannot be right (its previous frame is another size than its frame) is
+        // reported at once, not retried: no attempt can make it right.
+        let chain = "motion".parse().unwrap();
+        let meta = TaskMeta { job: "jpoison", index: 4, chain: &chain, encoding: TransportEncoding::Raw };
         let other = Mat::new_rows_cols_with_default(16, 16, CV_8UC3, Scalar::all(1.0)).unwrap();
         let body = wire::encode_task(&meta, &frame, Some(&other), &mut Encoder::new(TransportEncoding::Raw)).unwrap();
-        let publisher = broker.publisher().await.unwrap();
-        assert!(publisher.task(&t, &body, &reply_to, "jpoison:3", 0).await.unwrap().accepted().await.unwrap());
+        assert!(publisher.task(&t, &body, &reply_to, "jpoison:4", 0).await.unwrap().accepted().await.unwrap());
+        let (index, retries, reason) = next_reply().await;
+        assert_eq!((index, retries), (4, 0));
+        assert!(reason.contains("a 16x16 frame where 32x32 was expected"), "{reason}");
 
-        let reply =
-            tokio::time::timeout(Duration::from_secs(60), replies.next()).await.expect("a result").unwrap().unwrap();
-        let (header, frame) = wire::decode_result(&reply.body, None).unwrap();
-        assert_eq!(header.index, 3);
-        assert_eq!(header.retries, vpd::worker::MAX_ATTEMPTS - 1, "tried {} times", vpd::worker::MAX_ATTEMPTS);
-        assert!(frame.is_none());
-        match header.outcome {
-            ResultOutcome::Failed(reason) => assert!(reason.contains("previous frame is 16x16"), "{reason}"),
-            other => panic!("expected a failure, got {other:?}"),
-        }
         // Bytes that are no task at all go straight to the dead letters.
-        assert!(publisher.task(&t, b"garbage", &reply_to, "jpoison:4", 0).await.unwrap().accepted().await.unwrap());
+        assert!(publisher.task(&t, b"garbage", &reply_to, "jpoison:5", 0).await.unwrap().accepted().await.unwrap());
         broker.close().await;
     });
-    assert!(wait_for(Duration::from_secs(10), || ns.stats(&t.dead()).0 == 2), "both tasks are dead-lettered");
+    assert!(wait_for(Duration::from_secs(10), || ns.stats(&t.dead()).0 == 3), "all three are dead-lettered");
     assert_eq!(ns.stats(&t.tasks()).0, 0);
-    // The worker's own /metrics counts both as given up on (once each reject is sent, so
+    // The worker's own /metrics counts all three as given up on (once each reject is sent, so
     // perhaps a moment after the broker has them), and the two retries of the first.
     let scrape = || String::from_utf8(web::get(&format!("{metrics}metrics")).2).unwrap();
-    wait_for(Duration::from_secs(10), || web::sample(&scrape(), "vpd_worker_frames_failed_total") == 2.0);
+    wait_for(Duration::from_secs(10), || web::sample(&scrape(), "vpd_worker_frames_failed_total") == 3.0);
     let text = scrape();
-    assert_eq!(web::sample(&text, "vpd_worker_frames_failed_total"), 2.0, "{text}");
+    assert_eq!(web::sample(&text, "vpd_worker_frames_failed_total"), 3.0, "{text}");
     assert_eq!(web::sample(&text, "vpd_worker_frames_retried_total"), f64::from(vpd::worker::MAX_ATTEMPTS - 1));
     assert_eq!(web::sample(&text, "vpd_worker_frames_processed_total"), 0.0);
 }

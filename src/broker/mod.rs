@@ -184,6 +184,29 @@ impl Broker {
         Ok((q.message_count(), q.consumer_count()))
     }
 
+    /// Whether `queue` exists, by a passive declare on a throwaway channel (a missing queue
+    /// closes the channel it was asked on). Another connection's exclusive queue exists too:
+    /// the broker answers RESOURCE_LOCKED for it.
+    pub async fn queue_exists(&self, queue: &str) -> anyhow::Result<bool> {
+        use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+        let ch = self.channel().await?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        match ch.queue_declare(queue.into(), passive, FieldTable::default()).await {
+            Ok(_) => {
+                ch.close(200, "done".into()).await.ok();
+                Ok(true)
+            }
+            Err(e) => match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                    AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Ok(false),
+                    AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED) => Ok(true),
+                    _ => Err(anyhow!(e).context(format!("looking up the queue {queue}"))),
+                },
+                _ => Err(anyhow!(e).context(format!("looking up the queue {queue}"))),
+            },
+        }
+    }
+
     /// A channel to publish on, with publisher confirms.
     pub async fn publisher(&self) -> anyhow::Result<Publisher> {
         let ch = self.channel().await?;
@@ -368,6 +391,13 @@ impl Consumer {
             body: delivery.data,
             acker: delivery.acker,
         }))
+    }
+
+    /// Closes the subscription's channel. An auto-delete queue it was the last consumer of
+    /// goes with it: a job's reply queue is gone once its job has ended, which is how workers
+    /// tell a real cancel from a forged one.
+    pub async fn close(self) {
+        self.ch.close(200, "done".into()).await.ok();
     }
 
     /// Stops the subscription: no more deliveries; ones already received can still be acked.

@@ -12,7 +12,9 @@
 //! [`TransportEncoding::Auto`], compresses a stream's frames only while LZ4 roughly halves them:
 //! on a 2-core machine LZ4 costs 6.8 ms to save half of a noisy 720p camera frame, more than
 //! moving the other half through RabbitMQ, but 2 ms to shrink an edge map to 7 %.
-//! Every size in a header is checked before memory is allocated for it.
+//! Every size in a header is checked before memory is allocated for it, and a JPEG's own
+//! header must announce the size the message header does before it is decoded: a 2 kB JPEG
+//! can claim 30 000 × 30 000 pixels.
 
 use std::fmt;
 use std::str::FromStr;
@@ -160,6 +162,9 @@ pub enum WireError {
     /// A frame over [`MAX_FRAME_PIXELS`].
     #[error("a {0}x{1} frame is over the size limit")]
     TooLarge(u32, u32),
+    /// A frame of another size than the one expected (a result for a frame of the job).
+    #[error("a {0}x{1} frame where {2}x{3} was expected")]
+    WrongSize(u32, u32, u32, u32),
     /// The pixels do not decode to the announced frame.
     #[error("frame data does not decode: {0}")]
     Corrupt(String),
@@ -295,6 +300,14 @@ pub fn decode_frame(p: &Payload, bytes: &[u8], base: Option<&Mat>) -> Result<Mat
     };
     let mut mat = match p.encoding {
         PayloadEncoding::Jpeg => {
+            // Checked before decoding: imdecode would allocate whatever the JPEG claims.
+            match jpeg_dimensions(bytes) {
+                Some(dims) if dims == (p.width, p.height) => {}
+                Some((w, h)) => {
+                    return Err(WireError::Corrupt(format!("a {w}x{h} JPEG announced as {}x{}", p.width, p.height)));
+                }
+                None => return Err(WireError::Corrupt("not a baseline or progressive JPEG".into())),
+            }
             let m = imgcodecs::imdecode(&Vector::<u8>::from_slice(bytes), imgcodecs::IMREAD_COLOR)?;
             check(&m)?;
             return Ok(m);
@@ -321,6 +334,53 @@ pub fn decode_frame(p: &Payload, bytes: &[u8], base: Option<&Mat>) -> Result<Mat
     }
     check(&mat)?;
     Ok(mat)
+}
+
+/// The width and height a JPEG's frame header (SOFn) announces, read without decoding it:
+/// `None` when there is none before the scan starts, or the header is cut short.
+pub fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.get(..2)? != [0xff, 0xd8] {
+        return None;
+    }
+    let mut at = 2;
+    loop {
+        // A marker: 0xff, any number of 0xff fill bytes, then its code.
+        if *bytes.get(at)? != 0xff {
+            return None;
+        }
+        while *bytes.get(at)? == 0xff {
+            at += 1;
+        }
+        let code = *bytes.get(at)?;
+        at += 1;
+        match code {
+            // Stand-alone markers carry no length.
+            0x01 | 0xd0..=0xd7 => continue,
+            // Start of scan, or end of image, before any frame header.
+            0xd9 | 0xda => return None,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+        if len < 2 {
+            return None;
+        }
+        // Every SOFn but DHT (c4), JPG (c8) and DAC (cc).
+        if matches!(code, 0xc0..=0xcf) && !matches!(code, 0xc4 | 0xc8 | 0xcc) {
+            let sof = bytes.get(at + 2..at + 7)?;
+            let height = u32::from(u16::from_be_bytes([sof[1], sof[2]]));
+            let width = u32::from(u16::from_be_bytes([sof[3], sof[4]]));
+            // A height of 0 defers to a later DNL marker: refused, as no encoder here writes one.
+            return (width > 0 && height > 0).then_some((width, height));
+        }
+        at += len;
+    }
+}
+
+/// The largest result body an honest worker sends for a `width`x`height` frame: a header and
+/// the frame raw, or LZ4 at its worst. A result over it is refused without being decoded.
+pub fn max_result_body(width: u32, height: u32) -> usize {
+    let frame = (u64::from(width) * u64::from(height)).min(MAX_FRAME_PIXELS) as usize * 3;
+    4 + MAX_HEADER_BYTES + lz4_flex::block::get_maximum_output_size(frame)
 }
 
 /// Splits a body into its header and the bytes after it.
@@ -405,6 +465,11 @@ pub fn decode_task(body: &[u8]) -> Result<(TaskHeader, Mat, Option<Mat>), WireEr
     if header.version != WIRE_VERSION {
         return Err(WireError::Version(header.version));
     }
+    if let Some(p) = &header.previous
+        && (p.width, p.height) != (header.frame.width, header.frame.height)
+    {
+        return Err(WireError::WrongSize(p.width, p.height, header.frame.width, header.frame.height));
+    }
     let frame = decode_frame(&header.frame, take(&mut rest, header.frame.len)?, None)?;
     let previous = match &header.previous {
         Some(p) => Some(decode_frame(p, take(&mut rest, p.len)?, None)?),
@@ -467,11 +532,21 @@ pub fn result_header(body: &[u8]) -> Result<ResultHeader, WireError> {
 }
 
 /// Decodes a result body: the header and, when filtering succeeded, the frame. `source` is the
-/// task's frame, needed when the result was encoded against it.
-pub fn decode_result(body: &[u8], source: Option<&Mat>) -> Result<(ResultHeader, Option<Mat>), WireError> {
+/// task's frame, needed when the result was encoded against it; `expected`, when given, is the
+/// job's frame size, which the result must have (checked before anything is decoded).
+pub fn decode_result(
+    body: &[u8],
+    source: Option<&Mat>,
+    expected: Option<(u32, u32)>,
+) -> Result<(ResultHeader, Option<Mat>), WireError> {
     let (header, mut rest): (ResultHeader, _) = split_body(body)?;
     if header.version != WIRE_VERSION {
         return Err(WireError::Version(header.version));
+    }
+    if let (ResultOutcome::Frame(p), Some((w, h))) = (&header.outcome, expected)
+        && (p.width, p.height) != (w, h)
+    {
+        return Err(WireError::WrongSize(p.width, p.height, w, h));
     }
     let frame = match &header.outcome {
         ResultOutcome::Frame(p) => Some(decode_frame(p, take(&mut rest, p.len)?, source)?),
@@ -550,13 +625,13 @@ mod tests {
         let mut enc = Encoder::new(TransportEncoding::Lz4);
         let frame = noise(10, 20);
         let body = encode_result(&meta(7), Ok(&frame), None, &mut enc).unwrap();
-        let (h, f) = decode_result(&body, None).unwrap();
+        let (h, f) = decode_result(&body, None, None).unwrap();
         assert_eq!((h.index, h.worker.as_str(), h.filter_us, h.retries), (7, "host:1", 1234, 2));
         assert!(same(&f.unwrap(), &frame));
         assert_eq!(result_header(&body).unwrap(), h);
 
         let body = encode_result(&meta(8), Err("opencv: boom"), None, &mut enc).unwrap();
-        let (h, f) = decode_result(&body, None).unwrap();
+        let (h, f) = decode_result(&body, None, None).unwrap();
         assert_eq!(h.outcome, ResultOutcome::Failed("opencv: boom".into()));
         assert!(f.is_none());
     }
@@ -583,10 +658,10 @@ mod tests {
         let ResultOutcome::Frame(p) = h.outcome else { panic!("a frame") };
         assert_eq!(p.encoding, PayloadEncoding::Lz4Delta);
         assert!(p.len < 5_000, "{} bytes for a {} byte frame", p.len, 240 * 320 * 3);
-        let (_, back) = decode_result(&body, Some(&source)).unwrap();
+        let (_, back) = decode_result(&body, Some(&source), None).unwrap();
         assert!(same(&back.unwrap(), &boxed), "lossless");
         // Without the source it cannot be decoded, and says so.
-        assert!(matches!(decode_result(&body, None), Err(WireError::Corrupt(_))));
+        assert!(matches!(decode_result(&body, None, None), Err(WireError::Corrupt(_))));
 
         // A result unlike its source (edges, blur) is encoded on its own.
         let other = noise(240, 320);
@@ -628,5 +703,55 @@ mod tests {
         let meta = TaskMeta { job: "j", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
         let body = encode_task(&meta, &flat(8, 8), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
         assert!(matches!(decode_task(&body[..body.len() - 1]), Err(WireError::Malformed(_))));
+    }
+
+    /// A tiny JPEG whose frame header claims `width`x`height`, as a forged message would carry.
+    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+        let mut buf = Vector::<u8>::new();
+        imgcodecs::imencode(".jpg", &flat(16, 16), &mut buf, &Vector::new()).unwrap();
+        let mut jpeg = buf.to_vec();
+        let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).expect("OpenCV writes baseline JPEGs");
+        jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        jpeg
+    }
+
+    #[test]
+    fn jpeg_dimensions_are_read_from_the_header() {
+        let mut buf = Vector::<u8>::new();
+        imgcodecs::imencode(".jpg", &flat(48, 64), &mut buf, &Vector::new()).unwrap();
+        assert_eq!(jpeg_dimensions(buf.as_slice()), Some((64, 48)));
+        assert_eq!(jpeg_dimensions(&jpeg_claiming(30_000, 30_000)), Some((30_000, 30_000)));
+        assert_eq!(jpeg_dimensions(b"not a jpeg"), None);
+        assert_eq!(jpeg_dimensions(&buf.as_slice()[..20]), None, "cut before the frame header");
+        assert_eq!(jpeg_dimensions(&[0xff, 0xd8, 0xff, 0xda, 0, 2]), None, "a scan before any frame header");
+    }
+
+    #[test]
+    fn a_jpeg_claiming_another_size_is_refused_before_decoding() {
+        // 2 kB that would decode to 2.7 GB: the header says 8x8, the JPEG 30000x30000.
+        let bomb = jpeg_claiming(30_000, 30_000);
+        assert!(bomb.len() < 4096);
+        let p = Payload { width: 8, height: 8, encoding: PayloadEncoding::Jpeg, len: bomb.len() as u64 };
+        let err = decode_frame(&p, &bomb, None).unwrap_err();
+        assert!(err.to_string().contains("a 30000x30000 JPEG announced as 8x8"), "{err}");
+        // Announced honestly, it is over the frame limit and refused from the header alone.
+        let p = Payload { width: 30_000, height: 30_000, encoding: PayloadEncoding::Jpeg, len: bomb.len() as u64 };
+        assert!(matches!(decode_frame(&p, &bomb, None), Err(WireError::TooLarge(30_000, 30_000))));
+    }
+
+    #[test]
+    fn results_of_another_size_than_the_jobs_frames_are_refused() {
+        let mut enc = Encoder::new(TransportEncoding::Raw);
+        let body = encode_result(&meta(1), Ok(&flat(10, 20)), None, &mut enc).unwrap();
+        assert!(decode_result(&body, None, Some((20, 10))).is_ok());
+        assert!(matches!(decode_result(&body, None, Some((1280, 720))), Err(WireError::WrongSize(20, 10, 1280, 720))));
+        assert!(body.len() <= max_result_body(20, 10));
+        // A task whose previous frame is not the size of its frame.
+        let chain: Chain = "motion".parse().unwrap();
+        let meta = TaskMeta { job: "j", index: 1, chain: &chain, encoding: TransportEncoding::Raw };
+        let mut enc = Encoder::new(TransportEncoding::Raw);
+        let body = encode_task(&meta, &flat(8, 8), Some(&flat(16, 16)), &mut enc).unwrap();
+        assert!(matches!(decode_task(&body), Err(WireError::WrongSize(16, 16, 8, 8))));
     }
 }

@@ -15,9 +15,15 @@
 //! [`MAX_DISPATCHES`], reporting it failed so that the original is written. When the connection
 //! drops it reconnects for up to [`RECONNECT_FOR`] and re-publishes everything outstanding;
 //! the pipeline drops the duplicates that may cause.
+//!
+//! A frame is settled by its first result that *decodes*: the decoder threads tell the
+//! session which results did, and a result that does not (forged, corrupt, the wrong size) or
+//! that is larger than any honest encoding of the job's frames leaves its frame outstanding
+//! and re-dispatched. Nothing from the broker is decoded before its size is checked against
+//! the job's frame size.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -27,7 +33,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::{JobContext, Transport, WireBytes};
-use crate::broker::{Broker, Publisher, Topology};
+use crate::broker::{Broker, Consumer, Publisher, Topology};
 use crate::protocol::task::{Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
 use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
 
@@ -118,16 +124,20 @@ impl Transport for AmqpTransport {
         results: Sender<FrameResult>,
     ) -> anyhow::Result<WireBytes> {
         let (body_tx, body_rx) = mpsc::channel::<(u64, Vec<u8>)>(8);
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded::<Vec<u8>>(16);
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(16);
+        // At most one verdict per reply body, and the session drains them as it forwards bodies.
+        let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Verdict>();
         // Source frames of outstanding tasks (shared, not copied): results may be deltas of them.
         let sources = StdMutex::new(HashMap::new());
+        let frame_size = OnceLock::new();
         std::thread::scope(|s| {
-            let encoder = s.spawn(|| encode(job, tasks, body_tx, &sources));
+            let encoder = s.spawn(|| encode(job, tasks, body_tx, &sources, &frame_size));
             for _ in 0..DECODERS {
-                let (reply_rx, results, sources) = (reply_rx.clone(), results.clone(), &sources);
-                s.spawn(move || decode(reply_rx, results, sources));
+                let (reply_rx, results, verdicts) = (reply_rx.clone(), results.clone(), verdict_tx.clone());
+                let (sources, frame_size) = (&sources, &frame_size);
+                s.spawn(move || decode(&job.id, reply_rx, results, verdicts, sources, frame_size));
             }
-            drop(reply_rx);
+            drop((reply_rx, verdict_tx));
             let session = Session {
                 link: &self.link,
                 job,
@@ -136,9 +146,10 @@ impl Transport for AmqpTransport {
                 last_result: None,
                 replies: reply_tx,
                 results: results.clone(),
+                frame_size: &frame_size,
                 wire: WireBytes::default(),
             };
-            let served = self.runtime.block_on(session.run(body_rx));
+            let served = self.runtime.block_on(session.run(body_rx, verdict_rx));
             let encoded = encoder.join().unwrap_or_else(|_| Err(anyhow!("the frame encoder panicked")));
             encoded.and(served)
         })
@@ -148,15 +159,28 @@ impl Transport for AmqpTransport {
 /// Source frames of outstanding tasks, by index.
 type Sources = StdMutex<HashMap<u64, Frame>>;
 
-/// Encodes tasks into message bodies (CPU work, off the async runtime).
+/// What the decoders made of a result body, for the session.
+#[derive(Debug)]
+enum Verdict {
+    /// The frame has its result.
+    Settled(u64),
+    /// The body did not decode to a frame of the job: the frame stays outstanding.
+    Bad(u64),
+}
+
+/// Encodes tasks into message bodies (CPU work, off the async runtime). Records the job's
+/// frame size, which every result must have.
 fn encode(
     job: &JobContext,
     tasks: Receiver<FrameTask>,
     bodies: mpsc::Sender<(u64, Vec<u8>)>,
     sources: &Sources,
+    frame_size: &OnceLock<(u32, u32)>,
 ) -> anyhow::Result<()> {
+    use opencv::prelude::MatTraitConst as _;
     let mut encoder = Encoder::new(job.encoding);
     for task in tasks {
+        frame_size.get_or_init(|| (task.frame.cols() as u32, task.frame.rows() as u32));
         let meta = TaskMeta { job: &job.id, index: task.index, chain: &job.chain, encoding: job.encoding };
         let body = wire::encode_task(&meta, &task.frame, task.previous.as_deref(), &mut encoder)?;
         sources.lock().expect("sources lock").insert(task.index, task.frame.clone());
@@ -168,26 +192,42 @@ fn encode(
     Ok(())
 }
 
-/// Decodes result bodies for the pipeline.
-fn decode(replies: Receiver<Vec<u8>>, results: Sender<FrameResult>, sources: &Sources) {
-    for body in replies {
-        let source =
-            wire::result_header(&body).ok().and_then(|h| sources.lock().expect("sources lock").get(&h.index).cloned());
-        let (header, frame) = match wire::decode_result(&body, source.as_deref()) {
+/// Decodes result bodies for the pipeline, and tells the session which frames they settle.
+fn decode(
+    job_id: &str,
+    replies: Receiver<(u64, Vec<u8>)>,
+    results: Sender<FrameResult>,
+    verdicts: mpsc::UnboundedSender<Verdict>,
+    sources: &Sources,
+    frame_size: &OnceLock<(u32, u32)>,
+) {
+    for (index, body) in replies {
+        let source = sources.lock().expect("sources lock").get(&index).cloned();
+        let decoded = wire::decode_result(&body, source.as_deref(), frame_size.get().copied())
+            .map_err(|e| e.to_string())
+            .and_then(|(header, frame)| {
+                if header.index == index && header.job == job_id {
+                    Ok((header, frame))
+                } else {
+                    Err(format!("a result for frame {} of job {} under frame {index}'s id", header.index, header.job))
+                }
+            });
+        let (header, frame) = match decoded {
             Ok(decoded) => {
                 // The first result settles the frame; a later duplicate that needs the source
                 // fails to decode and is dropped, as the pipeline would drop it anyway.
-                sources.lock().expect("sources lock").remove(&decoded.0.index);
+                sources.lock().expect("sources lock").remove(&index);
+                let _ = verdicts.send(Verdict::Settled(index));
                 decoded
             }
             Err(e) if source.is_none() => {
                 // Most likely a duplicate delta of a frame whose first result already came.
-                debug!(error = %e, "dropping a result whose source frame is settled");
+                debug!(error = %e, frame = index, "dropping a result whose source frame is settled");
                 continue;
             }
             Err(e) => {
-                // The frame stays outstanding and is re-dispatched.
-                warn!(error = %e, "dropping an undecodable result");
+                warn!(error = %e, frame = index, "dropping an undecodable result; the frame will be re-dispatched");
+                let _ = verdicts.send(Verdict::Bad(index));
                 continue;
             }
         };
@@ -227,8 +267,11 @@ struct Session<'a> {
     outstanding: HashMap<u64, Outstanding>,
     /// When the last result arrived: evidence that workers are alive.
     last_result: Option<Instant>,
-    replies: Sender<Vec<u8>>,
+    /// Result bodies, with the frame their correlation id names, to the decoders.
+    replies: Sender<(u64, Vec<u8>)>,
     results: Sender<FrameResult>,
+    /// The job's frame size, once its first task is encoded.
+    frame_size: &'a OnceLock<(u32, u32)>,
     wire: WireBytes,
 }
 
@@ -244,10 +287,14 @@ enum Interrupted {
 }
 
 impl Session<'_> {
-    async fn run(mut self, mut bodies: mpsc::Receiver<(u64, Vec<u8>)>) -> anyhow::Result<WireBytes> {
+    async fn run(
+        mut self,
+        mut bodies: mpsc::Receiver<(u64, Vec<u8>)>,
+        mut verdicts: mpsc::UnboundedReceiver<Verdict>,
+    ) -> anyhow::Result<WireBytes> {
         let mut broker = self.link.get().await?;
         loop {
-            match self.connected(&broker, &mut bodies).await {
+            match self.connected(&broker, &mut bodies, &mut verdicts).await {
                 Ok(()) | Err(Interrupted::PipelineGone) => return Ok(self.wire),
                 Err(Interrupted::Fatal(e)) => return Err(e),
                 Err(Interrupted::Connection(e)) => {
@@ -263,21 +310,37 @@ impl Session<'_> {
         }
     }
 
-    /// Serves the job over one connection until it ends or the connection breaks.
+    /// Serves the job over one connection until it ends or the connection breaks, then
+    /// closes the job's reply queue.
     async fn connected(
         &mut self,
         broker: &Broker,
         bodies: &mut mpsc::Receiver<(u64, Vec<u8>)>,
+        verdicts: &mut mpsc::UnboundedReceiver<Verdict>,
+    ) -> Result<(), Interrupted> {
+        let t = self.link.topology();
+        let (reply_to, mut replies) = broker.consume_replies(t, &self.job.id).await.map_err(Interrupted::Connection)?;
+        let served = self.pump(broker, &reply_to, &mut replies, bodies, verdicts).await;
+        replies.close().await;
+        served
+    }
+
+    async fn pump(
+        &mut self,
+        broker: &Broker,
+        reply_to: &str,
+        replies: &mut Consumer,
+        bodies: &mut mpsc::Receiver<(u64, Vec<u8>)>,
+        verdicts: &mut mpsc::UnboundedReceiver<Verdict>,
     ) -> Result<(), Interrupted> {
         let t = self.link.topology();
         let conn = |e: anyhow::Error| Interrupted::Connection(e);
-        let (reply_to, mut replies) = broker.consume_replies(t, &self.job.id).await.map_err(conn)?;
         let publisher = broker.publisher().await.map_err(conn)?;
         let mut confirms: JoinSet<(u64, anyhow::Result<bool>)> = JoinSet::new();
         let mut tick = tokio::time::interval(self.tick_period());
         let mut more_tasks = true;
         // Re-dispatch what a previous connection left outstanding.
-        self.redispatch_overdue(t, &publisher, &reply_to, &mut confirms).await?;
+        self.redispatch_overdue(t, &publisher, reply_to, &mut confirms).await?;
         loop {
             if !more_tasks && self.outstanding.is_empty() {
                 return Ok(());
@@ -288,12 +351,18 @@ impl Session<'_> {
                     Some(Err(e)) => return Err(conn(e)),
                     None => return Err(conn(anyhow!("the reply queue's consumer was cancelled"))),
                 },
+                Some(verdict) = verdicts.recv() => match verdict {
+                    Verdict::Settled(index) => {
+                        self.outstanding.remove(&index);
+                    }
+                    Verdict::Bad(index) => self.refused(index),
+                },
                 body = bodies.recv(), if more_tasks => match body {
                     Some((index, body)) => {
                         let entry = Outstanding { body: Arc::new(body), last_dispatch: Instant::now(), dispatches: 1, resend: false };
                         let body = entry.body.clone();
                         self.outstanding.insert(index, entry);
-                        self.publish(t, &publisher, &reply_to, index, &body, 0, &mut confirms).await?;
+                        self.publish(t, &publisher, reply_to, index, &body, 0, &mut confirms).await?;
                     }
                     None => more_tasks = false,
                 },
@@ -314,7 +383,7 @@ impl Session<'_> {
                     if self.job.stop.is_stopped() {
                         return Ok(()); // cancelled: the workers learn it from the server's event
                     }
-                    self.redispatch_overdue(t, &publisher, &reply_to, &mut confirms).await?;
+                    self.redispatch_overdue(t, &publisher, reply_to, &mut confirms).await?;
                 }
             }
         }
@@ -352,11 +421,26 @@ impl Session<'_> {
             warn!(job = %self.job.id, "dropping a result with a foreign correlation id");
             return Ok(());
         };
-        self.last_result = Some(Instant::now());
         self.wire.received += body.len() as u64;
-        // The first result frees the frame; later ones go on too, for the pipeline to count.
-        self.outstanding.remove(&index);
-        self.replies.send(body).map_err(|_| Interrupted::PipelineGone)
+        // Larger than any honest encoding of this job's frames: not worth decoding.
+        let limit = self.frame_size.get().map(|&(w, h)| wire::max_result_body(w, h)).unwrap_or(0);
+        if body.len() > limit {
+            warn!(job = %self.job.id, frame = index, bytes = body.len(), limit, "dropping an oversized result");
+            self.refused(index);
+            return Ok(());
+        }
+        self.last_result = Some(Instant::now());
+        // The frame stays outstanding until a decoder says the result decodes; every result,
+        // duplicates included, goes on for the pipeline to count.
+        self.replies.send((index, body)).map_err(|_| Interrupted::PipelineGone)
+    }
+
+    /// A result for `index` was refused: send the frame again at the next tick (counted
+    /// against [`MAX_DISPATCHES`]).
+    fn refused(&mut self, index: u64) {
+        if let Some(entry) = self.outstanding.get_mut(&index) {
+            entry.resend = true;
+        }
     }
 
     /// Re-publishes frames overdue while others keep coming back; gives up after

@@ -11,12 +11,13 @@
 //! that dies loses nothing (RabbitMQ redelivers what it held). A task whose filters fail is
 //! published again, up to [`MAX_ATTEMPTS`] in all; then its failure is reported to the server
 //! (which writes the original frame) and the task is dead-lettered to `NS.tasks.dead`. Tasks
-//! of jobs announced cancelled on `NS.events` are acked and skipped. SIGTERM or SIGINT: stop
-//! consuming, finish and ack the tasks in hand, exit.
+//! of jobs announced cancelled on `NS.events` are acked and skipped once the job's reply queue
+//! is confirmed gone: anyone who can publish an event can claim a cancel, but only the server
+//! can end its job. SIGTERM or SIGINT: stop consuming, finish and ack the tasks in hand, exit.
 
 mod stats;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub const MAX_ATTEMPTS: u32 = 3;
 const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 /// Cancelled job ids remembered (oldest forgotten first).
 const CANCELLED_MEMORY: usize = 4096;
+/// How often a claimed, unconfirmed cancel is checked against the job's reply queue.
+const CANCEL_RECHECK: Duration = Duration::from_secs(1);
 
 /// Everything `vpd worker` needs.
 #[derive(Debug, Clone)]
@@ -163,21 +166,61 @@ async fn reconnect(cfg: &WorkerConfig, shutdown: &CancellationToken) -> anyhow::
 }
 
 /// Job ids announced cancelled, remembered in a bounded window.
+///
+/// An announcement is a claim: its tasks are skipped only once the job's reply queue is seen
+/// gone (the server deletes it when the job ends). Until then they are processed as usual,
+/// and the claim is re-checked at most every [`CANCEL_RECHECK`], so a forged event costs one
+/// queue look-up a second and stalls nothing.
 #[derive(Default)]
 struct Cancelled {
-    set: HashSet<String>,
+    /// Job → confirmed gone, or when the claim was last checked.
+    jobs: HashMap<String, Claim>,
     order: VecDeque<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Claim {
+    Confirmed,
+    Unconfirmed { checked: Option<tokio::time::Instant> },
 }
 
 impl Cancelled {
     fn insert(&mut self, job: String) {
-        if self.set.insert(job.clone()) {
-            self.order.push_back(job);
-            if self.order.len() > CANCELLED_MEMORY
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
-            }
+        if self.jobs.contains_key(&job) {
+            return;
+        }
+        self.jobs.insert(job.clone(), Claim::Unconfirmed { checked: None });
+        self.order.push_back(job);
+        if self.order.len() > CANCELLED_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.jobs.remove(&old);
+        }
+    }
+
+    /// Whether the task of `job`, answering to `reply_to`, is to be skipped.
+    async fn skips(&mut self, broker: &Broker, job: &str, reply_to: Option<&str>) -> bool {
+        let (Some(claim), Some(reply_to)) = (self.jobs.get_mut(job), reply_to) else { return false };
+        match *claim {
+            Claim::Confirmed => true,
+            Claim::Unconfirmed { checked: Some(at) } if at.elapsed() < CANCEL_RECHECK => false,
+            Claim::Unconfirmed { .. } => match broker.queue_exists(reply_to).await {
+                Ok(false) => {
+                    info!(%job, "job cancelled; skipping its tasks");
+                    *claim = Claim::Confirmed;
+                    true
+                }
+                Ok(true) => {
+                    warn!(%job, "a cancel was announced but the job's reply queue is still there; processing its tasks");
+                    *claim = Claim::Unconfirmed { checked: Some(tokio::time::Instant::now()) };
+                    false
+                }
+                Err(e) => {
+                    warn!(%job, error = %format!("{e:#}"), "cannot check a cancelled job's reply queue; processing its tasks");
+                    *claim = Claim::Unconfirmed { checked: Some(tokio::time::Instant::now()) };
+                    false
+                }
+            },
         }
     }
 }
@@ -239,7 +282,7 @@ async fn session(
                         continue;
                     }
                 };
-                if cancelled.set.contains(&header.job) {
+                if cancelled.skips(broker, &header.job, m.reply_to.as_deref()).await {
                     m.ack().await?;
                     continue;
                 }
@@ -256,7 +299,6 @@ async fn session(
             event = events.next() => match event {
                 Some(Ok(m)) => {
                     if let Ok(JobEvent::Cancelled { job }) = serde_json::from_slice::<JobEvent>(&m.body) {
-                        info!(%job, "job cancelled; skipping its tasks");
                         cancelled.insert(job);
                     }
                 }

@@ -102,15 +102,21 @@ impl Server {
     pub fn start(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let work_dir = dir.path().join("work");
-        let mut child = vpd()
-            .arg("server")
-            .args(args)
-            .arg("--work-dir")
-            .arg(&work_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting vpd server");
+        Server::start_in(args, dir, work_dir, |_| {})
+    }
+
+    /// Like [`Server::start`], with `work_dir` (which `dir` holds) and `configure` applied to
+    /// the command.
+    pub fn start_in(
+        args: &[&str],
+        dir: tempfile::TempDir,
+        work_dir: PathBuf,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Server {
+        let mut cmd = vpd();
+        cmd.arg("server").args(args).arg("--work-dir").arg(&work_dir);
+        configure(&mut cmd);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting vpd server");
         let stdout = child.stdout.take().unwrap();
         let (mut tcp, mut unix, mut preview, mut metrics) = (None, None, None, None);
         // The server prints a `listening …` line per socket, then nothing more on stdout.
@@ -141,6 +147,11 @@ impl Server {
             }
         }
         Server { child: ChildGuard(child), tcp, unix, work_dir, preview, metrics, _dir: dir }
+    }
+
+    /// The process's memory: its resident set now and its peak, in bytes (Linux `/proc`).
+    pub fn memory(&self) -> (u64, u64) {
+        memory(self.child.0.id())
     }
 
     /// The address clients use over IPv4 loopback.
@@ -182,8 +193,14 @@ impl Worker {
 
     /// Starts a worker that serves `/metrics`, and returns it with its base URL.
     pub fn with_metrics(ns: &Namespace, concurrency: usize) -> (Worker, String) {
+        Worker::with_metrics_and(ns, concurrency, &[])
+    }
+
+    /// Like [`Worker::with_metrics`], with more arguments.
+    pub fn with_metrics_and(ns: &Namespace, concurrency: usize, extra: &[&str]) -> (Worker, String) {
         let mut child = Worker::command(ns, concurrency)
             .args(["--metrics", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -249,6 +266,31 @@ pub fn cut_connection(role: &str, pid: u32) {
     let closed =
         std::process::Command::new("rabbitmqctl").args(["close_connection", &connection, "test"]).output().unwrap();
     assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+}
+
+/// A process's resident set and its peak (VmRSS, VmHWM), in bytes.
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Limits a command's process to `n` open files (soft and hard), as `prlimit --nofile` would.
+pub fn limit_open_files(cmd: &mut std::process::Command, n: u64) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Sends `sig` to a child.
