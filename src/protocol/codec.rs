@@ -8,7 +8,10 @@
 //!
 //! The declared length is checked against the limit for its kind before anything is
 //! allocated, so a hostile or confused peer (a 4 GB length, an HTTP request) costs nothing
-//! but the connection.
+//! but the connection. A writer can be given a time limit per frame, so a peer that stops
+//! reading cannot hold the writing side forever.
+
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +47,13 @@ pub enum ProtocolError {
     /// A control message that is not valid JSON for the expected type.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The peer did not take a frame within the writer's time limit.
+    #[error("the peer took no data for {} s", .0.as_secs())]
+    WriteTimeout(Duration),
+    /// An earlier write failed or was abandoned part-way through a frame: anything written
+    /// now would be read as the rest of that frame.
+    #[error("an earlier message to the peer was cut off; the connection is unusable")]
+    Broken,
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -102,24 +112,48 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// Writes frames to `W`.
 pub struct FrameWriter<W> {
     inner: W,
+    timeout: Option<Duration>,
+    /// A frame is (or was left) partly written.
+    mid_frame: bool,
+}
+
+/// `message` as one whole control frame, for a caller that writes it itself.
+pub fn encode_control<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
+    let body = control_body(message)?;
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    frame.push(KIND_CONTROL);
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+fn control_body<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
+    let body = serde_json::to_vec(message).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if body.len() > MAX_CONTROL_BYTES {
+        return Err(ProtocolError::TooLarge {
+            kind: "control message",
+            len: body.len() as u64,
+            limit: MAX_CONTROL_BYTES,
+        });
+    }
+    Ok(body)
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    /// Wraps a byte stream.
+    /// Wraps a byte stream; writes wait as long as the peer makes them.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner }
+        FrameWriter { inner, timeout: None, mid_frame: false }
+    }
+
+    /// Wraps a byte stream; a frame the peer has not taken within `limit` fails with
+    /// [`ProtocolError::WriteTimeout`].
+    pub fn with_timeout(inner: W, limit: Duration) -> Self {
+        FrameWriter { inner, timeout: Some(limit), mid_frame: false }
     }
 
     /// Sends a control message.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ProtocolError> {
-        let body = serde_json::to_vec(message).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-        if body.len() > MAX_CONTROL_BYTES {
-            return Err(ProtocolError::TooLarge {
-                kind: "control message",
-                len: body.len() as u64,
-                limit: MAX_CONTROL_BYTES,
-            });
-        }
+        let body = control_body(message)?;
         self.write_frame(KIND_CONTROL, &body).await
     }
 
@@ -138,14 +172,30 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn write_frame(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
+        // Set until the frame is out whole: a failed write, or a caller that gave up on this
+        // future (its own time limit), leaves it set.
+        if self.mid_frame {
+            return Err(ProtocolError::Broken);
+        }
+        self.mid_frame = true;
         // Lengths are bounded by the limits above, far below u32::MAX.
         let len = (body.len() + 1) as u32;
         let mut header = [0u8; 5];
         header[..4].copy_from_slice(&len.to_be_bytes());
         header[4] = kind;
-        self.inner.write_all(&header).await?;
-        self.inner.write_all(body).await?;
-        self.inner.flush().await?;
+        let inner = &mut self.inner;
+        let write = async move {
+            inner.write_all(&header).await?;
+            inner.write_all(body).await?;
+            inner.flush().await
+        };
+        match self.timeout {
+            None => write.await?,
+            Some(limit) => {
+                tokio::time::timeout(limit, write).await.map_err(|_| ProtocolError::WriteTimeout(limit))??
+            }
+        }
+        self.mid_frame = false;
         Ok(())
     }
 }
@@ -227,6 +277,36 @@ mod tests {
         bad.push(KIND_CONTROL);
         bad.extend_from_slice(br#"{"type":"x"}"#);
         assert!(matches!(FrameReader::new(&bad[..]).read::<ClientMessage>().await, Err(ProtocolError::Malformed(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_times_the_writer_out() {
+        // Nobody reads the other end of a 1 kB pipe: the second chunk cannot go out.
+        let (a, _unread) = tokio::io::duplex(1024);
+        let mut w = FrameWriter::with_timeout(a, Duration::from_secs(60));
+        w.send_chunk(&[0u8; 500]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = w.send_chunk(&[0u8; 5000]).await.unwrap_err();
+        assert!(matches!(err, ProtocolError::WriteTimeout(_)), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(60), "after the limit, not before");
+        // Part of that chunk went out: nothing more may follow it.
+        assert!(matches!(w.send(&ClientMessage::Cancel).await, Err(ProtocolError::Broken)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_given_up_by_its_caller_leaves_the_writer_unusable() {
+        let (a, _unread) = tokio::io::duplex(16);
+        let mut w = FrameWriter::new(a);
+        let gave_up = tokio::time::timeout(Duration::from_secs(5), w.send_chunk(&[1u8; 100])).await;
+        assert!(gave_up.is_err(), "the pipe is full");
+        assert!(matches!(w.send_chunk(&[2u8; 4]).await, Err(ProtocolError::Broken)));
+    }
+
+    #[test]
+    fn a_whole_control_frame_reads_back() {
+        let frame = encode_control(&ClientMessage::Cancel).unwrap();
+        let read = futures_lite::future::block_on(FrameReader::new(&frame[..]).read::<ClientMessage>()).unwrap();
+        assert_eq!(read, Some(Frame::Message(ClientMessage::Cancel)));
     }
 
     #[tokio::test]

@@ -104,6 +104,8 @@ pub enum ErrorCode {
     Cancelled,
     /// The peer was too slow.
     Timeout,
+    /// Too many connections (from the server's clients, or from this address): try later.
+    Busy,
     /// Something broke on the server.
     Internal,
 }

@@ -3,10 +3,19 @@
 //!
 //! Frames go to in-process filter threads, or with `--amqp` to `vpd worker`s through
 //! RabbitMQ; the job code is the same (see [`crate::transport`]). Jobs run side by side up to
-//! `--max-jobs`; more wait for a slot. The first SIGTERM or SIGINT stops accepting, cancels
-//! running jobs (their clients are told), removes the socket file and the work directory.
+//! `--max-jobs`; more wait for a slot. A job takes its slot only once its upload is complete
+//! and gives it back before its result is sent, so a slow uploader or a slow reader holds a
+//! place among the uploads ([`UPLOADS_PER_SLOT`] per slot), never a job slot. The first
+//! SIGTERM or SIGINT stops accepting, cancels running jobs (their clients are told), removes
+//! the socket file and what the server made in its work directory.
+//!
+//! Nothing a peer does ends the server: accept errors (out of descriptors, a connection reset
+//! before it was accepted) are logged and backed off, and the connection caps of
+//! [`admission`] turn away what would exhaust descriptors.
 
+mod admission;
 mod session;
+mod workdir;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -14,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -28,14 +36,23 @@ use crate::pipeline::JobOptions;
 use crate::preview::QUEUE_POLL;
 use crate::preview::board::{Board, Link};
 use crate::preview::http::{self, Site};
+use crate::protocol::codec;
 use crate::protocol::event::JobEvent;
-use crate::protocol::message::Token;
+use crate::protocol::message::{ErrorCode, ServerMessage, Token};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpTransport, BrokerLink};
 use crate::transport::local::LocalTransport;
+use admission::Admission;
+use workdir::WorkDir;
 
 /// How long running connections get to end after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Uploads (and results waiting to be read) at once, per job slot: they bound the disk in use.
+pub const UPLOADS_PER_SLOT: usize = 4;
+/// The first pause after a failed accept; it doubles while accepts keep failing.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest pause after a failed accept.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Where the server's frames are filtered.
 #[derive(Debug, Clone)]
@@ -89,6 +106,9 @@ pub struct Shared {
     token: Option<Token>,
     max_upload: u64,
     job_slots: Semaphore,
+    /// Connections past submit, until they end: uploads, jobs, results being sent.
+    uploads: Semaphore,
+    admission: Admission,
     work_dir: PathBuf,
     window: Option<NonZeroUsize>,
     parallelism: NonZeroUsize,
@@ -129,22 +149,31 @@ impl Shared {
     }
 }
 
-/// The sockets a server listens on, bound before it runs (so a caller can read the ports).
+/// What a server claims before it runs: its sockets (so a caller can read the ports) and its
+/// work directory, so that once the server says it listens, it is ready.
 pub struct Listeners {
     tcp: Option<tokio::net::TcpListener>,
     unix: Option<UnixSocket>,
     preview: Option<tokio::net::TcpListener>,
     metrics: Option<tokio::net::TcpListener>,
+    work_dir: WorkDir,
 }
 
 impl Listeners {
-    /// Binds what `cfg` asks for.
+    /// Claims the work directory and binds what `cfg` asks for.
     pub fn bind(cfg: &ServerConfig) -> anyhow::Result<Self> {
+        // Uploads and results are the users' videos: private to the service user, whoever
+        // creates the file (OpenCV's encoder opens its own).
+        // SAFETY: umask only sets the process's file-creation mask.
+        unsafe { libc::umask(0o077) };
+        // First: a failed start must leave a user's directory as it was, and a directory
+        // another server uses is refused before any socket is taken.
+        let work_dir = WorkDir::prepare(&cfg.work_dir)?;
         let tcp = cfg.listen.map(bind_tcp).transpose()?;
         let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
         let preview = cfg.preview.map(bind_tcp).transpose()?;
         let metrics = cfg.metrics.map(bind_tcp).transpose()?;
-        Ok(Listeners { tcp, unix, preview, metrics })
+        Ok(Listeners { tcp, unix, preview, metrics, work_dir })
     }
 
     /// `tcp ADDR` and `unix PATH`, one line each: what the server announces on stdout.
@@ -167,9 +196,7 @@ impl Listeners {
 
 /// Runs the server on `listeners` until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.work_dir)
-        .with_context(|| format!("creating the work directory {}", cfg.work_dir.display()))?;
-    let _work_dir = RemoveDir(cfg.work_dir.clone());
+    let Listeners { tcp, unix, preview, metrics, work_dir } = listeners;
     let (transport, parallelism, local_face_cascade, events): (Arc<dyn Transport + Send + Sync>, _, _, _) =
         match &cfg.backend {
             Backend::Local { workers, filter_env } => (
@@ -192,7 +219,9 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         token: cfg.token.clone(),
         max_upload: cfg.max_upload,
         job_slots: Semaphore::new(cfg.max_jobs.get()),
-        work_dir: cfg.work_dir.clone(),
+        uploads: Semaphore::new(cfg.max_jobs.get() * UPLOADS_PER_SLOT),
+        admission: Admission::default(),
+        work_dir: work_dir.path().to_path_buf(),
         window: cfg.window,
         parallelism,
         local_face_cascade,
@@ -200,7 +229,6 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         board: Arc::new(Board::new()),
     });
     let tracker = TaskTracker::new();
-    let Listeners { tcp, unix, preview, metrics } = listeners;
     if let Some(l) = preview {
         tracker.spawn(http::serve(l, Site::dashboard(shared.board.clone()), shutdown.clone()));
     }
@@ -212,17 +240,29 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         tracker.spawn(poll_queue(link.clone(), shared.board.clone(), shutdown.clone()));
     }
     info!(listening = ?cfg.listen, unix = ?cfg.unix, "server started");
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = accept_tcp(tcp.as_ref()) => {
-                let (stream, peer) = accepted.context("accepting a TCP connection")?;
+            accepted = accept_tcp(tcp.as_ref()) => accepted.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
-                spawn(&tracker, stream, peer.to_string(), &shared, &shutdown);
-            }
-            accepted = accept_unix(unix.as_ref()) => {
-                let stream = accepted.context("accepting a Unix-socket connection")?;
-                spawn(&tracker, stream, "unix".into(), &shared, &shutdown);
+                admit(&tracker, stream, Some(peer), &shared, &shutdown);
+            }),
+            accepted = accept_unix(unix.as_ref()) => accepted.map(|stream| {
+                admit(&tracker, stream, None, &shared, &shutdown);
+            }),
+        };
+        match accepted {
+            Ok(()) => backoff = ACCEPT_BACKOFF,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ECONNABORTED: about this moment or one peer, never
+                // about the listener. Waiting lets running connections end and free descriptors.
+                warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accepting a connection failed; pausing");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -235,11 +275,48 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     Ok(())
 }
 
-fn spawn<S>(tracker: &TaskTracker, stream: S, peer: String, shared: &Arc<Shared>, shutdown: &CancellationToken)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// Serves a new connection, or turns it away at once when it is over a cap.
+fn admit<S>(
+    tracker: &TaskTracker,
+    stream: S,
+    peer: Option<SocketAddr>,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + TryWrite + Unpin + Send + 'static,
 {
-    tracker.spawn(session::serve(stream, peer, shared.clone(), shutdown.clone()));
+    let name = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
+    match shared.admission.admit(peer.map(|p| p.ip())) {
+        Ok(ticket) => {
+            tracker.spawn(session::serve(stream, name, ticket, shared.clone(), shutdown.clone()));
+        }
+        Err(why) => {
+            info!(peer = %name, reason = ?why, "connection refused");
+            // One small frame into an empty socket buffer: it goes out whole or not at all,
+            // and nothing waits for it.
+            let message = ServerMessage::Error { code: ErrorCode::Busy, message: why.message() };
+            if let Ok(frame) = codec::encode_control(&message) {
+                let _ = stream.try_write_now(&frame);
+            }
+        }
+    }
+}
+
+/// A socket written to without waiting.
+trait TryWrite {
+    fn try_write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::TcpStream {
+    fn try_write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.try_write(bytes)
+    }
+}
+
+impl TryWrite for tokio::net::UnixStream {
+    fn try_write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.try_write(bytes)
+    }
 }
 
 async fn accept_tcp(l: Option<&tokio::net::TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
@@ -269,14 +346,5 @@ async fn poll_queue(link: Arc<BrokerLink>, board: Arc<Board>, shutdown: Cancella
             Err(_) => None,
         };
         board.set_link(Link { broker_connected: Some(depth.is_some()), queue_depth: depth });
-    }
-}
-
-/// Removes a directory tree when dropped.
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Every way a peer can misbehave ends here in a coded [`ServerMessage::Error`] and a closed
 //! connection, never in the server: bad version or token, a message out of turn, garbage
-//! bytes, an oversize frame (refused from its length alone), a stalled or abandoned upload.
+//! bytes, an oversize frame (refused from its length alone), a stalled, trickling or abandoned
+//! upload, a client that stops reading. Every read and write has a time limit, and messages
+//! to the client name its own file, never a path on the server.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Shared;
+use super::admission::Ticket;
 use crate::cancel::Stop;
 use crate::filters::Chain;
 use crate::job::Finished;
@@ -35,6 +38,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause allowed between upload chunks.
 const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest upload accepted, on average, in bytes per second (512 kbit/s), on top of
+/// [`UPLOAD_GRACE`]: an upload that trickles is cut off, whatever its chunks' pace.
+const MIN_UPLOAD_RATE: u64 = 64 << 10;
+/// Time every upload gets besides its size's share at [`MIN_UPLOAD_RATE`].
+const UPLOAD_GRACE: Duration = Duration::from_secs(30);
+/// Time the client has to take each message or result chunk (at most 1 MiB) the server sends.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time the client has to take a progress message while its job runs (tens of bytes, behind
+/// socket buffers of tens of kilobytes): a client that does not is not reading, and its job is
+/// cancelled rather than left holding a job slot.
+const PROGRESS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest time between two progress messages or events of a job.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Shortest time between two thumbnails of a job.
@@ -58,6 +72,7 @@ impl From<ProtocolError> for Refusal {
     fn from(e: ProtocolError) -> Self {
         let code = match e {
             ProtocolError::TooLarge { .. } => ErrorCode::TooLarge,
+            ProtocolError::WriteTimeout(_) | ProtocolError::Broken => ErrorCode::Timeout,
             ProtocolError::Io(_) | ProtocolError::Truncated => ErrorCode::Internal,
             ProtocolError::BadFrame(_) | ProtocolError::Malformed(_) => ErrorCode::BadRequest,
         };
@@ -74,18 +89,19 @@ impl Drop for TempFile {
     }
 }
 
-/// Serves one connection to its end.
-pub async fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, shutdown: CancellationToken)
+/// Serves one connection to its end; `ticket` is its place under the connection caps.
+pub async fn serve<S>(stream: S, peer: String, mut ticket: Ticket, shared: Arc<Shared>, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::new(w));
-    if let Err(Refusal { code, message }) = converse(&mut reader, &mut writer, &shared, &shutdown, &peer).await {
+    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::with_timeout(w, WRITE_TIMEOUT));
+    let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
+    if let Err(Refusal { code, message }) = outcome {
         info!(%peer, %code, %message, "connection refused or job ended in error");
         let _ = writer.send(&ServerMessage::Error { code, message }).await;
     }
-    let _ = writer.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
 }
 
 async fn read_within<R: AsyncRead + Unpin>(
@@ -105,6 +121,7 @@ async fn converse<R, W>(
     shared: &Shared,
     shutdown: &CancellationToken,
     peer: &str,
+    ticket: &mut Ticket,
 ) -> Result<(), Refusal>
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -122,9 +139,18 @@ where
             format!("client {client} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}"),
         ));
     }
+    // The handshake is over either way: the next connection may start its own.
+    ticket.handshake_done();
     if let Some(expected) = &shared.token
         && !token.as_ref().is_some_and(|t| t.matches(expected))
     {
+        // Each failure from an address makes its next answer wait longer: guessing a token
+        // costs seconds a try, not microseconds.
+        let delay = shared.admission.failed_token(ticket.address());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
         return Err(refuse(ErrorCode::Unauthorized, "missing or wrong token"));
     }
     let server = format!("vpd/{}", env!("CARGO_PKG_VERSION"));
@@ -138,21 +164,44 @@ where
         return Err(refuse(ErrorCode::BadRequest, "expected a submit message"));
     };
     let job = validate(&request, shared)?;
-    // One slot per running job bounds the disk (uploads) and memory (frames) in use.
-    let _slot = tokio::select! {
-        slot = shared.job_slots.acquire() => slot.map_err(|_| refuse(ErrorCode::Internal, "server shutting down"))?,
+    // A place among the uploads bounds the disk in use (uploads, results not yet read); it is
+    // held until the connection ends.
+    let _upload = tokio::select! {
+        permit = shared.uploads.acquire() => permit.map_err(|_| refuse(ErrorCode::Internal, "server shutting down"))?,
         _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
     };
     let id = new_job_id();
     info!(%peer, job = %id, filters = %job.chain, upload = request.upload_bytes, "job accepted");
     writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
 
-    // Upload into the work directory.
+    // Upload into the work directory, against a deadline from its size.
     let input = TempFile(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
-    receive_upload(reader, &input.0, request.upload_bytes).await?;
+    let output = TempFile(shared.work_dir.join(format!("{id}.out.{}", job.container)));
+    let scrub = Scrub::new(&shared.work_dir, &input.0, &request.input_name, &output.0);
+    let deadline = upload_deadline(request.upload_bytes);
+    match tokio::time::timeout(deadline, receive_upload(reader, &input.0, request.upload_bytes)).await {
+        Ok(received) => received.map_err(|r| scrub.refusal(r))?,
+        Err(_) => {
+            return Err(refuse(
+                ErrorCode::Timeout,
+                format!(
+                    "the upload of {} bytes did not finish within {} s (at least {} kB/s is needed)",
+                    request.upload_bytes,
+                    deadline.as_secs(),
+                    MIN_UPLOAD_RATE >> 10
+                ),
+            ));
+        }
+    }
+
+    // One slot per running job bounds the memory (frames) and CPU in use. It is taken only
+    // now that the upload is whole, and given back before the result is sent.
+    let slot = tokio::select! {
+        slot = shared.job_slots.acquire() => slot.map_err(|_| refuse(ErrorCode::Internal, "server shutting down"))?,
+        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
+    };
 
     // Open and run the job.
-    let output = TempFile(shared.work_dir.join(format!("{id}.out.{}", job.container)));
     let cascade = shared.local_face_cascade.clone();
     let (input_path, output_path, chain, codec) = (input.0.clone(), output.0.clone(), job.chain.clone(), job.codec);
     let opened = tokio::task::spawn_blocking(move || {
@@ -160,7 +209,7 @@ where
     })
     .await
     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
-    .map_err(|e| refuse(ErrorCode::BadInput, format!("{e:#}")))?;
+    .map_err(|e| refuse(ErrorCode::BadInput, scrub.text(&format!("{e:#}"))))?;
     let info = opened.info();
     writer
         .send(&ServerMessage::Started {
@@ -208,7 +257,14 @@ where
                     continue;
                 }
                 let p = progress_rx.borrow_and_update().clone();
-                writer.send(&ServerMessage::Progress { done: p.done, failed: p.failed, total: p.total }).await.ok();
+                if !client_gone {
+                    let message = ServerMessage::Progress { done: p.done, failed: p.failed, total: p.total };
+                    if !matches!(tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, writer.send(&message)).await, Ok(Ok(()))) {
+                        warn!(job = %id, "the client takes no progress messages; cancelling the job");
+                        client_gone = true;
+                        job_token.cancel();
+                    }
+                }
                 shared.publish(JobEvent::Progress { job: id.clone(), progress: p }).await;
             }
             Some((index, jpeg)) = thumb_rx.recv() => {
@@ -240,11 +296,12 @@ where
             return Err(refuse(ErrorCode::Cancelled, why));
         }
         Err(PipelineError::Failed(e)) => {
-            let message = format!("{e:#}");
+            let message = scrub.text(&format!("{e:#}"));
             shared.publish(JobEvent::Failed { job: id.clone(), error: message.clone() }).await;
             return Err(refuse(ErrorCode::JobFailed, message));
         }
     };
+    drop(slot);
     // The last thumbnail, and the final numbers: from the summary, so every view agrees with it.
     while let Ok((index, jpeg)) = thumb_rx.try_recv() {
         shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
@@ -263,13 +320,14 @@ where
     shared.publish(JobEvent::Done { job: id.clone(), summary: Box::new(summary.clone()), latency }).await;
     info!(job = %id, frames = summary.frames, fps = format!("{:.1}", summary.fps), "job done");
 
-    // Send the result.
-    let mut file = tokio::fs::File::open(&output.0).await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-    let size = file.metadata().await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?.len();
+    // Send the result; the writer's time limit cuts off a client that stops reading.
+    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("reading the result: {e}"));
+    let mut file = tokio::fs::File::open(&output.0).await.map_err(internal)?;
+    let size = file.metadata().await.map_err(internal)?.len();
     writer.send(&ServerMessage::Done { summary: Box::new(summary), result_bytes: size }).await?;
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
     loop {
-        let n = file.read(&mut buf).await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        let n = file.read(&mut buf).await.map_err(internal)?;
         if n == 0 {
             break;
         }
@@ -309,6 +367,49 @@ fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
     Ok(ValidJob { chain, codec, container, encoding })
 }
 
+/// How long an upload of `size` bytes may take in all.
+fn upload_deadline(size: u64) -> Duration {
+    UPLOAD_GRACE + Duration::from_secs(size.div_ceil(MIN_UPLOAD_RATE))
+}
+
+/// Rewrites messages for the client: the server's paths become the names the client knows.
+struct Scrub {
+    replacements: Vec<(String, String)>,
+    work_dir: String,
+}
+
+impl Scrub {
+    fn new(work_dir: &Path, input: &Path, input_name: &str, output: &Path) -> Self {
+        let input_name =
+            Path::new(input_name).file_name().map_or("the upload".into(), |n| n.to_string_lossy().into_owned());
+        Scrub {
+            replacements: vec![
+                (input.display().to_string(), input_name),
+                (output.display().to_string(), "the result".into()),
+            ],
+            work_dir: work_dir.display().to_string(),
+        }
+    }
+
+    fn text(&self, message: &str) -> String {
+        let mut text = message.to_string();
+        for (from, to) in &self.replacements {
+            text = text.replace(from.as_str(), to);
+        }
+        // Anything else under the work directory (an encoder's partial file): up to the next
+        // separator it is one path, named by what it is for.
+        while let Some(at) = text.find(&self.work_dir) {
+            let end = text[at..].find([':', ' ', '\'', '"', ',']).map_or(text.len(), |n| at + n);
+            text.replace_range(at..end, "the result");
+        }
+        text
+    }
+
+    fn refusal(&self, r: Refusal) -> Refusal {
+        Refusal { code: r.code, message: self.text(&r.message) }
+    }
+}
+
 /// Receives exactly `size` bytes of chunks into `path`.
 async fn receive_upload<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
@@ -316,7 +417,8 @@ async fn receive_upload<R: AsyncRead + Unpin>(
     size: u64,
 ) -> Result<(), Refusal> {
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("writing the upload: {e}"));
-    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut file =
+        tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(internal)?;
     let mut received = 0u64;
     while received < size {
         match read_within(reader, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
@@ -476,6 +578,29 @@ mod tests {
             opencv::imgcodecs::imdecode(&opencv::core::Vector::from_slice(&jpeg), opencv::imgcodecs::IMREAD_COLOR)
                 .unwrap();
         assert_eq!((back.cols(), back.rows()), (320, 180));
+    }
+
+    #[test]
+    fn uploads_get_grace_plus_their_size_at_the_minimum_rate() {
+        assert_eq!(upload_deadline(1), UPLOAD_GRACE + Duration::from_secs(1));
+        // 2 MB at one byte every 20 s would take 460 days; it gets 62 s.
+        assert_eq!(upload_deadline(2 << 20), Duration::from_secs(30 + 32));
+        assert_eq!(upload_deadline(4 << 30), Duration::from_secs(30 + 65536));
+    }
+
+    #[test]
+    fn messages_to_clients_name_their_file_not_the_servers_paths() {
+        let work = Path::new("/var/lib/vpd/work");
+        let scrub = Scrub::new(work, &work.join("j1.in.mp4"), "holiday.mp4", &work.join("j1.out.mp4"));
+        assert_eq!(scrub.text("/var/lib/vpd/work/j1.in.mp4: not a video file"), "holiday.mp4: not a video file");
+        assert_eq!(
+            scrub.text("cannot write /var/lib/vpd/work/.j1.out.mp4.vpd-partial-9-0.mp4: No space left on device"),
+            "cannot write the result: No space left on device"
+        );
+        assert_eq!(
+            scrub.text("/var/lib/vpd/work/j1.out.mp4: the encoder wrote 0 frames"),
+            "the result: the encoder wrote 0 frames"
+        );
     }
 
     #[test]
