@@ -11,9 +11,11 @@
 //! | `/metrics` | Prometheus text format |
 //! | `/healthz` | `ok` while the process serves |
 //!
-//! Bounded: at most [`MAX_CONNECTIONS`] connections; every event stream buffers a few chunks
-//! and, when it falls behind the board, starts over from a snapshot. Every event stream ends
-//! when the process shuts down, so a graceful stop never waits on an open browser tab.
+//! Bounded: at most [`MAX_CONNECTIONS`] connections, of which at most [`MAX_EVENT_STREAMS`]
+//! hold an event stream (more get `503` with `Retry-After`), so `/healthz` and `/metrics` answer
+//! however many dashboards are open. Every event stream buffers a few chunks and, when it
+//! falls behind the board, starts over from a snapshot. Every event stream ends when the
+//! process shuts down, so a graceful stop never waits on an open browser tab.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -32,7 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -40,7 +42,12 @@ use super::board::{Board, JobView, Link, Update};
 use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 
 /// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Event streams open at once: a quarter of the connections, so that streams alone never
+/// keep the short requests out.
+pub const MAX_EVENT_STREAMS: usize = MAX_CONNECTIONS / 4;
+/// What a browser refused an event stream is told to wait before retrying, in seconds.
+const STREAMS_FULL_RETRY_S: &str = "10";
 /// A comment line on idle event streams, so proxies and browsers keep them open.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a browser waits before reconnecting a dropped event stream, in milliseconds.
@@ -62,19 +69,24 @@ type Reply = Response<BoxBody<Bytes, Infallible>>;
 pub struct Site {
     board: Option<Arc<Board>>,
     metrics: Box<dyn Fn() -> String + Send + Sync>,
+    streams: Arc<Semaphore>,
 }
 
 impl Site {
     /// The dashboard, its API and event stream, and `/metrics`, all from `board`.
     pub fn dashboard(board: Arc<Board>) -> Self {
         let b = board.clone();
-        Site { board: Some(board), metrics: Box::new(move || b.metrics()) }
+        Site { board: Some(board), metrics: Box::new(move || b.metrics()), streams: event_streams() }
     }
 
     /// `/metrics` (rendered by `metrics` on each scrape) and `/healthz` only.
     pub fn metrics_only(metrics: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        Site { board: None, metrics: Box::new(metrics) }
+        Site { board: None, metrics: Box::new(metrics), streams: event_streams() }
     }
+}
+
+fn event_streams() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_EVENT_STREAMS))
 }
 
 /// Serves `site` on `listener` until `shutdown` fires, then lets open requests finish (event
@@ -142,7 +154,14 @@ fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken)
         "/" | "/index.html" => body(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         "/app.js" => body(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
         "/style.css" => body(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
-        "/events" => events(board.clone(), shutdown.clone()),
+        "/events" => match site.streams.clone().try_acquire_owned() {
+            Ok(permit) => events(board.clone(), permit, shutdown.clone()),
+            Err(_) => {
+                let mut reply = text(StatusCode::SERVICE_UNAVAILABLE, "too many open event streams; retry later\n");
+                reply.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(STREAMS_FULL_RETRY_S));
+                reply
+            }
+        },
         "/jobs" | "/jobs/" => json(StatusCode::OK, &board.jobs()),
         _ => match path.strip_prefix("/jobs/").map(|rest| rest.split_once('/').unwrap_or((rest, ""))) {
             Some((id, "")) => match board.job(id) {
@@ -184,10 +203,14 @@ fn not_found(path: &str) -> Reply {
     json(StatusCode::NOT_FOUND, &message)
 }
 
-/// `/events`: a snapshot of the board, then every change, as Server-Sent Events.
-fn events(board: Arc<Board>, shutdown: CancellationToken) -> Reply {
+/// `/events`: a snapshot of the board, then every change, as Server-Sent Events. The stream
+/// holds `permit`, its place among [`MAX_EVENT_STREAMS`], until it ends.
+fn events(board: Arc<Board>, permit: OwnedSemaphorePermit, shutdown: CancellationToken) -> Reply {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(stream_events(board, tx, shutdown));
+    tokio::spawn(async move {
+        stream_events(board, tx, shutdown).await;
+        drop(permit);
+    });
     let mut reply = Response::new(EventBody(rx).boxed());
     let headers = reply.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
