@@ -182,6 +182,7 @@ pub struct ClientArgs {
     pub server: Option<ServerAddr>,
 
     /// Where to write the result; the extension picks the container (.mp4, .mkv, .avi, .mov, .m4v).
+    /// A symbolic link is written through: the file it points to is replaced, the link stays.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
 
@@ -235,6 +236,7 @@ pub struct RunArgs {
     pub input: PathBuf,
 
     /// Where to write the result; the extension picks the container (.mp4, .mkv, .avi, .mov, .m4v).
+    /// A symbolic link is written through: the file it points to is replaced, the link stays.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
 

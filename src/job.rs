@@ -38,7 +38,8 @@ pub fn open(
     face_cascade: Option<&Path>,
 ) -> anyhow::Result<OpenedJob> {
     let started = Instant::now();
-    check_output_path(input, output)?;
+    // The file really written: the output itself, or what it links to.
+    let target = check_output_path(input, output)?;
     check_container(output, codec)?;
     if let (true, Some(cascade)) = (chain.needs_faces(), face_cascade) {
         check_face_cascade(cascade)?;
@@ -48,7 +49,7 @@ pub fn open(
     if info.width as u64 * info.height as u64 > MAX_FRAME_PIXELS {
         bail!("{}: {}x{} frames are over the 8192x8192 limit", input.display(), info.width, info.height);
     }
-    let sink = VideoSink::create(output, codec, info.fps, info.width, info.height)?;
+    let sink = VideoSink::create(&target, codec, info.fps, info.width, info.height)?;
     Ok(OpenedJob { input: input.to_path_buf(), output: output.to_path_buf(), codec, source, sink, started })
 }
 

@@ -102,7 +102,9 @@ pub enum ClientError {
 /// Runs one job on the server and returns its summary.
 pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobSummary, ClientError> {
     let upload_bytes = check_input(&cfg.input).map_err(anyhow::Error::from)?;
-    check_output_path(&cfg.input, &cfg.output).map_err(anyhow::Error::from)?;
+    // Before anything is uploaded: a bad output path found after the server processed the
+    // whole video wastes all of it.
+    let target = check_output_path(&cfg.input, &cfg.output).map_err(anyhow::Error::from)?;
     check_container(&cfg.output, cfg.codec).map_err(anyhow::Error::from)?;
     let connect = async {
         match &cfg.server {
@@ -118,7 +120,7 @@ pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobS
         .await
         .map_err(|_| anyhow!("cannot connect to {}: no answer in {} s", cfg.server, CONNECT_TIMEOUT.as_secs()))?
         .with_context(|| format!("cannot connect to {}", cfg.server))?;
-    let mut summary = talk(stream, cfg, upload_bytes, shutdown).await?;
+    let mut summary = talk(stream, cfg, &target, upload_bytes, shutdown).await?;
     summary.input = cfg.input.display().to_string();
     summary.output = cfg.output.display().to_string();
     Ok(summary)
@@ -138,6 +140,7 @@ fn server_error(code: ErrorCode, message: &str) -> ClientError {
 async fn talk(
     stream: Box<dyn Stream>,
     cfg: &ClientConfig,
+    target: &std::path::Path,
     upload_bytes: u64,
     shutdown: CancellationToken,
 ) -> Result<JobSummary, ClientError> {
@@ -243,7 +246,10 @@ async fn talk(
                 if let Some(p) = progress.take() {
                     p.finish();
                 }
-                break download(&mut reader, cfg, result_bytes).await.map(|()| *summary).map_err(ClientError::from);
+                break download(&mut reader, cfg, target, result_bytes)
+                    .await
+                    .map(|()| *summary)
+                    .map_err(ClientError::from);
             }
             Ok(Some(Frame::Message(ServerMessage::Error { code, .. })))
                 if cancelled && code == ErrorCode::Cancelled =>
@@ -278,13 +284,15 @@ async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut Fram
     }
 }
 
-/// Receives exactly `size` bytes into a hidden file beside the output, then renames it.
+/// Receives exactly `size` bytes into a hidden file beside `target` (the output, or the
+/// file it links to), then renames it there.
 async fn download<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     cfg: &ClientConfig,
+    target: &std::path::Path,
     size: u64,
 ) -> anyhow::Result<()> {
-    let temp = PartialFile(temp_path(&cfg.output));
+    let temp = PartialFile(temp_path(target));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -307,7 +315,7 @@ async fn download<R: AsyncRead + Unpin>(
     }
     file.sync_all().await.ok();
     drop(file);
-    tokio::fs::rename(&temp.0, &cfg.output)
+    tokio::fs::rename(&temp.0, target)
         .await
         .with_context(|| format!("moving the result to {}", cfg.output.display()))?;
     Ok(())

@@ -86,13 +86,22 @@ pub enum VideoError {
     /// Output and input are the same file.
     #[error("{0}: the output would overwrite the input")]
     OutputIsInput(PathBuf),
-    /// The output path cannot be created.
-    #[error("cannot write {path}: {source}")]
+    /// The output path cannot be created. (The OS error is shown in the message, not
+    /// chained as a source, so that `{:#}` does not print it twice.)
+    #[error("cannot write {path}: {cause}")]
     Unwritable {
         /// The output.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// The output's directory is missing, not a directory, or not writable.
+    #[error("cannot write {path}: {reason}")]
+    OutputDir {
+        /// The output.
+        path: PathBuf,
+        /// What is wrong with its directory.
+        reason: String,
     },
     /// OpenCV refused to open an encoder.
     #[error("{path}: cannot open a {codec} encoder for {width}x{height} at {fps} fps")]
@@ -119,12 +128,20 @@ pub enum VideoError {
         found: u64,
     },
     /// A file-system error.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// The output's file system filled up while the video was written.
+    #[error("{path}: no space left on device after {frames} frames; output discarded")]
+    NoSpace {
+        /// The output.
+        path: PathBuf,
+        /// Frames handed to the encoder when it was noticed.
+        frames: u64,
     },
     /// OpenCV reported an error.
     #[error("opencv: {0}")]

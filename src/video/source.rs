@@ -18,7 +18,7 @@ const FALLBACK_FPS: f64 = 25.0;
 
 /// Checks that `path` is a readable, non-empty regular file, and returns its size.
 pub fn check_input(path: &Path) -> Result<u64, VideoError> {
-    let io = |source| VideoError::Io { path: path.to_path_buf(), source };
+    let io = |cause| VideoError::Io { path: path.to_path_buf(), cause };
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => VideoError::NotFound(path.to_path_buf()),
         _ => io(e),
@@ -49,7 +49,7 @@ impl VideoSource {
     /// Opens `path` and decodes its first frame, so that a file with no usable video fails here,
     /// before any work starts.
     pub fn open(path: &Path) -> Result<Self, VideoError> {
-        let io = |source| VideoError::Io { path: path.to_path_buf(), source };
+        let io = |cause| VideoError::Io { path: path.to_path_buf(), cause };
         check_input(path)?;
         let utf8 =
             path.to_str().ok_or_else(|| io(std::io::Error::new(ErrorKind::InvalidInput, "path is not valid UTF-8")))?;
