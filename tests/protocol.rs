@@ -1,80 +1,14 @@
 //! Hostile and broken clients against a real `vpd server`: each gets a clear error, and the
 //! server goes on serving everyone else.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
-use vpd::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
+use vpd::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 
 use crate::util::cluster::*;
+use crate::util::raw::*;
 use crate::util::*;
-
-/// A raw protocol connection, written by hand (the real client refuses to misbehave).
-struct Raw(TcpStream);
-
-impl Raw {
-    fn connect(addr: &str) -> Raw {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Raw(s)
-    }
-
-    fn frame(&mut self, kind: u8, body: &[u8]) {
-        let mut bytes = ((body.len() + 1) as u32).to_be_bytes().to_vec();
-        bytes.push(kind);
-        bytes.extend_from_slice(body);
-        self.0.write_all(&bytes).unwrap();
-    }
-
-    fn send(&mut self, m: &ClientMessage) {
-        self.frame(1, &serde_json::to_vec(m).unwrap());
-    }
-
-    fn hello(&mut self, token: Option<&str>) {
-        self.send(&ClientMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            client: "raw".into(),
-            token: token.map(Token::new),
-        });
-    }
-
-    /// The next control message; `None` when the server closed the connection.
-    fn recv(&mut self) -> Option<ServerMessage> {
-        let mut header = [0u8; 5];
-        if self.0.read_exact(&mut header).is_err() {
-            return None;
-        }
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize - 1;
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).unwrap();
-        assert_eq!(header[4], 1, "a control message");
-        Some(serde_json::from_slice(&body).unwrap())
-    }
-
-    /// The error the server ends with, and proof that it closed the connection after it.
-    fn expect_error(&mut self) -> (ErrorCode, String) {
-        let mut last = None;
-        while let Some(m) = self.recv() {
-            last = Some(m);
-        }
-        match last {
-            Some(ServerMessage::Error { code, message }) => (code, message),
-            other => panic!("expected an error before the close, got {other:?}"),
-        }
-    }
-}
-
-fn submit(filters: &str, upload_bytes: u64) -> ClientMessage {
-    ClientMessage::Submit(SubmitRequest {
-        filters: filters.into(),
-        codec: "mp4v".into(),
-        container: "mp4".into(),
-        transport: "auto".into(),
-        input_name: "in.mp4".into(),
-        upload_bytes,
-    })
-}
 
 /// After each abuse, an honest client still gets its job done.
 fn still_serves(server: &Server, input: &std::path::Path, dir: &std::path::Path) {

@@ -13,11 +13,14 @@ use opencv::prelude::*;
 use opencv::videoio::{self, VideoCapture, VideoWriter};
 
 pub mod cluster;
+pub mod raw;
 pub mod web;
 
-/// The `vpd` binary cargo built for these tests.
+/// The `vpd` binary cargo built for these tests, or `VPD_TEST_BIN` (to run the suite against
+/// another build: an installed vpd, or an older one that a regression test must fail on).
 pub fn vpd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vpd"));
+    let bin = std::env::var_os("VPD_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vpd").into());
+    let mut cmd = Command::new(bin);
     cmd.env_remove("VPD_CONFIG").env_remove("VPD_FACE_CASCADE").env_remove("RUST_LOG");
     cmd
 }
