@@ -34,12 +34,14 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets --quiet -- -D warnings
 
-## Criterion benchmarks of each filter and codec, vpd run against ffmpeg, distributed against vpd run.
+## Criterion benchmarks of each filter and codec, vpd run against ffmpeg, distributed against vpd run,
+## a server's memory across jobs per allocator.
 bench: deps rabbitmq
 	$(CARGO) bench --locked --bench filters --bench codecs
 	scripts/bench-e2e.sh 5 sample
 	scripts/bench-e2e.sh 5 testsrc2
 	scripts/bench-distributed.sh 3
+	scripts/bench-server-memory.sh 24 3
 
 ## Regenerate assets/sample.mp4 from the photos in assets/.
 sample: deps
