@@ -18,18 +18,32 @@ use crate::util::*;
 
 /// Runs `cmd` to completion within `limit`, killing it past that: a test of "does not hang"
 /// must not hang itself.
-fn finishes_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output, String> {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+fn finishes_within(cmd: Command, limit: Duration) -> Result<std::process::Output, String> {
+    ends_within(spawn_piped(cmd), limit)
+}
+
+/// Starts `cmd` with its output piped, killed if the test ends first.
+fn spawn_piped(mut cmd: Command) -> ChildGuard {
+    ChildGuard(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+}
+
+/// Waits for `child` (started with its output piped) for at most `limit`, then kills it.
+fn ends_within(mut child: ChildGuard, limit: Duration) -> Result<std::process::Output, String> {
     let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
+    while child.0.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            return Err(format!("still running after {limit:?}; stderr: {}", stderr(&out)));
+            let _ = child.0.kill();
+            let mut err = String::new();
+            let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
+            return Err(format!("still running after {limit:?}; stderr: {err}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(child.wait_with_output().unwrap())
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child.0.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    child.0.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+    let status = child.0.wait().unwrap();
+    Ok(std::process::Output { status, stdout, stderr })
 }
 
 /// `vpd client INPUT --server ADDR -f CHAIN -o OUTPUT ARGS --json` as a command.
@@ -364,11 +378,7 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
     let input = clip(dir.path(), ClipSpec { frames: 40, ..ClipSpec::default() });
     let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
     let out = dir.path().join("out.mkv");
-    let mut job = client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let job = spawn_piped(client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"]));
 
     // Playing a worker: take frame 0's task, answer it with two bombs, and drop the task.
     let t = ns.topology();
@@ -404,12 +414,8 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
     });
     // A real worker does the rest, frame 0 included once the server sends it again.
     let _worker = Worker::start(&ns, 1);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while job.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the job stalled after a forged result");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let result = job.wait_with_output().unwrap();
+    let result = ends_within(job, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("the job stalled after a forged result: {e}"));
     let s = summary(&result);
     assert_eq!((s.frames, s.failed_frames), (40, 0));
     assert!(s.retries >= 1, "frame 0 went out again: {s:?}");
@@ -430,12 +436,7 @@ fn a_forged_cancel_does_not_stall_a_job() {
     // The worker hears the forged cancel before it sees any of the job's tasks.
     signal(&worker.child.0, libc::SIGSTOP);
     let out = dir.path().join("out.mkv");
-    let job = client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = ChildGuard(job);
+    let job = spawn_piped(client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"]));
     let started = events.wait_for(Duration::from_secs(30), "started", |e| matches!(e, JobEvent::Started { .. }));
     let JobEvent::Started { job: id, .. } = started else { unreachable!() };
     runtime().block_on(async {
@@ -444,15 +445,9 @@ fn a_forged_cancel_does_not_stall_a_job() {
         broker.close().await;
     });
     signal(&worker.child.0, libc::SIGCONT);
-    let mut job = job;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while job.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the job stalled after a forged cancel");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stdout = Vec::new();
-    job.0.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
-    let s: vpd::metrics::JobSummary = serde_json::from_slice(&stdout).expect("a summary");
+    let result = ends_within(job, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the job stalled after a forged cancel: {e}"));
+    let s = summary(&result);
     assert_eq!((s.frames, s.failed_frames), (30, 0));
     drop(server);
 }
