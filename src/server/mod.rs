@@ -10,8 +10,8 @@
 //! the socket file and what the server made in its work directory.
 //!
 //! Nothing a peer does ends the server: accept errors (out of descriptors, a connection reset
-//! before it was accepted) are logged and backed off, and the connection caps of
-//! [`admission`] turn away what would exhaust descriptors.
+//! before it was accepted) are logged and backed off, and the connection caps (the
+//! `admission` module) turn away what would exhaust descriptors.
 
 mod admission;
 mod session;
