@@ -9,19 +9,17 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use opencv::core::{Mat, Size};
 use opencv::imgproc;
-use opencv::prelude::*;
-use opencv::videoio::{self, VideoCapture};
 use vpd::filters::{Chain, FilterEnv, Processor};
+use vpd::media::MediaSource;
+use vpd::pipeline::FrameSource;
 
 /// Frames 99 and 100 of the sample: the portrait and the ball both moving.
 fn sample_frames() -> (Mat, Mat) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.mp4");
-    let mut cap = VideoCapture::from_file(path, videoio::CAP_FFMPEG).expect("open sample");
+    let mut source = MediaSource::open(std::path::Path::new(path)).expect("open sample");
     let mut frames = Vec::new();
     for _ in 0..=100 {
-        let mut m = Mat::default();
-        assert!(cap.read(&mut m).unwrap(), "sample has 200 frames");
-        frames.push(m);
+        frames.push(source.next_frame().unwrap().expect("the sample has 200 frames"));
     }
     let current = frames.pop().unwrap();
     (frames.pop().unwrap(), current)

@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   pkg-config clang libclang-dev libopencv-dev # the opencv crate binds OpenCV 4.6 through libclang
   opencv-data                                 # the Haar cascade used by the faces filter
+  libavcodec-dev libavformat-dev libavutil-dev # FFmpeg 5.1's libraries: every decode, encode and mux
+  libswscale-dev libswresample-dev            #   (ffmpeg-next binds them through bindgen)
   ffmpeg                                      # ffprobe checks outputs in the tests; ffmpeg is the benchmark baseline
   chromium                                    # the dashboard test renders the page in headless Chromium
   prometheus                                  # promtool checks /metrics in the tests

@@ -21,11 +21,12 @@ const ALLOCATOR_ARENAS: i32 = 2;
 /// Exit status after an interrupt, as shells report a process killed by SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
 
-/// Silences FFmpeg's and OpenCV's own stderr chatter ("moov atom not found", …): vpd reports
-/// those failures itself, in one line. Setting `OPENCV_FFMPEG_LOGLEVEL` or `OPENCV_LOG_LEVEL`
-/// brings them back. Call first thing in `main`, before any thread starts.
+/// Silences the native libraries' own stderr chatter: OpenCV's, and SVT-AV1's banner (it logs
+/// outside FFmpeg; FFmpeg's own log is quieted in `media::init`). vpd reports failures itself,
+/// in one line. Setting `OPENCV_LOG_LEVEL` or `SVT_LOG` brings them back. Call first thing in
+/// `main`, before any thread starts.
 pub fn quiet_native_logs() {
-    for (key, value) in [("OPENCV_FFMPEG_LOGLEVEL", "-8"), ("OPENCV_LOG_LEVEL", "ERROR")] {
+    for (key, value) in [("OPENCV_LOG_LEVEL", "ERROR"), ("SVT_LOG", "1")] {
         if std::env::var_os(key).is_none() {
             // SAFETY: called at the top of `main`, before any other thread exists, so nothing
             // reads the environment concurrently.

@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::ServerAddr;
 use crate::filters::Chain;
+use crate::media::VideoCodec;
 use crate::protocol::wire::TransportEncoding;
-use crate::video::Codec;
 
 /// vpd: split a video into frames, filter them in parallel, reassemble the result in order.
 #[derive(Debug, Parser)]
@@ -181,8 +181,9 @@ pub struct ClientArgs {
     #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR")]
     pub server: Option<ServerAddr>,
 
-    /// Where to write the result; the extension picks the container (.mp4, .mkv, .avi, .mov, .m4v).
-    /// A symbolic link is written through: the file it points to is replaced, the link stays.
+    /// Where to write the result; its extension picks the container (.mp4, .mkv, .webm, .mov,
+    /// …), `-` is standard output (with --format). A symbolic link is written through: the file
+    /// it points to is replaced, the link stays.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
 
@@ -190,9 +191,9 @@ pub struct ClientArgs {
     #[arg(short, long, value_name = "CHAIN")]
     pub filter: Chain,
 
-    /// Output codec [default: mp4v].
-    #[arg(long, value_enum)]
-    pub codec: Option<Codec>,
+    /// How the output is encoded.
+    #[command(flatten)]
+    pub encoding: OutputArgs,
 
     /// How frames travel to remote workers: auto (lossless: LZ4 when it pays, else raw), raw,
     /// lz4, or jpeg:QUALITY (lossy, smaller) [default: auto].
@@ -228,15 +229,70 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a size such as 4096, 512K, 100M or 4G"))
 }
 
+/// How the output video is encoded and muxed (`vpd run`, `vpd client`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OutputArgs {
+    /// Video encoder: h264 (libx264), hevc (libx265), vp9, av1 (SVT-AV1), ffv1 (lossless), mpeg4,
+    /// mjpeg, or any FFmpeg video encoder by name (h264_nvenc, hevc_nvenc, h264_vaapi, …)
+    /// [default: h264].
+    #[arg(long, value_name = "CODEC")]
+    pub codec: Option<VideoCodec>,
+
+    /// Constant quality: lower is better and larger [default: 23 for h264, 28 hevc, 31 vp9, 35
+    /// av1].
+    #[arg(long, value_name = "N")]
+    pub crf: Option<u32>,
+
+    /// The encoder's speed against size: ultrafast … veryslow for h264 and hevc [default:
+    /// veryfast for h264, medium for hevc], 0-13 for av1, 0-8 (cpu-used) for vp9.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+
+    /// Target bitrate instead of a constant quality, e.g. 4M or 800K (bits per second).
+    #[arg(long, value_name = "RATE", value_parser = parse_bitrate)]
+    pub bitrate: Option<u64>,
+
+    /// Most frames between two key frames.
+    #[arg(long, value_name = "N")]
+    pub keyint: Option<u32>,
+
+    /// Pixel format to encode in, e.g. yuv444p or yuv420p10le [default: yuv420p; bgr0 for ffv1].
+    #[arg(long, value_name = "FORMAT")]
+    pub pix_fmt: Option<String>,
+
+    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
+    /// nut, webm, mpegts, …
+    #[arg(long, value_name = "CONTAINER")]
+    pub format: Option<String>,
+}
+
+/// Parses a bitrate: `800000`, `800K`, `4M`, `1.5M` (decimal multiples, as FFmpeg's).
+pub fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, factor) = match t.to_ascii_uppercase().chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1e3),
+        Some('M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    digits
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * factor)
+        .filter(|n| n.is_finite() && (1000.0..=1e10).contains(n))
+        .map(|n| n as u64)
+        .ok_or_else(|| format!("'{s}' is not a bitrate such as 800K or 4M (1K to 10000M)"))
+}
+
 /// `vpd run`.
 #[derive(Debug, Args)]
 #[command(after_help = FILTER_HELP)]
 pub struct RunArgs {
-    /// The video to process.
+    /// The video to process; `-` is standard input; named pipes work too.
     pub input: PathBuf,
 
-    /// Where to write the result; the extension picks the container (.mp4, .mkv, .avi, .mov, .m4v).
-    /// A symbolic link is written through: the file it points to is replaced, the link stays.
+    /// Where to write the result; its extension picks the container (.mp4, .mkv, .webm, .mov,
+    /// …), `-` is standard output (with --format). A symbolic link is written through: the file
+    /// it points to is replaced, the link stays.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
 
@@ -248,9 +304,9 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "N")]
     pub workers: Option<NonZeroUsize>,
 
-    /// Output codec [default: mp4v].
-    #[arg(long, value_enum)]
-    pub codec: Option<Codec>,
+    /// How the output is encoded.
+    #[command(flatten)]
+    pub encoding: OutputArgs,
 
     /// Most frames in flight between decoding and writing [default: 2 × workers + 4, capped to
     /// 512 MB of frames].
@@ -291,6 +347,12 @@ mod tests {
         assert_eq!(parse_size("4G"), Ok(4 << 30));
         for bad in ["", "0", "G", "4T", "-1", "1.5G"] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_bitrate("4M"), Ok(4_000_000));
+        assert_eq!(parse_bitrate("1.5m"), Ok(1_500_000));
+        assert_eq!(parse_bitrate("800K"), Ok(800_000));
+        for bad in ["", "fast", "10", "-4M", "99999M"] {
+            assert!(parse_bitrate(bad).is_err(), "{bad}");
         }
     }
 }

@@ -16,14 +16,15 @@ use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
+use crate::cli::OutputArgs;
 use crate::cli::{Cli, ClientArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
 use crate::client::{ClientConfig, ServerAddr};
 use crate::filters::{Chain, FilterEnv};
+use crate::media::{OutputOptions, VideoCodec};
 use crate::preview::PreviewConfig;
 use crate::protocol::message::Token;
 use crate::protocol::wire::TransportEncoding;
 use crate::server::{Backend, ServerConfig};
-use crate::video::Codec;
 use crate::worker::WorkerConfig;
 
 /// The configuration file, as written.
@@ -112,6 +113,31 @@ pub struct WorkerSection {
 pub struct ClientSection {
     /// The server's address.
     pub server: Option<String>,
+    /// Video encoder.
+    pub codec: Option<VideoCodec>,
+    /// Constant quality.
+    pub crf: Option<u32>,
+    /// Encoder preset.
+    pub preset: Option<String>,
+}
+
+/// The output options: the command line's choices, then the file's (`codec`, `crf` and
+/// `preset` of `[run]` or `[client]`), then the defaults.
+fn output_options(
+    a: OutputArgs,
+    codec: &Option<VideoCodec>,
+    crf: Option<u32>,
+    preset: &Option<String>,
+) -> OutputOptions {
+    OutputOptions {
+        codec: a.codec.or_else(|| codec.clone()).unwrap_or_default(),
+        crf: a.crf.or(crf),
+        preset: a.preset.or_else(|| preset.clone()),
+        bitrate: a.bitrate,
+        keyint: a.keyint,
+        pix_fmt: a.pix_fmt,
+        format: a.format,
+    }
 }
 
 /// `[filters]`.
@@ -128,10 +154,14 @@ pub struct FiltersSection {
 pub struct RunSection {
     /// Filter threads.
     pub workers: Option<NonZeroUsize>,
-    /// Output codec.
-    pub codec: Option<Codec>,
     /// Most frames in flight.
     pub window: Option<NonZeroUsize>,
+    /// Video encoder.
+    pub codec: Option<VideoCodec>,
+    /// Constant quality.
+    pub crf: Option<u32>,
+    /// Encoder preset.
+    pub preset: Option<String>,
 }
 
 impl FileConfig {
@@ -152,7 +182,7 @@ impl FileConfig {
             output: args.output,
             chain: args.filter,
             workers,
-            codec: args.codec.or(self.run.codec).unwrap_or(Codec::Mp4v),
+            output_options: output_options(args.encoding, &self.run.codec, self.run.crf, &self.run.preset),
             window: args.window.or(self.run.window),
             filter_env: self.filter_env(args.face_cascade),
             quiet: args.quiet,
@@ -254,7 +284,7 @@ impl FileConfig {
             output: a.output,
             server,
             chain: a.filter,
-            codec: a.codec.unwrap_or(Codec::Mp4v),
+            output_options: output_options(a.encoding, &self.client.codec, self.client.crf, &self.client.preset),
             transport: a.transport.unwrap_or(TransportEncoding::Auto),
             token: token(a.token)?,
             quiet: a.quiet,
@@ -310,8 +340,8 @@ pub struct RunConfig {
     pub chain: Chain,
     /// Filter threads.
     pub workers: NonZeroUsize,
-    /// Output codec.
-    pub codec: Codec,
+    /// How the output is encoded.
+    pub output_options: OutputOptions,
     /// Most frames in flight; `None` picks from the worker count and frame size.
     pub window: Option<NonZeroUsize>,
     /// Files the filters need.
@@ -339,23 +369,33 @@ mod tests {
     #[test]
     fn command_line_beats_file_beats_default() {
         let file: FileConfig =
-            toml::from_str("[run]\nworkers = 3\ncodec = \"avc1\"\n[filters]\nface_cascade = \"/x.xml\"").unwrap();
+            toml::from_str("[run]\nworkers = 3\ncodec = \"hevc\"\ncrf = 20\n[filters]\nface_cascade = \"/x.xml\"")
+                .unwrap();
         let cfg = file.run(run_args(&[])).unwrap();
-        assert_eq!((cfg.workers.get(), cfg.codec), (3, Codec::Avc1));
+        assert_eq!(
+            (cfg.workers.get(), cfg.output_options.codec.to_string(), cfg.output_options.crf),
+            (3, "hevc".into(), Some(20))
+        );
         assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/x.xml"));
 
-        let cfg = file.run(run_args(&["--workers", "5", "--codec", "mjpg", "--face-cascade", "/y.xml"])).unwrap();
-        assert_eq!((cfg.workers.get(), cfg.codec), (5, Codec::Mjpg));
+        let cfg = file
+            .run(run_args(&["--workers", "5", "--codec", "mjpeg", "--face-cascade", "/y.xml", "--preset", "slow"]))
+            .unwrap();
+        assert_eq!((cfg.workers.get(), cfg.output_options.codec.to_string()), (5, "mjpeg".into()));
+        assert_eq!((cfg.output_options.crf, cfg.output_options.preset.as_deref()), (Some(20), Some("slow")));
         assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/y.xml"));
 
         let cfg = FileConfig::default().run(run_args(&[])).unwrap();
-        assert_eq!(cfg.codec, Codec::Mp4v);
+        assert_eq!(cfg.output_options, OutputOptions::default());
+        assert_eq!(cfg.output_options.codec.encoder_name(), "libx264");
         assert_eq!(cfg.workers, default_workers());
     }
 
     #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<FileConfig>("[run]\nworkerz = 3").is_err());
+        let err = toml::from_str::<FileConfig>("[run]\ncodec = \"h266\"").unwrap_err().to_string();
+        assert!(err.contains("unknown encoder 'h266'"), "{err}");
     }
 
     #[test]

@@ -12,19 +12,19 @@ use std::time::Instant;
 use anyhow::bail;
 
 use crate::filters::{Chain, check_face_cascade};
+use crate::media::{MediaSink, MediaSource, OutputOptions, VideoInfo, check_output, check_output_path};
 use crate::metrics::{Buckets, JobSummary};
 use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobOptions, JobReport, Observer, PipelineError, run_job};
 use crate::protocol::wire::MAX_FRAME_PIXELS;
 use crate::transport::{JobContext, Transport};
-use crate::video::{Codec, VideoInfo, VideoSink, VideoSource, check_container, check_output_path};
 
 /// A job whose input decodes and whose output is open.
 pub struct OpenedJob {
     input: PathBuf,
     output: PathBuf,
-    codec: Codec,
-    source: VideoSource,
-    sink: VideoSink,
+    codec: String,
+    source: MediaSource,
+    sink: MediaSink,
     started: Instant,
 }
 
@@ -34,22 +34,23 @@ pub fn open(
     input: &Path,
     output: &Path,
     chain: &Chain,
-    codec: Codec,
+    options: &OutputOptions,
     face_cascade: Option<&Path>,
 ) -> anyhow::Result<OpenedJob> {
     let started = Instant::now();
     // The file really written: the output itself, or what it links to.
     let target = check_output_path(input, output)?;
-    check_container(output, codec)?;
+    check_output(output, options)?;
     if let (true, Some(cascade)) = (chain.needs_faces(), face_cascade) {
         check_face_cascade(cascade)?;
     }
-    let source = VideoSource::open(input)?;
+    let source = MediaSource::open(input)?;
     let info = source.info();
     if info.width as u64 * info.height as u64 > MAX_FRAME_PIXELS {
         bail!("{}: {}x{} frames are over the 8192x8192 limit", input.display(), info.width, info.height);
     }
-    let sink = VideoSink::create(&target, codec, info.fps, info.width, info.height)?;
+    let sink = MediaSink::create(&source, &target, options)?;
+    let codec = options.codec.to_string();
     Ok(OpenedJob { input: input.to_path_buf(), output: output.to_path_buf(), codec, source, sink, started })
 }
 
@@ -70,9 +71,10 @@ impl OpenedJob {
         let info = self.source.info();
         let opts = JobOptions { window, total_hint: info.frame_count, stall_timeout: DEFAULT_STALL_TIMEOUT };
         let report = run_job(job, &mut self.source, &mut self.sink, transport, &opts, observer)?;
+        let size = self.sink.size();
         self.sink.finish().map_err(anyhow::Error::from)?;
         let wall = self.started.elapsed().as_secs_f64();
-        let summary = summarise(&self.input, &self.output, job, self.codec, &info, &report, wall);
+        let summary = summarise(&self.input, &self.output, job, &self.codec, &info, size, &report, wall);
         Ok(Finished { summary, latency: report.stats.latency.buckets() })
     }
 }
@@ -86,12 +88,14 @@ pub struct Finished {
     pub latency: Buckets,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summarise(
     input: &Path,
     output: &Path,
     job: &JobContext,
-    codec: Codec,
+    codec: &str,
     info: &VideoInfo,
+    (width, height): (u32, u32),
     report: &JobReport,
     wall_seconds: f64,
 ) -> JobSummary {
@@ -101,9 +105,9 @@ fn summarise(
         output: output.display().to_string(),
         filters: job.chain.to_string(),
         codec: codec.to_string(),
-        // Encoders need even dimensions: FFmpeg drops an odd last row or column.
-        width: (info.width & !1) as u32,
-        height: (info.height & !1) as u32,
+        // As encoded: a 4:2:0 output of an odd-sized input loses its last row or column.
+        width,
+        height,
         video_fps: info.fps,
         frames: report.frames,
         failed_frames: stats.failed,
@@ -117,4 +121,14 @@ fn summarise(
         wire_bytes_sent: report.wire.sent,
         wire_bytes_received: report.wire.received,
     }
+}
+
+/// Gives the memory a finished job freed back to the system (`malloc_trim`): pages of free
+/// heap, in every arena. The allocator is tuned not to trim on its own while frames come and go
+/// (see `app::tune_process`), so a long-running server calls this after each job; without it,
+/// encoder and decoder buffers of past jobs kept the server's RSS growing (BENCHMARKS.md,
+/// "Server memory across jobs"). A few milliseconds once per job.
+pub fn release_freed_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
 }

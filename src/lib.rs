@@ -3,7 +3,7 @@
 //! - [`cli`]: the command line (clap); [`config`]: file + env + args → validated configs.
 //! - [`app`]: start-up written once: logging, runtime, signals.
 //! - [`filters`]: the filter-chain language and the four filters.
-//! - [`video`]: decoding and atomic, verified encoding through OpenCV.
+//! - [`media`]: decode, encode and mux through FFmpeg's libraries (the only libav user).
 //! - [`pipeline`]: the job driver: dispatch, collect, reorder, write, all bounded.
 //! - [`transport`]: the seam between the pipeline and the filter workers.
 //! - [`protocol`]: frame tasks and results.
@@ -25,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod filters;
 pub mod job;
+pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;
@@ -35,5 +36,4 @@ pub mod run;
 pub mod server;
 pub mod telemetry;
 pub mod transport;
-pub mod video;
 pub mod worker;

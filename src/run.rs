@@ -11,7 +11,8 @@ use crate::transport::local::LocalTransport;
 
 /// Processes `cfg.input` into `cfg.output` and reports what it did.
 pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, PipelineError> {
-    let opened = crate::job::open(&cfg.input, &cfg.output, &cfg.chain, cfg.codec, Some(&cfg.filter_env.face_cascade))?;
+    let opened =
+        crate::job::open(&cfg.input, &cfg.output, &cfg.chain, &cfg.output_options, Some(&cfg.filter_env.face_cascade))?;
     let info = opened.info();
     let window = cfg.window.unwrap_or_else(|| JobOptions::default_window(cfg.workers, info.frame_bytes()));
     let job = JobContext {

@@ -220,14 +220,14 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
     deaf.hello(None);
     assert!(matches!(deaf.recv(), Some(ServerMessage::Welcome { .. })));
     let bytes = std::fs::read(&noisy).unwrap();
-    deaf.send(&ClientMessage::Submit(SubmitRequest {
+    deaf.send(&ClientMessage::Submit(Box::new(SubmitRequest {
         filters: "blur:ksize=3".into(),
-        codec: "ffv1".into(),
+        output: vpd::media::OutputOptions { codec: "ffv1".parse().unwrap(), ..Default::default() },
         container: "mkv".into(),
         transport: "auto".into(),
         input_name: "noisy.mkv".into(),
         upload_bytes: bytes.len() as u64,
-    }));
+    })));
     assert!(matches!(deaf.recv(), Some(ServerMessage::Accepted { .. })));
     for chunk in bytes.chunks(1 << 20) {
         deaf.chunk(chunk);

@@ -2,6 +2,7 @@
 
 mod distributed;
 mod hardening;
+mod media;
 mod preview;
 mod protocol;
 mod run;

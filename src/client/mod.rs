@@ -18,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::filters::Chain;
+use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, temp_path};
 use crate::metrics::JobSummary;
 use crate::pipeline::Progress;
 use crate::progress::ProgressView;
 use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES};
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
 use crate::protocol::wire::TransportEncoding;
-use crate::video::{Codec, check_container, check_input, check_output_path, temp_path};
 
 /// Time to connect and to hear the server's welcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,8 +78,8 @@ pub struct ClientConfig {
     pub server: ServerAddr,
     /// The filters.
     pub chain: Chain,
-    /// Output codec.
-    pub codec: Codec,
+    /// How the result is encoded (the server encodes it).
+    pub output_options: OutputOptions,
     /// How frames travel to workers.
     pub transport: TransportEncoding,
     /// The server's token, if it wants one.
@@ -101,11 +101,16 @@ pub enum ClientError {
 
 /// Runs one job on the server and returns its summary.
 pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobSummary, ClientError> {
-    let upload_bytes = check_input(&cfg.input).map_err(anyhow::Error::from)?;
-    // Before anything is uploaded: a bad output path found after the server processed the
-    // whole video wastes all of it.
+    let upload_bytes = check_input(&cfg.input).map_err(anyhow::Error::from)?.ok_or_else(|| {
+        anyhow!("{}: the client uploads a file of known size; read pipes with `vpd run`", cfg.input.display())
+    })?;
+    // Before anything is uploaded: a bad output path, an encoder this FFmpeg lacks or one the
+    // container cannot hold, found after the server processed the whole video, wastes all of it.
+    if cfg.output == std::path::Path::new(STDIO) {
+        return Err(anyhow!("the client writes its result to a file (-o FILE); `vpd run` writes to a pipe").into());
+    }
     let target = check_output_path(&cfg.input, &cfg.output).map_err(anyhow::Error::from)?;
-    check_container(&cfg.output, cfg.codec).map_err(anyhow::Error::from)?;
+    check_output(&cfg.output, &cfg.output_options).map_err(anyhow::Error::from)?;
     let connect = async {
         match &cfg.server {
             ServerAddr::Tcp(addr) => {
@@ -172,13 +177,13 @@ async fn talk(
     }
     let request = SubmitRequest {
         filters: cfg.chain.to_string(),
-        codec: cfg.codec.to_string(),
-        container: cfg.output.extension().and_then(|e| e.to_str()).unwrap_or_default().to_string(),
+        output: cfg.output_options.clone(),
+        container: container_of(cfg),
         transport: cfg.transport.to_string(),
         input_name: cfg.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         upload_bytes,
     };
-    writer.send(&ClientMessage::Submit(request)).await.context("submitting the job")?;
+    writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
 
     // The writer half uploads once the job is accepted, then waits to send a cancel.
     let (start_tx, start_rx) = oneshot::channel::<()>();
@@ -319,6 +324,16 @@ async fn download<R: AsyncRead + Unpin>(
         .await
         .with_context(|| format!("moving the result to {}", cfg.output.display()))?;
     Ok(())
+}
+
+/// The container's name for the server: the output's extension, or `--format`'s (an alphanumeric
+/// one: the server names its file with it).
+fn container_of(cfg: &ClientConfig) -> String {
+    let ext = cfg.output.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    match &cfg.output_options.format {
+        Some(format) if ext.is_empty() => format.chars().filter(char::is_ascii_alphanumeric).collect(),
+        _ => ext.to_string(),
+    }
 }
 
 /// A partial download, deleted on drop (a no-op once it was renamed into place).

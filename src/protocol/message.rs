@@ -19,10 +19,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::media::OutputOptions;
 use crate::metrics::JobSummary;
 
-/// The protocol version both sides must speak; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version both sides must speak; bumped on any incompatible change (2: the
+/// output options of `Submit`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +55,9 @@ impl fmt::Debug for Token {
 pub struct SubmitRequest {
     /// The filter chain as written (the server parses and validates it).
     pub filters: String,
-    /// Output codec name (`mp4v`, `avc1`, …).
-    pub codec: String,
+    /// How the result is encoded: codec, quality, preset, … (the server checks the encoder
+    /// exists when it reads the message).
+    pub output: OutputOptions,
     /// Output container extension (`mp4`, `mkv`, …), from the client's output path.
     pub container: String,
     /// How frames travel to remote workers (`auto`, `raw`, `lz4`, `jpeg:90`).
@@ -79,7 +82,7 @@ pub enum ClientMessage {
         token: Option<Token>,
     },
     /// Starts a job; the upload's chunks follow.
-    Submit(SubmitRequest),
+    Submit(Box<SubmitRequest>),
     /// Stops the job; the server answers with an `Error` coded `cancelled`.
     Cancel,
 }

@@ -11,7 +11,6 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
 use opencv::core::Mat;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +22,7 @@ use super::admission::Ticket;
 use crate::cancel::Stop;
 use crate::filters::Chain;
 use crate::job::Finished;
+use crate::media::{OutputOptions, check_output};
 use crate::metrics::JobStats;
 use crate::pipeline::{Observer, PipelineError, Progress};
 use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES, ProtocolError};
@@ -30,7 +30,6 @@ use crate::protocol::event::{JobEvent, ProgressSnapshot};
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
 use crate::protocol::wire::TransportEncoding;
 use crate::transport::JobContext;
-use crate::video::{Codec, check_container};
 
 /// Time a client has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,9 +202,10 @@ where
 
     // Open and run the job.
     let cascade = shared.local_face_cascade.clone();
-    let (input_path, output_path, chain, codec) = (input.0.clone(), output.0.clone(), job.chain.clone(), job.codec);
+    let (input_path, output_path, chain) = (input.0.clone(), output.0.clone(), job.chain.clone());
+    let options = job.output.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        crate::job::open(&input_path, &output_path, &chain, codec, cascade.as_deref())
+        crate::job::open(&input_path, &output_path, &chain, &options, cascade.as_deref())
     })
     .await
     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
@@ -288,6 +288,8 @@ where
         }
     };
     job_token.cancel(); // ends the stop's waiting task
+    // The job's frames, encoder and decoder are gone: their memory goes back to the system.
+    tokio::task::spawn_blocking(crate::job::release_freed_memory);
     let Finished { summary, latency } = match outcome {
         Ok(finished) => finished,
         Err(PipelineError::Cancelled) => {
@@ -339,20 +341,20 @@ where
 /// The checked parts of a submit request.
 struct ValidJob {
     chain: Chain,
-    codec: Codec,
+    output: OutputOptions,
     container: String,
     encoding: TransportEncoding,
 }
 
 fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
     let chain = Chain::from_str(&r.filters).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
-    let codec = Codec::from_str(&r.codec, true)
-        .map_err(|_| refuse(ErrorCode::BadRequest, format!("unknown codec '{}'", r.codec)))?;
     let container = r.container.to_ascii_lowercase();
-    if container.is_empty() || !container.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if container.is_empty() || container.len() > 16 || !container.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(refuse(ErrorCode::BadRequest, format!("bad container '{}'", r.container)));
     }
-    check_container(Path::new(&format!("output.{container}")), codec)
+    // The encoder exists here (checked when the message was read); it and the options must
+    // fit the container.
+    check_output(Path::new(&format!("output.{container}")), &r.output)
         .map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
     let encoding = TransportEncoding::from_str(&r.transport).map_err(|e| refuse(ErrorCode::BadRequest, e))?;
     if r.upload_bytes == 0 {
@@ -364,7 +366,7 @@ fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
             format!("an upload of {} bytes is over this server's limit of {}", r.upload_bytes, shared.max_upload),
         ));
     }
-    Ok(ValidJob { chain, codec, container, encoding })
+    Ok(ValidJob { chain, output: r.output.clone(), container, encoding })
 }
 
 /// How long an upload of `size` bytes may take in all.

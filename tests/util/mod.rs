@@ -10,7 +10,8 @@ use opencv::core::{self, CV_8UC3, Mat, Point, Rect, Scalar, Size};
 use opencv::imgcodecs;
 use opencv::imgproc;
 use opencv::prelude::*;
-use opencv::videoio::{self, VideoCapture, VideoWriter};
+use vpd::media::{MediaSink, MediaSource, OutputOptions};
+use vpd::pipeline::{FrameSink, FrameSource};
 
 pub mod cluster;
 pub mod raw;
@@ -123,31 +124,26 @@ pub fn frame_number(m: &Mat) -> u32 {
         .sum()
 }
 
-/// Writes a clip to `path` with the codec `fourcc` (the container follows the extension).
-pub fn write_clip(path: &Path, spec: &ClipSpec, fourcc: &str) {
-    let c: Vec<char> = fourcc.chars().collect();
-    let code = VideoWriter::fourcc(c[0], c[1], c[2], c[3]).unwrap();
-    let mut w =
-        VideoWriter::new(path.to_str().unwrap(), code, spec.fps, Size::new(spec.width, spec.height), true).unwrap();
-    assert!(w.is_opened().unwrap(), "cannot write test clip {}", path.display());
+/// Writes a clip to `path` with `codec` (a vpd codec name: `ffv1`, `mpeg4`, `h264`, …; the
+/// container follows the extension), through vpd's own writer.
+pub fn write_clip(path: &Path, spec: &ClipSpec, codec: &str) {
+    let options = OutputOptions { codec: codec.parse().unwrap(), ..OutputOptions::default() };
+    let mut sink = MediaSink::for_frames(path, &options, spec.width as u32, spec.height as u32, spec.fps)
+        .unwrap_or_else(|e| panic!("cannot write test clip {}: {e}", path.display()));
     for i in 0..spec.frames {
-        w.write(&synth_frame(spec, i)).unwrap();
+        sink.write(&synth_frame(spec, i)).unwrap();
     }
-    w.release().unwrap();
+    sink.finish().unwrap();
 }
 
-/// Every frame of a video, decoded by OpenCV's FFmpeg backend (as vpd decodes).
+/// Every frame of a video, decoded as vpd decodes.
 pub fn decode_all(path: &Path) -> Vec<Mat> {
-    let mut cap = VideoCapture::from_file(path.to_str().unwrap(), videoio::CAP_FFMPEG).unwrap();
-    assert!(cap.is_opened().unwrap(), "cannot open {}", path.display());
+    let mut source = MediaSource::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     let mut frames = Vec::new();
-    loop {
-        let mut m = Mat::default();
-        if !cap.read(&mut m).unwrap() || m.empty() {
-            return frames;
-        }
-        frames.push(m);
+    while let Some(frame) = source.next_frame().unwrap() {
+        frames.push(frame);
     }
+    frames
 }
 
 /// The largest per-pixel difference between two frames (0: identical).

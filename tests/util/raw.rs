@@ -96,12 +96,12 @@ impl Raw {
 
 /// A submit of `filters` for an upload of `upload_bytes`, to an `.mp4`.
 pub fn submit(filters: &str, upload_bytes: u64) -> ClientMessage {
-    ClientMessage::Submit(SubmitRequest {
+    ClientMessage::Submit(Box::new(SubmitRequest {
         filters: filters.into(),
-        codec: "mp4v".into(),
+        output: vpd::media::OutputOptions::default(),
         container: "mp4".into(),
         transport: "auto".into(),
         input_name: "in.mp4".into(),
         upload_bytes,
-    })
+    }))
 }

@@ -1,0 +1,196 @@
+//! Reading and writing media through FFmpeg's own libraries (libavformat, libavcodec,
+//! libswscale, via `ffmpeg-next`): the only module that touches them.
+//!
+//! ```text
+//!  input ─demux─▶ video packets ─decode─▶ frame ─swscale─▶ BGR Mat ─▶ pipeline (filters)
+//!           │                                                                │
+//!           └─▶ audio, subtitle, data packets ─▶ SideQueue ─┐                ▼
+//!                                                            └─▶ MediaSink: BGR ─swscale─▶
+//!                                                                encoder ─▶ mux (with the
+//!                                                                copied packets) ─▶ output
+//! ```
+//!
+//! [`MediaSource`] decodes the input's best video stream into 8-bit BGR frames, converted once,
+//! straight into each frame's buffer. Every other stream's packets, and each frame's
+//! presentation timestamp, go into a [`side::SideQueue`] in demux order; [`MediaSink`], on the
+//! writer thread, takes them from there in step with the frames it writes. So timestamps
+//! (variable frame rates too) and audio reach the output untouched whatever the pipeline did
+//! in between, from a file or a pipe alike. The sink encodes (H.264 by default), copies the
+//! rest, keeps metadata, chapters, rotation and the colour description, and writes a file
+//! that appears at its path only when complete.
+
+mod codec;
+pub mod convert;
+mod side;
+mod sink;
+mod source;
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+pub use codec::{OutputOptions, VideoCodec, check_output};
+pub use sink::{MediaSink, check_output_path, temp_path};
+pub use source::{MediaSource, check_input};
+
+/// `-` as an input or output path: standard input or output.
+pub const STDIO: &str = "-";
+
+/// Initialises FFmpeg once per process and quiets its own logging: vpd reports failures itself,
+/// in one line. `VPD_FFMPEG_LOG=1` brings FFmpeg's warnings back.
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // Only registers formats and codecs; it cannot fail in FFmpeg 5.
+        let _ = ffmpeg_next::init();
+        let loud = std::env::var_os("VPD_FFMPEG_LOG").is_some_and(|v| v != "0");
+        ffmpeg_next::log::set_level(if loud {
+            ffmpeg_next::log::Level::Warning
+        } else {
+            ffmpeg_next::log::Level::Quiet
+        });
+    });
+}
+
+/// What a video stream looks like.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoInfo {
+    /// Frame width in pixels.
+    pub width: i32,
+    /// Frame height in pixels.
+    pub height: i32,
+    /// Frames per second (the average, for a variable rate).
+    pub fps: f64,
+    /// Frames in the stream, when the container says or its duration tells.
+    pub frame_count: Option<u64>,
+}
+
+impl VideoInfo {
+    /// Bytes of one decoded 8-bit BGR frame.
+    pub fn frame_bytes(&self) -> usize {
+        self.width as usize * self.height as usize * 3
+    }
+}
+
+/// Why media could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The input path does not exist.
+    #[error("{0}: no such file")]
+    NotFound(PathBuf),
+    /// The input is a directory or something else that cannot be read as a stream.
+    #[error("{0}: not a regular file or a pipe")]
+    NotAFile(PathBuf),
+    /// The input has zero bytes.
+    #[error("{0}: the file is empty")]
+    EmptyFile(PathBuf),
+    /// FFmpeg cannot open it as media.
+    #[error("{0}: not a video file (or a truncated one): FFmpeg cannot read it")]
+    NotAVideo(PathBuf),
+    /// It opens, but has no video stream (audio only, say).
+    #[error("{0}: has no video stream")]
+    NoVideoStream(PathBuf),
+    /// The video stream's codec cannot be decoded here.
+    #[error("{path}: cannot decode its {codec} video")]
+    Undecodable {
+        /// The input.
+        path: PathBuf,
+        /// The codec's name.
+        codec: String,
+    },
+    /// It opens, but no frame decodes.
+    #[error("{0}: the video has no frames")]
+    NoFrames(PathBuf),
+    /// Decoding stopped well before the end the container announces.
+    #[error(
+        "{path}: truncated or corrupt: decoded {decoded} frames, up to {reached:.2} s of the {expected:.2} s the container announces"
+    )]
+    Truncated {
+        /// The input.
+        path: PathBuf,
+        /// Frames decoded.
+        decoded: u64,
+        /// Where the video stopped, in seconds.
+        reached: f64,
+        /// The container's duration, in seconds.
+        expected: f64,
+    },
+    /// The output has no extension to pick the container by, and no `--format`.
+    #[error("{0}: no file extension to pick the container by (or name one with --format)")]
+    NoExtension(PathBuf),
+    /// FFmpeg has no muxer for that container.
+    #[error("{0}: FFmpeg writes no container of that name")]
+    UnknownContainer(String),
+    /// No encoder of that name in this FFmpeg.
+    #[error(
+        "unknown encoder '{0}': this FFmpeg has no such video encoder (try h264, hevc, vp9, av1, ffv1, mpeg4 or mjpeg)"
+    )]
+    UnknownEncoder(String),
+    /// The codec cannot go into that container.
+    #[error("the {container} container cannot hold codec {codec}")]
+    CodecContainer {
+        /// The codec.
+        codec: String,
+        /// The container.
+        container: String,
+    },
+    /// An output option the encoder cannot take.
+    #[error("{0}")]
+    BadOption(String),
+    /// Output and input are the same file.
+    #[error("{0}: the output would overwrite the input")]
+    OutputIsInput(PathBuf),
+    /// The output path cannot be created. (The OS error is shown in the message, not chained
+    /// as a source, so that `{:#}` does not print it twice.)
+    #[error("cannot write {path}: {cause}")]
+    Unwritable {
+        /// The output.
+        path: PathBuf,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// The output's directory is missing, not a directory, or not writable.
+    #[error("cannot write {path}: {reason}")]
+    OutputDir {
+        /// The output.
+        path: PathBuf,
+        /// What is wrong with its directory.
+        reason: String,
+    },
+    /// The output's file system filled up while it was written.
+    #[error("{path}: no space left on device after {frames} frames; output discarded")]
+    NoSpace {
+        /// The output.
+        path: PathBuf,
+        /// Frames written when it happened.
+        frames: u64,
+    },
+    /// A pipe or stream output closed before the end.
+    #[error("{path}: the output stream closed after {frames} frames; it is incomplete")]
+    StreamClosed {
+        /// The output (`-` for standard output).
+        path: PathBuf,
+        /// Frames written before it closed.
+        frames: u64,
+    },
+    /// A file-system error.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// FFmpeg failed at some step.
+    #[error("{path}: {what}: {error}")]
+    Ffmpeg {
+        /// The file involved.
+        path: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// FFmpeg's reason.
+        error: ffmpeg_next::Error,
+    },
+    /// OpenCV failed (allocating a frame).
+    #[error("opencv: {0}")]
+    OpenCv(#[from] opencv::Error),
+}

@@ -1,0 +1,665 @@
+//! Encoding and muxing the output: filtered frames encoded, the input's other streams copied,
+//! into a file that appears at its path only when complete, or into a pipe.
+
+use std::ffi::CString;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ffmpeg_next::codec::{self, threading};
+use ffmpeg_next::format::Pixel;
+use ffmpeg_next::util::color;
+use ffmpeg_next::{Dictionary, Packet, Rational, Rescale, encoder, ffi, format, frame};
+use opencv::core::{CV_8UC3, Mat};
+use opencv::prelude::*;
+use tracing::{info, warn};
+
+use super::codec::{OutputOptions, check_output, container_holds};
+use super::convert::{Colour, Scaler};
+use super::side::SideQueue;
+use super::{MediaError, MediaSource, STDIO};
+use crate::pipeline::FrameSink;
+
+/// Symbolic links followed before giving up on an output path (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Checks, before any frame is decoded, that `output` can be written and would not overwrite
+/// `input`, and returns where the file will really be written (`-`: standard output).
+///
+/// An output that is a symbolic link is written *through*: the file it points to is
+/// replaced (or created) and the link stays, as `cp` and shell redirection do.
+pub fn check_output_path(input: &Path, output: &Path) -> Result<PathBuf, MediaError> {
+    if output == Path::new(STDIO) {
+        return Ok(output.to_path_buf());
+    }
+    let target = follow_links(output)?;
+    if target.is_dir() {
+        return Err(MediaError::Unwritable {
+            path: output.to_path_buf(),
+            cause: std::io::Error::new(ErrorKind::IsADirectory, "is a directory"),
+        });
+    }
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let reason = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Some(format!("the directory {} does not exist", dir.display())),
+        Err(e) => Some(format!("the directory {}: {e}", dir.display())),
+        Ok(meta) if !meta.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        Ok(_) if !writable(dir) => Some(format!("the directory {} is not writable", dir.display())),
+        Ok(_) => None,
+    };
+    if let Some(reason) = reason {
+        return Err(MediaError::OutputDir { path: output.to_path_buf(), reason });
+    }
+    if target != output {
+        info!(output = %output.display(), target = %target.display(), "the output is a symbolic link; writing through it");
+    }
+    let same = match (std::fs::metadata(input), std::fs::metadata(&target)) {
+        // Both exist: the same inode is the same file, whatever the paths look like.
+        (Ok(i), Ok(o)) => i.dev() == o.dev() && i.ino() == o.ino(),
+        _ => {
+            let canonical = |p: &Path| -> Option<PathBuf> {
+                let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                Some(parent.canonicalize().ok()?.join(p.file_name()?))
+            };
+            canonical(input).is_some() && canonical(input) == canonical(&target)
+        }
+    };
+    if same {
+        return Err(MediaError::OutputIsInput(output.to_path_buf()));
+    }
+    Ok(target)
+}
+
+/// `path` with its last component's symbolic links followed, to a path that is not a link
+/// (it may not exist yet: a dangling link names the file to create).
+fn follow_links(path: &Path) -> Result<PathBuf, MediaError> {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = std::fs::read_link(&current)
+                    .map_err(|cause| MediaError::Unwritable { path: path.to_path_buf(), cause })?;
+                current = match current.parent() {
+                    Some(dir) if link.is_relative() => dir.join(link),
+                    _ => link,
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(MediaError::Unwritable {
+        path: path.to_path_buf(),
+        cause: std::io::Error::other(format!("more than {MAX_LINKS} symbolic links")),
+    })
+}
+
+/// Whether this process may create files in `dir`.
+fn writable(dir: &Path) -> bool {
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access reads the NUL-terminated path it is given.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// `dir/.name.ext.vpd-partial-PID-N.ext`: hidden, unique, and with the extension FFmpeg picks
+/// the container by. Where an output is written until it is complete.
+pub fn temp_path(target: &Path) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = target.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.vpd-partial-{}-{seq}.{ext}", std::process::id()))
+}
+
+/// What the encoder needs to know of the frames it gets.
+struct Frames {
+    width: u32,
+    height: u32,
+    fps: f64,
+    /// Their timestamps' time base.
+    time_base: Rational,
+    /// Their average rate, for the container.
+    rate: Rational,
+    colour: Colour,
+    primaries: color::Primaries,
+    transfer: color::TransferCharacteristic,
+    aspect_ratio: Rational,
+}
+
+/// Where a copied input stream goes.
+struct Copied {
+    output: usize,
+    from: Rational,
+    to: Rational,
+}
+
+/// The output being written.
+pub struct MediaSink {
+    output: format::context::Output,
+    /// The output as the user named it (`-` for standard output).
+    shown: PathBuf,
+    /// The temporary file and where it goes when complete; none for a pipe.
+    files: Option<(PathBuf, PathBuf)>,
+    encoder: encoder::Video,
+    scaler: Scaler,
+    frame: frame::Video,
+    /// The encoded size: the input's, less an odd last row or column where the pixel format
+    /// subsamples chroma.
+    size: (u32, u32),
+    /// The size frames come in.
+    source_size: (i32, i32),
+    /// Input video time base → encoder time base.
+    input_tb: Rational,
+    encoder_tb: Rational,
+    video_tb: Rational,
+    /// One frame's duration in the encoder's time base, for frames without a timestamp.
+    frame_step: i64,
+    last_pts: Option<i64>,
+    side: Arc<SideQueue>,
+    copied: Vec<Option<Copied>>,
+    written: u64,
+    packets: u64,
+    committed: bool,
+}
+
+fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> MediaError + 'a {
+    move |error| MediaError::Ffmpeg { path: path.to_path_buf(), what, error }
+}
+
+impl MediaSink {
+    /// Opens the encoder and the muxer for `target` (checked with [`check_output_path`]),
+    /// taking the streams to copy, metadata, chapters and rotation from `source`.
+    pub fn create(source: &MediaSource, target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
+        let info = source.info();
+        let stream = source.input.stream(source.video).expect("the source's video stream");
+        let frames = Frames {
+            width: info.width as u32,
+            height: info.height as u32,
+            fps: info.fps,
+            time_base: source.time_base,
+            rate: stream.avg_frame_rate(),
+            colour: source.colour,
+            primaries: source.primaries,
+            transfer: source.transfer,
+            aspect_ratio: source.aspect_ratio,
+        };
+        Self::open(frames, Some(source), target, options)
+    }
+
+    /// A sink for frames made rather than decoded (`width`x`height` BGR at `fps`): no other
+    /// streams, timestamps one frame apart.
+    pub fn for_frames(
+        target: &Path,
+        options: &OutputOptions,
+        width: u32,
+        height: u32,
+        fps: f64,
+    ) -> Result<Self, MediaError> {
+        super::init();
+        let rate = Rational::from(fps);
+        let frames = Frames {
+            width,
+            height,
+            fps,
+            time_base: rate.invert(),
+            rate,
+            colour: Colour { space: color::Space::BT709, range: color::Range::MPEG },
+            primaries: color::Primaries::BT709,
+            transfer: color::TransferCharacteristic::BT709,
+            aspect_ratio: Rational::new(1, 1),
+        };
+        Self::open(frames, None, target, options)
+    }
+
+    fn open(
+        f: Frames,
+        source: Option<&MediaSource>,
+        target: &Path,
+        options: &OutputOptions,
+    ) -> Result<Self, MediaError> {
+        let muxer = check_output(target, options)?;
+        let pipe = target == Path::new(STDIO);
+        let (url, files) = if pipe {
+            (PathBuf::from("pipe:1"), None)
+        } else {
+            let temp = temp_path(target);
+            (temp.clone(), Some((temp, target.to_path_buf())))
+        };
+        let shown = target.to_path_buf();
+        let mut output = format::output_as(&url, muxer.name()).map_err(|cause| match cause {
+            ffmpeg_next::Error::Other { errno } => {
+                MediaError::Unwritable { path: shown.clone(), cause: std::io::Error::from_raw_os_error(errno) }
+            }
+            error => MediaError::Ffmpeg { path: shown.clone(), what: "opening the output", error },
+        })?;
+        // From here the temporary file exists: a failure below must remove it.
+        let mut guard = Guard(files.as_ref().map(|(temp, _)| temp.clone()));
+
+        let pix_fmt = options.pix_fmt()?;
+        let size = even_where_needed(pix_fmt, f.width, f.height, target);
+        let constant_rate = !output.format().flags().contains(format::Flags::VARIABLE_FPS);
+        let encoder_tb = encoder_time_base(f.time_base, &options.codec, f.fps, constant_rate);
+        let codec = options.codec.encoder();
+        let global_header = output.format().flags().contains(format::Flags::GLOBAL_HEADER);
+
+        let mut context = codec::context::Context::new_with_codec(codec);
+        // Frame threads where the encoder has them (x264), slices where it has those (FFV1):
+        // FFmpeg's default of one thread halves x264's speed.
+        let kind = if options.codec.lossless() { threading::Type::Slice } else { threading::Type::Frame };
+        context.set_threading(threading::Config { kind, ..Default::default() });
+        let mut video = context.encoder().video().map_err(ffmpeg_error(&shown, "setting up the encoder"))?;
+        video.set_width(size.0);
+        video.set_height(size.1);
+        video.set_format(pix_fmt);
+        video.set_time_base(encoder_tb);
+        video.set_frame_rate(Some(f.rate).filter(|r| r.numerator() > 0));
+        video.set_aspect_ratio(f.aspect_ratio);
+        let yuv =
+            !matches!(pix_fmt, Pixel::BGRZ | Pixel::BGR24 | Pixel::RGB24 | Pixel::GBRP | Pixel::BGRA | Pixel::RGBA);
+        let range = if matches!(pix_fmt, Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P) {
+            color::Range::JPEG
+        } else if yuv {
+            f.colour.range
+        } else {
+            color::Range::Unspecified
+        };
+        let space = if yuv { f.colour.space } else { color::Space::RGB };
+        video.set_colorspace(space);
+        video.set_color_range(range);
+        video.set_color_primaries(f.primaries);
+        video.set_color_transfer_characteristic(f.transfer);
+        if let Some(bitrate) = options.bitrate {
+            video.set_bit_rate(bitrate as usize);
+        }
+        if let Some(keyint) = options.keyint {
+            video.set_gop(keyint);
+        }
+        let mut flags = codec::Flags::empty();
+        if let Some(q) = options.qscale() {
+            flags |= codec::Flags::QSCALE;
+            video.set_global_quality(q * ffi::FF_QP2LAMBDA);
+        }
+        if global_header {
+            flags |= codec::Flags::GLOBAL_HEADER;
+        }
+        video.set_flags(flags);
+        let mut dict = Dictionary::new();
+        for (key, value) in options.encoder_options()? {
+            dict.set(key, &value);
+        }
+        let hardware =
+            ["nvenc", "vaapi", "qsv", "v4l2m2m", "amf", "omx"].iter().any(|h| options.codec.encoder_name().contains(h));
+        let encoder = video.open_as_with(codec, dict).map_err(|error| {
+            if hardware {
+                MediaError::BadOption(format!(
+                    "{}: cannot open the hardware encoder: no usable device or driver here ({error})",
+                    options.codec
+                ))
+            } else {
+                MediaError::Ffmpeg { path: shown.clone(), what: "opening the encoder", error }
+            }
+        })?;
+
+        // The video stream: the encoder's parameters, the input's metadata and rotation.
+        {
+            let mut ost = output.add_stream(codec).map_err(ffmpeg_error(&shown, "adding the video stream"))?;
+            ost.set_parameters(&encoder);
+            ost.set_time_base(encoder_tb);
+            if let Some(input_stream) = source.and_then(|s| s.input.stream(s.video)) {
+                ost.set_metadata(without_encoder(input_stream.metadata().to_owned()));
+                for side_data in input_stream.side_data() {
+                    if side_data.kind() == ffmpeg_next::codec::packet::side_data::Type::DisplayMatrix {
+                        copy_side_data(
+                            &mut ost,
+                            ffi::AVPacketSideDataType::AV_PKT_DATA_DISPLAYMATRIX,
+                            side_data.data(),
+                        );
+                    }
+                }
+            }
+        }
+        // Every other stream the container can hold, copied as it is.
+        let mut copied = Vec::new();
+        let no_streams = Vec::new();
+        let streams: Vec<_> = source.map_or(no_streams, |s| s.input.streams().collect());
+        for stream in streams {
+            let source = source.expect("streams come from a source");
+            let index = stream.index();
+            if !source.copied.get(index).copied().unwrap_or(false) {
+                copied.push(None);
+                continue;
+            }
+            let id = stream.parameters().id();
+            if !container_holds(&muxer, id) {
+                warn!(
+                    stream = index,
+                    codec = id.name(),
+                    container = muxer.name(),
+                    "a {} file cannot hold stream #{index} ({}); it is left out",
+                    muxer.name(),
+                    id.name()
+                );
+                copied.push(None);
+                continue;
+            }
+            let mut ost =
+                output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(&shown, "adding a stream"))?;
+            ost.set_parameters(stream.parameters());
+            // SAFETY: the stream's parameters were just set; a zero tag lets the muxer pick its own.
+            unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
+            ost.set_time_base(stream.time_base());
+            ost.set_metadata(stream.metadata().to_owned());
+            copied.push(Some(Copied { output: ost.index(), from: stream.time_base(), to: stream.time_base() }));
+        }
+        if let Some(source) = source {
+            output.set_metadata(without_encoder(source.input.metadata().to_owned()));
+            for chapter in source.input.chapters() {
+                let title = chapter.metadata().get("title").unwrap_or_default().to_string();
+                output
+                    .add_chapter(chapter.id(), chapter.time_base(), chapter.start(), chapter.end(), title)
+                    .map_err(ffmpeg_error(&shown, "copying chapters"))?;
+            }
+        }
+
+        let mut header = Dictionary::new();
+        if matches!(muxer.name(), "mp4" | "mov" | "ipod" | "3gp") {
+            // A file: the index goes to the front, so a browser plays it while it downloads. A
+            // pipe cannot be rewritten: fragments instead.
+            header.set("movflags", if pipe { "frag_keyframe+empty_moov+default_base_moof" } else { "+faststart" });
+        }
+        output.write_header_with(header).map_err(|e| write_error(&shown, e, 0))?;
+        let video_tb = output.stream(0).expect("the video stream").time_base();
+        for c in copied.iter_mut().flatten() {
+            c.to = output.stream(c.output).expect("an added stream").time_base();
+        }
+        let scaler = Scaler::new((Pixel::BGR24, size.0, size.1), (pix_fmt, size.0, size.1), Colour { space, range })
+            .map_err(ffmpeg_error(&shown, "converting frames from BGR"))?;
+        // A frame's duration, in encoder ticks.
+        let frame_step = (f64::from(encoder_tb.invert()) / f.fps).round().max(1.0) as i64;
+        guard.0 = None;
+        Ok(MediaSink {
+            output,
+            shown,
+            files,
+            encoder,
+            scaler,
+            frame: frame::Video::new(pix_fmt, size.0, size.1),
+            size,
+            source_size: (f.width as i32, f.height as i32),
+            input_tb: f.time_base,
+            encoder_tb,
+            video_tb,
+            frame_step,
+            last_pts: None,
+            side: source.map_or_else(|| Arc::new(SideQueue::default()), |s| s.side.clone()),
+            copied,
+            written: 0,
+            packets: 0,
+            committed: false,
+        })
+    }
+
+    /// The encoded frame size.
+    pub fn size(&self) -> (u32, u32) {
+        self.size
+    }
+
+    fn write_side(&mut self, mut packet: Packet) -> Result<(), MediaError> {
+        let Some(Some(c)) = self.copied.get(packet.stream()) else { return Ok(()) };
+        packet.rescale_ts(c.from, c.to);
+        packet.set_stream(c.output);
+        packet.set_position(-1);
+        packet.write_interleaved(&mut self.output).map_err(|e| write_error(&self.shown, e, self.written))
+    }
+
+    fn drain_encoder(&mut self) -> Result<(), MediaError> {
+        let mut packet = Packet::empty();
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(0);
+            // Encoders in FFmpeg 5 leave durations unset; without one, MP4's edit list cuts the
+            // last frame. Later frames' timestamps still give variable rates their real spacing.
+            if packet.duration() <= 0 {
+                packet.set_duration(self.frame_step);
+            }
+            packet.rescale_ts(self.encoder_tb, self.video_tb);
+            packet.write_interleaved(&mut self.output).map_err(|e| write_error(&self.shown, e, self.written))?;
+            self.packets += 1;
+        }
+        Ok(())
+    }
+
+    /// Flushes the encoder, writes what is left of the copied streams and the container's
+    /// index, checks the result, and moves a file into place.
+    pub fn finish(mut self) -> Result<PathBuf, MediaError> {
+        self.encoder.send_eof().map_err(ffmpeg_error(&self.shown, "flushing the encoder"))?;
+        self.drain_encoder()?;
+        let mut rest = Vec::new();
+        self.side.take_rest(&mut rest);
+        for packet in rest {
+            self.write_side(packet)?;
+        }
+        self.output.write_trailer().map_err(|e| write_error(&self.shown, e, self.written))?;
+        if self.packets < self.written {
+            return Err(MediaError::Ffmpeg {
+                path: self.shown.clone(),
+                what: "the encoder lost frames",
+                error: ffmpeg_next::Error::Bug,
+            });
+        }
+        if let Some((temp, target)) = &self.files {
+            std::fs::rename(temp, target).map_err(|cause| MediaError::Io { path: target.clone(), cause })?;
+        }
+        self.committed = true;
+        Ok(self.shown.clone())
+    }
+}
+
+/// What a failed write means: a full disk, a closed pipe, or FFmpeg's own reason.
+fn write_error(path: &Path, error: ffmpeg_next::Error, frames: u64) -> MediaError {
+    match error {
+        ffmpeg_next::Error::Other { errno } if errno == libc::ENOSPC => {
+            MediaError::NoSpace { path: path.to_path_buf(), frames }
+        }
+        ffmpeg_next::Error::Other { errno } if errno == libc::EPIPE => {
+            MediaError::StreamClosed { path: path.to_path_buf(), frames }
+        }
+        error => MediaError::Ffmpeg { path: path.to_path_buf(), what: "writing", error },
+    }
+}
+
+/// The encoder's time base: the input stream's, so every timestamp carries over unchanged;
+/// one frame's duration for a constant-rate container (AVI indexes frames, not times); and
+/// a coarser one where the codec cannot take the input's (MPEG-4 part 2 allows denominators
+/// up to 65535).
+fn encoder_time_base(input: Rational, codec: &super::VideoCodec, fps: f64, constant_rate: bool) -> Rational {
+    let frame = Rational::from(fps);
+    let frame = (frame.numerator() > 0 && frame.numerator() <= 65535).then(|| frame.invert());
+    if constant_rate {
+        frame.unwrap_or(Rational::new(1, 25))
+    } else if codec.id() == codec::Id::MPEG4 && input.denominator() > 65535 {
+        frame.unwrap_or(Rational::new(1, 1000))
+    } else {
+        input
+    }
+}
+
+/// The size to encode: the input's, less an odd last row or column where the pixel format
+/// subsamples chroma (4:2:0 cannot hold an odd size), with a word about it.
+fn even_where_needed(pix_fmt: Pixel, width: u32, height: u32, output: &Path) -> (u32, u32) {
+    let (sub_w, sub_h) = pix_fmt.descriptor().map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
+    let w = if sub_w > 0 { width & !1 } else { width };
+    let h = if sub_h > 0 { height & !1 } else { height };
+    if (w, h) != (width, height) {
+        warn!(
+            output = %output.display(),
+            "{width}x{height} is odd and {pix_fmt:?} needs even sizes: writing {w}x{h} (the last column or row is dropped; --pix-fmt yuv444p keeps it)"
+        );
+    }
+    (w.max(1), h.max(1))
+}
+
+/// Metadata without the input's `encoder` tag: the muxer writes its own.
+fn without_encoder(mut d: Dictionary<'static>) -> Dictionary<'static> {
+    let mut kept = Dictionary::new();
+    for (k, v) in d.iter() {
+        if k != "encoder" {
+            kept.set(k, v);
+        }
+    }
+    d = kept;
+    d
+}
+
+fn copy_side_data(stream: &mut format::stream::StreamMut<'_>, kind: ffi::AVPacketSideDataType, data: &[u8]) {
+    // SAFETY: av_stream_new_side_data allocates `len` bytes owned by the stream, which we fill.
+    unsafe {
+        let dst = ffi::av_stream_new_side_data(stream.as_mut_ptr(), kind, data.len());
+        if !dst.is_null() {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+        }
+    }
+}
+
+/// Removes a temporary file unless disarmed.
+struct Guard(Option<PathBuf>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl FrameSink for MediaSink {
+    fn write(&mut self, mat: &Mat) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (mat.cols(), mat.rows()) == self.source_size && mat.typ() == CV_8UC3 && mat.is_continuous(),
+            "frame of {}x{} for a {}x{} video",
+            mat.cols(),
+            mat.rows(),
+            self.source_size.0,
+            self.source_size.1
+        );
+        let mut packets = Vec::new();
+        let pts = self.side.take_until_frame(&mut packets).flatten();
+        for packet in packets {
+            self.write_side(packet)?;
+        }
+        // The input's timestamp, in the encoder's time base; strictly increasing, as encoders
+        // require (a frame without one follows the last by a frame's duration).
+        let mut pts = match pts {
+            Some(p) => p.rescale(self.input_tb, self.encoder_tb),
+            None => self.last_pts.map_or(0, |l| l + self.frame_step),
+        };
+        if let Some(last) = self.last_pts
+            && pts <= last
+        {
+            pts = last + 1;
+        }
+        self.last_pts = Some(pts);
+        // SAFETY: makes the frame's buffers ours alone (the encoder may still hold the last
+        // ones) before the conversion writes into them.
+        let writable = unsafe { ffi::av_frame_make_writable(self.frame.as_mut_ptr()) };
+        anyhow::ensure!(writable >= 0, "out of memory for a frame");
+        self.scaler.encode_from(mat, &mut self.frame);
+        self.frame.set_pts(Some(pts));
+        self.encoder.send_frame(&self.frame).map_err(|e| write_error(&self.shown, e, self.written))?;
+        self.written += 1;
+        self.drain_encoder()?;
+        Ok(())
+    }
+}
+
+impl Drop for MediaSink {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Some((temp, _)) = &self.files
+        {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_path_is_hidden_and_keeps_the_extension() {
+        let t = temp_path(Path::new("/tmp/dir/out.mp4"));
+        let name = t.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with(".out.mp4.vpd-partial-"), "{name}");
+        assert!(name.ends_with(".mp4"), "{name}");
+        assert_eq!(t.parent().unwrap(), Path::new("/tmp/dir"));
+    }
+
+    #[test]
+    fn output_equal_to_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.mp4");
+        std::fs::write(&input, b"x").unwrap();
+        let err = check_output_path(&input, &dir.path().join("./in.mp4")).unwrap_err();
+        assert!(matches!(err, MediaError::OutputIsInput(_)), "{err}");
+        // A hard link is the same file under another name.
+        let link = dir.path().join("link.mp4");
+        std::fs::hard_link(&input, &link).unwrap();
+        assert!(matches!(check_output_path(&input, &link), Err(MediaError::OutputIsInput(_))));
+        assert!(check_output_path(&input, &dir.path().join("out.mp4")).is_ok());
+        assert!(matches!(check_output_path(&input, dir.path()), Err(MediaError::Unwritable { .. })));
+        assert_eq!(check_output_path(&input, Path::new("-")).unwrap(), Path::new("-"));
+    }
+
+    #[test]
+    fn an_output_in_a_missing_or_unusable_directory_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.mp4");
+        std::fs::write(&input, b"x").unwrap();
+        let err = check_output_path(&input, Path::new("/nonexistent/x.mp4")).unwrap_err();
+        assert_eq!(err.to_string(), "cannot write /nonexistent/x.mp4: the directory /nonexistent does not exist");
+        let err = check_output_path(&input, &input.join("x.mp4")).unwrap_err();
+        assert!(err.to_string().ends_with("in.mp4 is not a directory"), "{err}");
+        // A bare file name is written in the current directory.
+        assert_eq!(check_output_path(&input, Path::new("out.mp4")).unwrap(), Path::new("out.mp4"));
+    }
+
+    #[test]
+    fn a_symlinked_output_is_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.mp4");
+        std::fs::write(&input, b"x").unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        // A relative link, to a file that does not exist yet.
+        std::os::unix::fs::symlink("real/out.mp4", dir.path().join("link.mp4")).unwrap();
+        assert_eq!(check_output_path(&input, &dir.path().join("link.mp4")).unwrap(), dir.path().join("real/out.mp4"));
+        // A link to the input is still the input.
+        std::os::unix::fs::symlink(&input, dir.path().join("to-input.mp4")).unwrap();
+        assert!(matches!(
+            check_output_path(&input, &dir.path().join("to-input.mp4")),
+            Err(MediaError::OutputIsInput(_))
+        ));
+        // A loop is an error, not a hang.
+        std::os::unix::fs::symlink("b.mp4", dir.path().join("a.mp4")).unwrap();
+        std::os::unix::fs::symlink("a.mp4", dir.path().join("b.mp4")).unwrap();
+        let err = check_output_path(&input, &dir.path().join("a.mp4")).unwrap_err();
+        assert!(err.to_string().contains("symbolic links"), "{err}");
+    }
+
+    #[test]
+    fn os_errors_are_printed_once() {
+        let err = MediaError::Unwritable { path: "/x".into(), cause: std::io::Error::from_raw_os_error(libc::ENOENT) };
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn odd_sizes_are_kept_where_the_format_allows() {
+        let out = Path::new("o.mkv");
+        assert_eq!(even_where_needed(Pixel::YUV420P, 641, 361, out), (640, 360));
+        assert_eq!(even_where_needed(Pixel::YUV444P, 641, 361, out), (641, 361));
+        assert_eq!(even_where_needed(Pixel::BGRZ, 641, 361, out), (641, 361));
+        assert_eq!(even_where_needed(Pixel::YUV422P, 641, 361, out), (640, 361));
+    }
+}

@@ -1,0 +1,276 @@
+//! Decoding the input's video into BGR frames, and queueing everything else for the sink.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ffmpeg_next::codec::threading;
+use ffmpeg_next::format::Pixel;
+use ffmpeg_next::util::color;
+use ffmpeg_next::{Packet, Rational, decoder, format, frame, media};
+use opencv::core::{CV_8UC3, Mat};
+use tracing::warn;
+
+use super::convert::{Colour, Scaler};
+use super::side::SideQueue;
+use super::{MediaError, STDIO, VideoInfo};
+use crate::pipeline::FrameSource;
+
+/// Frame rate assumed when the container gives none (or nonsense).
+const FALLBACK_FPS: f64 = 25.0;
+
+/// Checks that `path` can be read as a stream: a readable, non-empty regular file (its size is
+/// returned), a named pipe, or `-` (standard input).
+pub fn check_input(path: &Path) -> Result<Option<u64>, MediaError> {
+    if path == Path::new(STDIO) {
+        return Ok(None);
+    }
+    let io = |cause| MediaError::Io { path: path.to_path_buf(), cause };
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => MediaError::NotFound(path.to_path_buf()),
+        _ => io(e),
+    })?;
+    if meta.file_type().is_fifo() {
+        return Ok(None);
+    }
+    if !meta.is_file() {
+        return Err(MediaError::NotAFile(path.to_path_buf()));
+    }
+    if meta.len() == 0 {
+        return Err(MediaError::EmptyFile(path.to_path_buf()));
+    }
+    // FFmpeg reports an unreadable file as "cannot open"; the OS says why.
+    File::open(path).map_err(io)?;
+    Ok(Some(meta.len()))
+}
+
+/// An input being decoded, frame by frame.
+pub struct MediaSource {
+    path: PathBuf,
+    pub(super) input: format::context::Input,
+    pub(super) video: usize,
+    decoder: decoder::Video,
+    pub(super) time_base: Rational,
+    info: VideoInfo,
+    pub(super) colour: Colour,
+    pub(super) primaries: color::Primaries,
+    pub(super) transfer: color::TransferCharacteristic,
+    pub(super) aspect_ratio: Rational,
+    /// Input streams whose packets are queued for the sink.
+    pub(super) copied: Vec<bool>,
+    pub(super) side: Arc<SideQueue>,
+    scaler: Option<Scaler>,
+    /// Frames decoded but not handed out yet.
+    ready: VecDeque<Mat>,
+    decoded: u64,
+    /// The end the container announces for the video, in seconds from its first frame.
+    expected_end: Option<f64>,
+    /// The latest frame timestamp decoded, in the stream's time base.
+    last_pts: Option<i64>,
+    first_pts: Option<i64>,
+    ended: bool,
+    warned_resize: bool,
+}
+
+impl MediaSource {
+    /// Opens `path` (`-` for standard input) and decodes its first frame, so that an input with
+    /// no usable video fails here, before any work starts.
+    pub fn open(path: &Path) -> Result<Self, MediaError> {
+        super::init();
+        check_input(path)?;
+        let url = if path == Path::new(STDIO) { PathBuf::from("pipe:0") } else { path.to_path_buf() };
+        let input = format::input(&url).map_err(|_| MediaError::NotAVideo(path.to_path_buf()))?;
+        let stream =
+            input.streams().best(media::Type::Video).ok_or_else(|| MediaError::NoVideoStream(path.to_path_buf()))?;
+        let video = stream.index();
+        let time_base = stream.time_base();
+        let mut context =
+            ffmpeg_next::codec::context::Context::from_parameters(stream.parameters()).map_err(|error| {
+                MediaError::Ffmpeg { path: path.to_path_buf(), what: "reading the video stream", error }
+            })?;
+        // Frame and slice threads, as many as FFmpeg sees fit: one thread halves H.264 decoding.
+        context.set_threading(threading::Config { kind: threading::Type::Frame, ..Default::default() });
+        let codec_name = context.id().name().to_string();
+        let decoder = context
+            .decoder()
+            .video()
+            .map_err(|_| MediaError::Undecodable { path: path.to_path_buf(), codec: codec_name })?;
+        let fps = [stream.avg_frame_rate(), stream.rate()]
+            .into_iter()
+            .map(f64::from)
+            .find(|f| f.is_finite() && (0.1..=1000.0).contains(f))
+            .unwrap_or_else(|| {
+                warn!(path = %path.display(), "the container gives no usable frame rate; assuming {FALLBACK_FPS} fps");
+                FALLBACK_FPS
+            });
+        // Where the video should end, for telling a truncated file: the stream's duration, or
+        // the container's. (Frame counts can be estimates; durations hold for variable rates.)
+        let expected_end = if stream.duration() > 0 {
+            Some(stream.duration() as f64 * f64::from(time_base))
+        } else if input.duration() > 0 {
+            Some(input.duration() as f64 / f64::from(ffmpeg_next::ffi::AV_TIME_BASE))
+        } else {
+            None
+        };
+        let frame_count = match stream.frames() {
+            n if n > 0 => Some(n as u64),
+            _ if stream.duration() > 0 => Some((stream.duration() as f64 * f64::from(time_base) * fps).round() as u64),
+            _ if input.duration() > 0 => {
+                Some((input.duration() as f64 / f64::from(ffmpeg_next::ffi::AV_TIME_BASE) * fps).round() as u64)
+            }
+            _ => None,
+        }
+        .filter(|n| *n > 0);
+        let colour = Colour { space: decoder.color_space(), range: decoder.color_range() };
+        let (primaries, transfer) = (decoder.color_primaries(), decoder.color_transfer_characteristic());
+        let aspect_ratio = decoder.aspect_ratio();
+        let info = VideoInfo { width: decoder.width() as i32, height: decoder.height() as i32, fps, frame_count };
+        if info.width <= 0 || info.height <= 0 {
+            return Err(MediaError::NoFrames(path.to_path_buf()));
+        }
+        let copied = input.streams().map(|s| s.index() != video && copyable(s.parameters().medium())).collect();
+        let mut source = MediaSource {
+            path: path.to_path_buf(),
+            input,
+            video,
+            decoder,
+            time_base,
+            info,
+            colour,
+            primaries,
+            transfer,
+            aspect_ratio,
+            copied,
+            side: Arc::new(SideQueue::default()),
+            scaler: None,
+            ready: VecDeque::new(),
+            decoded: 0,
+            expected_end,
+            last_pts: None,
+            first_pts: None,
+            ended: false,
+            warned_resize: false,
+        };
+        source.fill()?;
+        if source.ready.is_empty() {
+            return Err(MediaError::NoFrames(path.to_path_buf()));
+        }
+        Ok(source)
+    }
+
+    /// The stream's size, rate and announced length.
+    pub fn info(&self) -> VideoInfo {
+        self.info
+    }
+
+    /// Demuxes and decodes until at least one frame is ready or the input ends.
+    fn fill(&mut self) -> Result<(), MediaError> {
+        while self.ready.is_empty() && !self.ended {
+            // A fresh packet each time: av_read_frame does not release what a packet held.
+            let mut packet = Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) => {}
+                Err(ffmpeg_next::Error::Eof) => {
+                    let _ = self.decoder.send_eof();
+                    self.receive()?;
+                    self.ended = true;
+                    break;
+                }
+                // A damaged packet: skip it, as FFmpeg does; a truncation shows as missing frames.
+                Err(_) => continue,
+            }
+            let index = packet.stream();
+            if index == self.video {
+                if self.decoder.send_packet(&packet).is_ok() {
+                    self.receive()?;
+                }
+            } else if self.copied.get(index).copied().unwrap_or(false) {
+                self.side
+                    .push_packet(packet)
+                    .map_err(|e| MediaError::Io { path: self.path.clone(), cause: std::io::Error::other(e) })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every frame the decoder has ready.
+    fn receive(&mut self) -> Result<(), MediaError> {
+        let mut decoded = frame::Video::empty();
+        while self.decoder.receive_frame(&mut decoded).is_ok() {
+            let mat = self.convert(&decoded)?;
+            let pts = decoded.timestamp();
+            if let Some(p) = pts {
+                self.first_pts.get_or_insert(p);
+                self.last_pts = Some(self.last_pts.map_or(p, |l| l.max(p)));
+            }
+            self.side.push_frame(pts);
+            self.ready.push_back(mat);
+        }
+        Ok(())
+    }
+
+    /// The frame as 8-bit BGR at the stream's first size, converted straight into a new `Mat`.
+    fn convert(&mut self, decoded: &frame::Video) -> Result<Mat, MediaError> {
+        let (w, h) = (self.info.width as u32, self.info.height as u32);
+        if (decoded.width(), decoded.height()) != (w, h) && !self.warned_resize {
+            warn!(path = %self.path.display(), frame = self.decoded, "frame size changed mid-stream; scaling to the first frame's size");
+            self.warned_resize = true;
+        }
+        let src = (decoded.format(), decoded.width(), decoded.height());
+        let dst = (Pixel::BGR24, w, h);
+        if !self.scaler.as_ref().is_some_and(|s| s.fits(src, dst)) {
+            let scaler = Scaler::new(src, dst, self.colour).map_err(|error| MediaError::Ffmpeg {
+                path: self.path.clone(),
+                what: "converting frames to BGR",
+                error,
+            })?;
+            self.scaler = Some(scaler);
+        }
+        // SAFETY: every byte of the new Mat is written by the conversion just below.
+        let mut mat = unsafe { Mat::new_rows_cols(h as i32, w as i32, CV_8UC3)? };
+        self.scaler.as_mut().expect("made above").decode_into(decoded, &mut mat)?;
+        Ok(mat)
+    }
+
+    /// At the end of the stream: an error if the video stopped well before the end the
+    /// container announces (by time, so that variable frame rates are judged right).
+    fn check_complete(&self) -> Result<(), MediaError> {
+        let (Some(expected), Some(first), Some(last)) = (self.expected_end, self.first_pts, self.last_pts) else {
+            return Ok(());
+        };
+        // The last frame starts one frame before the end; allow two frames and 2 % for
+        // containers whose durations are rounded or estimated. A truncated file falls far shorter.
+        let reached = (last - first) as f64 * f64::from(self.time_base) + 1.0 / self.info.fps;
+        if reached + 2.0 / self.info.fps < expected * 0.98 {
+            return Err(MediaError::Truncated { path: self.path.clone(), decoded: self.decoded, reached, expected });
+        }
+        Ok(())
+    }
+}
+
+/// Streams copied to the output besides the video: audio, subtitles and data (attachments
+/// and further video streams are not).
+fn copyable(medium: media::Type) -> bool {
+    matches!(medium, media::Type::Audio | media::Type::Subtitle | media::Type::Data)
+}
+
+impl FrameSource for MediaSource {
+    fn next_frame(&mut self) -> anyhow::Result<Option<Mat>> {
+        if self.ready.is_empty() {
+            self.fill()?;
+        }
+        match self.ready.pop_front() {
+            Some(frame) => {
+                self.decoded += 1;
+                Ok(Some(frame))
+            }
+            None => {
+                self.check_complete()?;
+                Ok(None)
+            }
+        }
+    }
+}
