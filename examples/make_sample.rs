@@ -2,14 +2,22 @@
 //! the astronaut portrait glides across the rocket-launch photo while a ball bounces around,
 //! so `edges` has structure, `faces` a real face and `motion` two moving things.
 //!
+//! The video is encoded by vpd's own writer (H.264); then FFmpeg's command line adds an audio
+//! track it generates: a 440 Hz tone with an 880 Hz beep each second, AAC, so that `make run`
+//! shows the audio being kept.
+//!
 //! `cargo run --release --example make_sample [OUT]` (see assets/README.md).
+
+use std::path::Path;
+use std::process::Command;
 
 use anyhow::{Context, ensure};
 use opencv::core::{Mat, Point, Rect, Scalar, Size};
 use opencv::imgcodecs;
 use opencv::imgproc;
 use opencv::prelude::*;
-use opencv::videoio::VideoWriter;
+use vpd::media::{MediaSink, OutputOptions};
+use vpd::pipeline::FrameSink;
 
 const WIDTH: i32 = 960;
 const HEIGHT: i32 = 540;
@@ -33,9 +41,9 @@ fn main() -> anyhow::Result<()> {
         imgproc::INTER_AREA,
     )?;
 
-    let fourcc = VideoWriter::fourcc('a', 'v', 'c', '1')?;
-    let mut writer = VideoWriter::new(&out, fourcc, FPS, Size::new(WIDTH, HEIGHT), true)?;
-    ensure!(writer.is_opened()?, "cannot open an H.264 encoder for {out}");
+    let video_only = format!("{out}.video.mp4");
+    let options = OutputOptions { preset: Some("slow".into()), crf: Some(26), ..OutputOptions::default() };
+    let mut writer = MediaSink::for_frames(Path::new(&video_only), &options, WIDTH as u32, HEIGHT as u32, FPS)?;
 
     let frames = (FPS * SECONDS) as i32;
     let (mut bx, mut by, mut vx, mut vy) = (120, 100, 7, 5);
@@ -88,8 +96,17 @@ fn main() -> anyhow::Result<()> {
         )?;
         writer.write(&frame)?;
     }
-    writer.release()?;
-    println!("wrote {out}: {frames} frames, {WIDTH}x{HEIGHT} at {FPS} fps");
+    writer.finish()?;
+    let tone = format!("sine=frequency=440:beep_factor=2:sample_rate=48000:duration={SECONDS}");
+    let muxed = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i", &video_only, "-f", "lavfi", "-i", &tone])
+        .args(["-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-ac", "1"])
+        .args(["-metadata:s:a:0", "language=eng", "-movflags", "+faststart", "-shortest", &out])
+        .status()
+        .context("running ffmpeg (Debian package ffmpeg) to add the audio track")?;
+    std::fs::remove_file(&video_only)?;
+    ensure!(muxed.success(), "ffmpeg could not add the audio track");
+    println!("wrote {out}: {frames} frames, {WIDTH}x{HEIGHT} at {FPS} fps, with a {SECONDS} s tone");
     Ok(())
 }
 
