@@ -37,9 +37,10 @@ lint:
 ## Criterion benchmarks of each filter and codec, vpd run against ffmpeg, distributed against vpd run,
 ## a server's memory across jobs per allocator.
 bench: deps rabbitmq
-	$(CARGO) bench --locked --bench filters --bench codecs
-	scripts/bench-e2e.sh 5 sample
-	scripts/bench-e2e.sh 5 testsrc2
+	$(CARGO) bench --locked --bench filters --bench codecs --bench convert
+	scripts/bench-e2e.sh 5 sample 720
+	scripts/bench-e2e.sh 5 testsrc2 720
+	scripts/bench-e2e.sh 3 sample 1080
 	scripts/bench-distributed.sh 3
 	scripts/bench-server-memory.sh 24 3
 
