@@ -131,6 +131,24 @@ fn the_default_output_is_h264_with_the_audio_copied_byte_for_byte() {
 }
 
 #[test]
+fn audio_a_container_cannot_hold_is_re_encoded_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip_with_tone(dir.path());
+    let output = dir.path().join("out.webm");
+    let r =
+        run(&["run", input.to_str().unwrap(), "-f", "blur", "-o", output.to_str().unwrap(), "--codec", "vp9", "-q"]);
+    assert!(stderr(&r).contains("a webm file cannot hold stream #1 (aac): re-encoding it"), "{}", stderr(&r));
+    let v = probe(&output, "stream=codec_name,nb_read_frames:format=duration");
+    let streams = v["streams"].as_array().unwrap();
+    assert_eq!((streams[0]["codec_name"].as_str(), streams[1]["codec_name"].as_str()), (Some("vp9"), Some("opus")));
+    let duration: f64 = v["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!((duration - 2.0).abs() <= 0.04, "{duration}");
+    // The audio decodes, all of it: 2 s of Opus is 100 frames of 20 ms (one more for the padding).
+    let opus_frames: u64 = streams[1]["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    assert!((100..=101).contains(&opus_frames), "{opus_frames}");
+}
+
+#[test]
 fn a_variable_frame_rate_keeps_every_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("vfr.mkv");

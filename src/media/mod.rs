@@ -12,13 +12,14 @@
 //!
 //! [`MediaSource`] decodes the input's best video stream into 8-bit BGR frames, converted once,
 //! straight into each frame's buffer. Every other stream's packets, and each frame's
-//! presentation timestamp, go into a [`side::SideQueue`] in demux order; [`MediaSink`], on the
+//! presentation timestamp, go into a side queue (`side::SideQueue`) in demux order; [`MediaSink`], on the
 //! writer thread, takes them from there in step with the frames it writes. So timestamps
 //! (variable frame rates too) and audio reach the output untouched whatever the pipeline did
 //! in between, from a file or a pipe alike. The sink encodes (H.264 by default), copies the
 //! rest, keeps metadata, chapters, rotation and the colour description, and writes a file
 //! that appears at its path only when complete.
 
+mod audio;
 mod codec;
 pub mod convert;
 mod side;

@@ -17,6 +17,7 @@ use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 use tracing::{info, warn};
 
+use super::audio::AudioTranscoder;
 use super::codec::{OutputOptions, check_output, container_holds};
 use super::convert::{Colour, Scaler};
 use super::side::SideQueue;
@@ -133,6 +134,9 @@ struct Copied {
     output: usize,
     from: Rational,
     to: Rational,
+    /// Re-encoded on the way (the container cannot hold its codec); `from` is then the
+    /// encoder's time base.
+    transcoder: Option<Box<AudioTranscoder>>,
 }
 
 /// The output being written.
@@ -333,15 +337,40 @@ impl MediaSink {
             }
             let id = stream.parameters().id();
             if !container_holds(&muxer, id) {
+                // Audio the container cannot hold is re-encoded to the container's own audio
+                // codec (AAC into WebM becomes Opus); anything else is left out. Either way,
+                // say so, naming the stream.
+                let target = muxer.codec(&PathBuf::from("x"), ffmpeg_next::media::Type::Audio);
+                let transcoder =
+                    if stream.parameters().medium() == ffmpeg_next::media::Type::Audio && target != codec::Id::None {
+                        AudioTranscoder::new(&stream, target, global_header).ok().flatten()
+                    } else {
+                        None
+                    };
+                let Some(transcoder) = transcoder else {
+                    warn!("a {} file cannot hold stream #{index} ({}); it is left out", muxer.name(), id.name());
+                    copied.push(None);
+                    continue;
+                };
                 warn!(
-                    stream = index,
-                    codec = id.name(),
-                    container = muxer.name(),
-                    "a {} file cannot hold stream #{index} ({}); it is left out",
+                    "a {} file cannot hold stream #{index} ({}): re-encoding it ({})",
                     muxer.name(),
-                    id.name()
+                    id.name(),
+                    transcoder.describe
                 );
-                copied.push(None);
+                let mut ost = output
+                    .add_stream(encoder::find(codec::Id::None))
+                    .map_err(ffmpeg_error(&shown, "adding a stream"))?;
+                ost.set_parameters(transcoder.encoder());
+                let tb = transcoder.encoder().time_base();
+                ost.set_time_base(tb);
+                ost.set_metadata(stream.metadata().to_owned());
+                copied.push(Some(Copied {
+                    output: ost.index(),
+                    from: tb,
+                    to: tb,
+                    transcoder: Some(Box::new(transcoder)),
+                }));
                 continue;
             }
             let mut ost =
@@ -351,7 +380,12 @@ impl MediaSink {
             unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
             ost.set_time_base(stream.time_base());
             ost.set_metadata(stream.metadata().to_owned());
-            copied.push(Some(Copied { output: ost.index(), from: stream.time_base(), to: stream.time_base() }));
+            copied.push(Some(Copied {
+                output: ost.index(),
+                from: stream.time_base(),
+                to: stream.time_base(),
+                transcoder: None,
+            }));
         }
         if let Some(source) = source {
             output.set_metadata(without_encoder(source.input.metadata().to_owned()));
@@ -406,12 +440,27 @@ impl MediaSink {
         self.size
     }
 
-    fn write_side(&mut self, mut packet: Packet) -> Result<(), MediaError> {
-        let Some(Some(c)) = self.copied.get(packet.stream()) else { return Ok(()) };
-        packet.rescale_ts(c.from, c.to);
-        packet.set_stream(c.output);
-        packet.set_position(-1);
-        packet.write_interleaved(&mut self.output).map_err(|e| write_error(&self.shown, e, self.written))
+    fn write_side(&mut self, packet: Packet) -> Result<(), MediaError> {
+        let index = packet.stream();
+        let Some(Some(c)) = self.copied.get_mut(index) else { return Ok(()) };
+        let packets = match c.transcoder.as_mut() {
+            Some(t) => t.transcode(Some(&packet)).map_err(ffmpeg_error(&self.shown, "re-encoding audio"))?,
+            None => vec![packet],
+        };
+        self.write_packets(index, packets)
+    }
+
+    /// Writes packets of input stream `index`'s output stream.
+    fn write_packets(&mut self, index: usize, packets: Vec<Packet>) -> Result<(), MediaError> {
+        let Some(Some(c)) = self.copied.get(index) else { return Ok(()) };
+        let (from, to, output) = (c.from, c.to, c.output);
+        for mut packet in packets {
+            packet.rescale_ts(from, to);
+            packet.set_stream(output);
+            packet.set_position(-1);
+            packet.write_interleaved(&mut self.output).map_err(|e| write_error(&self.shown, e, self.written))?;
+        }
+        Ok(())
     }
 
     fn drain_encoder(&mut self) -> Result<(), MediaError> {
@@ -439,6 +488,14 @@ impl MediaSink {
         self.side.take_rest(&mut rest);
         for packet in rest {
             self.write_side(packet)?;
+        }
+        // What the audio encoders still hold.
+        for index in 0..self.copied.len() {
+            let flushed = match self.copied[index].as_mut().and_then(|c| c.transcoder.as_mut()) {
+                Some(t) => t.transcode(None).map_err(ffmpeg_error(&self.shown, "re-encoding audio"))?,
+                None => continue,
+            };
+            self.write_packets(index, flushed)?;
         }
         self.output.write_trailer().map_err(|e| write_error(&self.shown, e, self.written))?;
         if self.packets < self.written {
