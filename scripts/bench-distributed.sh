@@ -4,7 +4,9 @@
 #     on the same 300-frame 720p clip, for edges and faces, in interleaved rounds (median, and the
 #     median of per-round ratios);
 #  2. bytes per frame on the wire for each transport encoding (edges);
-#  3. the server's peak RSS for a 300-frame and a 3000-frame job.
+#  3. the server's peak RSS for a 300-frame and a 3000-frame job;
+#  4. the server's CPU time per frame of an edges job (decode, transport, encode: the filters run
+#     on the workers).
 # Usage: scripts/bench-distributed.sh [ROUNDS] [CONCURRENCY]: ROUNDS default 3; CONCURRENCY of each
 # worker, default the number of cores (vpd worker's own default). Needs RabbitMQ (make rabbitmq).
 set -euo pipefail
@@ -108,3 +110,17 @@ for n in 300 3000; do
   printf '%5s frames: %s\n' "$n" "$(awk '/VmHWM/ { printf "%.0f MB", $2 / 1024 }' "/proc/$server_pid/status")"
   stop_server
 done
+
+echo
+echo "server CPU per frame, edges through the 2 workers (user + system time of the server process)"
+start_server
+hz=$(getconf CLK_TCK)
+ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
+for ((r = 1; r <= rounds; r++)); do
+  before=$(ticks)
+  "$vpd" client "$work/clip300.mp4" --server "$server_addr" -f edges -o "$out/cpu.mp4" -q
+  after=$(ticks)
+  printf '%.2f ms ' "$(awk -v a="$before" -v b="$after" -v hz="$hz" 'BEGIN { print (b - a) / hz / 300 * 1000 }')"
+done
+echo
+stop_server

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ffmpeg_next::codec::{self, threading};
+use ffmpeg_next::codec;
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
 use ffmpeg_next::{Dictionary, Packet, Rational, Rescale, encoder, ffi, format, frame};
@@ -249,10 +249,7 @@ impl MediaSink {
         let global_header = output.format().flags().contains(format::Flags::GLOBAL_HEADER);
 
         let mut context = codec::context::Context::new_with_codec(codec);
-        // Frame threads where the encoder has them (x264), slices where it has those (FFV1):
-        // FFmpeg's default of one thread halves x264's speed.
-        let kind = if options.codec.lossless() { threading::Type::Slice } else { threading::Type::Frame };
-        context.set_threading(threading::Config { kind, ..Default::default() });
+        super::all_threads(&mut context);
         let mut video = context.encoder().video().map_err(ffmpeg_error(&shown, "setting up the encoder"))?;
         video.set_width(size.0);
         video.set_height(size.1);

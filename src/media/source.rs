@@ -7,7 +7,6 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ffmpeg_next::codec::threading;
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
 use ffmpeg_next::{Packet, Rational, decoder, format, frame, media};
@@ -91,8 +90,7 @@ impl MediaSource {
             ffmpeg_next::codec::context::Context::from_parameters(stream.parameters()).map_err(|error| {
                 MediaError::Ffmpeg { path: path.to_path_buf(), what: "reading the video stream", error }
             })?;
-        // Frame and slice threads, as many as FFmpeg sees fit: one thread halves H.264 decoding.
-        context.set_threading(threading::Config { kind: threading::Type::Frame, ..Default::default() });
+        super::all_threads(&mut context);
         let codec_name = context.id().name().to_string();
         let decoder = context
             .decoder()
