@@ -16,7 +16,7 @@ use crate::pipeline::PipelineError;
 use crate::progress::print_summary;
 
 /// glibc malloc arenas (`M_ARENA_MAX`): see `tune_process`.
-const ALLOCATOR_ARENAS: i32 = 2;
+const ALLOCATOR_ARENAS: i32 = 1;
 
 /// Exit status after an interrupt, as shells report a process killed by SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -133,9 +133,11 @@ fn tune_process() -> anyhow::Result<()> {
     // Frames are also freed on other threads than the ones that allocated them, and glibc
     // gives every thread that meets contention an arena of its own (up to 8 per core): a
     // server's memory grew with each job, to 1.47x the first job's RSS after 24, as frames
-    // were spread over more and more arenas. Two arenas hold it to 1.25x at the same speed,
-    // and did as well as linking jemalloc or mimalloc in (BENCHMARKS.md, "Server memory
-    // across jobs").
+    // were spread over more and more arenas. Two arenas held it to 1.25x; with FFmpeg's
+    // decoder and encoder threads (issue 8) the footprint between jobs still swung by 50 MB
+    // with two, and is flat with one (92 MB over 24 jobs), at the same speed (BENCHMARKS.md,
+    // "Server memory across jobs"). Allocations are a few per frame against milliseconds of
+    // work per frame: one arena's lock is not contended.
     // SAFETY: mallopt only adjusts allocator parameters; no pointer is involved.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ALLOCATOR_ARENAS);

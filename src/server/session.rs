@@ -288,8 +288,10 @@ where
         }
     };
     job_token.cancel(); // ends the stop's waiting task
-    // The job's frames, encoder and decoder are gone: their memory goes back to the system.
-    tokio::task::spawn_blocking(crate::job::release_freed_memory);
+    // The job's frames, encoder and decoder are gone: their memory goes back to the system,
+    // before the client hears the job ended (a few milliseconds), so the server's footprint
+    // between jobs is what a client or an operator sees.
+    let _ = tokio::task::spawn_blocking(crate::job::release_freed_memory).await;
     let Finished { summary, latency } = match outcome {
         Ok(finished) => finished,
         Err(PipelineError::Cancelled) => {
