@@ -155,8 +155,17 @@ fn a_frozen_worker_is_routed_around() {
             |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 4),
         );
         // Alive to RabbitMQ (its connection stays open) but doing nothing: only the server's
-        // re-dispatch can finish the frames it holds.
-        signal(&frozen.child.0, libc::SIGSTOP);
+        // re-dispatch can finish the frames it holds. It must hold some when it freezes: with
+        // a broker beside us, ask it, and try again at the next frames if it held none.
+        let tasks = ns.topology().tasks();
+        for _ in 0..20 {
+            signal(&frozen.child.0, libc::SIGSTOP);
+            if unacked(&tasks).is_none_or(|n| n > 0) {
+                break;
+            }
+            signal(&frozen.child.0, libc::SIGCONT);
+            events.wait_for(Duration::from_secs(60), "progress", |e| matches!(e, JobEvent::Progress { .. }));
+        }
         healthy = Some(Worker::start(&ns, 2));
         job.join().unwrap()
     });

@@ -1,7 +1,6 @@
 //! Media through FFmpeg's libraries (issue 8): real files made by FFmpeg's command line,
 //! processed by `vpd run` (and the server), checked with ffprobe and decoded frame by frame.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -438,16 +437,4 @@ fn run_and_server_with_workers_give_the_same_h264_frames() {
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(max_diff(x, y), 0.0, "frame {i} differs between vpd run and the distributed path");
     }
-    // x264's own output is deterministic too: the same bytes of video.
-    let md5 = |p: &Path| {
-        let o = Command::new("ffmpeg")
-            .args(["-v", "error", "-i"])
-            .arg(p)
-            .args(["-map", "0:v", "-c", "copy", "-f", "md5", "-"])
-            .output()
-            .unwrap();
-        String::from_utf8(o.stdout).unwrap()
-    };
-    assert_eq!(md5(&local), md5(&remote));
-    let _ = std::io::stderr().flush();
 }

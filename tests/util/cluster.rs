@@ -247,6 +247,21 @@ pub fn can_cut_connections() -> bool {
     std::process::Command::new("rabbitmqctl").arg("help").output().is_ok()
 }
 
+/// Messages of `queue` delivered to a consumer and not yet acknowledged, as the broker counts
+/// them (`None` without `rabbitmqctl`, i.e. a remote broker).
+pub fn unacked(queue: &str) -> Option<u32> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split_once(char::is_whitespace).filter(|(name, _)| *name == queue).map(|(_, n)| n.trim().to_string())
+        })
+        .and_then(|n| n.parse().ok())
+}
+
 /// Closes, from the broker's side as a broker restart would, the connection that the vpd role
 /// `role` (`vpd-server`, `vpd-preview`, …) in process `pid` opened.
 pub fn cut_connection(role: &str, pid: u32) {
