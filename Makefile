@@ -31,6 +31,7 @@ test: deps rabbitmq lint
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --quiet
 
 lint:
+	scripts/check-layers.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets --quiet -- -D warnings
 

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::ServerAddr;
 use crate::filters::Chain;
 use crate::media::VideoCodec;
+use crate::net::ServerAddr;
 use crate::protocol::wire::TransportEncoding;
 
 /// vpd: split a video into frames, filter them in parallel, reassemble the result in order.

@@ -18,9 +18,10 @@ use clap::error::ErrorKind;
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
 use crate::cli::OutputArgs;
 use crate::cli::{Cli, ClientArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
-use crate::client::{ClientConfig, ServerAddr};
+use crate::client::ClientConfig;
 use crate::filters::{Chain, FilterEnv};
 use crate::media::{OutputOptions, VideoCodec};
+use crate::net::ServerAddr;
 use crate::preview::PreviewConfig;
 use crate::protocol::message::Token;
 use crate::protocol::wire::TransportEncoding;
@@ -250,7 +251,7 @@ impl FileConfig {
             concurrency: a.concurrency.or(f.concurrency).unwrap_or_else(default_workers),
             topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?),
             filter_env: self.filter_env(a.face_cascade),
-            id: crate::worker::worker_id(),
+            id: crate::metrics::WorkerId::this_process().to_string(),
             metrics: a.metrics.or(f.metrics),
         })
     }

@@ -12,18 +12,22 @@
 //! - [`job`]: one file through the pipeline into another (run and server share it).
 //! - [`broker`]: RabbitMQ (the only lapin user): topology, confirmed publishing, consumers.
 //! - [`cancel`]: a cancellation signal blocking threads can select on.
-//! - [`net`]: listening sockets; [`preview::http`]: the dashboard, `/metrics` and `/healthz`.
+//! - [`net`]: listening sockets and server addresses; [`http`]: the one HTTP server (dashboard,
+//!   `/metrics`, `/healthz`) every serving role uses; [`board`]: job views fed by events, for the
+//!   server's and the preview's dashboards.
 //! - Roles: [`run`], [`server`], [`worker`], [`client`], [`preview`].
 
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod board;
 pub mod broker;
 pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod filters;
+pub mod http;
 pub mod job;
 pub mod media;
 pub mod metrics;

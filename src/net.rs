@@ -1,10 +1,13 @@
 //! Listening sockets every serving role uses: TCP on one dual-stack socket (the server's
-//! clients, the dashboard, `/metrics`), and a Unix socket for same-host clients.
+//! clients, the dashboard, `/metrics`), and a Unix socket for same-host clients; and
+//! [`ServerAddr`], how clients name a server.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -66,9 +69,56 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixSocket> {
     Ok(socket)
 }
 
+/// Where the server listens: `HOST:PORT`, `[IPV6]:PORT` or `unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// A TCP address (name or IP, and port).
+    Tcp(String),
+    /// A Unix socket.
+    Unix(PathBuf),
+}
+
+impl FromStr for ServerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return if path.is_empty() {
+                Err("unix: needs a socket path".into())
+            } else {
+                Ok(ServerAddr::Unix(path.into()))
+            };
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(ServerAddr::Tcp(s.to_string())),
+            _ => Err(format!("'{s}' is not HOST:PORT, [IPV6]:PORT or unix:PATH")),
+        }
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => f.write_str(a),
+            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_addresses_parse() {
+        assert_eq!("127.0.0.1:9000".parse(), Ok(ServerAddr::Tcp("127.0.0.1:9000".into())));
+        assert_eq!("[::1]:9000".parse(), Ok(ServerAddr::Tcp("[::1]:9000".into())));
+        assert_eq!("render-1.lan:9000".parse(), Ok(ServerAddr::Tcp("render-1.lan:9000".into())));
+        assert_eq!("unix:/run/vpd/vpd.sock".parse(), Ok(ServerAddr::Unix("/run/vpd/vpd.sock".into())));
+        for bad in ["9000", "host", "host:port", "unix:", ":9000"] {
+            assert!(bad.parse::<ServerAddr>().is_err(), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn one_ipv6_socket_takes_ipv4_and_ipv6_clients() {

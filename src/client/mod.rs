@@ -6,9 +6,7 @@
 //! the output and renamed once every byte has arrived. Ctrl-C sends a cancel: the server drops
 //! the job's remaining frames.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -20,6 +18,7 @@ use tracing::debug;
 use crate::filters::Chain;
 use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, temp_path};
 use crate::metrics::JobSummary;
+use crate::net::ServerAddr;
 use crate::pipeline::Progress;
 use crate::progress::ProgressView;
 use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES};
@@ -30,42 +29,6 @@ use crate::protocol::wire::TransportEncoding;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a cancel, time to wait for the server to confirm.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
-/// Where the server listens: `HOST:PORT`, `[IPV6]:PORT` or `unix:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerAddr {
-    /// A TCP address (name or IP, and port).
-    Tcp(String),
-    /// A Unix socket.
-    Unix(PathBuf),
-}
-
-impl FromStr for ServerAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            return if path.is_empty() {
-                Err("unix: needs a socket path".into())
-            } else {
-                Ok(ServerAddr::Unix(path.into()))
-            };
-        }
-        match s.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(ServerAddr::Tcp(s.to_string())),
-            _ => Err(format!("'{s}' is not HOST:PORT, [IPV6]:PORT or unix:PATH")),
-        }
-    }
-}
-
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerAddr::Tcp(a) => f.write_str(a),
-            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// Everything `vpd client` needs.
 #[derive(Debug, Clone)]
@@ -342,21 +305,5 @@ struct PartialFile(PathBuf);
 impl Drop for PartialFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_addresses_parse() {
-        assert_eq!("127.0.0.1:9000".parse(), Ok(ServerAddr::Tcp("127.0.0.1:9000".into())));
-        assert_eq!("[::1]:9000".parse(), Ok(ServerAddr::Tcp("[::1]:9000".into())));
-        assert_eq!("render-1.lan:9000".parse(), Ok(ServerAddr::Tcp("render-1.lan:9000".into())));
-        assert_eq!("unix:/run/vpd/vpd.sock".parse(), Ok(ServerAddr::Unix("/run/vpd/vpd.sock".into())));
-        for bad in ["9000", "host", "host:port", "unix:", ":9000"] {
-            assert!(bad.parse::<ServerAddr>().is_err(), "{bad}");
-        }
     }
 }

@@ -33,6 +33,18 @@ pub use codec::{OutputOptions, VideoCodec, check_output};
 pub use sink::{MediaSink, check_output_path, temp_path};
 pub use source::{MediaSource, check_input};
 
+/// Where frames come from, in order (a [`MediaSource`], or a test's own).
+pub trait FrameSource: Send {
+    /// The next frame, or `None` at the end of the video.
+    fn next_frame(&mut self) -> anyhow::Result<Option<opencv::core::Mat>>;
+}
+
+/// Where frames go, in order (a [`MediaSink`], or a test's own).
+pub trait FrameSink: Send {
+    /// Writes the next frame.
+    fn write(&mut self, frame: &opencv::core::Mat) -> anyhow::Result<()>;
+}
+
 /// `-` as an input or output path: standard input or output.
 pub const STDIO: &str = "-";
 

@@ -17,12 +17,12 @@ use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 use tracing::{info, warn};
 
+use super::FrameSink;
 use super::audio::AudioTranscoder;
 use super::codec::{OutputOptions, check_output, container_holds};
 use super::convert::{Colour, Scaler};
 use super::side::SideQueue;
 use super::{MediaError, MediaSource, STDIO};
-use crate::pipeline::FrameSink;
 
 /// Symbolic links followed before giving up on an output path (the kernel's own limit).
 const MAX_LINKS: usize = 40;

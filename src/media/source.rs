@@ -13,10 +13,10 @@ use ffmpeg_next::{Packet, Rational, decoder, format, frame, media};
 use opencv::core::{CV_8UC3, Mat};
 use tracing::warn;
 
+use super::FrameSource;
 use super::convert::{Colour, Scaler};
 use super::side::SideQueue;
 use super::{MediaError, STDIO, VideoInfo};
-use crate::pipeline::FrameSource;
 
 /// Frame rate assumed when the container gives none (or nonsense).
 const FALLBACK_FPS: f64 = 25.0;

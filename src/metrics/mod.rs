@@ -9,12 +9,12 @@
 pub mod exposition;
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-
-use crate::protocol::task::WorkerId;
 
 /// Per-frame latencies, recorded in microseconds from 1 µs to one hour at 3 significant digits.
 #[derive(Debug, Clone)]
@@ -196,6 +196,39 @@ pub struct JobSummary {
     pub wire_bytes_sent: u64,
     /// Bytes of results received from workers (duplicates included); 0 in-process.
     pub wire_bytes_received: u64,
+}
+
+/// Who processed a frame: a thread of this process, or a remote worker.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(Arc<str>);
+
+impl WorkerId {
+    /// A worker id from its display form.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        WorkerId(id.into())
+    }
+
+    /// This process's id as workers report it and brokers show it: `hostname:pid`.
+    pub fn this_process() -> Self {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into the buffer it is given.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown".into() };
+        WorkerId::new(format!("{host}:{}", std::process::id()))
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
 }
 
 #[cfg(test)]

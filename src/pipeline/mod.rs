@@ -36,17 +36,7 @@ use crate::protocol::task::{Frame, FrameOutcome, FrameResult, FrameTask};
 use crate::transport::{JobContext, Transport, WireBytes};
 use reorder::{Push, ReorderBuffer};
 
-/// Where frames come from, in order.
-pub trait FrameSource: Send {
-    /// The next frame, or `None` at the end of the video.
-    fn next_frame(&mut self) -> anyhow::Result<Option<Mat>>;
-}
-
-/// Where frames go, in order.
-pub trait FrameSink: Send {
-    /// Writes the next frame.
-    fn write(&mut self, frame: &Mat) -> anyhow::Result<()>;
-}
+pub use crate::media::{FrameSink, FrameSource};
 
 /// Told about the job as it runs.
 pub trait Observer: Sync {

@@ -13,9 +13,6 @@
 //! connection is retried with a growing pause, and the page says so meanwhile. `vpd server
 //! --preview` serves the same dashboard from the server's own jobs, with no broker involved.
 
-pub mod board;
-pub mod http;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,14 +20,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use board::Board;
-use board::Link;
-
+use crate::board::{Board, Link, QUEUE_POLL};
 use crate::broker::{Broker, Topology};
+use crate::http;
+use crate::metrics::WorkerId;
 use crate::protocol::event::JobEvent;
 
-/// How often the task queue's depth is read.
-pub const QUEUE_POLL: Duration = Duration::from_secs(2);
 /// A running job silent for this long is shown failed: its server is gone.
 const SILENCE: Duration = Duration::from_secs(crate::pipeline::DEFAULT_STALL_TIMEOUT.as_secs() + 60);
 
@@ -46,7 +41,7 @@ pub struct PreviewConfig {
 /// Runs a preview, serving on `listener`, until `shutdown` fires. An unreachable broker at
 /// start is an error; later losses are retried.
 pub async fn run(cfg: PreviewConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let name = format!("vpd-preview {}", crate::worker::worker_id());
+    let name = format!("vpd-preview {}", WorkerId::this_process());
     let broker = Broker::connect(&cfg.amqp_url, &name).await?;
     let board = Arc::new(Board::new());
     info!(broker = broker.url(), "preview started");

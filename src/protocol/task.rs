@@ -7,6 +7,8 @@ use std::time::Duration;
 use opencv::core::Mat;
 use opencv::prelude::*;
 
+pub use crate::metrics::WorkerId;
+
 /// A decoded frame, shared without copying between the task that filters it, the next frame's
 /// task (as `motion`'s previous frame) and the pipeline (which writes it if filtering fails).
 pub type Frame = Arc<Mat>;
@@ -27,29 +29,6 @@ pub enum FrameOutcome {
     Processed(Mat),
     /// The chain failed on this frame; the pipeline writes the original instead.
     Failed(String),
-}
-
-/// Who processed a frame: a thread of this process, or a remote worker.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkerId(Arc<str>);
-
-impl WorkerId {
-    /// A worker id from its display form.
-    pub fn new(id: impl Into<Arc<str>>) -> Self {
-        WorkerId(id.into())
-    }
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
-    }
 }
 
 /// The result of one [`FrameTask`].

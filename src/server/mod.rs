@@ -29,13 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::board::{Board, Link, QUEUE_POLL};
 use crate::broker::{Publisher, Topology};
 use crate::filters::FilterEnv;
+use crate::http::{self, Site};
+use crate::metrics::WorkerId;
 use crate::net::{UnixSocket, bind_tcp, bind_unix};
 use crate::pipeline::JobOptions;
-use crate::preview::QUEUE_POLL;
-use crate::preview::board::{Board, Link};
-use crate::preview::http::{self, Site};
 use crate::protocol::codec;
 use crate::protocol::event::JobEvent;
 use crate::protocol::message::{ErrorCode, ServerMessage, Token};
@@ -206,7 +206,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
                 None,
             ),
             Backend::Amqp { url, topology, redispatch_after } => {
-                let name = format!("vpd-server {}", crate::worker::worker_id());
+                let name = format!("vpd-server {}", WorkerId::this_process());
                 let link = Arc::new(BrokerLink::connect(url, &name, topology.clone()).await?);
                 let transport = AmqpTransport::new(link.clone(), tokio::runtime::Handle::current(), *redispatch_after);
                 // Enough frames in flight to keep several remote workers busy.

@@ -81,16 +81,6 @@ enum Done {
     Malformed { seq: u64, error: String },
 }
 
-/// `hostname:pid`, the id a worker reports its frames under.
-pub fn worker_id() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer it is given.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown".into() };
-    format!("{host}:{}", std::process::id())
-}
-
 /// Runs a worker until `shutdown` fires, serving its `/metrics` on `metrics` when given.
 pub async fn run(
     cfg: WorkerConfig,
@@ -103,8 +93,8 @@ pub async fn run(
     stats.set_connected(true);
     let http = metrics.map(|listener| {
         let s = stats.clone();
-        let site = crate::preview::http::Site::metrics_only(move || s.render());
-        tokio::spawn(crate::preview::http::serve(listener, site, shutdown.clone()))
+        let site = crate::http::Site::metrics_only(move || s.render());
+        tokio::spawn(crate::http::serve(listener, site, shutdown.clone()))
     });
     let (work_tx, work_rx) = bounded::<Work>(cfg.concurrency.get());
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(cfg.concurrency.get() * 2);
@@ -376,7 +366,7 @@ async fn report_failure(
     };
     let mut enc = Encoder::new(TransportEncoding::Raw);
     let retries = m.attempt + u32::from(m.redelivered);
-    let worker = worker_id();
+    let worker = crate::metrics::WorkerId::this_process().to_string();
     let meta = wire::ResultMeta { job, index, worker: &worker, filter_us: 0, retries };
     let body = wire::encode_result(&meta, Err(reason), None, &mut enc)?;
     publisher.result(reply_to, correlation, &body).await?.accepted().await?;

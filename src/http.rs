@@ -38,7 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::board::{Board, JobView, Link, Update};
+use crate::board::{Board, JobView, Link, Update};
 use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 
 /// Connections served at once; more wait in the listen backlog.
@@ -59,9 +59,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time open requests get to finish after a shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
-const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
-const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
-const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
+const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
+const APP_JS: &str = include_str!("../assets/dashboard/app.js");
+const STYLE_CSS: &str = include_str!("../assets/dashboard/style.css");
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
 

@@ -16,6 +16,9 @@ use crate::metrics::exposition::{Exposition, Kind};
 use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS};
 use crate::protocol::event::{JobEvent, ProgressSnapshot};
 
+/// How often a board's feeder reads the task queue's depth (server and preview alike).
+pub const QUEUE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Jobs kept; the oldest finished one goes first.
 pub const MAX_JOBS: usize = 256;
 /// A worker counts as seen for this long after its last frame.
