@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use opencv::core::Mat;
-use tracing::warn;
+use tracing::{debug, info_span, warn};
 
 use crate::cancel::Stop;
 use crate::metrics::JobStats;
@@ -146,14 +146,27 @@ pub fn run_job(
     let pending = Mutex::new(HashMap::with_capacity(window));
     let needs_previous = job.chain.needs_previous();
 
+    // Every stage's log lines say which job they are about, whatever thread they come from.
+    let span = info_span!("job", job = %job.id);
+    let pending = &pending;
     let (dispatched, served, collected, written) = thread::scope(|s| {
         let spawn = |name: &str| thread::Builder::new().name(name.to_string());
-        let source = spawn("vpd-source")
-            .spawn_scoped(s, || dispatch(source, needs_previous, &pending, credit_tx, task_tx, stop));
-        let transport = spawn("vpd-transport").spawn_scoped(s, || transport.serve(job, task_rx, result_tx));
-        let collector =
-            spawn("vpd-collector").spawn_scoped(s, || collect(&pending, result_rx, out_tx, opts, observer, stop));
-        let writer = spawn("vpd-writer").spawn_scoped(s, || write(sink, out_rx, credit_rx, observer));
+        let source = spawn("vpd-source").spawn_scoped(s, {
+            let span = span.clone();
+            move || span.in_scope(|| dispatch(source, needs_previous, pending, credit_tx, task_tx, stop))
+        });
+        let transport = spawn("vpd-transport").spawn_scoped(s, {
+            let span = span.clone();
+            move || span.in_scope(|| transport.serve(job, task_rx, result_tx))
+        });
+        let collector = spawn("vpd-collector").spawn_scoped(s, {
+            let span = span.clone();
+            move || span.in_scope(|| collect(pending, result_rx, out_tx, opts, observer, stop))
+        });
+        let writer = spawn("vpd-writer").spawn_scoped(s, {
+            let span = span.clone();
+            move || span.in_scope(|| write(sink, out_rx, credit_rx, observer))
+        });
         (join(source), join(transport), join(collector), join(writer))
     });
 
@@ -255,6 +268,7 @@ fn dispatch(
             recv(stop.receiver()) -> _ => return Err(Halt::Cancelled),
         }
         let Some(mat) = source.next_frame()? else {
+            debug!(frames = index, "the input ended");
             return Ok(index);
         };
         let frame = Arc::new(mat);
@@ -364,6 +378,7 @@ fn write(
     if let Some(frame) = &last {
         observer.on_last_frame(written - 1, frame.as_mat());
     }
+    debug!(frames = written, "every frame written");
     Ok(written)
 }
 

@@ -15,7 +15,7 @@ use opencv::core::Mat;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::Shared;
 use super::admission::Ticket;
@@ -95,7 +95,11 @@ where
 {
     let (r, w) = tokio::io::split(stream);
     let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::with_timeout(w, WRITE_TIMEOUT));
-    let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
+    // Every line about this connection, and about the job it runs, names the peer.
+    let span = tracing::info_span!("conn", %peer);
+    let outcome =
+        converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).instrument(span.clone()).await;
+    let _entered = span.enter();
     if let Err(Refusal { code, message }) = outcome {
         info!(%peer, %code, %message, "connection refused or job ended in error");
         let _ = writer.send(&ServerMessage::Error { code, message }).await;
@@ -204,8 +208,9 @@ where
     let cascade = shared.local_face_cascade.clone();
     let (input_path, output_path, chain) = (input.0.clone(), output.0.clone(), job.chain.clone());
     let options = job.output.clone();
+    let span = tracing::Span::current();
     let opened = tokio::task::spawn_blocking(move || {
-        crate::job::open(&input_path, &output_path, &chain, &options, cascade.as_deref())
+        span.in_scope(|| crate::job::open(&input_path, &output_path, &chain, &options, cascade.as_deref()))
     })
     .await
     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
@@ -244,7 +249,9 @@ where
     let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
     let observer = JobObserver::new(progress_tx, thumb_tx, started);
     let transport = shared.transport.clone();
-    let mut running = tokio::task::spawn_blocking(move || opened.run(&ctx, &*transport, window, &observer));
+    let span = tracing::Span::current();
+    let mut running =
+        tokio::task::spawn_blocking(move || span.in_scope(|| opened.run(&ctx, &*transport, window, &observer)));
 
     // While it runs: stream progress and thumbnails, and watch the client for a cancel or a
     // hang-up. The observer already rate-limits both.

@@ -130,12 +130,14 @@ impl Transport for AmqpTransport {
         // Source frames of outstanding tasks (shared, not copied): results may be deltas of them.
         let sources = StdMutex::new(HashMap::new());
         let frame_size = OnceLock::new();
+        // The job's span (entered by the pipeline's transport thread) goes to these threads too.
+        let span = tracing::Span::current();
         std::thread::scope(|s| {
-            let encoder = s.spawn(|| encode(job, tasks, body_tx, &sources, &frame_size));
+            let encoder = s.spawn(|| span.in_scope(|| encode(job, tasks, body_tx, &sources, &frame_size)));
             for _ in 0..DECODERS {
                 let (reply_rx, results, verdicts) = (reply_rx.clone(), results.clone(), verdict_tx.clone());
-                let (sources, frame_size) = (&sources, &frame_size);
-                s.spawn(move || decode(&job.id, reply_rx, results, verdicts, sources, frame_size));
+                let (sources, frame_size, span) = (&sources, &frame_size, span.clone());
+                s.spawn(move || span.in_scope(|| decode(&job.id, reply_rx, results, verdicts, sources, frame_size)));
             }
             drop((reply_rx, verdict_tx));
             let session = Session {

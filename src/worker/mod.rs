@@ -381,6 +381,8 @@ fn filter_thread(work: Receiver<Work>, done: mpsc::Sender<Done>, env: FilterEnv,
         let outcome = match wire::decode_task(&body) {
             Err(e) => Done::Malformed { seq, error: e.to_string() },
             Ok((h, frame, previous)) => {
+                // Lines about this task name its job and frame, whichever job the thread serves next.
+                let _task = tracing::info_span!("task", job = %h.job, frame = h.index).entered();
                 let (outcome, time) = match cache.get(&h.chain) {
                     Ok(p) => execute(p, &frame, previous.as_ref()),
                     Err(e) => (FrameOutcome::Failed(e.to_string()), Duration::ZERO),
