@@ -15,7 +15,8 @@ declare -A leaves=(
   [filters]=""
   [metrics]=""
   [net]=""
-  [media]=""
+  [media]="files"
+  [files]=""
   [protocol]="filters metrics media"
 )
 

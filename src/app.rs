@@ -10,9 +10,8 @@ use tracing::info;
 
 use crate::cancel::Stop;
 use crate::cli::{Cli, Command};
-use crate::client::ClientError;
 use crate::config::FileConfig;
-use crate::pipeline::PipelineError;
+use crate::pipeline::JobError;
 use crate::progress::print_summary;
 
 /// glibc malloc arenas (`M_ARENA_MAX`): see `tune_process`.
@@ -56,11 +55,7 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let cfg = file.run(args)?;
                 let stop = Stop::on_cancel(shutdown.clone(), &tokio::runtime::Handle::current());
                 let (quiet, json) = (cfg.quiet, cfg.json);
-                match tokio::task::spawn_blocking(move || crate::run::run(&cfg, stop)).await? {
-                    Ok(summary) => finished(&summary, quiet, json),
-                    Err(PipelineError::Cancelled) => Ok(interrupted()),
-                    Err(PipelineError::Failed(e)) => Err(e),
-                }
+                finished(tokio::task::spawn_blocking(move || crate::run::run(&cfg, stop)).await?, quiet, json)
             }
             Command::Server(args) => {
                 let cfg = file.server(args)?;
@@ -87,19 +82,27 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Client(args) => {
                 let (cfg, json) = file.client(args)?;
-                match crate::client::run(&cfg, shutdown).await {
-                    Ok(summary) => finished(&summary, cfg.quiet, json),
-                    Err(ClientError::Cancelled) => Ok(interrupted()),
-                    Err(ClientError::Failed(e)) => Err(e),
-                }
+                finished(crate::client::run(&cfg, shutdown).await, cfg.quiet, json)
             }
         }
     })
 }
 
-fn finished(summary: &crate::metrics::JobSummary, quiet: bool, json: bool) -> anyhow::Result<ExitCode> {
-    print_summary(summary, quiet, json)?;
-    Ok(ExitCode::SUCCESS)
+/// A job's end, whether it ran here (`run`) or on a server (`client`): its summary printed,
+/// a cancel reported as an interrupt, a failure passed up.
+fn finished(
+    outcome: Result<crate::metrics::JobSummary, JobError>,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Ok(summary) => {
+            print_summary(&summary, quiet, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(JobError::Cancelled) => Ok(interrupted()),
+        Err(JobError::Failed(e)) => Err(e),
+    }
 }
 
 fn interrupted() -> ExitCode {

@@ -14,7 +14,7 @@ use anyhow::bail;
 use crate::filters::{Chain, check_face_cascade};
 use crate::media::{MediaSink, MediaSource, OutputOptions, VideoInfo, check_output, check_output_path};
 use crate::metrics::{Buckets, JobSummary};
-use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobOptions, JobReport, Observer, PipelineError, run_job};
+use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobError, JobOptions, JobReport, Observer, run_job};
 use crate::protocol::wire::MAX_FRAME_PIXELS;
 use crate::transport::{JobContext, Transport};
 
@@ -67,7 +67,7 @@ impl OpenedJob {
         transport: &dyn Transport,
         window: NonZeroUsize,
         observer: &dyn Observer,
-    ) -> Result<Finished, PipelineError> {
+    ) -> Result<Finished, JobError> {
         let info = self.source.info();
         let opts = JobOptions { window, total_hint: info.frame_count, stall_timeout: DEFAULT_STALL_TIMEOUT };
         let report = run_job(job, &mut self.source, &mut self.sink, transport, &opts, observer)?;

@@ -11,7 +11,8 @@
 //! - [`progress`]: the only module that draws on the terminal.
 //! - [`job`]: one file through the pipeline into another (run and server share it).
 //! - [`broker`]: RabbitMQ (the only lapin user): topology, confirmed publishing, consumers.
-//! - [`cancel`]: a cancellation signal blocking threads can select on.
+//! - [`cancel`]: a cancellation signal blocking threads can select on; [`files`]: a file removed
+//!   when its guard is dropped.
 //! - [`net`]: listening sockets and server addresses; [`http`]: the one HTTP server (dashboard,
 //!   `/metrics`, `/healthz`) every serving role uses; [`board`]: job views fed by events, for the
 //!   server's and the preview's dashboards.
@@ -26,6 +27,7 @@ pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod files;
 pub mod filters;
 pub mod http;
 pub mod job;

@@ -3,14 +3,14 @@
 use crate::cancel::Stop;
 use crate::config::RunConfig;
 use crate::metrics::JobSummary;
-use crate::pipeline::{JobOptions, PipelineError};
+use crate::pipeline::{JobError, JobOptions};
 use crate::progress::ProgressView;
 use crate::protocol::wire::TransportEncoding;
 use crate::transport::JobContext;
 use crate::transport::local::LocalTransport;
 
 /// Processes `cfg.input` into `cfg.output` and reports what it did.
-pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, PipelineError> {
+pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
     let opened =
         crate::job::open(&cfg.input, &cfg.output, &cfg.chain, &cfg.output_options, Some(&cfg.filter_env.face_cascade))?;
     let info = opened.info();

@@ -407,34 +407,3 @@ fn the_server_encodes_with_the_clients_options_and_keeps_the_audio() {
     assert!(!r.status.success());
     assert!(stderr(&r).contains("unknown encoder 'h266'"), "{}", stderr(&r));
 }
-
-#[test]
-fn run_and_server_with_workers_give_the_same_h264_frames() {
-    let ns = Namespace::new("media-h264");
-    let dir = tempfile::tempdir().unwrap();
-    let input = clip_with_tone(dir.path());
-    let local = dir.path().join("run.mp4");
-    run(&["run", input.to_str().unwrap(), "-f", "blur:ksize=5,edges", "-o", local.to_str().unwrap(), "-q"]);
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
-    let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
-    ns.wait_for_workers(2);
-    let remote = dir.path().join("remote.mp4");
-    let out = run_vpd(&[
-        "client",
-        input.to_str().unwrap(),
-        "--server",
-        &server.addr(),
-        "-f",
-        "blur:ksize=5,edges",
-        "-o",
-        remote.to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (a, b) = (decode_all(&local), decode_all(&remote));
-    assert_eq!(a.len(), 50);
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(max_diff(x, y), 0.0, "frame {i} differs between vpd run and the distributed path");
-    }
-}

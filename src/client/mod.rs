@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::files::RemoveOnDrop;
 use crate::filters::Chain;
 use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, temp_path};
 use crate::metrics::JobSummary;
@@ -51,16 +52,9 @@ pub struct ClientConfig {
     pub quiet: bool,
 }
 
-/// Why a client run ended without a result.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Interrupted; the server was told to drop the job.
-    #[error("cancelled")]
-    Cancelled,
-    /// Anything else.
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
+/// Why a client run ended without a result: cancelled (the server was told to drop the job),
+/// or anything else. The same outcome as a job run in this process.
+pub use crate::pipeline::JobError as ClientError;
 
 /// Runs one job on the server and returns its summary.
 pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobSummary, ClientError> {
@@ -260,11 +254,11 @@ async fn download<R: AsyncRead + Unpin>(
     target: &std::path::Path,
     size: u64,
 ) -> anyhow::Result<()> {
-    let temp = PartialFile(temp_path(target));
+    let temp = RemoveOnDrop::new(temp_path(target));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&temp.0)
+        .open(temp.path())
         .await
         .with_context(|| format!("cannot write {}", cfg.output.display()))?;
     let mut received = 0u64;
@@ -283,9 +277,10 @@ async fn download<R: AsyncRead + Unpin>(
     }
     file.sync_all().await.ok();
     drop(file);
-    tokio::fs::rename(&temp.0, target)
+    tokio::fs::rename(temp.path(), target)
         .await
         .with_context(|| format!("moving the result to {}", cfg.output.display()))?;
+    temp.keep();
     Ok(())
 }
 
@@ -296,14 +291,5 @@ fn container_of(cfg: &ClientConfig) -> String {
     match &cfg.output_options.format {
         Some(format) if ext.is_empty() => format.chars().filter(char::is_ascii_alphanumeric).collect(),
         _ => ext.to_string(),
-    }
-}
-
-/// A partial download, deleted on drop (a no-op once it was renamed into place).
-struct PartialFile(PathBuf);
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -23,6 +23,7 @@ use super::codec::{OutputOptions, check_output, container_holds};
 use super::convert::{Colour, Scaler};
 use super::side::SideQueue;
 use super::{MediaError, MediaSource, STDIO};
+use crate::files::RemoveOnDrop;
 
 /// Symbolic links followed before giving up on an output path (the kernel's own limit).
 const MAX_LINKS: usize = 40;
@@ -239,7 +240,7 @@ impl MediaSink {
             error => MediaError::Ffmpeg { path: shown.clone(), what: "opening the output", error },
         })?;
         // From here the temporary file exists: a failure below must remove it.
-        let mut guard = Guard(files.as_ref().map(|(temp, _)| temp.clone()));
+        let guard = files.as_ref().map(|(temp, _)| RemoveOnDrop::new(temp.clone()));
 
         let pix_fmt = options.pix_fmt()?;
         let size = even_where_needed(pix_fmt, f.width, f.height, target);
@@ -409,7 +410,9 @@ impl MediaSink {
             .map_err(ffmpeg_error(&shown, "converting frames from BGR"))?;
         // A frame's duration, in encoder ticks.
         let frame_step = (f64::from(encoder_tb.invert()) / f.fps).round().max(1.0) as i64;
-        guard.0 = None;
+        if let Some(guard) = guard {
+            guard.keep(); // the sink removes it from now on, unless it is committed
+        }
         Ok(MediaSink {
             output,
             shown,
@@ -572,17 +575,6 @@ fn copy_side_data(stream: &mut format::stream::StreamMut<'_>, kind: ffi::AVPacke
         let dst = ffi::av_stream_new_side_data(stream.as_mut_ptr(), kind, data.len());
         if !dst.is_null() {
             std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
-        }
-    }
-}
-
-/// Removes a temporary file unless disarmed.
-struct Guard(Option<PathBuf>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
         }
     }
 }

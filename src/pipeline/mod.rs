@@ -116,7 +116,7 @@ pub struct JobReport {
 
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub enum JobError {
     /// The job was stopped from outside (Ctrl-C, a client's cancel).
     #[error("cancelled")]
     Cancelled,
@@ -136,7 +136,7 @@ pub fn run_job(
     transport: &dyn Transport,
     opts: &JobOptions,
     observer: &dyn Observer,
-) -> Result<JobReport, PipelineError> {
+) -> Result<JobReport, JobError> {
     let stop = &job.stop;
     let window = opts.window.get();
     let (credit_tx, credit_rx) = bounded::<()>(window);
@@ -175,30 +175,26 @@ pub fn run_job(
             Ok(JobReport { frames: written, stats, wire })
         }
         (Ok(dispatched), Ok(_), Ok(_), Ok(written)) => {
-            Err(PipelineError::Failed(anyhow!("wrote {written} of {dispatched} frames")))
+            Err(JobError::Failed(anyhow!("wrote {written} of {dispatched} frames")))
         }
         // A cancelled job's stages fail in whatever way their peers vanishing makes them.
-        _ if stop.is_stopped() => Err(PipelineError::Cancelled),
+        _ if stop.is_stopped() => Err(JobError::Cancelled),
         // The writer first: when it fails, every other stage sees its peer vanish.
         (d, t, c, w) => Err(root_cause([w.err(), t.err(), d.err(), c.err()])),
     }
 }
 
 /// The first real failure among the stages' halts; echoes (`Stopped`) never win.
-fn root_cause(halts: [Option<Halt>; 4]) -> PipelineError {
+fn root_cause(halts: [Option<Halt>; 4]) -> JobError {
     let mut cancelled = false;
     for halt in halts.into_iter().flatten() {
         match halt {
-            Halt::Failed(e) => return PipelineError::Failed(e),
+            Halt::Failed(e) => return JobError::Failed(e),
             Halt::Cancelled => cancelled = true,
             Halt::Stopped => {}
         }
     }
-    if cancelled {
-        PipelineError::Cancelled
-    } else {
-        PipelineError::Failed(anyhow!("a pipeline stage stopped without an error"))
-    }
+    if cancelled { JobError::Cancelled } else { JobError::Failed(anyhow!("a pipeline stage stopped without an error")) }
 }
 
 /// Why a stage stopped early.
@@ -539,7 +535,7 @@ mod tests {
         n: u64,
         transport: &dyn Transport,
         tweak: impl FnOnce(&mut Source, &mut Sink),
-    ) -> (Result<JobReport, PipelineError>, Source, Sink) {
+    ) -> (Result<JobReport, JobError>, Source, Sink) {
         let mut sink = Sink::default();
         let mut source = Source::new(n, &sink.written);
         tweak(&mut source, &mut sink);
@@ -620,7 +616,7 @@ mod tests {
         let mut source = Source::new(1000, &sink.written);
         let job = JobContext { stop, ..job("blur:ksize=1") };
         let r = run_job(&job, &mut source, &mut sink, &local, &opts(), &NoProgress);
-        assert!(matches!(r, Err(PipelineError::Cancelled)), "{r:?}");
+        assert!(matches!(r, Err(JobError::Cancelled)), "{r:?}");
         assert!(source.next < 1000);
     }
 

@@ -6,7 +6,7 @@
 //! upload, a client that stops reading. Every read and write has a time limit, and messages
 //! to the client name its own file, never a path on the server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,11 +20,12 @@ use tracing::{Instrument as _, info, warn};
 use super::Shared;
 use super::admission::Ticket;
 use crate::cancel::Stop;
+use crate::files::RemoveOnDrop;
 use crate::filters::Chain;
 use crate::job::Finished;
 use crate::media::{OutputOptions, check_output};
 use crate::metrics::JobStats;
-use crate::pipeline::{Observer, PipelineError, Progress};
+use crate::pipeline::{JobError, Observer, Progress};
 use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES, ProtocolError};
 use crate::protocol::event::{JobEvent, ProgressSnapshot};
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
@@ -76,15 +77,6 @@ impl From<ProtocolError> for Refusal {
             ProtocolError::BadFrame(_) | ProtocolError::Malformed(_) => ErrorCode::BadRequest,
         };
         refuse(code, e.to_string())
-    }
-}
-
-/// A file deleted when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -178,11 +170,11 @@ where
     writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
 
     // Upload into the work directory, against a deadline from its size.
-    let input = TempFile(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
-    let output = TempFile(shared.work_dir.join(format!("{id}.out.{}", job.container)));
-    let scrub = Scrub::new(&shared.work_dir, &input.0, &request.input_name, &output.0);
+    let input = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
+    let output = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.out.{}", job.container)));
+    let scrub = Scrub::new(&shared.work_dir, input.path(), &request.input_name, output.path());
     let deadline = upload_deadline(request.upload_bytes);
-    match tokio::time::timeout(deadline, receive_upload(reader, &input.0, request.upload_bytes)).await {
+    match tokio::time::timeout(deadline, receive_upload(reader, input.path(), request.upload_bytes)).await {
         Ok(received) => received.map_err(|r| scrub.refusal(r))?,
         Err(_) => {
             return Err(refuse(
@@ -206,7 +198,7 @@ where
 
     // Open and run the job.
     let cascade = shared.local_face_cascade.clone();
-    let (input_path, output_path, chain) = (input.0.clone(), output.0.clone(), job.chain.clone());
+    let (input_path, output_path, chain) = (input.path().to_path_buf(), output.path().to_path_buf(), job.chain.clone());
     let options = job.output.clone();
     let span = tracing::Span::current();
     let opened = tokio::task::spawn_blocking(move || {
@@ -301,12 +293,12 @@ where
     let _ = tokio::task::spawn_blocking(crate::job::release_freed_memory).await;
     let Finished { summary, latency } = match outcome {
         Ok(finished) => finished,
-        Err(PipelineError::Cancelled) => {
+        Err(JobError::Cancelled) => {
             shared.publish(JobEvent::Cancelled { job: id.clone() }).await;
             let why = if shutdown.is_cancelled() { "server shutting down" } else { "job cancelled" };
             return Err(refuse(ErrorCode::Cancelled, why));
         }
-        Err(PipelineError::Failed(e)) => {
+        Err(JobError::Failed(e)) => {
             let message = scrub.text(&format!("{e:#}"));
             shared.publish(JobEvent::Failed { job: id.clone(), error: message.clone() }).await;
             return Err(refuse(ErrorCode::JobFailed, message));
@@ -333,7 +325,7 @@ where
 
     // Send the result; the writer's time limit cuts off a client that stops reading.
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("reading the result: {e}"));
-    let mut file = tokio::fs::File::open(&output.0).await.map_err(internal)?;
+    let mut file = tokio::fs::File::open(output.path()).await.map_err(internal)?;
     let size = file.metadata().await.map_err(internal)?.len();
     writer.send(&ServerMessage::Done { summary: Box::new(summary), result_bytes: size }).await?;
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
