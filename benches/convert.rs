@@ -18,7 +18,7 @@ use ffmpeg_next::util::color;
 use opencv::core::{CV_8UC1, CV_8UC3, Mat, Scalar};
 use opencv::imgproc;
 use opencv::prelude::*;
-use vpd::media::convert::{Colour, Scaler};
+use vpd::media::convert::{Colour, Scaler, i420_into_planes};
 
 const COLOUR: Colour = Colour { space: color::Space::BT709, range: color::Range::MPEG };
 
@@ -37,21 +37,6 @@ fn planes_to_i420(frame: &Video, i420: &mut Mat) {
         let (src, stride) = (frame.data(plane), frame.stride(plane));
         for row in 0..ph {
             dst[at..at + pw].copy_from_slice(&src[row * stride..row * stride + pw]);
-            at += pw;
-        }
-    }
-}
-
-/// The reverse: one I420 `Mat` into a frame's planes.
-fn i420_to_planes(i420: &Mat, frame: &mut Video) {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let src = i420.data_bytes().unwrap();
-    let mut at = 0;
-    for (plane, (pw, ph)) in [(0, (w, h)), (1, (w / 2, h / 2)), (2, (w / 2, h / 2))] {
-        let stride = frame.stride(plane);
-        let dst = frame.data_mut(plane);
-        for row in 0..ph {
-            dst[row * stride..row * stride + pw].copy_from_slice(&src[at..at + pw]);
             at += pw;
         }
     }
@@ -86,7 +71,7 @@ fn convert(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("bgr-to-yuv420p/cvtColor+copy", &size), |b| {
             b.iter(|| {
                 imgproc::cvt_color_def(black_box(&bgr), &mut i420, imgproc::COLOR_BGR2YUV_I420).unwrap();
-                i420_to_planes(&i420, &mut yuv);
+                i420_into_planes(&i420, &mut yuv);
             })
         });
     }

@@ -130,17 +130,7 @@ impl Scaler {
         if let Some(i420) = self.opencv_i420.as_mut()
             && opencv::imgproc::cvt_color_def(mat, i420, opencv::imgproc::COLOR_BGR2YUV_I420).is_ok()
         {
-            let (w, h) = (self.dst.1 as usize, self.dst.2 as usize);
-            let Ok(src) = i420.data_bytes() else { return };
-            let mut at = 0;
-            for (plane, (pw, ph)) in [(0, (w, h)), (1, (w / 2, h / 2)), (2, (w / 2, h / 2))] {
-                let stride = frame.stride(plane);
-                let dst = frame.data_mut(plane);
-                for row in 0..ph {
-                    dst[row * stride..row * stride + pw].copy_from_slice(&src[at..at + pw]);
-                    at += pw;
-                }
-            }
+            i420_into_planes(i420, frame);
             return;
         }
         let stride = [mat.mat_step().first().copied().unwrap_or_default() as i32, 0, 0, 0];
@@ -158,6 +148,22 @@ impl Scaler {
                 (*f).data.as_ptr(),
                 (*f).linesize.as_ptr(),
             );
+        }
+    }
+}
+
+/// Copies one I420 buffer (a `Mat` of h × 3/2 rows: Y, then U, then V) into a yuv420p frame's
+/// planes, row by row (the frame's rows may be padded).
+pub fn i420_into_planes(i420: &Mat, frame: &mut ffmpeg_next::frame::Video) {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let Ok(src) = i420.data_bytes() else { return };
+    let mut at = 0;
+    for (plane, (pw, ph)) in [(0, (w, h)), (1, (w / 2, h / 2)), (2, (w / 2, h / 2))] {
+        let stride = frame.stride(plane);
+        let dst = frame.data_mut(plane);
+        for row in 0..ph {
+            dst[row * stride..row * stride + pw].copy_from_slice(&src[at..at + pw]);
+            at += pw;
         }
     }
 }
