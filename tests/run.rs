@@ -84,8 +84,7 @@ fn one_worker_and_four_workers_write_identical_frames() {
     let input = dir.path().join("in.mp4");
     write_clip(&input, &ClipSpec { frames: 60, face: true, ..ClipSpec::default() }, "mp4v");
     let mut outputs = Vec::new();
-    // Lossless output: what is compared is the pool's frames, not an encoder's choices (x264's
-    // output is not repeatable from run to run under load; see BENCHMARKS.md).
+    // Lossless output: what is compared is the pool's frames, not an encoder's choices.
     for workers in ["1", "4"] {
         let output = dir.path().join(format!("out{workers}.mkv"));
         let out = run_vpd(&[
