@@ -339,6 +339,44 @@ fn a_lost_broker_connection_is_reconnected_mid_job() {
 }
 
 #[test]
+fn a_worker_that_loses_the_broker_reconnects_and_finishes_the_job() {
+    if !can_cut_connections() {
+        eprintln!("skipped: rabbitmqctl is not here to cut a connection (a remote broker)");
+        return;
+    }
+    let ns = Namespace::new("worker-cut");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 40, ..ClipSpec::default() });
+    let chain = "blur:ksize=21";
+    let want = reference(&input, chain, &dir.path().join("run.mkv"));
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    // The only worker: the job can end only if it comes back.
+    let worker = Worker::start(&ns, 1);
+    ns.wait_for_workers(1);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let job = std::thread::scope(|s| {
+        let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
+        events.wait_for(
+            Duration::from_secs(60),
+            "progress",
+            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 5),
+        );
+        // Frozen across the cut (rabbitmqctl takes a second), so that it certainly holds tasks
+        // when its connection goes: the job can end only through its reconnect.
+        signal(&worker.child.0, libc::SIGSTOP);
+        cut_connection("vpd-worker", worker.child.0.id());
+        signal(&worker.child.0, libc::SIGCONT);
+        job.join().unwrap()
+    });
+    let s = summary(&job);
+    assert_eq!((s.frames, s.failed_frames), (40, 0));
+    assert_same_frames(&output, &want, "across the worker's reconnect");
+    // It consumes again, on its new connection.
+    ns.wait_for_workers(1);
+}
+
+#[test]
 fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
     use opencv::core::{CV_8UC3, Mat, Scalar};
     use vpd::broker::Broker;

@@ -105,6 +105,47 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The first pause after a failed attempt to reach RabbitMQ; it doubles up to [`RETRY_MAX`].
+pub const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest pause between attempts to reach RabbitMQ.
+pub const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `attempt` (connecting, and whatever goes with it) until it succeeds: at once, then
+/// after pauses of [`RETRY_FIRST`] doubling to [`RETRY_MAX`]. Gives up with the last error once
+/// `patience` (when given) has run out, or when `stop` fires. The one reconnect loop of every
+/// role that keeps a broker connection: the server's jobs, workers, previews.
+pub async fn retry<T, F, Fut>(
+    patience: Option<std::time::Duration>,
+    stop: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = patience.map(|p| tokio::time::Instant::now() + p);
+    let mut pause = RETRY_FIRST;
+    loop {
+        let error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let now = tokio::time::Instant::now();
+        if let Some(deadline) = deadline
+            && now + pause > deadline
+        {
+            let waited = patience.unwrap_or_default().as_secs();
+            return Err(error.context(format!("RabbitMQ unreachable for {waited} s")));
+        }
+        tracing::warn!(error = %format!("{error:#}"), pause_ms = pause.as_millis() as u64, "RabbitMQ unreachable; retrying");
+        tokio::select! {
+            _ = stop.cancelled() => return Err(error.context("stopped while reconnecting to RabbitMQ")),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
 impl Broker {
     /// Connects, naming the connection `name` in RabbitMQ's management views.
     pub async fn connect(url: &str, name: &str) -> anyhow::Result<Broker> {
@@ -419,6 +460,34 @@ mod tests {
             ("ns1.tasks".into(), "ns1.tasks.dead".into(), "ns1.dlx".into(), "ns1.events".into())
         );
         assert_eq!(t.reply("j9"), "ns1.reply.j9");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_and_give_up_or_stop() {
+        use std::cell::RefCell;
+        use tokio::time::Instant;
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Fails three times, then succeeds: at 0, 0.2, 0.6 and 1.4 s.
+        let start = Instant::now();
+        let tries = RefCell::new(Vec::new());
+        let got = retry(None, &stop, || {
+            tries.borrow_mut().push(start.elapsed().as_millis());
+            let n = tries.borrow().len();
+            async move { if n < 4 { Err(anyhow!("down")) } else { Ok(n) } }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, 4);
+        assert_eq!(*tries.borrow(), [0, 200, 600, 1400]);
+        // Out of patience: the last error, saying for how long.
+        let err = retry::<(), _, _>(Some(std::time::Duration::from_secs(3)), &stop, || async { Err(anyhow!("down")) })
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").starts_with("RabbitMQ unreachable for 3 s: down"), "{err:#}");
+        // Stopped: at once.
+        stop.cancel();
+        let err = retry::<(), _, _>(None, &stop, || async { Err(anyhow!("down")) }).await.unwrap_err();
+        assert!(format!("{err:#}").contains("stopped while reconnecting"), "{err:#}");
     }
 
     #[test]

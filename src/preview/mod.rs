@@ -59,17 +59,9 @@ async fn follow(cfg: PreviewConfig, name: String, mut broker: Broker, board: Arc
             Err(e) => warn!(error = %format!("{e:#}"), "lost RabbitMQ; reconnecting"),
         }
         board.set_link(Link { broker_connected: Some(false), queue_depth: None });
-        let mut pause = Duration::from_millis(250);
-        broker = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
-            }
-            match Broker::connect(&cfg.amqp_url, &name).await {
-                Ok(b) => break b,
-                Err(e) => debug!(error = %format!("{e:#}"), "RabbitMQ still unreachable"),
-            }
-            pause = (pause * 2).min(Duration::from_secs(5));
+        broker = match crate::broker::retry(None, &shutdown, || Broker::connect(&cfg.amqp_url, &name)).await {
+            Ok(b) => b,
+            Err(_) => return, // stopped
         };
         info!("reconnected to RabbitMQ");
     }

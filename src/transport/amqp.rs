@@ -81,23 +81,9 @@ impl BrokerLink {
 
     /// Waits for a live connection for up to `patience`.
     async fn reconnect(&self, patience: Duration) -> anyhow::Result<Broker> {
-        let deadline = Instant::now() + patience;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.get().await {
-                Ok(b) => return Ok(b),
-                Err(e) if Instant::now() + backoff < deadline => {
-                    warn!(error = %format!("{e:#}"), "RabbitMQ unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    return Err(
-                        e.context(format!("lost RabbitMQ and could not reconnect within {} s", patience.as_secs()))
-                    );
-                }
-            }
-        }
+        // A job gives up only when its patience runs out; its cancel ends it elsewhere.
+        let never = tokio_util::sync::CancellationToken::new();
+        crate::broker::retry(Some(patience), &never, || self.get()).await.context("lost RabbitMQ")
     }
 }
 

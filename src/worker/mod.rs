@@ -141,18 +141,8 @@ pub async fn run(
 }
 
 async fn reconnect(cfg: &WorkerConfig, shutdown: &CancellationToken) -> anyhow::Result<Broker> {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => anyhow::bail!("stopped while reconnecting to RabbitMQ"),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        match Broker::connect(&cfg.amqp_url, &format!("vpd-worker {}", cfg.id)).await {
-            Ok(b) => return Ok(b),
-            Err(e) => warn!(error = %format!("{e:#}"), "RabbitMQ still unreachable"),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    let name = format!("vpd-worker {}", cfg.id);
+    crate::broker::retry(None, shutdown, || Broker::connect(&cfg.amqp_url, &name)).await
 }
 
 /// Job ids announced cancelled, remembered in a bounded window.
