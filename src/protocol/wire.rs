@@ -383,14 +383,34 @@ pub fn max_result_body(width: u32, height: u32) -> usize {
     4 + MAX_HEADER_BYTES + lz4_flex::block::get_maximum_output_size(frame)
 }
 
-/// Splits a body into its header and the bytes after it.
-fn split_body<H: for<'a> Deserialize<'a>>(body: &[u8]) -> Result<(H, &[u8]), WireError> {
+/// A body header, which carries the layout version it was written in.
+trait Versioned {
+    fn version(&self) -> u8;
+}
+
+impl Versioned for TaskHeader {
+    fn version(&self) -> u8 {
+        self.version
+    }
+}
+
+impl Versioned for ResultHeader {
+    fn version(&self) -> u8 {
+        self.version
+    }
+}
+
+/// Splits a body into its header, checked to be of [`WIRE_VERSION`], and the bytes after it.
+fn split_body<H: for<'a> Deserialize<'a> + Versioned>(body: &[u8]) -> Result<(H, &[u8]), WireError> {
     let len = body.get(..4).ok_or_else(|| WireError::Malformed("shorter than its length prefix".into()))?;
     let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
     if len > MAX_HEADER_BYTES || 4 + len > body.len() {
         return Err(WireError::Malformed(format!("header of {len} bytes in a body of {}", body.len())));
     }
-    let header = postcard::from_bytes(&body[4..4 + len]).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let header: H = postcard::from_bytes(&body[4..4 + len]).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if header.version() != WIRE_VERSION {
+        return Err(WireError::Version(header.version()));
+    }
     Ok((header, &body[4 + len..]))
 }
 
@@ -453,18 +473,12 @@ pub fn encode_task(
 /// Reads a task body's header alone (cheap: the pixels are not touched).
 pub fn task_header(body: &[u8]) -> Result<TaskHeader, WireError> {
     let (header, _): (TaskHeader, _) = split_body(body)?;
-    if header.version != WIRE_VERSION {
-        return Err(WireError::Version(header.version));
-    }
     Ok(header)
 }
 
 /// Decodes a task body into its header, frame and previous frame.
 pub fn decode_task(body: &[u8]) -> Result<(TaskHeader, Mat, Option<Mat>), WireError> {
     let (header, mut rest): (TaskHeader, _) = split_body(body)?;
-    if header.version != WIRE_VERSION {
-        return Err(WireError::Version(header.version));
-    }
     if let Some(p) = &header.previous
         && (p.width, p.height) != (header.frame.width, header.frame.height)
     {
@@ -525,9 +539,6 @@ pub fn encode_result(
 /// Reads a result body's header alone.
 pub fn result_header(body: &[u8]) -> Result<ResultHeader, WireError> {
     let (header, _): (ResultHeader, _) = split_body(body)?;
-    if header.version != WIRE_VERSION {
-        return Err(WireError::Version(header.version));
-    }
     Ok(header)
 }
 
@@ -540,9 +551,6 @@ pub fn decode_result(
     expected: Option<(u32, u32)>,
 ) -> Result<(ResultHeader, Option<Mat>), WireError> {
     let (header, mut rest): (ResultHeader, _) = split_body(body)?;
-    if header.version != WIRE_VERSION {
-        return Err(WireError::Version(header.version));
-    }
     if let (ResultOutcome::Frame(p), Some((w, h))) = (&header.outcome, expected)
         && (p.width, p.height) != (w, h)
     {
@@ -673,6 +681,24 @@ mod tests {
         let body = encode_result(&meta(3), Ok(&boxed), Some(&source), &mut jpeg).unwrap();
         let ResultOutcome::Frame(p) = result_header(&body).unwrap().outcome else { panic!("a frame") };
         assert_eq!(p.encoding, PayloadEncoding::Jpeg);
+    }
+
+    #[test]
+    fn every_reader_refuses_another_layout_version() {
+        let chain: Chain = "blur".parse().unwrap();
+        let meta = TaskMeta { job: "j", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
+        let mut task = encode_task(&meta, &flat(8, 8), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
+        let mut result =
+            encode_result(&super::tests::meta(0), Ok(&flat(8, 8)), None, &mut Encoder::new(TransportEncoding::Raw))
+                .unwrap();
+        // The version is the header's first field: one byte after the length prefix.
+        task[4] = WIRE_VERSION + 1;
+        result[4] = WIRE_VERSION + 1;
+        let newer = WIRE_VERSION + 1;
+        assert!(matches!(task_header(&task), Err(WireError::Version(v)) if v == newer));
+        assert!(matches!(decode_task(&task), Err(WireError::Version(v)) if v == newer));
+        assert!(matches!(result_header(&result), Err(WireError::Version(v)) if v == newer));
+        assert!(matches!(decode_result(&result, None, None), Err(WireError::Version(v)) if v == newer));
     }
 
     #[test]
