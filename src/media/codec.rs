@@ -97,11 +97,6 @@ impl VideoCodec {
         self.encoder().id()
     }
 
-    /// Whether the codec keeps every pixel (FFV1).
-    pub fn lossless(&self) -> bool {
-        self.id() == Id::FFV1
-    }
-
     /// The pixel format frames are encoded in unless `--pix-fmt` says otherwise: what players
     /// expect of the codec, or for the lossless codec, BGR itself.
     pub fn default_pix_fmt(&self) -> Pixel {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::board::{Board, Link, QUEUE_POLL};
 use crate::broker::{Publisher, Topology};
@@ -288,7 +288,9 @@ fn admit<S>(
     let name = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
     match shared.admission.admit(peer.map(|p| p.ip())) {
         Ok(ticket) => {
-            tracker.spawn(session::serve(stream, name, ticket, shared.clone(), shutdown.clone()));
+            // Every line about this connection, and about the job it runs, names the peer.
+            let span = tracing::info_span!("conn", peer = %name);
+            tracker.spawn(session::serve(stream, name, ticket, shared.clone(), shutdown.clone()).instrument(span));
         }
         Err(why) => {
             info!(peer = %name, reason = ?why, "connection refused");

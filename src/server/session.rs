@@ -15,7 +15,7 @@ use opencv::core::Mat;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, info, warn};
+use tracing::{info, warn};
 
 use super::Shared;
 use super::admission::Ticket;
@@ -87,11 +87,7 @@ where
 {
     let (r, w) = tokio::io::split(stream);
     let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::with_timeout(w, WRITE_TIMEOUT));
-    // Every line about this connection, and about the job it runs, names the peer.
-    let span = tracing::info_span!("conn", %peer);
-    let outcome =
-        converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).instrument(span.clone()).await;
-    let _entered = span.enter();
+    let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
     if let Err(Refusal { code, message }) = outcome {
         info!(%peer, %code, %message, "connection refused or job ended in error");
         let _ = writer.send(&ServerMessage::Error { code, message }).await;
