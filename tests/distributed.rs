@@ -104,11 +104,7 @@ fn killing_a_worker_mid_job_loses_nothing() {
     let mut survivor = None;
     let job = std::thread::scope(|s| {
         let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
-        events.wait_for(
-            Duration::from_secs(60),
-            "progress",
-            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 6),
-        );
+        events.wait_for_progress(6);
         // Mid-job, holding tasks it has not acked: kill -9. Then another worker takes over.
         signal(&doomed.child.0, libc::SIGKILL);
         let _ = doomed.child.0.wait();
@@ -149,11 +145,7 @@ fn a_frozen_worker_is_routed_around() {
     let mut healthy = None;
     let job = std::thread::scope(|s| {
         let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
-        events.wait_for(
-            Duration::from_secs(60),
-            "progress",
-            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 4),
-        );
+        events.wait_for_progress(4);
         // Alive to RabbitMQ (its connection stays open) but doing nothing: only the server's
         // re-dispatch can finish the frames it holds. It must hold some when it freezes: with
         // a broker beside us, ask it, and try again at the next frames if it held none.
@@ -164,7 +156,7 @@ fn a_frozen_worker_is_routed_around() {
                 break;
             }
             signal(&frozen.child.0, libc::SIGCONT);
-            events.wait_for(Duration::from_secs(60), "progress", |e| matches!(e, JobEvent::Progress { .. }));
+            events.wait_for_progress(0);
         }
         healthy = Some(Worker::start(&ns, 2));
         job.join().unwrap()
@@ -191,11 +183,7 @@ fn a_worker_stops_gracefully_finishing_what_it_holds() {
     let output = dir.path().join("out.mkv");
     let (job, exit) = std::thread::scope(|s| {
         let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
-        events.wait_for(
-            Duration::from_secs(60),
-            "progress",
-            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 5),
-        );
+        events.wait_for_progress(5);
         signal(&leaving.child.0, libc::SIGTERM);
         let exit = wait_output(&mut leaving.child.0);
         (job.join().unwrap(), exit)
@@ -224,11 +212,7 @@ fn ctrl_c_in_the_client_cancels_the_job_on_the_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    events.wait_for(
-        Duration::from_secs(60),
-        "progress",
-        |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 2),
-    );
+    events.wait_for_progress(2);
     signal(&child, libc::SIGINT);
     let (code, err) = wait_output(&mut child);
     assert_eq!(code, Some(130), "{err}");
@@ -316,11 +300,7 @@ fn a_lost_broker_connection_is_reconnected_mid_job() {
     let output = dir.path().join("out.mkv");
     let job = std::thread::scope(|s| {
         let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
-        events.wait_for(
-            Duration::from_secs(60),
-            "progress",
-            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 10),
-        );
+        events.wait_for_progress(10);
         // Freeze the workers so the job cannot finish before the cut (rabbitmqctl takes seconds):
         // the frames dispatched but not yet returned are then certainly outstanding.
         for w in &workers {
@@ -357,11 +337,7 @@ fn a_worker_that_loses_the_broker_reconnects_and_finishes_the_job() {
     let output = dir.path().join("out.mkv");
     let job = std::thread::scope(|s| {
         let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &[]));
-        events.wait_for(
-            Duration::from_secs(60),
-            "progress",
-            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= 5),
-        );
+        events.wait_for_progress(5);
         // Frozen across the cut (rabbitmqctl takes a second), so that it certainly holds tasks
         // when its connection goes: the job can end only through its reconnect.
         signal(&worker.child.0, libc::SIGSTOP);

@@ -367,6 +367,16 @@ impl Events {
         Events { rx }
     }
 
+    /// Waits (up to a minute) for a job's progress to reach `done` frames.
+    pub fn wait_for_progress(&self, done: u64) {
+        use vpd::protocol::event::JobEvent;
+        self.wait_for(
+            Duration::from_secs(60),
+            "progress",
+            |e| matches!(e, JobEvent::Progress { progress, .. } if progress.done >= done),
+        );
+    }
+
     /// The first event matching `pred` (earlier ones are dropped); panics after `timeout`.
     pub fn wait_for(
         &self,
