@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A server's memory across jobs, and what its allocator costs in speed, for each allocator:
-#   builtin:  vpd as built (glibc malloc held to two arenas by mallopt at start-up)
+#   builtin:  vpd as built (glibc malloc held to one arena by mallopt at start-up; the server
+#             trims its heap after each job)
 #   jemalloc: Debian's libjemalloc2, preloaded (replaces malloc for the whole process)
 #   mimalloc: Debian's libmimalloc2.0, preloaded
 # Memory: one `vpd server` runs JOBS jobs of `blur` on a 720p H.264 clip of 120 frames, one after
