@@ -61,14 +61,14 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR
 
 start_server
 for i in 1 2; do
-  "$vpd" worker --amqp "$amqp" --namespace "$ns" --concurrency "${concurrency}" 2>"$out/worker$i.err" &
+  "$vpd" worker --amqp "$amqp" --namespace "$ns" --threads "${concurrency}" 2>"$out/worker$i.err" &
   pids+=($!)
 done
 # Warm-up: both workers connected, caches warm.
 "$vpd" client "$work/clip10.mp4" --server "$server_addr" -f edges,faces -o "$out/warm.mp4" -q
 
 echo "clip: 300 frames, 1280x720 H.264 (the sample, scaled and looped); $rounds interleaved rounds; $(nproc) cores"
-echo "distributed: 1 server + 2 workers (--concurrency $concurrency each) + client, RabbitMQ on the same machine"
+echo "distributed: 1 server + 2 workers (--threads $concurrency each) + client, RabbitMQ on the same machine"
 printf '%-8s %12s %12s %14s   %s\n' filter "run fps" "dist fps" "dist/run" "per round"
 for filter in edges faces; do
   run_t="" dist_t="" ratios=""

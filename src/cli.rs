@@ -84,8 +84,8 @@ pub struct ServerArgs {
     pub amqp: Option<String>,
 
     /// In-process filter threads, when there is no --amqp [default: the number of CPU cores].
-    #[arg(short, long, value_name = "N")]
-    pub workers: Option<NonZeroUsize>,
+    #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
+    pub threads: Option<NonZeroUsize>,
 
     /// Require clients to present this token.
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
@@ -154,8 +154,8 @@ pub struct WorkerArgs {
     pub amqp: Option<String>,
 
     /// Filter threads, and tasks held at once [default: the number of CPU cores].
-    #[arg(short, long, value_name = "N")]
-    pub concurrency: Option<NonZeroUsize>,
+    #[arg(short = 't', long, value_name = "N", alias = "concurrency", short_alias = 'c')]
+    pub threads: Option<NonZeroUsize>,
 
     /// Prefix of every queue and exchange name (as given to the server).
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
@@ -301,14 +301,14 @@ pub struct RunArgs {
     pub filter: Chain,
 
     /// Filter threads [default: the number of CPU cores].
-    #[arg(short, long, value_name = "N")]
-    pub workers: Option<NonZeroUsize>,
+    #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
+    pub threads: Option<NonZeroUsize>,
 
     /// How the output is encoded.
     #[command(flatten)]
     pub encoding: OutputArgs,
 
-    /// Most frames in flight between decoding and writing [default: 2 × workers + 4, capped to
+    /// Most frames in flight between decoding and writing [default: 2 × threads + 4, capped to
     /// 512 MB of frames].
     #[arg(long, value_name = "N")]
     pub window: Option<NonZeroUsize>,

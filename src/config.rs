@@ -74,8 +74,9 @@ pub struct ServerSection {
     pub unix: Option<PathBuf>,
     /// RabbitMQ URL.
     pub amqp: Option<String>,
-    /// In-process filter threads.
-    pub workers: Option<NonZeroUsize>,
+    /// In-process filter threads (`workers` before, still accepted).
+    #[serde(alias = "workers")]
+    pub threads: Option<NonZeroUsize>,
     /// Largest upload (`4G`, `512M`, …).
     pub max_upload: Option<String>,
     /// Jobs at once.
@@ -100,8 +101,9 @@ pub struct ServerSection {
 pub struct WorkerSection {
     /// RabbitMQ URL.
     pub amqp: Option<String>,
-    /// Filter threads.
-    pub concurrency: Option<NonZeroUsize>,
+    /// Filter threads (`concurrency` before, still accepted).
+    #[serde(alias = "concurrency")]
+    pub threads: Option<NonZeroUsize>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
     /// `/metrics` address.
@@ -153,8 +155,9 @@ pub struct FiltersSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
-    /// Filter threads.
-    pub workers: Option<NonZeroUsize>,
+    /// Filter threads (`workers` before, still accepted).
+    #[serde(alias = "workers")]
+    pub threads: Option<NonZeroUsize>,
     /// Most frames in flight.
     pub window: Option<NonZeroUsize>,
     /// Video encoder.
@@ -177,12 +180,12 @@ impl FileConfig {
 
     /// The validated configuration of `vpd run`.
     pub fn run(&self, args: RunArgs) -> anyhow::Result<RunConfig> {
-        let workers = args.workers.or(self.run.workers).unwrap_or_else(default_workers);
+        let threads = args.threads.or(self.run.threads).unwrap_or_else(default_threads);
         Ok(RunConfig {
             input: args.input,
             output: args.output,
             chain: args.filter,
-            workers,
+            threads,
             output_options: output_options(args.encoding, &self.run.codec, self.run.crf, &self.run.preset),
             window: args.window.or(self.run.window),
             filter_env: self.filter_env(args.face_cascade),
@@ -209,7 +212,7 @@ impl FileConfig {
                 redispatch_after: Duration::from_secs_f64(redispatch),
             },
             None => Backend::Local {
-                workers: a.workers.or(f.workers).unwrap_or_else(default_workers),
+                threads: a.threads.or(f.threads).unwrap_or_else(default_threads),
                 filter_env: self.filter_env(a.face_cascade),
             },
         };
@@ -248,7 +251,7 @@ impl FileConfig {
         };
         Ok(WorkerConfig {
             amqp_url,
-            concurrency: a.concurrency.or(f.concurrency).unwrap_or_else(default_workers),
+            threads: a.threads.or(f.threads).unwrap_or_else(default_threads),
             topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?),
             filter_env: self.filter_env(a.face_cascade),
             id: crate::metrics::WorkerId::this_process().to_string(),
@@ -326,7 +329,7 @@ fn token(t: Option<String>) -> anyhow::Result<Option<Token>> {
 }
 
 /// One filter thread per CPU core.
-fn default_workers() -> NonZeroUsize {
+fn default_threads() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
@@ -340,7 +343,7 @@ pub struct RunConfig {
     /// The filters.
     pub chain: Chain,
     /// Filter threads.
-    pub workers: NonZeroUsize,
+    pub threads: NonZeroUsize,
     /// How the output is encoded.
     pub output_options: OutputOptions,
     /// Most frames in flight; `None` picks from the worker count and frame size.
@@ -370,26 +373,51 @@ mod tests {
     #[test]
     fn command_line_beats_file_beats_default() {
         let file: FileConfig =
-            toml::from_str("[run]\nworkers = 3\ncodec = \"hevc\"\ncrf = 20\n[filters]\nface_cascade = \"/x.xml\"")
+            toml::from_str("[run]\nthreads = 3\ncodec = \"hevc\"\ncrf = 20\n[filters]\nface_cascade = \"/x.xml\"")
                 .unwrap();
         let cfg = file.run(run_args(&[])).unwrap();
         assert_eq!(
-            (cfg.workers.get(), cfg.output_options.codec.to_string(), cfg.output_options.crf),
+            (cfg.threads.get(), cfg.output_options.codec.to_string(), cfg.output_options.crf),
             (3, "hevc".into(), Some(20))
         );
         assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/x.xml"));
 
         let cfg = file
-            .run(run_args(&["--workers", "5", "--codec", "mjpeg", "--face-cascade", "/y.xml", "--preset", "slow"]))
+            .run(run_args(&["--threads", "5", "--codec", "mjpeg", "--face-cascade", "/y.xml", "--preset", "slow"]))
             .unwrap();
-        assert_eq!((cfg.workers.get(), cfg.output_options.codec.to_string()), (5, "mjpeg".into()));
+        assert_eq!((cfg.threads.get(), cfg.output_options.codec.to_string()), (5, "mjpeg".into()));
         assert_eq!((cfg.output_options.crf, cfg.output_options.preset.as_deref()), (Some(20), Some("slow")));
         assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/y.xml"));
 
         let cfg = FileConfig::default().run(run_args(&[])).unwrap();
         assert_eq!(cfg.output_options, OutputOptions::default());
         assert_eq!(cfg.output_options.codec.encoder_name(), "libx264");
-        assert_eq!(cfg.workers, default_workers());
+        assert_eq!(cfg.threads, default_threads());
+    }
+
+    #[test]
+    fn the_old_thread_flags_and_keys_still_work_unshown() {
+        let cfg = FileConfig::default().run(run_args(&["--workers", "3"])).unwrap();
+        assert_eq!(cfg.threads.get(), 3);
+        let cfg = FileConfig::default().run(run_args(&["-w", "4"])).unwrap();
+        assert_eq!(cfg.threads.get(), 4);
+        let file: FileConfig =
+            toml::from_str("[run]\nworkers = 2\n[server]\nworkers = 5\n[worker]\nconcurrency = 6").unwrap();
+        let get = |n: Option<NonZeroUsize>| n.map(NonZeroUsize::get);
+        assert_eq!(
+            (get(file.run.threads), get(file.server.threads), get(file.worker.threads)),
+            (Some(2), Some(5), Some(6))
+        );
+        match crate::cli::Cli::parse_from(["vpd", "worker", "--concurrency", "7"]).command {
+            crate::cli::Command::Worker(a) => assert_eq!(a.threads.map(NonZeroUsize::get), Some(7)),
+            other => panic!("not worker: {other:?}"),
+        }
+        let help = <crate::cli::Cli as clap::CommandFactory>::command()
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_help()
+            .to_string();
+        assert!(help.contains("--threads") && !help.contains("--workers"), "{help}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ fn two_jobs_at_once_log_under_their_own_job_and_connection() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mkv");
     write_clip(&input, &ClipSpec { frames: 30, ..ClipSpec::default() }, "ffv1");
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--log-format", "json", "-vv"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2", "--log-format", "json", "-vv"]);
     let outputs = [dir.path().join("a.mkv"), dir.path().join("b.mkv")];
     std::thread::scope(|s| {
         let jobs: Vec<_> =

@@ -369,7 +369,7 @@ fn unusable_inputs_and_encoders_are_clear_errors_that_leave_nothing() {
 fn the_server_encodes_with_the_clients_options_and_keeps_the_audio() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip_with_tone(dir.path());
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
     let output = dir.path().join("out.mkv");
     let out = run_vpd(&[
         "client",

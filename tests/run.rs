@@ -63,7 +63,7 @@ fn every_frame_equals_the_library_filter_of_the_input_frame() {
             output.to_str().unwrap(),
             "--codec",
             "ffv1",
-            "--workers",
+            "--threads",
             "3",
         ]);
         assert!(out.status.success(), "{chain}: {}", stderr(&out));
@@ -96,7 +96,7 @@ fn one_worker_and_four_workers_write_identical_frames() {
             output.to_str().unwrap(),
             "--codec",
             "ffv1",
-            "-w",
+            "-t",
             workers,
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -138,7 +138,7 @@ fn json_summary_reports_the_job() {
     write_clip(&input, &ClipSpec { frames: 20, ..ClipSpec::default() }, "mp4v");
     let output = dir.path().join("out.mp4");
     let out =
-        run_vpd(&["run", input.to_str().unwrap(), "-f", "edges", "-o", output.to_str().unwrap(), "--json", "-w", "2"]);
+        run_vpd(&["run", input.to_str().unwrap(), "-f", "edges", "-o", output.to_str().unwrap(), "--json", "-t", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stderr.is_empty() || stderr(&out).contains("20 frames"), "{}", stderr(&out));
     let s: vpd::metrics::JobSummary = serde_json::from_slice(&out.stdout).expect("one JSON summary on stdout");
@@ -274,7 +274,7 @@ fn interrupt_cancels_the_job_and_removes_the_partial_output() {
             input.to_str().unwrap(),
             "-f",
             "blur:ksize=151,blur:ksize=151",
-            "-w",
+            "-t",
             "1",
             "-o",
             output.to_str().unwrap(),

@@ -93,11 +93,11 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 const WINDOW_BYTES: usize = 512 << 20;
 
 impl JobOptions {
-    /// The default window for `workers` filter threads and frames of `frame_bytes`: enough
-    /// frames to keep every worker busy while one slow frame holds up the writer, capped at
+    /// The default window for `threads` filter threads and frames of `frame_bytes`: enough
+    /// frames to keep every thread busy while one slow frame holds up the writer, capped at
     /// 512 MB of frames.
-    pub fn default_window(workers: NonZeroUsize, frame_bytes: usize) -> NonZeroUsize {
-        let wanted = 2 * workers.get() + 4;
+    pub fn default_window(threads: NonZeroUsize, frame_bytes: usize) -> NonZeroUsize {
+        let wanted = 2 * threads.get() + 4;
         let affordable = WINDOW_BYTES / frame_bytes.max(1).saturating_mul(2);
         NonZeroUsize::new(wanted.min(affordable).max(2)).expect("at least 2")
     }

@@ -59,8 +59,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub enum Backend {
     /// Filter threads in the server process.
     Local {
-        /// Threads.
-        workers: NonZeroUsize,
+        /// Filter threads.
+        threads: NonZeroUsize,
         /// Files the filters need.
         filter_env: FilterEnv,
     },
@@ -199,9 +199,9 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     let Listeners { tcp, unix, preview, metrics, work_dir } = listeners;
     let (transport, parallelism, local_face_cascade, events): (Arc<dyn Transport + Send + Sync>, _, _, _) =
         match &cfg.backend {
-            Backend::Local { workers, filter_env } => (
-                Arc::new(LocalTransport::new(*workers, filter_env.clone())?),
-                *workers,
+            Backend::Local { threads, filter_env } => (
+                Arc::new(LocalTransport::new(*threads, filter_env.clone())?),
+                *threads,
                 Some(filter_env.face_cascade.clone()),
                 None,
             ),

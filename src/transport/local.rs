@@ -11,7 +11,7 @@ use super::{JobContext, ProcessorCache, Transport, WireBytes, execute_task};
 use crate::filters::FilterEnv;
 use crate::protocol::task::{FrameResult, FrameTask, WorkerId};
 
-/// `workers` filter threads fed from one bounded queue; jobs hand their tasks in with
+/// `threads` filter threads fed from one bounded queue; jobs hand their tasks in with
 /// [`Transport::serve`] and each gets its own results back.
 pub struct LocalTransport {
     queue: Option<Sender<Work>>,
@@ -26,12 +26,12 @@ struct Work {
 }
 
 impl LocalTransport {
-    /// Starts `workers` filter threads that build processors with `env`.
-    pub fn new(workers: NonZeroUsize, env: FilterEnv) -> anyhow::Result<Self> {
+    /// Starts `threads` filter threads that build processors with `env`.
+    pub fn new(threads: NonZeroUsize, env: FilterEnv) -> anyhow::Result<Self> {
         // Two tasks per thread: none waits for work, and a job's frames are held by its own
         // window, not here.
-        let (tx, rx) = bounded::<Work>(2 * workers.get());
-        let threads = (0..workers.get())
+        let (tx, rx) = bounded::<Work>(2 * threads.get());
+        let threads = (0..threads.get())
             .map(|i| {
                 let (rx, env) = (rx.clone(), env.clone());
                 std::thread::Builder::new()

@@ -53,7 +53,7 @@ pub struct WorkerConfig {
     /// The broker.
     pub amqp_url: String,
     /// Filter threads, and tasks held at once (prefetch).
-    pub concurrency: NonZeroUsize,
+    pub threads: NonZeroUsize,
     /// Queue and exchange namespace.
     pub topology: Topology,
     /// Files the filters need.
@@ -96,9 +96,9 @@ pub async fn run(
         let site = crate::http::Site::metrics_only(move || s.render());
         tokio::spawn(crate::http::serve(listener, site, shutdown.clone()))
     });
-    let (work_tx, work_rx) = bounded::<Work>(cfg.concurrency.get());
-    let (done_tx, mut done_rx) = mpsc::channel::<Done>(cfg.concurrency.get() * 2);
-    let threads: Vec<_> = (0..cfg.concurrency.get())
+    let (work_tx, work_rx) = bounded::<Work>(cfg.threads.get());
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(cfg.threads.get() * 2);
+    let threads: Vec<_> = (0..cfg.threads.get())
         .map(|i| {
             let (rx, tx, env, id) = (work_rx.clone(), done_tx.clone(), cfg.filter_env.clone(), cfg.id.clone());
             let stats = stats.clone();
@@ -109,7 +109,7 @@ pub async fn run(
         .collect::<Result<_, _>>()
         .context("spawning filter threads")?;
     drop((work_rx, done_tx));
-    info!(worker = %cfg.id, concurrency = cfg.concurrency.get(), broker = broker.url(), "worker started");
+    info!(worker = %cfg.id, threads = cfg.threads.get(), broker = broker.url(), "worker started");
 
     let mut cancelled = Cancelled::default();
     loop {
@@ -217,7 +217,7 @@ async fn session(
 ) -> anyhow::Result<()> {
     let t = &cfg.topology;
     broker.declare(t).await?;
-    let prefetch = u16::try_from(cfg.concurrency.get()).unwrap_or(u16::MAX);
+    let prefetch = u16::try_from(cfg.threads.get()).unwrap_or(u16::MAX);
     let mut tasks = broker.consume_tasks(t, prefetch, &format!("worker {}", cfg.id)).await?;
     let mut events = broker.consume_events(t, &format!("worker-events {}", cfg.id)).await?;
     let publisher = std::sync::Arc::new(broker.publisher().await?);

@@ -177,7 +177,7 @@ pub struct Worker {
 impl Worker {
     fn command(ns: &Namespace, concurrency: usize) -> std::process::Command {
         let mut cmd = vpd();
-        cmd.args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--concurrency", &concurrency.to_string()]);
+        cmd.args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--threads", &concurrency.to_string()]);
         cmd
     }
 
