@@ -13,8 +13,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::metrics::exposition::{Exposition, Kind};
-use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS};
-use crate::protocol::event::{JobEvent, ProgressSnapshot};
+use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS, Progress};
+use crate::protocol::event::JobEvent;
 
 /// How often a board's feeder reads the task queue's depth (server and preview alike).
 pub const QUEUE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -58,31 +58,21 @@ pub struct JobView {
     pub status: JobStatus,
     /// The filter chain (empty when the board joined after the job started).
     pub filters: String,
-    /// Frames in the video, if known.
-    pub frames: Option<u64>,
-    /// Frames done.
-    pub done: u64,
-    /// Frames whose filter failed.
-    pub failed: u64,
-    /// Redeliveries, re-dispatches and retries.
-    pub retries: u64,
-    /// Frames dispatched and not yet back.
-    pub in_flight: u64,
+    /// The job's numbers: the latest progress snapshot, or the summary's once it is done.
+    pub progress: Progress,
     /// Done as a share of the frames, 0–100 (100 once done).
     pub percent: f64,
     /// Current frames per second (the whole job's once it is done).
     pub fps: f64,
     /// Seconds left at the current speed, when it can be told.
     pub eta_seconds: Option<f64>,
-    /// Seconds since the job started.
-    pub elapsed_seconds: f64,
     /// Frame width.
     pub width: u32,
     /// Frame height.
     pub height: u32,
     /// The video's frame rate.
     pub video_fps: f64,
-    /// Per worker.
+    /// Per worker: its frames and its speed.
     pub workers: BTreeMap<String, WorkerView>,
     /// Index of the latest thumbnail, if any (`/jobs/{id}/frame.jpg`).
     pub frame_index: Option<u64>,
@@ -121,7 +111,7 @@ struct Entry {
     view: JobView,
     thumbnail: Option<Vec<u8>>,
     /// The last progress snapshot, to measure speed between two of them.
-    last: Option<ProgressSnapshot>,
+    last: Option<Progress>,
     /// When the job's last event came.
     heard: Instant,
 }
@@ -257,19 +247,19 @@ impl Board {
             Kind::Counter,
             "vpd_frames_processed_total",
             "Frames processed (filtered or written unchanged after a failure).",
-            (s.retired.done + sum(|v| v.done)) as f64,
+            (s.retired.done + sum(|v| v.progress.done)) as f64,
         );
         e.single(
             Kind::Counter,
             "vpd_frames_failed_total",
             "Frames written unchanged because their filters failed.",
-            (s.retired.failed + sum(|v| v.failed)) as f64,
+            (s.retired.failed + sum(|v| v.progress.failed)) as f64,
         );
         e.single(
             Kind::Counter,
             "vpd_frames_retried_total",
             "Redeliveries, re-dispatches and retries of frames.",
-            (s.retired.retries + sum(|v| v.retries)) as f64,
+            (s.retired.retries + sum(|v| v.progress.retries)) as f64,
         );
         let [done, failed, cancelled] = s.outcomes;
         e.labelled(
@@ -291,7 +281,7 @@ impl Board {
             Kind::Gauge,
             "vpd_frames_in_flight",
             "Frames dispatched and not yet back, over running jobs.",
-            running.iter().map(|v| v.in_flight).sum::<u64>() as f64,
+            running.iter().map(|v| v.progress.in_flight).sum::<u64>() as f64,
         );
         let seen = s.workers_seen.values().filter(|t| t.elapsed() < WORKER_SEEN_FOR).count();
         e.single(Kind::Gauge, "vpd_workers_seen", "Workers that processed a frame in the last 5 minutes.", seen as f64);
@@ -336,9 +326,9 @@ impl State {
             };
             let id = self.order.remove(pos).expect("position just found");
             if let Some(e) = self.jobs.remove(&id) {
-                self.retired.done += e.view.done;
-                self.retired.failed += e.view.failed;
-                self.retired.retries += e.view.retries;
+                self.retired.done += e.view.progress.done;
+                self.retired.failed += e.view.progress.failed;
+                self.retired.retries += e.view.progress.retries;
             }
         }
     }
@@ -359,7 +349,7 @@ impl State {
                 let e = self.entry(&id);
                 e.view = JobView {
                     filters: filters.clone(),
-                    frames: *frames,
+                    progress: Progress { total: *frames, ..Progress::default() },
                     width: *width,
                     height: *height,
                     video_fps: *fps,
@@ -370,33 +360,31 @@ impl State {
             }
             JobEvent::Progress { progress: p, .. } => {
                 for w in p.workers.keys() {
-                    self.workers_seen.insert(w.clone(), now);
+                    self.workers_seen.insert(w.to_string(), now);
                 }
                 let e = self.entry(&id);
                 let v = &mut e.view;
-                v.done = v.done.max(p.done);
-                v.failed = p.failed;
-                v.retries = p.retries;
-                v.in_flight = p.in_flight;
-                v.frames = p.total.or(v.frames);
-                v.elapsed_seconds = p.elapsed_ms as f64 / 1000.0;
+                // Snapshots may overtake each other on the way: done never goes back.
+                let done = v.progress.done.max(p.done);
+                let total = p.total.or(v.progress.total);
+                v.progress = Progress { done, total, ..p.clone() };
                 if let Some(last) = &e.last {
                     let dt = p.elapsed_ms.saturating_sub(last.elapsed_ms) as f64 / 1000.0;
                     if dt >= 0.05 {
                         v.fps = smooth(v.fps, p.done.saturating_sub(last.done) as f64 / dt);
                         for (w, n) in &p.workers {
                             let before = last.workers.get(w).copied().unwrap_or(0);
-                            let wv = v.workers.entry(w.clone()).or_default();
+                            let wv = v.workers.entry(w.to_string()).or_default();
                             wv.fps = smooth(wv.fps, n.saturating_sub(before) as f64 / dt);
                         }
                     }
                 }
                 for (w, n) in &p.workers {
-                    v.workers.entry(w.clone()).or_default().frames = *n;
+                    v.workers.entry(w.to_string()).or_default().frames = *n;
                 }
-                v.percent = percent(v.done, v.frames);
-                v.eta_seconds = match (v.frames, v.fps > 0.0) {
-                    (Some(total), true) => Some(total.saturating_sub(v.done) as f64 / v.fps),
+                v.percent = percent(done, total);
+                v.eta_seconds = match (total, v.fps > 0.0) {
+                    (Some(total), true) => Some(total.saturating_sub(done) as f64 / v.fps),
                     _ => None,
                 };
                 e.last = Some(p.clone());
@@ -416,15 +404,10 @@ impl State {
                 }
                 let v = &mut self.entry(&id).view;
                 v.status = JobStatus::Done;
-                v.done = summary.frames;
-                v.failed = summary.failed_frames;
-                v.retries = summary.retries;
-                v.in_flight = 0;
-                v.frames = Some(summary.frames);
+                v.progress = summary.progress();
                 v.percent = 100.0;
                 v.fps = summary.fps;
                 v.eta_seconds = None;
-                v.elapsed_seconds = summary.wall_seconds;
                 v.workers = summary
                     .workers
                     .iter()
@@ -442,14 +425,14 @@ impl State {
                 let v = &mut self.entry(&id).view;
                 v.status = JobStatus::Failed;
                 v.error = Some(error.clone());
-                v.in_flight = 0;
+                v.progress.in_flight = 0;
                 v.eta_seconds = None;
             }
             JobEvent::Cancelled { .. } => {
                 self.outcomes[2] += 1;
                 let v = &mut self.entry(&id).view;
                 v.status = JobStatus::Cancelled;
-                v.in_flight = 0;
+                v.progress.in_flight = 0;
                 v.eta_seconds = None;
             }
         }
@@ -464,15 +447,10 @@ impl JobView {
             id: id.to_string(),
             status: JobStatus::Running,
             filters: String::new(),
-            frames: None,
-            done: 0,
-            failed: 0,
-            retries: 0,
-            in_flight: 0,
+            progress: Progress::default(),
             percent: 0.0,
             fps: 0.0,
             eta_seconds: None,
-            elapsed_seconds: 0.0,
             width: 0,
             height: 0,
             video_fps: 0.0,
@@ -499,17 +477,18 @@ fn percent(done: u64, total: Option<u64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::WorkerId;
 
     fn progress(done: u64, elapsed_ms: u64, workers: &[(&str, u64)]) -> JobEvent {
         JobEvent::Progress {
             job: "j".into(),
-            progress: ProgressSnapshot {
+            progress: Progress {
                 done,
                 total: Some(100),
                 elapsed_ms,
                 retries: 1,
                 in_flight: 4,
-                workers: workers.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+                workers: workers.iter().map(|(w, n)| (WorkerId::new(*w), *n)).collect(),
                 ..Default::default()
             },
         }
@@ -558,10 +537,7 @@ mod tests {
             assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
         }
         // A progress snapshot that arrives after the end changes nothing.
-        b.apply(&JobEvent::Progress {
-            job: "j1".into(),
-            progress: ProgressSnapshot { done: 50, ..Default::default() },
-        });
+        b.apply(&JobEvent::Progress { job: "j1".into(), progress: Progress { done: 50, ..Default::default() } });
         assert_eq!(b.job("j1").unwrap(), j1);
     }
 
@@ -604,7 +580,7 @@ mod tests {
         b.apply(&progress(10, 1000, &[("a", 6), ("b", 4)]));
         b.apply(&progress(30, 2000, &[("a", 18), ("b", 12)]));
         let v = b.job("j").unwrap();
-        assert_eq!((v.done, v.percent, v.in_flight, v.retries), (30, 30.0, 4, 1));
+        assert_eq!((v.progress.done, v.percent, v.progress.in_flight, v.progress.retries), (30, 30.0, 4, 1));
         assert!((v.fps - 20.0).abs() < 1e-9, "20 frames in a second: {}", v.fps);
         assert!((v.eta_seconds.unwrap() - 3.5).abs() < 1e-9, "70 frames left at 20 fps");
         assert!((v.workers["a"].fps - 12.0).abs() < 1e-9 && v.workers["b"].frames == 12);
@@ -618,7 +594,10 @@ mod tests {
         latency.observe(LATENCY_BOUNDS, 0.02);
         b.apply(&JobEvent::Done { job: "j".into(), summary: Box::new(summary(100)), latency });
         let v = b.job("j").unwrap();
-        assert_eq!((v.status, v.done, v.failed, v.retries, v.percent), (JobStatus::Done, 100, 1, 2, 100.0));
+        assert_eq!(
+            (v.status, v.progress.done, v.progress.failed, v.progress.retries, v.percent),
+            (JobStatus::Done, 100, 1, 2, 100.0)
+        );
         assert_eq!(v.filters, "edges", "known from the summary even without a started event");
         let m = b.metrics();
         for line in [
@@ -635,7 +614,7 @@ mod tests {
         }
         // A progress snapshot arriving late does not undo the end.
         b.apply(&progress(60, 1500, &[]));
-        assert_eq!(b.job("j").unwrap().done, 100);
+        assert_eq!(b.job("j").unwrap().progress.done, 100);
     }
 
     #[test]
@@ -661,7 +640,7 @@ mod tests {
         b.apply(&progress(1, 10, &[]));
         b.apply(&JobEvent::Frame { job: "j".into(), index: 0, jpeg: vec![1, 2] });
         b.set_link(Link { broker_connected: Some(false), queue_depth: None });
-        assert!(matches!(rx.try_recv(), Ok(Update::Job(v)) if v.done == 1));
+        assert!(matches!(rx.try_recv(), Ok(Update::Job(v)) if v.progress.done == 1));
         assert!(matches!(rx.try_recv(), Ok(Update::Frame { index: 0, .. })));
         assert!(matches!(rx.try_recv(), Ok(Update::Link(Link { broker_connected: Some(false), .. }))));
         assert_eq!(b.thumbnail("j"), Some(vec![1, 2]));

@@ -5,8 +5,8 @@ use std::io::{self, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-use crate::metrics::{JobStats, JobSummary, Percentiles};
-use crate::pipeline::{Observer, Progress};
+use crate::metrics::{JobSummary, Percentiles, Progress};
+use crate::pipeline::Observer;
 
 /// A progress bar on stderr: frames done/total, fps, ETA. Hidden when stderr is not a terminal.
 pub struct ProgressView(ProgressBar);
@@ -49,7 +49,7 @@ impl ProgressView {
 }
 
 impl Observer for ProgressView {
-    fn on_progress(&self, p: &Progress, _: &JobStats) {
+    fn on_progress(&self, p: &Progress) {
         self.update(p);
     }
 }

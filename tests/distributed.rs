@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use vpd::protocol::event::JobEvent;
+use vpd::protocol::task::Correlation;
 
 use crate::util::cluster::*;
 use crate::util::*;
@@ -41,7 +42,7 @@ fn run_server_and_remote_workers_write_identical_frames() {
     let ns = Namespace::new("same");
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 20, width: 480, height: 360, fps: 25.0, face: true });
-    let local = Server::start(&["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let local = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
     let remote = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
     let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
@@ -238,7 +239,7 @@ fn clients_over_ipv4_ipv6_and_a_unix_socket_two_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
     let socket = dir.path().join("vpd.sock");
-    let server = Server::start(&["--listen", "[::]:0", "--unix", socket.to_str().unwrap(), "--workers", "2"]);
+    let server = Server::start(&["--listen", "[::]:0", "--unix", socket.to_str().unwrap(), "--threads", "2"]);
     let port = server.tcp.as_deref().unwrap().rsplit(':').next().unwrap().to_string();
     let want = reference(&input, "edges", &dir.path().join("run.mkv"));
     let addrs = [format!("127.0.0.1:{port}"), format!("[::1]:{port}"), format!("unix:{}", socket.display())];
@@ -381,7 +382,15 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
         let chain = "faces".parse().unwrap();
         let meta = TaskMeta { job: "jpoison", index: 3, chain: &chain, encoding: TransportEncoding::Raw };
         let body = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
-        assert!(publisher.task(&t, &body, &reply_to, "jpoison:3", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, &body, &reply_to, &Correlation::new("jpoison", 3), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
         let (index, retries, reason) = next_reply().await;
         assert_eq!(index, 3);
         assert_eq!(retries, vpd::worker::MAX_ATTEMPTS - 1, "tried {} times", vpd::worker::MAX_ATTEMPTS);
@@ -393,13 +402,29 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
         let meta = TaskMeta { job: "jpoison", index: 4, chain: &chain, encoding: TransportEncoding::Raw };
         let other = Mat::new_rows_cols_with_default(16, 16, CV_8UC3, Scalar::all(1.0)).unwrap();
         let body = wire::encode_task(&meta, &frame, Some(&other), &mut Encoder::new(TransportEncoding::Raw)).unwrap();
-        assert!(publisher.task(&t, &body, &reply_to, "jpoison:4", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, &body, &reply_to, &Correlation::new("jpoison", 4), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
         let (index, retries, reason) = next_reply().await;
         assert_eq!((index, retries), (4, 0));
         assert!(reason.contains("a 16x16 frame where 32x32 was expected"), "{reason}");
 
         // Bytes that are no task at all go straight to the dead letters.
-        assert!(publisher.task(&t, b"garbage", &reply_to, "jpoison:5", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, b"garbage", &reply_to, &Correlation::new("jpoison", 5), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
         broker.close().await;
     });
     assert!(wait_for(Duration::from_secs(10), || ns.stats(&t.dead()).0 == 3), "all three are dead-lettered");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use vpd::broker::Broker;
 use vpd::protocol::event::JobEvent;
 use vpd::protocol::message::{ClientMessage, ErrorCode, ServerMessage, SubmitRequest};
+use vpd::protocol::task::Correlation;
 
 use crate::util::cluster::*;
 use crate::util::raw::*;
@@ -84,7 +85,7 @@ fn running_out_of_descriptors_pauses_accepting_and_never_stops_the_server() {
     let input = small_clip(dir.path(), 8);
     let work_dir = dir.path().join("work");
     let mut server = Server::start_in(
-        &["--listen", "127.0.0.1:0", "--workers", "1"],
+        &["--listen", "127.0.0.1:0", "--threads", "1"],
         tempfile::tempdir().unwrap(),
         work_dir,
         |cmd| limit_open_files(cmd, LIMIT),
@@ -117,7 +118,7 @@ fn running_out_of_descriptors_pauses_accepting_and_never_stops_the_server() {
 
 #[test]
 fn connections_over_the_caps_are_turned_away_at_once() {
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let held: Vec<Raw> = (0..32).map(|_| Raw::connect_from(&server.addr(), "127.0.0.7").unwrap()).collect();
     let mut extra = Raw::connect_from(&server.addr(), "127.0.0.7").unwrap();
     let started = Instant::now();
@@ -155,7 +156,7 @@ fn a_work_dir_the_server_did_not_create_is_left_as_it_was() {
     // A crashed server's job files are cleared at start, with a word; the user's file stays.
     std::fs::write(work.join("j0123456789ab.in.mp4"), "left by a crash").unwrap();
     let server = Server::start_in(
-        &["--listen", "127.0.0.1:0", "--workers", "1"],
+        &["--listen", "127.0.0.1:0", "--threads", "1"],
         tempfile::tempdir().unwrap(),
         work.clone(),
         |_| {},
@@ -185,7 +186,7 @@ fn a_work_dir_the_server_did_not_create_is_left_as_it_was() {
 
 #[test]
 fn a_work_dir_the_server_created_is_private_and_removed() {
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let work = server.work_dir.clone();
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&work).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700);
@@ -205,7 +206,7 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
     // Noise: its lossless result (megabytes) is far more than socket buffers hold.
     let noisy = dir.path().join("noisy.mkv");
     lavfi_clip(&noisy, "testsrc2=size=640x360:rate=25,noise=alls=80:allf=t+u", 30, &["-c:v", "ffv1"]);
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--max-jobs", "1"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--max-jobs", "1"]);
 
     // One trickles its upload: 1 byte of 2 MB, then nothing.
     let mut trickle = Raw::connect(&server.addr());
@@ -221,10 +222,10 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
     assert!(matches!(deaf.recv(), Some(ServerMessage::Welcome { .. })));
     let bytes = std::fs::read(&noisy).unwrap();
     deaf.send(&ClientMessage::Submit(Box::new(SubmitRequest {
-        filters: "blur:ksize=3".into(),
+        chain: "blur:ksize=3".parse().unwrap(),
         output: vpd::media::OutputOptions { codec: "ffv1".parse().unwrap(), ..Default::default() },
         container: "mkv".into(),
-        transport: "auto".into(),
+        transport: vpd::protocol::wire::TransportEncoding::Auto,
         input_name: "noisy.mkv".into(),
         upload_bytes: bytes.len() as u64,
     })));
@@ -247,7 +248,7 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
 
 #[test]
 fn chains_over_the_limits_are_refused_by_the_server() {
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let long = vec!["blur:ksize=3"; 4000].join(",");
     for (chain, expected) in [
         (long.as_str(), "a chain of 4000 filters is over the limit of 16"),
@@ -323,14 +324,38 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let bomb = jpeg_bomb(30_000, 30_000);
         let small = Payload { width: 8, height: 8, encoding: PayloadEncoding::Jpeg, len: bomb.len() as u64 };
         let body = forged_task("jforged", &[blur(3)], small, &bomb);
-        assert!(publisher.task(&t, &body, &reply_to, "jforged:0", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, &body, &reply_to, &Correlation::new("jforged", 0), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
         // A 720p frame with a kernel of 100001, and one with 3000 blurs: minutes of CPU each.
         let raw = vec![7u8; 1280 * 720 * 3];
         let hd = Payload { width: 1280, height: 720, encoding: PayloadEncoding::Raw, len: raw.len() as u64 };
         let huge_kernel = forged_task("jforged", &[blur(100_001)], hd, &raw);
-        assert!(publisher.task(&t, &huge_kernel, &reply_to, "jforged:1", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, &huge_kernel, &reply_to, &Correlation::new("jforged", 1), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
         let many = forged_task("jforged", &vec![blur(255); 3000], hd, &raw);
-        assert!(publisher.task(&t, &many, &reply_to, "jforged:2", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, &many, &reply_to, &Correlation::new("jforged", 2), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
         // Then an honest task: its result comes at once, from the one filter thread.
         let chain = "blur:ksize=3".parse().unwrap();
         let frame = opencv::core::Mat::new_rows_cols_with_default(
@@ -342,7 +367,15 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         .unwrap();
         let meta = TaskMeta { job: "jforged", index: 3, chain: &chain, encoding: TransportEncoding::Raw };
         let honest = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
-        assert!(publisher.task(&t, &honest, &reply_to, "jforged:3", 0).await.unwrap().accepted().await.unwrap());
+        assert!(
+            publisher
+                .task(&t, &honest, &reply_to, &Correlation::new("jforged", 3), 0)
+                .await
+                .unwrap()
+                .accepted()
+                .await
+                .unwrap()
+        );
 
         let mut outcomes = std::collections::HashMap::new();
         while !outcomes.contains_key(&3) {
@@ -387,13 +420,13 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
         let mut tasks = broker.consume_tasks(&t, 1, "forger").await.unwrap();
         let task = tokio::time::timeout(Duration::from_secs(30), tasks.next()).await.expect("a task").unwrap().unwrap();
         let (reply_to, correlation) = (task.reply_to.clone().unwrap(), task.correlation.clone().unwrap());
-        let index: u64 = correlation.rsplit_once(':').unwrap().1.parse().unwrap();
+        let index = correlation.index;
         let bomb = jpeg_bomb(30_000, 30_000);
         // Announced as the job's own 320x240, so only the JPEG's header gives it away.
         let payload = Payload { width: 320, height: 240, encoding: PayloadEncoding::Jpeg, len: bomb.len() as u64 };
         let header = ResultHeader {
             version: WIRE_VERSION,
-            job: correlation.rsplit_once(':').unwrap().0.to_string(),
+            job: correlation.job.clone(),
             index,
             worker: "forger".into(),
             filter_us: 1,
@@ -457,7 +490,7 @@ fn server_memory_stays_flat_across_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("hd.mp4");
     lavfi_clip(&input, "testsrc2=size=1280x720:rate=30", 120, &["-c:v", "libx264", "-preset", "ultrafast"]);
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
     let out = dir.path().join("out.mp4");
     let mut after = Vec::new();
     for _ in 0..24 {
@@ -491,7 +524,7 @@ fn the_client_checks_its_output_before_connecting() {
 
 #[test]
 fn health_and_metrics_answer_while_300_event_streams_are_open() {
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--preview", "127.0.0.1:0"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--preview", "127.0.0.1:0"]);
     let base = server.preview.clone().unwrap();
     let host = base.trim_start_matches("http://").trim_end_matches('/').to_string();
     let mut streams = Vec::new();
@@ -523,7 +556,7 @@ fn errors_name_the_users_file_never_the_servers_paths() {
     let dir = tempfile::tempdir().unwrap();
     let notes = dir.path().join("notes.mp4");
     std::fs::write(&notes, b"these are my notes, not a video").unwrap();
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let out = run_vpd(&[
         "client",
         notes.to_str().unwrap(),
@@ -617,7 +650,7 @@ fn an_output_that_is_a_symlink_is_written_through() {
 
 #[test]
 fn wrong_tokens_are_answered_ever_more_slowly() {
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--token", "s3cret"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--token", "s3cret"]);
     let guess = || {
         let mut c = Raw::connect_from(&server.addr(), "127.0.0.9").unwrap();
         let asked = Instant::now();

@@ -62,7 +62,7 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
     let server = Server::start(&[
         "--listen",
         "127.0.0.1:0",
-        "--workers",
+        "--threads",
         "1",
         "--preview",
         "127.0.0.1:0",
@@ -93,7 +93,8 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
         // While it runs, /jobs lists it as running, part done.
         let running = wait_for(Duration::from_secs(60), || {
             get_json(&format!("{dash}jobs")).as_array().unwrap().iter().any(|j| {
-                j["status"] == "running" && j["done"].as_u64().unwrap() > 0 && j["done"].as_u64() < j["frames"].as_u64()
+                let p = &j["progress"];
+                j["status"] == "running" && p["done"].as_u64().unwrap() > 0 && p["done"].as_u64() < p["total"].as_u64()
             })
         });
         (job.join().unwrap(), running)
@@ -108,7 +109,8 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
         let e = events.next(Duration::from_secs(30)).expect("the stream stays open while the server runs");
         match e.name.as_str() {
             "job" => {
-                let (percent, done) = (e.data["percent"].as_f64().unwrap(), e.data["done"].as_u64().unwrap());
+                let (percent, done) =
+                    (e.data["percent"].as_f64().unwrap(), e.data["progress"]["done"].as_u64().unwrap());
                 assert!(
                     percent >= last_percent && done >= last_done,
                     "progress went back: {} after {last_percent}",
@@ -143,7 +145,7 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
     assert_eq!(view, done, "/jobs/{{id}} is what the stream said last");
     assert_eq!(reported_summary(&view, &s), s);
     assert_eq!(
-        (view["done"].as_u64(), view["failed"].as_u64(), view["retries"].as_u64()),
+        (view["progress"]["done"].as_u64(), view["progress"]["failed"].as_u64(), view["progress"]["retries"].as_u64()),
         (Some(90), Some(0), Some(s.retries))
     );
     assert_eq!(view["filters"], "blur:ksize=31:sigma=0");
@@ -195,7 +197,7 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
         let job = s.spawn(|| client(&server.addr(), &input, "blur:ksize=21,edges", &output, &[]));
         loop {
             let e = events.next(Duration::from_secs(60)).unwrap();
-            if e.name == "job" && e.data["done"].as_u64().unwrap() >= 5 {
+            if e.name == "job" && e.data["progress"]["done"].as_u64().unwrap() >= 5 {
                 break;
             }
         }
@@ -307,7 +309,7 @@ fn the_dashboard_renders_the_job_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     // The sample video: its screenshots show what a user would see (they illustrate the README).
     let input = asset("sample.mp4");
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "2", "--preview", "127.0.0.1:0"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2", "--preview", "127.0.0.1:0"]);
     let dash = server.preview.clone().unwrap();
     let mut browser = Browser::launch();
     browser.navigate(&dash);

@@ -36,7 +36,7 @@ fn hostile_and_broken_clients_get_clear_errors_and_the_server_carries_on() {
     let input = dir.path().join("in.mp4");
     write_clip(&input, &ClipSpec { frames: 8, ..ClipSpec::default() }, "mp4v");
     let server =
-        Server::start(&["--listen", "127.0.0.1:0", "--workers", "1", "--token", "s3cret", "--max-upload", "1M"]);
+        Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--token", "s3cret", "--max-upload", "1M"]);
     let addr = server.addr();
 
     // Wrong token, then no token.
@@ -127,7 +127,7 @@ fn hostile_and_broken_clients_get_clear_errors_and_the_server_carries_on() {
 #[test]
 fn a_silent_client_is_timed_out_not_waited_for_forever() {
     // The handshake timeout is 10 s: a connection that says nothing is closed with a timeout.
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let mut c = Raw::connect(&server.addr());
     let (code, message) = c.expect_error();
     assert_eq!(code, ErrorCode::Timeout, "{message}");

@@ -105,17 +105,18 @@ function jobRow(job) {
     chosen = true;
     renderAll();
   });
-  const total = job.frames === null ? '?' : job.frames;
+  const p = job.progress;
+  const total = p.total === null ? '?' : p.total;
   cells(tr, [
     [job.id, ''],
     [(job.filters || '—').replaceAll(',', ',\u200b'), 'filters'],  // breaks between filters only
     [job.status, `status ${job.status}`],
     [progressBar(job), ''],
-    [`${job.done} / ${total}`, 'num'],
+    [`${p.done} / ${total}`, 'num'],
     [job.fps.toFixed(1), 'num'],
     [job.status === 'running' ? eta(job.eta_seconds) : '—', 'num'],
-    [String(job.retries), 'num'],
-    [String(job.failed), job.failed > 0 ? 'num bad' : 'num'],
+    [String(p.retries), 'num'],
+    [String(p.failed), p.failed > 0 ? 'num bad' : 'num'],
   ]);
   return tr;
 }
@@ -158,10 +159,11 @@ function renderDetail() {
   const status = $('#detail-status');
   status.textContent = job.status;
   status.className = `status ${job.status}`;
+  const p = job.progress;
   const size = job.width ? `${job.width}×${job.height} at ${job.video_fps.toFixed(2)} fps · ` : '';
   $('#detail-line').textContent =
-    `${size}${job.filters || 'filters unknown'} · ${job.elapsed_seconds.toFixed(1)} s · ` +
-    `${job.in_flight} ${job.in_flight === 1 ? 'frame' : 'frames'} in flight`;
+    `${size}${job.filters || 'filters unknown'} · ${(p.elapsed_ms / 1000).toFixed(1)} s · ` +
+    `${p.in_flight} ${p.in_flight === 1 ? 'frame' : 'frames'} in flight`;
   const workers = Object.entries(job.workers).map(([id, w]) => {
     const tr = document.createElement('tr');
     cells(tr, [[id, ''], [String(w.frames), 'num'], [w.fps.toFixed(1), 'num']]);

@@ -32,6 +32,7 @@ use lapin::{
 };
 
 use crate::protocol::event::JobEvent;
+use crate::protocol::task::Correlation;
 
 /// Header carrying how many times a task has been re-published (re-dispatch or retry).
 pub const ATTEMPT_HEADER: &str = "x-vpd-attempt";
@@ -343,14 +344,14 @@ impl Publisher {
         t: &Topology,
         body: &[u8],
         reply_to: &str,
-        correlation: &str,
+        correlation: &Correlation,
         attempt: u32,
     ) -> anyhow::Result<Confirm> {
         let mut headers = FieldTable::default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
         let props = BasicProperties::default()
             .with_reply_to(reply_to.into())
-            .with_correlation_id(correlation.into())
+            .with_correlation_id(correlation.to_string().into())
             .with_headers(headers);
         let confirm =
             self.ch.basic_publish("".into(), t.tasks().into(), BasicPublishOptions::default(), body, props).await?;
@@ -358,8 +359,8 @@ impl Publisher {
     }
 
     /// Publishes a result body to a job's reply queue.
-    pub async fn result(&self, reply_to: &str, correlation: &str, body: &[u8]) -> anyhow::Result<Confirm> {
-        let props = BasicProperties::default().with_correlation_id(correlation.into());
+    pub async fn result(&self, reply_to: &str, correlation: &Correlation, body: &[u8]) -> anyhow::Result<Confirm> {
+        let props = BasicProperties::default().with_correlation_id(correlation.to_string().into());
         let confirm =
             self.ch.basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), body, props).await?;
         Ok(Confirm(confirm))
@@ -384,8 +385,8 @@ pub struct Message {
     pub attempt: u32,
     /// The `reply_to` property.
     pub reply_to: Option<String>,
-    /// The `correlation_id` property.
-    pub correlation: Option<String>,
+    /// The `correlation_id` property, when it names a frame of a job.
+    pub correlation: Option<Correlation>,
     acker: Acker,
 }
 
@@ -428,7 +429,7 @@ impl Consumer {
             redelivered: delivery.redelivered,
             attempt,
             reply_to: text(delivery.properties.reply_to()),
-            correlation: text(delivery.properties.correlation_id()),
+            correlation: delivery.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse().ok()),
             body: delivery.data,
             acker: delivery.acker,
         }))

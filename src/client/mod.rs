@@ -20,9 +20,8 @@ use crate::filters::Chain;
 use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, temp_path};
 use crate::metrics::JobSummary;
 use crate::net::ServerAddr;
-use crate::pipeline::Progress;
 use crate::progress::ProgressView;
-use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES};
+use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter};
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
 use crate::protocol::wire::TransportEncoding;
 
@@ -107,8 +106,36 @@ async fn talk(
     shutdown: CancellationToken,
 ) -> Result<JobSummary, ClientError> {
     let (r, w) = tokio::io::split(stream);
-    let mut reader = FrameReader::new(r);
-    let mut writer = FrameWriter::new(w);
+    let mut reader = PacketReader::new(r);
+    let mut writer = PacketWriter::new(w);
+    handshake(&mut reader, &mut writer, cfg, upload_bytes).await?;
+    let request = SubmitRequest {
+        chain: cfg.chain.clone(),
+        output: cfg.output_options.clone(),
+        container: container_of(cfg),
+        transport: cfg.transport,
+        input_name: cfg.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        upload_bytes,
+    };
+    writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
+    let (start, cancel) = (oneshot::channel(), oneshot::channel());
+    let uploader = tokio::spawn(upload_then_cancel(writer, cfg.input.clone(), start.1, cancel.1));
+    let result = follow(&mut reader, cfg, target, start.0, cancel.0, shutdown).await;
+    uploader.abort();
+    result
+}
+
+/// Hello ⇄ welcome; checks the upload fits the server's limit.
+async fn handshake<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    cfg: &ClientConfig,
+    upload_bytes: u64,
+) -> Result<(), ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let hello = ClientMessage::Hello {
         protocol: PROTOCOL_VERSION,
         client: format!("vpd/{}", env!("CARGO_PKG_VERSION")),
@@ -116,8 +143,8 @@ async fn talk(
     };
     writer.send(&hello).await.context("sending hello")?;
     match tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>()).await {
-        Err(_) => return Err(anyhow!("{} did not answer the handshake", cfg.server).into()),
-        Ok(Ok(Some(Frame::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => {
+        Err(_) => Err(anyhow!("{} did not answer the handshake", cfg.server).into()),
+        Ok(Ok(Some(Packet::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => {
             if upload_bytes > max_upload_bytes {
                 return Err(anyhow!(
                     "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
@@ -125,50 +152,52 @@ async fn talk(
                 )
                 .into());
             }
+            Ok(())
         }
-        Ok(Ok(Some(Frame::Message(ServerMessage::Error { code, message })))) => {
-            return Err(server_error(code, &message));
-        }
-        Ok(Ok(other)) => return Err(anyhow!("unexpected answer to hello: {other:?}").into()),
-        Ok(Err(e)) => return Err(anyhow!(e).context("reading the server's welcome").into()),
+        Ok(Ok(Some(Packet::Message(ServerMessage::Error { code, message })))) => Err(server_error(code, &message)),
+        Ok(Ok(other)) => Err(anyhow!("unexpected answer to hello: {other:?}").into()),
+        Ok(Err(e)) => Err(anyhow!(e).context("reading the server's welcome").into()),
     }
-    let request = SubmitRequest {
-        filters: cfg.chain.to_string(),
-        output: cfg.output_options.clone(),
-        container: container_of(cfg),
-        transport: cfg.transport.to_string(),
-        input_name: cfg.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        upload_bytes,
-    };
-    writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
+}
 
-    // The writer half uploads once the job is accepted, then waits to send a cancel.
-    let (start_tx, start_rx) = oneshot::channel::<()>();
-    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-    let input = cfg.input.clone();
-    let uploader = tokio::spawn(async move {
-        let mut cancel_rx = cancel_rx;
-        tokio::select! {
-            started = start_rx => if started.is_err() { return Ok(()) },
-            _ = &mut cancel_rx => {
-                writer.send(&ClientMessage::Cancel).await.ok();
-                return Ok(());
-            }
-        }
-        tokio::select! {
-            sent = upload(&input, &mut writer) => sent?,
-            _ = &mut cancel_rx => {
-                writer.send(&ClientMessage::Cancel).await.ok();
-                return Ok(());
-            }
-        }
-        // Uploaded: stay ready to cancel until the job ends.
-        if cancel_rx.await.is_ok() {
+/// The writer half: uploads once the job is accepted (`start`), then waits to send a cancel.
+async fn upload_then_cancel<W: AsyncWrite + Unpin>(
+    mut writer: PacketWriter<W>,
+    input: PathBuf,
+    start: oneshot::Receiver<()>,
+    mut cancel: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        started = start => if started.is_err() { return Ok(()) },
+        _ = &mut cancel => {
             writer.send(&ClientMessage::Cancel).await.ok();
+            return Ok(());
         }
-        Ok::<(), anyhow::Error>(())
-    });
+    }
+    tokio::select! {
+        sent = upload(&input, &mut writer) => sent?,
+        _ = &mut cancel => {
+            writer.send(&ClientMessage::Cancel).await.ok();
+            return Ok(());
+        }
+    }
+    // Uploaded: stay ready to cancel until the job ends.
+    if cancel.await.is_ok() {
+        writer.send(&ClientMessage::Cancel).await.ok();
+    }
+    Ok(())
+}
 
+/// The reader half: follows the job's messages to its end, draws the progress bar, and
+/// downloads the result; Ctrl-C (`shutdown`) asks the server to cancel.
+async fn follow<R: AsyncRead + Unpin>(
+    reader: &mut PacketReader<R>,
+    cfg: &ClientConfig,
+    target: &std::path::Path,
+    start_tx: oneshot::Sender<()>,
+    cancel_tx: oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) -> Result<JobSummary, ClientError> {
     let mut start = Some(start_tx);
     let mut cancel = Some(cancel_tx);
     let mut progress: Option<ProgressView> = None;
@@ -190,35 +219,32 @@ async fn talk(
         };
         let cancelled = cancel.is_none();
         match message {
-            Ok(Some(Frame::Message(ServerMessage::Accepted { job }))) => {
+            Ok(Some(Packet::Message(ServerMessage::Accepted { job }))) => {
                 debug!(%job, "accepted; uploading");
                 if let Some(s) = start.take() {
                     let _ = s.send(());
                 }
             }
-            Ok(Some(Frame::Message(ServerMessage::Started { frames, .. }))) => {
+            Ok(Some(Packet::Message(ServerMessage::Started { frames, .. }))) => {
                 progress = Some(ProgressView::new(frames, !cfg.quiet));
             }
-            Ok(Some(Frame::Message(ServerMessage::Progress { done, failed, total }))) => {
+            Ok(Some(Packet::Message(ServerMessage::Progress(snapshot)))) => {
                 if let Some(p) = &progress {
-                    p.update(&Progress { done, failed, total, ..Progress::default() });
+                    p.update(&snapshot);
                 }
             }
-            Ok(Some(Frame::Message(ServerMessage::Done { summary, result_bytes }))) => {
+            Ok(Some(Packet::Message(ServerMessage::Done { summary, result_bytes }))) => {
                 if let Some(p) = progress.take() {
                     p.finish();
                 }
-                break download(&mut reader, cfg, target, result_bytes)
-                    .await
-                    .map(|()| *summary)
-                    .map_err(ClientError::from);
+                break download(reader, cfg, target, result_bytes).await.map(|()| *summary).map_err(ClientError::from);
             }
-            Ok(Some(Frame::Message(ServerMessage::Error { code, .. })))
+            Ok(Some(Packet::Message(ServerMessage::Error { code, .. })))
                 if cancelled && code == ErrorCode::Cancelled =>
             {
                 break Err(ClientError::Cancelled);
             }
-            Ok(Some(Frame::Message(ServerMessage::Error { code, message }))) => {
+            Ok(Some(Packet::Message(ServerMessage::Error { code, message }))) => {
                 break Err(server_error(code, &message));
             }
             Ok(Some(other)) => break Err(anyhow!("unexpected message from the server: {other:?}").into()),
@@ -230,11 +256,10 @@ async fn talk(
     if let Some(p) = progress {
         p.finish();
     }
-    uploader.abort();
     result
 }
 
-async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut FrameWriter<W>) -> anyhow::Result<()> {
+async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut PacketWriter<W>) -> anyhow::Result<()> {
     let mut file = tokio::fs::File::open(path).await.with_context(|| format!("reading {}", path.display()))?;
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
     loop {
@@ -249,7 +274,7 @@ async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut Fram
 /// Receives exactly `size` bytes into a hidden file beside `target` (the output, or the
 /// file it links to), then renames it there.
 async fn download<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
+    reader: &mut PacketReader<R>,
     cfg: &ClientConfig,
     target: &std::path::Path,
     size: u64,
@@ -264,14 +289,14 @@ async fn download<R: AsyncRead + Unpin>(
     let mut received = 0u64;
     while received < size {
         match reader.read::<ServerMessage>().await? {
-            Some(Frame::Chunk(data)) => {
+            Some(Packet::Chunk(data)) => {
                 received += data.len() as u64;
                 if received > size {
                     bail!("the server sent more than the announced {size} bytes");
                 }
                 file.write_all(&data).await.with_context(|| format!("writing {}", cfg.output.display()))?;
             }
-            Some(Frame::Message(m)) => bail!("unexpected message during the download: {m:?}"),
+            Some(Packet::Message(m)) => bail!("unexpected message during the download: {m:?}"),
             None => bail!("the connection closed after {received} of {size} bytes of the result"),
         }
     }

@@ -8,7 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Names of the filters, in the order the help text lists them.
 pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion"];
@@ -144,17 +145,26 @@ pub enum FilterSpec {
 
 /// An ordered, non-empty list of at most [`MAX_CHAIN_LEN`] filters, each within its bounds.
 ///
-/// Every way to make one checks this, deserialising included: a chain read from a broker
-/// message is held to the same bounds as one typed on the command line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<FilterSpec>")]
+/// Every way to make one checks this, deserialising included: a chain read from a client's
+/// message or from a broker's is held to the same bounds as one typed on the command line.
+/// Human-readable formats (the client's JSON) carry it as the text a user types; binary ones
+/// (a task's postcard header) as the list of filters.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Chain(Vec<FilterSpec>);
 
-impl TryFrom<Vec<FilterSpec>> for Chain {
-    type Error = SpecError;
+impl Serialize for Chain {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.collect_str(self) } else { self.0.serialize(s) }
+    }
+}
 
-    fn try_from(specs: Vec<FilterSpec>) -> Result<Self, SpecError> {
-        Chain::new(specs)
+impl<'de> Deserialize<'de> for Chain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            String::deserialize(d)?.parse().map_err(D::Error::custom)
+        } else {
+            Chain::new(Vec::deserialize(d)?).map_err(D::Error::custom)
+        }
     }
 }
 
@@ -470,9 +480,11 @@ mod tests {
         let huge_blur = vec![FilterSpec::Blur(BlurParams { ksize: 100_001, sigma: 0.0 })];
         let bytes = postcard::to_stdvec(&huge_blur).unwrap();
         assert!(postcard::from_bytes::<Chain>(&bytes).is_err(), "ksize=100001 must not deserialise");
-        let json = serde_json::to_string(&huge_blur).unwrap();
-        let err = serde_json::from_str::<Chain>(&json).unwrap_err().to_string();
+        // What a hand-written client could send: JSON carries a chain as its text.
+        let err = serde_json::from_str::<Chain>(r#""blur:ksize=100001""#).unwrap_err().to_string();
         assert!(err.contains("ksize=100001 is invalid"), "{err}");
+        let long = serde_json::to_string(&vec!["blur"; 3000].join(",")).unwrap();
+        assert!(serde_json::from_str::<Chain>(&long).unwrap_err().to_string().contains("over the limit of 16"));
 
         let long = vec![FilterSpec::Blur(BlurParams { ksize: 3, sigma: 0.0 }); 3000];
         assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&long).unwrap()).is_err());
@@ -482,9 +494,11 @@ mod tests {
         let nan = vec![FilterSpec::Blur(BlurParams { ksize: 3, sigma: f64::NAN })];
         assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&nan).unwrap()).is_err());
 
-        // A valid chain still round-trips.
+        // A valid chain still round-trips, in either form.
         let ok = parse("blur:ksize=7,edges,faces:mode=blur,motion").unwrap();
         assert_eq!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&ok).unwrap()).unwrap(), ok);
+        assert_eq!(serde_json::to_string(&ok).unwrap(), format!("\"{ok}\""));
+        assert_eq!(serde_json::from_str::<Chain>(&serde_json::to_string(&ok).unwrap()).unwrap(), ok);
     }
 
     #[test]

@@ -147,6 +147,20 @@ pub struct JobStats {
 }
 
 impl JobStats {
+    /// The job's numbers now, as the progress bar, the protocol, job events and the dashboard
+    /// carry them: `total` frames if known, `in_flight` not yet back, `elapsed` since the start.
+    pub fn progress(&self, total: Option<u64>, in_flight: u64, elapsed: Duration) -> Progress {
+        Progress {
+            done: self.done,
+            failed: self.failed,
+            total,
+            retries: self.retries,
+            in_flight,
+            elapsed_ms: elapsed.as_millis() as u64,
+            workers: self.per_worker.clone(),
+        }
+    }
+
     /// Counts one collected result.
     pub fn record(&mut self, worker: &WorkerId, filter_time: Duration, latency: Duration, failed: bool) {
         self.done += 1;
@@ -155,6 +169,26 @@ impl JobStats {
         self.latency.record(latency);
         *self.per_worker.entry(worker.clone()).or_default() += 1;
     }
+}
+
+/// A running job's numbers at one moment: what the observer is told, what the protocol's
+/// progress message and the progress event carry, and what the dashboard's job view holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Frames collected so far (processed or failed).
+    pub done: u64,
+    /// Of those, frames whose filter failed.
+    pub failed: u64,
+    /// Frames in the video, when the container says.
+    pub total: Option<u64>,
+    /// Redeliveries, re-dispatches and retries so far.
+    pub retries: u64,
+    /// Frames dispatched and not yet collected.
+    pub in_flight: u64,
+    /// Milliseconds since the job started.
+    pub elapsed_ms: u64,
+    /// Frames done per worker.
+    pub workers: BTreeMap<WorkerId, u64>,
 }
 
 /// The end-of-job report: printed by `vpd run`, sent to clients, stored with the job.
@@ -198,6 +232,22 @@ pub struct JobSummary {
     pub wire_bytes_received: u64,
 }
 
+impl JobSummary {
+    /// The finished job's numbers as a last progress snapshot, so every view agrees with the
+    /// summary.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            done: self.frames,
+            failed: self.failed_frames,
+            total: Some(self.frames),
+            retries: self.retries,
+            in_flight: 0,
+            elapsed_ms: (self.wall_seconds * 1000.0) as u64,
+            workers: self.workers.iter().map(|(w, n)| (WorkerId::new(w.as_str()), *n)).collect(),
+        }
+    }
+}
+
 /// Who processed a frame: a thread of this process, or a remote worker.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId(Arc<str>);
@@ -222,6 +272,18 @@ impl WorkerId {
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl Serialize for WorkerId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(WorkerId::new)
     }
 }
 

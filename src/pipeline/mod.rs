@@ -32,6 +32,7 @@ use tracing::{debug, info_span, warn};
 
 use crate::cancel::Stop;
 use crate::metrics::JobStats;
+pub use crate::metrics::Progress;
 use crate::protocol::task::{Frame, FrameOutcome, FrameResult, FrameTask};
 use crate::transport::{JobContext, Transport, WireBytes};
 use reorder::{Push, ReorderBuffer};
@@ -41,7 +42,7 @@ pub use crate::media::{FrameSink, FrameSource};
 /// Told about the job as it runs.
 pub trait Observer: Sync {
     /// Each time a result is collected, from the collector thread; must be quick.
-    fn on_progress(&self, progress: &Progress, stats: &JobStats);
+    fn on_progress(&self, progress: &Progress);
 
     /// Each frame as it is written, in order, from the writer thread; must be quick (sample,
     /// don't copy every frame).
@@ -51,26 +52,11 @@ pub trait Observer: Sync {
     fn on_last_frame(&self, _index: u64, _frame: &Mat) {}
 }
 
-/// A snapshot of a running job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Frames collected so far.
-    pub done: u64,
-    /// Of those, frames whose filter failed.
-    pub failed: u64,
-    /// Frames in the video, when the container says.
-    pub total: Option<u64>,
-    /// Redeliveries, re-dispatches and retries so far.
-    pub retries: u64,
-    /// Frames dispatched and not yet collected.
-    pub in_flight: u64,
-}
-
 /// An observer that ignores everything.
 pub struct NoProgress;
 
 impl Observer for NoProgress {
-    fn on_progress(&self, _: &Progress, _: &JobStats) {}
+    fn on_progress(&self, _: &Progress) {}
 }
 
 /// How one job runs.
@@ -288,6 +274,7 @@ fn collect(
     observer: &dyn Observer,
     stop: &Stop,
 ) -> Result<JobStats, Halt> {
+    let started = Instant::now();
     let mut stats = JobStats::default();
     let mut reorder = ReorderBuffer::new(opts.window.get());
     loop {
@@ -336,14 +323,7 @@ fn collect(
             }
         }
         let in_flight = pending.lock().expect("pending lock").len() as u64;
-        let progress = Progress {
-            done: stats.done,
-            failed: stats.failed,
-            total: opts.total_hint,
-            retries: stats.retries,
-            in_flight,
-        };
-        observer.on_progress(&progress, &stats);
+        observer.on_progress(&stats.progress(opts.total_hint, in_flight, started.elapsed()));
     }
     let lost = pending.lock().expect("pending lock").len();
     if lost > 0 || reorder.held() > 0 {

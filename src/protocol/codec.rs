@@ -1,14 +1,14 @@
-//! Length-prefixed frames on a byte stream (TCP or Unix socket).
+//! Length-prefixed packets on a byte stream (TCP or Unix socket).
 //!
 //! ```text
-//! frame := length: u32, big-endian (bytes after it) | kind: u8 | payload
+//! packet := length: u32, big-endian (bytes after it) | kind: u8 | payload
 //! kind 1: a JSON control message        (at most MAX_CONTROL_BYTES)
 //! kind 2: a chunk of upload or result   (at most MAX_CHUNK_BYTES)
 //! ```
 //!
 //! The declared length is checked against the limit for its kind before anything is
 //! allocated, so a hostile or confused peer (a 4 GB length, an HTTP request) costs nothing
-//! but the connection. A writer can be given a time limit per frame, so a peer that stops
+//! but the connection. A writer can be given a time limit per packet, so a peer that stops
 //! reading cannot hold the writing side forever.
 
 use std::time::Duration;
@@ -25,10 +25,10 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 const KIND_CONTROL: u8 = 1;
 const KIND_CHUNK: u8 = 2;
 
-/// Why a frame could not be read or written.
+/// Why a packet could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    /// The peer closed the connection in the middle of a frame.
+    /// The peer closed the connection in the middle of a packet.
     #[error("the connection closed in the middle of a message")]
     Truncated,
     /// A declared length over the limit for its kind.
@@ -41,17 +41,18 @@ pub enum ProtocolError {
         /// The limit.
         limit: usize,
     },
-    /// A frame kind this protocol does not have, or a zero length.
-    #[error("not a vpd protocol frame (kind {0})")]
-    BadFrame(u8),
-    /// A control message that is not valid JSON for the expected type.
-    #[error("malformed message: {0}")]
+    /// A packet kind this protocol does not have, or a zero length.
+    #[error("not a vpd protocol packet (kind {0})")]
+    BadPacket(u8),
+    /// A control message that is not valid JSON for the expected type, or whose content its
+    /// type refuses (an unknown filter, a chain over the limits): says which.
+    #[error("{0}")]
     Malformed(String),
-    /// The peer did not take a frame within the writer's time limit.
+    /// The peer did not take a packet within the writer's time limit.
     #[error("the peer took no data for {} s", .0.as_secs())]
     WriteTimeout(Duration),
-    /// An earlier write failed or was abandoned part-way through a frame: anything written
-    /// now would be read as the rest of that frame.
+    /// An earlier write failed or was abandoned part-way through a packet: anything written
+    /// now would be read as the rest of that packet.
     #[error("an earlier message to the peer was cut off; the connection is unusable")]
     Broken,
     /// The socket failed.
@@ -59,28 +60,28 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
 }
 
-/// One frame off the wire.
+/// One packet off the wire.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Frame<T> {
+pub enum Packet<T> {
     /// A control message.
     Message(T),
     /// A chunk of upload or result data.
     Chunk(Vec<u8>),
 }
 
-/// Reads frames from `R`, control messages decoded as `T`.
-pub struct FrameReader<R> {
+/// Reads packets from `R`, control messages decoded as `T`.
+pub struct PacketReader<R> {
     inner: R,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner }
+        PacketReader { inner }
     }
 
-    /// The next frame, or `None` when the peer closed the connection between frames.
-    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<Frame<T>>, ProtocolError> {
+    /// The next packet, or `None` when the peer closed the connection between packets.
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<Packet<T>>, ProtocolError> {
         let mut header = [0u8; 5];
         let first = self.inner.read(&mut header[..1]).await?;
         if first == 0 {
@@ -92,9 +93,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let (name, limit) = match kind {
             KIND_CONTROL => ("control message", MAX_CONTROL_BYTES),
             KIND_CHUNK => ("data chunk", MAX_CHUNK_BYTES),
-            other => return Err(ProtocolError::BadFrame(other)),
+            other => return Err(ProtocolError::BadPacket(other)),
         };
-        let body_len = u64::from(len).checked_sub(1).ok_or(ProtocolError::BadFrame(kind))?;
+        let body_len = u64::from(len).checked_sub(1).ok_or(ProtocolError::BadPacket(kind))?;
         if body_len > limit as u64 {
             return Err(ProtocolError::TooLarge { kind: name, len: body_len, limit });
         }
@@ -102,33 +103,47 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.inner.read_exact(&mut body).await.map_err(eof_as_truncated)?;
         Ok(Some(match kind {
             KIND_CONTROL => {
-                Frame::Message(serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(e.to_string()))?)
+                Packet::Message(serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(json_error(&e)))?)
             }
-            _ => Frame::Chunk(body),
+            _ => Packet::Chunk(body),
         }))
     }
 }
 
-/// Writes frames to `W`.
-pub struct FrameWriter<W> {
-    inner: W,
-    timeout: Option<Duration>,
-    /// A frame is (or was left) partly written.
-    mid_frame: bool,
+/// What was wrong with a control message. Content its type refused reads in the words of
+/// whatever refused it, as on the command line (a chain's or a codec's own error), without the
+/// JSON position; broken JSON says so.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if !e.is_data() {
+        return format!("malformed message: {text}");
+    }
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
-/// `message` as one whole control frame, for a caller that writes it itself.
+/// Writes packets to `W`.
+pub struct PacketWriter<W> {
+    inner: W,
+    timeout: Option<Duration>,
+    /// A packet is (or was left) partly written.
+    mid_packet: bool,
+}
+
+/// `message` as one whole control packet, for a caller that writes it itself.
 pub fn encode_control<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
     let body = control_body(message)?;
-    let mut frame = Vec::with_capacity(5 + body.len());
-    frame.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
-    frame.push(KIND_CONTROL);
-    frame.extend_from_slice(&body);
-    Ok(frame)
+    let mut packet = Vec::with_capacity(5 + body.len());
+    packet.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    packet.push(KIND_CONTROL);
+    packet.extend_from_slice(&body);
+    Ok(packet)
 }
 
 fn control_body<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
-    let body = serde_json::to_vec(message).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let body = serde_json::to_vec(message).map_err(|e| ProtocolError::Malformed(json_error(&e)))?;
     if body.len() > MAX_CONTROL_BYTES {
         return Err(ProtocolError::TooLarge {
             kind: "control message",
@@ -139,22 +154,22 @@ fn control_body<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(body)
 }
 
-impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     /// Wraps a byte stream; writes wait as long as the peer makes them.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, timeout: None, mid_frame: false }
+        PacketWriter { inner, timeout: None, mid_packet: false }
     }
 
-    /// Wraps a byte stream; a frame the peer has not taken within `limit` fails with
+    /// Wraps a byte stream; a packet the peer has not taken within `limit` fails with
     /// [`ProtocolError::WriteTimeout`].
     pub fn with_timeout(inner: W, limit: Duration) -> Self {
-        FrameWriter { inner, timeout: Some(limit), mid_frame: false }
+        PacketWriter { inner, timeout: Some(limit), mid_packet: false }
     }
 
     /// Sends a control message.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ProtocolError> {
         let body = control_body(message)?;
-        self.write_frame(KIND_CONTROL, &body).await
+        self.write_packet(KIND_CONTROL, &body).await
     }
 
     /// Sends a data chunk of at most [`MAX_CHUNK_BYTES`].
@@ -162,7 +177,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if data.len() > MAX_CHUNK_BYTES {
             return Err(ProtocolError::TooLarge { kind: "data chunk", len: data.len() as u64, limit: MAX_CHUNK_BYTES });
         }
-        self.write_frame(KIND_CHUNK, data).await
+        self.write_packet(KIND_CHUNK, data).await
     }
 
     /// Flushes and shuts the write side down.
@@ -171,13 +186,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    async fn write_frame(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
-        // Set until the frame is out whole: a failed write, or a caller that gave up on this
+    async fn write_packet(&mut self, kind: u8, body: &[u8]) -> Result<(), ProtocolError> {
+        // Set until the packet is out whole: a failed write, or a caller that gave up on this
         // future (its own time limit), leaves it set.
-        if self.mid_frame {
+        if self.mid_packet {
             return Err(ProtocolError::Broken);
         }
-        self.mid_frame = true;
+        self.mid_packet = true;
         // Lengths are bounded by the limits above, far below u32::MAX.
         let len = (body.len() + 1) as u32;
         let mut header = [0u8; 5];
@@ -195,7 +210,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 tokio::time::timeout(limit, write).await.map_err(|_| ProtocolError::WriteTimeout(limit))??
             }
         }
-        self.mid_frame = false;
+        self.mid_packet = false;
         Ok(())
     }
 }
@@ -211,29 +226,29 @@ mod tests {
 
     #[tokio::test]
     async fn messages_and_chunks_round_trip_through_a_tiny_pipe() {
-        // An 8-byte pipe forces every frame through many partial reads and writes.
+        // An 8-byte pipe forces every packet through many partial reads and writes.
         let (a, b) = tokio::io::duplex(8);
         let writer = tokio::spawn(async move {
-            let mut w = FrameWriter::new(a);
+            let mut w = PacketWriter::new(a);
             w.send(&ClientMessage::Hello { protocol: 1, client: "t".into(), token: Some(Token::new("s")) })
                 .await
                 .unwrap();
             w.send_chunk(&[7u8; 1000]).await.unwrap();
             w.send(&ClientMessage::Cancel).await.unwrap();
         });
-        let mut r = FrameReader::new(b);
+        let mut r = PacketReader::new(b);
         assert_eq!(
             r.read::<ClientMessage>().await.unwrap(),
-            Some(Frame::Message(ClientMessage::Hello {
+            Some(Packet::Message(ClientMessage::Hello {
                 protocol: 1,
                 client: "t".into(),
                 token: Some(Token::new("s"))
             }))
         );
-        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Frame::Chunk(vec![7u8; 1000])));
-        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Frame::Message(ClientMessage::Cancel)));
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Packet::Chunk(vec![7u8; 1000])));
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Packet::Message(ClientMessage::Cancel)));
         writer.await.unwrap();
-        assert_eq!(r.read::<ClientMessage>().await.unwrap(), None, "clean close between frames");
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), None, "clean close between packets");
     }
 
     #[tokio::test]
@@ -241,7 +256,7 @@ mod tests {
         // 4 GB declared: reading it would need 4 GB; the reader must refuse from the header alone.
         let mut bytes = vec![0xff, 0xff, 0xff, 0xff, KIND_CHUNK];
         bytes.extend_from_slice(b"tiny");
-        let mut r = FrameReader::new(&bytes[..]);
+        let mut r = PacketReader::new(&bytes[..]);
         match r.read::<ClientMessage>().await {
             Err(ProtocolError::TooLarge { kind: "data chunk", len, limit }) => {
                 assert_eq!(len, u64::from(u32::MAX) - 1);
@@ -253,37 +268,50 @@ mod tests {
         let mut bytes = ((MAX_CONTROL_BYTES + 2) as u32).to_be_bytes().to_vec();
         bytes.push(KIND_CONTROL);
         assert!(matches!(
-            FrameReader::new(&bytes[..]).read::<ClientMessage>().await,
+            PacketReader::new(&bytes[..]).read::<ClientMessage>().await,
             Err(ProtocolError::TooLarge { .. })
         ));
     }
 
     #[tokio::test]
     async fn garbage_truncation_and_bad_json_are_errors() {
-        // An HTTP request is not a frame: "GET " as a length is ~1.2 GB, and 'h' is no kind.
+        // An HTTP request is not a packet: "GET " as a length is ~1.2 GB, and 'h' is no kind.
         let http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(
-            FrameReader::new(&http[..]).read::<ClientMessage>().await,
-            Err(ProtocolError::BadFrame(b'/'))
+            PacketReader::new(&http[..]).read::<ClientMessage>().await,
+            Err(ProtocolError::BadPacket(b'/'))
         ));
-        // A frame cut short.
+        // A packet cut short.
         let cut = [0, 0, 0, 10, KIND_CHUNK, 1, 2];
-        assert!(matches!(FrameReader::new(&cut[..]).read::<ClientMessage>().await, Err(ProtocolError::Truncated)));
+        assert!(matches!(PacketReader::new(&cut[..]).read::<ClientMessage>().await, Err(ProtocolError::Truncated)));
         // A zero length.
         let zero = [0, 0, 0, 0, KIND_CHUNK];
-        assert!(matches!(FrameReader::new(&zero[..]).read::<ClientMessage>().await, Err(ProtocolError::BadFrame(_))));
+        assert!(matches!(PacketReader::new(&zero[..]).read::<ClientMessage>().await, Err(ProtocolError::BadPacket(_))));
         // JSON of the wrong shape.
         let mut bad = 13u32.to_be_bytes().to_vec();
         bad.push(KIND_CONTROL);
         bad.extend_from_slice(br#"{"type":"x"}"#);
-        assert!(matches!(FrameReader::new(&bad[..]).read::<ClientMessage>().await, Err(ProtocolError::Malformed(_))));
+        assert!(matches!(PacketReader::new(&bad[..]).read::<ClientMessage>().await, Err(ProtocolError::Malformed(_))));
+        // Content its type refuses reads as that type's own error; broken JSON says so.
+        let control = |json: &[u8]| {
+            let mut packet = ((json.len() + 1) as u32).to_be_bytes().to_vec();
+            packet.push(KIND_CONTROL);
+            packet.extend_from_slice(json);
+            packet
+        };
+        let submit = control(br#"{"type":"submit","chain":"blur,,edges"}"#);
+        let err = PacketReader::new(&submit[..]).read::<ClientMessage>().await.unwrap_err().to_string();
+        assert!(err.starts_with("empty element at position 2 of the filter chain ("), "{err}");
+        let broken = control(br#"{"type":"#);
+        let err = PacketReader::new(&broken[..]).read::<ClientMessage>().await.unwrap_err().to_string();
+        assert!(err.starts_with("malformed message: EOF"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_times_the_writer_out() {
         // Nobody reads the other end of a 1 kB pipe: the second chunk cannot go out.
         let (a, _unread) = tokio::io::duplex(1024);
-        let mut w = FrameWriter::with_timeout(a, Duration::from_secs(60));
+        let mut w = PacketWriter::with_timeout(a, Duration::from_secs(60));
         w.send_chunk(&[0u8; 500]).await.unwrap();
         let started = tokio::time::Instant::now();
         let err = w.send_chunk(&[0u8; 5000]).await.unwrap_err();
@@ -296,7 +324,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_given_up_by_its_caller_leaves_the_writer_unusable() {
         let (a, _unread) = tokio::io::duplex(16);
-        let mut w = FrameWriter::new(a);
+        let mut w = PacketWriter::new(a);
         let gave_up = tokio::time::timeout(Duration::from_secs(5), w.send_chunk(&[1u8; 100])).await;
         assert!(gave_up.is_err(), "the pipe is full");
         assert!(matches!(w.send_chunk(&[2u8; 4]).await, Err(ProtocolError::Broken)));
@@ -304,15 +332,15 @@ mod tests {
 
     #[test]
     fn a_whole_control_frame_reads_back() {
-        let frame = encode_control(&ClientMessage::Cancel).unwrap();
-        let read = futures_lite::future::block_on(FrameReader::new(&frame[..]).read::<ClientMessage>()).unwrap();
-        assert_eq!(read, Some(Frame::Message(ClientMessage::Cancel)));
+        let packet = encode_control(&ClientMessage::Cancel).unwrap();
+        let read = futures_lite::future::block_on(PacketReader::new(&packet[..]).read::<ClientMessage>()).unwrap();
+        assert_eq!(read, Some(Packet::Message(ClientMessage::Cancel)));
     }
 
     #[tokio::test]
     async fn writers_refuse_what_readers_would_refuse() {
         let (a, _b) = tokio::io::duplex(64);
-        let mut w = FrameWriter::new(a);
+        let mut w = PacketWriter::new(a);
         assert!(matches!(w.send_chunk(&vec![0u8; MAX_CHUNK_BYTES + 1]).await, Err(ProtocolError::TooLarge { .. })));
     }
 }

@@ -2,31 +2,10 @@
 //! exchange (and applied in-process to a server's own dashboard): previews build their view
 //! from them, workers learn which jobs were cancelled.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::metrics::{Buckets, JobSummary};
-
-/// A job's numbers at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProgressSnapshot {
-    /// Frames done.
-    pub done: u64,
-    /// Frames whose filter failed.
-    pub failed: u64,
-    /// Frames in the video, if known.
-    pub total: Option<u64>,
-    /// Redeliveries, re-dispatches and retries so far.
-    pub retries: u64,
-    /// Frames dispatched and not yet back.
-    pub in_flight: u64,
-    /// Milliseconds since the job started.
-    pub elapsed_ms: u64,
-    /// Frames done per worker.
-    pub workers: BTreeMap<String, u64>,
-}
+use crate::metrics::{Buckets, JobSummary, Progress};
 
 /// Something that happened to a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +32,7 @@ pub enum JobEvent {
         job: String,
         /// The numbers.
         #[serde(flatten)]
-        progress: ProgressSnapshot,
+        progress: Progress,
     },
     /// A downscaled JPEG of the latest frame written (two a second at most).
     Frame {
@@ -119,10 +98,10 @@ mod tests {
     fn events_round_trip_as_json() {
         let p = JobEvent::Progress {
             job: "j1".into(),
-            progress: ProgressSnapshot {
+            progress: Progress {
                 done: 5,
                 total: Some(10),
-                workers: [("w:1".into(), 5)].into(),
+                workers: [(crate::metrics::WorkerId::new("w:1"), 5)].into(),
                 ..Default::default()
             },
         };

@@ -4,7 +4,7 @@
 //! client                                   server
 //!   Hello {protocol, token}        ──▶
 //!                                  ◀──     Welcome {protocol, limits}   (or Error, then close)
-//!   Submit {filters, codec, …}     ──▶
+//!   Submit {chain, output, …}      ──▶
 //!                                  ◀──     Accepted {job}               (or Error)
 //!   chunk, chunk, … (upload_bytes) ──▶
 //!                                  ◀──     Started {frames, size, fps}
@@ -19,12 +19,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::filters::Chain;
 use crate::media::OutputOptions;
-use crate::metrics::JobSummary;
+use crate::metrics::{JobSummary, Progress};
+use crate::protocol::wire::TransportEncoding;
 
 /// The protocol version both sides must speak; bumped on any incompatible change (2: the
-/// output options of `Submit`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
+/// snapshot in `Progress`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,15 +56,15 @@ impl fmt::Debug for Token {
 /// What a client asks the server to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitRequest {
-    /// The filter chain as written (the server parses and validates it).
-    pub filters: String,
+    /// The filter chain, as its text; checked as it is read, like every chain.
+    pub chain: Chain,
     /// How the result is encoded: codec, quality, preset, … (the server checks the encoder
     /// exists when it reads the message).
     pub output: OutputOptions,
     /// Output container extension (`mp4`, `mkv`, …), from the client's output path.
     pub container: String,
     /// How frames travel to remote workers (`auto`, `raw`, `lz4`, `jpeg:90`).
-    pub transport: String,
+    pub transport: TransportEncoding,
     /// The input file's name, for logs and as a container hint.
     pub input_name: String,
     /// Exact size of the upload that follows, in bytes.
@@ -149,15 +152,8 @@ pub enum ServerMessage {
         /// Frame rate.
         fps: f64,
     },
-    /// Frames processed so far.
-    Progress {
-        /// Frames done.
-        done: u64,
-        /// Of those, frames whose filter failed.
-        failed: u64,
-        /// Frames in the video, when known.
-        total: Option<u64>,
-    },
+    /// The job's numbers so far (the same snapshot job events carry).
+    Progress(Progress),
     /// The job finished; `result_bytes` of result chunks follow.
     Done {
         /// The job's report.

@@ -45,6 +45,44 @@ pub struct FrameResult {
     pub retries: u32,
 }
 
+/// Which frame of which job a broker message is about, as its AMQP correlation id
+/// (`job:index`): a task and its result carry the same one. It routes a message without opening
+/// its body; the body's header repeats it, and a body under another frame's id is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Correlation {
+    /// The job's id.
+    pub job: String,
+    /// The frame's index.
+    pub index: u64,
+}
+
+impl Correlation {
+    /// Frame `index` of `job`.
+    pub fn new(job: impl Into<String>, index: u64) -> Self {
+        Correlation { job: job.into(), index }
+    }
+}
+
+impl fmt::Display for Correlation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.job, self.index)
+    }
+}
+
+impl std::str::FromStr for Correlation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.rsplit_once(':') {
+            Some((job, index)) if !job.is_empty() => match index.parse() {
+                Ok(index) => Ok(Correlation::new(job, index)),
+                Err(_) => Err(format!("correlation id '{s}' has no frame index")),
+            },
+            _ => Err(format!("correlation id '{s}' is not job:index")),
+        }
+    }
+}
+
 /// Prints a frame as `<1280x720 bgr, 2.6 MB>`: logs never carry pixels.
 pub struct FrameShape<'a>(pub &'a Mat);
 
@@ -96,6 +134,18 @@ impl fmt::Debug for FrameResult {
 mod tests {
     use super::*;
     use opencv::core::{CV_8UC3, Scalar};
+
+    #[test]
+    fn correlation_ids_round_trip_and_refuse_what_is_not_job_index() {
+        let c: Correlation = "j0123:42".parse().unwrap();
+        assert_eq!(c, Correlation::new("j0123", 42));
+        assert_eq!(c.to_string(), "j0123:42");
+        // A job id may hold colons; the index is after the last one.
+        assert_eq!("a:b:7".parse::<Correlation>().unwrap(), Correlation::new("a:b", 7));
+        for bad in ["", "j1", ":3", "j1:", "j1:x", "j1:-1"] {
+            assert!(bad.parse::<Correlation>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn debug_never_prints_pixels() {

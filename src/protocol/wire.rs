@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! body := header_len: u32 LE | header (postcard) | payload…
-//! task header:   job, frame index, attempt, chain, and for the frame (and the previous frame,
-//!                for `motion`) its size and how its bytes are encoded
-//! result header: job, frame index, worker, filter time, and the filtered frame's encoding
-//!                or why filtering failed
+//! task header:   version, job, frame index, chain, transport encoding, and for the frame (and
+//!                the previous frame, for `motion`) its size and how its bytes are encoded
+//! result header: version, job, frame index, worker, filter time, retries, and the filtered
+//!                frame's encoding or why filtering failed
 //! ```
+//!
+//! A message's correlation id ([`Correlation`](super::task::Correlation)) routes it without
+//! opening the body; the header repeats the job and frame so that a body under another frame's
+//! id is refused. Each body is parsed once, where it is decoded, and its version checked there.
 //!
 //! Pixels travel raw, LZ4-compressed (both lossless) or as JPEG (lossy, opt-in). The default,
 //! [`TransportEncoding::Auto`], compresses a stream's frames only while LZ4 roughly halves them:
@@ -26,15 +30,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::filters::Chain;
 
-/// Version of the body layout; a worker refuses bodies of another.
-pub const WIRE_VERSION: u8 = 1;
+/// Version of the body layout; a worker refuses bodies of another (2: the transport encoding
+/// as its text).
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted anywhere, in pixels (8192 × 8192: 8K video with room to spare).
 pub const MAX_FRAME_PIXELS: u64 = 8192 * 8192;
 /// Largest header, in bytes.
 const MAX_HEADER_BYTES: usize = 64 << 10;
 
-/// How frames are encoded for the trip to a worker and back (`--transport`).
+/// How frames are encoded for the trip to a worker and back (`--transport`). It travels as
+/// the text a user types (`jpeg:90`), checked again wherever it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum TransportEncoding {
     /// Lossless: LZ4 while it halves the frames of a stream, raw otherwise. The default.
     Auto,
@@ -61,6 +68,20 @@ impl FromStr for TransportEncoding {
                 )),
             },
         }
+    }
+}
+
+impl TryFrom<String> for TransportEncoding {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<TransportEncoding> for String {
+    fn from(e: TransportEncoding) -> String {
+        e.to_string()
     }
 }
 
@@ -470,12 +491,6 @@ pub fn encode_task(
     Ok(body)
 }
 
-/// Reads a task body's header alone (cheap: the pixels are not touched).
-pub fn task_header(body: &[u8]) -> Result<TaskHeader, WireError> {
-    let (header, _): (TaskHeader, _) = split_body(body)?;
-    Ok(header)
-}
-
 /// Decodes a task body into its header, frame and previous frame.
 pub fn decode_task(body: &[u8]) -> Result<(TaskHeader, Mat, Option<Mat>), WireError> {
     let (header, mut rest): (TaskHeader, _) = split_body(body)?;
@@ -534,12 +549,6 @@ pub fn encode_result(
     let mut body = start_body(&header, pixels.len())?;
     body.extend_from_slice(&pixels);
     Ok(body)
-}
-
-/// Reads a result body's header alone.
-pub fn result_header(body: &[u8]) -> Result<ResultHeader, WireError> {
-    let (header, _): (ResultHeader, _) = split_body(body)?;
-    Ok(header)
 }
 
 /// Decodes a result body: the header and, when filtering succeeded, the frame. `source` is the
@@ -602,7 +611,6 @@ mod tests {
             let (h, f, p) = decode_task(&body).unwrap();
             assert_eq!((h.job.as_str(), h.index, &h.chain, h.encoding), ("j1", 42, &chain, mode));
             assert!(same(&f, &frame) && same(&p.unwrap(), &previous), "{mode}");
-            assert_eq!(task_header(&body).unwrap(), h);
         }
     }
 
@@ -636,7 +644,6 @@ mod tests {
         let (h, f) = decode_result(&body, None, None).unwrap();
         assert_eq!((h.index, h.worker.as_str(), h.filter_us, h.retries), (7, "host:1", 1234, 2));
         assert!(same(&f.unwrap(), &frame));
-        assert_eq!(result_header(&body).unwrap(), h);
 
         let body = encode_result(&meta(8), Err("opencv: boom"), None, &mut enc).unwrap();
         let (h, f) = decode_result(&body, None, None).unwrap();
@@ -662,11 +669,10 @@ mod tests {
         .unwrap();
         let mut enc = Encoder::new(TransportEncoding::Auto);
         let body = encode_result(&meta(1), Ok(&boxed), Some(&source), &mut enc).unwrap();
-        let h = result_header(&body).unwrap();
+        let (h, back) = decode_result(&body, Some(&source), None).unwrap();
         let ResultOutcome::Frame(p) = h.outcome else { panic!("a frame") };
         assert_eq!(p.encoding, PayloadEncoding::Lz4Delta);
         assert!(p.len < 5_000, "{} bytes for a {} byte frame", p.len, 240 * 320 * 3);
-        let (_, back) = decode_result(&body, Some(&source), None).unwrap();
         assert!(same(&back.unwrap(), &boxed), "lossless");
         // Without the source it cannot be decoded, and says so.
         assert!(matches!(decode_result(&body, None, None), Err(WireError::Corrupt(_))));
@@ -674,12 +680,16 @@ mod tests {
         // A result unlike its source (edges, blur) is encoded on its own.
         let other = noise(240, 320);
         let body = encode_result(&meta(2), Ok(&other), Some(&source), &mut enc).unwrap();
-        let ResultOutcome::Frame(p) = result_header(&body).unwrap().outcome else { panic!("a frame") };
+        let ResultOutcome::Frame(p) = decode_result(&body, Some(&source), None).unwrap().0.outcome else {
+            panic!("a frame")
+        };
         assert_ne!(p.encoding, PayloadEncoding::Lz4Delta);
         // JPEG (lossy) never uses deltas.
         let mut jpeg = Encoder::new(TransportEncoding::Jpeg(90));
         let body = encode_result(&meta(3), Ok(&boxed), Some(&source), &mut jpeg).unwrap();
-        let ResultOutcome::Frame(p) = result_header(&body).unwrap().outcome else { panic!("a frame") };
+        let ResultOutcome::Frame(p) = decode_result(&body, Some(&source), None).unwrap().0.outcome else {
+            panic!("a frame")
+        };
         assert_eq!(p.encoding, PayloadEncoding::Jpeg);
     }
 
@@ -695,9 +705,7 @@ mod tests {
         task[4] = WIRE_VERSION + 1;
         result[4] = WIRE_VERSION + 1;
         let newer = WIRE_VERSION + 1;
-        assert!(matches!(task_header(&task), Err(WireError::Version(v)) if v == newer));
         assert!(matches!(decode_task(&task), Err(WireError::Version(v)) if v == newer));
-        assert!(matches!(result_header(&result), Err(WireError::Version(v)) if v == newer));
         assert!(matches!(decode_result(&result, None, None), Err(WireError::Version(v)) if v == newer));
     }
 

@@ -7,7 +7,6 @@
 //! to the client name its own file, never a path on the server.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,15 +20,13 @@ use super::Shared;
 use super::admission::Ticket;
 use crate::cancel::Stop;
 use crate::files::RemoveOnDrop;
-use crate::filters::Chain;
-use crate::job::Finished;
-use crate::media::{OutputOptions, check_output};
-use crate::metrics::JobStats;
+use crate::job::{Finished, OpenedJob};
+use crate::media::check_output;
+use crate::metrics::JobSummary;
 use crate::pipeline::{JobError, Observer, Progress};
-use crate::protocol::codec::{Frame, FrameReader, FrameWriter, MAX_CHUNK_BYTES, ProtocolError};
-use crate::protocol::event::{JobEvent, ProgressSnapshot};
+use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
+use crate::protocol::event::JobEvent;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
-use crate::protocol::wire::TransportEncoding;
 use crate::transport::JobContext;
 
 /// Time a client has to say hello.
@@ -74,7 +71,7 @@ impl From<ProtocolError> for Refusal {
             ProtocolError::TooLarge { .. } => ErrorCode::TooLarge,
             ProtocolError::WriteTimeout(_) | ProtocolError::Broken => ErrorCode::Timeout,
             ProtocolError::Io(_) | ProtocolError::Truncated => ErrorCode::Internal,
-            ProtocolError::BadFrame(_) | ProtocolError::Malformed(_) => ErrorCode::BadRequest,
+            ProtocolError::BadPacket(_) | ProtocolError::Malformed(_) => ErrorCode::BadRequest,
         };
         refuse(code, e.to_string())
     }
@@ -86,7 +83,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    let (mut reader, mut writer) = (FrameReader::new(r), FrameWriter::with_timeout(w, WRITE_TIMEOUT));
+    let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::with_timeout(w, WRITE_TIMEOUT));
     let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
     if let Err(Refusal { code, message }) = outcome {
         info!(%peer, %code, %message, "connection refused or job ended in error");
@@ -96,10 +93,10 @@ where
 }
 
 async fn read_within<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
+    reader: &mut PacketReader<R>,
     limit: Duration,
     what: &str,
-) -> Result<Option<Frame<ClientMessage>>, Refusal> {
+) -> Result<Option<Packet<ClientMessage>>, Refusal> {
     match tokio::time::timeout(limit, reader.read::<ClientMessage>()).await {
         Ok(frame) => Ok(frame?),
         Err(_) => Err(refuse(ErrorCode::Timeout, format!("no {what} within {} s", limit.as_secs()))),
@@ -107,8 +104,8 @@ async fn read_within<R: AsyncRead + Unpin>(
 }
 
 async fn converse<R, W>(
-    reader: &mut FrameReader<R>,
-    writer: &mut FrameWriter<W>,
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
     shared: &Shared,
     shutdown: &CancellationToken,
     peer: &str,
@@ -118,8 +115,37 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    // Handshake.
-    let Some(Frame::Message(ClientMessage::Hello { protocol, client, token })) =
+    handshake(reader, writer, shared, shutdown, ticket).await?;
+    let (request, container) = submission(reader, shared).await?;
+    // A place among the uploads bounds the disk in use (uploads, results not yet read); it is
+    // held until the connection ends.
+    let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
+    let id = new_job_id();
+    info!(%peer, job = %id, filters = %request.chain, upload = request.upload_bytes, "job accepted");
+    writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
+
+    let files = JobFiles::new(shared, &id, &request, &container);
+    upload(reader, &files, request.upload_bytes).await?;
+    // One slot per running job bounds the memory (frames) and CPU in use. It is taken only
+    // now that the upload is whole, and given back before the result is sent.
+    let slot = wait_for(shared.job_slots.acquire(), shutdown).await?;
+    let summary = run(reader, writer, shared, shutdown, &id, &request, &files, slot).await?;
+    send_result(writer, files.output.path(), summary).await
+}
+
+/// Hello ⇄ welcome: the protocol version and the token.
+async fn handshake<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    ticket: &mut Ticket,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(Packet::Message(ClientMessage::Hello { protocol, client, token })) =
         read_within(reader, HANDSHAKE_TIMEOUT, "hello").await?
     else {
         return Err(refuse(ErrorCode::BadRequest, "the first message must be hello"));
@@ -148,53 +174,82 @@ where
     writer
         .send(&ServerMessage::Welcome { protocol: PROTOCOL_VERSION, server, max_upload_bytes: shared.max_upload })
         .await?;
+    Ok(())
+}
 
-    // Submit.
-    let Some(Frame::Message(ClientMessage::Submit(request))) = read_within(reader, SUBMIT_TIMEOUT, "submit").await?
+/// The submit message, checked: the request and its output container.
+async fn submission<R: AsyncRead + Unpin>(
+    reader: &mut PacketReader<R>,
+    shared: &Shared,
+) -> Result<(SubmitRequest, String), Refusal> {
+    let Some(Packet::Message(ClientMessage::Submit(request))) = read_within(reader, SUBMIT_TIMEOUT, "submit").await?
     else {
         return Err(refuse(ErrorCode::BadRequest, "expected a submit message"));
     };
-    let job = validate(&request, shared)?;
-    // A place among the uploads bounds the disk in use (uploads, results not yet read); it is
-    // held until the connection ends.
-    let _upload = tokio::select! {
-        permit = shared.uploads.acquire() => permit.map_err(|_| refuse(ErrorCode::Internal, "server shutting down"))?,
-        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
-    };
-    let id = new_job_id();
-    info!(%peer, job = %id, filters = %job.chain, upload = request.upload_bytes, "job accepted");
-    writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
+    let container = validate(&request, shared)?;
+    Ok((*request, container))
+}
 
-    // Upload into the work directory, against a deadline from its size.
-    let input = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
-    let output = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.out.{}", job.container)));
-    let scrub = Scrub::new(&shared.work_dir, input.path(), &request.input_name, output.path());
-    let deadline = upload_deadline(request.upload_bytes);
-    match tokio::time::timeout(deadline, receive_upload(reader, input.path(), request.upload_bytes)).await {
-        Ok(received) => received.map_err(|r| scrub.refusal(r))?,
-        Err(_) => {
-            return Err(refuse(
-                ErrorCode::Timeout,
-                format!(
-                    "the upload of {} bytes did not finish within {} s (at least {} kB/s is needed)",
-                    request.upload_bytes,
-                    deadline.as_secs(),
-                    MIN_UPLOAD_RATE >> 10
-                ),
-            ));
-        }
+/// A semaphore's permit, unless the server shuts down first.
+async fn wait_for<P>(
+    permit: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
+    shutdown: &CancellationToken,
+) -> Result<P, Refusal> {
+    tokio::select! {
+        permit = permit => permit.map_err(|_| refuse(ErrorCode::Internal, "server shutting down")),
+        _ = shutdown.cancelled() => Err(refuse(ErrorCode::Cancelled, "server shutting down")),
     }
+}
 
-    // One slot per running job bounds the memory (frames) and CPU in use. It is taken only
-    // now that the upload is whole, and given back before the result is sent.
-    let slot = tokio::select! {
-        slot = shared.job_slots.acquire() => slot.map_err(|_| refuse(ErrorCode::Internal, "server shutting down"))?,
-        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
-    };
+/// A job's files in the work directory, removed when the connection ends, and what hides
+/// their paths from the client.
+struct JobFiles {
+    input: RemoveOnDrop,
+    output: RemoveOnDrop,
+    scrub: Scrub,
+}
 
-    // Open and run the job.
+impl JobFiles {
+    fn new(shared: &Shared, id: &str, request: &SubmitRequest, container: &str) -> Self {
+        let input = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
+        let output = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.out.{container}")));
+        let scrub = Scrub::new(&shared.work_dir, input.path(), &request.input_name, output.path());
+        JobFiles { input, output, scrub }
+    }
+}
+
+/// The upload, into the work directory, against a deadline from its size.
+async fn upload<R: AsyncRead + Unpin>(
+    reader: &mut PacketReader<R>,
+    files: &JobFiles,
+    size: u64,
+) -> Result<(), Refusal> {
+    let deadline = upload_deadline(size);
+    match tokio::time::timeout(deadline, receive_upload(reader, files.input.path(), size)).await {
+        Ok(received) => received.map_err(|r| files.scrub.refusal(r)),
+        Err(_) => Err(refuse(
+            ErrorCode::Timeout,
+            format!(
+                "the upload of {size} bytes did not finish within {} s (at least {} kB/s is needed)",
+                deadline.as_secs(),
+                MIN_UPLOAD_RATE >> 10
+            ),
+        )),
+    }
+}
+
+/// Opens the upload and tells the client and the dashboards what it holds.
+async fn open<W: AsyncWrite + Unpin>(
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    id: &str,
+    job: &SubmitRequest,
+    files: &JobFiles,
+) -> Result<OpenedJob, Refusal> {
+    let scrub = &files.scrub;
     let cascade = shared.local_face_cascade.clone();
-    let (input_path, output_path, chain) = (input.path().to_path_buf(), output.path().to_path_buf(), job.chain.clone());
+    let (input_path, output_path, chain) =
+        (files.input.path().to_path_buf(), files.output.path().to_path_buf(), job.chain.clone());
     let options = job.output.clone();
     let span = tracing::Span::current();
     let opened = tokio::task::spawn_blocking(move || {
@@ -214,7 +269,7 @@ where
         .await?;
     shared
         .publish(JobEvent::Started {
-            job: id.clone(),
+            job: id.to_string(),
             filters: job.chain.to_string(),
             frames: info.frame_count,
             width: info.width as u32,
@@ -223,19 +278,41 @@ where
         })
         .await;
 
+    Ok(opened)
+}
+
+/// Runs the opened job, streaming progress to the client and events to the
+/// dashboards, until it ends; a cancel or a hang-up from the client stops it.
+#[allow(clippy::too_many_arguments)]
+async fn run<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    id: &str,
+    job: &SubmitRequest,
+    files: &JobFiles,
+    slot: tokio::sync::SemaphorePermit<'_>,
+) -> Result<JobSummary, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (id, scrub) = (id.to_string(), &files.scrub);
+    let opened = open(writer, shared, &id, job, files).await?;
+    let info = opened.info();
     let job_token = shutdown.child_token();
     let ctx = JobContext {
         id: id.clone(),
         chain: job.chain.clone(),
         stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
-        encoding: job.encoding,
+        encoding: job.transport,
     };
     let window = shared.window(info.frame_bytes());
-    let started = Instant::now();
-    let initial = ProgressSnapshot { total: info.frame_count, ..ProgressSnapshot::default() };
+    let initial = Progress { total: info.frame_count, ..Progress::default() };
     let (progress_tx, mut progress_rx) = watch::channel(initial);
     let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
-    let observer = JobObserver::new(progress_tx, thumb_tx, started);
+    let observer = JobObserver::new(progress_tx, thumb_tx);
     let transport = shared.transport.clone();
     let span = tracing::Span::current();
     let mut running =
@@ -253,7 +330,7 @@ where
                 }
                 let p = progress_rx.borrow_and_update().clone();
                 if !client_gone {
-                    let message = ServerMessage::Progress { done: p.done, failed: p.failed, total: p.total };
+                    let message = ServerMessage::Progress(p.clone());
                     if !matches!(tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, writer.send(&message)).await, Ok(Ok(()))) {
                         warn!(job = %id, "the client takes no progress messages; cancelling the job");
                         client_gone = true;
@@ -266,7 +343,7 @@ where
                 shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
             }
             message = reader.read::<ClientMessage>(), if !client_gone => match message {
-                Ok(Some(Frame::Message(ClientMessage::Cancel))) => {
+                Ok(Some(Packet::Message(ClientMessage::Cancel))) => {
                     info!(job = %id, "cancelled by the client");
                     job_token.cancel();
                 }
@@ -305,23 +382,24 @@ where
     while let Ok((index, jpeg)) = thumb_rx.try_recv() {
         shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
     }
-    let last = ProgressSnapshot {
-        done: summary.frames,
-        failed: summary.failed_frames,
-        total: Some(summary.frames),
-        retries: summary.retries,
-        in_flight: 0,
-        elapsed_ms: (summary.wall_seconds * 1000.0) as u64,
-        workers: summary.workers.clone(),
-    };
-    writer.send(&ServerMessage::Progress { done: last.done, failed: last.failed, total: last.total }).await.ok();
+    let last = summary.progress();
+    writer.send(&ServerMessage::Progress(last.clone())).await.ok();
     shared.publish(JobEvent::Progress { job: id.clone(), progress: last }).await;
     shared.publish(JobEvent::Done { job: id.clone(), summary: Box::new(summary.clone()), latency }).await;
     info!(job = %id, frames = summary.frames, fps = format!("{:.1}", summary.fps), "job done");
 
-    // Send the result; the writer's time limit cuts off a client that stops reading.
+    Ok(summary)
+}
+
+/// The result: its summary, then its bytes; the writer's time limit cuts off a client that
+/// stops reading.
+async fn send_result<W: AsyncWrite + Unpin>(
+    writer: &mut PacketWriter<W>,
+    output: &Path,
+    summary: JobSummary,
+) -> Result<(), Refusal> {
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("reading the result: {e}"));
-    let mut file = tokio::fs::File::open(output.path()).await.map_err(internal)?;
+    let mut file = tokio::fs::File::open(output).await.map_err(internal)?;
     let size = file.metadata().await.map_err(internal)?.len();
     writer.send(&ServerMessage::Done { summary: Box::new(summary), result_bytes: size }).await?;
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
@@ -335,16 +413,9 @@ where
     Ok(())
 }
 
-/// The checked parts of a submit request.
-struct ValidJob {
-    chain: Chain,
-    output: OutputOptions,
-    container: String,
-    encoding: TransportEncoding,
-}
-
-fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
-    let chain = Chain::from_str(&r.filters).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+/// Checks what deserialising a request could not (the chain and the transport encoding were
+/// checked as they were read); returns the output container.
+fn validate(r: &SubmitRequest, shared: &Shared) -> Result<String, Refusal> {
     let container = r.container.to_ascii_lowercase();
     if container.is_empty() || container.len() > 16 || !container.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(refuse(ErrorCode::BadRequest, format!("bad container '{}'", r.container)));
@@ -353,7 +424,6 @@ fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
     // fit the container.
     check_output(Path::new(&format!("output.{container}")), &r.output)
         .map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
-    let encoding = TransportEncoding::from_str(&r.transport).map_err(|e| refuse(ErrorCode::BadRequest, e))?;
     if r.upload_bytes == 0 {
         return Err(refuse(ErrorCode::BadInput, "the upload is empty"));
     }
@@ -363,7 +433,7 @@ fn validate(r: &SubmitRequest, shared: &Shared) -> Result<ValidJob, Refusal> {
             format!("an upload of {} bytes is over this server's limit of {}", r.upload_bytes, shared.max_upload),
         ));
     }
-    Ok(ValidJob { chain, output: r.output.clone(), container, encoding })
+    Ok(container)
 }
 
 /// How long an upload of `size` bytes may take in all.
@@ -411,7 +481,7 @@ impl Scrub {
 
 /// Receives exactly `size` bytes of chunks into `path`.
 async fn receive_upload<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
+    reader: &mut PacketReader<R>,
     path: &Path,
     size: u64,
 ) -> Result<(), Refusal> {
@@ -421,7 +491,7 @@ async fn receive_upload<R: AsyncRead + Unpin>(
     let mut received = 0u64;
     while received < size {
         match read_within(reader, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
-            Some(Frame::Chunk(data)) => {
+            Some(Packet::Chunk(data)) => {
                 received += data.len() as u64;
                 if received > size {
                     return Err(refuse(
@@ -431,8 +501,8 @@ async fn receive_upload<R: AsyncRead + Unpin>(
                 }
                 file.write_all(&data).await.map_err(internal)?;
             }
-            Some(Frame::Message(ClientMessage::Cancel)) => return Err(refuse(ErrorCode::Cancelled, "job cancelled")),
-            Some(Frame::Message(_)) => return Err(refuse(ErrorCode::BadRequest, "expected upload data")),
+            Some(Packet::Message(ClientMessage::Cancel)) => return Err(refuse(ErrorCode::Cancelled, "job cancelled")),
+            Some(Packet::Message(_)) => return Err(refuse(ErrorCode::BadRequest, "expected upload data")),
             None => {
                 return Err(refuse(ErrorCode::BadRequest, format!("upload ended after {received} of {size} bytes")));
             }
@@ -467,9 +537,8 @@ fn new_job_id() -> String {
 /// Passes the pipeline's progress and a thumbnail now and then to the connection task. Called
 /// from pipeline threads: keeps only the latest progress, drops thumbnails nobody took yet.
 struct JobObserver {
-    progress: watch::Sender<ProgressSnapshot>,
+    progress: watch::Sender<Progress>,
     thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
-    started: Instant,
     /// The index of the last thumbnail made.
     last_index: Mutex<Option<u64>>,
     last_progress: Mutex<Option<Instant>>,
@@ -477,13 +546,9 @@ struct JobObserver {
 }
 
 impl JobObserver {
-    fn new(
-        progress: watch::Sender<ProgressSnapshot>,
-        thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
-        started: Instant,
-    ) -> Self {
+    fn new(progress: watch::Sender<Progress>, thumbnails: mpsc::Sender<(u64, Vec<u8>)>) -> Self {
         let (last_progress, last_thumbnail, last_index) = (Mutex::new(None), Mutex::new(None), Mutex::new(None));
-        JobObserver { progress, thumbnails, started, last_index, last_progress, last_thumbnail }
+        JobObserver { progress, thumbnails, last_index, last_progress, last_thumbnail }
     }
 }
 
@@ -498,19 +563,10 @@ fn due(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
 }
 
 impl Observer for JobObserver {
-    fn on_progress(&self, p: &Progress, stats: &JobStats) {
-        if !due(&self.last_progress, PROGRESS_INTERVAL) {
-            return;
+    fn on_progress(&self, p: &Progress) {
+        if due(&self.last_progress, PROGRESS_INTERVAL) {
+            self.progress.send_replace(p.clone());
         }
-        self.progress.send_replace(ProgressSnapshot {
-            done: p.done,
-            failed: p.failed,
-            total: p.total,
-            retries: p.retries,
-            in_flight: p.in_flight,
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
-            workers: stats.per_worker.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
-        });
     }
 
     fn on_frame(&self, index: u64, frame: &Mat) {

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::{JobContext, Transport, WireBytes};
 use crate::broker::{Broker, Consumer, Publisher, Topology};
-use crate::protocol::task::{Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
+use crate::protocol::task::{Correlation, Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
 use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
 
 /// A frame dispatched this many times without a result is reported failed.
@@ -335,7 +335,7 @@ impl Session<'_> {
             }
             tokio::select! {
                 message = replies.next() => match message {
-                    Some(Ok(m)) => self.on_result(m.correlation.as_deref(), m.body)?,
+                    Some(Ok(m)) => self.on_result(m.correlation, m.body)?,
                     Some(Err(e)) => return Err(conn(e)),
                     None => return Err(conn(anyhow!("the reply queue's consumer was cancelled"))),
                 },
@@ -392,7 +392,7 @@ impl Session<'_> {
         attempt: u32,
         confirms: &mut JoinSet<(u64, anyhow::Result<bool>)>,
     ) -> Result<(), Interrupted> {
-        let correlation = format!("{}:{index}", self.job.id);
+        let correlation = Correlation::new(self.job.id.as_str(), index);
         let confirm =
             publisher.task(t, body, reply_to, &correlation, attempt).await.map_err(Interrupted::Connection)?;
         self.wire.sent += body.len() as u64;
@@ -400,12 +400,8 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn on_result(&mut self, correlation: Option<&str>, body: Vec<u8>) -> Result<(), Interrupted> {
-        let index = correlation
-            .and_then(|c| c.rsplit_once(':'))
-            .filter(|(job, _)| *job == self.job.id)
-            .and_then(|(_, i)| i.parse::<u64>().ok());
-        let Some(index) = index else {
+    fn on_result(&mut self, correlation: Option<Correlation>, body: Vec<u8>) -> Result<(), Interrupted> {
+        let Some(Correlation { index, .. }) = correlation.filter(|c| c.job == self.job.id) else {
             warn!(job = %self.job.id, "dropping a result with a foreign correlation id");
             return Ok(());
         };

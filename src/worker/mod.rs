@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use crate::broker::{Broker, Message, Publisher, Topology};
 use crate::filters::FilterEnv;
 use crate::protocol::event::JobEvent;
-use crate::protocol::task::FrameOutcome;
+use crate::protocol::task::{Correlation, FrameOutcome};
 use crate::protocol::wire::{self, Encoder, TransportEncoding};
 use crate::transport::{ProcessorCache, execute};
 pub use stats::WorkerStats;
@@ -253,16 +253,14 @@ async fn session(
                     anyhow::bail!("RabbitMQ ended the task subscription");
                 };
                 let mut m = message?;
-                let header = match wire::task_header(&m.body) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        warn!(error = %e, "dead-lettering a malformed task");
-                        m.reject(false).await?;
-                        stats.failed();
-                        continue;
-                    }
+                // The correlation id says whose task it is; the body is opened once, by a filter thread.
+                let Some(job) = m.correlation.as_ref().map(|c| c.job.clone()) else {
+                    warn!("dead-lettering a task that names no frame of a job");
+                    m.reject(false).await?;
+                    stats.failed();
+                    continue;
                 };
-                if cancelled.skips(broker, &header.job, m.reply_to.as_deref()).await {
+                if cancelled.skips(broker, &job, m.reply_to.as_deref()).await {
                     m.ack().await?;
                     continue;
                 }
@@ -306,7 +304,9 @@ async fn finish(
     stats: &WorkerStats,
 ) -> anyhow::Result<()> {
     let reply_to = m.reply_to.clone().unwrap_or_default();
-    let correlation = m.correlation.clone().unwrap_or_default();
+    let Some(correlation) = m.correlation.clone() else {
+        return m.reject(false).await; // never taken in hand without one
+    };
     match done {
         Done::Result { body, .. } => {
             if !publisher.result(&reply_to, &correlation, &body).await?.accepted().await? {
@@ -348,12 +348,10 @@ async fn report_failure(
     publisher: &Publisher,
     m: &Message,
     reply_to: &str,
-    correlation: &str,
+    correlation: &Correlation,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let Some((job, index)) = correlation.rsplit_once(':').and_then(|(j, i)| Some((j, i.parse::<u64>().ok()?))) else {
-        return Ok(()); // nobody to tell
-    };
+    let (job, index) = (correlation.job.as_str(), correlation.index);
     let mut enc = Encoder::new(TransportEncoding::Raw);
     let retries = m.attempt + u32::from(m.redelivered);
     let worker = crate::metrics::WorkerId::this_process().to_string();

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use vpd::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
+use vpd::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Token};
 
 /// A raw protocol connection, written by hand (the real client refuses to misbehave).
 pub struct Raw(pub TcpStream);
@@ -54,8 +54,8 @@ impl Raw {
         self.0.write_all(&bytes).unwrap();
     }
 
-    /// Sends a control message.
-    pub fn send(&mut self, m: &ClientMessage) {
+    /// Sends a control message: a typed one, or any JSON at all.
+    pub fn send<M: serde::Serialize>(&mut self, m: &M) {
         self.frame(1, &serde_json::to_vec(m).unwrap());
     }
 
@@ -94,14 +94,16 @@ impl Raw {
     }
 }
 
-/// A submit of `filters` for an upload of `upload_bytes`, to an `.mp4`.
-pub fn submit(filters: &str, upload_bytes: u64) -> ClientMessage {
-    ClientMessage::Submit(Box::new(SubmitRequest {
-        filters: filters.into(),
-        output: vpd::media::OutputOptions::default(),
-        container: "mp4".into(),
-        transport: "auto".into(),
-        input_name: "in.mp4".into(),
-        upload_bytes,
-    }))
+/// A submit of the chain `filters`, written as JSON by hand (so that it may be one the real
+/// client would refuse to send), for an upload of `upload_bytes`, to an `.mp4`.
+pub fn submit(filters: &str, upload_bytes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "type": "submit",
+        "chain": filters,
+        "output": vpd::media::OutputOptions::default(),
+        "container": "mp4",
+        "transport": "auto",
+        "input_name": "in.mp4",
+        "upload_bytes": upload_bytes,
+    })
 }
