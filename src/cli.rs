@@ -317,6 +317,16 @@ pub struct RunArgs {
     #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
     pub face_cascade: Option<PathBuf>,
 
+    /// Continue a run that was interrupted (killed, Ctrl-C, a full disk) from its last
+    /// committed segment, kept beside the output; without it, what such a run left is replaced.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// The output is committed in segments of about this many seconds, each encoded on its own
+    /// (a resume redoes at most one) [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    pub segment_seconds: Option<f64>,
+
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,

@@ -158,6 +158,8 @@ pub struct RunSection {
     /// Filter threads (`workers` before, still accepted).
     #[serde(alias = "workers")]
     pub threads: Option<NonZeroUsize>,
+    /// Seconds of video per committed segment.
+    pub segment_seconds: Option<f64>,
     /// Most frames in flight.
     pub window: Option<NonZeroUsize>,
     /// Video encoder.
@@ -189,6 +191,8 @@ impl FileConfig {
             output_options: output_options(args.encoding, &self.run.codec, self.run.crf, &self.run.preset),
             window: args.window.or(self.run.window),
             filter_env: self.filter_env(args.face_cascade),
+            resume: args.resume,
+            segment_seconds: segment_seconds(args.segment_seconds.or(self.run.segment_seconds))?,
             quiet: args.quiet,
             json: args.json,
         })
@@ -350,10 +354,27 @@ pub struct RunConfig {
     pub window: Option<NonZeroUsize>,
     /// Files the filters need.
     pub filter_env: FilterEnv,
+    /// Continue an interrupted run from its committed segments.
+    pub resume: bool,
+    /// Seconds of video per committed segment.
+    pub segment_seconds: f64,
     /// No progress bar or human summary.
     pub quiet: bool,
     /// Summary as JSON on stdout.
     pub json: bool,
+}
+
+/// Default for `--segment-seconds`: a resume redoes at most this much video; shorter segments
+/// cost size (each starts with a keyframe) and an encoder start each.
+pub const DEFAULT_SEGMENT_SECONDS: f64 = 2.0;
+
+/// A segment length from the command line or the config file, checked.
+fn segment_seconds(value: Option<f64>) -> anyhow::Result<f64> {
+    let seconds = value.unwrap_or(DEFAULT_SEGMENT_SECONDS);
+    if !(seconds.is_finite() && (0.1..=3600.0).contains(&seconds)) {
+        return Err(usage(ErrorKind::ValueValidation, "--segment-seconds must be between 0.1 and 3600"));
+    }
+    Ok(seconds)
 }
 
 #[cfg(test)]

@@ -7,24 +7,64 @@
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::bail;
 
 use crate::filters::{Chain, check_face_cascade};
-use crate::media::{MediaSink, MediaSource, OutputOptions, VideoInfo, check_output, check_output_path};
+use crate::media::{
+    MediaSink, MediaSource, OnCommit, OutputOptions, SegmentRecord, SegmentSink, VideoInfo, check_output,
+    check_output_path, frames_per_segment, join_segments,
+};
 use crate::metrics::{Buckets, JobSummary};
-use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobError, JobOptions, JobReport, Observer, run_job};
+use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobError, JobOptions, JobReport, Observer, Start, run_job};
 use crate::protocol::wire::MAX_FRAME_PIXELS;
 use crate::transport::{JobContext, Transport};
+
+/// How a job's output is written.
+pub enum Writing {
+    /// Straight into the output: one encoder, one pass (pipes, and jobs nobody resumes).
+    Direct,
+    /// In committed segments in `dir` (which exists), then joined: a job that a crash does not
+    /// lose. `committed` are the segments already there, from a run that stopped; each new one
+    /// goes to `on_commit` (the job's record) as it is committed.
+    Segmented {
+        /// Where the segments are.
+        dir: PathBuf,
+        /// Frames per segment (see [`crate::media::frames_per_segment`]); the same on every resume.
+        seconds: f64,
+        /// Segments already committed, in order from 0.
+        committed: Vec<SegmentRecord>,
+        /// Told of each segment committed.
+        on_commit: OnCommit,
+    },
+}
+
+// One per job, moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Output {
+    Direct(MediaSink),
+    Segmented {
+        sink: SegmentSink,
+        dir: PathBuf,
+        /// Committed so far, this run's included.
+        segments: Arc<Mutex<Vec<SegmentRecord>>>,
+        /// The last segment was committed before: every frame is in a segment already.
+        complete: bool,
+    },
+}
 
 /// A job whose input decodes and whose output is open.
 pub struct OpenedJob {
     input: PathBuf,
     output: PathBuf,
-    codec: String,
+    target: PathBuf,
+    options: OutputOptions,
     source: MediaSource,
-    sink: MediaSink,
+    sink: Output,
+    /// Frames already committed by an earlier run, and the frame before the first new one.
+    start: Start,
     started: Instant,
 }
 
@@ -36,6 +76,7 @@ pub fn open(
     chain: &Chain,
     options: &OutputOptions,
     face_cascade: Option<&Path>,
+    writing: Writing,
 ) -> anyhow::Result<OpenedJob> {
     let started = Instant::now();
     // The file really written: the output itself, or what it links to.
@@ -44,20 +85,68 @@ pub fn open(
     if let (true, Some(cascade)) = (chain.needs_faces(), face_cascade) {
         check_face_cascade(cascade)?;
     }
-    let source = MediaSource::open(input)?;
+    let mut source = MediaSource::open(input)?;
     let info = source.info();
     if info.width as u64 * info.height as u64 > MAX_FRAME_PIXELS {
         bail!("{}: {}x{} frames are over the 8192x8192 limit", input.display(), info.width, info.height);
     }
-    let sink = MediaSink::create(&source, &target, options)?;
-    let codec = options.codec.to_string();
-    Ok(OpenedJob { input: input.to_path_buf(), output: output.to_path_buf(), codec, source, sink, started })
+    let (sink, start) = match writing {
+        Writing::Direct => (Output::Direct(MediaSink::create(&source, &target, options)?), Start::default()),
+        Writing::Segmented { dir, seconds, committed, mut on_commit } => {
+            let per_segment = frames_per_segment(info.fps, seconds);
+            let frames: u64 = committed.iter().map(|r| r.frames).sum();
+            let complete = committed.last().is_some_and(|r| r.frames < per_segment);
+            let consistent = committed.iter().enumerate().all(|(i, r)| {
+                r.number == i as u64
+                    && r.first_frame == i as u64 * per_segment
+                    && (r.frames == per_segment || i + 1 == committed.len())
+            });
+            if !consistent {
+                bail!(
+                    "{}: the committed segments do not fit this job's segment length; start it afresh",
+                    dir.display()
+                );
+            }
+            let start = if complete {
+                Start { index: frames, previous: None }
+            } else {
+                let last_pts = committed.last().and_then(|r| r.last_pts);
+                let previous = source.skip_committed(frames, last_pts, chain.needs_previous())?;
+                Start { index: frames, previous: previous.map(Arc::new) }
+            };
+            let segments = Arc::new(Mutex::new(committed));
+            let record = segments.clone();
+            let on_commit: OnCommit = Box::new(move |r| {
+                on_commit(r)?;
+                record.lock().unwrap_or_else(|p| p.into_inner()).push(*r);
+                Ok(())
+            });
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            let sink = SegmentSink::create(&source, &dir, &target, options, per_segment, frames, on_commit)?;
+            (Output::Segmented { sink, dir, segments, complete }, start)
+        }
+    };
+    Ok(OpenedJob {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        target,
+        options: options.clone(),
+        source,
+        sink,
+        start,
+        started,
+    })
 }
 
 impl OpenedJob {
     /// The input's size, rate and announced length.
     pub fn info(&self) -> VideoInfo {
         self.source.info()
+    }
+
+    /// Frames an earlier run already committed: where this one starts.
+    pub fn resumed_at(&self) -> u64 {
+        self.start.index
     }
 
     /// Runs the pipeline through `transport`, then checks the output and moves it into place.
@@ -69,12 +158,42 @@ impl OpenedJob {
         observer: &dyn Observer,
     ) -> Result<Finished, JobError> {
         let info = self.source.info();
-        let opts = JobOptions { window, total_hint: info.frame_count, stall_timeout: DEFAULT_STALL_TIMEOUT };
-        let report = run_job(job, &mut self.source, &mut self.sink, transport, &opts, observer)?;
-        let size = self.sink.size();
-        self.sink.finish().map_err(anyhow::Error::from)?;
+        let resumed = self.start.index;
+        let opts = JobOptions {
+            window,
+            total_hint: info.frame_count.map(|n| n.saturating_sub(resumed)),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            start: self.start.clone(),
+        };
+        let (report, size) = match self.sink {
+            Output::Direct(mut sink) => {
+                let report = run_job(job, &mut self.source, &mut sink, transport, &opts, observer)?;
+                let size = sink.size().unwrap_or((info.width as u32, info.height as u32));
+                sink.finish().map_err(anyhow::Error::from)?;
+                (report, size)
+            }
+            Output::Segmented { mut sink, dir, segments, complete } => {
+                let report = if complete {
+                    JobReport::default()
+                } else {
+                    run_job(job, &mut self.source, &mut sink, transport, &opts, observer)?
+                };
+                let size = sink.size();
+                sink.finish()?;
+                let segments = segments.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                // The input again, for its other streams: the run's reading of them went to no one.
+                let mut input = MediaSource::open(&self.input).map_err(anyhow::Error::from)?;
+                join_segments(&mut input, &dir, &segments, &self.target, &self.options).map_err(anyhow::Error::from)?;
+                (report, size)
+            }
+        };
         let wall = self.started.elapsed().as_secs_f64();
-        let summary = summarise(&self.input, &self.output, job, &self.codec, &info, size, &report, wall);
+        let codec = self.options.codec.to_string();
+        let mut summary = summarise(&self.input, &self.output, job, &codec, &info, size, &report, wall);
+        if resumed > 0 {
+            summary.frames += resumed;
+            summary.resumed_at_frame = Some(resumed);
+        }
         Ok(Finished { summary, latency: report.stats.latency.buckets() })
     }
 }
@@ -120,6 +239,7 @@ fn summarise(
         workers: stats.per_worker.iter().map(|(id, n)| (id.to_string(), *n)).collect(),
         wire_bytes_sent: report.wire.sent,
         wire_bytes_received: report.wire.received,
+        resumed_at_frame: None,
     }
 }
 

@@ -1,7 +1,24 @@
 //! `vpd run`: one video through the pipeline in this process, with a pool of filter threads.
+//!
+//! The output is committed in segments into a checkpoint directory beside it,
+//! `.NAME.vpd-resume/`: the segments, `job.json` (what the run is: input, chain, output
+//! options, segment length) and `segments.jsonl` (one line per committed segment, fsynced).
+//! A run that completes removes it. One that is killed, interrupted or fails keeps it, and
+//! `--resume` continues from its last committed segment; a run without `--resume` replaces it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::cancel::Stop;
 use crate::config::RunConfig;
+use crate::job::Writing;
+use crate::media::{MediaError, OutputOptions, STDIO, SegmentRecord, segment_path};
 use crate::metrics::JobSummary;
 use crate::pipeline::{JobError, JobOptions};
 use crate::progress::ProgressView;
@@ -11,8 +28,22 @@ use crate::transport::local::LocalTransport;
 
 /// Processes `cfg.input` into `cfg.output` and reports what it did.
 pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
-    let opened =
-        crate::job::open(&cfg.input, &cfg.output, &cfg.chain, &cfg.output_options, Some(&cfg.filter_env.face_cascade))?;
+    let checkpoint = Checkpoint::for_run(cfg)?;
+    let writing = match &checkpoint {
+        None => Writing::Direct,
+        Some(c) => c.writing(cfg)?,
+    };
+    let opened = crate::job::open(
+        &cfg.input,
+        &cfg.output,
+        &cfg.chain,
+        &cfg.output_options,
+        Some(&cfg.filter_env.face_cascade),
+        writing,
+    )?;
+    if let Some(c) = &checkpoint {
+        c.describe()?;
+    }
     let info = opened.info();
     let window = cfg.window.unwrap_or_else(|| JobOptions::default_window(cfg.threads, info.frame_bytes()));
     let job = JobContext {
@@ -22,8 +53,174 @@ pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
         encoding: TransportEncoding::Raw,
     };
     let transport = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
-    let progress = ProgressView::new(info.frame_count, !cfg.quiet);
+    let remaining = info.frame_count.map(|n| n.saturating_sub(opened.resumed_at()));
+    let progress = ProgressView::new(remaining, !cfg.quiet);
     let finished = opened.run(&job, &transport, window, &progress);
     progress.finish();
+    if let Some(c) = &checkpoint {
+        match &finished {
+            Ok(_) => c.remove(),
+            // What a resume can finish: an interrupted run, a disk that filled up.
+            Err(JobError::Cancelled) => c.keep_or_remove(cfg.quiet),
+            Err(JobError::Failed(e)) if is_no_space(e) => c.keep_or_remove(cfg.quiet),
+            // A bad input or a failing filter fails again: nothing is kept.
+            Err(JobError::Failed(_)) => c.remove(),
+        }
+    }
     finished.map(|f| f.summary)
+}
+
+/// What a checkpoint is of: a resume must be of the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Identity {
+    /// The layout of the checkpoint directory.
+    version: u32,
+    input: PathBuf,
+    input_bytes: u64,
+    input_mtime_ns: i128,
+    chain: String,
+    output: OutputOptions,
+    segment_seconds: f64,
+}
+
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// A run's checkpoint directory.
+struct Checkpoint {
+    dir: PathBuf,
+    identity: Identity,
+    /// Segments committed by an interrupted run being resumed.
+    committed: Vec<SegmentRecord>,
+}
+
+impl Checkpoint {
+    /// The checkpoint for `cfg`'s run: none when the input or the output is a stream (such a
+    /// run cannot be resumed). Reads what an interrupted run left when resuming; removes it
+    /// otherwise.
+    fn for_run(cfg: &RunConfig) -> anyhow::Result<Option<Checkpoint>> {
+        let streamed = cfg.input == Path::new(STDIO)
+            || cfg.output == Path::new(STDIO)
+            || fs::metadata(&cfg.input).is_ok_and(|m| !m.is_file());
+        if streamed {
+            if cfg.resume {
+                bail!("--resume needs a file to read and a file to write, not a pipe");
+            }
+            return Ok(None);
+        }
+        let Some(dir) = checkpoint_dir(&cfg.output) else { return Ok(None) };
+        let identity = Identity::of(cfg);
+        let mut committed = Vec::new();
+        if dir.exists() {
+            let left = Identity::read(&dir);
+            if !cfg.resume {
+                warn!("replacing what an interrupted run left in {} (--resume continues it instead)", dir.display());
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            } else if left.as_ref() != Some(&identity) {
+                bail!(
+                    "cannot resume: {} is of a run with another input, chain or output options; run without --resume to start afresh",
+                    dir.display()
+                );
+            } else {
+                committed = read_segments(&dir)?;
+            }
+        } else if cfg.resume && !cfg.quiet {
+            eprintln!("vpd: nothing to resume for {}; starting from the beginning", cfg.output.display());
+        }
+        Ok(Some(Checkpoint { dir, identity, committed }))
+    }
+
+    /// How the job writes: into segments here, each recorded as it is committed.
+    fn writing(&self, cfg: &RunConfig) -> anyhow::Result<Writing> {
+        let log = self.dir.join("segments.jsonl");
+        let dir = self.dir.clone();
+        Ok(Writing::Segmented {
+            dir: self.dir.clone(),
+            seconds: cfg.segment_seconds,
+            committed: self.committed.clone(),
+            on_commit: Box::new(move |record| {
+                let mut file = OpenOptions::new().create(true).append(true).open(&log)?;
+                writeln!(file, "{}", serde_json::to_string(record)?)?;
+                file.sync_all().with_context(|| format!("recording a segment in {}", dir.display()))
+            }),
+        })
+    }
+
+    /// Writes `job.json` (the job opened, so its directory exists).
+    fn describe(&self) -> anyhow::Result<()> {
+        let path = self.dir.join("job.json");
+        if path.exists() {
+            return Ok(());
+        }
+        let mut file = File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(serde_json::to_string_pretty(&self.identity)?.as_bytes())?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    /// After a failure or a cancel: keeps committed segments for `--resume`, says so.
+    fn keep_or_remove(&self, quiet: bool) {
+        let committed = read_segments(&self.dir).unwrap_or_default();
+        let frames: u64 = committed.iter().map(|r| r.frames).sum();
+        if frames == 0 {
+            self.remove();
+        } else if !quiet {
+            eprintln!("vpd: {frames} frames are committed; run again with --resume to continue from there");
+        }
+    }
+}
+
+impl Identity {
+    fn of(cfg: &RunConfig) -> Identity {
+        let meta = fs::metadata(&cfg.input).ok();
+        Identity {
+            version: CHECKPOINT_VERSION,
+            input: fs::canonicalize(&cfg.input).unwrap_or_else(|_| cfg.input.clone()),
+            input_bytes: meta.as_ref().map_or(0, |m| m.len()),
+            input_mtime_ns: meta.as_ref().map_or(0, |m| m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128),
+            chain: cfg.chain.to_string(),
+            output: cfg.output_options.clone(),
+            segment_seconds: cfg.segment_seconds,
+        }
+    }
+
+    fn read(dir: &Path) -> Option<Identity> {
+        serde_json::from_slice(&fs::read(dir.join("job.json")).ok()?).ok()
+    }
+}
+
+/// Whether `e` says the disk is full.
+fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(cause.downcast_ref::<MediaError>(), Some(MediaError::NoSpace { .. }))
+            || cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::ENOSPC)
+    })
+}
+
+/// `.NAME.vpd-resume` beside `output`.
+fn checkpoint_dir(output: &Path) -> Option<PathBuf> {
+    let name = output.file_name()?.to_string_lossy().into_owned();
+    Some(output.with_file_name(format!(".{name}.vpd-resume")))
+}
+
+/// The segments a checkpoint records, in order from 0, each with its file: a torn last line
+/// (a crash while recording) and a record whose file is missing end the list.
+fn read_segments(dir: &Path) -> anyhow::Result<Vec<SegmentRecord>> {
+    let file = match File::open(dir.join("segments.jsonl")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut segments = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let Ok(record) = serde_json::from_str::<SegmentRecord>(&line?) else { break };
+        if record.number != segments.len() as u64 || !segment_path(dir, record.number).is_file() {
+            break;
+        }
+        segments.push(record);
+    }
+    Ok(segments)
 }

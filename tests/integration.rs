@@ -6,5 +6,6 @@ mod logs;
 mod media;
 mod preview;
 mod protocol;
+mod resume;
 mod run;
 mod util;

@@ -283,7 +283,10 @@ fn interrupt_cancels_the_job_and_removes_the_partial_output() {
         .spawn()
         .unwrap();
     let mut child = ChildGuard(child);
-    assert!(wait_for(Duration::from_secs(20), || !partial_files(dir.path()).is_empty()), "the job never started");
+    // The job writes its first segment into its checkpoint beside the output.
+    let checkpoint = dir.path().join(".out.mp4.vpd-resume");
+    let writing = || std::fs::read_dir(&checkpoint).is_ok_and(|d| d.count() > 0);
+    assert!(wait_for(Duration::from_secs(20), writing), "the job never started");
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
     let status = child.0.wait().unwrap();
@@ -293,6 +296,14 @@ fn interrupt_cancels_the_job_and_removes_the_partial_output() {
     assert!(err.contains("cancelled"), "{err}");
     assert!(!output.exists(), "no output after a cancelled job");
     assert!(partial_files(dir.path()).is_empty(), "partial output removed");
+    // What was committed is kept for --resume, and the user is told; a segment not yet
+    // committed is not.
+    if checkpoint.exists() {
+        assert!(err.contains("--resume"), "{err}");
+        let names: Vec<String> =
+            std::fs::read_dir(&checkpoint).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
+    }
 }
 
 #[test]

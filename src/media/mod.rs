@@ -22,6 +22,7 @@
 mod audio;
 mod codec;
 pub mod convert;
+mod segment;
 mod side;
 mod sink;
 mod source;
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 pub use codec::{OutputOptions, VideoCodec, check_output};
+pub use segment::{OnCommit, SegmentRecord, SegmentSink, frames_per_segment, join as join_segments, segment_path};
 pub use sink::{MediaSink, check_output_path, temp_path};
 pub use source::{MediaSource, check_input};
 

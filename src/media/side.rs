@@ -78,6 +78,38 @@ impl SideQueue {
         None
     }
 
+    /// Takes the next packet, passing over frame timestamps (a sink that writes only copied
+    /// streams); `None` when no packet is queued.
+    pub fn pop_packet(&self) -> Option<Packet> {
+        let mut inner = self.lock();
+        while let Some(item) = inner.items.pop_front() {
+            if let Item::Packet(p) = item {
+                inner.bytes -= p.size();
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Takes the next frame's timestamp, dropping the packets queued before it (a resume
+    /// skipping frames already written); `None` when no frame is queued.
+    pub fn pop_frame(&self) -> Option<Option<i64>> {
+        let mut dropped = Vec::new();
+        self.take_until_frame(&mut dropped)
+    }
+
+    /// Puts a frame's timestamp back at the front, before everything queued.
+    pub fn unpop_frame(&self, pts: Option<i64>) {
+        self.lock().items.push_front(Item::Frame(pts));
+    }
+
+    /// Empties the queue.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.items.clear();
+        inner.bytes = 0;
+    }
+
     /// Takes every packet left (at the end of the job).
     pub fn take_rest(&self, packets: &mut Vec<Packet>) {
         let mut inner = self.lock();

@@ -116,9 +116,10 @@ pub fn temp_path(target: &Path) -> PathBuf {
 }
 
 /// What the encoder needs to know of the frames it gets.
-struct Frames {
-    width: u32,
-    height: u32,
+#[derive(Clone, Copy)]
+pub(super) struct Frames {
+    pub width: u32,
+    pub height: u32,
     fps: f64,
     /// Their timestamps' time base.
     time_base: Rational,
@@ -140,6 +141,25 @@ struct Copied {
     transcoder: Option<Box<AudioTranscoder>>,
 }
 
+impl Frames {
+    /// What `source`'s video stream says of its frames.
+    pub fn of(source: &MediaSource) -> Self {
+        let info = source.info();
+        let stream = source.input.stream(source.video).expect("the source's video stream");
+        Frames {
+            width: info.width as u32,
+            height: info.height as u32,
+            fps: info.fps,
+            time_base: source.time_base,
+            rate: stream.avg_frame_rate(),
+            colour: source.colour,
+            primaries: source.primaries,
+            transfer: source.transfer,
+            aspect_ratio: source.aspect_ratio,
+        }
+    }
+}
+
 /// The output being written.
 pub struct MediaSink {
     output: format::context::Output,
@@ -147,6 +167,22 @@ pub struct MediaSink {
     shown: PathBuf,
     /// The temporary file and where it goes when complete; none for a pipe.
     files: Option<(PathBuf, PathBuf)>,
+    /// Frames in, packets out; none when the video comes encoded ([`MediaSink::join`]).
+    encoder: Option<VideoEncoder>,
+    /// The time base of the video packets written: the encoder's, or the segments'.
+    packet_tb: Rational,
+    video_tb: Rational,
+    side: Arc<SideQueue>,
+    copied: Vec<Option<Copied>>,
+    written: u64,
+    packets: u64,
+    committed: bool,
+}
+
+/// BGR frames in, compressed packets out: the encoder with the job's settings, the conversion
+/// to its pixel format, and each frame's timestamp. A [`MediaSink`] has one; so has each
+/// segment of a segmented output, fresh for every segment.
+pub(super) struct VideoEncoder {
     encoder: encoder::Video,
     scaler: Scaler,
     frame: frame::Video,
@@ -157,101 +193,46 @@ pub struct MediaSink {
     source_size: (i32, i32),
     /// Input video time base → encoder time base.
     input_tb: Rational,
-    encoder_tb: Rational,
-    video_tb: Rational,
+    time_base: Rational,
     /// One frame's duration in the encoder's time base, for frames without a timestamp.
     frame_step: i64,
     last_pts: Option<i64>,
-    side: Arc<SideQueue>,
-    copied: Vec<Option<Copied>>,
-    written: u64,
-    packets: u64,
-    committed: bool,
+    /// Frames sent to the encoder.
+    sent: u64,
 }
 
-fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> MediaError + 'a {
-    move |error| MediaError::Ffmpeg { path: path.to_path_buf(), what, error }
+/// What a segment's encoder must agree on with the output it will be joined into.
+#[derive(Clone, Copy)]
+pub(super) struct Container {
+    /// The container indexes frames, not times (AVI).
+    pub constant_rate: bool,
+    /// The container wants the codec's headers once, out of band (MP4, Matroska).
+    pub global_header: bool,
 }
 
-impl MediaSink {
-    /// Opens the encoder and the muxer for `target` (checked with [`check_output_path`]),
-    /// taking the streams to copy, metadata, chapters and rotation from `source`.
-    pub fn create(source: &MediaSource, target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
-        let info = source.info();
-        let stream = source.input.stream(source.video).expect("the source's video stream");
-        let frames = Frames {
-            width: info.width as u32,
-            height: info.height as u32,
-            fps: info.fps,
-            time_base: source.time_base,
-            rate: stream.avg_frame_rate(),
-            colour: source.colour,
-            primaries: source.primaries,
-            transfer: source.transfer,
-            aspect_ratio: source.aspect_ratio,
-        };
-        Self::open(frames, Some(source), target, options)
-    }
-
-    /// A sink for frames made rather than decoded (`width`x`height` BGR at `fps`): no other
-    /// streams, timestamps one frame apart.
-    pub fn for_frames(
-        target: &Path,
-        options: &OutputOptions,
-        width: u32,
-        height: u32,
-        fps: f64,
-    ) -> Result<Self, MediaError> {
-        super::init();
-        let rate = Rational::from(fps);
-        let frames = Frames {
-            width,
-            height,
-            fps,
-            time_base: rate.invert(),
-            rate,
-            colour: Colour { space: color::Space::BT709, range: color::Range::MPEG },
-            primaries: color::Primaries::BT709,
-            transfer: color::TransferCharacteristic::BT709,
-            aspect_ratio: Rational::new(1, 1),
-        };
-        Self::open(frames, None, target, options)
-    }
-
-    fn open(
-        f: Frames,
-        source: Option<&MediaSource>,
-        target: &Path,
-        options: &OutputOptions,
-    ) -> Result<Self, MediaError> {
+impl Container {
+    /// What `target`'s container wants.
+    pub fn of(target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
         let muxer = check_output(target, options)?;
-        let pipe = target == Path::new(STDIO);
-        let (url, files) = if pipe {
-            (PathBuf::from("pipe:1"), None)
-        } else {
-            let temp = temp_path(target);
-            (temp.clone(), Some((temp, target.to_path_buf())))
-        };
-        let shown = target.to_path_buf();
-        let mut output = format::output_as(&url, muxer.name()).map_err(|cause| match cause {
-            ffmpeg_next::Error::Other { errno } => {
-                MediaError::Unwritable { path: shown.clone(), cause: std::io::Error::from_raw_os_error(errno) }
-            }
-            error => MediaError::Ffmpeg { path: shown.clone(), what: "opening the output", error },
-        })?;
-        // From here the temporary file exists: a failure below must remove it.
-        let guard = files.as_ref().map(|(temp, _)| RemoveOnDrop::new(temp.clone()));
+        Ok(Container {
+            constant_rate: !muxer.flags().contains(format::Flags::VARIABLE_FPS),
+            global_header: muxer.flags().contains(format::Flags::GLOBAL_HEADER),
+        })
+    }
+}
 
+impl VideoEncoder {
+    /// Opens the encoder for frames `f` with `options`, as `container` wants it; `shown` names
+    /// the output in errors.
+    pub fn open(f: &Frames, options: &OutputOptions, container: Container, shown: &Path) -> Result<Self, MediaError> {
         let pix_fmt = options.pix_fmt()?;
-        let size = even_where_needed(pix_fmt, f.width, f.height, target);
-        let constant_rate = !output.format().flags().contains(format::Flags::VARIABLE_FPS);
-        let encoder_tb = encoder_time_base(f.time_base, &options.codec, f.fps, constant_rate);
+        let size = even_where_needed(pix_fmt, f.width, f.height, shown);
+        let encoder_tb = encoder_time_base(f.time_base, &options.codec, f.fps, container.constant_rate);
         let codec = options.codec.encoder();
-        let global_header = output.format().flags().contains(format::Flags::GLOBAL_HEADER);
 
         let mut context = codec::context::Context::new_with_codec(codec);
         super::all_threads(&mut context);
-        let mut video = context.encoder().video().map_err(ffmpeg_error(&shown, "setting up the encoder"))?;
+        let mut video = context.encoder().video().map_err(ffmpeg_error(shown, "setting up the encoder"))?;
         video.set_width(size.0);
         video.set_height(size.1);
         video.set_format(pix_fmt);
@@ -283,7 +264,7 @@ impl MediaSink {
             flags |= codec::Flags::QSCALE;
             video.set_global_quality(q * ffi::FF_QP2LAMBDA);
         }
-        if global_header {
+        if container.global_header {
             flags |= codec::Flags::GLOBAL_HEADER;
         }
         video.set_flags(flags);
@@ -300,15 +281,202 @@ impl MediaSink {
                     options.codec
                 ))
             } else {
-                MediaError::Ffmpeg { path: shown.clone(), what: "opening the encoder", error }
+                MediaError::Ffmpeg { path: shown.to_path_buf(), what: "opening the encoder", error }
             }
         })?;
 
+        let scaler = Scaler::new((Pixel::BGR24, size.0, size.1), (pix_fmt, size.0, size.1), Colour { space, range })
+            .map_err(ffmpeg_error(shown, "converting frames from BGR"))?;
+        // A frame's duration, in encoder ticks.
+        let frame_step = (f64::from(encoder_tb.invert()) / f.fps).round().max(1.0) as i64;
+        Ok(VideoEncoder {
+            encoder,
+            scaler,
+            frame: frame::Video::new(pix_fmt, size.0, size.1),
+            size,
+            source_size: (f.width as i32, f.height as i32),
+            input_tb: f.time_base,
+            time_base: encoder_tb,
+            frame_step,
+            last_pts: None,
+            sent: 0,
+        })
+    }
+
+    /// The encoder's time base, which its packets' timestamps are in.
+    pub fn time_base(&self) -> Rational {
+        self.time_base
+    }
+
+    /// The encoder's parameters, for a stream that holds its packets.
+    pub fn parameters(&self) -> codec::Parameters {
+        codec::Parameters::from(&self.encoder)
+    }
+
+    /// Encodes `mat`, whose timestamp is `pts` in the input's time base, and appends the packets
+    /// ready to `out`.
+    pub fn encode(&mut self, mat: &Mat, pts: Option<i64>, out: &mut Vec<Packet>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (mat.cols(), mat.rows()) == self.source_size && mat.typ() == CV_8UC3 && mat.is_continuous(),
+            "frame of {}x{} for a {}x{} video",
+            mat.cols(),
+            mat.rows(),
+            self.source_size.0,
+            self.source_size.1
+        );
+        // The input's timestamp, in the encoder's time base; strictly increasing, as encoders
+        // require (a frame without one follows the last by a frame's duration).
+        let mut pts = match pts {
+            Some(p) => p.rescale(self.input_tb, self.time_base),
+            None => self.last_pts.map_or(0, |l| l + self.frame_step),
+        };
+        if let Some(last) = self.last_pts
+            && pts <= last
+        {
+            pts = last + 1;
+        }
+        self.last_pts = Some(pts);
+        // SAFETY: makes the frame's buffers ours alone (the encoder may still hold the last
+        // ones) before the conversion writes into them.
+        let writable = unsafe { ffi::av_frame_make_writable(self.frame.as_mut_ptr()) };
+        anyhow::ensure!(writable >= 0, "out of memory for a frame");
+        self.scaler.encode_from(mat, &mut self.frame);
+        self.frame.set_pts(Some(pts));
+        self.encoder.send_frame(&self.frame)?;
+        self.sent += 1;
+        self.receive(out);
+        Ok(())
+    }
+
+    /// Flushes the encoder: what it still holds goes to `out`.
+    pub fn flush(&mut self, out: &mut Vec<Packet>) -> Result<(), ffmpeg_next::Error> {
+        self.encoder.send_eof()?;
+        self.receive(out);
+        Ok(())
+    }
+
+    fn receive(&mut self, out: &mut Vec<Packet>) {
+        let mut packet = Packet::empty();
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            // Encoders in FFmpeg 5 leave durations unset; without one, MP4's edit list cuts the
+            // last frame. Later frames' timestamps still give variable rates their real spacing.
+            if packet.duration() <= 0 {
+                packet.set_duration(self.frame_step);
+            }
+            out.push(std::mem::replace(&mut packet, Packet::empty()));
+        }
+    }
+}
+
+/// Where a [`MediaSink`]'s video comes from.
+enum Video<'a> {
+    /// Frames, encoded by the sink.
+    Encode,
+    /// Packets already encoded, with these parameters and in this time base.
+    Copy { parameters: &'a codec::Parameters, time_base: Rational },
+}
+
+fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> MediaError + 'a {
+    move |error| MediaError::Ffmpeg { path: path.to_path_buf(), what, error }
+}
+
+impl MediaSink {
+    /// Opens the encoder and the muxer for `target` (checked with [`check_output_path`]),
+    /// taking the streams to copy, metadata, chapters and rotation from `source`.
+    pub fn create(source: &MediaSource, target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
+        let frames = Frames::of(source);
+        Self::open(frames, Some(source), target, options, Video::Encode)
+    }
+
+    /// A sink for video already encoded into `parameters` (a segmented output's segments,
+    /// joined), with `source`'s other streams, metadata, chapters and rotation: the packets
+    /// come through [`MediaSink::write_video`] in `time_base`, the other streams' through
+    /// [`MediaSink::write_other`].
+    pub(super) fn join(
+        source: &MediaSource,
+        target: &Path,
+        options: &OutputOptions,
+        parameters: &codec::Parameters,
+        time_base: Rational,
+    ) -> Result<Self, MediaError> {
+        let frames = Frames::of(source);
+        Self::open(frames, Some(source), target, options, Video::Copy { parameters, time_base })
+    }
+
+    /// A sink for frames made rather than decoded (`width`x`height` BGR at `fps`): no other
+    /// streams, timestamps one frame apart.
+    pub fn for_frames(
+        target: &Path,
+        options: &OutputOptions,
+        width: u32,
+        height: u32,
+        fps: f64,
+    ) -> Result<Self, MediaError> {
+        super::init();
+        let rate = Rational::from(fps);
+        let frames = Frames {
+            width,
+            height,
+            fps,
+            time_base: rate.invert(),
+            rate,
+            colour: Colour { space: color::Space::BT709, range: color::Range::MPEG },
+            primaries: color::Primaries::BT709,
+            transfer: color::TransferCharacteristic::BT709,
+            aspect_ratio: Rational::new(1, 1),
+        };
+        Self::open(frames, None, target, options, Video::Encode)
+    }
+
+    fn open(
+        f: Frames,
+        source: Option<&MediaSource>,
+        target: &Path,
+        options: &OutputOptions,
+        video: Video<'_>,
+    ) -> Result<Self, MediaError> {
+        let muxer = check_output(target, options)?;
+        let pipe = target == Path::new(STDIO);
+        let (url, files) = if pipe {
+            (PathBuf::from("pipe:1"), None)
+        } else {
+            let temp = temp_path(target);
+            (temp.clone(), Some((temp, target.to_path_buf())))
+        };
+        let shown = target.to_path_buf();
+        let mut output = format::output_as(&url, muxer.name()).map_err(|cause| match cause {
+            ffmpeg_next::Error::Other { errno } => {
+                MediaError::Unwritable { path: shown.clone(), cause: std::io::Error::from_raw_os_error(errno) }
+            }
+            error => MediaError::Ffmpeg { path: shown.clone(), what: "opening the output", error },
+        })?;
+        // From here the temporary file exists: a failure below must remove it.
+        let guard = files.as_ref().map(|(temp, _)| RemoveOnDrop::new(temp.clone()));
+
+        let container = Container {
+            constant_rate: !output.format().flags().contains(format::Flags::VARIABLE_FPS),
+            global_header: output.format().flags().contains(format::Flags::GLOBAL_HEADER),
+        };
+        let global_header = container.global_header;
+        let (encoder, params, packet_tb) = match video {
+            Video::Encode => {
+                let e = VideoEncoder::open(&f, options, container, &shown)?;
+                let params = codec::Parameters::from(&e.encoder);
+                let tb = e.time_base;
+                (Some(e), params, tb)
+            }
+            Video::Copy { parameters, time_base } => (None, parameters.clone(), time_base),
+        };
+
         // The video stream: the encoder's parameters, the input's metadata and rotation.
         {
-            let mut ost = output.add_stream(codec).map_err(ffmpeg_error(&shown, "adding the video stream"))?;
-            ost.set_parameters(&encoder);
-            ost.set_time_base(encoder_tb);
+            let mut ost = output
+                .add_stream(encoder::find(codec::Id::None))
+                .map_err(ffmpeg_error(&shown, "adding the video stream"))?;
+            ost.set_parameters(params);
+            // SAFETY: the stream's parameters were just set; a zero tag lets the muxer pick its own.
+            unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
+            ost.set_time_base(packet_tb);
             if let Some(input_stream) = source.and_then(|s| s.input.stream(s.video)) {
                 ost.set_metadata(without_encoder(input_stream.metadata().to_owned()));
                 for side_data in input_stream.side_data() {
@@ -406,10 +574,6 @@ impl MediaSink {
         for c in copied.iter_mut().flatten() {
             c.to = output.stream(c.output).expect("an added stream").time_base();
         }
-        let scaler = Scaler::new((Pixel::BGR24, size.0, size.1), (pix_fmt, size.0, size.1), Colour { space, range })
-            .map_err(ffmpeg_error(&shown, "converting frames from BGR"))?;
-        // A frame's duration, in encoder ticks.
-        let frame_step = (f64::from(encoder_tb.invert()) / f.fps).round().max(1.0) as i64;
         if let Some(guard) = guard {
             guard.keep(); // the sink removes it from now on, unless it is committed
         }
@@ -418,15 +582,8 @@ impl MediaSink {
             shown,
             files,
             encoder,
-            scaler,
-            frame: frame::Video::new(pix_fmt, size.0, size.1),
-            size,
-            source_size: (f.width as i32, f.height as i32),
-            input_tb: f.time_base,
-            encoder_tb,
+            packet_tb,
             video_tb,
-            frame_step,
-            last_pts: None,
             side: source.map_or_else(|| Arc::new(SideQueue::default()), |s| s.side.clone()),
             copied,
             written: 0,
@@ -435,12 +592,14 @@ impl MediaSink {
         })
     }
 
-    /// The encoded frame size.
-    pub fn size(&self) -> (u32, u32) {
-        self.size
+    /// The encoded frame size (none for a sink that only muxes).
+    pub fn size(&self) -> Option<(u32, u32)> {
+        self.encoder.as_ref().map(|e| e.size)
     }
 
-    fn write_side(&mut self, packet: Packet) -> Result<(), MediaError> {
+    /// Writes a packet of the input's other streams (its `stream()` the input's index):
+    /// copied, or re-encoded where the container needs it.
+    pub(super) fn write_other(&mut self, packet: Packet) -> Result<(), MediaError> {
         let index = packet.stream();
         let Some(Some(c)) = self.copied.get_mut(index) else { return Ok(()) };
         let packets = match c.transcoder.as_mut() {
@@ -463,16 +622,12 @@ impl MediaSink {
         Ok(())
     }
 
-    fn drain_encoder(&mut self) -> Result<(), MediaError> {
-        let mut packet = Packet::empty();
-        while self.encoder.receive_packet(&mut packet).is_ok() {
+    /// Writes video packets whose timestamps are in the sink's packet time base.
+    pub(super) fn write_video(&mut self, packets: Vec<Packet>) -> Result<(), MediaError> {
+        for mut packet in packets {
             packet.set_stream(0);
-            // Encoders in FFmpeg 5 leave durations unset; without one, MP4's edit list cuts the
-            // last frame. Later frames' timestamps still give variable rates their real spacing.
-            if packet.duration() <= 0 {
-                packet.set_duration(self.frame_step);
-            }
-            packet.rescale_ts(self.encoder_tb, self.video_tb);
+            packet.set_position(-1);
+            packet.rescale_ts(self.packet_tb, self.video_tb);
             packet.write_interleaved(&mut self.output).map_err(|e| write_error(&self.shown, e, self.written))?;
             self.packets += 1;
         }
@@ -482,12 +637,15 @@ impl MediaSink {
     /// Flushes the encoder, writes what is left of the copied streams and the container's
     /// index, checks the result, and moves a file into place.
     pub fn finish(mut self) -> Result<PathBuf, MediaError> {
-        self.encoder.send_eof().map_err(ffmpeg_error(&self.shown, "flushing the encoder"))?;
-        self.drain_encoder()?;
+        if let Some(encoder) = self.encoder.as_mut() {
+            let mut packets = Vec::new();
+            encoder.flush(&mut packets).map_err(ffmpeg_error(&self.shown, "flushing the encoder"))?;
+            self.write_video(packets)?;
+        }
         let mut rest = Vec::new();
         self.side.take_rest(&mut rest);
         for packet in rest {
-            self.write_side(packet)?;
+            self.write_other(packet)?;
         }
         // What the audio encoders still hold.
         for index in 0..self.copied.len() {
@@ -498,7 +656,7 @@ impl MediaSink {
             self.write_packets(index, flushed)?;
         }
         self.output.write_trailer().map_err(|e| write_error(&self.shown, e, self.written))?;
-        if self.packets < self.written {
+        if self.encoder.is_some() && self.packets < self.written {
             return Err(MediaError::Ffmpeg {
                 path: self.shown.clone(),
                 what: "the encoder lost frames",
@@ -581,40 +739,19 @@ fn copy_side_data(stream: &mut format::stream::StreamMut<'_>, kind: ffi::AVPacke
 
 impl FrameSink for MediaSink {
     fn write(&mut self, mat: &Mat) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            (mat.cols(), mat.rows()) == self.source_size && mat.typ() == CV_8UC3 && mat.is_continuous(),
-            "frame of {}x{} for a {}x{} video",
-            mat.cols(),
-            mat.rows(),
-            self.source_size.0,
-            self.source_size.1
-        );
+        let mut others = Vec::new();
+        let pts = self.side.take_until_frame(&mut others).flatten();
+        for packet in others {
+            self.write_other(packet)?;
+        }
+        let encoder = self.encoder.as_mut().ok_or_else(|| anyhow::anyhow!("this output takes encoded video only"))?;
         let mut packets = Vec::new();
-        let pts = self.side.take_until_frame(&mut packets).flatten();
-        for packet in packets {
-            self.write_side(packet)?;
-        }
-        // The input's timestamp, in the encoder's time base; strictly increasing, as encoders
-        // require (a frame without one follows the last by a frame's duration).
-        let mut pts = match pts {
-            Some(p) => p.rescale(self.input_tb, self.encoder_tb),
-            None => self.last_pts.map_or(0, |l| l + self.frame_step),
-        };
-        if let Some(last) = self.last_pts
-            && pts <= last
-        {
-            pts = last + 1;
-        }
-        self.last_pts = Some(pts);
-        // SAFETY: makes the frame's buffers ours alone (the encoder may still hold the last
-        // ones) before the conversion writes into them.
-        let writable = unsafe { ffi::av_frame_make_writable(self.frame.as_mut_ptr()) };
-        anyhow::ensure!(writable >= 0, "out of memory for a frame");
-        self.scaler.encode_from(mat, &mut self.frame);
-        self.frame.set_pts(Some(pts));
-        self.encoder.send_frame(&self.frame).map_err(|e| write_error(&self.shown, e, self.written))?;
+        encoder.encode(mat, pts, &mut packets).map_err(|e| match e.downcast::<ffmpeg_next::Error>() {
+            Ok(error) => write_error(&self.shown, error, self.written).into(),
+            Err(e) => e,
+        })?;
         self.written += 1;
-        self.drain_encoder()?;
+        self.write_video(packets)?;
         Ok(())
     }
 }

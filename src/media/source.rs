@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
-use ffmpeg_next::{Packet, Rational, decoder, format, frame, media};
+use ffmpeg_next::{Packet, Rational, decoder, ffi, format, frame, media};
 use opencv::core::{CV_8UC3, Mat};
 use tracing::warn;
 
@@ -246,6 +246,114 @@ impl MediaSource {
             return Err(MediaError::Truncated { path: self.path.clone(), decoded: self.decoded, reached, expected });
         }
         Ok(())
+    }
+}
+
+impl MediaSource {
+    /// Skips the first `committed` frames, which a resumed job already wrote, so that the next
+    /// frame is frame `committed`; returns frame `committed - 1` when `keep_previous` (the true
+    /// previous source frame, for `motion`). `last_pts` is that frame's timestamp: the input is
+    /// then sought to the keyframe before it and only the frames from there are decoded again.
+    /// Without a timestamp every skipped frame is decoded.
+    pub fn skip_committed(
+        &mut self,
+        committed: u64,
+        last_pts: Option<i64>,
+        keep_previous: bool,
+    ) -> Result<Option<Mat>, MediaError> {
+        if committed == 0 {
+            return Ok(None);
+        }
+        let mut previous = None;
+        let Some(last) = last_pts else {
+            for _ in 0..committed {
+                let frame = self.next_frame().map_err(|e| self.io(e))?.ok_or_else(|| self.ended_before(committed))?;
+                self.side.pop_frame();
+                previous = keep_previous.then_some(frame);
+            }
+            return Ok(previous);
+        };
+        // SAFETY: a plain call on the open input; timestamps are in the video stream's time base.
+        let sought =
+            unsafe { ffi::avformat_seek_file(self.input.as_mut_ptr(), self.video as i32, i64::MIN, last, last, 0) };
+        if sought < 0 {
+            return Err(MediaError::Ffmpeg {
+                path: self.path.clone(),
+                what: "seeking to the resume point",
+                error: ffmpeg_next::Error::from(sought),
+            });
+        }
+        self.decoder.flush();
+        self.ready.clear();
+        self.side.clear();
+        self.ended = false;
+        let mut reached = false;
+        loop {
+            if self.ready.is_empty() {
+                self.fill()?;
+            }
+            let Some(frame) = self.ready.pop_front() else {
+                // Every frame was committed: nothing is left to do but the join.
+                if reached {
+                    break;
+                }
+                return Err(self.ended_before(committed));
+            };
+            let pts = self.side.pop_frame().flatten();
+            match pts {
+                Some(p) if p > last => {
+                    self.ready.push_front(frame);
+                    self.side.unpop_frame(pts);
+                    break;
+                }
+                Some(p) if p == last => {
+                    reached = true;
+                    if keep_previous {
+                        previous = Some(frame);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.decoded = committed;
+        Ok(previous)
+    }
+
+    /// The copied streams' next packet, in demux order, video passed over: for an output whose
+    /// video comes encoded already (a segmented output being joined). `None` at the end.
+    pub(super) fn next_other(&mut self) -> Option<Packet> {
+        if let Some(p) = self.side.pop_packet() {
+            return Some(p);
+        }
+        loop {
+            let mut packet = Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) => {}
+                Err(ffmpeg_next::Error::Eof) => return None,
+                Err(_) => continue,
+            }
+            if packet.stream() != self.video && self.copied.get(packet.stream()).copied().unwrap_or(false) {
+                return Some(packet);
+            }
+        }
+    }
+
+    /// Input stream `index`'s time base.
+    pub(super) fn stream_time_base(&self, index: usize) -> Rational {
+        self.input.stream(index).map_or(Rational::new(1, 1), |s| s.time_base())
+    }
+
+    fn ended_before(&self, committed: u64) -> MediaError {
+        MediaError::Truncated {
+            path: self.path.clone(),
+            decoded: self.decoded,
+            reached: 0.0,
+            expected: committed as f64 / self.info.fps.max(f64::EPSILON),
+        }
+    }
+
+    fn io(&self, e: anyhow::Error) -> MediaError {
+        MediaError::Io { path: self.path.clone(), cause: std::io::Error::other(e.to_string()) }
     }
 }
 

@@ -230,6 +230,10 @@ pub struct JobSummary {
     pub wire_bytes_sent: u64,
     /// Bytes of results received from workers (duplicates included); 0 in-process.
     pub wire_bytes_received: u64,
+    /// Where a resumed job started: frames before it were committed by an earlier run and not
+    /// decoded, filtered or encoded again (`frames` counts them too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at_frame: Option<u64>,
 }
 
 impl JobSummary {

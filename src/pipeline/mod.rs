@@ -69,6 +69,18 @@ pub struct JobOptions {
     /// How long frames may be outstanding with no result at all before the job fails: the
     /// safety net against a transport that lost a frame (it would otherwise wait forever).
     pub stall_timeout: Duration,
+    /// Where a resumed job starts: the index of the source's first frame, and the frame before
+    /// it (for `motion`). A fresh job starts at frame 0 with none.
+    pub start: Start,
+}
+
+/// The first frame a job dispatches.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    /// Its index: frames before it are already written.
+    pub index: u64,
+    /// The source frame before it, when there is one and the chain needs it.
+    pub previous: Option<Frame>,
 }
 
 /// Default for [`JobOptions::stall_timeout`]: far beyond any one frame's filter time.
@@ -90,7 +102,7 @@ impl JobOptions {
 }
 
 /// What a finished job did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct JobReport {
     /// Frames written.
     pub frames: u64,
@@ -139,7 +151,7 @@ pub fn run_job(
         let spawn = |name: &str| thread::Builder::new().name(name.to_string());
         let source = spawn("vpd-source").spawn_scoped(s, {
             let span = span.clone();
-            move || span.in_scope(|| dispatch(source, needs_previous, pending, credit_tx, task_tx, stop))
+            move || span.in_scope(|| dispatch(source, needs_previous, &opts.start, pending, credit_tx, task_tx, stop))
         });
         let transport = spawn("vpd-transport").spawn_scoped(s, {
             let span = span.clone();
@@ -235,13 +247,14 @@ impl OutFrame {
 fn dispatch(
     source: &mut dyn FrameSource,
     needs_previous: bool,
+    start: &Start,
     pending: &Mutex<HashMap<u64, Pending>>,
     credits: Sender<()>,
     tasks: Sender<FrameTask>,
     stop: &Stop,
 ) -> Result<u64, Halt> {
-    let mut previous: Option<Frame> = None;
-    for index in 0.. {
+    let mut previous: Option<Frame> = start.previous.clone();
+    for index in start.index.. {
         if stop.is_stopped() {
             return Err(Halt::Cancelled);
         }
@@ -251,7 +264,7 @@ fn dispatch(
         }
         let Some(mat) = source.next_frame()? else {
             debug!(frames = index, "the input ended");
-            return Ok(index);
+            return Ok(index - start.index);
         };
         let frame = Arc::new(mat);
         // Registered before it is sent, so its result always finds it.
@@ -276,7 +289,7 @@ fn collect(
 ) -> Result<JobStats, Halt> {
     let started = Instant::now();
     let mut stats = JobStats::default();
-    let mut reorder = ReorderBuffer::new(opts.window.get());
+    let mut reorder = ReorderBuffer::starting_at(opts.start.index, opts.window.get());
     loop {
         let result = select! {
             recv(results) -> r => match r {
@@ -507,6 +520,7 @@ mod tests {
             window: NonZeroUsize::new(WINDOW).unwrap(),
             total_hint: None,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            start: Start::default(),
         }
     }
 

@@ -29,8 +29,13 @@ pub struct ReorderBuffer<T> {
 impl<T> ReorderBuffer<T> {
     /// A buffer releasing from index 0 and holding at most `capacity` items.
     pub fn new(capacity: usize) -> Self {
+        Self::starting_at(0, capacity)
+    }
+
+    /// A buffer whose first item has index `first` (a resumed job's first frame).
+    pub fn starting_at(first: u64, capacity: usize) -> Self {
         assert!(capacity > 0, "a reorder window needs at least one slot");
-        ReorderBuffer { next: 0, slots: (0..capacity).map(|_| None).collect(), held: 0 }
+        ReorderBuffer { next: first, slots: (0..capacity).map(|_| None).collect(), held: 0 }
     }
 
     /// The index the next released item will have.

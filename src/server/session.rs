@@ -20,7 +20,7 @@ use super::Shared;
 use super::admission::Ticket;
 use crate::cancel::Stop;
 use crate::files::RemoveOnDrop;
-use crate::job::{Finished, OpenedJob};
+use crate::job::{Finished, OpenedJob, Writing};
 use crate::media::check_output;
 use crate::metrics::JobSummary;
 use crate::pipeline::{JobError, Observer, Progress};
@@ -253,7 +253,9 @@ async fn open<W: AsyncWrite + Unpin>(
     let options = job.output.clone();
     let span = tracing::Span::current();
     let opened = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| crate::job::open(&input_path, &output_path, &chain, &options, cascade.as_deref()))
+        span.in_scope(|| {
+            crate::job::open(&input_path, &output_path, &chain, &options, cascade.as_deref(), Writing::Direct)
+        })
     })
     .await
     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
