@@ -323,7 +323,7 @@ pub struct RunArgs {
     pub resume: bool,
 
     /// The output is committed in segments of about this many seconds, each encoded on its own
-    /// (a resume redoes at most one) [default: 2].
+    /// (a resume redoes at most one) [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub segment_seconds: Option<f64>,
 

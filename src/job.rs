@@ -182,8 +182,14 @@ impl OpenedJob {
                 sink.finish()?;
                 let segments = segments.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 // The input again, for its other streams: the run's reading of them went to no one.
+                let joining = Instant::now();
                 let mut input = MediaSource::open(&self.input).map_err(anyhow::Error::from)?;
                 join_segments(&mut input, &dir, &segments, &self.target, &self.options).map_err(anyhow::Error::from)?;
+                tracing::debug!(
+                    segments = segments.len(),
+                    ms = joining.elapsed().as_millis() as u64,
+                    "segments joined"
+                );
                 (report, size)
             }
         };
