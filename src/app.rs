@@ -47,7 +47,9 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(_) | Command::Worker(_) | Command::Preview(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?
         }
-        Command::Run(_) | Command::Client(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Command::Run(_) | Command::Client(_) | Command::Jobs(_) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        }
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -73,6 +75,10 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                     announce(&[format!("metrics http://{addr}/")])?;
                 }
                 crate::worker::run(cfg, metrics, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Jobs(args) => {
+                crate::client::jobs(&file.jobs(args)?).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Preview(args) => {

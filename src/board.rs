@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use crate::metrics::exposition::{Exposition, Kind};
 use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS, Progress};
 use crate::protocol::event::JobEvent;
+use crate::protocol::jobs::{JobRecord, JobState};
 
 /// How often a board's feeder reads the task queue's depth (server and preview alike).
 pub const QUEUE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -114,6 +115,9 @@ struct Entry {
     last: Option<Progress>,
     /// When the job's last event came.
     heard: Instant,
+    /// Whether /metrics counts it: false for a job from the job store, which an earlier
+    /// process counted.
+    counted: bool,
 }
 
 #[derive(Default)]
@@ -221,6 +225,24 @@ impl Board {
         s.order.iter().rev().filter_map(|id| s.jobs.get(id)).map(|e| e.view.clone()).collect()
     }
 
+    /// Shows jobs from the job store, newest first (a restarted server's history): their views
+    /// only, behind the jobs this process saw; the counters of `/metrics` stay this process's.
+    pub fn remember(&self, records: &[JobRecord]) {
+        let mut s = self.state();
+        for r in records {
+            if s.jobs.contains_key(&r.id) {
+                continue;
+            }
+            let view = JobView::from_record(r);
+            s.order.push_front(r.id.clone());
+            s.jobs.insert(
+                r.id.clone(),
+                Entry { view, thumbnail: None, last: None, heard: Instant::now(), counted: false },
+            );
+            s.evict();
+        }
+    }
+
     /// One job.
     pub fn job(&self, id: &str) -> Option<JobView> {
         self.state().jobs.get(id).map(|e| e.view.clone())
@@ -241,7 +263,7 @@ impl Board {
         let s = self.state();
         let running: Vec<&JobView> =
             s.jobs.values().map(|e| &e.view).filter(|v| v.status == JobStatus::Running).collect();
-        let sum = |f: fn(&JobView) -> u64| s.jobs.values().map(|e| f(&e.view)).sum::<u64>();
+        let sum = |f: fn(&JobView) -> u64| s.jobs.values().filter(|e| e.counted).map(|e| f(&e.view)).sum::<u64>();
         let mut e = Exposition::new();
         e.single(
             Kind::Counter,
@@ -309,7 +331,8 @@ impl State {
     fn entry(&mut self, id: &str) -> &mut Entry {
         if !self.jobs.contains_key(id) {
             self.order.push_back(id.to_string());
-            let entry = Entry { view: JobView::new(id), thumbnail: None, last: None, heard: Instant::now() };
+            let entry =
+                Entry { view: JobView::new(id), thumbnail: None, last: None, heard: Instant::now(), counted: true };
             self.jobs.insert(id.to_string(), entry);
             self.evict();
         }
@@ -325,7 +348,7 @@ impl State {
                 return; // all running: keep them
             };
             let id = self.order.remove(pos).expect("position just found");
-            if let Some(e) = self.jobs.remove(&id) {
+            if let Some(e) = self.jobs.remove(&id).filter(|e| e.counted) {
                 self.retired.done += e.view.progress.done;
                 self.retired.failed += e.view.progress.failed;
                 self.retired.retries += e.view.progress.retries;
@@ -442,6 +465,29 @@ impl State {
 }
 
 impl JobView {
+    /// A job as the job store recorded it.
+    fn from_record(r: &JobRecord) -> Self {
+        let status = match r.state {
+            JobState::Done => JobStatus::Done,
+            JobState::Cancelled => JobStatus::Cancelled,
+            _ => JobStatus::Failed,
+        };
+        let progress = r.summary.as_ref().map(JobSummary::progress).unwrap_or_default();
+        JobView {
+            status,
+            filters: r.chain.clone(),
+            percent: if status == JobStatus::Done { 100.0 } else { percent(progress.done, progress.total) },
+            fps: r.summary.as_ref().map_or(0.0, |s| s.fps),
+            width: r.summary.as_ref().map_or(0, |s| s.width),
+            height: r.summary.as_ref().map_or(0, |s| s.height),
+            video_fps: r.summary.as_ref().map_or(0.0, |s| s.video_fps),
+            progress,
+            summary: r.summary.clone(),
+            error: r.error.clone(),
+            ..JobView::new(&r.id)
+        }
+    }
+
     fn new(id: &str) -> Self {
         JobView {
             id: id.to_string(),

@@ -65,6 +65,43 @@ pub enum Command {
     Client(ClientArgs),
     /// Serve a live dashboard of the cluster's jobs (and Prometheus /metrics) from RabbitMQ's events.
     Preview(PreviewArgs),
+    /// List the jobs a server ran (its job store), newest first, or show one.
+    Jobs(JobsArgs),
+}
+
+/// `vpd jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// `show JOB`: everything recorded of one job.
+    #[command(subcommand)]
+    pub action: Option<JobsAction>,
+
+    /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
+    #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR", global = true)]
+    pub server: Option<ServerAddr>,
+
+    /// The server's token.
+    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+
+    /// JSON on stdout instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// At most this many jobs, newest first.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// What `vpd jobs` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Everything recorded of one job: its states and when, its input's size and sha256, its
+    /// options, its summary, its error.
+    Show {
+        /// The job's id (as `vpd jobs` lists it).
+        job: String,
+    },
 }
 
 /// `vpd server`.
@@ -103,6 +140,11 @@ pub struct ServerArgs {
     /// under the system's temporary directory].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+
+    /// Where the job store (vpd.db, SQLite) lives [default: $STATE_DIRECTORY under systemd,
+    /// else $XDG_STATE_HOME/vpd, else ~/.local/state/vpd].
+    #[arg(long, env = "VPD_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]

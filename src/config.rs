@@ -17,8 +17,8 @@ use clap::error::ErrorKind;
 
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
 use crate::cli::OutputArgs;
-use crate::cli::{Cli, ClientArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
-use crate::client::ClientConfig;
+use crate::cli::{Cli, ClientArgs, JobsAction, JobsArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
+use crate::client::{ClientConfig, JobsConfig, JobsQuery};
 use crate::filters::{Chain, FilterEnv};
 use crate::media::{OutputOptions, VideoCodec};
 use crate::net::ServerAddr;
@@ -83,6 +83,8 @@ pub struct ServerSection {
     pub max_jobs: Option<NonZeroUsize>,
     /// Work directory.
     pub work_dir: Option<PathBuf>,
+    /// Job store directory.
+    pub state_dir: Option<PathBuf>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
     /// Seconds before an overdue frame is re-dispatched.
@@ -238,6 +240,7 @@ impl FileConfig {
                 .work_dir
                 .or_else(|| f.work_dir.clone())
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("vpd-server-{}", std::process::id()))),
+            state_dir: a.state_dir.or_else(|| f.state_dir.clone()).map_or_else(default_state_dir, Ok)?,
             window: a.window.or(f.window),
             preview: a.preview.or(f.preview),
             metrics: a.metrics.or(f.metrics),
@@ -280,13 +283,7 @@ impl FileConfig {
 
     /// The validated configuration of `vpd client`, and whether to print JSON.
     pub fn client(&self, a: ClientArgs) -> anyhow::Result<(ClientConfig, bool)> {
-        let server = match (a.server, &self.client.server) {
-            (Some(s), _) => s,
-            (None, Some(text)) => {
-                text.parse().map_err(|e: String| usage(ErrorKind::ValueValidation, &format!("[client] server: {e}")))?
-            }
-            (None, None) => ServerAddr::Tcp("127.0.0.1:9000".into()),
-        };
+        let server = self.server_addr(a.server)?;
         let cfg = ClientConfig {
             input: a.input,
             output: a.output,
@@ -298,6 +295,26 @@ impl FileConfig {
             quiet: a.quiet,
         };
         Ok((cfg, a.json))
+    }
+
+    /// The validated configuration of `vpd jobs`.
+    pub fn jobs(&self, a: JobsArgs) -> anyhow::Result<JobsConfig> {
+        let query = match a.action {
+            Some(JobsAction::Show { job }) => JobsQuery::Show(job),
+            None => JobsQuery::List(a.limit),
+        };
+        Ok(JobsConfig { server: self.server_addr(a.server)?, token: token(a.token)?, query, json: a.json })
+    }
+
+    /// The server a client talks to: the command line's, the config file's, or the default.
+    fn server_addr(&self, given: Option<ServerAddr>) -> anyhow::Result<ServerAddr> {
+        Ok(match (given, &self.client.server) {
+            (Some(s), _) => s,
+            (None, Some(text)) => {
+                text.parse().map_err(|e: String| usage(ErrorKind::ValueValidation, &format!("[client] server: {e}")))?
+            }
+            (None, None) => ServerAddr::Tcp("127.0.0.1:9000".into()),
+        })
     }
 
     fn filter_env(&self, face_cascade: Option<PathBuf>) -> FilterEnv {
@@ -329,6 +346,27 @@ fn token(t: Option<String>) -> anyhow::Result<Option<Token>> {
     match t {
         Some(t) if t.is_empty() => Err(usage(ErrorKind::ValueValidation, "the token is empty")),
         t => Ok(t.map(Token::new)),
+    }
+}
+
+/// Where a server keeps its job store by default: systemd's `StateDirectory=` (as
+/// `$STATE_DIRECTORY`, `/var/lib/vpd` for the packaged unit), else the XDG state directory of
+/// the user (`$XDG_STATE_HOME/vpd`, `~/.local/state/vpd`).
+fn default_state_dir() -> anyhow::Result<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dirs) = std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
+        // systemd lists one path per StateDirectory= entry, colon-separated.
+        let first = dirs.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        return Ok(PathBuf::from(first));
+    }
+    if let Some(xdg) = var("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
+        return Ok(xdg.join("vpd"));
+    }
+    match var("HOME") {
+        Some(home) => Ok(home.join(".local/state/vpd")),
+        None => {
+            Err(usage(ErrorKind::MissingRequiredArgument, "no home directory for the job store: pass --state-dir DIR"))
+        }
     }
 }
 

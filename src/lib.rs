@@ -16,6 +16,7 @@
 //! - [`net`]: listening sockets and server addresses; [`http`]: the one HTTP server (dashboard,
 //!   `/metrics`, `/healthz`) every serving role uses; [`board`]: job views fed by events, for the
 //!   server's and the preview's dashboards.
+//! - [`store`]: the job store (SQLite): every job a server accepted and what became of it.
 //! - Roles: [`run`], [`server`], [`worker`], [`client`], [`preview`].
 
 #![warn(missing_docs)]
@@ -40,6 +41,7 @@ pub mod progress;
 pub mod protocol;
 pub mod run;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod transport;
 pub mod worker;

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use crate::metrics::{JobSummary, Percentiles, Progress};
 use crate::pipeline::Observer;
+use crate::protocol::jobs::JobRecord;
 
 /// A progress bar on stderr: frames done/total, fps, ETA. Hidden when stderr is not a terminal.
 pub struct ProgressView(ProgressBar);
@@ -98,4 +99,83 @@ fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
 
 fn percentiles(p: &Percentiles) -> String {
     format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms", p.p50, p.p95, p.p99)
+}
+
+/// `vpd jobs`: one line per job, newest first.
+pub fn print_jobs(out: &mut impl Write, jobs: &[JobRecord]) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:<10} {:>7} {:>7} {:>8}  {:<19}  filters",
+        "job", "state", "frames", "fps", "took", "started (UTC)"
+    )?;
+    for j in jobs {
+        let frames = j.frames.map_or_else(|| "-".into(), |n| n.to_string());
+        let fps = j.summary.as_ref().map_or_else(|| "-".into(), |s| format!("{:.1}", s.fps));
+        let took = format!("{:.1} s", j.updated_ms.saturating_sub(j.created_ms) as f64 / 1000.0);
+        writeln!(
+            out,
+            "{:<14} {:<10} {:>7} {:>7} {:>8}  {:<19}  {}",
+            j.id,
+            j.state.as_str(),
+            frames,
+            fps,
+            took,
+            utc(j.created_ms),
+            j.chain
+        )?;
+    }
+    Ok(())
+}
+
+/// `vpd jobs show`: everything recorded of one job.
+pub fn print_job(out: &mut impl Write, j: &JobRecord) -> io::Result<()> {
+    writeln!(out, "job       {}", j.id)?;
+    writeln!(out, "state     {}", j.state.as_str())?;
+    writeln!(out, "client    {} from {}", j.client, j.peer)?;
+    let sha = j.input_sha256.as_deref().unwrap_or("-");
+    writeln!(out, "input     {} ({} bytes, sha256 {sha})", j.input_name, j.input_bytes)?;
+    writeln!(out, "filters   {}", j.chain)?;
+    writeln!(out, "output    .{} {}", j.container, j.output_options)?;
+    if let Some(bytes) = j.output_bytes {
+        writeln!(out, "result    {bytes} bytes")?;
+    }
+    for t in &j.transitions {
+        writeln!(out, "  {}  {}", utc(t.at_ms), t.state.as_str())?;
+    }
+    if let Some(e) = &j.error {
+        writeln!(out, "error     {e}")?;
+    }
+    if let Some(s) = &j.summary {
+        write_human(out, s)?;
+    }
+    Ok(())
+}
+
+/// `2026-11-29 04:05:06` for milliseconds since the Unix epoch, in UTC.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_795_925_106_000), "2026-11-29 04:05:06");
+        assert_eq!(utc(951_868_799_000), "2000-02-29 23:59:59", "a leap day");
+    }
 }

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vpd::broker::Broker;
@@ -21,11 +21,6 @@ use crate::util::*;
 /// must not hang itself.
 fn finishes_within(cmd: Command, limit: Duration) -> Result<std::process::Output, String> {
     ends_within(spawn_piped(cmd), limit)
-}
-
-/// Starts `cmd` with its output piped, killed if the test ends first.
-fn spawn_piped(mut cmd: Command) -> ChildGuard {
-    ChildGuard(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
 }
 
 /// Waits for `child` (started with its output piped) for at most `limit`, then kills it.
@@ -45,14 +40,6 @@ fn ends_within(mut child: ChildGuard, limit: Duration) -> Result<std::process::O
     child.0.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
     let status = child.0.wait().unwrap();
     Ok(std::process::Output { status, stdout, stderr })
-}
-
-/// `vpd client INPUT --server ADDR -f CHAIN -o OUTPUT ARGS --json` as a command.
-fn client_cmd(addr: &str, input: &Path, chain: &str, output: &Path, extra: &[&str]) -> Command {
-    let mut cmd = vpd();
-    cmd.args(["client", input.to_str().unwrap(), "--server", addr, "-f", chain, "-o", output.to_str().unwrap()]);
-    cmd.args(extra).arg("--json");
-    cmd
 }
 
 /// A small lossless clip in `dir`.

@@ -2,6 +2,7 @@
 
 mod distributed;
 mod hardening;
+mod jobs;
 mod logs;
 mod media;
 mod preview;

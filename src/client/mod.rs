@@ -6,6 +6,7 @@
 //! the output and renamed once every byte has arrived. Ctrl-C sends a cancel: the server drops
 //! the job's remaining frames.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,8 +68,17 @@ pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobS
     }
     let target = check_output_path(&cfg.input, &cfg.output).map_err(anyhow::Error::from)?;
     check_output(&cfg.output, &cfg.output_options).map_err(anyhow::Error::from)?;
+    let stream = connect(&cfg.server).await?;
+    let mut summary = talk(stream, cfg, &target, upload_bytes, shutdown).await?;
+    summary.input = cfg.input.display().to_string();
+    summary.output = cfg.output.display().to_string();
+    Ok(summary)
+}
+
+/// Connects to `server`, within [`CONNECT_TIMEOUT`].
+async fn connect(server: &ServerAddr) -> anyhow::Result<Box<dyn Stream>> {
     let connect = async {
-        match &cfg.server {
+        match server {
             ServerAddr::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
@@ -77,14 +87,63 @@ pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobS
             ServerAddr::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as Box<dyn Stream>),
         }
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| anyhow!("cannot connect to {}: no answer in {} s", cfg.server, CONNECT_TIMEOUT.as_secs()))?
-        .with_context(|| format!("cannot connect to {}", cfg.server))?;
-    let mut summary = talk(stream, cfg, &target, upload_bytes, shutdown).await?;
-    summary.input = cfg.input.display().to_string();
-    summary.output = cfg.output.display().to_string();
-    Ok(summary)
+        .map_err(|_| anyhow!("cannot connect to {server}: no answer in {} s", CONNECT_TIMEOUT.as_secs()))?
+        .with_context(|| format!("cannot connect to {server}"))
+}
+
+/// What `vpd jobs` asks a server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobsQuery {
+    /// The newest jobs, at most this many.
+    List(u32),
+    /// One job's whole record.
+    Show(String),
+}
+
+/// Everything `vpd jobs` needs.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// The server.
+    pub server: ServerAddr,
+    /// Its token.
+    pub token: Option<Token>,
+    /// What to ask.
+    pub query: JobsQuery,
+    /// JSON on stdout instead of a table.
+    pub json: bool,
+}
+
+/// `vpd jobs`: asks the server for its job history (or one job) and prints it.
+pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
+    let (r, w) = tokio::io::split(connect(&cfg.server).await?);
+    let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::new(w));
+    handshake(&mut reader, &mut writer, &cfg.server, cfg.token.clone()).await.map_err(anyhow::Error::from)?;
+    let ask = match &cfg.query {
+        JobsQuery::List(limit) => ClientMessage::List { limit: *limit },
+        JobsQuery::Show(job) => ClientMessage::Show { job: job.clone() },
+    };
+    writer.send(&ask).await.context("asking the server")?;
+    let answer = tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>())
+        .await
+        .map_err(|_| anyhow!("{} did not answer", cfg.server))?
+        .context("reading the server's answer")?;
+    let mut out = std::io::stdout().lock();
+    match answer {
+        Some(Packet::Message(ServerMessage::Jobs { jobs })) if cfg.json => {
+            writeln!(out, "{}", serde_json::to_string(&jobs)?)?;
+        }
+        Some(Packet::Message(ServerMessage::Jobs { jobs })) => crate::progress::print_jobs(&mut out, &jobs)?,
+        Some(Packet::Message(ServerMessage::Job(job))) if cfg.json => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
+        }
+        Some(Packet::Message(ServerMessage::Job(job))) => crate::progress::print_job(&mut out, &job)?,
+        Some(Packet::Message(ServerMessage::Error { code: ErrorCode::NotFound, message })) => bail!("{message}"),
+        Some(Packet::Message(ServerMessage::Error { code, message })) => bail!("server ({code}): {message}"),
+        other => bail!("unexpected answer from the server: {other:?}"),
+    }
+    Ok(())
 }
 
 /// A byte stream to the server.
@@ -108,7 +167,14 @@ async fn talk(
     let (r, w) = tokio::io::split(stream);
     let mut reader = PacketReader::new(r);
     let mut writer = PacketWriter::new(w);
-    handshake(&mut reader, &mut writer, cfg, upload_bytes).await?;
+    let max_upload_bytes = handshake(&mut reader, &mut writer, &cfg.server, cfg.token.clone()).await?;
+    if upload_bytes > max_upload_bytes {
+        return Err(anyhow!(
+            "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
+            cfg.input.display()
+        )
+        .into());
+    }
     let request = SubmitRequest {
         chain: cfg.chain.clone(),
         output: cfg.output_options.clone(),
@@ -125,13 +191,13 @@ async fn talk(
     result
 }
 
-/// Hello ⇄ welcome; checks the upload fits the server's limit.
+/// Hello ⇄ welcome; returns the largest upload the server takes.
 async fn handshake<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
-    cfg: &ClientConfig,
-    upload_bytes: u64,
-) -> Result<(), ClientError>
+    server: &ServerAddr,
+    token: Option<Token>,
+) -> Result<u64, ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -139,21 +205,12 @@ where
     let hello = ClientMessage::Hello {
         protocol: PROTOCOL_VERSION,
         client: format!("vpd/{}", env!("CARGO_PKG_VERSION")),
-        token: cfg.token.clone(),
+        token,
     };
     writer.send(&hello).await.context("sending hello")?;
     match tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>()).await {
-        Err(_) => Err(anyhow!("{} did not answer the handshake", cfg.server).into()),
-        Ok(Ok(Some(Packet::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => {
-            if upload_bytes > max_upload_bytes {
-                return Err(anyhow!(
-                    "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
-                    cfg.input.display()
-                )
-                .into());
-            }
-            Ok(())
-        }
+        Err(_) => Err(anyhow!("{server} did not answer the handshake").into()),
+        Ok(Ok(Some(Packet::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => Ok(max_upload_bytes),
         Ok(Ok(Some(Packet::Message(ServerMessage::Error { code, message })))) => Err(server_error(code, &message)),
         Ok(Ok(other)) => Err(anyhow!("unexpected answer to hello: {other:?}").into()),
         Ok(Err(e)) => Err(anyhow!(e).context("reading the server's welcome").into()),

@@ -22,12 +22,13 @@ use serde::{Deserialize, Serialize};
 use crate::filters::Chain;
 use crate::media::OutputOptions;
 use crate::metrics::{JobSummary, Progress};
+use crate::protocol::jobs::JobRecord;
 use crate::protocol::wire::TransportEncoding;
 
 /// The protocol version both sides must speak; bumped on any incompatible change (2: the
 /// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
-/// snapshot in `Progress`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// snapshot in `Progress`; 4: `List` and `Show`, the job history).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,16 @@ pub enum ClientMessage {
     },
     /// Starts a job; the upload's chunks follow.
     Submit(Box<SubmitRequest>),
+    /// Asks for the newest `limit` jobs of the server's history (`Jobs` answers).
+    List {
+        /// At most this many (the server caps it).
+        limit: u32,
+    },
+    /// Asks for everything recorded of one job (`Job` answers, or `not_found`).
+    Show {
+        /// The job's id.
+        job: String,
+    },
     /// Stops the job; the server answers with an `Error` coded `cancelled`.
     Cancel,
 }
@@ -112,6 +123,8 @@ pub enum ErrorCode {
     Timeout,
     /// Too many connections (from the server's clients, or from this address): try later.
     Busy,
+    /// No such job (or no longer recorded).
+    NotFound,
     /// Something broke on the server.
     Internal,
 }
@@ -154,6 +167,13 @@ pub enum ServerMessage {
     },
     /// The job's numbers so far (the same snapshot job events carry).
     Progress(Progress),
+    /// The server's history, newest first.
+    Jobs {
+        /// The jobs.
+        jobs: Vec<JobRecord>,
+    },
+    /// One job's record.
+    Job(Box<JobRecord>),
     /// The job finished; `result_bytes` of result chunks follow.
     Done {
         /// The job's report.

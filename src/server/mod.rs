@@ -39,6 +39,7 @@ use crate::pipeline::JobOptions;
 use crate::protocol::codec;
 use crate::protocol::event::JobEvent;
 use crate::protocol::message::{ErrorCode, ServerMessage, Token};
+use crate::store::Store;
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpTransport, BrokerLink};
 use crate::transport::local::LocalTransport;
@@ -92,6 +93,8 @@ pub struct ServerConfig {
     pub max_jobs: NonZeroUsize,
     /// Where uploads and results are kept while a job runs.
     pub work_dir: PathBuf,
+    /// Where the job store lives.
+    pub state_dir: PathBuf,
     /// Frames in flight per job; `None` picks from the frame size.
     pub window: Option<NonZeroUsize>,
     /// Serve the dashboard of this server's jobs here.
@@ -117,6 +120,8 @@ pub struct Shared {
     events: Option<(Arc<BrokerLink>, Mutex<Option<Publisher>>)>,
     /// Every job of this server, for its dashboard and `/metrics`.
     board: Arc<Board>,
+    /// Every job this server (and its earlier runs) accepted.
+    store: Store,
 }
 
 impl Shared {
@@ -157,6 +162,7 @@ pub struct Listeners {
     preview: Option<tokio::net::TcpListener>,
     metrics: Option<tokio::net::TcpListener>,
     work_dir: WorkDir,
+    store: Store,
 }
 
 impl Listeners {
@@ -169,11 +175,13 @@ impl Listeners {
         // First: a failed start must leave a user's directory as it was, and a directory
         // another server uses is refused before any socket is taken.
         let work_dir = WorkDir::prepare(&cfg.work_dir)?;
+        // The job store: a database that is newer, corrupt or unwritable stops the start here.
+        let store = Store::open(&cfg.state_dir)?;
         let tcp = cfg.listen.map(bind_tcp).transpose()?;
         let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
         let preview = cfg.preview.map(bind_tcp).transpose()?;
         let metrics = cfg.metrics.map(bind_tcp).transpose()?;
-        Ok(Listeners { tcp, unix, preview, metrics, work_dir })
+        Ok(Listeners { tcp, unix, preview, metrics, work_dir, store })
     }
 
     /// `tcp ADDR` and `unix PATH`, one line each: what the server announces on stdout.
@@ -196,7 +204,13 @@ impl Listeners {
 
 /// Runs the server on `listeners` until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { tcp, unix, preview, metrics, work_dir } = listeners;
+    let Listeners { tcp, unix, preview, metrics, work_dir, store } = listeners;
+    // Jobs the last process left running died with it: their clients are gone.
+    for id in store.fail_unfinished("the server stopped before the job ended")? {
+        warn!(job = %id, "the server stopped before this job ended; recorded as failed");
+    }
+    let board = Arc::new(Board::new());
+    board.remember(&store.list(crate::board::MAX_JOBS)?);
     let (transport, parallelism, local_face_cascade, events): (Arc<dyn Transport + Send + Sync>, _, _, _) =
         match &cfg.backend {
             Backend::Local { threads, filter_env } => (
@@ -226,7 +240,8 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         parallelism,
         local_face_cascade,
         events,
-        board: Arc::new(Board::new()),
+        board,
+        store,
     });
     let tracker = TaskTracker::new();
     if let Some(l) = preview {

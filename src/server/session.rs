@@ -27,6 +27,7 @@ use crate::pipeline::{JobError, Observer, Progress};
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
 use crate::protocol::event::JobEvent;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
+use crate::store::{JobState, NewJob};
 use crate::transport::JobContext;
 
 /// Time a client has to say hello.
@@ -115,32 +116,95 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    handshake(reader, writer, shared, shutdown, ticket).await?;
-    let (request, container) = submission(reader, shared).await?;
+    let client = handshake(reader, writer, shared, shutdown, ticket).await?;
+    let (request, container) = match first_request(reader, shared).await? {
+        Request::Submit(request, container) => (request, container),
+        Request::List(limit) => {
+            let jobs = shared.store.list(limit.clamp(1, MAX_LISTED) as usize).map_err(internal_error)?;
+            return Ok(writer.send(&ServerMessage::Jobs { jobs }).await?);
+        }
+        Request::Show(job) => {
+            return match shared.store.get(&job).map_err(internal_error)? {
+                Some(record) => Ok(writer.send(&ServerMessage::Job(Box::new(record))).await?),
+                None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
+            };
+        }
+    };
     // A place among the uploads bounds the disk in use (uploads, results not yet read); it is
     // held until the connection ends.
     let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
     let id = new_job_id();
     info!(%peer, job = %id, filters = %request.chain, upload = request.upload_bytes, "job accepted");
-    writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
+    let options = serde_json::to_string(&request.output).unwrap_or_default();
+    let chain = request.chain.to_string();
+    let record = NewJob {
+        id: &id,
+        peer,
+        client: &client,
+        input_name: &request.input_name,
+        input_bytes: request.upload_bytes,
+        chain: &chain,
+        output_options: &options,
+        container: &container,
+    };
+    shared.store.create(&record).map_err(internal_error)?;
+    let outcome = job(reader, writer, shared, shutdown, &id, &request, &container).await;
+    let recorded = match &outcome {
+        Ok(()) => Ok(()),
+        Err(Refusal { code: ErrorCode::Cancelled, .. }) => shared.store.transition(&id, JobState::Cancelled, None),
+        Err(Refusal { message, .. }) => shared.store.transition(&id, JobState::Failed, Some(message)),
+    };
+    if let Err(e) = recorded {
+        warn!(job = %id, error = %format!("{e:#}"), "cannot record the job's end in the job store");
+    }
+    outcome
+}
 
-    let files = JobFiles::new(shared, &id, &request, &container);
-    upload(reader, &files, request.upload_bytes).await?;
+/// Most jobs one `List` returns.
+const MAX_LISTED: u32 = 1000;
+
+fn internal_error(e: anyhow::Error) -> Refusal {
+    refuse(ErrorCode::Internal, format!("the job store: {e:#}"))
+}
+
+/// An accepted job, from its `Accepted` to its result, each step recorded in the job store.
+async fn job<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    id: &str,
+    request: &SubmitRequest,
+    container: &str,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    writer.send(&ServerMessage::Accepted { job: id.to_string() }).await?;
+    let files = JobFiles::new(shared, id, request, container);
+    let sha256 = upload(reader, &files, request.upload_bytes).await?;
+    shared.store.uploaded(id, &sha256).map_err(internal_error)?;
+    shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
     // One slot per running job bounds the memory (frames) and CPU in use. It is taken only
     // now that the upload is whole, and given back before the result is sent.
     let slot = wait_for(shared.job_slots.acquire(), shutdown).await?;
-    let summary = run(reader, writer, shared, shutdown, &id, &request, &files, slot).await?;
+    shared.store.transition(id, JobState::Running, None).map_err(internal_error)?;
+    let summary = run(reader, writer, shared, shutdown, id, request, &files, slot).await?;
+    let output_bytes = std::fs::metadata(files.output.path()).map_or(0, |m| m.len());
+    shared.store.finished(id, &summary, output_bytes).map_err(internal_error)?;
     send_result(writer, files.output.path(), summary).await
 }
 
-/// Hello ⇄ welcome: the protocol version and the token.
+/// Hello ⇄ welcome: the protocol version and the token. Returns how the client named itself,
+/// and whether it presented the token, for the job store.
 async fn handshake<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
     shared: &Shared,
     shutdown: &CancellationToken,
     ticket: &mut Ticket,
-) -> Result<(), Refusal>
+) -> Result<String, Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -174,20 +238,34 @@ where
     writer
         .send(&ServerMessage::Welcome { protocol: PROTOCOL_VERSION, server, max_upload_bytes: shared.max_upload })
         .await?;
-    Ok(())
+    let authenticated = if shared.token.is_some() { "token" } else { "no token required" };
+    Ok(format!("{} ({authenticated})", client.chars().take(64).collect::<String>()))
 }
 
-/// The submit message, checked: the request and its output container.
-async fn submission<R: AsyncRead + Unpin>(
+/// What a client asks for after the handshake.
+enum Request {
+    /// A job: the request, checked, and its output container.
+    Submit(Box<SubmitRequest>, String),
+    /// The newest jobs.
+    List(u32),
+    /// One job's record.
+    Show(String),
+}
+
+/// The first message after the handshake.
+async fn first_request<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
     shared: &Shared,
-) -> Result<(SubmitRequest, String), Refusal> {
-    let Some(Packet::Message(ClientMessage::Submit(request))) = read_within(reader, SUBMIT_TIMEOUT, "submit").await?
-    else {
-        return Err(refuse(ErrorCode::BadRequest, "expected a submit message"));
-    };
-    let container = validate(&request, shared)?;
-    Ok((*request, container))
+) -> Result<Request, Refusal> {
+    match read_within(reader, SUBMIT_TIMEOUT, "submit").await? {
+        Some(Packet::Message(ClientMessage::Submit(request))) => {
+            let container = validate(&request, shared)?;
+            Ok(Request::Submit(request, container))
+        }
+        Some(Packet::Message(ClientMessage::List { limit })) => Ok(Request::List(limit)),
+        Some(Packet::Message(ClientMessage::Show { job })) => Ok(Request::Show(job)),
+        _ => Err(refuse(ErrorCode::BadRequest, "expected a submit message")),
+    }
 }
 
 /// A semaphore's permit, unless the server shuts down first.
@@ -218,12 +296,12 @@ impl JobFiles {
     }
 }
 
-/// The upload, into the work directory, against a deadline from its size.
+/// The upload, into the work directory, against a deadline from its size; returns its sha256.
 async fn upload<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
     files: &JobFiles,
     size: u64,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
     let deadline = upload_deadline(size);
     match tokio::time::timeout(deadline, receive_upload(reader, files.input.path(), size)).await {
         Ok(received) => received.map_err(|r| files.scrub.refusal(r)),
@@ -486,7 +564,9 @@ async fn receive_upload<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
     path: &Path,
     size: u64,
-) -> Result<(), Refusal> {
+) -> Result<String, Refusal> {
+    use sha2::Digest as _;
+    let mut sha256 = sha2::Sha256::new();
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("writing the upload: {e}"));
     let mut file =
         tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(internal)?;
@@ -501,6 +581,7 @@ async fn receive_upload<R: AsyncRead + Unpin>(
                         format!("upload longer than the announced {size} bytes"),
                     ));
                 }
+                sha256.update(&data);
                 file.write_all(&data).await.map_err(internal)?;
             }
             Some(Packet::Message(ClientMessage::Cancel)) => return Err(refuse(ErrorCode::Cancelled, "job cancelled")),
@@ -511,7 +592,7 @@ async fn receive_upload<R: AsyncRead + Unpin>(
         }
     }
     file.flush().await.map_err(internal)?;
-    Ok(())
+    Ok(sha256.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `.mp4` from `clip.mp4`: the upload keeps its extension as a container hint for FFmpeg.

@@ -115,6 +115,9 @@ impl Server {
     ) -> Server {
         let mut cmd = vpd();
         cmd.arg("server").args(args).arg("--work-dir").arg(&work_dir);
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.path().join("state"));
+        }
         configure(&mut cmd);
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting vpd server");
         let stdout = child.stdout.take().unwrap();
@@ -427,4 +430,17 @@ pub fn clip(dir: &Path, spec: ClipSpec) -> PathBuf {
     let input = dir.join("in.mkv");
     write_clip(&input, &spec, "FFV1");
     input
+}
+
+/// Starts `cmd` with its output piped, killed if the test ends first.
+pub fn spawn_piped(mut cmd: std::process::Command) -> ChildGuard {
+    ChildGuard(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+}
+
+/// `vpd client INPUT --server ADDR -f CHAIN -o OUTPUT ARGS --json` as a command.
+pub fn client_cmd(addr: &str, input: &Path, chain: &str, output: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = vpd();
+    cmd.args(["client", input.to_str().unwrap(), "--server", addr, "-f", chain, "-o", output.to_str().unwrap()]);
+    cmd.args(extra).arg("--json");
+    cmd
 }

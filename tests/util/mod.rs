@@ -23,6 +23,9 @@ pub fn vpd() -> Command {
     let bin = std::env::var_os("VPD_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vpd").into());
     let mut cmd = Command::new(bin);
     cmd.env_remove("VPD_CONFIG").env_remove("VPD_FACE_CASCADE").env_remove("RUST_LOG");
+    // A server's job store goes where its test says (`--state-dir`), else into cargo's scratch
+    // space for tests, never into the home directory of whoever runs them.
+    cmd.env_remove("STATE_DIRECTORY").env_remove("VPD_STATE_DIR").env("XDG_STATE_HOME", env!("CARGO_TARGET_TMPDIR"));
     cmd
 }
 

@@ -1,0 +1,326 @@
+//! The job store: every job a server accepted, what became of it and when, in one SQLite file
+//! (`vpd.db`, WAL mode) in the state directory. It outlives the server: `vpd jobs` lists it,
+//! a restarted server's dashboard shows it.
+//!
+//! The schema is versioned (`PRAGMA user_version`) and migrated forward at start, in one
+//! transaction per step. A file from a newer vpd, or one that is not a database, stops the
+//! server with an error naming it; nothing here ever deletes or rewrites such a file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::metrics::JobSummary;
+pub use crate::protocol::jobs::{JobRecord, JobState, Transition};
+
+/// The file in the state directory.
+pub const DATABASE: &str = "vpd.db";
+
+/// Each step takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and their transitions.
+    "CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        client TEXT NOT NULL,
+        input_name TEXT NOT NULL,
+        input_bytes INTEGER NOT NULL,
+        input_sha256 TEXT,
+        chain TEXT NOT NULL,
+        output_options TEXT NOT NULL,
+        container TEXT NOT NULL,
+        output_bytes INTEGER,
+        frames INTEGER,
+        failed_frames INTEGER,
+        retries INTEGER,
+        summary TEXT,
+        error TEXT
+    );
+    CREATE INDEX jobs_by_creation ON jobs (created_ms);
+    CREATE TABLE transitions (
+        job TEXT NOT NULL REFERENCES jobs (id),
+        state TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX transitions_by_job ON transitions (job);",
+];
+
+/// A job as it is accepted.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The client's address.
+    pub peer: &'a str,
+    /// The client's name for itself (`vpd/0.1.0`), and whether it presented the token.
+    pub client: &'a str,
+    /// The input's file name, as the client gave it.
+    pub input_name: &'a str,
+    /// The upload's size.
+    pub input_bytes: u64,
+    /// The filter chain, parameters spelled out.
+    pub chain: &'a str,
+    /// The output options, as JSON.
+    pub output_options: &'a str,
+    /// The output container.
+    pub container: &'a str,
+}
+
+/// The job store of one state directory.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Opens (creating it if need be) the store in `dir`, migrated to this binary's schema.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let probe = dir.join(format!(".vpd-write-test-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("the state directory {} is not writable by this process", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        let path = dir.join(DATABASE);
+        let unusable = |e: rusqlite::Error| {
+            anyhow::anyhow!("the job store {} cannot be used ({e}); it is left as it is", path.display())
+        };
+        let mut conn = Connection::open(&path).map_err(unusable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unusable)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(unusable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("the job store {} cannot use WAL mode (got {mode})", path.display());
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(unusable)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unusable)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            bail!(
+                "the job store {} has schema version {version}, from a newer vpd; this one knows up to {known}",
+                path.display()
+            );
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(unusable)?;
+            tx.execute_batch(step).map_err(unusable)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(unusable)?;
+            tx.commit().map_err(unusable)?;
+        }
+        Ok(Store { path, conn: Mutex::new(conn) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a job just accepted, as uploading.
+    pub fn create(&self, job: &NewJob<'_>) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, chain,
+                               output_options, container)
+             VALUES (?1, 'uploading', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                job.id,
+                now,
+                job.peer,
+                job.client,
+                job.input_name,
+                job.input_bytes as i64,
+                job.chain,
+                job.output_options,
+                job.container
+            ],
+        )?;
+        tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, 'uploading', ?2)", params![job.id, now])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves a job to `state`; `error` for a failed one.
+    pub fn transition(&self, id: &str, state: JobState, error: Option<&str>) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE jobs SET state = ?2, updated_ms = ?3, error = coalesce(?4, error) WHERE id = ?1",
+            params![id, state.as_str(), now, error],
+        )?;
+        tx.execute(
+            "INSERT INTO transitions (job, state, at_ms) VALUES (?1, ?2, ?3)",
+            params![id, state.as_str(), now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the whole upload's sha256.
+    pub fn uploaded(&self, id: &str, sha256: &str) -> anyhow::Result<()> {
+        self.conn().execute("UPDATE jobs SET input_sha256 = ?2 WHERE id = ?1", params![id, sha256])?;
+        Ok(())
+    }
+
+    /// Records a finished job's summary and result size, and marks it done.
+    pub fn finished(&self, id: &str, summary: &JobSummary, output_bytes: u64) -> anyhow::Result<()> {
+        {
+            let conn = self.conn();
+            conn.execute(
+                "UPDATE jobs SET output_bytes = ?2, frames = ?3, failed_frames = ?4, retries = ?5, summary = ?6
+                 WHERE id = ?1",
+                params![
+                    id,
+                    output_bytes as i64,
+                    summary.frames as i64,
+                    summary.failed_frames as i64,
+                    summary.retries as i64,
+                    serde_json::to_string(summary)?
+                ],
+            )?;
+        }
+        self.transition(id, JobState::Done, None)
+    }
+
+    /// Jobs not ended when the server stopped: a crash or a kill. They are marked failed
+    /// (their clients are gone with the old process); returns their ids.
+    pub fn fail_unfinished(&self, why: &str) -> anyhow::Result<Vec<String>> {
+        let ids: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id FROM jobs WHERE state IN ('uploading', 'queued', 'running')")?;
+            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            self.transition(id, JobState::Failed, Some(why))?;
+        }
+        Ok(ids)
+    }
+
+    /// The newest `limit` jobs, newest first.
+    pub fn list(&self, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
+        let ids: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY created_ms DESC, rowid DESC LIMIT ?1")?;
+            stmt.query_map([limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        ids.iter().filter_map(|id| self.get(id).transpose()).collect()
+    }
+
+    /// One job, if the store has it.
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<JobRecord>> {
+        let conn = self.conn();
+        let record = conn
+            .query_row(
+                "SELECT id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, input_sha256, chain,
+                        output_options, container, output_bytes, frames, failed_frames, retries, summary, error
+                 FROM jobs WHERE id = ?1",
+                [id],
+                |r| {
+                    let options: String = r.get(10)?;
+                    let summary: Option<String> = r.get(16)?;
+                    Ok(JobRecord {
+                        id: r.get(0)?,
+                        state: JobState::parse(&r.get::<_, String>(1)?),
+                        created_ms: r.get(2)?,
+                        updated_ms: r.get(3)?,
+                        transitions: Vec::new(),
+                        peer: r.get(4)?,
+                        client: r.get(5)?,
+                        input_name: r.get(6)?,
+                        input_bytes: r.get::<_, i64>(7)? as u64,
+                        input_sha256: r.get(8)?,
+                        chain: r.get(9)?,
+                        output_options: serde_json::from_str(&options).unwrap_or(serde_json::Value::Null),
+                        container: r.get(11)?,
+                        output_bytes: r.get::<_, Option<i64>>(12)?.map(|n| n as u64),
+                        frames: r.get::<_, Option<i64>>(13)?.map(|n| n as u64),
+                        failed_frames: r.get::<_, Option<i64>>(14)?.map(|n| n as u64),
+                        retries: r.get::<_, Option<i64>>(15)?.map(|n| n as u64),
+                        summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+                        error: r.get(17)?,
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut record) = record else { return Ok(None) };
+        let mut stmt = conn.prepare("SELECT state, at_ms FROM transitions WHERE job = ?1 ORDER BY rowid")?;
+        record.transitions = stmt
+            .query_map([id], |r| Ok(Transition { state: JobState::parse(&r.get::<_, String>(0)?), at_ms: r.get(1)? }))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> NewJob<'_> {
+        NewJob {
+            id,
+            peer: "127.0.0.1:5000",
+            client: "vpd/0.1.0",
+            input_name: "in.mp4",
+            input_bytes: 1234,
+            chain: "edges:low=50:high=150",
+            output_options: r#"{"codec":"h264"}"#,
+            container: "mp4",
+        }
+    }
+
+    #[test]
+    fn jobs_and_their_transitions_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create(&job("j1")).unwrap();
+        store.uploaded("j1", "abc").unwrap();
+        store.transition("j1", JobState::Running, None).unwrap();
+        store.create(&job("j2")).unwrap();
+        store.transition("j2", JobState::Failed, Some("in.mp4: truncated")).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let j1 = store.get("j1").unwrap().unwrap();
+        assert_eq!((j1.state, j1.input_sha256.as_deref(), j1.input_bytes), (JobState::Running, Some("abc"), 1234));
+        let states: Vec<JobState> = j1.transitions.iter().map(|t| t.state).collect();
+        assert_eq!(states, [JobState::Uploading, JobState::Running]);
+        assert_eq!(store.get("j2").unwrap().unwrap().error.as_deref(), Some("in.mp4: truncated"));
+        assert_eq!(store.list(10).unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["j2", "j1"]);
+        assert_eq!(store.get("nope").unwrap(), None);
+        // A restarted server fails what was running when the last one died.
+        assert_eq!(store.fail_unfinished("the server stopped").unwrap(), ["j1"]);
+        assert_eq!(store.get("j1").unwrap().unwrap().state, JobState::Failed);
+    }
+
+    #[test]
+    fn a_newer_schema_and_a_file_that_is_no_database_are_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DATABASE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("schema version 99, from a newer vpd"), "{err}");
+
+        let other = tempfile::tempdir().unwrap();
+        let garbage = b"this is not a database, but someone's notes".repeat(100);
+        std::fs::write(other.path().join(DATABASE), &garbage).unwrap();
+        let err = format!("{:#}", Store::open(other.path()).err().unwrap());
+        assert!(err.contains(DATABASE) && err.contains("left as it is"), "{err}");
+        assert_eq!(std::fs::read(other.path().join(DATABASE)).unwrap(), garbage, "never wiped");
+    }
+}

@@ -1,0 +1,114 @@
+//! The job store: a server's history in a real SQLite file, through restarts and crashes, as
+//! `vpd jobs` and the dashboard show it; a store that cannot be used stops the start.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::cluster::*;
+use crate::util::web::get_json;
+use crate::util::*;
+
+/// `vpd jobs ARGS --server ADDR --json`, parsed.
+fn jobs(addr: &str, args: &[&str]) -> Value {
+    let out = vpd().arg("jobs").args(args).args(["--server", addr, "--json"]).output().unwrap();
+    assert!(out.status.success(), "vpd jobs {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn history_survives_a_restart_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
+    let garbage = dir.path().join("notes.mp4");
+    std::fs::write(&garbage, b"not a video at all").unwrap();
+
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg, "--threads", "1"]);
+    let out = client(&server.addr(), &input, "edges", &dir.path().join("a.mkv"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = summary(&out);
+    let failed = client(&server.addr(), &garbage, "edges", &dir.path().join("b.mkv"), &[]);
+    assert!(!failed.status.success());
+    drop(server); // SIGKILL: whatever the store has, it has on disk
+
+    // A restarted server lists both, newest first, and shows everything recorded.
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg, "--preview", "127.0.0.1:0"]);
+    let list = jobs(&server.addr(), &[]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!((list[0]["state"].as_str(), list[1]["state"].as_str()), (Some("failed"), Some("done")));
+    assert!(list[0]["error"].as_str().unwrap().contains("not a video"), "{}", list[0]);
+    let id = list[1]["id"].as_str().unwrap();
+    let shown = jobs(&server.addr(), &["show", id]);
+    assert_eq!(shown["input_sha256"].as_str(), Some(sha256(&input).as_str()));
+    assert_eq!(shown["input_bytes"].as_u64(), Some(std::fs::metadata(&input).unwrap().len()));
+    assert_eq!(shown["chain"], "edges:low=50:high=150");
+    assert_eq!(shown["frames"].as_u64(), Some(summary.frames));
+    assert_eq!(shown["summary"]["frames"].as_u64(), Some(summary.frames));
+    assert_eq!(shown["output_bytes"].as_u64(), Some(std::fs::metadata(dir.path().join("a.mkv")).unwrap().len()));
+    let states: Vec<&str> =
+        shown["transitions"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["uploading", "queued", "running", "done"]);
+    // Its dashboard shows yesterday's jobs too.
+    let board = get_json(&format!("{}jobs", server.preview.clone().unwrap()));
+    let ids: Vec<&str> = board.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&id), "{ids:?}");
+    // An unknown job: its own error.
+    let out = vpd().args(["jobs", "show", "jnope", "--server", &server.addr()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no job jnope"), "{}", stderr(&out));
+    drop(server);
+
+    // A server killed mid-job: the next one records the job as failed, and why.
+    let slow = clip(dir.path(), ClipSpec { frames: 300, width: 640, height: 480, ..ClipSpec::default() });
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg, "--threads", "1"]);
+    let addr = server.addr();
+    let job = spawn_piped(client_cmd(&addr, &slow, "blur:ksize=151", &dir.path().join("c.mkv"), &[]));
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || jobs(&addr, &[])[0]["state"] == "running"),
+        "the job never ran"
+    );
+    drop(server);
+    drop(job);
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg]);
+    let list = jobs(&server.addr(), &[]);
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list[0]["state"], "failed");
+    assert!(list[0]["error"].as_str().unwrap().contains("the server stopped"), "{}", list[0]);
+}
+
+#[test]
+fn a_store_that_cannot_be_used_stops_the_start_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |state: &Path| {
+        vpd().args(["server", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap()]).output().unwrap()
+    };
+
+    // Not a database: named, refused, kept.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    let notes = b"SQLite format 3? no: someone's notes".repeat(200);
+    std::fs::write(corrupt.join("vpd.db"), &notes).unwrap();
+    let out = start(&corrupt);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&corrupt.join("vpd.db").display().to_string()) && err.contains("left as it is"), "{err}");
+    assert_eq!(std::fs::read(corrupt.join("vpd.db")).unwrap(), notes);
+
+    // A state directory that cannot be made (its parent is a file).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = start(&file.join("state"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot create the state directory"), "{err}");
+}
