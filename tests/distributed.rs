@@ -263,8 +263,10 @@ fn clients_over_ipv4_ipv6_and_a_unix_socket_two_at_once() {
 #[test]
 fn an_unreachable_broker_is_a_clear_error_at_start() {
     let dead = "amqp://guest:secret@127.0.0.1:1/%2f";
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().to_str().unwrap();
     for role in [
-        vec!["server", "--listen", "127.0.0.1:0", "--amqp", dead],
+        vec!["server", "--listen", "127.0.0.1:0", "--amqp", dead, "--state-dir", state],
         vec!["worker", "--amqp", dead],
         vec!["preview", "--listen", "127.0.0.1:0", "--amqp", dead],
     ] {

@@ -128,12 +128,15 @@ fn a_work_dir_the_server_did_not_create_is_left_as_it_was() {
     std::fs::write(work.join("keep"), "x").unwrap();
 
     // A failed start (no broker at that port) leaves it alone.
+    let state = dir.path().join("state");
     let out = run_vpd(&[
         "server",
         "--listen",
         "127.0.0.1:0",
         "--work-dir",
         work.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
         "--amqp",
         "amqp://guest:guest@127.0.0.1:1/%2f",
     ]);
