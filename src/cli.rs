@@ -102,6 +102,11 @@ pub enum JobsAction {
         /// The job's id (as `vpd jobs` lists it).
         job: String,
     },
+    /// Cancel a queued or running job (its client is told, as for its own Ctrl-C).
+    Cancel {
+        /// The job's id.
+        job: String,
+    },
 }
 
 /// `vpd server`.

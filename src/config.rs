@@ -301,6 +301,7 @@ impl FileConfig {
     pub fn jobs(&self, a: JobsArgs) -> anyhow::Result<JobsConfig> {
         let query = match a.action {
             Some(JobsAction::Show { job }) => JobsQuery::Show(job),
+            Some(JobsAction::Cancel { job }) => JobsQuery::Cancel(job),
             None => JobsQuery::List(a.limit),
         };
         Ok(JobsConfig { server: self.server_addr(a.server)?, token: token(a.token)?, query, json: a.json })

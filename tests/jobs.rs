@@ -67,8 +67,37 @@ fn history_survives_a_restart_and_a_crash() {
     assert!(stderr(&out).contains("no job jnope"), "{}", stderr(&out));
     drop(server);
 
-    // A server killed mid-job: the next one records the job as failed, and why.
+    // `vpd jobs cancel`: the running job stops, its client is told, the record says so.
     let slow = clip(dir.path(), ClipSpec { frames: 300, width: 640, height: 480, ..ClipSpec::default() });
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg, "--threads", "1"]);
+    let addr = server.addr();
+    let job = spawn_piped(client_cmd(&addr, &slow, "blur:ksize=151", &dir.path().join("d.mkv"), &[]));
+    assert!(
+        wait_for(std::time::Duration::from_secs(60), || jobs(&addr, &[])[0]["state"] == "running"),
+        "the job never ran"
+    );
+    let id = jobs(&addr, &[])[0]["id"].as_str().unwrap().to_string();
+    let out = vpd().args(["jobs", "cancel", &id, "--server", &addr]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("cancelling {id}"));
+    let mut job = job;
+    let status = job.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(job.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("job cancelled"), "{err}");
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || jobs(&addr, &["show", &id])["state"] == "cancelled"),
+        "{}",
+        jobs(&addr, &["show", &id])
+    );
+    // An ended job cannot be cancelled; an unknown one is not found.
+    let out = vpd().args(["jobs", "cancel", &id, "--server", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("has ended (cancelled)"), "{}", stderr(&out));
+    drop(server);
+
+    // A server killed mid-job: the next one records the job as failed, and why.
     let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg, "--threads", "1"]);
     let addr = server.addr();
     let job = spawn_piped(client_cmd(&addr, &slow, "blur:ksize=151", &dir.path().join("c.mkv"), &[]));
@@ -80,7 +109,7 @@ fn history_survives_a_restart_and_a_crash() {
     drop(job);
     let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg]);
     let list = jobs(&server.addr(), &[]);
-    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list.as_array().unwrap().len(), 4);
     assert_eq!(list[0]["state"], "failed");
     assert!(list[0]["error"].as_str().unwrap().contains("the server stopped"), "{}", list[0]);
 }

@@ -100,6 +100,8 @@ pub enum JobsQuery {
     List(u32),
     /// One job's whole record.
     Show(String),
+    /// Cancel a job.
+    Cancel(String),
 }
 
 /// Everything `vpd jobs` needs.
@@ -123,6 +125,7 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
     let ask = match &cfg.query {
         JobsQuery::List(limit) => ClientMessage::List { limit: *limit },
         JobsQuery::Show(job) => ClientMessage::Show { job: job.clone() },
+        JobsQuery::Cancel(job) => ClientMessage::CancelJob { job: job.clone() },
     };
     writer.send(&ask).await.context("asking the server")?;
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>())
@@ -139,6 +142,7 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
             writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
         }
         Some(Packet::Message(ServerMessage::Job(job))) => crate::progress::print_job(&mut out, &job)?,
+        Some(Packet::Message(ServerMessage::Cancelling { job })) => writeln!(out, "cancelling {job}")?,
         Some(Packet::Message(ServerMessage::Error { code: ErrorCode::NotFound, message })) => bail!("{message}"),
         Some(Packet::Message(ServerMessage::Error { code, message })) => bail!("server ({code}): {message}"),
         other => bail!("unexpected answer from the server: {other:?}"),

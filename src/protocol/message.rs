@@ -27,7 +27,7 @@ use crate::protocol::wire::TransportEncoding;
 
 /// The protocol version both sides must speak; bumped on any incompatible change (2: the
 /// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
-/// snapshot in `Progress`; 4: `List` and `Show`, the job history).
+/// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A shared secret presented in the handshake. Never printed.
@@ -94,6 +94,12 @@ pub enum ClientMessage {
     },
     /// Asks for everything recorded of one job (`Job` answers, or `not_found`).
     Show {
+        /// The job's id.
+        job: String,
+    },
+    /// Cancels another connection's job, queued or running (`Cancelling` answers); its own
+    /// client is told, as for a Ctrl-C.
+    CancelJob {
         /// The job's id.
         job: String,
     },
@@ -174,6 +180,11 @@ pub enum ServerMessage {
     },
     /// One job's record.
     Job(Box<JobRecord>),
+    /// The job is being cancelled.
+    Cancelling {
+        /// The job's id.
+        job: String,
+    },
     /// The job finished; `result_bytes` of result chunks follow.
     Done {
         /// The job's report.

@@ -122,6 +122,8 @@ pub struct Shared {
     board: Arc<Board>,
     /// Every job this server (and its earlier runs) accepted.
     store: Store,
+    /// How to cancel each job a connection holds, by id.
+    cancels: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
 }
 
 impl Shared {
@@ -242,6 +244,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         events,
         board,
         store,
+        cancels: Default::default(),
     });
     let tracker = TaskTracker::new();
     if let Some(l) = preview {

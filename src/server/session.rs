@@ -129,6 +129,18 @@ where
                 None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
             };
         }
+        Request::Cancel(job) => {
+            let token = shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&job).cloned();
+            if let Some(token) = token {
+                info!(%peer, %job, "cancelling the job, as asked");
+                token.cancel();
+                return Ok(writer.send(&ServerMessage::Cancelling { job }).await?);
+            }
+            return match shared.store.get(&job).map_err(internal_error)? {
+                Some(r) => Err(refuse(ErrorCode::BadRequest, format!("job {job} has ended ({})", r.state.as_str()))),
+                None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
+            };
+        }
     };
     // A place among the uploads bounds the disk in use (uploads, results not yet read); it is
     // held until the connection ends.
@@ -148,7 +160,11 @@ where
         container: &container,
     };
     shared.store.create(&record).map_err(internal_error)?;
-    let outcome = job(reader, writer, shared, shutdown, &id, &request, &container).await;
+    // `vpd jobs cancel` finds the job by its id while it is in this map.
+    let cancel = shutdown.child_token();
+    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cancel.clone());
+    let outcome = job(reader, writer, shared, (shutdown, &cancel), &id, &request, &container).await;
+    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     let recorded = match &outcome {
         Ok(()) => Ok(()),
         Err(Refusal { code: ErrorCode::Cancelled, .. }) => shared.store.transition(&id, JobState::Cancelled, None),
@@ -158,6 +174,14 @@ where
         warn!(job = %id, error = %format!("{e:#}"), "cannot record the job's end in the job store");
     }
     outcome
+}
+
+/// A refusal as a cancel from `vpd jobs cancel` reads, unless the server is shutting down.
+fn cancelled(r: Refusal, shutdown: &CancellationToken) -> Refusal {
+    match r.code {
+        ErrorCode::Cancelled if !shutdown.is_cancelled() => refuse(ErrorCode::Cancelled, "job cancelled"),
+        _ => r,
+    }
 }
 
 /// Most jobs one `List` returns.
@@ -172,7 +196,7 @@ async fn job<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
     shared: &Shared,
-    shutdown: &CancellationToken,
+    (shutdown, cancel): (&CancellationToken, &CancellationToken),
     id: &str,
     request: &SubmitRequest,
     container: &str,
@@ -188,9 +212,9 @@ where
     shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
     // One slot per running job bounds the memory (frames) and CPU in use. It is taken only
     // now that the upload is whole, and given back before the result is sent.
-    let slot = wait_for(shared.job_slots.acquire(), shutdown).await?;
+    let slot = wait_for(shared.job_slots.acquire(), cancel).await.map_err(|r| cancelled(r, shutdown))?;
     shared.store.transition(id, JobState::Running, None).map_err(internal_error)?;
-    let summary = run(reader, writer, shared, shutdown, id, request, &files, slot).await?;
+    let summary = run(reader, writer, shared, (shutdown, cancel), id, request, &files, slot).await?;
     let output_bytes = std::fs::metadata(files.output.path()).map_or(0, |m| m.len());
     shared.store.finished(id, &summary, output_bytes).map_err(internal_error)?;
     send_result(writer, files.output.path(), summary).await
@@ -250,6 +274,8 @@ enum Request {
     List(u32),
     /// One job's record.
     Show(String),
+    /// Cancel a job.
+    Cancel(String),
 }
 
 /// The first message after the handshake.
@@ -264,6 +290,7 @@ async fn first_request<R: AsyncRead + Unpin>(
         }
         Some(Packet::Message(ClientMessage::List { limit })) => Ok(Request::List(limit)),
         Some(Packet::Message(ClientMessage::Show { job })) => Ok(Request::Show(job)),
+        Some(Packet::Message(ClientMessage::CancelJob { job })) => Ok(Request::Cancel(job)),
         _ => Err(refuse(ErrorCode::BadRequest, "expected a submit message")),
     }
 }
@@ -368,7 +395,7 @@ async fn run<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
     shared: &Shared,
-    shutdown: &CancellationToken,
+    (shutdown, cancel): (&CancellationToken, &CancellationToken),
     id: &str,
     job: &SubmitRequest,
     files: &JobFiles,
@@ -381,7 +408,7 @@ where
     let (id, scrub) = (id.to_string(), &files.scrub);
     let opened = open(writer, shared, &id, job, files).await?;
     let info = opened.info();
-    let job_token = shutdown.child_token();
+    let job_token = cancel.child_token();
     let ctx = JobContext {
         id: id.clone(),
         chain: job.chain.clone(),
