@@ -36,7 +36,7 @@ use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::side::SideQueue;
-use super::sink::{Container, Frames, MediaSink, VideoEncoder};
+use super::sink::{Container, Frames, MediaSink, VideoEncoder, even_where_needed};
 use super::{FrameSink, MediaError, MediaSource, OutputOptions};
 use crate::files::RemoveOnDrop;
 
@@ -91,6 +91,8 @@ pub struct SegmentSink {
     frames: Frames,
     options: OutputOptions,
     container: Container,
+    /// The encoded frame size.
+    size: (u32, u32),
     per_segment: u64,
     /// The index of the next frame to come.
     next_frame: u64,
@@ -126,10 +128,14 @@ impl SegmentSink {
         on_commit: OnCommit,
     ) -> Result<Self, MediaError> {
         let container = Container::of(target, options)?;
+        let frames = Frames::of(source);
+        // Every segment's encoder drops the same odd row or column: said here, once.
+        let size = even_where_needed(&frames, options, target)?;
         debug_assert_eq!(committed % per_segment.max(1), 0, "resumes start at a segment's first frame");
         Ok(SegmentSink {
             dir: dir.to_path_buf(),
-            frames: Frames::of(source),
+            frames,
+            size,
             options: options.clone(),
             container,
             per_segment: per_segment.max(1),
@@ -143,10 +149,7 @@ impl SegmentSink {
 
     /// The encoded frame size, as the output will have it.
     pub fn size(&self) -> (u32, u32) {
-        let pix_fmt = self.options.pix_fmt().ok();
-        let (w, h) = (self.frames.width, self.frames.height);
-        let sub = pix_fmt.and_then(|p| p.descriptor()).map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
-        (if sub.0 > 0 { w & !1 } else { w }.max(1), if sub.1 > 0 { h & !1 } else { h }.max(1))
+        self.size
     }
 
     fn start(&mut self) -> Result<OpenSegment, MediaError> {

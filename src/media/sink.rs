@@ -197,8 +197,6 @@ pub(super) struct VideoEncoder {
     /// One frame's duration in the encoder's time base, for frames without a timestamp.
     frame_step: i64,
     last_pts: Option<i64>,
-    /// Frames sent to the encoder.
-    sent: u64,
 }
 
 /// What a segment's encoder must agree on with the output it will be joined into.
@@ -213,11 +211,14 @@ pub(super) struct Container {
 impl Container {
     /// What `target`'s container wants.
     pub fn of(target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
-        let muxer = check_output(target, options)?;
-        Ok(Container {
-            constant_rate: !muxer.flags().contains(format::Flags::VARIABLE_FPS),
-            global_header: muxer.flags().contains(format::Flags::GLOBAL_HEADER),
-        })
+        Ok(Self::of_flags(check_output(target, options)?.flags()))
+    }
+
+    fn of_flags(flags: format::Flags) -> Self {
+        Container {
+            constant_rate: !flags.contains(format::Flags::VARIABLE_FPS),
+            global_header: flags.contains(format::Flags::GLOBAL_HEADER),
+        }
     }
 }
 
@@ -226,7 +227,7 @@ impl VideoEncoder {
     /// the output in errors.
     pub fn open(f: &Frames, options: &OutputOptions, container: Container, shown: &Path) -> Result<Self, MediaError> {
         let pix_fmt = options.pix_fmt()?;
-        let size = even_where_needed(pix_fmt, f.width, f.height, shown);
+        let size = encoded_size(pix_fmt, f.width, f.height);
         let encoder_tb = encoder_time_base(f.time_base, &options.codec, f.fps, container.constant_rate);
         let codec = options.codec.encoder();
 
@@ -299,7 +300,6 @@ impl VideoEncoder {
             time_base: encoder_tb,
             frame_step,
             last_pts: None,
-            sent: 0,
         })
     }
 
@@ -343,7 +343,6 @@ impl VideoEncoder {
         self.scaler.encode_from(mat, &mut self.frame);
         self.frame.set_pts(Some(pts));
         self.encoder.send_frame(&self.frame)?;
-        self.sent += 1;
         self.receive(out);
         Ok(())
     }
@@ -453,13 +452,11 @@ impl MediaSink {
         // From here the temporary file exists: a failure below must remove it.
         let guard = files.as_ref().map(|(temp, _)| RemoveOnDrop::new(temp.clone()));
 
-        let container = Container {
-            constant_rate: !output.format().flags().contains(format::Flags::VARIABLE_FPS),
-            global_header: output.format().flags().contains(format::Flags::GLOBAL_HEADER),
-        };
+        let container = Container::of_flags(output.format().flags());
         let global_header = container.global_header;
         let (encoder, params, packet_tb) = match video {
             Video::Encode => {
+                even_where_needed(&f, options, &shown)?;
                 let e = VideoEncoder::open(&f, options, container, &shown)?;
                 let params = codec::Parameters::from(&e.encoder);
                 let tb = e.time_base;
@@ -701,18 +698,27 @@ fn encoder_time_base(input: Rational, codec: &super::VideoCodec, fps: f64, const
 }
 
 /// The size to encode: the input's, less an odd last row or column where the pixel format
-/// subsamples chroma (4:2:0 cannot hold an odd size), with a word about it.
-fn even_where_needed(pix_fmt: Pixel, width: u32, height: u32, output: &Path) -> (u32, u32) {
+/// subsamples chroma (4:2:0 cannot hold an odd size).
+fn encoded_size(pix_fmt: Pixel, width: u32, height: u32) -> (u32, u32) {
     let (sub_w, sub_h) = pix_fmt.descriptor().map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
     let w = if sub_w > 0 { width & !1 } else { width };
     let h = if sub_h > 0 { height & !1 } else { height };
+    (w.max(1), h.max(1))
+}
+
+/// [`encoded_size`] of frames `f` with `options`, with a word about a dropped row or column:
+/// said once per output, however many encoders it takes.
+pub(super) fn even_where_needed(f: &Frames, options: &OutputOptions, output: &Path) -> Result<(u32, u32), MediaError> {
+    let pix_fmt = options.pix_fmt()?;
+    let (width, height) = (f.width, f.height);
+    let (w, h) = encoded_size(pix_fmt, width, height);
     if (w, h) != (width, height) {
         warn!(
             output = %output.display(),
             "{width}x{height} is odd and {pix_fmt:?} needs even sizes: writing {w}x{h} (the last column or row is dropped; --pix-fmt yuv444p keeps it)"
         );
     }
-    (w.max(1), h.max(1))
+    Ok((w, h))
 }
 
 /// Metadata without the input's `encoder` tag: the muxer writes its own.
@@ -839,10 +845,9 @@ mod tests {
 
     #[test]
     fn odd_sizes_are_kept_where_the_format_allows() {
-        let out = Path::new("o.mkv");
-        assert_eq!(even_where_needed(Pixel::YUV420P, 641, 361, out), (640, 360));
-        assert_eq!(even_where_needed(Pixel::YUV444P, 641, 361, out), (641, 361));
-        assert_eq!(even_where_needed(Pixel::BGRZ, 641, 361, out), (641, 361));
-        assert_eq!(even_where_needed(Pixel::YUV422P, 641, 361, out), (640, 361));
+        assert_eq!(encoded_size(Pixel::YUV420P, 641, 361), (640, 360));
+        assert_eq!(encoded_size(Pixel::YUV444P, 641, 361), (641, 361));
+        assert_eq!(encoded_size(Pixel::BGRZ, 641, 361), (641, 361));
+        assert_eq!(encoded_size(Pixel::YUV422P, 641, 361), (640, 361));
     }
 }
