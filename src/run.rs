@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::cancel::Stop;
 use crate::config::RunConfig;
-use crate::job::Writing;
+use crate::job::{Finished, Writing};
 use crate::media::{MediaError, OutputOptions, STDIO, SegmentRecord, segment_path};
 use crate::metrics::JobSummary;
 use crate::pipeline::{JobError, JobOptions};
@@ -31,8 +31,32 @@ pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
     let checkpoint = Checkpoint::for_run(cfg)?;
     let writing = match &checkpoint {
         None => Writing::Direct,
-        Some(c) => c.writing(cfg)?,
+        Some(c) => c.writing(cfg),
     };
+    let finished = process(cfg, stop, writing, checkpoint.as_ref());
+    if let Some(c) = &checkpoint {
+        match &finished {
+            Ok(_) => c.remove(),
+            // What a resume can finish: an interrupted run, a disk that filled up.
+            Err(JobError::Cancelled) => c.keep_or_remove(cfg.quiet),
+            Err(JobError::Failed(e)) if is_no_space(e) => c.keep_or_remove(cfg.quiet),
+            // A resume that failed keeps what the earlier run committed: a cascade or a disk
+            // put right lets it go on (a run without --resume replaces it).
+            Err(JobError::Failed(_)) if !c.committed.is_empty() => c.keep_or_remove(cfg.quiet),
+            // A bad input or a failing filter fails again: nothing is kept.
+            Err(JobError::Failed(_)) => c.remove(),
+        }
+    }
+    finished.map(|f| f.summary)
+}
+
+/// The job itself: opened (its checkpoint described once it exists), run, written.
+fn process(
+    cfg: &RunConfig,
+    stop: Stop,
+    writing: Writing,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Finished, JobError> {
     let opened = crate::job::open(
         &cfg.input,
         &cfg.output,
@@ -41,7 +65,7 @@ pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
         Some(&cfg.filter_env.face_cascade),
         writing,
     )?;
-    if let Some(c) = &checkpoint {
+    if let Some(c) = checkpoint {
         c.describe()?;
     }
     let info = opened.info();
@@ -57,17 +81,7 @@ pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
     let progress = ProgressView::new(remaining, !cfg.quiet);
     let finished = opened.run(&job, &transport, window, &progress);
     progress.finish();
-    if let Some(c) = &checkpoint {
-        match &finished {
-            Ok(_) => c.remove(),
-            // What a resume can finish: an interrupted run, a disk that filled up.
-            Err(JobError::Cancelled) => c.keep_or_remove(cfg.quiet),
-            Err(JobError::Failed(e)) if is_no_space(e) => c.keep_or_remove(cfg.quiet),
-            // A bad input or a failing filter fails again: nothing is kept.
-            Err(JobError::Failed(_)) => c.remove(),
-        }
-    }
-    finished.map(|f| f.summary)
+    finished
 }
 
 /// What a checkpoint is of: a resume must be of the same run.
@@ -130,10 +144,10 @@ impl Checkpoint {
     }
 
     /// How the job writes: into segments here, each recorded as it is committed.
-    fn writing(&self, cfg: &RunConfig) -> anyhow::Result<Writing> {
+    fn writing(&self, cfg: &RunConfig) -> Writing {
         let log = self.dir.join("segments.jsonl");
         let dir = self.dir.clone();
-        Ok(Writing::Segmented {
+        Writing::Segmented {
             dir: self.dir.clone(),
             seconds: cfg.segment_seconds,
             committed: self.committed.clone(),
@@ -142,7 +156,7 @@ impl Checkpoint {
                 writeln!(file, "{}", serde_json::to_string(record)?)?;
                 file.sync_all().with_context(|| format!("recording a segment in {}", dir.display()))
             }),
-        })
+        }
     }
 
     /// Writes `job.json` (the job opened, so its directory exists).
