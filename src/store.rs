@@ -155,17 +155,9 @@ impl Store {
 
     /// Moves a job to `state`; `error` for a failed one.
     pub fn transition(&self, id: &str, state: JobState, error: Option<&str>) -> anyhow::Result<()> {
-        let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE jobs SET state = ?2, updated_ms = ?3, error = coalesce(?4, error) WHERE id = ?1",
-            params![id, state.as_str(), now, error],
-        )?;
-        tx.execute(
-            "INSERT INTO transitions (job, state, at_ms) VALUES (?1, ?2, ?3)",
-            params![id, state.as_str(), now],
-        )?;
+        record_transition(&tx, id, state, error)?;
         tx.commit()?;
         Ok(())
     }
@@ -178,22 +170,24 @@ impl Store {
 
     /// Records a finished job's summary and result size, and marks it done.
     pub fn finished(&self, id: &str, summary: &JobSummary, output_bytes: u64) -> anyhow::Result<()> {
-        {
-            let conn = self.conn();
-            conn.execute(
-                "UPDATE jobs SET output_bytes = ?2, frames = ?3, failed_frames = ?4, retries = ?5, summary = ?6
-                 WHERE id = ?1",
-                params![
-                    id,
-                    output_bytes as i64,
-                    summary.frames as i64,
-                    summary.failed_frames as i64,
-                    summary.retries as i64,
-                    serde_json::to_string(summary)?
-                ],
-            )?;
-        }
-        self.transition(id, JobState::Done, None)
+        let mut conn = self.conn();
+        // One transaction: a crash leaves the job either running or done with its summary.
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE jobs SET output_bytes = ?2, frames = ?3, failed_frames = ?4, retries = ?5, summary = ?6
+             WHERE id = ?1",
+            params![
+                id,
+                output_bytes as i64,
+                summary.frames as i64,
+                summary.failed_frames as i64,
+                summary.retries as i64,
+                serde_json::to_string(summary)?
+            ],
+        )?;
+        record_transition(&tx, id, JobState::Done, None)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Jobs not ended when the server stopped: a crash or a kill. They are marked failed
@@ -263,6 +257,22 @@ impl Store {
             .collect::<Result<_, _>>()?;
         Ok(Some(record))
     }
+}
+
+/// Moves a job to `state`, within `tx`.
+fn record_transition(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    state: JobState,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    tx.execute(
+        "UPDATE jobs SET state = ?2, updated_ms = ?3, error = coalesce(?4, error) WHERE id = ?1",
+        params![id, state.as_str(), now, error],
+    )?;
+    tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, ?2, ?3)", params![id, state.as_str(), now])?;
+    Ok(())
 }
 
 #[cfg(test)]

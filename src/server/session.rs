@@ -165,8 +165,11 @@ where
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cancel.clone());
     let outcome = job(reader, writer, shared, (shutdown, &cancel), &id, &request, &container).await;
     shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    // A job recorded done stays done when only the sending of its result failed.
+    let ended = || shared.store.get(&id).ok().flatten().is_some_and(|r| r.state.is_final());
     let recorded = match &outcome {
         Ok(()) => Ok(()),
+        Err(_) if ended() => Ok(()),
         Err(Refusal { code: ErrorCode::Cancelled, .. }) => shared.store.transition(&id, JobState::Cancelled, None),
         Err(Refusal { message, .. }) => shared.store.transition(&id, JobState::Failed, Some(message)),
     };
