@@ -90,7 +90,14 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Client(args) => {
                 let (cfg, json) = file.client(args)?;
-                finished(crate::client::run(&cfg, shutdown).await, cfg.quiet, json)
+                match crate::client::run(&cfg, shutdown).await {
+                    Ok(crate::client::Followed::Detached(job)) => {
+                        detached(&job, &cfg)?;
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Ok(crate::client::Followed::Finished(summary)) => finished(Ok(*summary), cfg.quiet, json),
+                    Err(e) => finished(Err(e), cfg.quiet, json),
+                }
             }
         }
     })
@@ -111,6 +118,22 @@ fn finished(
         Err(JobError::Cancelled) => Ok(interrupted()),
         Err(JobError::Failed(e)) => Err(e),
     }
+}
+
+/// `--detach`: the job's id on stdout (for scripts), how to follow it on stderr.
+fn detached(job: &str, cfg: &crate::client::ClientConfig) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{job}")?;
+    out.flush()?;
+    if !cfg.quiet {
+        eprintln!(
+            "vpd: job {job} is queued on {}; `vpd client --attach {job} -o {}` follows it",
+            cfg.server,
+            cfg.output.display()
+        );
+    }
+    Ok(())
 }
 
 fn interrupted() -> ExitCode {

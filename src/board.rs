@@ -370,6 +370,15 @@ impl State {
         match event {
             JobEvent::Started { filters, frames, width, height, fps, .. } => {
                 let e = self.entry(&id);
+                // A job started again (resumed after a pause) keeps what it did before in the
+                // counters; one this process resumes from the store is counted from here.
+                let before = std::mem::replace(&mut e.counted, true).then(|| e.view.progress.clone());
+                if let Some(p) = before {
+                    self.retired.done += p.done;
+                    self.retired.failed += p.failed;
+                    self.retired.retries += p.retries;
+                }
+                let e = self.entry(&id);
                 e.view = JobView {
                     filters: filters.clone(),
                     progress: Progress { total: *frames, ..Progress::default() },
@@ -427,7 +436,12 @@ impl State {
                 }
                 let v = &mut self.entry(&id).view;
                 v.status = JobStatus::Done;
+                // A job resumed from committed segments: this run processed what came after
+                // them, in the same terms as its Started and Progress events.
+                let resumed = summary.resumed_at_frame.unwrap_or(0);
                 v.progress = summary.progress();
+                v.progress.done = v.progress.done.saturating_sub(resumed);
+                v.progress.total = v.progress.total.map(|t| t.saturating_sub(resumed));
                 v.percent = 100.0;
                 v.fps = summary.fps;
                 v.eta_seconds = None;

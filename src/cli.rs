@@ -102,10 +102,34 @@ pub enum JobsAction {
         /// The job's id (as `vpd jobs` lists it).
         job: String,
     },
-    /// Cancel a queued or running job (its client is told, as for its own Ctrl-C).
+    /// Cancel a queued, running or paused job (its client is told, as for its own Ctrl-C).
     Cancel {
         /// The job's id.
         job: String,
+    },
+    /// Pause a queued or running job: nothing of it stays in flight and its job slot is freed;
+    /// frames after its last committed segment are done again on resume.
+    Pause {
+        /// The job's id.
+        job: String,
+    },
+    /// Let a paused job go on, or a failed one (a full disk, say) from its committed segments.
+    Resume {
+        /// The job's id.
+        job: String,
+    },
+    /// Run an ended job again on its kept upload, as a new job; prints the new job's id.
+    Rerun {
+        /// The job's id.
+        job: String,
+    },
+    /// Download an ended job's kept result.
+    Fetch {
+        /// The job's id.
+        job: String,
+        /// Where to write the result.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
     },
 }
 
@@ -146,10 +170,26 @@ pub struct ServerArgs {
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
 
-    /// Where the job store (vpd.db, SQLite) lives [default: $STATE_DIRECTORY under systemd,
-    /// else $XDG_STATE_HOME/vpd, else ~/.local/state/vpd].
+    /// Where the job store (vpd.db, SQLite) and the jobs' uploads, segments and results live
+    /// [default: $STATE_DIRECTORY under systemd, else $XDG_STATE_HOME/vpd, else
+    /// ~/.local/state/vpd].
     #[arg(long, env = "VPD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Jobs' output is committed in segments of about this many seconds, each encoded on its
+    /// own: a restart redoes at most one per job [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub segment_seconds: Option<f64>,
+
+    /// How long an ended job's upload and result are kept for attach, fetch and rerun: 90s,
+    /// 30m, 24h, 7d [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_results: Option<std::time::Duration>,
+
+    /// Most bytes the kept jobs may take; past it the oldest ended jobs' files go first
+    /// [default: 20G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_stored: Option<u64>,
 
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
@@ -221,8 +261,9 @@ pub struct WorkerArgs {
 #[derive(Debug, Args)]
 #[command(after_help = FILTER_HELP)]
 pub struct ClientArgs {
-    /// The video to process.
-    pub input: PathBuf,
+    /// The video to process (not with --attach).
+    #[arg(required_unless_present = "attach")]
+    pub input: Option<PathBuf>,
 
     /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
     #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR")]
@@ -235,8 +276,16 @@ pub struct ClientArgs {
     pub output: PathBuf,
 
     /// Filter chain, applied in order, e.g. `blur:ksize=21,edges` (see below).
-    #[arg(short, long, value_name = "CHAIN")]
-    pub filter: Chain,
+    #[arg(short, long, value_name = "CHAIN", required_unless_present = "attach")]
+    pub filter: Option<Chain>,
+
+    /// Leave once the upload is whole: print the job's id and exit, the job goes on.
+    #[arg(long, conflicts_with = "attach")]
+    pub detach: bool,
+
+    /// Follow a job submitted before (by its id): progress from where it is, then the result.
+    #[arg(long, value_name = "JOB", conflicts_with_all = ["input", "filter"])]
+    pub attach: Option<String>,
 
     /// How the output is encoded.
     #[command(flatten)]
@@ -258,6 +307,29 @@ pub struct ClientArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses `0`, `90s`, `30m`, `24h`, `7d` (a number alone is seconds) into a duration.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_lowercase()),
+        _ => (t, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => 0,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| scale > 0)
+        .and_then(|n| n.checked_mul(scale))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is not a duration such as 90s, 30m, 24h or 7d"))
 }
 
 /// Parses `4096`, `512K`, `100M`, `4G` (binary multiples) into bytes.

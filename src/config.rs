@@ -18,7 +18,7 @@ use clap::error::ErrorKind;
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
 use crate::cli::OutputArgs;
 use crate::cli::{Cli, ClientArgs, JobsAction, JobsArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
-use crate::client::{ClientConfig, JobsConfig, JobsQuery};
+use crate::client::{ClientConfig, ClientJob, JobsConfig, JobsQuery};
 use crate::filters::{Chain, FilterEnv};
 use crate::media::{OutputOptions, VideoCodec};
 use crate::net::ServerAddr;
@@ -85,6 +85,12 @@ pub struct ServerSection {
     pub work_dir: Option<PathBuf>,
     /// Job store directory.
     pub state_dir: Option<PathBuf>,
+    /// Seconds of video per committed segment.
+    pub segment_seconds: Option<f64>,
+    /// How long ended jobs' files are kept (`24h`).
+    pub keep_results: Option<String>,
+    /// Most bytes kept jobs may take (`20G`).
+    pub max_stored: Option<String>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
     /// Seconds before an overdue frame is re-dispatched.
@@ -229,6 +235,19 @@ impl FileConfig {
             }
             (None, None) => 4 << 30,
         };
+        let keep_results = match (a.keep_results, &f.keep_results) {
+            (Some(d), _) => d,
+            (None, Some(text)) => crate::cli::parse_duration(text)
+                .map_err(|e| usage(ErrorKind::ValueValidation, &format!("[server] keep_results: {e}")))?,
+            (None, None) => DEFAULT_KEEP_RESULTS,
+        };
+        let max_stored = match (a.max_stored, &f.max_stored) {
+            (Some(n), _) => n,
+            (None, Some(text)) => {
+                parse_size(text).map_err(|e| usage(ErrorKind::ValueValidation, &format!("[server] max_stored: {e}")))?
+            }
+            (None, None) => DEFAULT_MAX_STORED,
+        };
         Ok(ServerConfig {
             listen,
             unix,
@@ -241,6 +260,9 @@ impl FileConfig {
                 .or_else(|| f.work_dir.clone())
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("vpd-server-{}", std::process::id()))),
             state_dir: a.state_dir.or_else(|| f.state_dir.clone()).map_or_else(default_state_dir, Ok)?,
+            segment_seconds: segment_seconds(a.segment_seconds.or(f.segment_seconds))?,
+            keep_results,
+            max_stored,
             window: a.window.or(f.window),
             preview: a.preview.or(f.preview),
             metrics: a.metrics.or(f.metrics),
@@ -284,11 +306,15 @@ impl FileConfig {
     /// The validated configuration of `vpd client`, and whether to print JSON.
     pub fn client(&self, a: ClientArgs) -> anyhow::Result<(ClientConfig, bool)> {
         let server = self.server_addr(a.server)?;
+        let job = match (a.attach, a.input, a.filter) {
+            (Some(id), _, _) => ClientJob::Attach(id),
+            (None, Some(input), Some(chain)) => ClientJob::Submit { input, chain, detach: a.detach },
+            _ => return Err(usage(ErrorKind::MissingRequiredArgument, "give an input and --filter, or --attach JOB")),
+        };
         let cfg = ClientConfig {
-            input: a.input,
+            job,
             output: a.output,
             server,
-            chain: a.filter,
             output_options: output_options(a.encoding, &self.client.codec, self.client.crf, &self.client.preset),
             transport: a.transport.unwrap_or(TransportEncoding::Auto),
             token: token(a.token)?,
@@ -302,6 +328,10 @@ impl FileConfig {
         let query = match a.action {
             Some(JobsAction::Show { job }) => JobsQuery::Show(job),
             Some(JobsAction::Cancel { job }) => JobsQuery::Cancel(job),
+            Some(JobsAction::Pause { job }) => JobsQuery::Pause(job),
+            Some(JobsAction::Resume { job }) => JobsQuery::Resume(job),
+            Some(JobsAction::Rerun { job }) => JobsQuery::Rerun(job),
+            Some(JobsAction::Fetch { job, output }) => JobsQuery::Fetch(job, output),
             None => JobsQuery::List(a.limit),
         };
         Ok(JobsConfig { server: self.server_addr(a.server)?, token: token(a.token)?, query, json: a.json })
@@ -408,6 +438,12 @@ pub struct RunConfig {
 /// 9 % larger on edge maps and 35 % on smooth (blurred) frames; 10 s, x264's own keyframe
 /// distance at 25 fps, cost nothing measurable (BENCHMARKS.md, "Segments").
 pub const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
+
+/// Default for `--keep-results`: a day to attach, fetch or rerun an ended job.
+pub const DEFAULT_KEEP_RESULTS: Duration = Duration::from_secs(24 * 3600);
+
+/// Default for `--max-stored`.
+pub const DEFAULT_MAX_STORED: u64 = 20 << 30;
 
 /// A segment length from the command line or the config file, checked.
 fn segment_seconds(value: Option<f64>) -> anyhow::Result<f64> {

@@ -40,6 +40,17 @@ impl ProgressView {
 }
 
 impl ProgressView {
+    /// Starts the bar at `done` frames (a job followed again, or resumed): its rate counts from here.
+    pub fn start_at(&self, done: u64) {
+        self.0.set_position(done);
+        self.0.reset_eta();
+    }
+
+    /// Prints `line` on stderr, above the bar when there is one.
+    pub fn note(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"));
+    }
+
     /// Shows `p`.
     pub fn update(&self, p: &Progress) {
         self.0.set_position(p.done);
@@ -136,8 +147,20 @@ pub fn print_job(out: &mut impl Write, j: &JobRecord) -> io::Result<()> {
     writeln!(out, "input     {} ({} bytes, sha256 {sha})", j.input_name, j.input_bytes)?;
     writeln!(out, "filters   {}", j.chain)?;
     writeln!(out, "output    .{} {}", j.container, j.output_options)?;
-    if let Some(bytes) = j.output_bytes {
-        writeln!(out, "result    {bytes} bytes")?;
+    match (j.output_bytes, j.removed_ms) {
+        (Some(bytes), None) => writeln!(out, "result    {bytes} bytes, kept")?,
+        (Some(bytes), Some(at)) => writeln!(out, "result    {bytes} bytes, removed {}", utc(at))?,
+        (None, Some(at)) => writeln!(out, "upload    removed {}", utc(at))?,
+        (None, None) => {}
+    }
+    if j.committed_frames > 0 {
+        writeln!(out, "committed {} frames", j.committed_frames)?;
+    }
+    if j.resumes > 0 {
+        writeln!(out, "resumed   {} time(s) after a restart", j.resumes)?;
+    }
+    if let Some(of) = &j.rerun_of {
+        writeln!(out, "rerun of  {of}")?;
     }
     for t in &j.transitions {
         writeln!(out, "  {}  {}", utc(t.at_ms), t.state.as_str())?;

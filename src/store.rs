@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::media::SegmentRecord;
 use crate::metrics::JobSummary;
 pub use crate::protocol::jobs::{JobRecord, JobState, Transition};
 
@@ -49,6 +50,21 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     CREATE INDEX transitions_by_job ON transitions (job);",
+    // 2: durable jobs: committed segments, resumes, reruns, removed results, the transport.
+    "CREATE TABLE segments (
+        job TEXT NOT NULL REFERENCES jobs (id),
+        number INTEGER NOT NULL,
+        first_frame INTEGER NOT NULL,
+        frames INTEGER NOT NULL,
+        last_pts INTEGER,
+        bytes INTEGER NOT NULL,
+        committed_ms INTEGER NOT NULL,
+        PRIMARY KEY (job, number)
+    );
+    ALTER TABLE jobs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN rerun_of TEXT;
+    ALTER TABLE jobs ADD COLUMN removed_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN transport TEXT NOT NULL DEFAULT 'auto';",
 ];
 
 /// A job as it is accepted.
@@ -70,6 +86,8 @@ pub struct NewJob<'a> {
     pub output_options: &'a str,
     /// The output container.
     pub container: &'a str,
+    /// How frames travel to workers.
+    pub transport: &'a str,
 }
 
 /// The job store of one state directory.
@@ -100,7 +118,9 @@ impl Store {
         if !mode.eq_ignore_ascii_case("wal") {
             bail!("the job store {} cannot use WAL mode (got {mode})", path.display());
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(unusable)?;
+        // FULL: a committed segment's record survives a power loss, not only a crash (a few
+        // writes a second at most: segments, transitions).
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;").map_err(unusable)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unusable)?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -134,8 +154,8 @@ impl Store {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, chain,
-                               output_options, container)
-             VALUES (?1, 'uploading', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                               output_options, container, transport)
+             VALUES (?1, 'uploading', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 job.id,
                 now,
@@ -145,7 +165,8 @@ impl Store {
                 job.input_bytes as i64,
                 job.chain,
                 job.output_options,
-                job.container
+                job.container,
+                job.transport
             ],
         )?;
         tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, 'uploading', ?2)", params![job.id, now])?;
@@ -174,7 +195,8 @@ impl Store {
         // One transaction: a crash leaves the job either running or done with its summary.
         let tx = conn.transaction()?;
         tx.execute(
-            "UPDATE jobs SET output_bytes = ?2, frames = ?3, failed_frames = ?4, retries = ?5, summary = ?6
+            "UPDATE jobs SET output_bytes = ?2, frames = ?3, failed_frames = ?4, retries = ?5, summary = ?6,
+                             error = NULL
              WHERE id = ?1",
             params![
                 id,
@@ -190,18 +212,110 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs not ended when the server stopped: a crash or a kill. They are marked failed
-    /// (their clients are gone with the old process); returns their ids.
-    pub fn fail_unfinished(&self, why: &str) -> anyhow::Result<Vec<String>> {
-        let ids: Vec<String> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare("SELECT id FROM jobs WHERE state IN ('uploading', 'queued', 'running')")?;
-            stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
+    /// Jobs whose upload was under way when the server stopped: the upload is lost with its
+    /// connection. They are marked failed; returns their ids.
+    pub fn fail_uploading(&self, why: &str) -> anyhow::Result<Vec<String>> {
+        let ids = self.ids_where("state = 'uploading'")?;
         for id in &ids {
             self.transition(id, JobState::Failed, Some(why))?;
         }
         Ok(ids)
+    }
+
+    /// Jobs uploaded and not ended (queued, running, paused), oldest first: what a restarted
+    /// server resumes.
+    pub fn unfinished(&self) -> anyhow::Result<Vec<JobRecord>> {
+        let ids = self.ids_where("state IN ('queued', 'running', 'paused') ORDER BY created_ms, rowid")?;
+        ids.iter().filter_map(|id| self.get(id).transpose()).collect()
+    }
+
+    fn ids_where(&self, condition: &str) -> anyhow::Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT id FROM jobs WHERE {condition}"))?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
+    /// Counts a resume of `id` after a restart.
+    pub fn resumed(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().execute("UPDATE jobs SET resumes = resumes + 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Records a committed segment of `id` (its file is on disk, fsynced).
+    pub fn commit_segment(&self, id: &str, r: &SegmentRecord) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO segments (job, number, first_frame, frames, last_pts, bytes, committed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, r.number as i64, r.first_frame as i64, r.frames as i64, r.last_pts, r.bytes as i64, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The committed segments of `id`, in order.
+    pub fn segments(&self, id: &str) -> anyhow::Result<Vec<SegmentRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT number, first_frame, frames, last_pts, bytes FROM segments WHERE job = ?1 ORDER BY number",
+        )?;
+        let segments = stmt
+            .query_map([id], |r| {
+                Ok(SegmentRecord {
+                    number: r.get::<_, i64>(0)? as u64,
+                    first_frame: r.get::<_, i64>(1)? as u64,
+                    frames: r.get::<_, i64>(2)? as u64,
+                    last_pts: r.get(3)?,
+                    bytes: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(segments)
+    }
+
+    /// Forgets `id`'s segments (joined into its result, or their files gone).
+    pub fn drop_segments(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().execute("DELETE FROM segments WHERE job = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Records a new job `id` that reruns `of`, with the same input, chain and options, as
+    /// queued (its input is a copy of `of`'s).
+    pub fn rerun(&self, of: &str, id: &str, peer: &str, client: &str) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, input_sha256,
+                               chain, output_options, container, transport, rerun_of)
+             SELECT ?2, 'queued', ?3, ?3, ?4, ?5, input_name, input_bytes, input_sha256, chain, output_options,
+                    container, transport, id
+             FROM jobs WHERE id = ?1",
+            params![of, id, now, peer, client],
+        )?;
+        tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, 'queued', ?2)", params![id, now])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that `id`'s files (upload, result, segments) were removed.
+    pub fn removed(&self, id: &str) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("UPDATE jobs SET removed_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
+        tx.execute("DELETE FROM segments WHERE job = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ended jobs whose files are still kept, oldest end first: `(id, ended_ms)`.
+    pub fn kept(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, updated_ms FROM jobs
+             WHERE state IN ('done', 'failed', 'cancelled') AND removed_ms IS NULL ORDER BY updated_ms, rowid",
+        )?;
+        let kept = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(kept)
     }
 
     /// The newest `limit` jobs, newest first.
@@ -220,7 +334,9 @@ impl Store {
         let record = conn
             .query_row(
                 "SELECT id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, input_sha256, chain,
-                        output_options, container, output_bytes, frames, failed_frames, retries, summary, error
+                        output_options, container, output_bytes, frames, failed_frames, retries, summary, error,
+                        resumes, rerun_of, removed_ms, transport,
+                        (SELECT coalesce(sum(frames), 0) FROM segments WHERE job = jobs.id)
                  FROM jobs WHERE id = ?1",
                 [id],
                 |r| {
@@ -246,6 +362,11 @@ impl Store {
                         retries: r.get::<_, Option<i64>>(15)?.map(|n| n as u64),
                         summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
                         error: r.get(17)?,
+                        resumes: r.get::<_, i64>(18)? as u32,
+                        rerun_of: r.get(19)?,
+                        removed_ms: r.get(20)?,
+                        transport: r.get(21)?,
+                        committed_frames: r.get::<_, i64>(22)? as u64,
                     })
                 },
             )
@@ -289,6 +410,7 @@ mod tests {
             chain: "edges:low=50:high=150",
             output_options: r#"{"codec":"h264"}"#,
             container: "mp4",
+            transport: "auto",
         }
     }
 
@@ -311,9 +433,12 @@ mod tests {
         assert_eq!(store.get("j2").unwrap().unwrap().error.as_deref(), Some("in.mp4: truncated"));
         assert_eq!(store.list(10).unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["j2", "j1"]);
         assert_eq!(store.get("nope").unwrap(), None);
-        // A restarted server fails what was running when the last one died.
-        assert_eq!(store.fail_unfinished("the server stopped").unwrap(), ["j1"]);
-        assert_eq!(store.get("j1").unwrap().unwrap().state, JobState::Failed);
+        // A restarted server resumes what was running when the last one died, and fails what
+        // was uploading.
+        store.create(&job("j3")).unwrap();
+        assert_eq!(store.unfinished().unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["j1"]);
+        assert_eq!(store.fail_uploading("the upload was cut off").unwrap(), ["j3"]);
+        assert_eq!(store.get("j3").unwrap().unwrap().state, JobState::Failed);
     }
 
     #[test]
@@ -332,5 +457,48 @@ mod tests {
         let err = format!("{:#}", Store::open(other.path()).err().unwrap());
         assert!(err.contains(DATABASE) && err.contains("left as it is"), "{err}");
         assert_eq!(std::fs::read(other.path().join(DATABASE)).unwrap(), garbage, "never wiped");
+    }
+
+    #[test]
+    fn segments_reruns_and_removals_are_recorded_and_a_version_1_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        // A store as the first schema left it, with a job in it.
+        let conn = Connection::open(dir.path().join(DATABASE)).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, chain,
+                               output_options, container)
+             VALUES ('old', 'done', 1, 2, 'p', 'c', 'a.mp4', 10, 'edges', '{}', 'mp4')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = Store::open(dir.path()).unwrap();
+        let old = store.get("old").unwrap().unwrap();
+        assert_eq!((old.resumes, old.transport.as_str(), old.removed_ms), (0, "auto", None));
+
+        store.create(&job("j1")).unwrap();
+        store.transition("j1", JobState::Running, None).unwrap();
+        let seg =
+            |number: u64| SegmentRecord { number, first_frame: number * 25, frames: 25, last_pts: Some(7), bytes: 100 };
+        store.commit_segment("j1", &seg(0)).unwrap();
+        store.commit_segment("j1", &seg(1)).unwrap();
+        store.resumed("j1").unwrap();
+        let j1 = store.get("j1").unwrap().unwrap();
+        assert_eq!((j1.committed_frames, j1.resumes), (50, 1));
+        assert_eq!(store.segments("j1").unwrap(), [seg(0), seg(1)]);
+        store.transition("j1", JobState::Paused, None).unwrap();
+        assert_eq!(store.unfinished().unwrap()[0].state, JobState::Paused, "a paused job is resumed paused");
+
+        store.rerun("old", "j2", "peer", "client").unwrap();
+        let j2 = store.get("j2").unwrap().unwrap();
+        assert_eq!((j2.state, j2.rerun_of.as_deref(), j2.chain.as_str()), (JobState::Queued, Some("old"), "edges"));
+
+        assert_eq!(store.kept().unwrap().iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["old"]);
+        store.removed("old").unwrap();
+        assert!(store.get("old").unwrap().unwrap().removed_ms.is_some());
+        assert!(store.kept().unwrap().is_empty());
     }
 }

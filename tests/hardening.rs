@@ -564,27 +564,10 @@ fn errors_name_the_users_file_never_the_servers_paths() {
     assert!(!err.contains(".in."), "no job file name either: {err}");
 }
 
-/// A 1 MiB file system, mounted for one test and unmounted after it.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(at).output().ok()?;
-        out.status.success().then(|| SmallDisk(at.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_job_at_once_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = SmallDisk::mount(&dir.path().join("small")) else {
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), "1m") else {
         // Mounting needs root (CI runs as root); without it there is no small disk to fill.
         assert_ne!(unsafe { libc::geteuid() }, 0, "root can mount a tmpfs");
         eprintln!("skipped: mounting a tmpfs needs root");

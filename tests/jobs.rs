@@ -97,21 +97,28 @@ fn history_survives_a_restart_and_a_crash() {
     assert!(stderr(&out).contains("has ended (cancelled)"), "{}", stderr(&out));
     drop(server);
 
-    // A server killed mid-job: the next one records the job as failed, and why.
+    // A server killed during an upload: the upload is lost with its connection, and the next
+    // server records the job as failed, and why. (A job killed after its upload resumes: see
+    // durable.rs.)
     let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg, "--threads", "1"]);
     let addr = server.addr();
-    let job = spawn_piped(client_cmd(&addr, &slow, "blur:ksize=151", &dir.path().join("c.mkv"), &[]));
+    let mut raw = crate::util::raw::Raw::connect(&addr);
+    raw.hello(None);
+    raw.recv();
+    raw.send(&crate::util::raw::submit("edges", 100_000));
+    assert!(matches!(raw.recv(), Some(vpd::protocol::message::ServerMessage::Accepted { .. })));
+    raw.chunk(&[0u8; 10_000]);
     assert!(
-        wait_for(std::time::Duration::from_secs(60), || jobs(&addr, &[])[0]["state"] == "running"),
-        "the job never ran"
+        wait_for(std::time::Duration::from_secs(30), || jobs(&addr, &[])[0]["state"] == "uploading"),
+        "the upload never started"
     );
     drop(server);
-    drop(job);
+    drop(raw);
     let server = Server::start(&["--listen", "127.0.0.1:0", "--state-dir", state_arg]);
     let list = jobs(&server.addr(), &[]);
     assert_eq!(list.as_array().unwrap().len(), 4);
     assert_eq!(list[0]["state"], "failed");
-    assert!(list[0]["error"].as_str().unwrap().contains("the server stopped"), "{}", list[0]);
+    assert!(list[0]["error"].as_str().unwrap().contains("during the upload"), "{}", list[0]);
 }
 
 #[test]

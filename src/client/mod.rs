@@ -5,13 +5,18 @@
 //! filter chain) is checked before connecting. The result is written to a hidden file beside
 //! the output and renamed once every byte has arrived. Ctrl-C sends a cancel: the server drops
 //! the job's remaining frames.
+//!
+//! Once the upload is whole the job is the server's: a lost connection (a server restarting,
+//! a network that drops, a laptop asleep) is followed by reconnecting with backoff and
+//! attaching to the job again, for up to [`RECONNECT_FOR`]. `--detach` leaves once the job
+//! is queued; `--attach ID` follows a job from wherever it is.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -23,6 +28,7 @@ use crate::metrics::JobSummary;
 use crate::net::ServerAddr;
 use crate::progress::ProgressView;
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter};
+use crate::protocol::jobs::JobState;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
 use crate::protocol::wire::TransportEncoding;
 
@@ -30,18 +36,38 @@ use crate::protocol::wire::TransportEncoding;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a cancel, time to wait for the server to confirm.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How long a client tries to reach its server again after losing it mid-job.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
+/// The first pause before reconnecting; it doubles up to [`RECONNECT_MAX_PAUSE`].
+const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between two reconnection attempts.
+const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// What the client does: submit a video, or follow a job submitted before.
+#[derive(Debug, Clone)]
+pub enum ClientJob {
+    /// Upload `input` and filter it with `chain`; with `detach`, leave once it is queued.
+    Submit {
+        /// The video to upload.
+        input: PathBuf,
+        /// The filters.
+        chain: Chain,
+        /// Leave once the job is the server's.
+        detach: bool,
+    },
+    /// Follow this job to its result.
+    Attach(String),
+}
 
 /// Everything `vpd client` needs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The video to upload.
-    pub input: PathBuf,
+    /// What to do.
+    pub job: ClientJob,
     /// Where the result goes.
     pub output: PathBuf,
     /// The server.
     pub server: ServerAddr,
-    /// The filters.
-    pub chain: Chain,
     /// How the result is encoded (the server encodes it).
     pub output_options: OutputOptions,
     /// How frames travel to workers.
@@ -52,27 +78,294 @@ pub struct ClientConfig {
     pub quiet: bool,
 }
 
+/// How a client run ended, when it did not fail.
+#[derive(Debug)]
+pub enum Followed {
+    /// The result is in place.
+    Finished(Box<JobSummary>),
+    /// `--detach`: the job, queued on the server.
+    Detached(String),
+}
+
 /// Why a client run ended without a result: cancelled (the server was told to drop the job),
 /// or anything else. The same outcome as a job run in this process.
 pub use crate::pipeline::JobError as ClientError;
 
-/// Runs one job on the server and returns its summary.
-pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<JobSummary, ClientError> {
-    let upload_bytes = check_input(&cfg.input).map_err(anyhow::Error::from)?.ok_or_else(|| {
-        anyhow!("{}: the client uploads a file of known size; read pipes with `vpd run`", cfg.input.display())
-    })?;
+/// Runs one job on the server (or follows one) and returns its summary.
+pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<Followed, ClientError> {
     // Before anything is uploaded: a bad output path, an encoder this FFmpeg lacks or one the
     // container cannot hold, found after the server processed the whole video, wastes all of it.
-    if cfg.output == std::path::Path::new(STDIO) {
+    if cfg.output == Path::new(STDIO) {
         return Err(anyhow!("the client writes its result to a file (-o FILE); `vpd run` writes to a pipe").into());
     }
-    let target = check_output_path(&cfg.input, &cfg.output).map_err(anyhow::Error::from)?;
+    let input = match &cfg.job {
+        ClientJob::Submit { input, .. } => input.as_path(),
+        ClientJob::Attach(_) => Path::new(""),
+    };
+    let target = check_output_path(input, &cfg.output).map_err(anyhow::Error::from)?;
     check_output(&cfg.output, &cfg.output_options).map_err(anyhow::Error::from)?;
-    let stream = connect(&cfg.server).await?;
-    let mut summary = talk(stream, cfg, &target, upload_bytes, shutdown).await?;
-    summary.input = cfg.input.display().to_string();
-    summary.output = cfg.output.display().to_string();
-    Ok(summary)
+    let mut follower = Follower::new(cfg, target, shutdown);
+    let link = match &cfg.job {
+        ClientJob::Submit { input, chain, .. } => {
+            let upload_bytes = check_input(input).map_err(anyhow::Error::from)?.ok_or_else(|| {
+                anyhow!("{}: the client uploads a file of known size; read pipes with `vpd run`", input.display())
+            })?;
+            submit(cfg, input, chain, upload_bytes).await?
+        }
+        ClientJob::Attach(job) => {
+            follower.job = Some(job.clone());
+            follower.owned = true;
+            attach(cfg, job).await?
+        }
+    };
+    let mut followed = follower.follow(link).await?;
+    if let Followed::Finished(summary) = &mut followed {
+        if let ClientJob::Submit { input, .. } = &cfg.job {
+            summary.input = input.display().to_string();
+        }
+        summary.output = cfg.output.display().to_string();
+    }
+    Ok(followed)
+}
+
+/// One connection following a job: its reader, and how to start the upload or send a cancel.
+struct Link {
+    reader: PacketReader<ReadHalf<Box<dyn Stream>>>,
+    /// Starts the upload (a submit's link, until the job is accepted).
+    start: Option<oneshot::Sender<()>>,
+    /// Sends a cancel.
+    cancel: Option<oneshot::Sender<()>>,
+    writer: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+/// Connects and says hello; returns the halves and the largest upload the server takes.
+async fn open(
+    cfg_server: &ServerAddr,
+    token: Option<Token>,
+) -> Result<
+    (PacketReader<ReadHalf<Box<dyn Stream>>>, PacketWriter<tokio::io::WriteHalf<Box<dyn Stream>>>, u64),
+    ClientError,
+> {
+    let (r, w) = tokio::io::split(connect(cfg_server).await?);
+    let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::new(w));
+    let max_upload = handshake(&mut reader, &mut writer, cfg_server, token).await?;
+    Ok((reader, writer, max_upload))
+}
+
+/// A new job: submit, and the upload once the server accepts it.
+async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u64) -> Result<Link, ClientError> {
+    let (reader, mut writer, max_upload_bytes) = open(&cfg.server, cfg.token.clone()).await?;
+    if upload_bytes > max_upload_bytes {
+        return Err(anyhow!(
+            "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
+            input.display()
+        )
+        .into());
+    }
+    let request = SubmitRequest {
+        chain: chain.clone(),
+        output: cfg.output_options.clone(),
+        container: container_of(cfg),
+        transport: cfg.transport,
+        input_name: input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        upload_bytes,
+    };
+    writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
+    let (start, cancel) = (oneshot::channel(), oneshot::channel());
+    let writer = tokio::spawn(upload_then_cancel(writer, Some(input.to_path_buf()), start.1, cancel.1));
+    Ok(Link { reader, start: Some(start.0), cancel: Some(cancel.0), writer })
+}
+
+/// A job submitted before: attach to it.
+async fn attach(cfg: &ClientConfig, job: &str) -> Result<Link, ClientError> {
+    let (reader, mut writer, _) = open(&cfg.server, cfg.token.clone()).await?;
+    writer.send(&ClientMessage::Attach { job: job.to_string() }).await.context("attaching to the job")?;
+    let (start, cancel) = (oneshot::channel(), oneshot::channel());
+    drop(start.0);
+    let writer = tokio::spawn(upload_then_cancel(writer, None, start.1, cancel.1));
+    Ok(Link { reader, start: None, cancel: Some(cancel.0), writer })
+}
+
+/// Why following a job over one connection stopped.
+enum Step {
+    /// The job's end: its result, or an error that another connection would not change.
+    Ended(Result<Followed, ClientError>),
+    /// The connection was lost (or the server is going away): reconnect, if the job is the
+    /// server's.
+    Lost(anyhow::Error),
+}
+
+/// Follows one job across connections.
+struct Follower<'a> {
+    cfg: &'a ClientConfig,
+    target: PathBuf,
+    shutdown: CancellationToken,
+    /// The job's id, once accepted.
+    job: Option<String>,
+    /// Whether the job is the server's: its upload is whole (or it was attached to).
+    owned: bool,
+    /// Ctrl-C was pressed and a cancel sent.
+    cancelled: bool,
+    progress: Option<ProgressView>,
+    state: Option<JobState>,
+}
+
+impl<'a> Follower<'a> {
+    fn new(cfg: &'a ClientConfig, target: PathBuf, shutdown: CancellationToken) -> Self {
+        Follower { cfg, target, shutdown, job: None, owned: false, cancelled: false, progress: None, state: None }
+    }
+
+    /// Prints `line` on stderr unless quiet.
+    fn note(&self, line: &str) {
+        if self.cfg.quiet {
+            return;
+        }
+        match &self.progress {
+            Some(p) => p.note(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    async fn follow(&mut self, mut link: Link) -> Result<Followed, ClientError> {
+        let result = loop {
+            match self.follow_link(&mut link).await {
+                Step::Ended(result) => break result,
+                Step::Lost(e) => {
+                    let (Some(job), true) = (self.job.clone(), self.owned) else { break Err(e.into()) };
+                    if self.cancelled {
+                        break Err(anyhow!("{e:#}; the cancel of job {job} may not have reached the server").into());
+                    }
+                    match self.reconnect(&job, e).await {
+                        Ok(l) => link = l,
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+        };
+        if let Some(p) = self.progress.take() {
+            p.finish();
+        }
+        result
+    }
+
+    /// Connects again, with backoff, until the server answers or [`RECONNECT_FOR`] is over.
+    async fn reconnect(&mut self, job: &str, lost: anyhow::Error) -> Result<Link, ClientError> {
+        self.note(&format!("vpd: lost the server ({lost:#}); reconnecting to follow job {job}"));
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        let mut pause = RECONNECT_FIRST_PAUSE;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => {
+                    return Err(anyhow!(
+                        "interrupted while the server was unreachable; job {job} goes on there \
+                         (`vpd jobs cancel {job}` stops it)"
+                    ).into());
+                }
+            }
+            match attach(self.cfg, job).await {
+                Ok(link) => {
+                    debug!(%job, "reconnected");
+                    return Ok(link);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(anyhow!(
+                        "the server has been unreachable for {} s ({e:#}); job {job} may go on there: \
+                         `vpd client --attach {job}` follows it",
+                        RECONNECT_FOR.as_secs()
+                    )
+                    .into());
+                }
+                Err(e) => debug!(error = %format!("{e:#}"), "reconnecting failed; trying again"),
+            }
+            pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+        }
+    }
+
+    /// Follows the job over `link` until it ends or the link is lost.
+    async fn follow_link(&mut self, link: &mut Link) -> Step {
+        let mut give_up = None;
+        loop {
+            let message = tokio::select! {
+                m = link.reader.read::<ServerMessage>() => m,
+                _ = self.shutdown.cancelled(), if !self.cancelled => {
+                    debug!("interrupted: asking the server to cancel the job");
+                    self.cancelled = true;
+                    if let Some(c) = link.cancel.take() {
+                        let _ = c.send(());
+                    }
+                    give_up = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                    return Step::Ended(Err(ClientError::Cancelled));
+                }
+            };
+            match message {
+                Ok(Some(Packet::Message(ServerMessage::Accepted { job }))) => {
+                    debug!(%job, "accepted");
+                    self.job = Some(job);
+                    if let Some(s) = link.start.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Ok(Some(Packet::Message(ServerMessage::State { state }))) => {
+                    self.owned = true;
+                    let job = self.job.clone().unwrap_or_default();
+                    if let ClientJob::Submit { detach: true, .. } = &self.cfg.job {
+                        return Step::Ended(Ok(Followed::Detached(job)));
+                    }
+                    if state == JobState::Paused && self.state != Some(state) {
+                        self.note(&format!("vpd: job {job} is paused; `vpd jobs resume {job}` lets it go on"));
+                    }
+                    self.state = Some(state);
+                }
+                Ok(Some(Packet::Message(ServerMessage::Started { frames, .. }))) => {
+                    if self.progress.is_none() {
+                        self.progress = Some(ProgressView::new(frames, !self.cfg.quiet));
+                    }
+                }
+                Ok(Some(Packet::Message(ServerMessage::Progress(snapshot)))) => {
+                    if let Some(p) = &self.progress {
+                        p.update(&snapshot);
+                    }
+                }
+                Ok(Some(Packet::Message(ServerMessage::Done { summary, result_bytes }))) => {
+                    if let Some(p) = self.progress.take() {
+                        p.finish();
+                    }
+                    return match download(&mut link.reader, &self.cfg.output, &self.target, result_bytes).await {
+                        Ok(()) => Step::Ended(Ok(Followed::Finished(summary))),
+                        Err(Download::Lost(e)) => Step::Lost(e),
+                        Err(Download::Local(e)) => Step::Ended(Err(e.into())),
+                    };
+                }
+                Ok(Some(Packet::Message(ServerMessage::Error { code: ErrorCode::Cancelled, .. })))
+                    if self.cancelled =>
+                {
+                    return Step::Ended(Err(ClientError::Cancelled));
+                }
+                Ok(Some(Packet::Message(ServerMessage::Error { code: ErrorCode::Unavailable, message }))) => {
+                    return Step::Lost(anyhow!("{message}"));
+                }
+                Ok(Some(Packet::Message(ServerMessage::Error { code, message }))) => {
+                    return Step::Ended(Err(server_error(code, &message)));
+                }
+                Ok(Some(other)) => {
+                    return Step::Ended(Err(anyhow!("unexpected message from the server: {other:?}").into()));
+                }
+                Ok(None) if self.cancelled => return Step::Ended(Err(ClientError::Cancelled)),
+                Ok(None) => return Step::Lost(anyhow!("the server closed the connection")),
+                Err(e) => return Step::Lost(anyhow!(e).context("reading from the server")),
+            }
+        }
+    }
 }
 
 /// Connects to `server`, within [`CONNECT_TIMEOUT`].
@@ -102,6 +395,14 @@ pub enum JobsQuery {
     Show(String),
     /// Cancel a job.
     Cancel(String),
+    /// Pause a job.
+    Pause(String),
+    /// Resume a paused job.
+    Resume(String),
+    /// Run an ended job again.
+    Rerun(String),
+    /// Download an ended job's result into a file.
+    Fetch(String, PathBuf),
 }
 
 /// Everything `vpd jobs` needs.
@@ -117,15 +418,21 @@ pub struct JobsConfig {
     pub json: bool,
 }
 
-/// `vpd jobs`: asks the server for its job history (or one job) and prints it.
+/// `vpd jobs`: asks the server for its job history (or one job), or controls a job.
 pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
-    let (r, w) = tokio::io::split(connect(&cfg.server).await?);
-    let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::new(w));
-    handshake(&mut reader, &mut writer, &cfg.server, cfg.token.clone()).await.map_err(anyhow::Error::from)?;
+    let target = match &cfg.query {
+        JobsQuery::Fetch(_, output) => Some(check_output_path(Path::new(""), output)?),
+        _ => None,
+    };
+    let (mut reader, mut writer, _) = open(&cfg.server, cfg.token.clone()).await.map_err(anyhow::Error::from)?;
     let ask = match &cfg.query {
         JobsQuery::List(limit) => ClientMessage::List { limit: *limit },
         JobsQuery::Show(job) => ClientMessage::Show { job: job.clone() },
         JobsQuery::Cancel(job) => ClientMessage::CancelJob { job: job.clone() },
+        JobsQuery::Pause(job) => ClientMessage::PauseJob { job: job.clone() },
+        JobsQuery::Resume(job) => ClientMessage::ResumeJob { job: job.clone() },
+        JobsQuery::Rerun(job) => ClientMessage::RerunJob { job: job.clone() },
+        JobsQuery::Fetch(job, _) => ClientMessage::Fetch { job: job.clone() },
     };
     writer.send(&ask).await.context("asking the server")?;
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>())
@@ -142,7 +449,24 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
             writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
         }
         Some(Packet::Message(ServerMessage::Job(job))) => crate::progress::print_job(&mut out, &job)?,
-        Some(Packet::Message(ServerMessage::Cancelling { job })) => writeln!(out, "cancelling {job}")?,
+        Some(Packet::Message(ServerMessage::Changed { job, state })) => match &cfg.query {
+            JobsQuery::Cancel(_) => writeln!(out, "cancelling {job}")?,
+            JobsQuery::Rerun(_) => writeln!(out, "{job}")?,
+            _ => writeln!(out, "{job} {}", state.as_str())?,
+        },
+        Some(Packet::Message(ServerMessage::Done { summary, result_bytes })) => {
+            let (JobsQuery::Fetch(_, output), Some(target)) = (&cfg.query, &target) else {
+                bail!("unexpected answer from the server: a result");
+            };
+            download(&mut reader, output, target, result_bytes).await.map_err(|e| match e {
+                Download::Lost(e) | Download::Local(e) => e,
+            })?;
+            if cfg.json {
+                writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+            } else {
+                writeln!(out, "{}: {result_bytes} bytes, {} frames", output.display(), summary.frames)?;
+            }
+        }
         Some(Packet::Message(ServerMessage::Error { code: ErrorCode::NotFound, message })) => bail!("{message}"),
         Some(Packet::Message(ServerMessage::Error { code, message })) => bail!("server ({code}): {message}"),
         other => bail!("unexpected answer from the server: {other:?}"),
@@ -159,40 +483,6 @@ fn server_error(code: ErrorCode, message: &str) -> ClientError {
         ErrorCode::Cancelled => ClientError::Failed(anyhow!("server: {message}")),
         _ => ClientError::Failed(anyhow!("server refused or failed the job ({code}): {message}")),
     }
-}
-
-async fn talk(
-    stream: Box<dyn Stream>,
-    cfg: &ClientConfig,
-    target: &std::path::Path,
-    upload_bytes: u64,
-    shutdown: CancellationToken,
-) -> Result<JobSummary, ClientError> {
-    let (r, w) = tokio::io::split(stream);
-    let mut reader = PacketReader::new(r);
-    let mut writer = PacketWriter::new(w);
-    let max_upload_bytes = handshake(&mut reader, &mut writer, &cfg.server, cfg.token.clone()).await?;
-    if upload_bytes > max_upload_bytes {
-        return Err(anyhow!(
-            "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
-            cfg.input.display()
-        )
-        .into());
-    }
-    let request = SubmitRequest {
-        chain: cfg.chain.clone(),
-        output: cfg.output_options.clone(),
-        container: container_of(cfg),
-        transport: cfg.transport,
-        input_name: cfg.input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        upload_bytes,
-    };
-    writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
-    let (start, cancel) = (oneshot::channel(), oneshot::channel());
-    let uploader = tokio::spawn(upload_then_cancel(writer, cfg.input.clone(), start.1, cancel.1));
-    let result = follow(&mut reader, cfg, target, start.0, cancel.0, shutdown).await;
-    uploader.abort();
-    result
 }
 
 /// Hello ⇄ welcome; returns the largest upload the server takes.
@@ -221,25 +511,28 @@ where
     }
 }
 
-/// The writer half: uploads once the job is accepted (`start`), then waits to send a cancel.
+/// The writer half: uploads `input` once the job is accepted (`start`), then waits to send a
+/// cancel.
 async fn upload_then_cancel<W: AsyncWrite + Unpin>(
     mut writer: PacketWriter<W>,
-    input: PathBuf,
+    input: Option<PathBuf>,
     start: oneshot::Receiver<()>,
     mut cancel: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    tokio::select! {
-        started = start => if started.is_err() { return Ok(()) },
-        _ = &mut cancel => {
-            writer.send(&ClientMessage::Cancel).await.ok();
-            return Ok(());
+    if let Some(input) = input {
+        tokio::select! {
+            started = start => if started.is_err() { return Ok(()) },
+            _ = &mut cancel => {
+                writer.send(&ClientMessage::Cancel).await.ok();
+                return Ok(());
+            }
         }
-    }
-    tokio::select! {
-        sent = upload(&input, &mut writer) => sent?,
-        _ = &mut cancel => {
-            writer.send(&ClientMessage::Cancel).await.ok();
-            return Ok(());
+        tokio::select! {
+            sent = upload(&input, &mut writer) => sent?,
+            _ = &mut cancel => {
+                writer.send(&ClientMessage::Cancel).await.ok();
+                return Ok(());
+            }
         }
     }
     // Uploaded: stay ready to cancel until the job ends.
@@ -249,75 +542,12 @@ async fn upload_then_cancel<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// The reader half: follows the job's messages to its end, draws the progress bar, and
-/// downloads the result; Ctrl-C (`shutdown`) asks the server to cancel.
-async fn follow<R: AsyncRead + Unpin>(
-    reader: &mut PacketReader<R>,
-    cfg: &ClientConfig,
-    target: &std::path::Path,
-    start_tx: oneshot::Sender<()>,
-    cancel_tx: oneshot::Sender<()>,
-    shutdown: CancellationToken,
-) -> Result<JobSummary, ClientError> {
-    let mut start = Some(start_tx);
-    let mut cancel = Some(cancel_tx);
-    let mut progress: Option<ProgressView> = None;
-    let mut give_up = None;
-    let result = loop {
-        let message = tokio::select! {
-            m = reader.read::<ServerMessage>() => m,
-            _ = shutdown.cancelled(), if cancel.is_some() => {
-                debug!("interrupted: asking the server to cancel the job");
-                if let Some(c) = cancel.take() {
-                    let _ = c.send(());
-                }
-                give_up = Some(tokio::time::Instant::now() + CANCEL_GRACE);
-                continue;
-            }
-            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
-                break Err(ClientError::Cancelled);
-            }
-        };
-        let cancelled = cancel.is_none();
-        match message {
-            Ok(Some(Packet::Message(ServerMessage::Accepted { job }))) => {
-                debug!(%job, "accepted; uploading");
-                if let Some(s) = start.take() {
-                    let _ = s.send(());
-                }
-            }
-            Ok(Some(Packet::Message(ServerMessage::Started { frames, .. }))) => {
-                progress = Some(ProgressView::new(frames, !cfg.quiet));
-            }
-            Ok(Some(Packet::Message(ServerMessage::Progress(snapshot)))) => {
-                if let Some(p) = &progress {
-                    p.update(&snapshot);
-                }
-            }
-            Ok(Some(Packet::Message(ServerMessage::Done { summary, result_bytes }))) => {
-                if let Some(p) = progress.take() {
-                    p.finish();
-                }
-                break download(reader, cfg, target, result_bytes).await.map(|()| *summary).map_err(ClientError::from);
-            }
-            Ok(Some(Packet::Message(ServerMessage::Error { code, .. })))
-                if cancelled && code == ErrorCode::Cancelled =>
-            {
-                break Err(ClientError::Cancelled);
-            }
-            Ok(Some(Packet::Message(ServerMessage::Error { code, message }))) => {
-                break Err(server_error(code, &message));
-            }
-            Ok(Some(other)) => break Err(anyhow!("unexpected message from the server: {other:?}").into()),
-            Ok(None) if cancelled => break Err(ClientError::Cancelled),
-            Ok(None) => break Err(anyhow!("the server closed the connection before the job ended").into()),
-            Err(e) => break Err(anyhow!(e).context("reading from the server").into()),
-        }
-    };
-    if let Some(p) = progress {
-        p.finish();
-    }
-    result
+/// What stopped a download.
+enum Download {
+    /// The connection: another may fetch it again.
+    Lost(anyhow::Error),
+    /// This machine: the output cannot be written.
+    Local(anyhow::Error),
 }
 
 async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut PacketWriter<W>) -> anyhow::Result<()> {
@@ -336,36 +566,46 @@ async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut Pack
 /// file it links to), then renames it there.
 async fn download<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
-    cfg: &ClientConfig,
-    target: &std::path::Path,
+    output: &Path,
+    target: &Path,
     size: u64,
-) -> anyhow::Result<()> {
+) -> Result<(), Download> {
+    let local = |e: anyhow::Error| Download::Local(e);
     let temp = RemoveOnDrop::new(temp_path(target));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(temp.path())
         .await
-        .with_context(|| format!("cannot write {}", cfg.output.display()))?;
+        .with_context(|| format!("cannot write {}", output.display()))
+        .map_err(local)?;
     let mut received = 0u64;
     while received < size {
-        match reader.read::<ServerMessage>().await? {
-            Some(Packet::Chunk(data)) => {
+        match reader.read::<ServerMessage>().await {
+            Ok(Some(Packet::Chunk(data))) => {
                 received += data.len() as u64;
                 if received > size {
-                    bail!("the server sent more than the announced {size} bytes");
+                    return Err(local(anyhow!("the server sent more than the announced {size} bytes")));
                 }
-                file.write_all(&data).await.with_context(|| format!("writing {}", cfg.output.display()))?;
+                file.write_all(&data).await.with_context(|| format!("writing {}", output.display())).map_err(local)?;
             }
-            Some(Packet::Message(m)) => bail!("unexpected message during the download: {m:?}"),
-            None => bail!("the connection closed after {received} of {size} bytes of the result"),
+            Ok(Some(Packet::Message(m))) => {
+                return Err(local(anyhow!("unexpected message during the download: {m:?}")));
+            }
+            Ok(None) => {
+                return Err(Download::Lost(anyhow!(
+                    "the connection closed after {received} of {size} bytes of the result"
+                )));
+            }
+            Err(e) => return Err(Download::Lost(anyhow!(e).context("downloading the result"))),
         }
     }
     file.sync_all().await.ok();
     drop(file);
     tokio::fs::rename(temp.path(), target)
         .await
-        .with_context(|| format!("moving the result to {}", cfg.output.display()))?;
+        .with_context(|| format!("moving the result to {}", output.display()))
+        .map_err(local)?;
     temp.keep();
     Ok(())
 }

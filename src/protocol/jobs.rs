@@ -14,7 +14,9 @@ pub enum JobState {
     Queued,
     /// Frames are being processed.
     Running,
-    /// Finished; the result was sent.
+    /// Stopped by `vpd jobs pause`: no frames in flight, no job slot; `resume` goes on.
+    Paused,
+    /// Finished; the result is kept for `--keep-results`.
     Done,
     /// Failed; `error` says why.
     Failed,
@@ -29,6 +31,7 @@ impl JobState {
             JobState::Uploading => "uploading",
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::Paused => "paused",
             JobState::Done => "done",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
@@ -41,6 +44,7 @@ impl JobState {
             "uploading" => JobState::Uploading,
             "queued" => JobState::Queued,
             "running" => JobState::Running,
+            "paused" => JobState::Paused,
             "done" => JobState::Done,
             "cancelled" => JobState::Cancelled,
             _ => JobState::Failed,
@@ -103,4 +107,19 @@ pub struct JobRecord {
     pub summary: Option<JobSummary>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Times a restarted server resumed it from its committed segments.
+    #[serde(default)]
+    pub resumes: u32,
+    /// Segments committed (of a job not yet done).
+    #[serde(default)]
+    pub committed_frames: u64,
+    /// The job this one reruns.
+    #[serde(default)]
+    pub rerun_of: Option<String>,
+    /// When its upload and result were removed (`--keep-results`, `--max-stored`).
+    #[serde(default)]
+    pub removed_ms: Option<i64>,
+    /// How frames travel to workers.
+    #[serde(default)]
+    pub transport: String,
 }

@@ -13,6 +13,11 @@
 //!   Cancel (any time after Submit) ──▶     Error {code: cancelled}
 //! ```
 //!
+//! A job belongs to the server once its upload is whole: a connection that ends leaves it
+//! running. `Attach {job}` follows it again (`Accepted`, `Started`, progress, `Done` and the
+//! result, as above), `Fetch {job}` downloads an ended job's result. `List`, `Show`,
+//! `CancelJob`, `PauseJob`, `ResumeJob` and `RerunJob` each get one answer.
+//!
 //! Control messages are JSON; the video travels as binary chunks (see [`super::codec`]).
 
 use std::fmt;
@@ -22,13 +27,14 @@ use serde::{Deserialize, Serialize};
 use crate::filters::Chain;
 use crate::media::OutputOptions;
 use crate::metrics::{JobSummary, Progress};
-use crate::protocol::jobs::JobRecord;
+use crate::protocol::jobs::{JobRecord, JobState};
 use crate::protocol::wire::TransportEncoding;
 
 /// The protocol version both sides must speak; bumped on any incompatible change (2: the
 /// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
-/// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history; 5: durable
+/// jobs: `Attach`, `Fetch`, `PauseJob`, `ResumeJob`, `RerunJob`, `State`, `expired`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,9 +103,35 @@ pub enum ClientMessage {
         /// The job's id.
         job: String,
     },
-    /// Cancels another connection's job, queued or running (`Cancelling` answers); its own
-    /// client is told, as for a Ctrl-C.
+    /// Cancels a job, queued, running or paused (`Changed` answers); its attached clients
+    /// are told, as for a Ctrl-C.
     CancelJob {
+        /// The job's id.
+        job: String,
+    },
+    /// Pauses a queued or running job: its frames in flight are dropped and its job slot is
+    /// freed; the frames after its last committed segment are done again on resume.
+    PauseJob {
+        /// The job's id.
+        job: String,
+    },
+    /// Resumes a paused job.
+    ResumeJob {
+        /// The job's id.
+        job: String,
+    },
+    /// Runs an ended job again on its kept upload, as a new job (`Changed` names it).
+    RerunJob {
+        /// The job's id.
+        job: String,
+    },
+    /// Follows a job: `Accepted`, then what a submitting client hears from `Started` on.
+    Attach {
+        /// The job's id.
+        job: String,
+    },
+    /// Downloads an ended job's result: `Done`, then its chunks.
+    Fetch {
         /// The job's id.
         job: String,
     },
@@ -131,6 +163,12 @@ pub enum ErrorCode {
     Busy,
     /// No such job (or no longer recorded).
     NotFound,
+    /// The job's upload and result were removed (`--keep-results`, `--max-stored`).
+    Expired,
+    /// The job is not in a state that allows this (cancel an ended job, fetch a running one).
+    Conflict,
+    /// The server is shutting down; a job it holds goes on when it is back.
+    Unavailable,
     /// Something broke on the server.
     Internal,
 }
@@ -180,10 +218,17 @@ pub enum ServerMessage {
     },
     /// One job's record.
     Job(Box<JobRecord>),
-    /// The job is being cancelled.
-    Cancelling {
+    /// A job control was applied: `job` is now `state` (for a rerun, `job` is the new job).
+    Changed {
         /// The job's id.
         job: String,
+        /// Where it stands now.
+        state: JobState,
+    },
+    /// The attached job changed state: queued (waiting for a slot), paused, running again.
+    State {
+        /// Where it stands now.
+        state: JobState,
     },
     /// The job finished; `result_bytes` of result chunks follow.
     Done {

@@ -5,15 +5,21 @@
 //! RabbitMQ; the job code is the same (see [`crate::transport`]). Jobs run side by side up to
 //! `--max-jobs`; more wait for a slot. A job takes its slot only once its upload is complete
 //! and gives it back before its result is sent, so a slow uploader or a slow reader holds a
-//! place among the uploads ([`UPLOADS_PER_SLOT`] per slot), never a job slot. The first
-//! SIGTERM or SIGINT stops accepting, cancels running jobs (their clients are told), removes
-//! the socket file and what the server made in its work directory.
+//! place among the uploads ([`UPLOADS_PER_SLOT`] per slot), never a job slot.
+//!
+//! Once uploaded, a job is the server's (the `jobs` module): it runs whether or not a client
+//! follows it, its output is committed in segments recorded in the job store, and a server
+//! that starts again (after a crash, a kill or a shutdown) resumes every job that was queued,
+//! running or paused from its first uncommitted segment. The first SIGTERM or SIGINT stops
+//! accepting, stops the jobs where they are (their clients are told they go on later),
+//! removes the socket file and what the server made in its work directory.
 //!
 //! Nothing a peer does ends the server: accept errors (out of descriptors, a connection reset
 //! before it was accepted) are logged and backed off, and the connection caps (the
 //! `admission` module) turn away what would exhaust descriptors.
 
 mod admission;
+mod jobs;
 mod session;
 mod workdir;
 
@@ -39,11 +45,12 @@ use crate::pipeline::JobOptions;
 use crate::protocol::codec;
 use crate::protocol::event::JobEvent;
 use crate::protocol::message::{ErrorCode, ServerMessage, Token};
-use crate::store::Store;
+use crate::store::{JobState, Store};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpTransport, BrokerLink};
 use crate::transport::local::LocalTransport;
 use admission::Admission;
+use jobs::Jobs;
 use workdir::WorkDir;
 
 /// How long running connections get to end after a shutdown signal.
@@ -93,8 +100,14 @@ pub struct ServerConfig {
     pub max_jobs: NonZeroUsize,
     /// Where uploads and results are kept while a job runs.
     pub work_dir: PathBuf,
-    /// Where the job store lives.
+    /// Where the job store and the jobs' files live.
     pub state_dir: PathBuf,
+    /// Seconds of video per committed segment.
+    pub segment_seconds: f64,
+    /// How long an ended job's upload and result are kept.
+    pub keep_results: Duration,
+    /// Most bytes the kept jobs may take; the oldest ended ones go first.
+    pub max_stored: u64,
     /// Frames in flight per job; `None` picks from the frame size.
     pub window: Option<NonZeroUsize>,
     /// Serve the dashboard of this server's jobs here.
@@ -108,6 +121,7 @@ pub struct Shared {
     transport: Arc<dyn Transport + Send + Sync>,
     token: Option<Token>,
     max_upload: u64,
+    max_jobs: usize,
     job_slots: Semaphore,
     /// Connections past submit, until they end: uploads, jobs, results being sent.
     uploads: Semaphore,
@@ -122,8 +136,10 @@ pub struct Shared {
     board: Arc<Board>,
     /// Every job this server (and its earlier runs) accepted.
     store: Store,
-    /// How to cancel each job a connection holds, by id.
-    cancels: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    /// The jobs it holds, and their files.
+    jobs: Jobs,
+    /// Fires once, when the server shuts down.
+    shutdown: CancellationToken,
 }
 
 impl Shared {
@@ -165,6 +181,7 @@ pub struct Listeners {
     metrics: Option<tokio::net::TcpListener>,
     work_dir: WorkDir,
     store: Store,
+    jobs: Jobs,
 }
 
 impl Listeners {
@@ -179,11 +196,12 @@ impl Listeners {
         let work_dir = WorkDir::prepare(&cfg.work_dir)?;
         // The job store: a database that is newer, corrupt or unwritable stops the start here.
         let store = Store::open(&cfg.state_dir)?;
+        let jobs = Jobs::open(&cfg.state_dir, cfg.segment_seconds, cfg.keep_results, cfg.max_stored)?;
         let tcp = cfg.listen.map(bind_tcp).transpose()?;
         let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
         let preview = cfg.preview.map(bind_tcp).transpose()?;
         let metrics = cfg.metrics.map(bind_tcp).transpose()?;
-        Ok(Listeners { tcp, unix, preview, metrics, work_dir, store })
+        Ok(Listeners { tcp, unix, preview, metrics, work_dir, store, jobs })
     }
 
     /// `tcp ADDR` and `unix PATH`, one line each: what the server announces on stdout.
@@ -206,10 +224,10 @@ impl Listeners {
 
 /// Runs the server on `listeners` until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { tcp, unix, preview, metrics, work_dir, store } = listeners;
-    // Jobs the last process left running died with it: their clients are gone.
-    for id in store.fail_unfinished("the server stopped before the job ended")? {
-        warn!(job = %id, "the server stopped before this job ended; recorded as failed");
+    let Listeners { tcp, unix, preview, metrics, work_dir, store, jobs } = listeners;
+    // An upload cut off by the last process's end is lost with its connection.
+    for id in store.fail_uploading("the server stopped during the upload")? {
+        warn!(job = %id, "the server stopped during this job's upload; recorded as failed");
     }
     let board = Arc::new(Board::new());
     board.remember(&store.list(crate::board::MAX_JOBS)?);
@@ -234,6 +252,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         transport,
         token: cfg.token.clone(),
         max_upload: cfg.max_upload,
+        max_jobs: cfg.max_jobs.get(),
         job_slots: Semaphore::new(cfg.max_jobs.get()),
         uploads: Semaphore::new(cfg.max_jobs.get() * UPLOADS_PER_SLOT),
         admission: Admission::default(),
@@ -244,8 +263,11 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         events,
         board,
         store,
-        cancels: Default::default(),
+        jobs,
+        shutdown: shutdown.clone(),
     });
+    resume_unfinished(&shared)?;
+    shared.jobs.expire(&shared.store);
     let tracker = TaskTracker::new();
     if let Some(l) = preview {
         tracker.spawn(http::serve(l, Site::dashboard(shared.board.clone()), shutdown.clone()));
@@ -254,6 +276,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         let board = shared.board.clone();
         tracker.spawn(http::serve(l, Site::metrics_only(move || board.metrics()), shutdown.clone()));
     }
+    tracker.spawn(janitor(shared.clone()));
     if let (Some((link, _)), true) = (&shared.events, cfg.preview.is_some() || cfg.metrics.is_some()) {
         tracker.spawn(poll_queue(link.clone(), shared.board.clone(), shutdown.clone()));
     }
@@ -284,13 +307,59 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
             }
         }
     }
-    info!("shutting down: cancelling running jobs");
+    info!("shutting down: stopping jobs (they resume at the next start)");
     tracker.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait()).await.is_err() {
+    let drained = async {
+        tracker.wait().await;
+        shared.jobs.wait().await;
+    };
+    if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
         warn!("connections still open after {} s; leaving them", DRAIN_DEADLINE.as_secs());
     }
     drop(unix); // removes the socket file
     Ok(())
+}
+
+/// Starts every job the last process left queued, running or paused, from its committed
+/// segments; a job whose upload is gone fails.
+fn resume_unfinished(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    for record in shared.store.unfinished()? {
+        let id = record.id.clone();
+        let spec = match jobs::Spec::of(&record) {
+            Ok(spec) if shared.jobs.input_of(&id, &record.input_name).is_file() => spec,
+            Ok(_) => {
+                warn!(job = %id, "the upload of an unfinished job is gone; recorded as failed");
+                shared.store.transition(&id, JobState::Failed, Some("the server lost the job's upload"))?;
+                continue;
+            }
+            Err(e) => {
+                warn!(job = %id, error = %format!("{e:#}"), "cannot resume a job; recorded as failed");
+                shared.store.transition(&id, JobState::Failed, Some(&format!("{e:#}")))?;
+                continue;
+            }
+        };
+        let paused = record.state == JobState::Paused;
+        if !paused {
+            shared.store.resumed(&id)?;
+        }
+        info!(job = %id, committed_frames = record.committed_frames, paused, "resuming a job the last process left");
+        Jobs::launch(shared, spec, paused);
+    }
+    Ok(())
+}
+
+/// Removes kept results past `--keep-results` or `--max-stored`, once a minute.
+async fn janitor(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(jobs::JANITOR_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.jobs.expire(&s.store)).await;
+    }
 }
 
 /// Serves a new connection, or turns it away at once when it is over a cap.

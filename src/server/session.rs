@@ -1,4 +1,5 @@
-//! One client connection: handshake, submit, upload, job, result.
+//! One client connection: handshake, then one request: a submit (upload, then the job is
+//! the server's and the connection follows it), an attach or fetch, or a job query or control.
 //!
 //! Every way a peer can misbehave ends here in a coded [`ServerMessage::Error`] and a closed
 //! connection, never in the server: bad version or token, a message out of turn, garbage
@@ -7,28 +8,23 @@
 //! to the client name its own file, never a path on the server.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use opencv::core::Mat;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Shared;
 use super::admission::Ticket;
-use crate::cancel::Stop;
+use super::jobs::{End, Jobs, Spec, Video, extension_of};
 use crate::files::RemoveOnDrop;
-use crate::job::{Finished, OpenedJob, Writing};
 use crate::media::check_output;
 use crate::metrics::JobSummary;
-use crate::pipeline::{JobError, Observer, Progress};
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
-use crate::protocol::event::JobEvent;
+use crate::protocol::jobs::JobRecord;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
 use crate::store::{JobState, NewJob};
-use crate::transport::JobContext;
 
 /// Time a client has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,17 +40,9 @@ const UPLOAD_GRACE: Duration = Duration::from_secs(30);
 /// Time the client has to take each message or result chunk (at most 1 MiB) the server sends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time the client has to take a progress message while its job runs (tens of bytes, behind
-/// socket buffers of tens of kilobytes): a client that does not is not reading, and its job is
-/// cancelled rather than left holding a job slot.
+/// socket buffers of tens of kilobytes): a client that does not is not reading, and its
+/// connection is closed (the job goes on).
 const PROGRESS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Shortest time between two progress messages or events of a job.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-/// Shortest time between two thumbnails of a job.
-const THUMBNAIL_INTERVAL: Duration = Duration::from_millis(400);
-/// Thumbnails are at most this wide.
-const THUMBNAIL_WIDTH: i32 = 320;
-/// JPEG quality of thumbnails.
-const THUMBNAIL_QUALITY: i32 = 75;
 
 /// Why a connection ends early: sent to the client as an error, then the connection closes.
 struct Refusal {
@@ -107,7 +95,7 @@ async fn read_within<R: AsyncRead + Unpin>(
 async fn converse<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     peer: &str,
     ticket: &mut Ticket,
@@ -117,110 +105,340 @@ where
     W: AsyncWrite + Unpin,
 {
     let client = handshake(reader, writer, shared, shutdown, ticket).await?;
-    let (request, container) = match first_request(reader, shared).await? {
-        Request::Submit(request, container) => (request, container),
+    let not_found = |job: &str| refuse(ErrorCode::NotFound, format!("no job {job} on this server"));
+    match first_request(reader, shared).await? {
+        Request::Submit(request, container) => {
+            let id = submit(reader, writer, shared, shutdown, (peer, &client), &request, &container).await?;
+            attach(reader, writer, shared, &id).await
+        }
+        Request::Attach(job) => {
+            writer.send(&ServerMessage::Accepted { job: job.clone() }).await?;
+            attach(reader, writer, shared, &job).await
+        }
+        Request::Fetch(job) => match shared.jobs.get(&job) {
+            Some(live) => Err(refuse(
+                ErrorCode::Conflict,
+                format!("job {job} is {}; attach to it to follow it to its result", live.state().as_str()),
+            )),
+            None => ended(writer, shared, &job).await,
+        },
         Request::List(limit) => {
             let jobs = shared.store.list(limit.clamp(1, MAX_LISTED) as usize).map_err(internal_error)?;
-            return Ok(writer.send(&ServerMessage::Jobs { jobs }).await?);
+            Ok(writer.send(&ServerMessage::Jobs { jobs }).await?)
         }
-        Request::Show(job) => {
-            return match shared.store.get(&job).map_err(internal_error)? {
-                Some(record) => Ok(writer.send(&ServerMessage::Job(Box::new(record))).await?),
-                None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
-            };
+        Request::Show(job) => match shared.store.get(&job).map_err(internal_error)? {
+            Some(record) => Ok(writer.send(&ServerMessage::Job(Box::new(record))).await?),
+            None => Err(not_found(&job)),
+        },
+        Request::Control(job, control) => {
+            let (job, state) = apply(shared, (peer, &client), &job, control)?;
+            Ok(writer.send(&ServerMessage::Changed { job, state }).await?)
         }
-        Request::Cancel(job) => {
-            let token = shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&job).cloned();
-            if let Some(token) = token {
-                info!(%peer, %job, "cancelling the job, as asked");
-                token.cancel();
-                return Ok(writer.send(&ServerMessage::Cancelling { job }).await?);
-            }
-            return match shared.store.get(&job).map_err(internal_error)? {
-                Some(r) => Err(refuse(ErrorCode::BadRequest, format!("job {job} has ended ({})", r.state.as_str()))),
-                None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
-            };
-        }
+    }
+}
+
+/// A job control: what `vpd jobs cancel|pause|resume|rerun` asks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Control {
+    Cancel,
+    Pause,
+    Resume,
+    Rerun,
+}
+
+/// Applies `control` to `job`; returns the job it concerns (a rerun's new one) and its state.
+fn apply(
+    shared: &Arc<Shared>,
+    (peer, client): (&str, &str),
+    job: &str,
+    control: Control,
+) -> Result<(String, JobState), Refusal> {
+    let live = shared.jobs.get(job);
+    let record = match &live {
+        Some(_) => None,
+        None => Some(
+            shared
+                .store
+                .get(job)
+                .map_err(internal_error)?
+                .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no job {job} on this server")))?,
+        ),
     };
-    // A place among the uploads bounds the disk in use (uploads, results not yet read); it is
-    // held until the connection ends.
+    let ended = |r: &JobRecord| refuse(ErrorCode::Conflict, format!("job {job} has ended ({})", r.state.as_str()));
+    match (control, live, record) {
+        (Control::Cancel, Some(live), _) => {
+            info!(%job, "cancelling the job, as asked");
+            live.cancel();
+            Ok((job.to_string(), JobState::Cancelled))
+        }
+        (Control::Pause, Some(live), _) => {
+            info!(%job, "pausing the job, as asked");
+            live.set_paused(true);
+            Ok((job.to_string(), JobState::Paused))
+        }
+        (Control::Resume, Some(live), _) => {
+            info!(%job, "resuming the job, as asked");
+            live.set_paused(false);
+            let state = match live.state() {
+                JobState::Paused => JobState::Queued,
+                other => other,
+            };
+            Ok((job.to_string(), state))
+        }
+        (Control::Rerun, Some(live), _) => Err(refuse(
+            ErrorCode::Conflict,
+            format!("job {job} is {}; rerun it once it has ended", live.state().as_str()),
+        )),
+        (Control::Rerun, None, Some(r)) => rerun(shared, (peer, client), &r).map(|id| (id, JobState::Queued)),
+        // A failed job (a full disk, a lost cascade) goes on from its committed segments.
+        (Control::Resume, None, Some(r)) if r.state == JobState::Failed => {
+            retry(shared, &r).map(|()| (job.to_string(), JobState::Queued))
+        }
+        (_, None, Some(r)) => Err(ended(&r)),
+        (_, None, None) => Err(refuse(ErrorCode::Internal, "a job neither live nor recorded")),
+    }
+}
+
+/// Starts a failed job again from its committed segments, on its kept upload.
+fn retry(shared: &Arc<Shared>, r: &JobRecord) -> Result<(), Refusal> {
+    if r.removed_ms.is_some() || !shared.jobs.input_of(&r.id, &r.input_name).is_file() {
+        return Err(refuse(ErrorCode::Expired, format!("job {}'s upload was removed; submit it again", r.id)));
+    }
+    let spec = Spec::of(r).map_err(internal_error)?;
+    info!(job = %r.id, committed_frames = r.committed_frames, "resuming a failed job, as asked");
+    shared.store.transition(&r.id, JobState::Queued, None).map_err(internal_error)?;
+    Jobs::launch(shared, spec, false);
+    Ok(())
+}
+
+/// Starts a new job on `of`'s kept upload, with its chain and options; returns its id.
+fn rerun(shared: &Arc<Shared>, (peer, client): (&str, &str), of: &JobRecord) -> Result<String, Refusal> {
+    let expired = || refuse(ErrorCode::Expired, format!("job {}'s upload was removed; submit it again", of.id));
+    if of.removed_ms.is_some() {
+        return Err(expired());
+    }
+    let jobs = &shared.jobs;
+    let from = jobs.input_of(&of.id, &of.input_name);
+    if !from.is_file() {
+        return Err(expired());
+    }
+    let id = new_job_id();
+    let to = jobs.input_of(&id, &of.input_name);
+    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("copying the upload: {e}"));
+    std::fs::create_dir_all(jobs.dir_of(&id)).map_err(internal)?;
+    // A hard link costs nothing, and a job never writes its input.
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to).map_err(internal)?;
+    }
+    let spec = Spec::of(of).map_err(internal_error)?;
+    shared.store.rerun(&of.id, &id, peer, client).map_err(internal_error)?;
+    info!(job = %id, of = %of.id, "rerun");
+    Jobs::launch(shared, Spec { id: id.clone(), ..spec }, false);
+    Ok(id)
+}
+
+/// Takes a submitted job's upload into its directory and starts it; returns its id. Until
+/// the upload is whole the job is the connection's: a cut-off upload fails it.
+async fn submit<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    (peer, client): (&str, &str),
+    request: &SubmitRequest,
+    container: &str,
+) -> Result<String, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = shared.max_jobs * QUEUED_PER_SLOT;
+    if shared.jobs.live_count() >= limit {
+        return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
+    }
+    // A place among the uploads bounds the disk in use by uploads.
     let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
     let id = new_job_id();
     info!(%peer, job = %id, filters = %request.chain, upload = request.upload_bytes, "job accepted");
     let options = serde_json::to_string(&request.output).unwrap_or_default();
-    let chain = request.chain.to_string();
+    let (chain, transport) = (request.chain.to_string(), request.transport.to_string());
     let record = NewJob {
         id: &id,
         peer,
-        client: &client,
+        client,
         input_name: &request.input_name,
         input_bytes: request.upload_bytes,
         chain: &chain,
         output_options: &options,
-        container: &container,
+        container,
+        transport: &transport,
     };
     shared.store.create(&record).map_err(internal_error)?;
-    // `vpd jobs cancel` finds the job by its id while it is in this map.
-    let cancel = shutdown.child_token();
-    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cancel.clone());
-    let outcome = job(reader, writer, shared, (shutdown, &cancel), &id, &request, &container).await;
-    shared.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    // A job recorded done stays done when only the sending of its result failed.
-    let ended = || shared.store.get(&id).ok().flatten().is_some_and(|r| r.state.is_final());
-    let recorded = match &outcome {
-        Ok(()) => Ok(()),
-        Err(_) if ended() => Ok(()),
-        Err(Refusal { code: ErrorCode::Cancelled, .. }) => shared.store.transition(&id, JobState::Cancelled, None),
-        Err(Refusal { message, .. }) => shared.store.transition(&id, JobState::Failed, Some(message)),
-    };
-    if let Err(e) = recorded {
-        warn!(job = %id, error = %format!("{e:#}"), "cannot record the job's end in the job store");
+    let received = receive(reader, writer, shared, &id, request).await;
+    if let Err(r) = &received {
+        let _ = std::fs::remove_dir_all(shared.jobs.dir_of(&id));
+        let recorded = match r.code {
+            ErrorCode::Cancelled => shared.store.transition(&id, JobState::Cancelled, None),
+            _ => shared.store.transition(&id, JobState::Failed, Some(&r.message)),
+        };
+        if let Err(e) = recorded {
+            warn!(job = %id, error = %format!("{e:#}"), "cannot record the job's end in the job store");
+        }
     }
-    outcome
+    received?;
+    let spec = Spec {
+        id: id.clone(),
+        input_name: request.input_name.clone(),
+        chain: request.chain.clone(),
+        output: request.output.clone(),
+        transport: request.transport,
+        container: container.to_string(),
+    };
+    Jobs::launch(shared, spec, false);
+    Ok(id)
 }
 
-/// A refusal as a cancel from `vpd jobs cancel` reads, unless the server is shutting down.
-fn cancelled(r: Refusal, shutdown: &CancellationToken) -> Refusal {
-    match r.code {
-        ErrorCode::Cancelled if !shutdown.is_cancelled() => refuse(ErrorCode::Cancelled, "job cancelled"),
-        _ => r,
+/// `Accepted`, the upload into the work directory, then moved into the job's directory.
+async fn receive<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    id: &str,
+    request: &SubmitRequest,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    writer.send(&ServerMessage::Accepted { job: id.to_string() }).await?;
+    let partial = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
+    let scrub = Scrub::new(&shared.work_dir, partial.path(), &request.input_name, partial.path());
+    let sha256 = upload(reader, partial.path(), &scrub, request.upload_bytes).await?;
+    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
+    let jobs = &shared.jobs;
+    std::fs::create_dir_all(jobs.dir_of(id)).map_err(internal)?;
+    let kept = jobs.input_of(id, &request.input_name);
+    move_file(partial.path(), &kept).map_err(internal)?;
+    partial.keep();
+    shared.store.uploaded(id, &sha256).map_err(internal_error)?;
+    shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
+    Ok(())
+}
+
+/// Renames `from` to `to`, or copies it (fsynced) and removes it when they are on different
+/// file systems.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(from, to)?;
+            std::fs::File::open(to)?.sync_all()?;
+            std::fs::remove_file(from)
+        }
+        other => other,
     }
 }
+
+/// Follows a job: its state, video and progress as they change, then its result or its
+/// error. A client that goes away or stops reading leaves the job running; its Cancel
+/// cancels it.
+async fn attach<R, W>(
+    reader: &mut PacketReader<R>,
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    id: &str,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(live) = shared.jobs.get(id) else { return ended(writer, shared, id).await };
+    let _pin = shared.jobs.pin(id);
+    let mut status = live.subscribe();
+    let (mut state, mut video) = (None, None);
+    loop {
+        let now = status.borrow_and_update().clone();
+        if let Some(end) = now.end {
+            return match end {
+                End::Done(summary) => {
+                    let record = shared.store.get(id).map_err(internal_error)?;
+                    let container = record.map(|r| r.container).unwrap_or_default();
+                    send_result(writer, shared, &shared.jobs.result_of(id, &container), *summary).await
+                }
+                End::Failed(code, message) => Err(refuse(code, message)),
+                End::Cancelled => Err(refuse(ErrorCode::Cancelled, "job cancelled")),
+                End::Interrupted => Err(refuse(
+                    ErrorCode::Unavailable,
+                    format!("the server is shutting down; job {id} goes on when it is back"),
+                )),
+            };
+        }
+        if state != Some(now.state) {
+            state = Some(now.state);
+            writer.send(&ServerMessage::State { state: now.state }).await?;
+        }
+        if let (Some(v), None) = (now.video, video) {
+            video = Some(v);
+            let Video { frames, width, height, fps } = v;
+            writer.send(&ServerMessage::Started { frames, width, height, fps }).await?;
+        }
+        if video.is_some() && now.state == JobState::Running {
+            let message = ServerMessage::Progress(now.progress);
+            if !matches!(tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, writer.send(&message)).await, Ok(Ok(()))) {
+                info!(job = %id, "the client takes no progress messages; the job goes on without it");
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            changed = status.changed() => {
+                if changed.is_err() {
+                    // The driver is gone: the store has the end.
+                    return ended(writer, shared, id).await;
+                }
+            }
+            message = reader.read::<ClientMessage>() => match message {
+                Ok(Some(Packet::Message(ClientMessage::Cancel))) => {
+                    info!(job = %id, "cancelled by the client");
+                    live.cancel();
+                }
+                Ok(Some(_)) => return Err(refuse(ErrorCode::BadRequest, "only cancel is expected while a job runs")),
+                Ok(None) | Err(_) => {
+                    info!(job = %id, "client went away; the job goes on");
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+/// An ended job, from its record: its result, or why there is none.
+async fn ended<W: AsyncWrite + Unpin>(writer: &mut PacketWriter<W>, shared: &Shared, id: &str) -> Result<(), Refusal> {
+    let _pin = shared.jobs.pin(id);
+    let Some(r) = shared.store.get(id).map_err(internal_error)? else {
+        return Err(refuse(ErrorCode::NotFound, format!("no job {id} on this server")));
+    };
+    let result = shared.jobs.result_of(id, &r.container);
+    match (r.state, r.summary) {
+        (JobState::Done, Some(summary)) if r.removed_ms.is_none() && result.is_file() => {
+            send_result(writer, shared, &result, summary).await
+        }
+        (JobState::Done, _) => Err(refuse(
+            ErrorCode::Expired,
+            format!("job {id}'s result was removed (results are kept for --keep-results, within --max-stored)"),
+        )),
+        (JobState::Failed, _) => Err(refuse(ErrorCode::JobFailed, r.error.unwrap_or_else(|| "job failed".into()))),
+        (JobState::Cancelled, _) => Err(refuse(ErrorCode::Cancelled, "job cancelled")),
+        (state, _) => Err(refuse(ErrorCode::Conflict, format!("job {id} is {}", state.as_str()))),
+    }
+}
+
+/// Most live jobs (queued, running, paused) per job slot: past them, a submit is refused.
+const QUEUED_PER_SLOT: usize = 16;
 
 /// Most jobs one `List` returns.
 const MAX_LISTED: u32 = 1000;
 
 fn internal_error(e: anyhow::Error) -> Refusal {
     refuse(ErrorCode::Internal, format!("the job store: {e:#}"))
-}
-
-/// An accepted job, from its `Accepted` to its result, each step recorded in the job store.
-async fn job<R, W>(
-    reader: &mut PacketReader<R>,
-    writer: &mut PacketWriter<W>,
-    shared: &Shared,
-    (shutdown, cancel): (&CancellationToken, &CancellationToken),
-    id: &str,
-    request: &SubmitRequest,
-    container: &str,
-) -> Result<(), Refusal>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
-{
-    writer.send(&ServerMessage::Accepted { job: id.to_string() }).await?;
-    let files = JobFiles::new(shared, id, request, container);
-    let sha256 = upload(reader, &files, request.upload_bytes).await?;
-    shared.store.uploaded(id, &sha256).map_err(internal_error)?;
-    shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
-    // One slot per running job bounds the memory (frames) and CPU in use. It is taken only
-    // now that the upload is whole, and given back before the result is sent.
-    let slot = wait_for(shared.job_slots.acquire(), cancel).await.map_err(|r| cancelled(r, shutdown))?;
-    shared.store.transition(id, JobState::Running, None).map_err(internal_error)?;
-    let summary = run(reader, writer, shared, (shutdown, cancel), id, request, &files, slot).await?;
-    let output_bytes = std::fs::metadata(files.output.path()).map_or(0, |m| m.len());
-    shared.store.finished(id, &summary, output_bytes).map_err(internal_error)?;
-    send_result(writer, files.output.path(), summary).await
 }
 
 /// Hello ⇄ welcome: the protocol version and the token. Returns how the client named itself,
@@ -273,12 +491,16 @@ where
 enum Request {
     /// A job: the request, checked, and its output container.
     Submit(Box<SubmitRequest>, String),
+    /// Follow a job.
+    Attach(String),
+    /// Download an ended job's result.
+    Fetch(String),
     /// The newest jobs.
     List(u32),
     /// One job's record.
     Show(String),
-    /// Cancel a job.
-    Cancel(String),
+    /// Cancel, pause, resume or rerun a job.
+    Control(String, Control),
 }
 
 /// The first message after the handshake.
@@ -286,16 +508,21 @@ async fn first_request<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
     shared: &Shared,
 ) -> Result<Request, Refusal> {
-    match read_within(reader, SUBMIT_TIMEOUT, "submit").await? {
+    Ok(match read_within(reader, SUBMIT_TIMEOUT, "request").await? {
         Some(Packet::Message(ClientMessage::Submit(request))) => {
             let container = validate(&request, shared)?;
-            Ok(Request::Submit(request, container))
+            Request::Submit(request, container)
         }
-        Some(Packet::Message(ClientMessage::List { limit })) => Ok(Request::List(limit)),
-        Some(Packet::Message(ClientMessage::Show { job })) => Ok(Request::Show(job)),
-        Some(Packet::Message(ClientMessage::CancelJob { job })) => Ok(Request::Cancel(job)),
-        _ => Err(refuse(ErrorCode::BadRequest, "expected a submit message")),
-    }
+        Some(Packet::Message(ClientMessage::Attach { job })) => Request::Attach(job),
+        Some(Packet::Message(ClientMessage::Fetch { job })) => Request::Fetch(job),
+        Some(Packet::Message(ClientMessage::List { limit })) => Request::List(limit),
+        Some(Packet::Message(ClientMessage::Show { job })) => Request::Show(job),
+        Some(Packet::Message(ClientMessage::CancelJob { job })) => Request::Control(job, Control::Cancel),
+        Some(Packet::Message(ClientMessage::PauseJob { job })) => Request::Control(job, Control::Pause),
+        Some(Packet::Message(ClientMessage::ResumeJob { job })) => Request::Control(job, Control::Resume),
+        Some(Packet::Message(ClientMessage::RerunJob { job })) => Request::Control(job, Control::Rerun),
+        _ => return Err(refuse(ErrorCode::BadRequest, "expected a submit, attach, fetch or job request")),
+    })
 }
 
 /// A semaphore's permit, unless the server shuts down first.
@@ -309,32 +536,16 @@ async fn wait_for<P>(
     }
 }
 
-/// A job's files in the work directory, removed when the connection ends, and what hides
-/// their paths from the client.
-struct JobFiles {
-    input: RemoveOnDrop,
-    output: RemoveOnDrop,
-    scrub: Scrub,
-}
-
-impl JobFiles {
-    fn new(shared: &Shared, id: &str, request: &SubmitRequest, container: &str) -> Self {
-        let input = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
-        let output = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.out.{container}")));
-        let scrub = Scrub::new(&shared.work_dir, input.path(), &request.input_name, output.path());
-        JobFiles { input, output, scrub }
-    }
-}
-
-/// The upload, into the work directory, against a deadline from its size; returns its sha256.
+/// The upload, into `path`, against a deadline from its size; returns its sha256.
 async fn upload<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
-    files: &JobFiles,
+    path: &Path,
+    scrub: &Scrub,
     size: u64,
 ) -> Result<String, Refusal> {
     let deadline = upload_deadline(size);
-    match tokio::time::timeout(deadline, receive_upload(reader, files.input.path(), size)).await {
-        Ok(received) => received.map_err(|r| files.scrub.refusal(r)),
+    match tokio::time::timeout(deadline, receive_upload(reader, path, size)).await {
+        Ok(received) => received.map_err(|r| scrub.refusal(r)),
         Err(_) => Err(refuse(
             ErrorCode::Timeout,
             format!(
@@ -346,168 +557,17 @@ async fn upload<R: AsyncRead + Unpin>(
     }
 }
 
-/// Opens the upload and tells the client and the dashboards what it holds.
-async fn open<W: AsyncWrite + Unpin>(
-    writer: &mut PacketWriter<W>,
-    shared: &Shared,
-    id: &str,
-    job: &SubmitRequest,
-    files: &JobFiles,
-) -> Result<OpenedJob, Refusal> {
-    let scrub = &files.scrub;
-    let cascade = shared.local_face_cascade.clone();
-    let (input_path, output_path, chain) =
-        (files.input.path().to_path_buf(), files.output.path().to_path_buf(), job.chain.clone());
-    let options = job.output.clone();
-    let span = tracing::Span::current();
-    let opened = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| {
-            crate::job::open(&input_path, &output_path, &chain, &options, cascade.as_deref(), Writing::Direct)
-        })
-    })
-    .await
-    .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
-    .map_err(|e| refuse(ErrorCode::BadInput, scrub.text(&format!("{e:#}"))))?;
-    let info = opened.info();
-    writer
-        .send(&ServerMessage::Started {
-            frames: info.frame_count,
-            width: info.width as u32,
-            height: info.height as u32,
-            fps: info.fps,
-        })
-        .await?;
-    shared
-        .publish(JobEvent::Started {
-            job: id.to_string(),
-            filters: job.chain.to_string(),
-            frames: info.frame_count,
-            width: info.width as u32,
-            height: info.height as u32,
-            fps: info.fps,
-        })
-        .await;
-
-    Ok(opened)
-}
-
-/// Runs the opened job, streaming progress to the client and events to the
-/// dashboards, until it ends; a cancel or a hang-up from the client stops it.
-#[allow(clippy::too_many_arguments)]
-async fn run<R, W>(
-    reader: &mut PacketReader<R>,
-    writer: &mut PacketWriter<W>,
-    shared: &Shared,
-    (shutdown, cancel): (&CancellationToken, &CancellationToken),
-    id: &str,
-    job: &SubmitRequest,
-    files: &JobFiles,
-    slot: tokio::sync::SemaphorePermit<'_>,
-) -> Result<JobSummary, Refusal>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (id, scrub) = (id.to_string(), &files.scrub);
-    let opened = open(writer, shared, &id, job, files).await?;
-    let info = opened.info();
-    let job_token = cancel.child_token();
-    let ctx = JobContext {
-        id: id.clone(),
-        chain: job.chain.clone(),
-        stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
-        encoding: job.transport,
-    };
-    let window = shared.window(info.frame_bytes());
-    let initial = Progress { total: info.frame_count, ..Progress::default() };
-    let (progress_tx, mut progress_rx) = watch::channel(initial);
-    let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
-    let observer = JobObserver::new(progress_tx, thumb_tx);
-    let transport = shared.transport.clone();
-    let span = tracing::Span::current();
-    let mut running =
-        tokio::task::spawn_blocking(move || span.in_scope(|| opened.run(&ctx, &*transport, window, &observer)));
-
-    // While it runs: stream progress and thumbnails, and watch the client for a cancel or a
-    // hang-up. The observer already rate-limits both.
-    let mut client_gone = false;
-    let outcome = loop {
-        tokio::select! {
-            finished = &mut running => break finished.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?,
-            changed = progress_rx.changed() => {
-                if changed.is_err() {
-                    continue;
-                }
-                let p = progress_rx.borrow_and_update().clone();
-                if !client_gone {
-                    let message = ServerMessage::Progress(p.clone());
-                    if !matches!(tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, writer.send(&message)).await, Ok(Ok(()))) {
-                        warn!(job = %id, "the client takes no progress messages; cancelling the job");
-                        client_gone = true;
-                        job_token.cancel();
-                    }
-                }
-                shared.publish(JobEvent::Progress { job: id.clone(), progress: p }).await;
-            }
-            Some((index, jpeg)) = thumb_rx.recv() => {
-                shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
-            }
-            message = reader.read::<ClientMessage>(), if !client_gone => match message {
-                Ok(Some(Packet::Message(ClientMessage::Cancel))) => {
-                    info!(job = %id, "cancelled by the client");
-                    job_token.cancel();
-                }
-                Ok(Some(_)) => {
-                    warn!(job = %id, "unexpected message while the job runs; cancelling it");
-                    job_token.cancel();
-                }
-                Ok(None) | Err(_) => {
-                    info!(job = %id, "client went away; cancelling the job");
-                    client_gone = true;
-                    job_token.cancel();
-                }
-            },
-        }
-    };
-    job_token.cancel(); // ends the stop's waiting task
-    // The job's frames, encoder and decoder are gone: their memory goes back to the system,
-    // before the client hears the job ended (a few milliseconds), so the server's footprint
-    // between jobs is what a client or an operator sees.
-    let _ = tokio::task::spawn_blocking(crate::job::release_freed_memory).await;
-    let Finished { summary, latency } = match outcome {
-        Ok(finished) => finished,
-        Err(JobError::Cancelled) => {
-            shared.publish(JobEvent::Cancelled { job: id.clone() }).await;
-            let why = if shutdown.is_cancelled() { "server shutting down" } else { "job cancelled" };
-            return Err(refuse(ErrorCode::Cancelled, why));
-        }
-        Err(JobError::Failed(e)) => {
-            let message = scrub.text(&format!("{e:#}"));
-            shared.publish(JobEvent::Failed { job: id.clone(), error: message.clone() }).await;
-            return Err(refuse(ErrorCode::JobFailed, message));
-        }
-    };
-    drop(slot);
-    // The last thumbnail, and the final numbers: from the summary, so every view agrees with it.
-    while let Ok((index, jpeg)) = thumb_rx.try_recv() {
-        shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
-    }
-    let last = summary.progress();
-    writer.send(&ServerMessage::Progress(last.clone())).await.ok();
-    shared.publish(JobEvent::Progress { job: id.clone(), progress: last }).await;
-    shared.publish(JobEvent::Done { job: id.clone(), summary: Box::new(summary.clone()), latency }).await;
-    info!(job = %id, frames = summary.frames, fps = format!("{:.1}", summary.fps), "job done");
-
-    Ok(summary)
-}
-
 /// The result: its summary, then its bytes; the writer's time limit cuts off a client that
 /// stops reading.
 async fn send_result<W: AsyncWrite + Unpin>(
     writer: &mut PacketWriter<W>,
+    shared: &Shared,
     output: &Path,
     summary: JobSummary,
 ) -> Result<(), Refusal> {
+    // A place among the uploads: results being sent count against the same bound.
+    let _sending =
+        shared.uploads.acquire().await.map_err(|_| refuse(ErrorCode::Unavailable, "server shutting down"))?;
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("reading the result: {e}"));
     let mut file = tokio::fs::File::open(output).await.map_err(internal)?;
     let size = file.metadata().await.map_err(internal)?.len();
@@ -552,13 +612,13 @@ fn upload_deadline(size: u64) -> Duration {
 }
 
 /// Rewrites messages for the client: the server's paths become the names the client knows.
-struct Scrub {
+pub(super) struct Scrub {
     replacements: Vec<(String, String)>,
     work_dir: String,
 }
 
 impl Scrub {
-    fn new(work_dir: &Path, input: &Path, input_name: &str, output: &Path) -> Self {
+    pub(super) fn new(work_dir: &Path, input: &Path, input_name: &str, output: &Path) -> Self {
         let input_name =
             Path::new(input_name).file_name().map_or("the upload".into(), |n| n.to_string_lossy().into_owned());
         Scrub {
@@ -570,7 +630,7 @@ impl Scrub {
         }
     }
 
-    fn text(&self, message: &str) -> String {
+    pub(super) fn text(&self, message: &str) -> String {
         let mut text = message.to_string();
         for (from, to) in &self.replacements {
             text = text.replace(from.as_str(), to);
@@ -625,16 +685,6 @@ async fn receive_upload<R: AsyncRead + Unpin>(
     Ok(sha256.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `.mp4` from `clip.mp4`: the upload keeps its extension as a container hint for FFmpeg.
-fn extension_of(name: &str) -> String {
-    Path::new(name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .filter(|e| !e.is_empty() && e.len() <= 8 && e.chars().all(|c| c.is_ascii_alphanumeric()))
-        .map(|e| format!(".{}", e.to_ascii_lowercase()))
-        .unwrap_or_default()
-}
-
 /// A job id: `j` and 12 hex digits, random per process and job.
 fn new_job_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -647,106 +697,9 @@ fn new_job_id() -> String {
     format!("j{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
-/// Passes the pipeline's progress and a thumbnail now and then to the connection task. Called
-/// from pipeline threads: keeps only the latest progress, drops thumbnails nobody took yet.
-struct JobObserver {
-    progress: watch::Sender<Progress>,
-    thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
-    /// The index of the last thumbnail made.
-    last_index: Mutex<Option<u64>>,
-    last_progress: Mutex<Option<Instant>>,
-    last_thumbnail: Mutex<Option<Instant>>,
-}
-
-impl JobObserver {
-    fn new(progress: watch::Sender<Progress>, thumbnails: mpsc::Sender<(u64, Vec<u8>)>) -> Self {
-        let (last_progress, last_thumbnail, last_index) = (Mutex::new(None), Mutex::new(None), Mutex::new(None));
-        JobObserver { progress, thumbnails, last_index, last_progress, last_thumbnail }
-    }
-}
-
-/// Whether `interval` has passed since `last`; if so, `last` becomes now.
-fn due(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
-    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-    if last.is_some_and(|t| t.elapsed() < interval) {
-        return false;
-    }
-    *last = Some(Instant::now());
-    true
-}
-
-impl Observer for JobObserver {
-    fn on_progress(&self, p: &Progress) {
-        if due(&self.last_progress, PROGRESS_INTERVAL) {
-            self.progress.send_replace(p.clone());
-        }
-    }
-
-    fn on_frame(&self, index: u64, frame: &Mat) {
-        // One slot stays free for the last frame's.
-        if self.thumbnails.capacity() > 1 && due(&self.last_thumbnail, THUMBNAIL_INTERVAL) {
-            self.send_thumbnail(index, frame);
-        }
-    }
-
-    fn on_last_frame(&self, index: u64, frame: &Mat) {
-        // The dashboard of a finished job shows its last frame.
-        if *self.last_index.lock().unwrap_or_else(|p| p.into_inner()) != Some(index) {
-            self.send_thumbnail(index, frame);
-        }
-    }
-}
-
-impl JobObserver {
-    fn send_thumbnail(&self, index: u64, frame: &Mat) {
-        match thumbnail(frame) {
-            Ok(jpeg) => {
-                if self.thumbnails.try_send((index, jpeg)).is_ok() {
-                    *self.last_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index);
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot make a thumbnail"),
-        }
-    }
-}
-
-/// `frame` scaled down to at most [`THUMBNAIL_WIDTH`] pixels wide, as a JPEG.
-fn thumbnail(frame: &Mat) -> opencv::Result<Vec<u8>> {
-    use opencv::core::{Size, Vector};
-    use opencv::imgcodecs::{IMWRITE_JPEG_QUALITY, imencode};
-    use opencv::imgproc::{INTER_AREA, resize};
-    use opencv::prelude::*;
-
-    let (w, h) = (frame.cols().max(1), frame.rows().max(1));
-    let mut small = Mat::default();
-    let scaled = if w > THUMBNAIL_WIDTH {
-        let height = (i64::from(h) * i64::from(THUMBNAIL_WIDTH) / i64::from(w)).max(1) as i32;
-        resize(frame, &mut small, Size::new(THUMBNAIL_WIDTH, height), 0.0, 0.0, INTER_AREA)?;
-        &small
-    } else {
-        frame
-    };
-    let mut jpeg = Vector::<u8>::new();
-    imencode(".jpg", scaled, &mut jpeg, &Vector::from_slice(&[IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY]))?;
-    Ok(jpeg.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thumbnails_are_small_jpegs_of_the_same_aspect() {
-        use opencv::core::{CV_8UC3, Scalar};
-        use opencv::prelude::*;
-        let frame = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::new(10.0, 200.0, 30.0, 0.0)).unwrap();
-        let jpeg = thumbnail(&frame).unwrap();
-        assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff]);
-        let back =
-            opencv::imgcodecs::imdecode(&opencv::core::Vector::from_slice(&jpeg), opencv::imgcodecs::IMREAD_COLOR)
-                .unwrap();
-        assert_eq!((back.cols(), back.rows()), (320, 180));
-    }
 
     #[test]
     fn uploads_get_grace_plus_their_size_at_the_minimum_rate() {
@@ -769,13 +722,5 @@ mod tests {
             scrub.text("/var/lib/vpd/work/j1.out.mp4: the encoder wrote 0 frames"),
             "the result: the encoder wrote 0 frames"
         );
-    }
-
-    #[test]
-    fn rate_limits_let_one_through_per_interval() {
-        let last = Mutex::new(None);
-        assert!(due(&last, Duration::from_secs(60)));
-        assert!(!due(&last, Duration::from_secs(60)), "the second within the interval waits");
-        assert!(due(&last, Duration::ZERO));
     }
 }

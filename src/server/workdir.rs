@@ -50,7 +50,7 @@ impl WorkDir {
             }
             Err(e) => return Err(e).with_context(|| format!("work directory {}", path.display())),
         };
-        let lock = match lock(path) {
+        let lock = match lock(path, "work directory") {
             Ok(lock) => lock,
             Err(e) => {
                 if created {
@@ -99,15 +99,16 @@ impl Drop for WorkDir {
     }
 }
 
-fn lock(dir: &Path) -> anyhow::Result<File> {
-    let file = File::open(dir).with_context(|| format!("cannot use the work directory {}", dir.display()))?;
+/// Locks `dir` (`what` names it in errors) while the file returned lives.
+pub(super) fn lock(dir: &Path, what: &str) -> anyhow::Result<File> {
+    let file = File::open(dir).with_context(|| format!("cannot use the {what} {}", dir.display()))?;
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() == ErrorKind::WouldBlock {
-            bail!("work directory {}: another vpd server is using it", dir.display());
+            bail!("{what} {}: another vpd server is using it", dir.display());
         }
-        return Err(e).with_context(|| format!("locking the work directory {}", dir.display()));
+        return Err(e).with_context(|| format!("locking the {what} {}", dir.display()));
     }
     Ok(file)
 }

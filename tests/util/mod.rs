@@ -229,3 +229,31 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A small file system (tmpfs of `size`, e.g. `1m`), mounted for one test and unmounted after
+/// it; `None` where mounting is not allowed (not root).
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .ok()?;
+        out.status.success().then(|| SmallDisk(at.to_path_buf()))
+    }
+
+    /// Makes it `size` large, keeping what it holds.
+    pub fn resize(&self, size: &str) {
+        let out = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

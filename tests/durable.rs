@@ -1,0 +1,315 @@
+//! Durable jobs: a job is the server's once uploaded. It survives a `kill -9` of the server
+//! (resumed from its committed segments, its client reconnecting by itself), it can be left
+//! and followed again, paused, rerun and fetched, and its kept result expires.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::cluster::*;
+use crate::util::web::get;
+use crate::util::*;
+
+/// `vpd jobs ARGS --server ADDR --json`, parsed.
+fn jobs(addr: &str, args: &[&str]) -> Value {
+    let out = vpd().arg("jobs").args(args).args(["--server", addr, "--json"]).output().unwrap();
+    assert!(out.status.success(), "vpd jobs {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `vpd jobs ARGS --server ADDR`: its exit code, stdout and stderr.
+fn jobs_cmd(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = vpd().arg("jobs").args(args).args(["--server", addr]).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string(), stderr(&out))
+}
+
+/// A Prometheus counter's value in `/metrics` text.
+fn counter(metrics_url: &str, name: &str) -> u64 {
+    let (status, _, body) = get(&format!("{metrics_url}metrics"));
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+/// The reference: the same clip through `vpd run`, lossless.
+fn reference(dir: &Path, input: &Path, chain: &str) -> Vec<opencv::core::Mat> {
+    let out = dir.join("reference.mkv");
+    let r = run_vpd(&[
+        "run",
+        input.to_str().unwrap(),
+        "-f",
+        chain,
+        "-o",
+        out.to_str().unwrap(),
+        "--codec",
+        "ffv1",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    decode_all(&out)
+}
+
+fn assert_same_frames(got: &Path, want: &[opencv::core::Mat]) {
+    let got = decode_all(got);
+    assert_eq!(got.len(), want.len(), "frame count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(max_diff(g, w), 0.0, "frame {i} differs");
+    }
+}
+
+/// The frames a job's record says are committed.
+fn committed(addr: &str, id: &str) -> u64 {
+    jobs(addr, &["show", id])["committed_frames"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_server_killed_mid_job_resumes_it_from_its_segments_and_the_client_gets_the_same_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let spec = ClipSpec { frames: 200, width: 320, height: 240, fps: 25.0, face: false };
+    let input = clip(dir.path(), spec);
+    let chain = "blur:ksize=61";
+    let want = reference(dir.path(), &input, chain);
+    let per_segment = 25; // --segment-seconds 1 at 25 fps
+
+    let common = ["--state-dir", state_arg, "--threads", "1", "--segment-seconds", "1", "--metrics", "127.0.0.1:0"];
+    let first = Server::start(&[&["--listen", "127.0.0.1:0"], &common[..]].concat());
+    let addr = first.addr();
+    let output = dir.path().join("out.mkv");
+    let mut client = spawn_piped(client_cmd(&addr, &input, chain, &output, &["--codec", "ffv1"]));
+    assert!(wait_for(Duration::from_secs(60), || jobs(&addr, &[])[0]["state"] == "running"), "the job never ran");
+    let id = jobs(&addr, &[])[0]["id"].as_str().unwrap().to_string();
+    // About half way: several segments committed.
+    assert!(wait_for(Duration::from_secs(120), || committed(&addr, &id) >= 100), "{}", jobs(&addr, &["show", &id]));
+    let done_before_kill = counter(first.metrics.as_ref().unwrap(), "vpd_frames_processed_total");
+    drop(first); // SIGKILL
+
+    // The same address and state directory: the server resumes the job by itself.
+    let second = Server::start(&[&["--listen", addr.as_str()], &common[..]].concat());
+    let (code, err) = wait_output(&mut client.0);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("reconnecting"), "{err}");
+    assert_same_frames(&output, &want);
+
+    let record = jobs(&addr, &["show", &id]);
+    assert_eq!(record["state"], "done", "{record}");
+    assert_eq!(record["resumes"].as_u64(), Some(1), "{record}");
+    let resumed_at = record["summary"]["resumed_at_frame"].as_u64().expect("resumed from a segment");
+    assert_eq!(resumed_at % per_segment, 0);
+    assert_eq!(record["summary"]["frames"].as_u64(), Some(200));
+    // Frames processed after the restart: what remained, plus at most one segment redone.
+    let after = counter(second.metrics.as_ref().unwrap(), "vpd_frames_processed_total");
+    assert_eq!(after, 200 - resumed_at, "frames before the resume point are never filtered again");
+    assert!(after <= (200 - done_before_kill) + per_segment, "{after} frames after the restart");
+    // The segments are gone once joined; the upload and result are kept.
+    assert!(!state.join("jobs").join(&id).join("segments").exists());
+    assert!(state.join("jobs").join(&id).join("result.mkv").is_file());
+}
+
+#[test]
+fn detach_attach_rerun_and_fetch_give_the_same_frames_and_an_expired_result_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 30, ..ClipSpec::default() });
+    let want = reference(dir.path(), &input, "edges");
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
+    let addr = server.addr();
+
+    // --detach: the id on stdout, at once; the job goes on.
+    let out = vpd()
+        .args([
+            "client",
+            input.to_str().unwrap(),
+            "--server",
+            &addr,
+            "-f",
+            "edges",
+            "--codec",
+            "ffv1",
+            "--detach",
+            "-o",
+        ])
+        .arg(dir.path().join("unused.mkv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with('j') && id.len() == 13, "{id}");
+    assert!(!dir.path().join("unused.mkv").exists());
+
+    // --attach: follows it to its result.
+    let attached = dir.path().join("attached.mkv");
+    let out =
+        vpd().args(["client", "--attach", &id, "--server", &addr, "--json", "-o"]).arg(&attached).output().unwrap();
+    let s = summary(&out);
+    assert_eq!(s.frames, 30);
+    assert_same_frames(&attached, &want);
+
+    // fetch: the kept result, byte for byte.
+    let fetched = dir.path().join("fetched.mkv");
+    let (code, _, err) = jobs_cmd(&addr, &["fetch", &id, "-o", fetched.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(std::fs::read(&fetched).unwrap(), std::fs::read(&attached).unwrap());
+
+    // rerun: a new job on the kept upload, the same frames.
+    let (code, rerun, err) = jobs_cmd(&addr, &["rerun", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(rerun, id);
+    let again = dir.path().join("again.mkv");
+    let out = vpd().args(["client", "--attach", &rerun, "--server", &addr, "-o"]).arg(&again).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_frames(&again, &want);
+    assert_eq!(jobs(&addr, &["show", &rerun])["rerun_of"].as_str(), Some(id.as_str()));
+
+    // An unknown job: not found.
+    let out = vpd()
+        .args(["client", "--attach", "jnope", "--server", &addr, "-o"])
+        .arg(dir.path().join("x.mkv"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no job jnope"), "{}", stderr(&out));
+    drop(server);
+
+    // Results kept for no time: removed once the job ends, and the record says so.
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--keep-results", "0"]);
+    let addr = server.addr();
+    let out = vpd()
+        .args(["client", input.to_str().unwrap(), "--server", &addr, "-f", "edges", "--detach", "-o"])
+        .arg(dir.path().join("gone.mp4"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        wait_for(Duration::from_secs(60), || !jobs(&addr, &["show", &id])["removed_ms"].is_null()),
+        "{}",
+        jobs(&addr, &["show", &id])
+    );
+    assert_eq!(jobs(&addr, &["show", &id])["state"], "done");
+    let out = vpd()
+        .args(["client", "--attach", &id, "--server", &addr, "-o"])
+        .arg(dir.path().join("gone.mp4"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("(expired)") && err.contains("was removed"), "{err}");
+    assert!(!dir.path().join("gone.mp4").exists() && partial_files(dir.path()).is_empty());
+    let (code, _, err) = jobs_cmd(&addr, &["rerun", &id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("(expired)"), "{err}");
+}
+
+#[test]
+fn a_paused_job_publishes_no_tasks_and_resumes_to_the_same_frames() {
+    let ns = Namespace::new("pause");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClipSpec { frames: 150, width: 320, height: 240, fps: 25.0, face: false };
+    let input = clip(dir.path(), spec);
+    let chain = "blur:ksize=61";
+    let want = reference(dir.path(), &input, chain);
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp_url(),
+        "--namespace",
+        &ns.name,
+        "--segment-seconds",
+        "1",
+        "--preview",
+        "127.0.0.1:0",
+    ]);
+    let addr = server.addr();
+    let _worker = Worker::start(&ns, 1);
+    ns.wait_for_workers(1);
+    let output = dir.path().join("out.mkv");
+    let mut follower = spawn_piped(client_cmd(&addr, &input, chain, &output, &["--codec", "ffv1"]));
+    assert!(wait_for(Duration::from_secs(60), || jobs(&addr, &[])[0]["state"] == "running"), "the job never ran");
+    let id = jobs(&addr, &[])[0]["id"].as_str().unwrap().to_string();
+    assert!(wait_for(Duration::from_secs(60), || committed(&addr, &id) >= 25), "a segment committed");
+
+    let (code, out, err) = jobs_cmd(&addr, &["pause", &id]);
+    assert_eq!((code, out.as_str()), (Some(0), format!("{id} paused").as_str()), "{err}");
+    assert!(wait_for(Duration::from_secs(30), || jobs(&addr, &["show", &id])["state"] == "paused"));
+    let board = || {
+        let jobs = crate::util::web::get_json(&format!("{}jobs", server.preview.clone().unwrap()));
+        jobs.as_array().unwrap().iter().find(|j| j["id"] == id.as_str()).cloned().unwrap()
+    };
+    let tasks = ns.topology().tasks();
+    assert!(wait_for(Duration::from_secs(30), || ns.stats(&tasks).0 == 0), "nothing queued while paused");
+    let done = board()["progress"]["done"].as_u64().unwrap();
+    // Another whole job runs on the same worker meanwhile; the paused one gets nothing.
+    let other = client(&addr, &input, "edges", &dir.path().join("other.mkv"), &[]);
+    assert_eq!(summary(&other).frames, 150);
+    assert_eq!(board()["progress"]["done"].as_u64().unwrap(), done, "the paused job's frames did not move");
+    assert_eq!(board()["progress"]["in_flight"].as_u64(), Some(0));
+    assert_eq!(jobs(&addr, &["show", &id])["state"], "paused");
+
+    let (code, out, err) = jobs_cmd(&addr, &["resume", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&id), "{out}");
+    let (code, err) = wait_output(&mut follower.0);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("is paused"), "{err}");
+    assert_same_frames(&output, &want);
+    let states: Vec<String> = jobs(&addr, &["show", &id])["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap().to_string())
+        .collect();
+    assert!(states.windows(2).any(|w| w == ["paused", "queued"]), "{states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("done"));
+}
+
+#[test]
+fn a_full_disk_fails_the_job_keeps_its_segments_and_a_resume_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB: the upload, the store and two segments of 5 noisy lossless frames; not a third.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("state"), "4m") else {
+        assert_ne!(unsafe { libc::geteuid() }, 0, "root can mount a tmpfs");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let input = dir.path().join("noisy.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25,noise=alls=60:allf=t+u"])
+        .args(["-frames:v", "50", "-c:v", "libx264", "-crf", "35"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let chain = "blur:ksize=3";
+    let want = reference(dir.path(), &input, chain);
+    let state = disk.0.to_str().unwrap();
+    let server =
+        Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--state-dir", state, "--segment-seconds", "0.2"]);
+    let addr = server.addr();
+
+    let out = client(&addr, &input, chain, &dir.path().join("out.mkv"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("(job_failed)") && err.to_lowercase().contains("no space left"), "{err}");
+    assert!(!dir.path().join("out.mkv").exists());
+    let id = jobs(&addr, &[])[0]["id"].as_str().unwrap().to_string();
+    let record = jobs(&addr, &["show", &id]);
+    assert_eq!(record["state"], "failed");
+    let committed = record["committed_frames"].as_u64().unwrap();
+    assert!(committed >= 5 && committed % 5 == 0, "committed segments are kept: {record}");
+
+    // Room again: the job goes on from its committed segments, to the same frames.
+    disk.resize("64m");
+    let (code, out, err) = jobs_cmd(&addr, &["resume", &id]);
+    assert_eq!((code, out), (Some(0), format!("{id} queued")), "{err}");
+    let output = dir.path().join("out.mkv");
+    let s = summary(
+        &vpd().args(["client", "--attach", &id, "--server", &addr, "--json", "-o"]).arg(&output).output().unwrap(),
+    );
+    assert_eq!(s.resumed_at_frame, Some(committed));
+    assert_same_frames(&output, &want);
+    drop(server);
+}
