@@ -39,6 +39,8 @@ pub enum JobStatus {
     Failed,
     /// Cancelled.
     Cancelled,
+    /// Paused: nothing in flight until it is resumed.
+    Paused,
 }
 
 /// One worker's share of a job.
@@ -342,9 +344,9 @@ impl State {
     /// Drops the oldest finished jobs beyond [`MAX_JOBS`], keeping their counts.
     fn evict(&mut self) {
         while self.jobs.len() > MAX_JOBS {
-            let Some(pos) =
-                self.order.iter().position(|id| self.jobs.get(id).is_some_and(|e| e.view.status != JobStatus::Running))
-            else {
+            let Some(pos) = self.order.iter().position(|id| {
+                self.jobs.get(id).is_some_and(|e| !matches!(e.view.status, JobStatus::Running | JobStatus::Paused))
+            }) else {
                 return; // all running: keep them
             };
             let id = self.order.remove(pos).expect("position just found");
@@ -361,7 +363,7 @@ impl State {
         let id = event.job().to_string();
         let e = self.entry(&id);
         e.heard = now;
-        let ended = e.view.status != JobStatus::Running;
+        let ended = matches!(e.view.status, JobStatus::Done | JobStatus::Failed | JobStatus::Cancelled);
         if ended && !matches!(event, JobEvent::Started { .. } | JobEvent::Frame { .. }) {
             // A job ends once: a late snapshot, a repeated end, or the real end of a job
             // this board had given up on changes nothing and is not counted again.
@@ -472,6 +474,13 @@ impl State {
                 v.progress.in_flight = 0;
                 v.eta_seconds = None;
             }
+            JobEvent::Paused { .. } => {
+                let v = &mut self.entry(&id).view;
+                v.status = JobStatus::Paused;
+                v.progress.in_flight = 0;
+                v.fps = 0.0;
+                v.eta_seconds = None;
+            }
         }
         let view = self.jobs.get(&id).map(|e| e.view.clone()).unwrap_or_else(|| JobView::new(&id));
         Update::Job(Box::new(view))
@@ -484,7 +493,11 @@ impl JobView {
         let status = match r.state {
             JobState::Done => JobStatus::Done,
             JobState::Cancelled => JobStatus::Cancelled,
-            _ => JobStatus::Failed,
+            JobState::Paused => JobStatus::Paused,
+            // Resumed by the server that remembers it (its events follow), or shown failed by
+            // a preview once its server stays silent.
+            JobState::Queued | JobState::Running => JobStatus::Running,
+            JobState::Uploading | JobState::Failed => JobStatus::Failed,
         };
         let progress = r.summary.as_ref().map(JobSummary::progress).unwrap_or_default();
         JobView {
@@ -624,6 +637,38 @@ mod tests {
         for line in ["vpd_jobs_total{outcome=\"done\"} 0", "vpd_jobs_total{outcome=\"failed\"} 1"] {
             assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
         }
+    }
+
+    #[test]
+    fn a_paused_job_stays_live_and_its_counts_survive_a_restart_of_its_pipeline() {
+        let b = Board::new();
+        let started = || JobEvent::Started {
+            job: "j".into(),
+            filters: "edges".into(),
+            frames: Some(100),
+            width: 64,
+            height: 48,
+            fps: 25.0,
+        };
+        let progress = |done| JobEvent::Progress {
+            job: "j".into(),
+            progress: Progress { done, total: Some(100), in_flight: 3, ..Progress::default() },
+        };
+        b.apply(&started());
+        b.apply(&progress(40));
+        b.apply(&JobEvent::Paused { job: "j".into() });
+        let v = b.job("j").unwrap();
+        assert_eq!((v.status, v.progress.in_flight), (JobStatus::Paused, 0));
+        // Resumed: its pipeline starts again from its committed frames; what it did before
+        // stays counted.
+        b.apply(&started());
+        assert_eq!(b.job("j").unwrap().status, JobStatus::Running);
+        b.apply(&progress(10));
+        assert!(b.metrics().lines().any(|l| l == "vpd_frames_processed_total 50"), "{}", b.metrics());
+        // A paused job can be cancelled.
+        b.apply(&JobEvent::Paused { job: "j".into() });
+        b.apply(&JobEvent::Cancelled { job: "j".into() });
+        assert_eq!(b.job("j").unwrap().status, JobStatus::Cancelled);
     }
 
     #[test]

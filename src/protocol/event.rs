@@ -65,6 +65,11 @@ pub enum JobEvent {
         /// The job.
         job: String,
     },
+    /// The job was paused: nothing of it is in flight until it starts again (`Started`).
+    Paused {
+        /// The job.
+        job: String,
+    },
 }
 
 impl JobEvent {
@@ -76,7 +81,8 @@ impl JobEvent {
             | JobEvent::Frame { job, .. }
             | JobEvent::Done { job, .. }
             | JobEvent::Failed { job, .. }
-            | JobEvent::Cancelled { job } => job,
+            | JobEvent::Cancelled { job }
+            | JobEvent::Paused { job } => job,
         }
     }
 }

@@ -374,7 +374,7 @@ async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spec) -> End {
             set_state(shared, job, id, JobState::Paused);
             tokio::select! {
                 _ = until(pause, false) => {}
-                _ = job.cancel.cancelled() => return End::Cancelled,
+                _ = job.cancel.cancelled() => return cancelled(shared, id).await,
                 _ = shutdown.cancelled() => return End::Interrupted,
             }
         }
@@ -385,7 +385,7 @@ async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spec) -> End {
                 Err(_) => return End::Interrupted,
             },
             _ = until(pause, true) => continue,
-            _ = job.cancel.cancelled() => return End::Cancelled,
+            _ = job.cancel.cancelled() => return cancelled(shared, id).await,
             _ = shutdown.cancelled() => return End::Interrupted,
         };
         set_state(shared, job, id, JobState::Running);
@@ -397,12 +397,16 @@ async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spec) -> End {
                 info!("paused: frames after the last committed segment are done again on resume");
                 continue;
             }
-            Err(Stopped::Cancelled) => {
-                shared.publish(JobEvent::Cancelled { job: id.clone() }).await;
-                return if shutdown.is_cancelled() { End::Interrupted } else { End::Cancelled };
-            }
+            Err(Stopped::Cancelled) if shutdown.is_cancelled() => return End::Interrupted,
+            Err(Stopped::Cancelled) => return cancelled(shared, id).await,
         }
     }
+}
+
+/// A cancelled job's end, announced: workers drop its remaining tasks, dashboards show it.
+async fn cancelled(shared: &Shared, id: &str) -> End {
+    shared.publish(JobEvent::Cancelled { job: id.to_string() }).await;
+    End::Cancelled
 }
 
 /// Returns once the pause flag is `value`.
@@ -555,6 +559,7 @@ async fn run_once(
             let mut p = progress_rx.borrow().clone();
             p.in_flight = 0;
             shared.publish(JobEvent::Progress { job: id.clone(), progress: p.clone() }).await;
+            shared.publish(JobEvent::Paused { job: id.clone() }).await;
             job.status.send_modify(|s| s.progress = Progress { done: p.done + resumed, total: info.frame_count, ..p });
             return Err(Stopped::Paused);
         }
