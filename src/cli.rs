@@ -231,6 +231,11 @@ pub struct PreviewArgs {
     /// Prefix of every queue and exchange name (as given to the servers).
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
+
+    /// A server's state directory on this host: the dashboard also lists the jobs its store
+    /// remembers (read only).
+    #[arg(long, env = "VPD_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `vpd worker`.

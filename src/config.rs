@@ -62,6 +62,8 @@ pub struct PreviewSection {
     pub amqp: Option<String>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
+    /// A server's state directory on this host, for its job history.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -300,7 +302,8 @@ impl FileConfig {
         };
         let topology = Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?);
         let listen = a.listen.or(f.listen).unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
-        Ok((PreviewConfig { amqp_url, topology }, listen))
+        let state_dir = a.state_dir.or_else(|| f.state_dir.clone());
+        Ok((PreviewConfig { amqp_url, topology, state_dir }, listen))
     }
 
     /// The validated configuration of `vpd client`, and whether to print JSON.

@@ -138,6 +138,28 @@ impl Store {
         Ok(Store { path, conn: Mutex::new(conn) })
     }
 
+    /// Opens the store in `dir` to read it (a dashboard beside a server): never creates,
+    /// migrates or writes it.
+    pub fn open_read_only(dir: &Path) -> anyhow::Result<Store> {
+        let path = dir.join(DATABASE);
+        if !path.is_file() {
+            bail!("no job store at {}", path.display());
+        }
+        let unusable = |e: rusqlite::Error| anyhow::anyhow!("the job store {} cannot be read ({e})", path.display());
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(unusable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unusable)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unusable)?;
+        let known = MIGRATIONS.len() as i64;
+        if version != known {
+            bail!(
+                "the job store {} has schema version {version}; this vpd reads version {known} (start its server \
+                 with this vpd to migrate it)",
+                path.display()
+            );
+        }
+        Ok(Store { path, conn: Mutex::new(conn) })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

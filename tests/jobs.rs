@@ -61,6 +61,21 @@ fn history_survives_a_restart_and_a_crash() {
     let board = get_json(&format!("{}jobs", server.preview.clone().unwrap()));
     let ids: Vec<&str> = board.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&id), "{ids:?}");
+    // So does a new preview beside it, from the store, before any event.
+    let ns = Namespace::new("history");
+    let mut preview = vpd()
+        .args(["preview", "--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name])
+        .args(["--state-dir", state_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = announced(&mut preview, "preview");
+    let _preview = crate::util::ChildGuard(preview);
+    let listed = get_json(&format!("{url}jobs"));
+    let states: Vec<(&str, &str)> =
+        listed.as_array().unwrap().iter().map(|j| (j["id"].as_str().unwrap(), j["status"].as_str().unwrap())).collect();
+    assert!(states.contains(&(id, "done")), "{states:?}");
     // An unknown job: its own error.
     let out = vpd().args(["jobs", "show", "jnope", "--server", &server.addr()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

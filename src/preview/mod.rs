@@ -12,6 +12,7 @@
 //! longer than a server lets a job stall is shown failed: its server is gone. A lost broker
 //! connection is retried with a growing pause, and the page says so meanwhile. `vpd server
 //! --preview` serves the same dashboard from the server's own jobs, with no broker involved.
+//! With `--state-dir`, a preview on a server's host also lists the jobs its store remembers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct PreviewConfig {
     pub amqp_url: String,
     /// Queue and exchange names.
     pub topology: Topology,
+    /// A server's state directory, whose job store the dashboard lists too.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs a preview, serving on `listener`, until `shutdown` fires. An unreachable broker at
@@ -44,6 +47,11 @@ pub async fn run(cfg: PreviewConfig, listener: TcpListener, shutdown: Cancellati
     let name = format!("vpd-preview {}", WorkerId::this_process());
     let broker = Broker::connect(&cfg.amqp_url, &name).await?;
     let board = Arc::new(Board::new());
+    if let Some(dir) = &cfg.state_dir {
+        // Yesterday's jobs too, read once: what happens from now on comes as events.
+        let store = crate::store::Store::open_read_only(dir)?;
+        board.remember(&store.list(crate::board::MAX_JOBS)?);
+    }
     info!(broker = broker.url(), "preview started");
     let follower = tokio::spawn(follow(cfg, name, broker, board.clone(), shutdown.clone()));
     http::serve(listener, http::Site::dashboard(board), shutdown).await;
