@@ -65,7 +65,8 @@ pub enum Command {
     Client(ClientArgs),
     /// Serve a live dashboard of the cluster's jobs (and Prometheus /metrics) from RabbitMQ's events.
     Preview(PreviewArgs),
-    /// List the jobs a server ran (its job store), newest first, or show one.
+    /// List the jobs a server ran (its job store), newest first; show, cancel, pause, resume,
+    /// rerun or fetch one.
     Jobs(JobsArgs),
 }
 

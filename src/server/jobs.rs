@@ -359,7 +359,7 @@ async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, spec: Spec) {
     // in the store.
     job.status.send_modify(|s| s.end = Some(end));
     shared.jobs.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    shared.jobs.expire(&shared.store);
+    let _ = tokio::task::spawn_blocking(move || shared.jobs.expire(&shared.store)).await;
 }
 
 /// The driver's loop: wait for a slot (or a resume), run, and again after a pause.

@@ -316,9 +316,16 @@ where
     let sha256 = upload(reader, partial.path(), &scrub, request.upload_bytes).await?;
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
     let jobs = &shared.jobs;
-    std::fs::create_dir_all(jobs.dir_of(id)).map_err(internal)?;
-    let kept = jobs.input_of(id, &request.input_name);
-    move_file(partial.path(), &kept).map_err(internal)?;
+    let (dir, kept, from) = (jobs.dir_of(id), jobs.input_of(id, &request.input_name), partial.path().to_path_buf());
+    // A copy between file systems can take a while: off the connection's thread.
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        move_file(&from, &kept)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
+    .map_err(internal)?;
     partial.keep();
     shared.store.uploaded(id, &sha256).map_err(internal_error)?;
     shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
@@ -681,7 +688,8 @@ async fn receive_upload<R: AsyncRead + Unpin>(
             }
         }
     }
-    file.flush().await.map_err(internal)?;
+    // On disk before the job is recorded queued: a resume after a power loss reads it whole.
+    file.sync_all().await.map_err(internal)?;
     Ok(sha256.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
