@@ -173,8 +173,16 @@ fn detach_attach_rerun_and_fetch_give_the_same_frames_and_an_expired_result_says
     let again = dir.path().join("again.mkv");
     let out = vpd().args(["client", "--attach", &rerun, "--server", &addr, "-o"]).arg(&again).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
     assert_same_frames(&again, &want);
     assert_eq!(jobs(&addr, &["show", &rerun])["rerun_of"].as_str(), Some(id.as_str()));
+
+    // Followed into a file of another container: written as it is, with a warning.
+    let named = dir.path().join("named.mp4");
+    let out = vpd().args(["client", "--attach", &id, "--server", &addr, "-o"]).arg(&named).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the job's result is a .mkv file"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&named).unwrap(), std::fs::read(&attached).unwrap());
 
     // An unknown job: not found.
     let out = vpd()

@@ -288,6 +288,21 @@ impl<'a> Follower<'a> {
         }
     }
 
+    /// An attached job's result is in the container it was submitted for (`result.mkv`): say
+    /// so when the output's name says another.
+    fn warn_if_another_container(&self, result: &str) {
+        let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let (theirs, ours) = (ext(Path::new(result)), ext(&self.cfg.output));
+        if let (ClientJob::Attach(_), Some(theirs), Some(ours)) = (&self.cfg.job, theirs, ours)
+            && theirs != ours
+        {
+            self.note(&format!(
+                "vpd: warning: the job's result is a .{theirs} file (as submitted); it is written to {} as it is",
+                self.cfg.output.display()
+            ));
+        }
+    }
+
     /// Follows the job over `link` until it ends or the link is lost.
     async fn follow_link(&mut self, link: &mut Link) -> Step {
         let mut give_up = None;
@@ -340,6 +355,7 @@ impl<'a> Follower<'a> {
                     if let Some(p) = self.progress.take() {
                         p.finish();
                     }
+                    self.warn_if_another_container(&summary.output);
                     return match download(&mut link.reader, &self.cfg.output, &self.target, result_bytes).await {
                         Ok(()) => Step::Ended(Ok(Followed::Finished(summary))),
                         Err(Download::Lost(e)) => Step::Lost(e),
