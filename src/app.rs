@@ -38,6 +38,18 @@ pub fn quiet_native_logs() {
 
 /// Runs the command `cli` names and returns the process exit status.
 pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // What documents the command line needs none of the rest.
+    match &cli.command {
+        Command::Completions { shell } => {
+            crate::docs::completions(*shell, &mut std::io::stdout().lock())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Manpages { dir } => {
+            crate::docs::manpages(dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     crate::telemetry::init(cli.global.log_format, cli.global.verbose)?;
     tune_process()?;
     let file = FileConfig::load(cli.global.config.as_deref())?;
@@ -47,9 +59,11 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(_) | Command::Worker(_) | Command::Preview(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?
         }
-        Command::Run(_) | Command::Client(_) | Command::Jobs(_) => {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?
-        }
+        Command::Run(_)
+        | Command::Client(_)
+        | Command::Jobs(_)
+        | Command::Completions { .. }
+        | Command::Manpages { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -99,6 +113,8 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(e) => finished(Err(e), cfg.quiet, json),
                 }
             }
+            // Written before the runtime started.
+            Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),
         }
     })
 }

@@ -68,6 +68,17 @@ pub enum Command {
     /// List the jobs a server ran (its job store), newest first; show, cancel, pause, resume,
     /// rerun or fetch one.
     Jobs(JobsArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (vpd.1, vpd-run.1, vpd-server.1, …) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
+    },
 }
 
 /// `vpd jobs`.

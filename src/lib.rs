@@ -1,6 +1,7 @@
 //! vpd: a video frame processing daemon. One binary, several roles; one pipeline.
 //!
-//! - [`cli`]: the command line (clap); [`config`]: file + env + args → validated configs.
+//! - [`cli`]: the command line (clap); [`config`]: file + env + args → validated configs;
+//!   [`docs`]: its completions and man pages.
 //! - [`app`]: start-up written once: logging, runtime, signals.
 //! - [`filters`]: the filter-chain language and the four filters.
 //! - [`media`]: decode, encode and mux through FFmpeg's libraries (the only libav user).
@@ -28,6 +29,7 @@ pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod docs;
 pub mod files;
 pub mod filters;
 pub mod http;
