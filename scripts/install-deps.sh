@@ -10,7 +10,8 @@ packages=(
   libswscale-dev libswresample-dev            #   (ffmpeg-next binds them through bindgen)
   ffmpeg                                      # ffprobe checks outputs in the tests; ffmpeg is the benchmark baseline
   chromium                                    # the dashboard test renders the page in headless Chromium
-  prometheus                                  # promtool checks /metrics in the tests
+  prometheus                                  # promtool checks /metrics and the alert rules in the tests
+  systemd                                     # systemd-analyze checks the units in the tests
 )
 
 missing=()

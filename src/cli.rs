@@ -92,9 +92,14 @@ pub struct JobsArgs {
     #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR", global = true)]
     pub server: Option<ServerAddr>,
 
-    /// The server's token.
+    /// The server's token (prefer --token-file or the environment: a command line is visible to
+    /// every user of the host).
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
+
+    /// Read the server's token from this file (its first line; keep it mode 0600).
+    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// JSON on stdout instead of a table.
     #[arg(long, global = true)]
@@ -165,9 +170,14 @@ pub struct ServerArgs {
     #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
     pub threads: Option<NonZeroUsize>,
 
-    /// Require clients to present this token.
+    /// Require clients to present this token (prefer --token-file or the environment: a command
+    /// line is visible to every user of the host).
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+
+    /// Read the token from this file (its first line; keep it mode 0600).
+    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// Largest upload accepted, in bytes; K, M and G suffixes allowed [default: 4G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -269,6 +279,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
     pub face_cascade: Option<PathBuf>,
 
+    /// This worker's name in its id, HOST:NAME, as dashboards and /metrics show it (a systemd
+    /// unit passes its instance: vpd-worker@3 is HOST:3) [default: the process id].
+    #[arg(long, value_name = "NAME", value_parser = parse_worker_name)]
+    pub name: Option<String>,
+
     /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9101.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -313,9 +328,14 @@ pub struct ClientArgs {
     #[arg(long, value_name = "ENCODING")]
     pub transport: Option<TransportEncoding>,
 
-    /// The server's token.
+    /// The server's token (prefer --token-file or the environment: a command line is visible to
+    /// every user of the host).
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+
+    /// Read the server's token from this file (its first line; keep it mode 0600).
+    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
@@ -324,6 +344,12 @@ pub struct ClientArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A worker name: 1–64 letters, digits, `.`, `_`, `-` or `@`.
+fn parse_worker_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if ok { Ok(s.to_string()) } else { Err(format!("'{s}': use 1-64 letters, digits, '.', '_', '-' or '@'")) }
 }
 
 /// Parses `0`, `90s`, `30m`, `24h`, `7d` (a number alone is seconds) into a duration.

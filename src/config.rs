@@ -79,6 +79,8 @@ pub struct ServerSection {
     /// In-process filter threads (`workers` before, still accepted).
     #[serde(alias = "workers")]
     pub threads: Option<NonZeroUsize>,
+    /// The file holding the token clients must present.
+    pub token_file: Option<PathBuf>,
     /// Largest upload (`4G`, `512M`, …).
     pub max_upload: Option<String>,
     /// Jobs at once.
@@ -126,31 +128,54 @@ pub struct WorkerSection {
 pub struct ClientSection {
     /// The server's address.
     pub server: Option<String>,
+    /// The file holding the server's token.
+    pub token_file: Option<PathBuf>,
+    /// How frames travel to workers.
+    pub transport: Option<TransportEncoding>,
     /// Video encoder.
     pub codec: Option<VideoCodec>,
     /// Constant quality.
     pub crf: Option<u32>,
     /// Encoder preset.
     pub preset: Option<String>,
+    /// Target bitrate instead of a quality (`4M`).
+    pub bitrate: Option<String>,
+    /// Longest gap between key frames.
+    pub keyint: Option<u32>,
+    /// Output pixel format.
+    pub pix_fmt: Option<String>,
 }
 
-/// The output options: the command line's choices, then the file's (`codec`, `crf` and
-/// `preset` of `[run]` or `[client]`), then the defaults.
+/// The output options: the command line's choices, then the file's (`codec`, `crf`, `preset`,
+/// `bitrate`, `keyint`, `pix_fmt` of `[run]` or `[client]`), then the defaults.
+#[allow(clippy::too_many_arguments)]
 fn output_options(
     a: OutputArgs,
+    section: &str,
     codec: &Option<VideoCodec>,
     crf: Option<u32>,
     preset: &Option<String>,
-) -> OutputOptions {
-    OutputOptions {
+    bitrate: &Option<String>,
+    keyint: Option<u32>,
+    pix_fmt: &Option<String>,
+) -> anyhow::Result<OutputOptions> {
+    let bitrate = match (a.bitrate, bitrate) {
+        (Some(b), _) => Some(b),
+        (None, Some(text)) => Some(
+            crate::cli::parse_bitrate(text)
+                .map_err(|e| usage(ErrorKind::ValueValidation, &format!("[{section}] bitrate: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    Ok(OutputOptions {
         codec: a.codec.or_else(|| codec.clone()).unwrap_or_default(),
         crf: a.crf.or(crf),
         preset: a.preset.or_else(|| preset.clone()),
-        bitrate: a.bitrate,
-        keyint: a.keyint,
-        pix_fmt: a.pix_fmt,
+        bitrate,
+        keyint: a.keyint.or(keyint),
+        pix_fmt: a.pix_fmt.or_else(|| pix_fmt.clone()),
         format: a.format,
-    }
+    })
 }
 
 /// `[filters]`.
@@ -178,6 +203,12 @@ pub struct RunSection {
     pub crf: Option<u32>,
     /// Encoder preset.
     pub preset: Option<String>,
+    /// Target bitrate instead of a quality (`4M`).
+    pub bitrate: Option<String>,
+    /// Longest gap between key frames.
+    pub keyint: Option<u32>,
+    /// Output pixel format.
+    pub pix_fmt: Option<String>,
 }
 
 impl FileConfig {
@@ -198,7 +229,10 @@ impl FileConfig {
             output: args.output,
             chain: args.filter,
             threads,
-            output_options: output_options(args.encoding, &self.run.codec, self.run.crf, &self.run.preset),
+            output_options: {
+                let r = &self.run;
+                output_options(args.encoding, "run", &r.codec, r.crf, &r.preset, &r.bitrate, r.keyint, &r.pix_fmt)?
+            },
             window: args.window.or(self.run.window),
             filter_env: self.filter_env(args.face_cascade),
             resume: args.resume,
@@ -254,7 +288,7 @@ impl FileConfig {
             listen,
             unix,
             backend,
-            token: token(a.token)?,
+            token: token(a.token, a.token_file.as_deref().or(f.token_file.as_deref()))?,
             max_upload,
             max_jobs: a.max_jobs.or(f.max_jobs).unwrap_or(NonZeroUsize::new(2).expect("2 > 0")),
             work_dir: a
@@ -285,7 +319,10 @@ impl FileConfig {
             threads: a.threads.or(f.threads).unwrap_or_else(default_threads),
             topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?),
             filter_env: self.filter_env(a.face_cascade),
-            id: crate::metrics::WorkerId::this_process().to_string(),
+            id: a
+                .name
+                .map_or_else(crate::metrics::WorkerId::this_process, |n| crate::metrics::WorkerId::on_this_host(&n))
+                .to_string(),
             metrics: a.metrics.or(f.metrics),
         })
     }
@@ -318,9 +355,12 @@ impl FileConfig {
             job,
             output: a.output,
             server,
-            output_options: output_options(a.encoding, &self.client.codec, self.client.crf, &self.client.preset),
-            transport: a.transport.unwrap_or(TransportEncoding::Auto),
-            token: token(a.token)?,
+            output_options: {
+                let c = &self.client;
+                output_options(a.encoding, "client", &c.codec, c.crf, &c.preset, &c.bitrate, c.keyint, &c.pix_fmt)?
+            },
+            transport: a.transport.or(self.client.transport).unwrap_or(TransportEncoding::Auto),
+            token: token(a.token, a.token_file.as_deref().or(self.client.token_file.as_deref()))?,
             quiet: a.quiet,
         };
         Ok((cfg, a.json))
@@ -337,7 +377,12 @@ impl FileConfig {
             Some(JobsAction::Fetch { job, output }) => JobsQuery::Fetch(job, output),
             None => JobsQuery::List(a.limit),
         };
-        Ok(JobsConfig { server: self.server_addr(a.server)?, token: token(a.token)?, query, json: a.json })
+        Ok(JobsConfig {
+            server: self.server_addr(a.server)?,
+            token: token(a.token, a.token_file.as_deref().or(self.client.token_file.as_deref()))?,
+            query,
+            json: a.json,
+        })
     }
 
     /// The server a client talks to: the command line's, the config file's, or the default.
@@ -376,7 +421,27 @@ fn namespace(ns: Option<String>) -> anyhow::Result<String> {
     Ok(ns)
 }
 
-fn token(t: Option<String>) -> anyhow::Result<Option<Token>> {
+/// The token: given, or read from a file (its first line). A file other users can read is
+/// reported: a secret belongs to the service's user alone.
+fn token(t: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<Token>> {
+    let t = match (t, file) {
+        (Some(t), _) => Some(t),
+        (None, Some(path)) => {
+            use std::os::unix::fs::PermissionsExt as _;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{mode:04o}"),
+                    "the token file is open to other users; make it 0600"
+                );
+            }
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        (None, None) => None,
+    };
     match t {
         Some(t) if t.is_empty() => Err(usage(ErrorKind::ValueValidation, "the token is empty")),
         t => Ok(t.map(Token::new)),
@@ -472,6 +537,51 @@ mod tests {
     }
 
     #[test]
+    fn the_clients_encoding_transport_and_token_file_come_from_the_file_unless_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "from-file\n").unwrap();
+        let text = format!(
+            "[client]\nbitrate = \"2M\"\nkeyint = 50\npix_fmt = \"yuv444p\"\ntransport = \"lz4\"\ntoken_file = {:?}\n",
+            token_file.to_str().unwrap()
+        );
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["vpd", "client", "in.mp4", "-o", "out.mp4", "-f", "edges"];
+            argv.extend_from_slice(extra);
+            match crate::cli::Cli::parse_from(argv).command {
+                crate::cli::Command::Client(a) => a,
+                other => panic!("not client: {other:?}"),
+            }
+        };
+        let (cfg, _) = file.client(args(&[])).unwrap();
+        let o = &cfg.output_options;
+        assert_eq!((o.bitrate, o.keyint, o.pix_fmt.as_deref()), (Some(2_000_000), Some(50), Some("yuv444p")));
+        assert_eq!(cfg.transport, TransportEncoding::Lz4);
+        assert!(cfg.token.unwrap().matches(&Token::new("from-file")));
+        let (cfg, _) = file.client(args(&["--keyint", "10", "--transport", "raw", "--token", "given"])).unwrap();
+        assert_eq!((cfg.output_options.keyint, cfg.transport), (Some(10), TransportEncoding::Raw));
+        assert!(cfg.token.unwrap().matches(&Token::new("given")));
+        let bad: FileConfig = toml::from_str("[run]\nbitrate = \"fast\"").unwrap();
+        assert!(bad.run(run_args(&[])).unwrap_err().to_string().contains("[run] bitrate"));
+    }
+
+    #[test]
+    fn a_token_comes_from_its_file_first_line_and_an_empty_or_missing_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret \nsecond line\n").unwrap();
+        let t = token(None, Some(&file)).unwrap().unwrap();
+        assert!(t.matches(&Token::new("s3cret")));
+        assert!(token(Some("given".into()), None).unwrap().unwrap().matches(&Token::new("given")));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(token(None, Some(&file)).unwrap_err().to_string().contains("the token is empty"));
+        let missing = format!("{:#}", token(None, Some(&dir.path().join("nope"))).unwrap_err());
+        assert!(missing.contains("cannot read the token file") && missing.contains("nope"), "{missing}");
+        assert!(token(None, None).unwrap().is_none());
+    }
+
+    #[test]
     fn command_line_beats_file_beats_default() {
         let file: FileConfig =
             toml::from_str("[run]\nthreads = 3\ncodec = \"hevc\"\ncrf = 20\n[filters]\nface_cascade = \"/x.xml\"")
@@ -532,5 +642,86 @@ mod tests {
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vpd.example.toml");
         FileConfig::load(Some(&path)).unwrap();
+    }
+
+    /// Flags that name one invocation's work, or that act before the file is read: the example
+    /// says why they have no key. Everything else on the command line has one.
+    const NO_KEY: &[(&str, &str)] = &[
+        ("*", "config"),
+        ("*", "log-format"),
+        ("*", "verbose"),
+        ("*", "help"),
+        ("*", "version"),
+        ("*", "token"), // a secret: token_file or VPD_TOKEN
+        ("run", "output"),
+        ("run", "filter"),
+        ("run", "format"),
+        ("run", "resume"),
+        ("run", "json"),
+        ("run", "quiet"),
+        ("client", "output"),
+        ("client", "filter"),
+        ("client", "format"),
+        ("client", "attach"),
+        ("client", "detach"),
+        ("client", "json"),
+        ("client", "quiet"),
+        ("jobs", "json"),
+        ("jobs", "limit"),
+        ("worker", "name"),
+    ];
+
+    #[test]
+    fn every_flag_has_a_key_in_the_example_and_every_key_there_parses() {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vpd.example.toml")).unwrap();
+        // Every key, commented out or not, by table; and the file with all of them set.
+        let mut keys: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let (mut table, mut all_set) = (String::new(), String::new());
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name.to_string();
+                all_set.push_str(line);
+            } else {
+                let setting = line.strip_prefix("# ").unwrap_or(line);
+                let key = setting
+                    .split_once(" = ")
+                    .map(|(k, _)| k)
+                    .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+                match key {
+                    Some(key) if !key.is_empty() => {
+                        keys.entry(table.clone()).or_default().push(key.to_string());
+                        all_set.push_str(setting);
+                    }
+                    _ => {}
+                }
+            }
+            all_set.push('\n');
+        }
+        let parsed: FileConfig = toml::from_str(&all_set).unwrap_or_else(|e| panic!("{e}\n{all_set}"));
+        assert!(parsed.server.token_file.is_some() && parsed.client.bitrate.is_some(), "commented keys were set");
+
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        for role in ["run", "server", "worker", "client", "preview", "jobs"] {
+            let sub = cmd.find_subcommand(role).unwrap();
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if NO_KEY.iter().any(|(r, f)| (*r == "*" || *r == role) && *f == long) || arg.is_hide_set() {
+                    continue;
+                }
+                let table = match (role, long) {
+                    (_, "face-cascade") => "filters",
+                    ("jobs", _) => "client",
+                    _ => role,
+                };
+                let key = long.replace('-', "_");
+                if !keys.get(table).is_some_and(|k| k.contains(&key)) {
+                    missing.push(format!("{role} --{long}: no `{key}` in [{table}]"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "config/vpd.example.toml lacks:\n{}", missing.join("\n"));
     }
 }

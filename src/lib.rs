@@ -18,6 +18,7 @@
 //!   `/metrics`, `/healthz`) every serving role uses; [`board`]: job views fed by events, for the
 //!   server's and the preview's dashboards.
 //! - [`store`]: the job store (SQLite): every job a server accepted and what became of it.
+//! - [`service`]: systemd's readiness, watchdog and stopping notifications.
 //! - Roles: [`run`], [`server`], [`worker`], [`client`], [`preview`].
 
 #![warn(missing_docs)]
@@ -43,6 +44,7 @@ pub mod progress;
 pub mod protocol;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

@@ -6,6 +6,7 @@ mod hardening;
 mod jobs;
 mod logs;
 mod media;
+mod ops;
 mod preview;
 mod protocol;
 mod resume;

@@ -264,12 +264,17 @@ impl WorkerId {
 
     /// This process's id as workers report it and brokers show it: `hostname:pid`.
     pub fn this_process() -> Self {
+        WorkerId::on_this_host(&std::process::id().to_string())
+    }
+
+    /// `hostname:name`: a worker named by its operator (a systemd instance, `vpd-worker@3`).
+    pub fn on_this_host(name: &str) -> Self {
         let mut buf = [0u8; 256];
         // SAFETY: gethostname writes at most buf.len() bytes into the buffer it is given.
         let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
         let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
         let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown".into() };
-        WorkerId::new(format!("{host}:{}", std::process::id()))
+        WorkerId::new(format!("{host}:{name}"))
     }
 }
 

@@ -48,14 +48,21 @@ pub async fn run(cfg: PreviewConfig, listener: TcpListener, shutdown: Cancellati
     let broker = Broker::connect(&cfg.amqp_url, &name).await?;
     let board = Arc::new(Board::new());
     if let Some(dir) = &cfg.state_dir {
-        // Yesterday's jobs too, read once: what happens from now on comes as events.
-        let store = crate::store::Store::open_read_only(dir)?;
-        board.remember(&store.list(crate::board::MAX_JOBS)?);
+        // Yesterday's jobs too, read once: what happens from now on comes as events. A store
+        // that is not there yet (no server ran) or cannot be read leaves the dashboard as it is.
+        match crate::store::Store::open_read_only(dir).and_then(|store| store.list(crate::board::MAX_JOBS)) {
+            Ok(jobs) => board.remember(&jobs),
+            Err(e) => warn!(error = %format!("{e:#}"), "no job history on the dashboard"),
+        }
     }
     info!(broker = broker.url(), "preview started");
+    crate::service::ready("serving the dashboard");
+    let watchdog = tokio::spawn(crate::service::watchdog(shutdown.clone()));
     let follower = tokio::spawn(follow(cfg, name, broker, board.clone(), shutdown.clone()));
     http::serve(listener, http::Site::dashboard(board), shutdown).await;
+    crate::service::stopping();
     follower.await?;
+    watchdog.abort();
     Ok(())
 }
 

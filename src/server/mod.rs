@@ -281,6 +281,9 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         tracker.spawn(poll_queue(link.clone(), shared.board.clone(), shutdown.clone()));
     }
     info!(listening = ?cfg.listen, unix = ?cfg.unix, "server started");
+    // Its sockets listen (bound before this) and its broker link is up (connected above).
+    crate::service::ready("accepting jobs");
+    tracker.spawn(crate::service::watchdog(shutdown.clone()));
     let mut backoff = ACCEPT_BACKOFF;
     loop {
         let accepted = tokio::select! {
@@ -307,6 +310,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
             }
         }
     }
+    crate::service::stopping();
     info!("shutting down: stopping jobs (they resume at the next start)");
     tracker.close();
     let drained = async {

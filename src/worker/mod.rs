@@ -110,6 +110,8 @@ pub async fn run(
         .context("spawning filter threads")?;
     drop((work_rx, done_tx));
     info!(worker = %cfg.id, threads = cfg.threads.get(), broker = broker.url(), "worker started");
+    crate::service::ready(&format!("worker {} taking tasks", cfg.id));
+    let watchdog = tokio::spawn(crate::service::watchdog(shutdown.clone()));
 
     let mut cancelled = Cancelled::default();
     loop {
@@ -128,6 +130,8 @@ pub async fn run(
             }
         }
     }
+    crate::service::stopping();
+    watchdog.abort();
     drop(work_tx);
     for t in threads {
         let _ = t.join();
