@@ -4,7 +4,7 @@ CARGO ?= cargo
 FILTER ?= faces,motion
 OUT ?= out
 
-.PHONY: deps rabbitmq build run test lint bench sample clean
+.PHONY: deps rabbitmq build run test lint bench sample deb clean
 
 deps:
 	@scripts/install-deps.sh
@@ -29,6 +29,12 @@ test: deps rabbitmq lint
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --quiet
+	scripts/package-deb.sh
+
+## The Debian package, target/debian/vpd_VERSION_ARCH.deb (lintian-clean); scripts/deb-smoke.sh
+## installs it into a clean Debian 12 root.
+deb: deps
+	scripts/package-deb.sh
 
 lint:
 	scripts/check-layers.sh

@@ -12,6 +12,7 @@ packages=(
   chromium                                    # the dashboard test renders the page in headless Chromium
   prometheus                                  # promtool checks /metrics and the alert rules in the tests
   systemd                                     # systemd-analyze checks the units in the tests
+  lintian                                     # checks the Debian package (make deb, make test)
 )
 
 missing=()
