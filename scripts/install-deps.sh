@@ -13,6 +13,7 @@ packages=(
   prometheus                                  # promtool checks /metrics and the alert rules in the tests
   systemd                                     # systemd-analyze checks the units in the tests
   lintian                                     # checks the Debian package (make deb, make test)
+  python3-yaml                                # reads compose.yaml in the tests
 )
 
 missing=()

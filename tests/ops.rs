@@ -124,3 +124,9 @@ fn the_dashboard_and_the_alerts_query_only_series_vpd_exports_and_prometheus_acc
         assert!(exprs.iter().any(|e| e.contains(needed)), "the dashboard shows {needed}");
     }
 }
+
+#[test]
+fn the_containerfile_and_compose_file_parse_and_say_what_they_must() {
+    let out = Command::new(repo("scripts/check-container.py")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
