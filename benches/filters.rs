@@ -39,7 +39,19 @@ fn filters(c: &mut Criterion) {
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for (label, w, h) in [("720p", 1280, 720), ("1080p", 1920, 1080)] {
         let (prev, cur) = (scaled(&previous, w, h), scaled(&current, w, h));
-        for chain in ["blur", "blur:ksize=21", "edges", "faces", "faces:mode=blur", "motion"] {
+        for chain in [
+            "blur",
+            "blur:ksize=21",
+            "edges",
+            "faces",
+            "faces:mode=blur",
+            "motion",
+            "denoise",
+            "sharpen",
+            "grade:contrast=1.1:saturation=1.2",
+            "grade:contrast=1.1:brightness=0.05:gamma=1.1:warmth=0.2",
+            "denoise,grade:contrast=1.1:saturation=1.15,sharpen",
+        ] {
             let parsed: Chain = chain.parse().unwrap();
             let mut processor = Processor::new(&parsed, &FilterEnv::default()).expect("opencv-data installed");
             group.bench_with_input(BenchmarkId::new(chain, label), &(&prev, &cur), |b, (prev, cur)| {

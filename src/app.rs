@@ -62,6 +62,7 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(_)
         | Command::Client(_)
         | Command::Jobs(_)
+        | Command::Presets
         | Command::Completions { .. }
         | Command::Manpages { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
     };
@@ -112,6 +113,10 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(crate::client::Followed::Finished(summary)) => finished(Ok(*summary), cfg.quiet, json),
                     Err(e) => finished(Err(e), cfg.quiet, json),
                 }
+            }
+            Command::Presets => {
+                crate::progress::print_presets(&mut std::io::stdout().lock(), &file.presets()?)?;
+                Ok(ExitCode::SUCCESS)
             }
             // Written before the runtime started.
             Command::Completions { .. } | Command::Manpages { .. } => Ok(ExitCode::SUCCESS),

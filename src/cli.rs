@@ -68,6 +68,9 @@ pub enum Command {
     /// List the jobs a server ran (its job store), newest first; show, cancel, pause, resume,
     /// rerun or fetch one.
     Jobs(JobsArgs),
+    /// List the presets (named filter chains for --preset): the built-in ones and the
+    /// configuration file's [presets].
+    Presets,
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell) on stdout.
     Completions {
         /// The shell.
@@ -308,15 +311,19 @@ pub struct ClientArgs {
     pub output: PathBuf,
 
     /// Filter chain, applied in order, e.g. `blur:ksize=21,edges` (see below).
-    #[arg(short, long, value_name = "CHAIN", required_unless_present = "attach")]
+    #[arg(short, long, value_name = "CHAIN", required_unless_present_any = ["attach", "preset"])]
     pub filter: Option<Chain>,
+
+    /// A named chain instead of --filter (`vpd presets` lists them), e.g. cinematic.
+    #[arg(long, value_name = "NAME", conflicts_with = "filter")]
+    pub preset: Option<String>,
 
     /// Leave once the upload is whole: print the job's id and exit, the job goes on.
     #[arg(long, conflicts_with = "attach")]
     pub detach: bool,
 
     /// Follow a job submitted before (by its id): progress from where it is, then the result.
-    #[arg(long, value_name = "JOB", conflicts_with_all = ["input", "filter"])]
+    #[arg(long, value_name = "JOB", conflicts_with_all = ["input", "filter", "preset"])]
     pub attach: Option<String>,
 
     /// How the output is encoded.
@@ -406,9 +413,10 @@ pub struct OutputArgs {
     pub crf: Option<u32>,
 
     /// The encoder's speed against size: ultrafast … veryslow for h264 and hevc [default:
-    /// veryfast for h264, medium for hevc], 0-13 for av1, 0-8 (cpu-used) for vp9.
+    /// veryfast for h264, medium for hevc], 0-13 for av1, 0-8 (cpu-used) for vp9. (--preset
+    /// names a filter chain.)
     #[arg(long, value_name = "NAME")]
-    pub preset: Option<String>,
+    pub encoder_preset: Option<String>,
 
     /// Target bitrate instead of a constant quality, e.g. 4M or 800K (bits per second).
     #[arg(long, value_name = "RATE", value_parser = parse_bitrate)]
@@ -459,8 +467,12 @@ pub struct RunArgs {
     pub output: PathBuf,
 
     /// Filter chain, applied in order, e.g. `blur:ksize=21,edges` (see below).
-    #[arg(short, long, value_name = "CHAIN")]
-    pub filter: Chain,
+    #[arg(short, long, value_name = "CHAIN", required_unless_present = "preset")]
+    pub filter: Option<Chain>,
+
+    /// A named chain instead of --filter (`vpd presets` lists them), e.g. cinematic.
+    #[arg(long, value_name = "NAME", conflicts_with = "filter")]
+    pub preset: Option<String>,
 
     /// Filter threads [default: the number of CPU cores].
     #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]

@@ -19,6 +19,7 @@ use crate::broker::{DEFAULT_NAMESPACE, Topology};
 use crate::cli::OutputArgs;
 use crate::cli::{Cli, ClientArgs, JobsAction, JobsArgs, PreviewArgs, RunArgs, ServerArgs, WorkerArgs, parse_size};
 use crate::client::{ClientConfig, ClientJob, JobsConfig, JobsQuery};
+use crate::filters::presets::Presets;
 use crate::filters::{Chain, FilterEnv};
 use crate::media::{OutputOptions, VideoCodec};
 use crate::net::ServerAddr;
@@ -50,6 +51,9 @@ pub struct FileConfig {
     /// Defaults for `vpd preview`.
     #[serde(default)]
     pub preview: PreviewSection,
+    /// Named filter chains for `--preset`, besides (or instead of) the built-in ones.
+    #[serde(default)]
+    pub presets: std::collections::BTreeMap<String, String>,
 }
 
 /// `[preview]`.
@@ -136,8 +140,9 @@ pub struct ClientSection {
     pub codec: Option<VideoCodec>,
     /// Constant quality.
     pub crf: Option<u32>,
-    /// Encoder preset.
-    pub preset: Option<String>,
+    /// Encoder speed preset (`preset` before filter presets took the word; still accepted).
+    #[serde(alias = "preset")]
+    pub encoder_preset: Option<String>,
     /// Target bitrate instead of a quality (`4M`).
     pub bitrate: Option<String>,
     /// Longest gap between key frames.
@@ -170,7 +175,7 @@ fn output_options(
     Ok(OutputOptions {
         codec: a.codec.or_else(|| codec.clone()).unwrap_or_default(),
         crf: a.crf.or(crf),
-        preset: a.preset.or_else(|| preset.clone()),
+        preset: a.encoder_preset.or_else(|| preset.clone()),
         bitrate,
         keyint: a.keyint.or(keyint),
         pix_fmt: a.pix_fmt.or_else(|| pix_fmt.clone()),
@@ -201,8 +206,9 @@ pub struct RunSection {
     pub codec: Option<VideoCodec>,
     /// Constant quality.
     pub crf: Option<u32>,
-    /// Encoder preset.
-    pub preset: Option<String>,
+    /// Encoder speed preset (`preset` before filter presets took the word; still accepted).
+    #[serde(alias = "preset")]
+    pub encoder_preset: Option<String>,
     /// Target bitrate instead of a quality (`4M`).
     pub bitrate: Option<String>,
     /// Longest gap between key frames.
@@ -227,11 +233,20 @@ impl FileConfig {
         Ok(RunConfig {
             input: args.input,
             output: args.output,
-            chain: args.filter,
+            chain: self.chain(args.filter, args.preset.as_deref())?,
             threads,
             output_options: {
                 let r = &self.run;
-                output_options(args.encoding, "run", &r.codec, r.crf, &r.preset, &r.bitrate, r.keyint, &r.pix_fmt)?
+                output_options(
+                    args.encoding,
+                    "run",
+                    &r.codec,
+                    r.crf,
+                    &r.encoder_preset,
+                    &r.bitrate,
+                    r.keyint,
+                    &r.pix_fmt,
+                )?
             },
             window: args.window.or(self.run.window),
             filter_env: self.filter_env(args.face_cascade),
@@ -348,7 +363,9 @@ impl FileConfig {
         let server = self.server_addr(a.server)?;
         let job = match (a.attach, a.input, a.filter) {
             (Some(id), _, _) => ClientJob::Attach(id),
-            (None, Some(input), Some(chain)) => ClientJob::Submit { input, chain, detach: a.detach },
+            (None, Some(input), filter) if filter.is_some() || a.preset.is_some() => {
+                ClientJob::Submit { input, chain: self.chain(filter, a.preset.as_deref())?, detach: a.detach }
+            }
             _ => return Err(usage(ErrorKind::MissingRequiredArgument, "give an input and --filter, or --attach JOB")),
         };
         let cfg = ClientConfig {
@@ -357,7 +374,16 @@ impl FileConfig {
             server,
             output_options: {
                 let c = &self.client;
-                output_options(a.encoding, "client", &c.codec, c.crf, &c.preset, &c.bitrate, c.keyint, &c.pix_fmt)?
+                output_options(
+                    a.encoding,
+                    "client",
+                    &c.codec,
+                    c.crf,
+                    &c.encoder_preset,
+                    &c.bitrate,
+                    c.keyint,
+                    &c.pix_fmt,
+                )?
             },
             transport: a.transport.or(self.client.transport).unwrap_or(TransportEncoding::Auto),
             token: token(a.token, a.token_file.as_deref().or(self.client.token_file.as_deref()))?,
@@ -383,6 +409,22 @@ impl FileConfig {
             query,
             json: a.json,
         })
+    }
+
+    /// The presets: the built-in ones and the file's.
+    pub fn presets(&self) -> anyhow::Result<Presets> {
+        Presets::new(&self.presets).map_err(|e| anyhow::anyhow!("config file: {e}"))
+    }
+
+    /// The chain given, or the preset named, resolved now: jobs record the chain itself.
+    fn chain(&self, filter: Option<Chain>, preset: Option<&str>) -> anyhow::Result<Chain> {
+        match (filter, preset) {
+            (Some(chain), _) => Ok(chain),
+            (None, Some(name)) => {
+                self.presets()?.resolve(name).map_err(|e| usage(ErrorKind::InvalidValue, &e.to_string()))
+            }
+            (None, None) => Err(usage(ErrorKind::MissingRequiredArgument, "give --filter CHAIN or --preset NAME")),
+        }
     }
 
     /// The server a client talks to: the command line's, the config file's, or the default.
@@ -594,7 +636,16 @@ mod tests {
         assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/x.xml"));
 
         let cfg = file
-            .run(run_args(&["--threads", "5", "--codec", "mjpeg", "--face-cascade", "/y.xml", "--preset", "slow"]))
+            .run(run_args(&[
+                "--threads",
+                "5",
+                "--codec",
+                "mjpeg",
+                "--face-cascade",
+                "/y.xml",
+                "--encoder-preset",
+                "slow",
+            ]))
             .unwrap();
         assert_eq!((cfg.threads.get(), cfg.output_options.codec.to_string()), (5, "mjpeg".into()));
         assert_eq!((cfg.output_options.crf, cfg.output_options.preset.as_deref()), (Some(20), Some("slow")));
@@ -666,6 +717,8 @@ mod tests {
         ("client", "detach"),
         ("client", "json"),
         ("client", "quiet"),
+        ("run", "preset"),
+        ("client", "preset"),
         ("jobs", "json"),
         ("jobs", "limit"),
         ("worker", "name"),

@@ -53,6 +53,7 @@ mod tests {
                 "vpd-client.1",
                 "vpd-completions.1",
                 "vpd-jobs.1",
+                "vpd-presets.1",
                 "vpd-preview.1",
                 "vpd-run.1",
                 "vpd-server.1",

@@ -112,6 +112,21 @@ fn percentiles(p: &Percentiles) -> String {
     format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms", p.p50, p.p95, p.p99)
 }
 
+/// `vpd presets`: one line per preset, its chain, and where it comes from.
+pub fn print_presets(out: &mut impl Write, presets: &crate::filters::presets::Presets) -> io::Result<()> {
+    use crate::filters::presets::Origin;
+    let width = presets.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0).max(6);
+    writeln!(out, "{:<width$}  {:<8}  chain", "preset", "from")?;
+    for (name, chain, origin) in presets.iter() {
+        let from = match origin {
+            Origin::BuiltIn => "built-in",
+            Origin::Config => "config",
+        };
+        writeln!(out, "{name:<width$}  {from:<8}  {chain}")?;
+    }
+    Ok(())
+}
+
 /// `vpd jobs`: one line per job, newest first.
 pub fn print_jobs(out: &mut impl Write, jobs: &[JobRecord]) -> io::Result<()> {
     writeln!(

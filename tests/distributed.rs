@@ -46,7 +46,14 @@ fn run_server_and_remote_workers_write_identical_frames() {
     let remote = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
     let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
-    for chain in ["blur:ksize=9", "edges", "faces:mode=blur", "motion", "blur:ksize=5,motion,faces,edges"] {
+    for chain in [
+        "blur:ksize=9",
+        "edges",
+        "faces:mode=blur",
+        "motion",
+        "blur:ksize=5,motion,faces,edges",
+        "denoise,grade:contrast=1.1:saturation=1.15,sharpen",
+    ] {
         let want = reference(&input, chain, &dir.path().join("run.mkv"));
         let s = summary(&client(&local.addr(), &input, chain, &dir.path().join("local.mkv"), &[]));
         assert_eq!((s.frames, s.failed_frames), (20, 0), "{chain}");

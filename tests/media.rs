@@ -386,7 +386,7 @@ fn the_server_encodes_with_the_clients_options_and_keeps_the_audio() {
         "hevc",
         "--crf",
         "30",
-        "--preset",
+        "--encoder-preset",
         "fast",
         "--json",
     ]);

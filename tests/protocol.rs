@@ -68,10 +68,13 @@ fn hostile_and_broken_clients_get_clear_errors_and_the_server_carries_on() {
     let mut c = Raw::connect(&addr);
     c.hello(Some("s3cret"));
     assert!(matches!(c.recv(), Some(ServerMessage::Welcome { .. })));
-    c.send(&submit("sharpen", 100));
+    c.send(&submit("vignette", 100));
     let (code, message) = c.expect_error();
     assert_eq!(code, ErrorCode::BadRequest);
-    assert_eq!(message, "unknown filter 'sharpen' (known filters: blur, edges, faces, motion)");
+    assert_eq!(
+        message,
+        "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade)"
+    );
 
     // An upload over the limit is refused before a byte of it is sent.
     let mut c = Raw::connect(&addr);

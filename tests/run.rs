@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use opencv::core::Mat;
+use opencv::prelude::*;
 use vpd::filters::{Chain, FilterEnv, Processor};
 
 use crate::util::*;
@@ -52,6 +53,10 @@ fn every_frame_equals_the_library_filter_of_the_input_frame() {
         "faces:mode=blur",
         "motion",
         "blur:ksize=5,motion,faces,edges",
+        "denoise",
+        "sharpen:amount=0.8:radius=2",
+        "grade:contrast=1.1:brightness=0.05:saturation=1.2:gamma=1.1:warmth=0.3",
+        "denoise,grade:contrast=1.1:saturation=1.15,sharpen",
     ] {
         let output = dir.path().join("out.mkv");
         let out = run_vpd(&[
@@ -247,7 +252,7 @@ fn bad_filter_chains_are_rejected_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.mp4");
     for (chain, message) in [
-        ("sharpen", "unknown filter 'sharpen' (known filters: blur, edges, faces, motion)"),
+        ("vignette", "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade)"),
         ("blur:ksize=4", "blur: ksize=4 is invalid: expected an odd integer from 1 to 255"),
         ("edges:low=-3", "edges: low=-3 is invalid"),
         ("edges,motion:speed=2", "motion: unknown parameter 'speed' (allowed: threshold, min_area, dilate)"),
@@ -324,4 +329,58 @@ fn the_sample_video_runs_through_every_filter() {
     let s: vpd::metrics::JobSummary = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((s.frames, s.failed_frames, s.width, s.height), (200, 0, 960, 540));
     assert_eq!(ffprobe(&output).frames, 200);
+}
+
+#[test]
+fn a_preset_equals_its_chain_frame_for_frame_and_an_unknown_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClipSpec { frames: 12, width: 320, height: 240, fps: 25.0, face: false };
+    let input = lossless_clip(dir.path(), &spec);
+    let run = |args: &[&str], out: &str| {
+        let output = dir.path().join(out);
+        let mut argv = vec![
+            "run",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--codec",
+            "ffv1",
+            "--json",
+            "--quiet",
+        ];
+        argv.extend_from_slice(args);
+        (run_vpd(&argv), output)
+    };
+    let (by_name, preset_out) = run(&["--preset", "cinematic"], "preset.mkv");
+    let (by_chain, chain_out) = run(&["-f", "denoise,grade:contrast=1.1:saturation=1.15,sharpen"], "chain.mkv");
+    assert!(by_name.status.success() && by_chain.status.success(), "{}{}", stderr(&by_name), stderr(&by_chain));
+    let (a, b) = (decode_all(&preset_out), decode_all(&chain_out));
+    assert_eq!(a.len(), 12);
+    assert!(a.iter().zip(&b).all(|(x, y)| max_diff(x, y) == 0.0), "the preset is its chain");
+    // The summary shows the resolved chain.
+    let summary: serde_json::Value = serde_json::from_slice(&by_name.stdout).unwrap();
+    assert_eq!(
+        summary["filters"],
+        "denoise:size=5,grade:contrast=1.1:brightness=0:saturation=1.15:gamma=1:warmth=0,sharpen:amount=1:radius=1.5"
+    );
+
+    let (unknown, out) = run(&["--preset", "noir"], "noir.mkv");
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = stderr(&unknown);
+    assert!(err.contains("unknown preset 'noir' (known presets: anonymise, cinematic, security, sketch)"), "{err}");
+    assert!(!out.exists());
+
+    // A user preset from the configuration file, listed by `vpd presets`.
+    let config = dir.path().join("vpd.toml");
+    std::fs::write(&config, "[presets]\nnoir = \"grade:saturation=0\"\n").unwrap();
+    let listed = vpd().args(["presets", "--config", config.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(text.lines().any(|l| l.starts_with("noir") && l.contains("config") && l.contains("grade:")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("cinematic") && l.contains("built-in")), "{text}");
+    let (grey, out) = run(&["--preset", "noir", "--config", config.to_str().unwrap()], "grey.mkv");
+    assert!(grey.status.success(), "{}", stderr(&grey));
+    let frames = decode_all(&out);
+    let bytes = frames[3].data_bytes().unwrap();
+    assert!(bytes.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]), "noir is grey");
 }

@@ -1,4 +1,4 @@
-//! The four filters and the [`Processor`] that applies a chain of them to one frame.
+//! The filters and the [`Processor`] that applies a chain of them to one frame.
 //!
 //! A filter is a pure function of the frame, its parameters and (for `motion`) the previous
 //! source frame, so the result does not depend on which thread or host runs it. Detectors
@@ -10,9 +10,13 @@
 
 mod blur;
 mod canny;
+mod denoise;
 mod edges;
 pub mod faces;
+mod grade;
 pub mod motion;
+pub mod presets;
+mod sharpen;
 mod spec;
 
 use std::path::{Path, PathBuf};
@@ -21,8 +25,8 @@ use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 
 pub use spec::{
-    BlurParams, Chain, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, MAX_CHAIN_LEN, MotionParams,
-    SpecError,
+    BlurParams, Chain, DenoiseParams, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, GradeParams,
+    MAX_CHAIN_LEN, MotionParams, SharpenParams, SpecError,
 };
 
 /// Where Debian's `opencv-data` package installs the frontal-face Haar cascade.
@@ -85,6 +89,9 @@ enum Stage {
     Edges(edges::Edges),
     Faces(faces::Faces),
     Motion(motion::Motion),
+    Denoise(DenoiseParams),
+    Sharpen(SharpenParams),
+    Grade(grade::Grade),
 }
 
 impl Processor {
@@ -99,6 +106,10 @@ impl Processor {
                     FilterSpec::Edges(p) => Stage::Edges(edges::Edges::new(p)),
                     FilterSpec::Faces(p) => Stage::Faces(faces::Faces::new(p, &env.face_cascade)?),
                     FilterSpec::Motion(p) => Stage::Motion(motion::Motion::new(p)),
+                    FilterSpec::Denoise(p) => Stage::Denoise(p),
+                    FilterSpec::Sharpen(p) => Stage::Sharpen(p),
+                    // Its lookup tables, once per chain.
+                    FilterSpec::Grade(p) => Stage::Grade(grade::Grade::new(&p)),
                 })
             })
             .collect::<Result<_, FilterError>>()?;
@@ -117,6 +128,9 @@ impl Processor {
                 Stage::Edges(e) => ("edges", e.apply(current.as_mat())?),
                 Stage::Faces(f) => ("faces", f.apply(current.into_owned()?, frame)?),
                 Stage::Motion(m) => ("motion", m.apply(current.into_owned()?, frame, previous)?),
+                Stage::Denoise(p) => ("denoise", denoise::apply(current.as_mat(), p)?),
+                Stage::Sharpen(p) => ("sharpen", sharpen::apply(current.as_mat(), p)?),
+                Stage::Grade(g) => ("grade", g.apply(current.into_owned()?)?),
             };
             if out.size()? != frame.size()? || out.typ() != CV_8UC3 {
                 return Err(FilterError::BadOutput(name));

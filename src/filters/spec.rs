@@ -12,7 +12,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Names of the filters, in the order the help text lists them.
-pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion"];
+pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion", "denoise", "sharpen", "grade"];
 
 /// Most filters in one chain. A real chain has a handful; the bound keeps a hostile one (3000
 /// blurs fit in a 64 KiB message) from pinning a filter thread for minutes on one frame.
@@ -130,6 +130,49 @@ pub struct MotionParams {
     pub dilate: u32,
 }
 
+/// Edge-preserving noise removal: a median filter (measured against bilateral and non-local
+/// means, see BENCHMARKS.md "New filters").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DenoiseParams {
+    /// The median's window, odd, 3..=9 pixels.
+    pub size: u32,
+}
+
+/// Unsharp mask: the frame plus `amount` times its difference from a Gaussian blur of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SharpenParams {
+    /// How much of the detail to add back, 0..=5.
+    pub amount: f64,
+    /// The blur's standard deviation in pixels, 0.3..=20: the size of the detail sharpened.
+    pub radius: f64,
+}
+
+/// Colour grading through per-channel lookup tables (built once per chain), then saturation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradeParams {
+    /// Contrast around mid-grey, 0..=4 (1: unchanged).
+    pub contrast: f64,
+    /// Added brightness, -1..=1 of the full range (0: unchanged).
+    pub brightness: f64,
+    /// Colour saturation, 0..=4 (0: grey, 1: unchanged).
+    pub saturation: f64,
+    /// Gamma, 0.1..=10 (above 1 brightens the mid-tones, 1: unchanged).
+    pub gamma: f64,
+    /// Warmth, -1..=1: red up and blue down (negative: cooler; 0: unchanged).
+    pub warmth: f64,
+}
+
+impl GradeParams {
+    /// Whether these parameters leave every frame as it is.
+    pub fn is_neutral(&self) -> bool {
+        self.contrast == 1.0
+            && self.brightness == 0.0
+            && self.saturation == 1.0
+            && self.gamma == 1.0
+            && self.warmth == 0.0
+    }
+}
+
 /// One validated filter with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum FilterSpec {
@@ -141,6 +184,12 @@ pub enum FilterSpec {
     Faces(FacesParams),
     /// See [`MotionParams`].
     Motion(MotionParams),
+    /// See [`DenoiseParams`].
+    Denoise(DenoiseParams),
+    /// See [`SharpenParams`].
+    Sharpen(SharpenParams),
+    /// See [`GradeParams`].
+    Grade(GradeParams),
 }
 
 /// An ordered, non-empty list of at most [`MAX_CHAIN_LEN`] filters, each within its bounds.
@@ -240,6 +289,9 @@ impl FilterSpec {
             FilterSpec::Edges(_) => "edges",
             FilterSpec::Faces(_) => "faces",
             FilterSpec::Motion(_) => "motion",
+            FilterSpec::Denoise(_) => "denoise",
+            FilterSpec::Sharpen(_) => "sharpen",
+            FilterSpec::Grade(_) => "grade",
         }
     }
 }
@@ -263,6 +315,15 @@ const NEIGHBORS: Rule<u32> = Rule { ok: |n| (1..=50).contains(n), expected: "an 
 const MOTION_THRESHOLD: Rule<u32> = Rule { ok: |t| (1..=255).contains(t), expected: "an integer from 1 to 255" };
 const MIN_AREA: Rule<u32> = Rule { ok: |_| true, expected: "a non-negative integer" };
 const DILATE: Rule<u32> = Rule { ok: |d| *d <= 20, expected: "an integer from 0 to 20" };
+const MEDIAN_SIZE: Rule<u32> = Rule { ok: |k| k % 2 == 1 && (3..=9).contains(k), expected: "3, 5, 7 or 9" };
+const AMOUNT: Rule<f64> = Rule { ok: |a| a.is_finite() && (0.0..=5.0).contains(a), expected: "a number from 0 to 5" };
+const RADIUS: Rule<f64> =
+    Rule { ok: |r| r.is_finite() && (0.3..=20.0).contains(r), expected: "a number from 0.3 to 20" };
+const FACTOR: Rule<f64> = Rule { ok: |c| c.is_finite() && (0.0..=4.0).contains(c), expected: "a number from 0 to 4" };
+const SIGNED_UNIT: Rule<f64> =
+    Rule { ok: |b| b.is_finite() && (-1.0..=1.0).contains(b), expected: "a number from -1 to 1" };
+const GAMMA: Rule<f64> =
+    Rule { ok: |g| g.is_finite() && (0.1..=10.0).contains(g), expected: "a number from 0.1 to 10" };
 
 /// `value` checked against `rule`, as an error naming the filter and parameter.
 fn check<T: fmt::Display>(
@@ -309,6 +370,18 @@ impl FilterSpec {
                 check("motion", "min_area", &p.min_area, &MIN_AREA)?;
                 check("motion", "dilate", &p.dilate, &DILATE)
             }
+            FilterSpec::Denoise(p) => check("denoise", "size", &p.size, &MEDIAN_SIZE),
+            FilterSpec::Sharpen(p) => {
+                check("sharpen", "amount", &p.amount, &AMOUNT)?;
+                check("sharpen", "radius", &p.radius, &RADIUS)
+            }
+            FilterSpec::Grade(p) => {
+                check("grade", "contrast", &p.contrast, &FACTOR)?;
+                check("grade", "brightness", &p.brightness, &SIGNED_UNIT)?;
+                check("grade", "saturation", &p.saturation, &FACTOR)?;
+                check("grade", "gamma", &p.gamma, &GAMMA)?;
+                check("grade", "warmth", &p.warmth, &SIGNED_UNIT)
+            }
         }
     }
 }
@@ -347,6 +420,26 @@ impl FromStr for FilterSpec {
                 let dilate = p.get("dilate", 2u32, &DILATE)?;
                 FilterSpec::Motion(MotionParams { threshold, min_area, dilate })
             }
+            "denoise" => {
+                let mut p = Params::read("denoise", &["size"], params)?;
+                FilterSpec::Denoise(DenoiseParams { size: p.get("size", 5u32, &MEDIAN_SIZE)? })
+            }
+            "sharpen" => {
+                let mut p = Params::read("sharpen", &["amount", "radius"], params)?;
+                let amount = p.get("amount", 1.0f64, &AMOUNT)?;
+                let radius = p.get("radius", 1.5f64, &RADIUS)?;
+                FilterSpec::Sharpen(SharpenParams { amount, radius })
+            }
+            "grade" => {
+                let mut p =
+                    Params::read("grade", &["contrast", "brightness", "saturation", "gamma", "warmth"], params)?;
+                let contrast = p.get("contrast", 1.0f64, &FACTOR)?;
+                let brightness = p.get("brightness", 0.0f64, &SIGNED_UNIT)?;
+                let saturation = p.get("saturation", 1.0f64, &FACTOR)?;
+                let gamma = p.get("gamma", 1.0f64, &GAMMA)?;
+                let warmth = p.get("warmth", 0.0f64, &SIGNED_UNIT)?;
+                FilterSpec::Grade(GradeParams { contrast, brightness, saturation, gamma, warmth })
+            }
             other => return Err(SpecError::UnknownFilter(other.to_string())),
         };
         // The cross-parameter checks (edges' low <= high) live in one place.
@@ -364,6 +457,13 @@ impl fmt::Display for FilterSpec {
             FilterSpec::Motion(p) => {
                 write!(f, "motion:threshold={}:min_area={}:dilate={}", p.threshold, p.min_area, p.dilate)
             }
+            FilterSpec::Denoise(p) => write!(f, "denoise:size={}", p.size),
+            FilterSpec::Sharpen(p) => write!(f, "sharpen:amount={}:radius={}", p.amount, p.radius),
+            FilterSpec::Grade(p) => write!(
+                f,
+                "grade:contrast={}:brightness={}:saturation={}:gamma={}:warmth={}",
+                p.contrast, p.brightness, p.saturation, p.gamma, p.warmth
+            ),
         }
     }
 }
@@ -440,6 +540,38 @@ mod tests {
     }
 
     #[test]
+    fn the_new_filters_parse_print_and_check_their_bounds() {
+        let chain = parse("denoise,sharpen:amount=0.8,grade:contrast=1.1:saturation=1.2").unwrap();
+        assert_eq!(
+            chain.to_string(),
+            "denoise:size=5,sharpen:amount=0.8:radius=1.5,grade:contrast=1.1:brightness=0:saturation=1.2:gamma=1:warmth=0"
+        );
+        assert_eq!(parse(&chain.to_string()).unwrap(), chain, "the printed chain parses back");
+        for (bad, message) in [
+            ("denoise:size=4", "denoise: size=4 is invalid: expected 3, 5, 7 or 9"),
+            ("sharpen:amount=9", "sharpen: amount=9 is invalid: expected a number from 0 to 5"),
+            ("sharpen:radius=0", "sharpen: radius=0 is invalid: expected a number from 0.3 to 20"),
+            ("grade:gamma=0", "grade: gamma=0 is invalid: expected a number from 0.1 to 10"),
+            ("grade:warmth=2", "grade: warmth=2 is invalid: expected a number from -1 to 1"),
+            (
+                "grade:tint=1",
+                "grade: unknown parameter 'tint' (allowed: contrast, brightness, saturation, gamma, warmth)",
+            ),
+        ] {
+            assert_eq!(parse(bad).unwrap_err().to_string(), message, "{bad}");
+        }
+        // A chain from a broker message is held to the same bounds.
+        let bad = Chain::new(vec![FilterSpec::Grade(GradeParams {
+            contrast: 9.0,
+            brightness: 0.0,
+            saturation: 1.0,
+            gamma: 1.0,
+            warmth: 0.0,
+        })]);
+        assert!(bad.is_err());
+    }
+
+    #[test]
     fn defaults_and_order() {
         let chain = parse("blur,edges").unwrap();
         assert_eq!(
@@ -511,8 +643,11 @@ mod tests {
     #[test]
     fn errors_name_the_filter_and_allowed_values() {
         let cases = [
-            ("", "empty filter chain (known filters: blur, edges, faces, motion)"),
-            ("sharpen", "unknown filter 'sharpen' (known filters: blur, edges, faces, motion)"),
+            ("", "empty filter chain (known filters: blur, edges, faces, motion, denoise, sharpen, grade)"),
+            (
+                "vignette",
+                "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade)",
+            ),
             ("blur:size=3", "blur: unknown parameter 'size' (allowed: ksize, sigma)"),
             ("blur:ksize=4", "blur: ksize=4 is invalid: expected an odd integer from 1 to 255"),
             ("blur:ksize=abc", "blur: ksize=abc is invalid: expected an odd integer from 1 to 255"),
