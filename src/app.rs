@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::cancel::Stop;
 use crate::cli::{Cli, Command};
-use crate::config::FileConfig;
+use crate::config::{FileConfig, RunPlan};
 use crate::pipeline::JobError;
 use crate::progress::print_summary;
 
@@ -71,10 +71,32 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
         spawn_signal_listener(shutdown.clone())?;
         match cli.command {
             Command::Run(args) => {
-                let cfg = file.run(args)?;
                 let stop = Stop::on_cancel(shutdown.clone(), &tokio::runtime::Handle::current());
-                let (quiet, json) = (cfg.quiet, cfg.json);
-                finished(tokio::task::spawn_blocking(move || crate::run::run(&cfg, stop)).await?, quiet, json)
+                match file.run(args)? {
+                    RunPlan::One(cfg) => {
+                        let (quiet, json) = (cfg.quiet, cfg.json);
+                        finished(tokio::task::spawn_blocking(move || crate::run::run(&cfg, stop)).await?, quiet, json)
+                    }
+                    RunPlan::Batch(jobs) => {
+                        let (quiet, json) = jobs.first().map_or((false, false), |j| (j.quiet, j.json));
+                        let report = tokio::task::spawn_blocking(move || {
+                            crate::run::batch(&jobs, &stop, |row| {
+                                if !quiet {
+                                    crate::progress::print_batch_row(row);
+                                }
+                            })
+                        })
+                        .await?;
+                        crate::progress::print_batch(&report, quiet, json)?;
+                        Ok(if report.cancelled > 0 {
+                            ExitCode::from(EXIT_INTERRUPTED)
+                        } else if report.all_ok() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        })
+                    }
+                }
             }
             Command::Server(args) => {
                 let cfg = file.server(args)?;

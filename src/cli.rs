@@ -454,11 +454,13 @@ pub fn parse_bitrate(s: &str) -> Result<u64, String> {
 }
 
 /// `vpd run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(after_help = FILTER_HELP)]
 pub struct RunArgs {
-    /// The video to process; `-` is standard input; named pipes work too.
-    pub input: PathBuf,
+    /// The video to process; `-` is standard input; named pipes work too. Several (a shell
+    /// glob) make a batch: one after another into the directory -o names.
+    #[arg(required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
 
     /// Where to write the result; its extension picks the container (.mp4, .mkv, .webm, .mov,
     /// …), `-` is standard output (with --format). A symbolic link is written through: the file

@@ -227,11 +227,51 @@ impl FileConfig {
         toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
     }
 
-    /// The validated configuration of `vpd run`.
-    pub fn run(&self, args: RunArgs) -> anyhow::Result<RunConfig> {
+    /// The validated configuration of `vpd run`: one job, or a batch of them (several inputs,
+    /// or an output that is a directory).
+    pub fn run(&self, mut args: RunArgs) -> anyhow::Result<RunPlan> {
+        let dir_output = args.output.is_dir() || args.output.to_string_lossy().ends_with('/');
+        if args.input.len() == 1 && !dir_output {
+            let input = args.input.remove(0);
+            return Ok(RunPlan::One(Box::new(self.run_one(args, input)?)));
+        }
+        if !args.output.is_dir() {
+            return Err(usage(
+                ErrorKind::ValueValidation,
+                &format!("a batch writes into a directory: {} is not one (create it first)", args.output.display()),
+            ));
+        }
+        if args.resume {
+            return Err(usage(
+                ErrorKind::ArgumentConflict,
+                "--resume is for one input; a batch skips complete outputs",
+            ));
+        }
+        let inputs = std::mem::take(&mut args.input);
+        let dir = args.output.clone();
+        let mut jobs: Vec<RunConfig> = Vec::new();
+        for input in inputs {
+            if input == Path::new(crate::media::STDIO) {
+                return Err(usage(ErrorKind::ValueValidation, "a batch reads files, not standard input"));
+            }
+            let output = dir.join(batch_output_name(&input, args.encoding.format.as_deref()));
+            if let Some(other) = jobs.iter().find(|j| j.output == output) {
+                return Err(usage(
+                    ErrorKind::ValueValidation,
+                    &format!("{} and {} would both write {}", other.input.display(), input.display(), output.display()),
+                ));
+            }
+            let one = RunArgs { output, ..args.clone() };
+            jobs.push(self.run_one(one, input)?);
+        }
+        Ok(RunPlan::Batch(jobs))
+    }
+
+    /// One `vpd run` job of `input`.
+    fn run_one(&self, args: RunArgs, input: PathBuf) -> anyhow::Result<RunConfig> {
         let threads = args.threads.or(self.run.threads).unwrap_or_else(default_threads);
         Ok(RunConfig {
-            input: args.input,
+            input,
             output: args.output,
             chain: self.chain(args.filter, args.preset.as_deref())?,
             threads,
@@ -549,6 +589,28 @@ pub struct RunConfig {
 /// distance at 25 fps, cost nothing measurable (BENCHMARKS.md, "Segments").
 pub const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
 
+/// What `vpd run` was asked to do.
+#[derive(Debug)]
+pub enum RunPlan {
+    /// One job.
+    One(Box<RunConfig>),
+    /// A batch: its jobs, in order.
+    Batch(Vec<RunConfig>),
+}
+
+/// A batch output's name: the input's stem, with the container of `--format` (an FFmpeg
+/// format name or an extension) or the input's own extension.
+fn batch_output_name(input: &Path, format: Option<&str>) -> String {
+    let stem = input.file_stem().map_or_else(|| "output".into(), |s| s.to_string_lossy().into_owned());
+    let ext = match format {
+        Some("matroska") => "mkv".to_string(),
+        Some("mpegts") => "ts".to_string(),
+        Some(f) => f.to_string(),
+        None => input.extension().map_or_else(|| "mp4".into(), |e| e.to_string_lossy().into_owned()),
+    };
+    format!("{stem}.{ext}")
+}
+
 /// Default for `--keep-results`: a day to attach, fetch or rerun an ended job.
 pub const DEFAULT_KEEP_RESULTS: Duration = Duration::from_secs(24 * 3600);
 
@@ -568,6 +630,20 @@ fn segment_seconds(value: Option<f64>) -> anyhow::Result<f64> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// A one-job run's config.
+    trait One {
+        fn one(self) -> anyhow::Result<RunConfig>;
+    }
+
+    impl One for anyhow::Result<RunPlan> {
+        fn one(self) -> anyhow::Result<RunConfig> {
+            match self? {
+                RunPlan::One(cfg) => Ok(*cfg),
+                RunPlan::Batch(_) => anyhow::bail!("a batch"),
+            }
+        }
+    }
 
     fn run_args(extra: &[&str]) -> RunArgs {
         let mut argv = vec!["vpd", "run", "in.mp4", "-o", "out.mp4", "--filter", "edges"];
@@ -605,7 +681,7 @@ mod tests {
         assert_eq!((cfg.output_options.keyint, cfg.transport), (Some(10), TransportEncoding::Raw));
         assert!(cfg.token.unwrap().matches(&Token::new("given")));
         let bad: FileConfig = toml::from_str("[run]\nbitrate = \"fast\"").unwrap();
-        assert!(bad.run(run_args(&[])).unwrap_err().to_string().contains("[run] bitrate"));
+        assert!(bad.run(run_args(&[])).one().unwrap_err().to_string().contains("[run] bitrate"));
     }
 
     #[test]
@@ -628,7 +704,7 @@ mod tests {
         let file: FileConfig =
             toml::from_str("[run]\nthreads = 3\ncodec = \"hevc\"\ncrf = 20\n[filters]\nface_cascade = \"/x.xml\"")
                 .unwrap();
-        let cfg = file.run(run_args(&[])).unwrap();
+        let cfg = file.run(run_args(&[])).one().unwrap();
         assert_eq!(
             (cfg.threads.get(), cfg.output_options.codec.to_string(), cfg.output_options.crf),
             (3, "hevc".into(), Some(20))
@@ -646,12 +722,13 @@ mod tests {
                 "--encoder-preset",
                 "slow",
             ]))
+            .one()
             .unwrap();
         assert_eq!((cfg.threads.get(), cfg.output_options.codec.to_string()), (5, "mjpeg".into()));
         assert_eq!((cfg.output_options.crf, cfg.output_options.preset.as_deref()), (Some(20), Some("slow")));
         assert_eq!(cfg.filter_env.face_cascade, PathBuf::from("/y.xml"));
 
-        let cfg = FileConfig::default().run(run_args(&[])).unwrap();
+        let cfg = FileConfig::default().run(run_args(&[])).one().unwrap();
         assert_eq!(cfg.output_options, OutputOptions::default());
         assert_eq!(cfg.output_options.codec.encoder_name(), "libx264");
         assert_eq!(cfg.threads, default_threads());
@@ -659,9 +736,9 @@ mod tests {
 
     #[test]
     fn the_old_thread_flags_and_keys_still_work_unshown() {
-        let cfg = FileConfig::default().run(run_args(&["--workers", "3"])).unwrap();
+        let cfg = FileConfig::default().run(run_args(&["--workers", "3"])).one().unwrap();
         assert_eq!(cfg.threads.get(), 3);
-        let cfg = FileConfig::default().run(run_args(&["-w", "4"])).unwrap();
+        let cfg = FileConfig::default().run(run_args(&["-w", "4"])).one().unwrap();
         assert_eq!(cfg.threads.get(), 4);
         let file: FileConfig =
             toml::from_str("[run]\nworkers = 2\n[server]\nworkers = 5\n[worker]\nconcurrency = 6").unwrap();

@@ -112,6 +112,66 @@ fn percentiles(p: &Percentiles) -> String {
     format!("p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms", p.p50, p.p95, p.p99)
 }
 
+/// One batch row as it ends, on stderr.
+pub fn print_batch_row(row: &crate::run::BatchRow) {
+    let line = match row.outcome {
+        "done" => format!(
+            "done     {} -> {}: {} frames, {:.1} fps",
+            row.input,
+            row.output,
+            row.frames.unwrap_or(0),
+            row.fps.unwrap_or(0.0)
+        ),
+        "skipped" => format!("skipped  {} -> {}: already complete", row.input, row.output),
+        "failed" => format!("failed   {}: {}", row.input, row.error.as_deref().unwrap_or("")),
+        other => format!("{other:<8} {}", row.input),
+    };
+    eprintln!("{line}");
+}
+
+/// A batch's consolidated table (on stderr), or its JSON (on stdout).
+pub fn print_batch(report: &crate::run::BatchReport, quiet: bool, json: bool) -> io::Result<()> {
+    if json {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string(report).map_err(io::Error::other)?)?;
+    }
+    if quiet {
+        return Ok(());
+    }
+    let mut err = io::stderr().lock();
+    let width = report.files.iter().map(|r| r.input.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        err,
+        "{:<width$}  {:<11} {:>7} {:>7} {:>6} {:>12}  error",
+        "file", "outcome", "frames", "fps", "failed", "bytes"
+    )?;
+    let dash = || "-".to_string();
+    for r in &report.files {
+        writeln!(
+            err,
+            "{:<width$}  {:<11} {:>7} {:>7} {:>6} {:>12}  {}",
+            r.input,
+            r.outcome,
+            r.frames.map_or_else(dash, |n| n.to_string()),
+            r.fps.map_or_else(dash, |f| format!("{f:.1}")),
+            r.failed_frames.map_or_else(dash, |n| n.to_string()),
+            r.output_bytes.map_or_else(dash, |n| n.to_string()),
+            r.error.as_deref().unwrap_or("")
+        )?;
+    }
+    writeln!(
+        err,
+        "{} files: {} done, {} skipped, {} failed, {} cancelled; {} frames in {:.1} s",
+        report.files.len(),
+        report.done,
+        report.skipped,
+        report.failed,
+        report.cancelled,
+        report.frames,
+        report.wall_seconds
+    )
+}
+
 /// `vpd presets`: one line per preset, its chain, and where it comes from.
 pub fn print_presets(out: &mut impl Write, presets: &crate::filters::presets::Presets) -> io::Result<()> {
     use crate::filters::presets::Origin;

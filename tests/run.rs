@@ -384,3 +384,63 @@ fn a_preset_equals_its_chain_frame_for_frame_and_an_unknown_one_is_refused() {
     let bytes = frames[3].data_bytes().unwrap();
     assert!(bytes.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]), "noir is grey");
 }
+
+#[test]
+fn a_batch_writes_each_input_reports_a_bad_one_and_a_rerun_skips_what_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    std::fs::create_dir(&clips).unwrap();
+    let spec = ClipSpec { frames: 8, width: 160, height: 120, fps: 25.0, face: false };
+    for name in ["a", "c"] {
+        write_clip(&clips.join(format!("{name}.mkv")), &spec, "FFV1");
+    }
+    std::fs::write(clips.join("b.mkv"), b"not a video: a corrupt file among good ones").unwrap();
+    let out = dir.path().join("graded");
+    std::fs::create_dir(&out).unwrap();
+    let inputs: Vec<String> =
+        ["a", "b", "c"].iter().map(|n| clips.join(format!("{n}.mkv")).display().to_string()).collect();
+    let batch = || {
+        let mut argv: Vec<&str> = vec!["run"];
+        argv.extend(inputs.iter().map(String::as_str));
+        argv.extend(["--preset", "sketch", "-o", out.to_str().unwrap(), "--codec", "ffv1", "--json"]);
+        run_vpd(&argv)
+    };
+
+    let first = batch();
+    assert_eq!(first.status.code(), Some(1), "a failed file fails the batch: {}", stderr(&first));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let rows = report["files"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["done", "failed", "done"]);
+    assert!(rows[1]["error"].as_str().unwrap().contains("b.mkv"), "{}", rows[1]);
+    assert_eq!((rows[0]["frames"].as_u64(), rows[2]["frames"].as_u64()), (Some(8), Some(8)));
+    assert_eq!(
+        (report["done"].as_u64(), report["failed"].as_u64(), report["frames"].as_u64()),
+        (Some(2), Some(1), Some(16))
+    );
+    let err = stderr(&first);
+    assert!(err.lines().any(|l| l.starts_with("failed") && l.contains("b.mkv")), "a line per file as it ends: {err}");
+    assert!(err.contains("3 files: 2 done, 0 skipped, 1 failed"), "{err}");
+    let mut written: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    written.sort();
+    assert_eq!(written, ["a.mkv", "c.mkv"], "two outputs, nothing else");
+    assert_eq!(ffprobe(&out.join("a.mkv")).frames, 8);
+
+    // Again: the complete outputs are skipped and left as they are.
+    let before = std::fs::metadata(out.join("a.mkv")).unwrap().modified().unwrap();
+    let second = batch();
+    assert_eq!(second.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let outcomes: Vec<&str> =
+        report["files"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["skipped", "failed", "skipped"]);
+    assert_eq!(std::fs::metadata(out.join("a.mkv")).unwrap().modified().unwrap(), before, "not touched");
+
+    // A batch needs a directory to write into.
+    let r =
+        run_vpd(&["run", &inputs[0], &inputs[2], "-f", "edges", "-o", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(stderr(&r).contains("a batch writes into a directory"), "{}", stderr(&r));
+}

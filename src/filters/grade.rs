@@ -1,16 +1,17 @@
 //! `grade`: contrast, brightness, gamma and warmth through one lookup table per channel (built
 //! once per chain), then saturation, which mixes the channels.
 
-use opencv::core::{self, CV_8UC3, Mat, Vec3b};
+use opencv::core::{self, CV_8UC3, Mat};
 use opencv::prelude::*;
 
 use super::GradeParams;
 
-/// A grade ready to apply: its tables and saturation.
+/// A grade ready to apply: its tables and saturation, applied in one pass over the frame.
 pub(super) struct Grade {
-    /// The per-channel table (BGR), or none when it is the identity.
-    lut: Option<Mat>,
-    saturation: f64,
+    /// One table per channel (B, G, R), or none when they are the identity.
+    lut: Option<Box<[[u8; 256]; 3]>>,
+    /// Saturation in 1/256ths, or none when it is 1.
+    saturation: Option<i32>,
 }
 
 impl Grade {
@@ -18,56 +19,51 @@ impl Grade {
     pub(super) fn new(p: &GradeParams) -> Self {
         let identity = p.contrast == 1.0 && p.brightness == 0.0 && p.gamma == 1.0 && p.warmth == 0.0;
         let lut = (!identity).then(|| {
-            let mut lut =
-                Mat::new_rows_cols_with_default(1, 256, CV_8UC3, core::Scalar::all(0.0)).expect("a 1x256 table");
             // Warmth moves red up and blue down by up to a tenth of the range.
             let shift = [-0.1 * p.warmth, 0.0, 0.1 * p.warmth];
-            for v in 0..256 {
-                let mut px = Vec3b::default();
-                for (c, shift) in shift.iter().enumerate() {
-                    let x = v as f64 / 255.0;
-                    let x = (x - 0.5) * p.contrast + 0.5 + p.brightness + shift;
-                    let x = x.clamp(0.0, 1.0).powf(1.0 / p.gamma);
-                    px[c] = (x * 255.0).round() as u8;
+            let mut lut = [[0u8; 256]; 3];
+            for (table, shift) in lut.iter_mut().zip(shift) {
+                for (v, out) in table.iter_mut().enumerate() {
+                    let x = (v as f64 / 255.0 - 0.5) * p.contrast + 0.5 + p.brightness + shift;
+                    *out = (x.clamp(0.0, 1.0).powf(1.0 / p.gamma) * 255.0).round() as u8;
                 }
-                *lut.at_2d_mut::<Vec3b>(0, v).expect("inside the table") = px;
             }
-            lut
+            Box::new(lut)
         });
-        Grade { lut, saturation: p.saturation }
+        let saturation = (p.saturation != 1.0).then(|| (p.saturation * 256.0).round() as i32);
+        Grade { lut, saturation }
     }
 
-    /// Grades `frame` (8-bit BGR).
-    pub(super) fn apply(&self, frame: Mat) -> opencv::Result<Mat> {
-        let mut out = match &self.lut {
-            Some(lut) => {
-                let mut out = Mat::default();
-                core::lut(&frame, lut, &mut out)?;
-                out
-            }
-            None => frame,
+    /// Grades `frame` (8-bit BGR) into a new frame.
+    pub(super) fn apply(&self, frame: &Mat) -> opencv::Result<Mat> {
+        // A region of a larger frame is copied whole first: the pass reads one run of bytes.
+        let copied;
+        let source = if frame.is_continuous() {
+            frame
+        } else {
+            copied = frame.try_clone()?;
+            &copied
         };
-        if self.saturation != 1.0 {
-            saturate(&mut out, self.saturation)?;
+        let mut out = Mat::new_rows_cols_with_default(frame.rows(), frame.cols(), CV_8UC3, core::Scalar::all(0.0))?;
+        let (src, dst) = (source.data_bytes()?, out.data_bytes_mut()?);
+        for (s, d) in src.chunks_exact(3).zip(dst.chunks_exact_mut(3)) {
+            let (mut b, mut g, mut r) = (s[0], s[1], s[2]);
+            if let Some(lut) = &self.lut {
+                (b, g, r) = (lut[0][usize::from(b)], lut[1][usize::from(g)], lut[2][usize::from(r)]);
+            }
+            match self.saturation {
+                None => (d[0], d[1], d[2]) = (b, g, r),
+                Some(k) => {
+                    // Away from (or towards) the pixel's grey, BT.601 luma in fixed point.
+                    let (b, g, r) = (i32::from(b), i32::from(g), i32::from(r));
+                    let y = (29 * b + 150 * g + 77 * r + 128) >> 8;
+                    let mix = |c: i32| (y + ((k * (c - y)) >> 8)).clamp(0, 255) as u8;
+                    (d[0], d[1], d[2]) = (mix(b), mix(g), mix(r));
+                }
+            }
         }
         Ok(out)
     }
-}
-
-/// Moves each pixel away from (or towards) its grey by `s`: 0 gives grey, 1 leaves it.
-fn saturate(frame: &mut Mat, s: f64) -> opencv::Result<()> {
-    // Fixed point: s in 1/256ths, grey as BT.601 luma.
-    let s = (s * 256.0).round() as i32;
-    let bytes = frame.data_bytes_mut()?;
-    for px in bytes.chunks_exact_mut(3) {
-        let (b, g, r) = (i32::from(px[0]), i32::from(px[1]), i32::from(px[2]));
-        let y = (29 * b + 150 * g + 77 * r + 128) >> 8;
-        for c in px.iter_mut() {
-            let v = y + ((s * (i32::from(*c) - y)) >> 8);
-            *c = v.clamp(0, 255) as u8;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -76,7 +72,7 @@ mod tests {
     use crate::filters::test_support::astronaut;
 
     fn grade(p: GradeParams) -> Mat {
-        Grade::new(&p).apply(astronaut()).unwrap()
+        Grade::new(&p).apply(&astronaut()).unwrap()
     }
 
     const NEUTRAL: GradeParams =

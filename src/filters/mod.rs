@@ -130,7 +130,7 @@ impl Processor {
                 Stage::Motion(m) => ("motion", m.apply(current.into_owned()?, frame, previous)?),
                 Stage::Denoise(p) => ("denoise", denoise::apply(current.as_mat(), p)?),
                 Stage::Sharpen(p) => ("sharpen", sharpen::apply(current.as_mat(), p)?),
-                Stage::Grade(g) => ("grade", g.apply(current.into_owned()?)?),
+                Stage::Grade(g) => ("grade", g.apply(current.as_mat())?),
             };
             if out.size()? != frame.size()? || out.typ() != CV_8UC3 {
                 return Err(FilterError::BadOutput(name));
