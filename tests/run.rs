@@ -444,3 +444,42 @@ fn a_batch_writes_each_input_reports_a_bad_one_and_a_rerun_skips_what_is_complet
     assert_eq!(r.status.code(), Some(2));
     assert!(stderr(&r).contains("a batch writes into a directory"), "{}", stderr(&r));
 }
+
+#[test]
+fn ctrl_c_in_a_batch_keeps_what_finished_and_reports_the_rest() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let quick = ClipSpec { frames: 4, width: 160, height: 120, fps: 25.0, face: false };
+    let slow = ClipSpec { frames: 400, width: 640, height: 480, fps: 25.0, face: false };
+    write_clip(&dir.path().join("a.mkv"), &quick, "FFV1");
+    write_clip(&dir.path().join("b.mkv"), &slow, "FFV1");
+    write_clip(&dir.path().join("c.mkv"), &quick, "FFV1");
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let mut child = vpd()
+        .arg("run")
+        .args(["a", "b", "c"].map(|n| dir.path().join(format!("{n}.mkv"))))
+        .args(["-f", "blur:ksize=151", "--threads", "1", "--codec", "ffv1", "--json", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The event: the first file's line. Then Ctrl-C, while the second runs.
+    let first = lines.find_map(|l| l.ok().filter(|l| l.starts_with("done"))).expect("the first file ends");
+    assert!(first.contains("a.mkv"), "{first}");
+    crate::util::cluster::signal(&child, libc::SIGINT);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let outcomes: Vec<&str> =
+        report["files"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["done", "cancelled", "not started"]);
+    let kept: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(kept, ["a.mkv"], "what finished stays, nothing partial is left");
+}
