@@ -17,6 +17,7 @@
 //! - [`net`]: listening sockets and server addresses; [`http`]: the one HTTP server (dashboard,
 //!   `/metrics`, `/healthz`) every serving role uses; [`board`]: job views fed by events, for the
 //!   server's and the preview's dashboards.
+//! - [`batch`]: a batch's report, for run and client.
 //! - [`store`]: the job store (SQLite): every job a server accepted and what became of it.
 //! - [`service`]: systemd's readiness, watchdog and stopping notifications.
 //! - Roles: [`run`], [`server`], [`worker`], [`client`], [`preview`].
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod batch;
 pub mod board;
 pub mod broker;
 pub mod cancel;

@@ -113,7 +113,7 @@ fn percentiles(p: &Percentiles) -> String {
 }
 
 /// One batch row as it ends, on stderr.
-pub fn print_batch_row(row: &crate::run::BatchRow) {
+pub fn print_batch_row(row: &crate::batch::BatchRow) {
     let line = match row.outcome {
         "done" => format!(
             "done     {} -> {}: {} frames, {:.1} fps",
@@ -130,7 +130,7 @@ pub fn print_batch_row(row: &crate::run::BatchRow) {
 }
 
 /// A batch's consolidated table (on stderr), or its JSON (on stdout).
-pub fn print_batch(report: &crate::run::BatchReport, quiet: bool, json: bool) -> io::Result<()> {
+pub fn print_batch(report: &crate::batch::BatchReport, quiet: bool, json: bool) -> io::Result<()> {
     if json {
         let mut out = io::stdout().lock();
         writeln!(out, "{}", serde_json::to_string(report).map_err(io::Error::other)?)?;

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::batch::{BatchReport, BatchRow};
 use crate::cancel::Stop;
 use crate::config::RunConfig;
 use crate::job::{Finished, Writing};
@@ -239,53 +240,6 @@ fn read_segments(dir: &Path) -> anyhow::Result<Vec<SegmentRecord>> {
     Ok(segments)
 }
 
-/// How one input of a batch ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BatchRow {
-    /// The input file.
-    pub input: String,
-    /// Its output file.
-    pub output: String,
-    /// `done`, `skipped` (its output was there already), `failed`, `cancelled` or `not started`.
-    pub outcome: &'static str,
-    /// Frames written.
-    pub frames: Option<u64>,
-    /// Frames per second of wall time.
-    pub fps: Option<f64>,
-    /// Frames written unchanged because their filters failed.
-    pub failed_frames: Option<u64>,
-    /// The output's size in bytes.
-    pub output_bytes: Option<u64>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-/// A batch's report: a row per input, in order.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchReport {
-    /// The inputs.
-    pub files: Vec<BatchRow>,
-    /// Inputs done, skipped, failed, cancelled or not started.
-    pub done: usize,
-    /// Inputs whose output was complete already.
-    pub skipped: usize,
-    /// Inputs that failed.
-    pub failed: usize,
-    /// Inputs cancelled or never started (Ctrl-C).
-    pub cancelled: usize,
-    /// Frames written in all.
-    pub frames: u64,
-    /// Wall time of the batch.
-    pub wall_seconds: f64,
-}
-
-impl BatchReport {
-    /// Whether every input is done or was done before.
-    pub fn all_ok(&self) -> bool {
-        self.failed == 0 && self.cancelled == 0
-    }
-}
-
 /// Runs each job in turn (each already uses every core). An output already there is
 /// complete (outputs appear only once whole) and is skipped without being touched; a bad
 /// input fails its row and the next goes on; a stop cancels the job running and leaves the rest
@@ -324,14 +278,5 @@ pub fn batch(jobs: &[RunConfig], stop: &Stop, mut on_row: impl FnMut(&BatchRow))
         on_row(&row);
         rows.push(row);
     }
-    let count = |outcomes: &[&str]| rows.iter().filter(|r| outcomes.contains(&r.outcome)).count();
-    BatchReport {
-        done: count(&["done"]),
-        skipped: count(&["skipped"]),
-        failed: count(&["failed"]),
-        cancelled: count(&["cancelled", "not started"]),
-        frames: rows.iter().filter_map(|r| r.frames).sum(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        files: rows,
-    }
+    BatchReport::new(rows, started.elapsed().as_secs_f64())
 }
