@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::cancel::Stop;
 use crate::cli::{Cli, Command};
-use crate::config::{FileConfig, RunPlan};
+use crate::config::{ClientPlan, FileConfig, RunPlan};
 use crate::pipeline::JobError;
 use crate::progress::print_summary;
 
@@ -88,13 +88,7 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                         })
                         .await?;
                         crate::progress::print_batch(&report, quiet, json)?;
-                        Ok(if report.cancelled > 0 {
-                            ExitCode::from(EXIT_INTERRUPTED)
-                        } else if report.all_ok() {
-                            ExitCode::SUCCESS
-                        } else {
-                            ExitCode::FAILURE
-                        })
+                        Ok(batch_exit(&report))
                     }
                 }
             }
@@ -126,7 +120,18 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Client(args) => {
-                let (cfg, json) = file.client(args)?;
+                let (plan, json) = file.client(args)?;
+                let cfg = match plan {
+                    ClientPlan::One(cfg) => *cfg,
+                    ClientPlan::Batch(jobs, at_once) => {
+                        let report = crate::client::batch(&jobs, at_once, shutdown, |row| {
+                            crate::progress::print_batch_row(row);
+                        })
+                        .await;
+                        crate::progress::print_batch(&report, false, json)?;
+                        return Ok(batch_exit(&report));
+                    }
+                };
                 match crate::client::run(&cfg, shutdown).await {
                     Ok(crate::client::Followed::Detached(job)) => {
                         detached(&job, &cfg)?;
@@ -160,6 +165,17 @@ fn finished(
         }
         Err(JobError::Cancelled) => Ok(interrupted()),
         Err(JobError::Failed(e)) => Err(e),
+    }
+}
+
+/// A batch's exit status: 130 when interrupted, 1 when a file failed.
+fn batch_exit(report: &crate::batch::BatchReport) -> ExitCode {
+    if report.cancelled > 0 {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -293,12 +293,17 @@ pub struct WorkerArgs {
 }
 
 /// `vpd client`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(after_help = FILTER_HELP)]
 pub struct ClientArgs {
-    /// The video to process (not with --attach).
-    #[arg(required_unless_present = "attach")]
-    pub input: Option<PathBuf>,
+    /// The video to process (not with --attach). Several (a shell glob) make a batch into the
+    /// directory -o names, --jobs at once.
+    #[arg(required_unless_present = "attach", num_args = 1..)]
+    pub input: Vec<PathBuf>,
+
+    /// In a batch, jobs submitted at once (the server queues what exceeds its slots).
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub jobs: NonZeroUsize,
 
     /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
     #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR")]

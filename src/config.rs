@@ -399,16 +399,50 @@ impl FileConfig {
     }
 
     /// The validated configuration of `vpd client`, and whether to print JSON.
-    pub fn client(&self, a: ClientArgs) -> anyhow::Result<(ClientConfig, bool)> {
-        let server = self.server_addr(a.server)?;
-        let job = match (a.attach, a.input, a.filter) {
+    pub fn client(&self, mut a: ClientArgs) -> anyhow::Result<(ClientPlan, bool)> {
+        let json = a.json;
+        let batch = a.input.len() > 1 || (a.attach.is_none() && a.output.is_dir());
+        if !batch {
+            let input = a.input.pop();
+            return Ok((ClientPlan::One(Box::new(self.client_one(a, input)?)), json));
+        }
+        if !a.output.is_dir() {
+            return Err(usage(
+                ErrorKind::ValueValidation,
+                &format!("a batch writes into a directory: {} is not one (create it first)", a.output.display()),
+            ));
+        }
+        if a.detach {
+            return Err(usage(ErrorKind::ArgumentConflict, "--detach is for one input"));
+        }
+        let (dir, at_once) = (a.output.clone(), a.jobs);
+        let mut jobs: Vec<ClientConfig> = Vec::new();
+        for input in std::mem::take(&mut a.input) {
+            let output = dir.join(batch_output_name(&input, a.encoding.format.as_deref()));
+            if let Some(other) = jobs.iter().find(|j| j.output == output) {
+                return Err(usage(
+                    ErrorKind::ValueValidation,
+                    &format!("{} and {input:?} would both write {}", other.output.display(), output.display()),
+                ));
+            }
+            // Several at once: a line per file as it ends, no progress bars over each other.
+            let one = ClientArgs { output, quiet: true, ..a.clone() };
+            jobs.push(self.client_one(one, Some(input))?);
+        }
+        Ok((ClientPlan::Batch(jobs, at_once), json))
+    }
+
+    /// One `vpd client` job: of `input`, or the job it attaches to.
+    fn client_one(&self, a: ClientArgs, input: Option<PathBuf>) -> anyhow::Result<ClientConfig> {
+        let server = self.server_addr(a.server.clone())?;
+        let job = match (a.attach, input, a.filter) {
             (Some(id), _, _) => ClientJob::Attach(id),
             (None, Some(input), filter) if filter.is_some() || a.preset.is_some() => {
                 ClientJob::Submit { input, chain: self.chain(filter, a.preset.as_deref())?, detach: a.detach }
             }
             _ => return Err(usage(ErrorKind::MissingRequiredArgument, "give an input and --filter, or --attach JOB")),
         };
-        let cfg = ClientConfig {
+        Ok(ClientConfig {
             job,
             output: a.output,
             server,
@@ -428,8 +462,7 @@ impl FileConfig {
             transport: a.transport.or(self.client.transport).unwrap_or(TransportEncoding::Auto),
             token: token(a.token, a.token_file.as_deref().or(self.client.token_file.as_deref()))?,
             quiet: a.quiet,
-        };
-        Ok((cfg, a.json))
+        })
     }
 
     /// The validated configuration of `vpd jobs`.
@@ -589,6 +622,15 @@ pub struct RunConfig {
 /// distance at 25 fps, cost nothing measurable (BENCHMARKS.md, "Segments").
 pub const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
 
+/// What `vpd client` was asked to do.
+#[derive(Debug)]
+pub enum ClientPlan {
+    /// One job.
+    One(Box<ClientConfig>),
+    /// A batch: its jobs in order, and how many at once.
+    Batch(Vec<ClientConfig>, NonZeroUsize),
+}
+
 /// What `vpd run` was asked to do.
 #[derive(Debug)]
 pub enum RunPlan {
@@ -672,12 +714,16 @@ mod tests {
                 other => panic!("not client: {other:?}"),
             }
         };
-        let (cfg, _) = file.client(args(&[])).unwrap();
+        let one = |plan: (ClientPlan, bool)| match plan.0 {
+            ClientPlan::One(cfg) => *cfg,
+            ClientPlan::Batch(..) => panic!("a batch"),
+        };
+        let cfg = one(file.client(args(&[])).unwrap());
         let o = &cfg.output_options;
         assert_eq!((o.bitrate, o.keyint, o.pix_fmt.as_deref()), (Some(2_000_000), Some(50), Some("yuv444p")));
         assert_eq!(cfg.transport, TransportEncoding::Lz4);
         assert!(cfg.token.unwrap().matches(&Token::new("from-file")));
-        let (cfg, _) = file.client(args(&["--keyint", "10", "--transport", "raw", "--token", "given"])).unwrap();
+        let cfg = one(file.client(args(&["--keyint", "10", "--transport", "raw", "--token", "given"])).unwrap());
         assert_eq!((cfg.output_options.keyint, cfg.transport), (Some(10), TransportEncoding::Raw));
         assert!(cfg.token.unwrap().matches(&Token::new("given")));
         let bad: FileConfig = toml::from_str("[run]\nbitrate = \"fast\"").unwrap();
@@ -796,6 +842,7 @@ mod tests {
         ("client", "quiet"),
         ("run", "preset"),
         ("client", "preset"),
+        ("client", "jobs"),
         ("jobs", "json"),
         ("jobs", "limit"),
         ("worker", "name"),

@@ -335,3 +335,50 @@ fn a_full_disk_fails_the_job_keeps_its_segments_and_a_resume_finishes_it() {
     assert_same_frames(&output, &want);
     drop(server);
 }
+
+#[test]
+fn a_client_batch_runs_jobs_at_once_reports_a_bad_file_and_skips_what_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    std::fs::create_dir(&clips).unwrap();
+    let spec = ClipSpec { frames: 10, width: 160, height: 120, fps: 25.0, face: false };
+    for name in ["a", "c"] {
+        write_clip(&clips.join(format!("{name}.mkv")), &spec, "FFV1");
+    }
+    std::fs::write(clips.join("b.mkv"), b"corrupt: not a video").unwrap();
+    let out = dir.path().join("blurred");
+    std::fs::create_dir(&out).unwrap();
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
+    let inputs: Vec<String> =
+        ["a", "b", "c"].iter().map(|n| clips.join(format!("{n}.mkv")).display().to_string()).collect();
+    let batch = || {
+        let mut cmd = vpd();
+        cmd.arg("client").args(&inputs).args(["--server", &server.addr(), "-f", "blur:ksize=5", "--jobs", "2"]);
+        cmd.args(["--codec", "ffv1", "--json", "-o"]).arg(&out).output().unwrap()
+    };
+    let first = batch();
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    let report: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let rows = report["files"].as_array().unwrap();
+    let outcomes: Vec<&str> = rows.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["done", "failed", "done"]);
+    assert!(rows[1]["error"].as_str().unwrap().contains("not a video"), "{}", rows[1]);
+    let want = reference(dir.path(), &clips.join("a.mkv"), "blur:ksize=5");
+    assert_same_frames(&out.join("a.mkv"), &want);
+    // The server saw all three, two of them done.
+    let states: Vec<String> = jobs(&server.addr(), &[])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states.iter().filter(|s| *s == "done").count(), 2, "{states:?}");
+
+    let before = std::fs::metadata(out.join("c.mkv")).unwrap().modified().unwrap();
+    let second = batch();
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    let outcomes: Vec<&str> =
+        report["files"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["skipped", "failed", "skipped"]);
+    assert_eq!(std::fs::metadata(out.join("c.mkv")).unwrap().modified().unwrap(), before);
+}

@@ -206,7 +206,6 @@ fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
             vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), p("good.mkv")],
             "the output would overwrite the input",
         ),
-        (vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), o("")], "is a directory"),
         (
             vec![p("good.mkv"), "-f".into(), "edges".into(), "-o".into(), o("a.webm")],
             "the webm container cannot hold codec h264",
@@ -243,6 +242,10 @@ fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{argv:?} left files behind");
         assert!(partial_files(d).is_empty(), "{argv:?} left partial files");
     }
+    // An output that is a directory is a batch of one: the input goes into it, by its name.
+    let into_dir = run_vpd(&["run", &p("good.mkv"), "-f", "edges", "-o", &o(""), "--quiet"]);
+    assert!(into_dir.status.success(), "{}", stderr(&into_dir));
+    assert_eq!(ffprobe(&out_dir.join("good.mkv")).frames, 30);
     assert!(!d.join("nowhere").exists());
 }
 

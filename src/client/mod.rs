@@ -12,6 +12,7 @@
 //! is queued; `--attach ID` follows a job from wherever it is.
 
 use std::io::Write as _;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::batch::{BatchReport, BatchRow};
 use crate::files::RemoveOnDrop;
 use crate::filters::Chain;
 use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, temp_path};
@@ -633,5 +635,80 @@ fn container_of(cfg: &ClientConfig) -> String {
     match &cfg.output_options.format {
         Some(format) if ext.is_empty() => format.chars().filter(char::is_ascii_alphanumeric).collect(),
         _ => ext.to_string(),
+    }
+}
+
+/// Runs a batch of jobs on the server, `at_once` at a time (the server queues what exceeds its
+/// slots). An output already there is complete and skipped; a failed job fails its row and the
+/// others go on; a stop cancels the jobs running (their servers are told) and starts no more.
+/// `on_row` hears each row as it ends.
+pub async fn batch(
+    jobs: &[ClientConfig],
+    at_once: NonZeroUsize,
+    shutdown: CancellationToken,
+    on_row: impl Fn(&BatchRow),
+) -> BatchReport {
+    let started = std::time::Instant::now();
+    let mut rows: Vec<Option<BatchRow>> = vec![None; jobs.len()];
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = 0;
+    loop {
+        while running.len() < at_once.get() && next < jobs.len() && !shutdown.is_cancelled() {
+            let (i, cfg) = (next, jobs[next].clone());
+            next += 1;
+            if std::fs::metadata(&cfg.output).is_ok_and(|m| m.is_file()) {
+                let row = BatchRow {
+                    output_bytes: std::fs::metadata(&cfg.output).ok().map(|m| m.len()),
+                    ..batch_row(&cfg, "skipped", None)
+                };
+                on_row(&row);
+                rows[i] = Some(row);
+                continue;
+            }
+            let shutdown = shutdown.clone();
+            running.spawn(async move {
+                let row = match run(&cfg, shutdown).await {
+                    Ok(Followed::Finished(s)) => BatchRow {
+                        frames: Some(s.frames),
+                        fps: Some(s.fps),
+                        failed_frames: Some(s.failed_frames),
+                        output_bytes: std::fs::metadata(&cfg.output).ok().map(|m| m.len()),
+                        ..batch_row(&cfg, "done", None)
+                    },
+                    Ok(Followed::Detached(job)) => batch_row(&cfg, "failed", Some(format!("detached as {job}"))),
+                    Err(ClientError::Cancelled) => batch_row(&cfg, "cancelled", None),
+                    Err(ClientError::Failed(e)) => batch_row(&cfg, "failed", Some(format!("{e:#}"))),
+                };
+                (i, row)
+            });
+        }
+        let Some(ended) = running.join_next().await else { break };
+        if let Ok((i, row)) = ended {
+            on_row(&row);
+            rows[i] = Some(row);
+        }
+    }
+    let rows = rows
+        .into_iter()
+        .zip(jobs)
+        .map(|(row, cfg)| row.unwrap_or_else(|| batch_row(cfg, "not started", None)))
+        .collect();
+    BatchReport::new(rows, started.elapsed().as_secs_f64())
+}
+
+fn batch_row(cfg: &ClientConfig, outcome: &'static str, error: Option<String>) -> BatchRow {
+    let input = match &cfg.job {
+        ClientJob::Submit { input, .. } => input.display().to_string(),
+        ClientJob::Attach(job) => job.clone(),
+    };
+    BatchRow {
+        input,
+        output: cfg.output.display().to_string(),
+        outcome,
+        frames: None,
+        fps: None,
+        failed_frames: None,
+        output_bytes: None,
+        error,
     }
 }
