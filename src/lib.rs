@@ -3,7 +3,7 @@
 //! - [`cli`]: the command line (clap); [`config`]: file + env + args → validated configs;
 //!   [`docs`]: its completions and man pages.
 //! - [`app`]: start-up written once: logging, runtime, signals.
-//! - [`filters`]: the filter-chain language and the four filters.
+//! - [`filters`]: the filter-chain language, the filters and the presets.
 //! - [`media`]: decode, encode and mux through FFmpeg's libraries (the only libav user).
 //! - [`pipeline`]: the job driver: dispatch, collect, reorder, write, all bounded.
 //! - [`transport`]: the seam between the pipeline and the filter workers.
