@@ -51,6 +51,8 @@ fn filters(c: &mut Criterion) {
             "grade:contrast=1.1:saturation=1.2",
             "grade:contrast=1.1:brightness=0.05:gamma=1.1:warmth=0.2",
             "denoise,grade:contrast=1.1:saturation=1.15,sharpen",
+            "scale:width=640",
+            "scale:width=2560",
         ] {
             let parsed: Chain = chain.parse().unwrap();
             let mut processor = Processor::new(&parsed, &FilterEnv::default()).expect("opencv-data installed");

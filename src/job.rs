@@ -65,6 +65,8 @@ pub struct OpenedJob {
     sink: Output,
     /// Frames already committed by an earlier run, and the frame before the first new one.
     start: Start,
+    /// The frames' size after the filters, when they change it.
+    size: Option<(u32, u32)>,
     started: Instant,
 }
 
@@ -90,8 +92,11 @@ pub fn open(
     if info.width as u64 * info.height as u64 > MAX_FRAME_PIXELS {
         bail!("{}: {}x{} frames are over the 8192x8192 limit", input.display(), info.width, info.height);
     }
+    // A chain that resizes frames makes the encoder's size.
+    let out = chain.output_size(info.width as u32, info.height as u32);
+    let size = (out != (info.width as u32, info.height as u32)).then_some(out);
     let (sink, start) = match writing {
-        Writing::Direct => (Output::Direct(MediaSink::create(&source, &target, options)?), Start::default()),
+        Writing::Direct => (Output::Direct(MediaSink::create(&source, &target, options, size)?), Start::default()),
         Writing::Segmented { dir, seconds, committed, mut on_commit } => {
             let per_segment = frames_per_segment(info.fps, seconds);
             let frames: u64 = committed.iter().map(|r| r.frames).sum();
@@ -122,7 +127,7 @@ pub fn open(
                 Ok(())
             });
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-            let sink = SegmentSink::create(&source, &dir, &target, options, per_segment, frames, on_commit)?;
+            let sink = SegmentSink::create(&source, &dir, &target, options, per_segment, frames, on_commit, size)?;
             (Output::Segmented { sink, dir, segments, complete }, start)
         }
     };
@@ -134,6 +139,7 @@ pub fn open(
         source,
         sink,
         start,
+        size,
         started,
     })
 }
@@ -168,7 +174,7 @@ impl OpenedJob {
         let (report, size) = match self.sink {
             Output::Direct(mut sink) => {
                 let report = run_job(job, &mut self.source, &mut sink, transport, &opts, observer)?;
-                let size = sink.size().unwrap_or((info.width as u32, info.height as u32));
+                let size = sink.size().unwrap_or(self.size.unwrap_or((info.width as u32, info.height as u32)));
                 sink.finish().map_err(anyhow::Error::from)?;
                 (report, size)
             }
@@ -184,7 +190,8 @@ impl OpenedJob {
                 // The input again, for its other streams: the run's reading of them went to no one.
                 let joining = Instant::now();
                 let mut input = MediaSource::open(&self.input).map_err(anyhow::Error::from)?;
-                join_segments(&mut input, &dir, &segments, &self.target, &self.options).map_err(anyhow::Error::from)?;
+                join_segments(&mut input, &dir, &segments, &self.target, &self.options, self.size)
+                    .map_err(anyhow::Error::from)?;
                 tracing::debug!(
                     segments = segments.len(),
                     ms = joining.elapsed().as_millis() as u64,

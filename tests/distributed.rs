@@ -53,6 +53,7 @@ fn run_server_and_remote_workers_write_identical_frames() {
         "motion",
         "blur:ksize=5,motion,faces,edges",
         "denoise,grade:contrast=1.1:saturation=1.15,sharpen",
+        "faces,scale:width=160",
     ] {
         let want = reference(&input, chain, &dir.path().join("run.mkv"));
         let s = summary(&client(&local.addr(), &input, chain, &dir.path().join("local.mkv"), &[]));

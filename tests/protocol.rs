@@ -73,7 +73,7 @@ fn hostile_and_broken_clients_get_clear_errors_and_the_server_carries_on() {
     assert_eq!(code, ErrorCode::BadRequest);
     assert_eq!(
         message,
-        "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade)"
+        "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade, scale)"
     );
 
     // An upload over the limit is refused before a byte of it is sent.

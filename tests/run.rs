@@ -57,6 +57,8 @@ fn every_frame_equals_the_library_filter_of_the_input_frame() {
         "sharpen:amount=0.8:radius=2",
         "grade:contrast=1.1:brightness=0.05:saturation=1.2:gamma=1.1:warmth=0.3",
         "denoise,grade:contrast=1.1:saturation=1.15,sharpen",
+        "scale:width=240",
+        "motion,grade:saturation=0.5,scale:height=200",
     ] {
         let output = dir.path().join("out.mkv");
         let out = run_vpd(&[
@@ -79,7 +81,8 @@ fn every_frame_equals_the_library_filter_of_the_input_frame() {
             assert_eq!(max_diff(g, w), 0.0, "{chain}: frame {i} differs from the library's result");
         }
         // The filter did something: the output is not the input.
-        assert!(got.iter().zip(&source).any(|(g, s)| max_diff(g, s) > 0.0), "{chain} changed nothing");
+        let changed = |g: &Mat, s: &Mat| g.size().unwrap() != s.size().unwrap() || max_diff(g, s) > 0.0;
+        assert!(got.iter().zip(&source).any(|(g, s)| changed(g, s)), "{chain} changed nothing");
     }
 }
 
@@ -255,7 +258,10 @@ fn bad_filter_chains_are_rejected_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.mp4");
     for (chain, message) in [
-        ("vignette", "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade)"),
+        (
+            "vignette",
+            "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade, scale)",
+        ),
         ("blur:ksize=4", "blur: ksize=4 is invalid: expected an odd integer from 1 to 255"),
         ("edges:low=-3", "edges: low=-3 is invalid"),
         ("edges,motion:speed=2", "motion: unknown parameter 'speed' (allowed: threshold, min_area, dilate)"),
@@ -485,4 +491,27 @@ fn ctrl_c_in_a_batch_keeps_what_finished_and_reports_the_rest() {
     let kept: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(kept, ["a.mkv"], "what finished stays, nothing partial is left");
+}
+
+#[test]
+fn scale_changes_the_outputs_size_with_its_aspect_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClipSpec { frames: 6, width: 1280, height: 720, fps: 25.0, face: false };
+    let input = lossless_clip(dir.path(), &spec);
+    let output = dir.path().join("small.mp4");
+    let out = run_vpd(&[
+        "run",
+        input.to_str().unwrap(),
+        "-f",
+        "scale:width=640",
+        "-o",
+        output.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let p = ffprobe(&output);
+    assert_eq!((p.width, p.height, p.frames), (640, 360, 6));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["width"].as_u64(), summary["height"].as_u64()), (Some(640), Some(360)));
 }

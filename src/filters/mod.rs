@@ -26,7 +26,7 @@ use opencv::prelude::*;
 
 pub use spec::{
     BlurParams, Chain, DenoiseParams, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, GradeParams,
-    MAX_CHAIN_LEN, MotionParams, SharpenParams, SpecError,
+    MAX_CHAIN_LEN, MotionParams, ScaleParams, SharpenParams, SpecError,
 };
 
 /// Where Debian's `opencv-data` package installs the frontal-face Haar cascade.
@@ -92,6 +92,7 @@ enum Stage {
     Denoise(DenoiseParams),
     Sharpen(SharpenParams),
     Grade(grade::Grade),
+    Scale(ScaleParams),
 }
 
 impl Processor {
@@ -110,6 +111,7 @@ impl Processor {
                     FilterSpec::Sharpen(p) => Stage::Sharpen(p),
                     // Its lookup tables, once per chain.
                     FilterSpec::Grade(p) => Stage::Grade(grade::Grade::new(&p)),
+                    FilterSpec::Scale(p) => Stage::Scale(p),
                 })
             })
             .collect::<Result<_, FilterError>>()?;
@@ -123,6 +125,7 @@ impl Processor {
         }
         let mut current = Image::Source(frame);
         for stage in &mut self.stages {
+            let size_in = current.as_mat().size()?;
             let (name, out) = match stage {
                 Stage::Blur(p) => ("blur", blur::apply(current.as_mat(), p)?),
                 Stage::Edges(e) => ("edges", e.apply(current.as_mat())?),
@@ -131,14 +134,33 @@ impl Processor {
                 Stage::Denoise(p) => ("denoise", denoise::apply(current.as_mat(), p)?),
                 Stage::Sharpen(p) => ("sharpen", sharpen::apply(current.as_mat(), p)?),
                 Stage::Grade(g) => ("grade", g.apply(current.as_mat())?),
+                Stage::Scale(p) => ("scale", scale(current.as_mat(), p)?),
             };
-            if out.size()? != frame.size()? || out.typ() != CV_8UC3 {
+            // Every filter keeps its input's size, but scale, which makes the size it says.
+            let size_out = match stage {
+                Stage::Scale(p) => {
+                    let (w, h) = p.size_of(size_in.width as u32, size_in.height as u32);
+                    opencv::core::Size::new(w as i32, h as i32)
+                }
+                _ => size_in,
+            };
+            if out.size()? != size_out || out.typ() != CV_8UC3 {
                 return Err(FilterError::BadOutput(name));
             }
             current = Image::Owned(out);
         }
         current.into_owned().map_err(FilterError::from)
     }
+}
+
+/// `input` resized as `p` says: area averaging to shrink, bicubic to enlarge.
+fn scale(input: &Mat, p: &ScaleParams) -> opencv::Result<Mat> {
+    let (w, h) = p.size_of(input.cols() as u32, input.rows() as u32);
+    let shrinking = i64::from(w) * i64::from(h) < i64::from(input.cols()) * i64::from(input.rows());
+    let interpolation = if shrinking { opencv::imgproc::INTER_AREA } else { opencv::imgproc::INTER_CUBIC };
+    let mut out = Mat::default();
+    opencv::imgproc::resize(input, &mut out, opencv::core::Size::new(w as i32, h as i32), 0.0, 0.0, interpolation)?;
+    Ok(out)
 }
 
 /// The chain's current image: the source frame itself until a filter produces a new one, so a
@@ -180,6 +202,28 @@ mod tests {
         let mut p = Processor::new(&chain, &FilterEnv::default()).unwrap();
         let grey = Mat::new_rows_cols_with_default(8, 8, CV_8UC1, Scalar::all(0.0)).unwrap();
         assert!(matches!(p.apply(&grey, None), Err(FilterError::BadInput(_))));
+    }
+
+    #[test]
+    fn scale_gives_the_size_it_says_keeping_the_aspect_ratio_in_even_pixels() {
+        let frame = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(90.0)).unwrap();
+        for (chain, size) in [
+            ("scale:width=640", (640, 360)),
+            ("scale:height=240", (426, 240)),
+            ("scale:width=320:height=200", (320, 200)),
+            ("blur,scale:width=1920,edges", (1920, 1080)),
+        ] {
+            let chain: Chain = chain.parse().unwrap();
+            assert_eq!(chain.output_size(1280, 720), size, "{chain}");
+            let out = Processor::new(&chain, &FilterEnv::default()).unwrap().apply(&frame, None).unwrap();
+            assert_eq!((out.cols() as u32, out.rows() as u32), size, "{chain}");
+        }
+        // Odd results round to even: 1280x720 → height 101 → width 179.5 → 180.
+        assert_eq!("scale:height=101".parse::<Chain>().unwrap().output_size(1280, 720), (180, 101));
+        for bad in ["scale", "scale:width=8", "faces,scale:width=64,motion", "scale:width=64,faces"] {
+            assert!(bad.parse::<Chain>().is_err(), "{bad}");
+        }
+        assert!("motion,faces,scale:width=64".parse::<Chain>().is_ok(), "detectors before scale");
     }
 
     #[test]

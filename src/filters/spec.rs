@@ -12,7 +12,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Names of the filters, in the order the help text lists them.
-pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion", "denoise", "sharpen", "grade"];
+pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion", "denoise", "sharpen", "grade", "scale"];
 
 /// Most filters in one chain. A real chain has a handful; the bound keeps a hostile one (3000
 /// blurs fit in a 64 KiB message) from pinning a filter thread for minutes on one frame.
@@ -173,6 +173,31 @@ impl GradeParams {
     }
 }
 
+/// Resizing to a width and/or a height; a dimension left 0 follows from the other, keeping the
+/// aspect ratio, rounded to an even number of pixels (what 4:2:0 encoders need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleParams {
+    /// Width in pixels, 16..=8192, or 0.
+    pub width: u32,
+    /// Height in pixels, 16..=8192, or 0.
+    pub height: u32,
+}
+
+impl ScaleParams {
+    /// The size a `width`×`height` frame is scaled to.
+    pub fn size_of(&self, width: u32, height: u32) -> (u32, u32) {
+        let follow = |wanted: u32, this: u32, other: u32| {
+            let exact = f64::from(wanted) * f64::from(this) / f64::from(other.max(1));
+            ((exact / 2.0).round() as u32 * 2).max(2)
+        };
+        match (self.width, self.height) {
+            (0, h) => (follow(h, width, height), h),
+            (w, 0) => (w, follow(w, height, width)),
+            (w, h) => (w, h),
+        }
+    }
+}
+
 /// One validated filter with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum FilterSpec {
@@ -190,6 +215,8 @@ pub enum FilterSpec {
     Sharpen(SharpenParams),
     /// See [`GradeParams`].
     Grade(GradeParams),
+    /// See [`ScaleParams`].
+    Scale(ScaleParams),
 }
 
 /// An ordered, non-empty list of at most [`MAX_CHAIN_LEN`] filters, each within its bounds.
@@ -229,6 +256,17 @@ impl Chain {
         for spec in &specs {
             spec.validate()?;
         }
+        // Detectors find things in the source frame and draw where they found them: on a
+        // scaled image they would draw in the wrong place.
+        if let Some(at) = specs.iter().position(|s| matches!(s, FilterSpec::Scale(_)))
+            && let Some(detector) =
+                specs[at..].iter().find(|s| matches!(s, FilterSpec::Faces(_) | FilterSpec::Motion(_)))
+        {
+            return Err(SpecError::Conflict {
+                filter: detector.name(),
+                message: "it must come before scale (it draws where it finds things in the source frame)".into(),
+            });
+        }
         Ok(Chain(specs))
     }
 
@@ -240,6 +278,14 @@ impl Chain {
     /// Whether a frame's task must carry the previous source frame.
     pub fn needs_previous(&self) -> bool {
         self.0.iter().any(|s| matches!(s, FilterSpec::Motion(_)))
+    }
+
+    /// The size of the chain's output for a `width`×`height` input.
+    pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        self.0.iter().fold((width, height), |(w, h), spec| match spec {
+            FilterSpec::Scale(p) => p.size_of(w, h),
+            _ => (w, h),
+        })
     }
 
     /// Whether any filter needs the face cascade.
@@ -292,6 +338,7 @@ impl FilterSpec {
             FilterSpec::Denoise(_) => "denoise",
             FilterSpec::Sharpen(_) => "sharpen",
             FilterSpec::Grade(_) => "grade",
+            FilterSpec::Scale(_) => "scale",
         }
     }
 }
@@ -322,6 +369,8 @@ const RADIUS: Rule<f64> =
 const FACTOR: Rule<f64> = Rule { ok: |c| c.is_finite() && (0.0..=4.0).contains(c), expected: "a number from 0 to 4" };
 const SIGNED_UNIT: Rule<f64> =
     Rule { ok: |b| b.is_finite() && (-1.0..=1.0).contains(b), expected: "a number from -1 to 1" };
+const SCALE_SIDE: Rule<u32> =
+    Rule { ok: |s| *s == 0 || (16..=8192).contains(s), expected: "0 (from the other side) or 16 to 8192 pixels" };
 const GAMMA: Rule<f64> =
     Rule { ok: |g| g.is_finite() && (0.1..=10.0).contains(g), expected: "a number from 0.1 to 10" };
 
@@ -374,6 +423,17 @@ impl FilterSpec {
             FilterSpec::Sharpen(p) => {
                 check("sharpen", "amount", &p.amount, &AMOUNT)?;
                 check("sharpen", "radius", &p.radius, &RADIUS)
+            }
+            FilterSpec::Scale(p) => {
+                check("scale", "width", &p.width, &SCALE_SIDE)?;
+                check("scale", "height", &p.height, &SCALE_SIDE)?;
+                if p.width == 0 && p.height == 0 {
+                    return Err(SpecError::Conflict {
+                        filter: "scale",
+                        message: "give a width, a height or both".into(),
+                    });
+                }
+                Ok(())
             }
             FilterSpec::Grade(p) => {
                 check("grade", "contrast", &p.contrast, &FACTOR)?;
@@ -440,6 +500,12 @@ impl FromStr for FilterSpec {
                 let warmth = p.get("warmth", 0.0f64, &SIGNED_UNIT)?;
                 FilterSpec::Grade(GradeParams { contrast, brightness, saturation, gamma, warmth })
             }
+            "scale" => {
+                let mut p = Params::read("scale", &["width", "height"], params)?;
+                let width = p.get("width", 0u32, &SCALE_SIDE)?;
+                let height = p.get("height", 0u32, &SCALE_SIDE)?;
+                FilterSpec::Scale(ScaleParams { width, height })
+            }
             other => return Err(SpecError::UnknownFilter(other.to_string())),
         };
         // The cross-parameter checks (edges' low <= high) live in one place.
@@ -459,6 +525,7 @@ impl fmt::Display for FilterSpec {
             }
             FilterSpec::Denoise(p) => write!(f, "denoise:size={}", p.size),
             FilterSpec::Sharpen(p) => write!(f, "sharpen:amount={}:radius={}", p.amount, p.radius),
+            FilterSpec::Scale(p) => write!(f, "scale:width={}:height={}", p.width, p.height),
             FilterSpec::Grade(p) => write!(
                 f,
                 "grade:contrast={}:brightness={}:saturation={}:gamma={}:warmth={}",
@@ -643,10 +710,10 @@ mod tests {
     #[test]
     fn errors_name_the_filter_and_allowed_values() {
         let cases = [
-            ("", "empty filter chain (known filters: blur, edges, faces, motion, denoise, sharpen, grade)"),
+            ("", "empty filter chain (known filters: blur, edges, faces, motion, denoise, sharpen, grade, scale)"),
             (
                 "vignette",
-                "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade)",
+                "unknown filter 'vignette' (known filters: blur, edges, faces, motion, denoise, sharpen, grade, scale)",
             ),
             ("blur:size=3", "blur: unknown parameter 'size' (allowed: ksize, sigma)"),
             ("blur:ksize=4", "blur: ksize=4 is invalid: expected an odd integer from 1 to 255"),

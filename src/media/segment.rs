@@ -117,7 +117,9 @@ impl SegmentSink {
     /// A sink for `source`'s frames into segments of `per_segment` frames in `dir` (which
     /// exists), encoded for `target` with `options`; `committed` frames are already in
     /// segments, so the first frame written is frame `committed` (a multiple of
-    /// `per_segment`).
+    /// `per_segment`); `size` is the frames' size when the filters change it.
+    // Each says one thing the segments need; a struct of them would be built here alone.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         source: &MediaSource,
         dir: &Path,
@@ -126,9 +128,10 @@ impl SegmentSink {
         per_segment: u64,
         committed: u64,
         on_commit: OnCommit,
+        size: Option<(u32, u32)>,
     ) -> Result<Self, MediaError> {
         let container = Container::of(target, options)?;
-        let frames = Frames::of(source);
+        let frames = Frames::sized(source, size);
         // Every segment's encoder drops the same odd row or column: said here, once.
         let size = even_where_needed(&frames, options, target)?;
         debug_assert_eq!(committed % per_segment.max(1), 0, "resumes start at a segment's first frame");
@@ -307,13 +310,14 @@ pub fn join(
     segments: &[SegmentRecord],
     target: &Path,
     options: &OutputOptions,
+    size: Option<(u32, u32)>,
 ) -> Result<PathBuf, MediaError> {
     if segments.is_empty() {
         return Err(MediaError::NoFrames(target.to_path_buf()));
     }
     // The stream's parameters are those of any segment's encoder: the job's settings fix them.
     let (parameters, time_base) = {
-        let frames = Frames::of(source);
+        let frames = Frames::sized(source, size);
         let mut encoder = VideoEncoder::open(&frames, options, Container::of(target, options)?, target)?;
         let found = (encoder.parameters(), encoder.time_base());
         // Closed properly, with a frame: some encoders (SVT-AV1) hang when dropped without an
@@ -327,7 +331,7 @@ pub fn join(
         }
         found
     };
-    let mut sink = MediaSink::join(source, target, options, &parameters, time_base)?;
+    let mut sink = MediaSink::join(source, target, options, &parameters, time_base, size)?;
     let mut other = source.next_other();
     for (expected, record) in segments.iter().enumerate() {
         if record.number != expected as u64 {

@@ -142,13 +142,14 @@ struct Copied {
 }
 
 impl Frames {
-    /// What `source`'s video stream says of its frames.
-    pub fn of(source: &MediaSource) -> Self {
+    /// What `source`'s video stream says of its frames, at `size` when the filters resize them.
+    pub fn sized(source: &MediaSource, size: Option<(u32, u32)>) -> Self {
         let info = source.info();
         let stream = source.input.stream(source.video).expect("the source's video stream");
+        let (width, height) = size.unwrap_or((info.width as u32, info.height as u32));
         Frames {
-            width: info.width as u32,
-            height: info.height as u32,
+            width,
+            height,
             fps: info.fps,
             time_base: source.time_base,
             rate: stream.avg_frame_rate(),
@@ -382,8 +383,14 @@ fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_ne
 impl MediaSink {
     /// Opens the encoder and the muxer for `target` (checked with [`check_output_path`]),
     /// taking the streams to copy, metadata, chapters and rotation from `source`.
-    pub fn create(source: &MediaSource, target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
-        let frames = Frames::of(source);
+    /// `size` is the frames' size when the filters change it.
+    pub fn create(
+        source: &MediaSource,
+        target: &Path,
+        options: &OutputOptions,
+        size: Option<(u32, u32)>,
+    ) -> Result<Self, MediaError> {
+        let frames = Frames::sized(source, size);
         Self::open(frames, Some(source), target, options, Video::Encode)
     }
 
@@ -397,8 +404,9 @@ impl MediaSink {
         options: &OutputOptions,
         parameters: &codec::Parameters,
         time_base: Rational,
+        size: Option<(u32, u32)>,
     ) -> Result<Self, MediaError> {
-        let frames = Frames::of(source);
+        let frames = Frames::sized(source, size);
         Self::open(frames, Some(source), target, options, Video::Copy { parameters, time_base })
     }
 

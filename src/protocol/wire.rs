@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::filters::Chain;
 
 /// Version of the body layout; a worker refuses bodies of another (2: the transport encoding
-/// as its text; 3: the denoise, sharpen and grade filters in a task's chain).
+/// as its text; 3: the denoise, sharpen, grade and scale filters in a task's chain).
 pub const WIRE_VERSION: u8 = 3;
 /// Largest frame accepted anywhere, in pixels (8192 × 8192: 8K video with room to spare).
 pub const MAX_FRAME_PIXELS: u64 = 8192 * 8192;

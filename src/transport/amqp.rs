@@ -168,7 +168,8 @@ fn encode(
     use opencv::prelude::MatTraitConst as _;
     let mut encoder = Encoder::new(job.encoding);
     for task in tasks {
-        frame_size.get_or_init(|| (task.frame.cols() as u32, task.frame.rows() as u32));
+        // Results have the chain's output size (a scale changes it).
+        frame_size.get_or_init(|| job.chain.output_size(task.frame.cols() as u32, task.frame.rows() as u32));
         let meta = TaskMeta { job: &job.id, index: task.index, chain: &job.chain, encoding: job.encoding };
         let body = wire::encode_task(&meta, &task.frame, task.previous.as_deref(), &mut encoder)?;
         sources.lock().expect("sources lock").insert(task.index, task.frame.clone());
