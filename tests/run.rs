@@ -478,6 +478,8 @@ fn ctrl_c_in_a_batch_keeps_what_finished_and_reports_the_rest() {
     // The event: the first file's line. Then Ctrl-C, while the second runs.
     let first = lines.find_map(|l| l.ok().filter(|l| l.starts_with("done"))).expect("the first file ends");
     assert!(first.contains("a.mkv"), "{first}");
+    // The second has started once its checkpoint exists beside its output.
+    assert!(wait_for(Duration::from_secs(30), || out.join(".b.mkv.vpd-resume").exists()), "b never started");
     crate::util::cluster::signal(&child, libc::SIGINT);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
