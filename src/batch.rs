@@ -1,7 +1,11 @@
 //! A batch's report: how each input ended and the totals, whatever ran the jobs (`vpd run`
 //! one after another, `vpd client` several at once).
 
+use std::path::Path;
+
 use serde::Serialize;
+
+use crate::metrics::JobSummary;
 
 /// How one input of a batch ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,5 +64,46 @@ impl BatchReport {
             wall_seconds,
             files: rows,
         }
+    }
+}
+
+impl BatchRow {
+    /// The row of `input` into `output` that ended as `outcome`, with no numbers.
+    pub fn new(input: String, output: &Path, outcome: &'static str, error: Option<String>) -> Self {
+        BatchRow {
+            input,
+            output: output.display().to_string(),
+            outcome,
+            frames: None,
+            fps: None,
+            failed_frames: None,
+            output_bytes: None,
+            error,
+        }
+    }
+
+    /// An input whose output was complete already: left as it is.
+    pub fn skipped(input: String, output: &Path) -> Self {
+        BatchRow { output_bytes: Self::bytes(output), ..Self::new(input, output, "skipped", None) }
+    }
+
+    /// An input done, with its summary's numbers.
+    pub fn done(input: String, output: &Path, s: &JobSummary) -> Self {
+        BatchRow {
+            frames: Some(s.frames),
+            fps: Some(s.fps),
+            failed_frames: Some(s.failed_frames),
+            output_bytes: Self::bytes(output),
+            ..Self::new(input, output, "done", None)
+        }
+    }
+
+    /// Whether `output` is a whole output already (outputs appear only once complete).
+    pub fn is_complete(output: &Path) -> bool {
+        std::fs::metadata(output).is_ok_and(|m| m.is_file())
+    }
+
+    fn bytes(output: &Path) -> Option<u64> {
+        std::fs::metadata(output).ok().map(|m| m.len())
     }
 }

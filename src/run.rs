@@ -248,31 +248,16 @@ pub fn batch(jobs: &[RunConfig], stop: &Stop, mut on_row: impl FnMut(&BatchRow))
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     for cfg in jobs {
-        let row = |outcome, error: Option<String>| BatchRow {
-            input: cfg.input.display().to_string(),
-            output: cfg.output.display().to_string(),
-            outcome,
-            frames: None,
-            fps: None,
-            failed_frames: None,
-            output_bytes: None,
-            error,
-        };
+        let input = cfg.input.display().to_string();
         let row = if stop.is_stopped() {
-            row("not started", None)
-        } else if fs::metadata(&cfg.output).is_ok_and(|m| m.is_file()) {
-            BatchRow { output_bytes: fs::metadata(&cfg.output).ok().map(|m| m.len()), ..row("skipped", None) }
+            BatchRow::new(input, &cfg.output, "not started", None)
+        } else if BatchRow::is_complete(&cfg.output) {
+            BatchRow::skipped(input, &cfg.output)
         } else {
             match run(cfg, stop.clone()) {
-                Ok(s) => BatchRow {
-                    frames: Some(s.frames),
-                    fps: Some(s.fps),
-                    failed_frames: Some(s.failed_frames),
-                    output_bytes: fs::metadata(&cfg.output).ok().map(|m| m.len()),
-                    ..row("done", None)
-                },
-                Err(JobError::Cancelled) => row("cancelled", None),
-                Err(JobError::Failed(e)) => row("failed", Some(format!("{e:#}"))),
+                Ok(s) => BatchRow::done(input, &cfg.output, &s),
+                Err(JobError::Cancelled) => BatchRow::new(input, &cfg.output, "cancelled", None),
+                Err(JobError::Failed(e)) => BatchRow::new(input, &cfg.output, "failed", Some(format!("{e:#}"))),
             }
         };
         on_row(&row);

@@ -656,28 +656,22 @@ pub async fn batch(
         while running.len() < at_once.get() && next < jobs.len() && !shutdown.is_cancelled() {
             let (i, cfg) = (next, jobs[next].clone());
             next += 1;
-            if std::fs::metadata(&cfg.output).is_ok_and(|m| m.is_file()) {
-                let row = BatchRow {
-                    output_bytes: std::fs::metadata(&cfg.output).ok().map(|m| m.len()),
-                    ..batch_row(&cfg, "skipped", None)
-                };
+            if BatchRow::is_complete(&cfg.output) {
+                let row = BatchRow::skipped(batch_input(&cfg), &cfg.output);
                 on_row(&row);
                 rows[i] = Some(row);
                 continue;
             }
             let shutdown = shutdown.clone();
             running.spawn(async move {
+                let input = batch_input(&cfg);
                 let row = match run(&cfg, shutdown).await {
-                    Ok(Followed::Finished(s)) => BatchRow {
-                        frames: Some(s.frames),
-                        fps: Some(s.fps),
-                        failed_frames: Some(s.failed_frames),
-                        output_bytes: std::fs::metadata(&cfg.output).ok().map(|m| m.len()),
-                        ..batch_row(&cfg, "done", None)
-                    },
-                    Ok(Followed::Detached(job)) => batch_row(&cfg, "failed", Some(format!("detached as {job}"))),
-                    Err(ClientError::Cancelled) => batch_row(&cfg, "cancelled", None),
-                    Err(ClientError::Failed(e)) => batch_row(&cfg, "failed", Some(format!("{e:#}"))),
+                    Ok(Followed::Finished(s)) => BatchRow::done(input, &cfg.output, &s),
+                    Ok(Followed::Detached(job)) => {
+                        BatchRow::new(input, &cfg.output, "failed", Some(format!("detached as {job}")))
+                    }
+                    Err(ClientError::Cancelled) => BatchRow::new(input, &cfg.output, "cancelled", None),
+                    Err(ClientError::Failed(e)) => BatchRow::new(input, &cfg.output, "failed", Some(format!("{e:#}"))),
                 };
                 (i, row)
             });
@@ -691,24 +685,15 @@ pub async fn batch(
     let rows = rows
         .into_iter()
         .zip(jobs)
-        .map(|(row, cfg)| row.unwrap_or_else(|| batch_row(cfg, "not started", None)))
+        .map(|(row, cfg)| row.unwrap_or_else(|| BatchRow::new(batch_input(cfg), &cfg.output, "not started", None)))
         .collect();
     BatchReport::new(rows, started.elapsed().as_secs_f64())
 }
 
-fn batch_row(cfg: &ClientConfig, outcome: &'static str, error: Option<String>) -> BatchRow {
-    let input = match &cfg.job {
+/// How a batch's report names a job's input: its file, or the job followed.
+fn batch_input(cfg: &ClientConfig) -> String {
+    match &cfg.job {
         ClientJob::Submit { input, .. } => input.display().to_string(),
         ClientJob::Attach(job) => job.clone(),
-    };
-    BatchRow {
-        input,
-        output: cfg.output.display().to_string(),
-        outcome,
-        frames: None,
-        fps: None,
-        failed_frames: None,
-        output_bytes: None,
-        error,
     }
 }

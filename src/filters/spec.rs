@@ -162,17 +162,6 @@ pub struct GradeParams {
     pub warmth: f64,
 }
 
-impl GradeParams {
-    /// Whether these parameters leave every frame as it is.
-    pub fn is_neutral(&self) -> bool {
-        self.contrast == 1.0
-            && self.brightness == 0.0
-            && self.saturation == 1.0
-            && self.gamma == 1.0
-            && self.warmth == 0.0
-    }
-}
-
 /// Resizing to a width and/or a height; a dimension left 0 follows from the other, keeping the
 /// aspect ratio, rounded to an even number of pixels (what 4:2:0 encoders need).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
