@@ -2,7 +2,7 @@
 //! outputs compared frame by frame with `vpd run`'s, workers killed and frozen mid-job,
 //! jobs cancelled, connections cut.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -11,31 +11,6 @@ use vpd::protocol::task::Correlation;
 
 use crate::util::cluster::*;
 use crate::util::*;
-
-/// `vpd run` on the same input: the reference every other path must equal.
-fn reference(input: &Path, chain: &str, output: &Path) -> Vec<opencv::core::Mat> {
-    let out = run_vpd(&[
-        "run",
-        input.to_str().unwrap(),
-        "-f",
-        chain,
-        "-o",
-        output.to_str().unwrap(),
-        "--codec",
-        "ffv1",
-        "-q",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    decode_all(output)
-}
-
-fn assert_same_frames(got: &Path, want: &[opencv::core::Mat], what: &str) {
-    let got = decode_all(got);
-    assert_eq!(got.len(), want.len(), "{what}: frame count");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(max_diff(g, w), 0.0, "{what}: frame {i} differs from vpd run's");
-    }
-}
 
 #[test]
 fn run_server_and_remote_workers_write_identical_frames() {

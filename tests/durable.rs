@@ -2,7 +2,6 @@
 //! (resumed from its committed segments, its client reconnecting by itself), it can be left
 //! and followed again, paused, rerun and fetched, and its kept result expires.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -33,32 +32,6 @@ fn counter(metrics_url: &str, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
 }
 
-/// The reference: the same clip through `vpd run`, lossless.
-fn reference(dir: &Path, input: &Path, chain: &str) -> Vec<opencv::core::Mat> {
-    let out = dir.join("reference.mkv");
-    let r = run_vpd(&[
-        "run",
-        input.to_str().unwrap(),
-        "-f",
-        chain,
-        "-o",
-        out.to_str().unwrap(),
-        "--codec",
-        "ffv1",
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    decode_all(&out)
-}
-
-fn assert_same_frames(got: &Path, want: &[opencv::core::Mat]) {
-    let got = decode_all(got);
-    assert_eq!(got.len(), want.len(), "frame count");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(max_diff(g, w), 0.0, "frame {i} differs");
-    }
-}
-
 /// The frames a job's record says are committed.
 fn committed(addr: &str, id: &str) -> u64 {
     jobs(addr, &["show", id])["committed_frames"].as_u64().unwrap_or(0)
@@ -72,7 +45,7 @@ fn a_server_killed_mid_job_resumes_it_from_its_segments_and_the_client_gets_the_
     let spec = ClipSpec { frames: 200, width: 320, height: 240, fps: 25.0, face: false };
     let input = clip(dir.path(), spec);
     let chain = "blur:ksize=61";
-    let want = reference(dir.path(), &input, chain);
+    let want = reference(&input, chain, &dir.path().join("reference.mkv"));
     let per_segment = 25; // --segment-seconds 1 at 25 fps
 
     let window = 4;
@@ -104,7 +77,7 @@ fn a_server_killed_mid_job_resumes_it_from_its_segments_and_the_client_gets_the_
     let (code, err) = wait_output(&mut client.0);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("reconnecting"), "{err}");
-    assert_same_frames(&output, &want);
+    assert_same_frames(&output, &want, "vpd run's frames");
 
     let record = jobs(&addr, &["show", &id]);
     assert_eq!(record["state"], "done", "{record}");
@@ -126,7 +99,7 @@ fn a_server_killed_mid_job_resumes_it_from_its_segments_and_the_client_gets_the_
 fn detach_attach_rerun_and_fetch_give_the_same_frames_and_an_expired_result_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 30, ..ClipSpec::default() });
-    let want = reference(dir.path(), &input, "edges");
+    let want = reference(&input, "edges", &dir.path().join("reference.mkv"));
     let server = Server::start(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let addr = server.addr();
 
@@ -158,7 +131,7 @@ fn detach_attach_rerun_and_fetch_give_the_same_frames_and_an_expired_result_says
         vpd().args(["client", "--attach", &id, "--server", &addr, "--json", "-o"]).arg(&attached).output().unwrap();
     let s = summary(&out);
     assert_eq!(s.frames, 30);
-    assert_same_frames(&attached, &want);
+    assert_same_frames(&attached, &want, "vpd run's frames");
 
     // fetch: the kept result, byte for byte.
     let fetched = dir.path().join("fetched.mkv");
@@ -174,7 +147,7 @@ fn detach_attach_rerun_and_fetch_give_the_same_frames_and_an_expired_result_says
     let out = vpd().args(["client", "--attach", &rerun, "--server", &addr, "-o"]).arg(&again).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
-    assert_same_frames(&again, &want);
+    assert_same_frames(&again, &want, "vpd run's frames");
     assert_eq!(jobs(&addr, &["show", &rerun])["rerun_of"].as_str(), Some(id.as_str()));
 
     // Followed into a file of another container: written as it is, with a warning.
@@ -231,7 +204,7 @@ fn a_paused_job_publishes_no_tasks_and_resumes_to_the_same_frames() {
     let spec = ClipSpec { frames: 150, width: 320, height: 240, fps: 25.0, face: false };
     let input = clip(dir.path(), spec);
     let chain = "blur:ksize=61";
-    let want = reference(dir.path(), &input, chain);
+    let want = reference(&input, chain, &dir.path().join("reference.mkv"));
     let server = Server::start(&[
         "--listen",
         "127.0.0.1:0",
@@ -277,7 +250,7 @@ fn a_paused_job_publishes_no_tasks_and_resumes_to_the_same_frames() {
     let (code, err) = wait_output(&mut follower.0);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("is paused"), "{err}");
-    assert_same_frames(&output, &want);
+    assert_same_frames(&output, &want, "vpd run's frames");
     let states: Vec<String> = jobs(&addr, &["show", &id])["transitions"]
         .as_array()
         .unwrap()
@@ -306,7 +279,7 @@ fn a_full_disk_fails_the_job_keeps_its_segments_and_a_resume_finishes_it() {
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let chain = "blur:ksize=3";
-    let want = reference(dir.path(), &input, chain);
+    let want = reference(&input, chain, &dir.path().join("reference.mkv"));
     let state = disk.0.to_str().unwrap();
     let server =
         Server::start(&["--listen", "127.0.0.1:0", "--threads", "1", "--state-dir", state, "--segment-seconds", "0.2"]);
@@ -332,7 +305,7 @@ fn a_full_disk_fails_the_job_keeps_its_segments_and_a_resume_finishes_it() {
         &vpd().args(["client", "--attach", &id, "--server", &addr, "--json", "-o"]).arg(&output).output().unwrap(),
     );
     assert_eq!(s.resumed_at_frame, Some(committed));
-    assert_same_frames(&output, &want);
+    assert_same_frames(&output, &want, "vpd run's frames");
     drop(server);
 }
 
@@ -363,8 +336,8 @@ fn a_client_batch_runs_jobs_at_once_reports_a_bad_file_and_skips_what_is_complet
     let outcomes: Vec<&str> = rows.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["done", "failed", "done"]);
     assert!(rows[1]["error"].as_str().unwrap().contains("not a video"), "{}", rows[1]);
-    let want = reference(dir.path(), &clips.join("a.mkv"), "blur:ksize=5");
-    assert_same_frames(&out.join("a.mkv"), &want);
+    let want = reference(&clips.join("a.mkv"), "blur:ksize=5", &dir.path().join("reference.mkv"));
+    assert_same_frames(&out.join("a.mkv"), &want, "vpd run's frames");
     // The server saw all three, two of them done.
     let states: Vec<String> = jobs(&server.addr(), &[])
         .as_array()

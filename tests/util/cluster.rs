@@ -11,7 +11,7 @@ use vpd::broker::{Broker, Topology};
 
 use vpd::metrics::JobSummary;
 
-use super::{ChildGuard, ClipSpec, run_vpd, stderr, vpd, write_clip};
+use super::{ChildGuard, ClipSpec, decode_all, max_diff, run_vpd, stderr, vpd, write_clip};
 
 /// The broker the tests use: `VPD_TEST_AMQP_URL`, or the local default (`make test` starts one).
 pub fn amqp_url() -> String {
@@ -443,4 +443,29 @@ pub fn client_cmd(addr: &str, input: &Path, chain: &str, output: &Path, extra: &
     cmd.args(["client", input.to_str().unwrap(), "--server", addr, "-f", chain, "-o", output.to_str().unwrap()]);
     cmd.args(extra).arg("--json");
     cmd
+}
+
+/// `vpd run` on the same input: the reference every other path must equal.
+pub fn reference(input: &Path, chain: &str, output: &Path) -> Vec<opencv::core::Mat> {
+    let out = run_vpd(&[
+        "run",
+        input.to_str().unwrap(),
+        "-f",
+        chain,
+        "-o",
+        output.to_str().unwrap(),
+        "--codec",
+        "ffv1",
+        "-q",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    decode_all(output)
+}
+
+pub fn assert_same_frames(got: &Path, want: &[opencv::core::Mat], what: &str) {
+    let got = decode_all(got);
+    assert_eq!(got.len(), want.len(), "{what}: frame count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(max_diff(g, w), 0.0, "{what}: frame {i} differs from vpd run's");
+    }
 }
