@@ -179,7 +179,7 @@ fn a_variable_frame_rate_keeps_every_timestamp() {
 }
 
 #[test]
-fn rotation_colour_and_chapters_are_kept() {
+fn rotated_input_is_turned_upright_and_colour_and_chapters_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let plain = clip_with_tone(dir.path());
     let input = dir.path().join("rotated.mkv");
@@ -209,9 +209,31 @@ fn rotation_colour_and_chapters_are_kept() {
     ffmpeg(&["-i", input.to_str().unwrap()], &["-c", "copy", "-metadata:s:v:0", "rotate=90"], &rotated);
     let output = dir.path().join("out.mp4");
     run(&["run", rotated.to_str().unwrap(), "-f", "blur", "-o", output.to_str().unwrap(), "-q"]);
-    let v = probe(&output, "stream=color_space,color_primaries,color_transfer:stream_side_data=rotation");
+    let v = probe(&output, "stream=width,height,color_space,color_primaries,color_transfer:stream_side_data=rotation");
     let video = &v["streams"][0];
-    assert_eq!(video["side_data_list"][0]["rotation"].as_i64().map(i64::abs), Some(90), "{v}");
+    // Upright: portrait, as players show the input, and no display matrix to turn it again.
+    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(240), Some(320)), "{v}");
+    assert!(video["side_data_list"].is_null(), "{v}");
+    // Turned the way FFmpeg's command line turns it: vpd's frames equal FFmpeg's, decoded
+    // losslessly through an identity filter.
+    let (ours, theirs) = (dir.path().join("ours.mkv"), dir.path().join("theirs.mkv"));
+    run(&[
+        "run",
+        rotated.to_str().unwrap(),
+        "-f",
+        "blur:ksize=1",
+        "-o",
+        ours.to_str().unwrap(),
+        "--codec",
+        "ffv1",
+        "-q",
+    ]);
+    ffmpeg(&["-i", rotated.to_str().unwrap()], &["-an", "-c:v", "ffv1", "-pix_fmt", "bgr0"], &theirs);
+    let (ours, theirs) = (decode_all(&ours), decode_all(&theirs));
+    assert_eq!(ours.len(), theirs.len());
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert!(max_diff(a, b) <= 2.0, "frame {i} differs from FFmpeg's upright frame by {}", max_diff(a, b));
+    }
     assert_eq!(
         (video["color_space"].as_str(), video["color_primaries"].as_str()),
         (Some("bt709"), Some("bt709")),

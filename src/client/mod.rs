@@ -25,7 +25,7 @@ use tracing::debug;
 use crate::batch::{BatchReport, BatchRow};
 use crate::files::RemoveOnDrop;
 use crate::filters::Chain;
-use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, temp_path};
+use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output_path, is_stream_target, temp_path};
 use crate::metrics::JobSummary;
 use crate::net::ServerAddr;
 use crate::progress::ProgressView;
@@ -589,11 +589,12 @@ async fn download<R: AsyncRead + Unpin>(
     size: u64,
 ) -> Result<(), Download> {
     let local = |e: anyhow::Error| Download::Local(e);
-    let temp = RemoveOnDrop::new(temp_path(target));
+    // A device or a pipe is written in place; a file goes beside the output until it is whole.
+    let temp = (!is_stream_target(target)).then(|| RemoveOnDrop::new(temp_path(target)));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
-        .open(temp.path())
+        .create_new(temp.is_some())
+        .open(temp.as_ref().map_or(target, |t| t.path()))
         .await
         .with_context(|| format!("cannot write {}", output.display()))
         .map_err(local)?;
@@ -618,8 +619,10 @@ async fn download<R: AsyncRead + Unpin>(
             Err(e) => return Err(Download::Lost(anyhow!(e).context("downloading the result"))),
         }
     }
+    file.flush().await.with_context(|| format!("writing {}", output.display())).map_err(local)?;
     file.sync_all().await.ok();
     drop(file);
+    let Some(temp) = temp else { return Ok(()) };
     tokio::fs::rename(temp.path(), target)
         .await
         .with_context(|| format!("moving the result to {}", output.display()))

@@ -16,8 +16,10 @@
 //! writer thread, takes them from there in step with the frames it writes. So timestamps
 //! (variable frame rates too) and audio reach the output untouched whatever the pipeline did
 //! in between, from a file or a pipe alike. The sink encodes (H.264 by default), copies the
-//! rest, keeps metadata, chapters, rotation and the colour description, and writes a file
-//! that appears at its path only when complete.
+//! rest, keeps metadata, chapters and the colour description, and writes a file that appears
+//! at its path only when complete (a device or a pipe is written in place). A rotated input
+//! (a display matrix: a phone's portrait video) is turned upright as it is decoded, as players
+//! and FFmpeg show it, so filters see it the right way up and the output needs no matrix.
 
 mod audio;
 mod codec;
@@ -32,7 +34,7 @@ use std::sync::Once;
 
 pub use codec::{OutputOptions, VideoCodec, check_output};
 pub use segment::{OnCommit, SegmentRecord, SegmentSink, frames_per_segment, join as join_segments, segment_path};
-pub use sink::{MediaSink, check_output_path, temp_path};
+pub use sink::{MediaSink, check_output_path, is_stream_target, temp_path};
 pub use source::{MediaSource, check_input};
 
 /// Where frames come from, in order (a [`MediaSource`], or a test's own).

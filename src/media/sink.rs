@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +95,15 @@ fn follow_links(path: &Path) -> Result<PathBuf, MediaError> {
     Err(MediaError::Unwritable {
         path: path.to_path_buf(),
         cause: std::io::Error::other(format!("more than {MAX_LINKS} symbolic links")),
+    })
+}
+
+/// Whether `target` is a device, a pipe or a socket: written to in place, as a stream, never
+/// through a file beside it renamed over it (that would replace `/dev/null` itself).
+pub fn is_stream_target(target: &Path) -> bool {
+    std::fs::metadata(target).is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
     })
 }
 
@@ -228,7 +237,7 @@ impl VideoEncoder {
     /// the output in errors.
     pub fn open(f: &Frames, options: &OutputOptions, container: Container, shown: &Path) -> Result<Self, MediaError> {
         let pix_fmt = options.pix_fmt()?;
-        let size = encoded_size(pix_fmt, f.width, f.height);
+        let size = encodable_size(pix_fmt, f.width, f.height)?;
         let encoder_tb = encoder_time_base(f.time_base, &options.codec, f.fps, container.constant_rate);
         let codec = options.codec.encoder();
 
@@ -382,7 +391,7 @@ fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_ne
 
 impl MediaSink {
     /// Opens the encoder and the muxer for `target` (checked with [`check_output_path`]),
-    /// taking the streams to copy, metadata, chapters and rotation from `source`.
+    /// taking the streams to copy, metadata and chapters from `source`.
     /// `size` is the frames' size when the filters change it.
     pub fn create(
         source: &MediaSource,
@@ -395,7 +404,7 @@ impl MediaSink {
     }
 
     /// A sink for video already encoded into `parameters` (a segmented output's segments,
-    /// joined), with `source`'s other streams, metadata, chapters and rotation: the packets
+    /// joined), with `source`'s other streams, metadata and chapters: the packets
     /// come through [`MediaSink::write_video`] in `time_base`, the other streams' through
     /// [`MediaSink::write_other`].
     pub(super) fn join(
@@ -443,9 +452,12 @@ impl MediaSink {
         video: Video<'_>,
     ) -> Result<Self, MediaError> {
         let muxer = check_output(target, options)?;
-        let pipe = target == Path::new(STDIO);
-        let (url, files) = if pipe {
+        let stdout = target == Path::new(STDIO);
+        let pipe = stdout || is_stream_target(target);
+        let (url, files) = if stdout {
             (PathBuf::from("pipe:1"), None)
+        } else if pipe {
+            (target.to_path_buf(), None)
         } else {
             let temp = temp_path(target);
             (temp.clone(), Some((temp, target.to_path_buf())))
@@ -473,7 +485,8 @@ impl MediaSink {
             Video::Copy { parameters, time_base } => (None, parameters.clone(), time_base),
         };
 
-        // The video stream: the encoder's parameters, the input's metadata and rotation.
+        // The video stream: the encoder's parameters and the input's metadata (its frames were
+        // turned upright as they were decoded: no display matrix).
         {
             let mut ost = output
                 .add_stream(encoder::find(codec::Id::None))
@@ -484,15 +497,6 @@ impl MediaSink {
             ost.set_time_base(packet_tb);
             if let Some(input_stream) = source.and_then(|s| s.input.stream(s.video)) {
                 ost.set_metadata(without_encoder(input_stream.metadata().to_owned()));
-                for side_data in input_stream.side_data() {
-                    if side_data.kind() == ffmpeg_next::codec::packet::side_data::Type::DisplayMatrix {
-                        copy_side_data(
-                            &mut ost,
-                            ffi::AVPacketSideDataType::AV_PKT_DATA_DISPLAYMATRIX,
-                            side_data.data(),
-                        );
-                    }
-                }
             }
         }
         // Every other stream the container can hold, copied as it is.
@@ -711,7 +715,19 @@ fn encoded_size(pix_fmt: Pixel, width: u32, height: u32) -> (u32, u32) {
     let (sub_w, sub_h) = pix_fmt.descriptor().map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
     let w = if sub_w > 0 { width & !1 } else { width };
     let h = if sub_h > 0 { height & !1 } else { height };
-    (w.max(1), h.max(1))
+    (w, h)
+}
+
+/// [`encoded_size`], or an error where it leaves nothing (a side of one pixel in 4:2:0).
+fn encodable_size(pix_fmt: Pixel, width: u32, height: u32) -> Result<(u32, u32), MediaError> {
+    let (w, h) = encoded_size(pix_fmt, width, height);
+    if w == 0 || h == 0 {
+        let name = pix_fmt.descriptor().map_or("this pixel format", |d| d.name());
+        return Err(MediaError::BadOption(format!(
+            "{width}x{height} frames are too small for {name}, which needs at least 2x2 (--pix-fmt yuv444p encodes them)"
+        )));
+    }
+    Ok((w, h))
 }
 
 /// [`encoded_size`] of frames `f` with `options`, with a word about a dropped row or column:
@@ -719,7 +735,7 @@ fn encoded_size(pix_fmt: Pixel, width: u32, height: u32) -> (u32, u32) {
 pub(super) fn even_where_needed(f: &Frames, options: &OutputOptions, output: &Path) -> Result<(u32, u32), MediaError> {
     let pix_fmt = options.pix_fmt()?;
     let (width, height) = (f.width, f.height);
-    let (w, h) = encoded_size(pix_fmt, width, height);
+    let (w, h) = encodable_size(pix_fmt, width, height)?;
     if (w, h) != (width, height) {
         warn!(
             output = %output.display(),
@@ -729,26 +745,17 @@ pub(super) fn even_where_needed(f: &Frames, options: &OutputOptions, output: &Pa
     Ok((w, h))
 }
 
-/// Metadata without the input's `encoder` tag: the muxer writes its own.
+/// Metadata without the input's `encoder` tag (the muxer writes its own) or `rotate` tag (the
+/// frames were turned upright as they were decoded; the MP4 muxer would turn them again).
 fn without_encoder(mut d: Dictionary<'static>) -> Dictionary<'static> {
     let mut kept = Dictionary::new();
     for (k, v) in d.iter() {
-        if k != "encoder" {
+        if k != "encoder" && k != "rotate" {
             kept.set(k, v);
         }
     }
     d = kept;
     d
-}
-
-fn copy_side_data(stream: &mut format::stream::StreamMut<'_>, kind: ffi::AVPacketSideDataType, data: &[u8]) {
-    // SAFETY: av_stream_new_side_data allocates `len` bytes owned by the stream, which we fill.
-    unsafe {
-        let dst = ffi::av_stream_new_side_data(stream.as_mut_ptr(), kind, data.len());
-        if !dst.is_null() {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
-        }
-    }
 }
 
 impl FrameSink for MediaSink {

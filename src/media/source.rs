@@ -10,13 +10,37 @@ use std::sync::Arc;
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
 use ffmpeg_next::{Packet, Rational, decoder, ffi, format, frame, media};
-use opencv::core::{CV_8UC3, Mat};
+use opencv::core::{self as cv, CV_8UC3, Mat, RotateFlags};
 use tracing::warn;
 
 use super::FrameSource;
 use super::convert::{Colour, Scaler};
 use super::side::SideQueue;
 use super::{MediaError, STDIO, VideoInfo};
+
+/// The quarter turn, if any, that a stream's display matrix asks for before showing its
+/// frames, rounded as FFmpeg's command line rounds it (flips and odd angles are ignored).
+fn upright_turn(stream: &format::stream::Stream<'_>) -> Option<RotateFlags> {
+    let side = stream
+        .side_data()
+        .find(|d| d.kind() == ffmpeg_next::codec::packet::side_data::Type::DisplayMatrix && d.data().len() >= 36)?;
+    let mut matrix = [0i32; 9];
+    for (m, bytes) in matrix.iter_mut().zip(side.data().chunks_exact(4)) {
+        *m = i32::from_ne_bytes(bytes.try_into().expect("chunks of 4"));
+    }
+    // SAFETY: the matrix is nine i32s, as av_display_rotation_get reads.
+    let counter_clockwise = unsafe { ffi::av_display_rotation_get(matrix.as_ptr()) };
+    if !counter_clockwise.is_finite() {
+        return None;
+    }
+    let clockwise = (-counter_clockwise.round()).rem_euclid(360.0);
+    match clockwise.round() as i32 {
+        90 => Some(RotateFlags::ROTATE_90_CLOCKWISE),
+        180 => Some(RotateFlags::ROTATE_180),
+        270 => Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE),
+        _ => None,
+    }
+}
 
 /// Frame rate assumed when the container gives none (or nonsense).
 const FALLBACK_FPS: f64 = 25.0;
@@ -72,6 +96,10 @@ pub struct MediaSource {
     first_pts: Option<i64>,
     ended: bool,
     warned_resize: bool,
+    /// The decoded frames' size, before `turn`.
+    stored: (u32, u32),
+    /// The turn that makes the stored frames upright, from the stream's display matrix.
+    turn: Option<RotateFlags>,
 }
 
 impl MediaSource {
@@ -124,8 +152,18 @@ impl MediaSource {
         .filter(|n| *n > 0);
         let colour = Colour { space: decoder.color_space(), range: decoder.color_range() };
         let (primaries, transfer) = (decoder.color_primaries(), decoder.color_transfer_characteristic());
-        let aspect_ratio = decoder.aspect_ratio();
-        let info = VideoInfo { width: decoder.width() as i32, height: decoder.height() as i32, fps, frame_count };
+        // A phone's portrait video is stored sideways with a display matrix saying how to turn
+        // it. Frames are turned upright here, as players and FFmpeg's command line show them:
+        // filters (faces above all) see the picture as people do, and the output needs no
+        // matrix, which not every container can hold.
+        let turn = upright_turn(&stream);
+        let stored = (decoder.width(), decoder.height());
+        let quarter = matches!(turn, Some(RotateFlags::ROTATE_90_CLOCKWISE | RotateFlags::ROTATE_90_COUNTERCLOCKWISE));
+        let (width, height) = if quarter { (stored.1, stored.0) } else { stored };
+        let sar = decoder.aspect_ratio();
+        let aspect_ratio =
+            if quarter && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
+        let info = VideoInfo { width: width as i32, height: height as i32, fps, frame_count };
         if info.width <= 0 || info.height <= 0 {
             return Err(MediaError::NoFrames(path.to_path_buf()));
         }
@@ -151,6 +189,8 @@ impl MediaSource {
             first_pts: None,
             ended: false,
             warned_resize: false,
+            stored,
+            turn,
         };
         source.fill()?;
         if source.ready.is_empty() {
@@ -210,9 +250,10 @@ impl MediaSource {
         Ok(())
     }
 
-    /// The frame as 8-bit BGR at the stream's first size, converted straight into a new `Mat`.
+    /// The frame as 8-bit BGR at the stream's first size, converted straight into a new `Mat`,
+    /// and turned upright.
     fn convert(&mut self, decoded: &frame::Video) -> Result<Mat, MediaError> {
-        let (w, h) = (self.info.width as u32, self.info.height as u32);
+        let (w, h) = self.stored;
         if (decoded.width(), decoded.height()) != (w, h) && !self.warned_resize {
             warn!(path = %self.path.display(), frame = self.decoded, "frame size changed mid-stream; scaling to the first frame's size");
             self.warned_resize = true;
@@ -230,6 +271,11 @@ impl MediaSource {
         // SAFETY: every byte of the new Mat is written by the conversion just below.
         let mut mat = unsafe { Mat::new_rows_cols(h as i32, w as i32, CV_8UC3)? };
         self.scaler.as_mut().expect("made above").decode_into(decoded, &mut mat)?;
+        if let Some(turn) = self.turn {
+            let mut upright = Mat::default();
+            cv::rotate(&mat, &mut upright, turn.into())?;
+            return Ok(upright);
+        }
         Ok(mat)
     }
 
