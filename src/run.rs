@@ -109,13 +109,14 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The checkpoint for `cfg`'s run: none when the input or the output is a stream (such a
-    /// run cannot be resumed). Reads what an interrupted run left when resuming; removes it
+    /// The checkpoint for `cfg`'s run: none when the input or the output is a stream or a
+    /// device (such a run cannot be resumed, and `/dev` is no place for its segments). Reads what an interrupted run left when resuming; removes it
     /// otherwise.
     fn for_run(cfg: &RunConfig) -> anyhow::Result<Option<Checkpoint>> {
         let streamed = cfg.input == Path::new(STDIO)
             || cfg.output == Path::new(STDIO)
-            || fs::metadata(&cfg.input).is_ok_and(|m| !m.is_file());
+            || fs::metadata(&cfg.input).is_ok_and(|m| !m.is_file())
+            || crate::media::is_stream_target(&cfg.output);
         if streamed {
             if cfg.resume {
                 bail!("--resume needs a file to read and a file to write, not a pipe");

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (it links OpenCV once), one module per area.
 
+mod catalogue;
 mod distributed;
 mod durable;
 mod hardening;
@@ -8,7 +9,6 @@ mod logs;
 mod media;
 mod ops;
 mod preview;
-mod protocol;
 mod resume;
 mod run;
 mod util;

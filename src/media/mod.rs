@@ -223,3 +223,21 @@ pub enum MediaError {
     #[error("opencv: {0}")]
     OpenCv(#[from] opencv::Error),
 }
+
+impl MediaError {
+    /// Whether the input itself is at fault (missing, not a video, truncated, …), rather than
+    /// the output or the machine: the server answers `bad_input` for these.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            MediaError::NotFound(_)
+                | MediaError::NotAFile(_)
+                | MediaError::EmptyFile(_)
+                | MediaError::NotAVideo(_)
+                | MediaError::NoVideoStream(_)
+                | MediaError::Undecodable { .. }
+                | MediaError::NoFrames(_)
+                | MediaError::Truncated { .. }
+        )
+    }
+}

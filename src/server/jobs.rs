@@ -567,7 +567,10 @@ async fn run_once(
         Ok(Err(JobError::Failed(e))) => {
             let message = scrub.text(&format!("{e:#}"));
             shared.publish(JobEvent::Failed { job: id.clone(), error: message.clone() }).await;
-            return Ok(End::Failed(ErrorCode::JobFailed, message));
+            // A truncation shows only once the input is decoded to its end: still the input's fault.
+            let input =
+                e.chain().any(|c| c.downcast_ref::<crate::media::MediaError>().is_some_and(|m| m.is_bad_input()));
+            return Ok(End::Failed(if input { ErrorCode::BadInput } else { ErrorCode::JobFailed }, message));
         }
         Err(e) => return failed(ErrorCode::Internal, &anyhow::anyhow!("{e}")),
     };
