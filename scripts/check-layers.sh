@@ -17,6 +17,7 @@ declare -A leaves=(
   [net]=""
   [media]="files"
   [files]=""
+  [tls]=""
   [protocol]="filters metrics media"
 )
 

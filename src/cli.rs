@@ -104,6 +104,10 @@ pub struct JobsArgs {
     #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", global = true, conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
+    /// TLS to the server.
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
+
     /// JSON on stdout instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -240,6 +244,34 @@ pub struct ServerArgs {
     /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9100.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// Speak TLS on the TCP listener and the --preview and --metrics ports with this PEM
+    /// certificate chain (leaf first); with --tls-key. The Unix socket stays plain.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (keep it mode 0600).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// How a client reaches a server that speaks TLS.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsClientArgs {
+    /// Speak TLS to the server, verifying its name against the system's CA roots (implied by
+    /// --tls-ca and --tls-fingerprint).
+    #[arg(long, global = true)]
+    pub tls: bool,
+
+    /// Speak TLS, verifying the server against the CA certificates in this PEM file (instead of
+    /// the system's).
+    #[arg(long, value_name = "PEM", global = true, conflicts_with = "tls_fingerprint")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Speak TLS, accepting only the certificate with this SHA-256 fingerprint (the server logs
+    /// it as it starts; `openssl x509 -noout -fingerprint -sha256` prints it too).
+    #[arg(long, value_name = "SHA256", global = true)]
+    pub tls_fingerprint: Option<crate::tls::Fingerprint>,
 }
 
 /// `vpd preview`.
@@ -348,6 +380,10 @@ pub struct ClientArgs {
     /// Read the server's token from this file (its first line; keep it mode 0600).
     #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+
+    /// TLS to the server.
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]

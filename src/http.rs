@@ -70,18 +70,25 @@ pub struct Site {
     board: Option<Arc<Board>>,
     metrics: Box<dyn Fn() -> String + Send + Sync>,
     streams: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Site {
     /// The dashboard, its API and event stream, and `/metrics`, all from `board`.
     pub fn dashboard(board: Arc<Board>) -> Self {
         let b = board.clone();
-        Site { board: Some(board), metrics: Box::new(move || b.metrics()), streams: event_streams() }
+        Site { board: Some(board), metrics: Box::new(move || b.metrics()), streams: event_streams(), tls: None }
     }
 
     /// `/metrics` (rendered by `metrics` on each scrape) and `/healthz` only.
     pub fn metrics_only(metrics: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        Site { board: None, metrics: Box::new(metrics), streams: event_streams() }
+        Site { board: None, metrics: Box::new(metrics), streams: event_streams(), tls: None }
+    }
+
+    /// Served over TLS with `tls`, when given.
+    pub fn with_tls(mut self, tls: Option<&crate::tls::ServerTls>) -> Self {
+        self.tls = tls.map(|t| t.acceptor.clone());
+        self
     }
 }
 
@@ -112,22 +119,43 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
                 }
             },
         };
-        let (site, stop) = (site.clone(), shutdown.clone());
+        let (tls, site, stop) = (site.tls.clone(), site.clone(), shutdown.clone());
         let service = service_fn(move |request| {
             let reply = route(&site, &request, &stop);
             async move { Ok::<_, Infallible>(reply) }
         });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "HTTP connection ended in error");
+        let builder = {
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            b
+        };
+        match tls.clone() {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!(error = %e, "HTTP connection ended in error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's own task, bounded like a request's headers.
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
+                                debug!(error = %e, "HTTPS connection ended in error");
+                            }
+                        }
+                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => debug!("no TLS handshake in time"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {

@@ -49,5 +49,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 pub mod worker;

@@ -640,14 +640,3 @@ fn wrong_tokens_are_answered_ever_more_slowly() {
     c.hello(Some("s3cret"));
     assert!(matches!(c.recv(), Some(ServerMessage::Welcome { .. })));
 }
-
-#[test]
-fn an_amqps_url_is_an_error_for_every_role_not_plain_text() {
-    for role in [&["worker"][..], &["server", "--listen", "127.0.0.1:0"], &["preview", "--listen", "127.0.0.1:0"]] {
-        let out = vpd().args(role).args(["--amqp", "amqps://vpd:hunter2@127.0.0.1:5671/%2f"]).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{role:?}: {err}");
-        assert!(err.contains("amqps:// (AMQP over TLS) is not supported"), "{role:?}: {err}");
-        assert!(!err.contains("hunter2"), "{role:?}: {err}");
-    }
-}

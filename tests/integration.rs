@@ -11,4 +11,5 @@ mod ops;
 mod preview;
 mod resume;
 mod run;
+mod tls;
 mod util;

@@ -29,10 +29,11 @@ use crate::media::{OutputOptions, STDIO, check_input, check_output, check_output
 use crate::metrics::JobSummary;
 use crate::net::ServerAddr;
 use crate::progress::ProgressView;
-use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter};
+use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
 use crate::protocol::jobs::JobState;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
 use crate::protocol::wire::TransportEncoding;
+use crate::tls::ClientTls;
 
 /// Time to connect and to hear the server's welcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +77,8 @@ pub struct ClientConfig {
     pub transport: TransportEncoding,
     /// The server's token, if it wants one.
     pub token: Option<Token>,
+    /// TLS to the server, when it speaks it.
+    pub tls: Option<ClientTls>,
     /// No progress bar.
     pub quiet: bool,
 }
@@ -149,12 +152,13 @@ impl Drop for Link {
 /// Connects and says hello; returns the halves and the largest upload the server takes.
 async fn open(
     cfg_server: &ServerAddr,
+    tls: Option<&ClientTls>,
     token: Option<Token>,
 ) -> Result<
     (PacketReader<ReadHalf<Box<dyn Stream>>>, PacketWriter<tokio::io::WriteHalf<Box<dyn Stream>>>, u64),
     ClientError,
 > {
-    let (r, w) = tokio::io::split(connect(cfg_server).await?);
+    let (r, w) = tokio::io::split(connect(cfg_server, tls).await?);
     let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::new(w));
     let max_upload = handshake(&mut reader, &mut writer, cfg_server, token).await?;
     Ok((reader, writer, max_upload))
@@ -162,7 +166,7 @@ async fn open(
 
 /// A new job: submit, and the upload once the server accepts it.
 async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u64) -> Result<Link, ClientError> {
-    let (reader, mut writer, max_upload_bytes) = open(&cfg.server, cfg.token.clone()).await?;
+    let (reader, mut writer, max_upload_bytes) = open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await?;
     if upload_bytes > max_upload_bytes {
         return Err(anyhow!(
             "{} is {upload_bytes} bytes; the server takes at most {max_upload_bytes}",
@@ -186,7 +190,7 @@ async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u
 
 /// A job submitted before: attach to it.
 async fn attach(cfg: &ClientConfig, job: &str) -> Result<Link, ClientError> {
-    let (reader, mut writer, _) = open(&cfg.server, cfg.token.clone()).await?;
+    let (reader, mut writer, _) = open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await?;
     writer.send(&ClientMessage::Attach { job: job.to_string() }).await.context("attaching to the job")?;
     let (start, cancel) = (oneshot::channel(), oneshot::channel());
     drop(start.0);
@@ -386,16 +390,22 @@ impl<'a> Follower<'a> {
     }
 }
 
-/// Connects to `server`, within [`CONNECT_TIMEOUT`].
-async fn connect(server: &ServerAddr) -> anyhow::Result<Box<dyn Stream>> {
+/// Connects to `server`, within [`CONNECT_TIMEOUT`], and runs the TLS handshake when `tls`.
+async fn connect(server: &ServerAddr, tls: Option<&ClientTls>) -> anyhow::Result<Box<dyn Stream>> {
     let connect = async {
-        match server {
-            ServerAddr::Tcp(addr) => {
+        match (server, tls) {
+            (ServerAddr::Tcp(addr), tls) => {
                 let stream = tokio::net::TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(Box::new(stream) as Box<dyn Stream>)
+                match tls {
+                    Some(tls) => Ok(Box::new(tls.connect(addr, stream).await?) as Box<dyn Stream>),
+                    None => Ok(Box::new(stream) as Box<dyn Stream>),
+                }
             }
-            ServerAddr::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as Box<dyn Stream>),
+            (ServerAddr::Unix(_), Some(_)) => bail!("a Unix socket is not spoken to over TLS (drop --tls…)"),
+            (ServerAddr::Unix(path), None) => {
+                Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as Box<dyn Stream>)
+            }
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -430,6 +440,8 @@ pub struct JobsConfig {
     pub server: ServerAddr,
     /// Its token.
     pub token: Option<Token>,
+    /// TLS to it, when it speaks it.
+    pub tls: Option<ClientTls>,
     /// What to ask.
     pub query: JobsQuery,
     /// JSON on stdout instead of a table.
@@ -442,7 +454,8 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
         JobsQuery::Fetch(_, output) => Some(check_output_path(Path::new(""), output)?),
         _ => None,
     };
-    let (mut reader, mut writer, _) = open(&cfg.server, cfg.token.clone()).await.map_err(anyhow::Error::from)?;
+    let (mut reader, mut writer, _) =
+        open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await.map_err(anyhow::Error::from)?;
     let ask = match &cfg.query {
         JobsQuery::List(limit) => ClientMessage::List { limit: *limit },
         JobsQuery::Show(job) => ClientMessage::Show { job: job.clone() },
@@ -525,8 +538,18 @@ where
         Ok(Ok(Some(Packet::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => Ok(max_upload_bytes),
         Ok(Ok(Some(Packet::Message(ServerMessage::Error { code, message })))) => Err(server_error(code, &message)),
         Ok(Ok(other)) => Err(anyhow!("unexpected answer to hello: {other:?}").into()),
+        Ok(Err(ProtocolError::TooLarge { len, .. })) if tls_record(len + 1) => {
+            Err(anyhow!("{server} answered in TLS: connect with --tls (or --tls-ca FILE, or --tls-fingerprint SHA256)")
+                .into())
+        }
         Ok(Err(e)) => Err(anyhow!(e).context("reading the server's welcome").into()),
     }
+}
+
+/// Whether a frame's length prefix is really the start of a TLS record (content type 20–23,
+/// version 3.x): what a plain client reads from a server that speaks TLS.
+fn tls_record(prefix: u64) -> bool {
+    (0x14..=0x17).contains(&(prefix >> 24)) && (prefix >> 16) & 0xff == 0x03
 }
 
 /// The writer half: uploads `input` once the job is accepted (`start`), then waits to send a

@@ -114,6 +114,8 @@ pub struct ServerConfig {
     pub preview: Option<SocketAddr>,
     /// Serve `/metrics` and `/healthz` here.
     pub metrics: Option<SocketAddr>,
+    /// TLS on the TCP listener and the HTTP ports.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// What every connection shares.
@@ -179,6 +181,7 @@ pub struct Listeners {
     unix: Option<UnixSocket>,
     preview: Option<tokio::net::TcpListener>,
     metrics: Option<tokio::net::TcpListener>,
+    tls: Option<crate::tls::Fingerprint>,
     work_dir: WorkDir,
     store: Store,
     jobs: Jobs,
@@ -201,14 +204,19 @@ impl Listeners {
         let unix = cfg.unix.as_deref().map(bind_unix).transpose()?;
         let preview = cfg.preview.map(bind_tcp).transpose()?;
         let metrics = cfg.metrics.map(bind_tcp).transpose()?;
-        Ok(Listeners { tcp, unix, preview, metrics, work_dir, store, jobs })
+        let tls = cfg.tls.as_ref().map(|t| t.fingerprint);
+        Ok(Listeners { tcp, unix, preview, metrics, tls, work_dir, store, jobs })
     }
 
-    /// `tcp ADDR` and `unix PATH`, one line each: what the server announces on stdout.
+    /// `tcp ADDR`, `tls sha256:FINGERPRINT` (the certificate clients may pin), `unix PATH`, …,
+    /// one line each: what the server announces on stdout.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(addr) = self.tcp.as_ref().and_then(|l| l.local_addr().ok()) {
             lines.push(format!("tcp {addr}"));
+            if let Some(fingerprint) = &self.tls {
+                lines.push(format!("tls {fingerprint:?}"));
+            }
         }
         if let Some(u) = &self.unix {
             lines.push(format!("unix {}", u.path().display()));
@@ -224,7 +232,7 @@ impl Listeners {
 
 /// Runs the server on `listeners` until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { tcp, unix, preview, metrics, work_dir, store, jobs } = listeners;
+    let Listeners { tcp, unix, preview, metrics, work_dir, store, jobs, .. } = listeners;
     // An upload cut off by the last process's end is lost with its connection.
     for id in store.fail_uploading("the server stopped during the upload")? {
         warn!(job = %id, "the server stopped during this job's upload; recorded as failed");
@@ -270,17 +278,30 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     shared.jobs.expire(&shared.store);
     let tracker = TaskTracker::new();
     if let Some(l) = preview {
-        tracker.spawn(http::serve(l, Site::dashboard(shared.board.clone()), shutdown.clone()));
+        let site = Site::dashboard(shared.board.clone()).with_tls(cfg.tls.as_ref());
+        tracker.spawn(http::serve(l, site, shutdown.clone()));
     }
     if let Some(l) = metrics {
         let board = shared.board.clone();
-        tracker.spawn(http::serve(l, Site::metrics_only(move || board.metrics()), shutdown.clone()));
+        let site = Site::metrics_only(move || board.metrics()).with_tls(cfg.tls.as_ref());
+        tracker.spawn(http::serve(l, site, shutdown.clone()));
     }
     tracker.spawn(janitor(shared.clone()));
     if let (Some((link, _)), true) = (&shared.events, cfg.preview.is_some() || cfg.metrics.is_some()) {
         tracker.spawn(poll_queue(link.clone(), shared.board.clone(), shutdown.clone()));
     }
     info!(listening = ?cfg.listen, unix = ?cfg.unix, "server started");
+    if let Some(tls) = &cfg.tls {
+        info!(fingerprint = %tls.fingerprint, "TLS on the TCP and HTTP listeners; clients may pin this certificate");
+    } else if let Some(addr) = cfg.listen.filter(|a| !a.ip().is_loopback())
+        && cfg.token.is_some()
+    {
+        warn!(
+            %addr,
+            "clients send their token in clear text over TCP on a non-loopback address: anyone on the path can \
+             read it; give --tls-cert and --tls-key"
+        );
+    }
     // Its sockets listen (bound before this) and its broker link is up (connected above).
     crate::service::ready("accepting jobs");
     tracker.spawn(crate::service::watchdog(shutdown.clone()));
@@ -290,7 +311,10 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
             _ = shutdown.cancelled() => break,
             accepted = accept_tcp(tcp.as_ref()) => accepted.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
-                admit(&tracker, stream, Some(peer), &shared, &shutdown);
+                match &cfg.tls {
+                    Some(tls) => admit_tls(&tracker, stream, peer, tls, &shared, &shutdown),
+                    None => admit(&tracker, stream, Some(peer), &shared, &shutdown),
+                }
             }),
             accepted = accept_unix(unix.as_ref()) => accepted.map(|stream| {
                 admit(&tracker, stream, None, &shared, &shutdown);
@@ -393,6 +417,39 @@ fn admit<S>(
             }
         }
     }
+}
+
+/// Serves a new TLS connection: its handshake, then the session, in the connection's own task
+/// (bounded by [`crate::tls::HANDSHAKE_TIMEOUT`]). Over a cap, it is closed at once: a refusal
+/// in clear text would mean nothing to a TLS client.
+fn admit_tls(
+    tracker: &TaskTracker,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: &crate::tls::ServerTls,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) {
+    let name = peer.to_string();
+    let ticket = match shared.admission.admit(Some(peer.ip())) {
+        Ok(ticket) => ticket,
+        Err(why) => {
+            info!(peer = %name, reason = ?why, "connection refused");
+            return;
+        }
+    };
+    let (acceptor, shared, shutdown) = (tls.acceptor.clone(), shared.clone(), shutdown.clone());
+    let span = tracing::info_span!("conn", peer = %name);
+    tracker.spawn(
+        async move {
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => session::serve(stream, name, ticket, shared, shutdown).await,
+                Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+                Err(_) => info!("no TLS handshake in time"),
+            }
+        }
+        .instrument(span),
+    );
 }
 
 /// A socket written to without waiting.

@@ -94,6 +94,8 @@ pub struct Server {
     pub preview: Option<String>,
     /// Its `/metrics` base URL, with `--metrics`.
     pub metrics: Option<String>,
+    /// Its certificate's fingerprint (`sha256:AB:…`), with `--tls-cert`.
+    pub tls: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -121,12 +123,13 @@ impl Server {
         configure(&mut cmd);
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting vpd server");
         let stdout = child.stdout.take().unwrap();
-        let (mut tcp, mut unix, mut preview, mut metrics) = (None, None, None, None);
+        let (mut tcp, mut unix, mut preview, mut metrics, mut tls) = (None, None, None, None, None);
         // The server prints a `listening …` line per socket, then nothing more on stdout.
         let expected = usize::from(!args.contains(&"--unix") || args.contains(&"--listen"))
             + usize::from(args.contains(&"--unix"))
             + usize::from(args.contains(&"--preview"))
-            + usize::from(args.contains(&"--metrics"));
+            + usize::from(args.contains(&"--metrics"))
+            + usize::from(args.contains(&"--tls-cert") && args.contains(&"--listen"));
         let mut lines = BufReader::new(stdout).lines();
         let mut seen = 0;
         while seen < expected {
@@ -141,6 +144,8 @@ impl Server {
                         preview = Some(u.to_string());
                     } else if let Some(u) = line.strip_prefix("listening metrics ") {
                         metrics = Some(u.to_string());
+                    } else if let Some(f) = line.strip_prefix("listening tls ") {
+                        tls = Some(f.to_string());
                     }
                 }
                 _ => {
@@ -149,7 +154,7 @@ impl Server {
                 }
             }
         }
-        Server { child: ChildGuard(child), tcp, unix, work_dir, preview, metrics, _dir: dir }
+        Server { child: ChildGuard(child), tcp, unix, work_dir, preview, metrics, tls, _dir: dir }
     }
 
     /// The process's memory: its resident set now and its peak, in bytes (Linux `/proc`).
