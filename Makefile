@@ -4,7 +4,7 @@ CARGO ?= cargo
 FILTER ?= faces,motion
 OUT ?= out
 
-.PHONY: deps rabbitmq build run test lint bench sample deb clean
+.PHONY: deps rabbitmq build run test lint bench fuzz sample deb clean
 
 deps:
 	@scripts/install-deps.sh
@@ -50,6 +50,12 @@ bench: deps rabbitmq
 	scripts/bench-e2e.sh 3 sample 1080
 	scripts/bench-distributed.sh 3
 	scripts/bench-server-memory.sh 24 3
+
+## Fuzz every decoder: FUZZ_CASES mutations of fuzz/corpus/TARGET each (default 10 million), in
+## release mode, with inputs per second; a failure is shrunk and saved into the corpus.
+FUZZ_CASES ?= 10000000
+fuzz: deps
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --locked --test fuzz -- --nocapture --test-threads 1
 
 ## Regenerate assets/sample.mp4 from the photos in assets/.
 sample: deps
