@@ -186,6 +186,11 @@ pub struct ServerArgs {
     #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
 
+    /// Clients by token: a TOML file of [[client]] tables (name, token, role = submit or read,
+    /// jobs, upload_per_hour, fps), read again on SIGHUP; keep it mode 0600.
+    #[arg(long, env = "VPD_TOKENS_FILE", value_name = "FILE", conflicts_with_all = ["token", "token_file"])]
+    pub tokens_file: Option<PathBuf>,
+
     /// Largest upload accepted, in bytes; K, M and G suffixes allowed [default: 4G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_upload: Option<u64>,

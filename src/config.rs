@@ -87,6 +87,8 @@ pub struct ServerSection {
     pub threads: Option<NonZeroUsize>,
     /// The file holding the token clients must present.
     pub token_file: Option<PathBuf>,
+    /// The tokens file: clients by token, with names, roles and limits.
+    pub tokens_file: Option<PathBuf>,
     /// Largest upload (`4G`, `512M`, …).
     pub max_upload: Option<String>,
     /// Jobs at once.
@@ -332,6 +334,7 @@ impl FileConfig {
                 filter_env: self.filter_env(a.face_cascade),
             },
         };
+        let tokens_file = a.tokens_file.or_else(|| f.tokens_file.clone());
         let max_upload = match (a.max_upload, &f.max_upload) {
             (Some(n), _) => n,
             (None, Some(text)) => {
@@ -356,7 +359,15 @@ impl FileConfig {
             listen,
             unix,
             backend,
-            token: token(a.token, a.token_file.as_deref().or(f.token_file.as_deref()))?,
+            clients: match (&tokens_file, token(a.token, a.token_file.as_deref().or(f.token_file.as_deref()))?) {
+                (Some(file), None) => crate::server::clients::Clients::load(file)?,
+                (None, Some(t)) => crate::server::clients::Clients::single(&t),
+                (None, None) => crate::server::clients::Clients::open(),
+                (Some(_), Some(_)) => {
+                    return Err(usage(ErrorKind::ArgumentConflict, "give a token or a tokens file, not both"));
+                }
+            },
+            tokens_file,
             max_upload,
             max_jobs: a.max_jobs.or(f.max_jobs).unwrap_or(NonZeroUsize::new(2).expect("2 > 0")),
             work_dir: a

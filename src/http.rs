@@ -71,18 +71,39 @@ pub struct Site {
     metrics: Box<dyn Fn() -> String + Send + Sync>,
     streams: Arc<Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Option<Auth>,
 }
+
+/// Checks a token presented to the dashboard: whether its holder may see it.
+pub type Auth = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The cookie a browser keeps the dashboard's token in, once given `/?token=…`.
+const TOKEN_COOKIE: &str = "vpd_token";
 
 impl Site {
     /// The dashboard, its API and event stream, and `/metrics`, all from `board`.
     pub fn dashboard(board: Arc<Board>) -> Self {
         let b = board.clone();
-        Site { board: Some(board), metrics: Box::new(move || b.metrics()), streams: event_streams(), tls: None }
+        Site {
+            board: Some(board),
+            metrics: Box::new(move || b.metrics()),
+            streams: event_streams(),
+            tls: None,
+            auth: None,
+        }
     }
 
     /// `/metrics` (rendered by `metrics` on each scrape) and `/healthz` only.
     pub fn metrics_only(metrics: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        Site { board: None, metrics: Box::new(metrics), streams: event_streams(), tls: None }
+        Site { board: None, metrics: Box::new(metrics), streams: event_streams(), tls: None, auth: None }
+    }
+
+    /// The dashboard only for those `auth` lets in (`/healthz` and `/metrics` stay open), when
+    /// given: a token as `Authorization: Bearer …`, or in the cookie a browser gets from
+    /// `/?token=…`.
+    pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Served over TLS with `tls`, when given.
@@ -163,26 +184,93 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
     }
 }
 
+/// What a request asks for: the routing, apart from the answers, so that it can be tested (and
+/// fuzzed) on any method and path without a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Only GET and HEAD are served.
+    MethodNotAllowed,
+    /// `/healthz`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// The dashboard's page, script or style sheet.
+    Asset(&'static str, &'static [u8]),
+    /// `/events`, the SSE stream.
+    Events,
+    /// `/jobs`.
+    Jobs,
+    /// `/jobs/ID`: one job (an id holds no `/`).
+    Job(&'a str),
+    /// `/jobs/ID/frame.jpg`.
+    Thumbnail(&'a str),
+    /// Anything else, and the dashboard's paths on a metrics-only site.
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    /// Routes `method` and `path` (the path as hyper parsed it) on a site with a dashboard or
+    /// without one.
+    pub fn resolve(method: &Method, path: &'a str, dashboard: bool) -> Route<'a> {
+        if method != Method::GET && method != Method::HEAD {
+            return Route::MethodNotAllowed;
+        }
+        match path {
+            "/healthz" => return Route::Health,
+            "/metrics" => return Route::Metrics,
+            _ if !dashboard => return Route::NotFound,
+            _ => {}
+        }
+        match path {
+            "/" | "/index.html" => Route::Asset("text/html; charset=utf-8", INDEX_HTML.as_bytes()),
+            "/app.js" => Route::Asset("text/javascript; charset=utf-8", APP_JS.as_bytes()),
+            "/style.css" => Route::Asset("text/css; charset=utf-8", STYLE_CSS.as_bytes()),
+            "/events" => Route::Events,
+            "/jobs" | "/jobs/" => Route::Jobs,
+            _ => match path.strip_prefix("/jobs/").map(|rest| rest.split_once('/').unwrap_or((rest, ""))) {
+                Some((id, "")) if !id.is_empty() => Route::Job(id),
+                Some((id, "frame.jpg")) if !id.is_empty() => Route::Thumbnail(id),
+                _ => Route::NotFound,
+            },
+        }
+    }
+}
+
 fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken) -> Reply {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "only GET here\n");
-        reply.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return reply;
-    }
     let path = request.uri().path();
-    match path {
-        "/healthz" => return text(StatusCode::OK, "ok\n"),
-        "/metrics" => return body(StatusCode::OK, METRICS_CONTENT_TYPE, (site.metrics)()),
-        _ => {}
+    let found = |view: Option<Reply>| view.unwrap_or_else(|| not_found(path));
+    let route = Route::resolve(request.method(), path, site.board.is_some());
+    if let Some(auth) = &site.auth
+        && !matches!(route, Route::Health | Route::Metrics | Route::MethodNotAllowed | Route::NotFound)
+    {
+        match presented_token(request) {
+            Some((token, _)) if !auth(&token) => return unauthorized(),
+            None => return unauthorized(),
+            // A browser given the token in the address keeps it in a cookie, and the address
+            // loses it.
+            Some((token, true)) => {
+                let mut reply = text(StatusCode::SEE_OTHER, "signed in\n");
+                let secure = if site.tls.is_some() { "; Secure" } else { "" };
+                let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    reply.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                reply.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
+                return reply;
+            }
+            Some((_, false)) => {}
+        }
     }
-    let Some(board) = &site.board else {
-        return not_found(path);
-    };
-    match path {
-        "/" | "/index.html" => body(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
-        "/app.js" => body(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
-        "/style.css" => body(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS),
-        "/events" => match site.streams.clone().try_acquire_owned() {
+    match (route, &site.board) {
+        (Route::MethodNotAllowed, _) => {
+            let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "only GET here\n");
+            reply.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            reply
+        }
+        (Route::Health, _) => text(StatusCode::OK, "ok\n"),
+        (Route::Metrics, _) => body(StatusCode::OK, METRICS_CONTENT_TYPE, (site.metrics)()),
+        (Route::Asset(content_type, content), _) => body(StatusCode::OK, content_type, content),
+        (Route::Events, Some(board)) => match site.streams.clone().try_acquire_owned() {
             Ok(permit) => events(board.clone(), permit, shutdown.clone()),
             Err(_) => {
                 let mut reply = text(StatusCode::SERVICE_UNAVAILABLE, "too many open event streams; retry later\n");
@@ -190,19 +278,40 @@ fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken)
                 reply
             }
         },
-        "/jobs" | "/jobs/" => json(StatusCode::OK, &board.jobs()),
-        _ => match path.strip_prefix("/jobs/").map(|rest| rest.split_once('/').unwrap_or((rest, ""))) {
-            Some((id, "")) => match board.job(id) {
-                Some(view) => json(StatusCode::OK, &view),
-                None => not_found(path),
-            },
-            Some((id, "frame.jpg")) => match board.thumbnail(id) {
-                Some(jpeg) => body(StatusCode::OK, "image/jpeg", jpeg),
-                None => not_found(path),
-            },
-            _ => not_found(path),
-        },
+        (Route::Jobs, Some(board)) => json(StatusCode::OK, &board.jobs()),
+        (Route::Job(id), Some(board)) => found(board.job(id).map(|view| json(StatusCode::OK, &view))),
+        (Route::Thumbnail(id), Some(board)) => {
+            found(board.thumbnail(id).map(|jpeg| body(StatusCode::OK, "image/jpeg", jpeg)))
+        }
+        _ => not_found(path),
     }
+}
+
+/// The token a request presents, and whether it came in the address (`/?token=…`).
+fn presented_token(request: &Request<Incoming>) -> Option<(String, bool)> {
+    let headers = request.headers();
+    if let Some(bearer) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()?.strip_prefix("Bearer ")) {
+        return Some((bearer.trim().to_string(), false));
+    }
+    if request.uri().path() == "/"
+        && let Some(token) = request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+    {
+        return Some((token.to_string(), true));
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .map(|t| (t.to_string(), false))
+}
+
+fn unauthorized() -> Reply {
+    let mut reply =
+        text(StatusCode::UNAUTHORIZED, "a token is needed: open /?token=TOKEN, or send Authorization: Bearer TOKEN\n");
+    reply.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vpd\""));
+    reply
 }
 
 fn body(status: StatusCode, content_type: &'static str, content: impl Into<Bytes>) -> Reply {

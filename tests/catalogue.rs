@@ -391,7 +391,7 @@ fn cases() -> Vec<Case> {
             c.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION + 1, client: "future".into(), token: None });
             Some(c.expect_error())
         }),
-        Code(ErrorCode::VersionMismatch, "this server speaks 5"),
+        Code(ErrorCode::VersionMismatch, "this server speaks 6"),
     ));
     cases.push(c(
         "a chunk before any submit",
@@ -455,8 +455,15 @@ fn cases() -> Vec<Case> {
     // The dashboard's HTTP side.
     for (name, request, status) in [
         ("an unknown path", &b"GET /nope HTTP/1.1\r\nHost: vpd\r\n\r\n"[..], 404),
-        ("an unknown job", b"GET /jobs/no-such-job HTTP/1.1\r\nHost: vpd\r\n\r\n", 404),
-        ("an unknown job's thumbnail", b"GET /jobs/no-such-job/frame.jpg HTTP/1.1\r\nHost: vpd\r\n\r\n", 404),
+        ("the job list without a token", b"GET /jobs HTTP/1.1\r\nHost: vpd\r\n\r\n", 401),
+        ("the event stream without a token", b"GET /events HTTP/1.1\r\nHost: vpd\r\n\r\n", 401),
+        ("a wrong token", b"GET /jobs HTTP/1.1\r\nHost: vpd\r\nAuthorization: Bearer guess\r\n\r\n", 401),
+        ("an unknown job", b"GET /jobs/no-such-job HTTP/1.1\r\nHost: vpd\r\nAuthorization: Bearer s3cret\r\n\r\n", 404),
+        (
+            "an unknown job's thumbnail",
+            b"GET /jobs/no-such-job/frame.jpg HTTP/1.1\r\nHost: vpd\r\nCookie: vpd_token=s3cret\r\n\r\n",
+            404,
+        ),
         ("a path out of the site", b"GET /../../etc/passwd HTTP/1.1\r\nHost: vpd\r\n\r\n", 404),
         ("a POST", b"POST /jobs HTTP/1.1\r\nHost: vpd\r\nContent-Length: 2\r\n\r\n{}", 405),
         ("a malformed request line", b"HELLO THERE\r\n\r\n", 400),

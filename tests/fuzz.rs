@@ -108,8 +108,7 @@ fn fuzz(target: &str, check: impl Fn(&[u8]) + Send + Sync) {
     let n = inputs.len();
     let strategy = (0..n, 0..n, proptest::collection::vec(any::<Mutation>(), 1..6))
         .prop_map(move |(a, b, m)| mutate(&inputs[a], &inputs[b], &m));
-    let config =
-        Config { cases, failure_persistence: None, max_shrink_iters: 20_000, ..Config::with_cases(cases) };
+    let config = Config { cases, failure_persistence: None, max_shrink_iters: 20_000, ..Config::with_cases(cases) };
     let mut runner = TestRunner::new(config);
     let start = Instant::now();
     let result = runner.run(&strategy, |input| {
@@ -267,7 +266,8 @@ fn write_seed_corpus() {
     }
     let frame = Mat::new_rows_cols_with_default(48, 64, CV_8UC3, Scalar::new(10.0, 200.0, 90.0, 0.0)).unwrap();
     let chain: Chain = "edges".parse().unwrap();
-    for (name, encoding) in [("raw", TransportEncoding::Raw), ("lz4", TransportEncoding::Lz4), ("jpeg", "jpeg:80".parse().unwrap())]
+    for (name, encoding) in
+        [("raw", TransportEncoding::Raw), ("lz4", TransportEncoding::Lz4), ("jpeg", "jpeg:80".parse().unwrap())]
     {
         let mut enc = Encoder::new(encoding);
         let meta = TaskMeta { job: "j0123", index: 7, chain: &chain, encoding };

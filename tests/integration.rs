@@ -1,6 +1,7 @@
 //! Integration tests: one binary (it links OpenCV once), one module per area.
 
 mod catalogue;
+mod clients;
 mod distributed;
 mod durable;
 mod hardening;

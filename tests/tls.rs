@@ -101,7 +101,9 @@ fn https_get(base: &str, path: &str, ca: &Path) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
         let mut s = tls.connect(&addr, tcp).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: vpd\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: vpd\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).await?;
         Ok(String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string())

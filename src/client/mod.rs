@@ -373,11 +373,11 @@ impl<'a> Follower<'a> {
                 {
                     return Step::Ended(Err(ClientError::Cancelled));
                 }
-                Ok(Some(Packet::Message(ServerMessage::Error { code: ErrorCode::Unavailable, message }))) => {
+                Ok(Some(Packet::Message(ServerMessage::Error { code: ErrorCode::Unavailable, message, .. }))) => {
                     return Step::Lost(anyhow!("{message}"));
                 }
-                Ok(Some(Packet::Message(ServerMessage::Error { code, message }))) => {
-                    return Step::Ended(Err(server_error(code, &message)));
+                Ok(Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s }))) => {
+                    return Step::Ended(Err(server_error(code, &format!("{message}{}", retry_note(retry_after_s)))));
                 }
                 Ok(Some(other)) => {
                     return Step::Ended(Err(anyhow!("unexpected message from the server: {other:?}").into()));
@@ -498,8 +498,10 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
                 writeln!(out, "{}: {result_bytes} bytes, {} frames", output.display(), summary.frames)?;
             }
         }
-        Some(Packet::Message(ServerMessage::Error { code: ErrorCode::NotFound, message })) => bail!("{message}"),
-        Some(Packet::Message(ServerMessage::Error { code, message })) => bail!("server ({code}): {message}"),
+        Some(Packet::Message(ServerMessage::Error { code: ErrorCode::NotFound, message, .. })) => bail!("{message}"),
+        Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s })) => {
+            bail!("server ({code}): {message}{}", retry_note(retry_after_s))
+        }
         other => bail!("unexpected answer from the server: {other:?}"),
     }
     Ok(())
@@ -508,6 +510,11 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
 /// A byte stream to the server.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// `; retry in N s`, when the server said when.
+fn retry_note(retry_after_s: Option<u64>) -> String {
+    retry_after_s.map_or_else(String::new, |s| format!("; retry in {s} s"))
+}
 
 fn server_error(code: ErrorCode, message: &str) -> ClientError {
     match code {
@@ -536,7 +543,9 @@ where
     match tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>()).await {
         Err(_) => Err(anyhow!("{server} did not answer the handshake").into()),
         Ok(Ok(Some(Packet::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => Ok(max_upload_bytes),
-        Ok(Ok(Some(Packet::Message(ServerMessage::Error { code, message })))) => Err(server_error(code, &message)),
+        Ok(Ok(Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s })))) => {
+            Err(server_error(code, &format!("{message}{}", retry_note(retry_after_s))))
+        }
         Ok(Ok(other)) => Err(anyhow!("unexpected answer to hello: {other:?}").into()),
         Ok(Err(ProtocolError::TooLarge { len, .. })) if tls_record(len + 1) => {
             Err(anyhow!("{server} answered in TLS: connect with --tls (or --tls-ca FILE, or --tls-fingerprint SHA256)")

@@ -81,7 +81,7 @@ pub struct JobRecord {
     pub transitions: Vec<Transition>,
     /// The client's address.
     pub peer: String,
-    /// The client's name, and whether it presented the token.
+    /// The client as its token names it, and its software: `alice (vpd/0.1.0)`.
     pub client: String,
     /// The input's name, size and sha256 (once uploaded).
     pub input_name: String,

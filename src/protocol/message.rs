@@ -33,8 +33,9 @@ use crate::protocol::wire::TransportEncoding;
 /// The protocol version both sides must speak; bumped on any incompatible change (2: the
 /// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
 /// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history; 5: durable
-/// jobs: `Attach`, `Fetch`, `PauseJob`, `ResumeJob`, `RerunJob`, `State`, `expired`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// jobs: `Attach`, `Fetch`, `PauseJob`, `ResumeJob`, `RerunJob`, `State`, `expired`; 6: the
+/// `rate_limited` code and an error's `retry_after_s`).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,10 +48,17 @@ impl Token {
         Token(secret.into())
     }
 
-    /// Compares in time independent of where the secrets differ.
+    /// Compares in time independent of where the secrets differ, and of their lengths: their
+    /// SHA-256 digests are compared whole.
     pub fn matches(&self, other: &Token) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        let (a, b) = (self.digest(), other.digest());
+        a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// The secret's SHA-256, what the server keeps and compares.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.0.as_bytes()).into()
     }
 }
 
@@ -161,6 +169,9 @@ pub enum ErrorCode {
     Timeout,
     /// Too many connections (from the server's clients, or from this address): try later.
     Busy,
+    /// The client is over one of its limits (jobs at once, uploads an hour); `retry_after_s`
+    /// says when to try again.
+    RateLimited,
     /// No such job (or no longer recorded).
     NotFound,
     /// The job's upload and result were removed (`--keep-results`, `--max-stored`).
@@ -243,6 +254,10 @@ pub enum ServerMessage {
         code: ErrorCode,
         /// For humans.
         message: String,
+        /// With `rate_limited`: seconds until the same request would pass (absent: not as it
+        /// stands, or not a limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_s: Option<u64>,
     },
 }
 
@@ -265,7 +280,7 @@ mod tests {
     fn messages_are_tagged_json() {
         let m = ClientMessage::Cancel;
         assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"cancel"}"#);
-        let e = ServerMessage::Error { code: ErrorCode::VersionMismatch, message: "x".into() };
+        let e = ServerMessage::Error { code: ErrorCode::VersionMismatch, message: "x".into(), retry_after_s: None };
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"error","code":"version_mismatch","message":"x"}"#);
         assert_eq!(ErrorCode::TooLarge.to_string(), "too_large");
         let back: ServerMessage = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();

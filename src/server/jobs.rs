@@ -92,6 +92,7 @@ pub struct Status {
 
 /// A job the server is running, queued or holding paused.
 pub struct LiveJob {
+    client: String,
     status: watch::Sender<Status>,
     cancel: CancellationToken,
     pause: watch::Sender<bool>,
@@ -124,6 +125,8 @@ impl LiveJob {
 pub struct Spec {
     /// Its id.
     pub id: String,
+    /// The client it is counted against (its name in the tokens file).
+    pub client: String,
     /// The input's name, as the client gave it.
     pub input_name: String,
     /// The filters.
@@ -146,6 +149,8 @@ impl Spec {
         let transport = transport.parse().map_err(|e| anyhow::anyhow!("the recorded transport: {e}"))?;
         Ok(Spec {
             id: record.id.clone(),
+            // Recorded as `NAME (SOFTWARE)`.
+            client: record.client.split(" (").next().unwrap_or_default().to_string(),
             input_name: record.input_name.clone(),
             chain,
             output,
@@ -239,6 +244,11 @@ impl Jobs {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Jobs queued, running or paused of the client called `name`.
+    pub fn live_count_of(&self, name: &str) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|j| j.client == name).count()
+    }
+
     /// Keeps job `id`'s files while the pin lives.
     pub fn pin(&self, id: &str) -> Pin<'_> {
         *self.pins.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default() += 1;
@@ -300,6 +310,7 @@ impl Jobs {
         let state = if paused { JobState::Paused } else { JobState::Queued };
         let status = Status { state, video: None, progress: Progress::default(), end: None };
         let job = Arc::new(LiveJob {
+            client: spec.client.clone(),
             status: watch::Sender::new(status),
             cancel: CancellationToken::new(),
             pause: watch::Sender::new(paused),
@@ -513,7 +524,7 @@ async fn run_once(
     let window = shared.window(info.frame_bytes());
     let (progress_tx, mut progress_rx) = watch::channel(Progress { total: remaining, ..Progress::default() });
     let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
-    let observer = JobObserver::new(progress_tx, thumb_tx);
+    let observer = JobObserver::new(progress_tx, thumb_tx, shared.clients.pace(&spec.client));
     let transport = shared.transport.clone();
     let span = tracing::Span::current();
     let first_frame = Instant::now();
@@ -599,12 +610,18 @@ struct JobObserver {
     last_index: Mutex<Option<u64>>,
     last_progress: Mutex<Option<Instant>>,
     last_thumbnail: Mutex<Option<Instant>>,
+    /// The client's frames-per-second limit, shared with its other jobs.
+    pace: Option<Arc<super::clients::Pace>>,
 }
 
 impl JobObserver {
-    fn new(progress: watch::Sender<Progress>, thumbnails: mpsc::Sender<(u64, Vec<u8>)>) -> Self {
+    fn new(
+        progress: watch::Sender<Progress>,
+        thumbnails: mpsc::Sender<(u64, Vec<u8>)>,
+        pace: Option<Arc<super::clients::Pace>>,
+    ) -> Self {
         let (last_progress, last_thumbnail, last_index) = (Mutex::new(None), Mutex::new(None), Mutex::new(None));
-        JobObserver { progress, thumbnails, last_index, last_progress, last_thumbnail }
+        JobObserver { progress, thumbnails, last_index, last_progress, last_thumbnail, pace }
     }
 
     fn send_thumbnail(&self, index: u64, frame: &Mat) {
@@ -637,6 +654,11 @@ impl Observer for JobObserver {
     }
 
     fn on_frame(&self, index: u64, frame: &Mat) {
+        // A client over its frames per second waits here, on the writer thread: the window
+        // fills and the dispatch of its frames waits with it; other clients' jobs go on.
+        if let Some(pace) = &self.pace {
+            std::thread::sleep(pace.next_slot());
+        }
         // One slot stays free for the last frame's.
         if self.thumbnails.capacity() > 1 && due(&self.last_thumbnail, THUMBNAIL_INTERVAL) {
             self.send_thumbnail(index, frame);

@@ -19,6 +19,7 @@
 //! `admission` module) turn away what would exhaust descriptors.
 
 mod admission;
+pub mod clients;
 mod jobs;
 mod session;
 mod workdir;
@@ -92,8 +93,10 @@ pub struct ServerConfig {
     pub unix: Option<PathBuf>,
     /// Where frames are filtered.
     pub backend: Backend,
-    /// Token clients must present, if any.
-    pub token: Option<Token>,
+    /// Who may connect: the one token, the tokens file's clients, or everyone.
+    pub clients: clients::Clients,
+    /// The tokens file, read again on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
     /// Largest accepted upload, in bytes.
     pub max_upload: u64,
     /// Jobs running at once.
@@ -121,7 +124,7 @@ pub struct ServerConfig {
 /// What every connection shares.
 pub struct Shared {
     transport: Arc<dyn Transport + Send + Sync>,
-    token: Option<Token>,
+    clients: Arc<clients::Registry>,
     max_upload: u64,
     max_jobs: usize,
     job_slots: Semaphore,
@@ -256,9 +259,11 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
                 (Arc::new(transport), parallelism, None, Some((link, Mutex::new(None))))
             }
         };
+    let requires_token = cfg.clients.requires_token();
+    let registry = Arc::new(clients::Registry::new(cfg.clients, cfg.tokens_file.clone()));
     let shared = Arc::new(Shared {
         transport,
-        token: cfg.token.clone(),
+        clients: registry.clone(),
         max_upload: cfg.max_upload,
         max_jobs: cfg.max_jobs.get(),
         job_slots: Semaphore::new(cfg.max_jobs.get()),
@@ -278,7 +283,8 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     shared.jobs.expire(&shared.store);
     let tracker = TaskTracker::new();
     if let Some(l) = preview {
-        let site = Site::dashboard(shared.board.clone()).with_tls(cfg.tls.as_ref());
+        let site =
+            Site::dashboard(shared.board.clone()).with_tls(cfg.tls.as_ref()).with_auth(dashboard_auth(&registry));
         tracker.spawn(http::serve(l, site, shutdown.clone()));
     }
     if let Some(l) = metrics {
@@ -287,6 +293,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         tracker.spawn(http::serve(l, site, shutdown.clone()));
     }
     tracker.spawn(janitor(shared.clone()));
+    tracker.spawn(reload_on_hangup(registry.clone(), shutdown.clone()));
     if let (Some((link, _)), true) = (&shared.events, cfg.preview.is_some() || cfg.metrics.is_some()) {
         tracker.spawn(poll_queue(link.clone(), shared.board.clone(), shutdown.clone()));
     }
@@ -294,7 +301,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     if let Some(tls) = &cfg.tls {
         info!(fingerprint = %tls.fingerprint, "TLS on the TCP and HTTP listeners; clients may pin this certificate");
     } else if let Some(addr) = cfg.listen.filter(|a| !a.ip().is_loopback())
-        && cfg.token.is_some()
+        && requires_token
     {
         warn!(
             %addr,
@@ -376,6 +383,34 @@ fn resume_unfinished(shared: &Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who may see the dashboard: anyone where no token is required, else a client with a token
+/// (of either role).
+fn dashboard_auth(registry: &Arc<clients::Registry>) -> Option<http::Auth> {
+    if !registry.clients().requires_token() {
+        return None;
+    }
+    let registry = registry.clone();
+    Some(Arc::new(move |token: &str| registry.clients().identify(Some(&Token::new(token))).is_some()))
+}
+
+/// Reads the tokens file again on each SIGHUP; a file that does not read leaves the clients
+/// as they were, and says why.
+async fn reload_on_hangup(registry: Arc<clients::Registry>, shutdown: CancellationToken) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match registry.reload() {
+            Ok(n) => info!(clients = n, "tokens file read again"),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot read the tokens file again; the clients stay as they were")
+            }
+        }
+    }
+}
+
 /// Removes kept results past `--keep-results` or `--max-stored`, once a minute.
 async fn janitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(jobs::JANITOR_INTERVAL);
@@ -404,14 +439,14 @@ fn admit<S>(
     match shared.admission.admit(peer.map(|p| p.ip())) {
         Ok(ticket) => {
             // Every line about this connection, and about the job it runs, names the peer.
-            let span = tracing::info_span!("conn", peer = %name);
+            let span = tracing::info_span!("conn", peer = %name, client = tracing::field::Empty);
             tracker.spawn(session::serve(stream, name, ticket, shared.clone(), shutdown.clone()).instrument(span));
         }
         Err(why) => {
             info!(peer = %name, reason = ?why, "connection refused");
             // One small frame into an empty socket buffer: it goes out whole or not at all,
             // and nothing waits for it.
-            let message = ServerMessage::Error { code: ErrorCode::Busy, message: why.message() };
+            let message = ServerMessage::Error { code: ErrorCode::Busy, message: why.message(), retry_after_s: None };
             if let Ok(frame) = codec::encode_control(&message) {
                 let _ = stream.try_write_now(&frame);
             }
@@ -439,7 +474,7 @@ fn admit_tls(
         }
     };
     let (acceptor, shared, shutdown) = (tls.acceptor.clone(), shared.clone(), shutdown.clone());
-    let span = tracing::info_span!("conn", peer = %name);
+    let span = tracing::info_span!("conn", peer = %name, client = tracing::field::Empty);
     tracker.spawn(
         async move {
             match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

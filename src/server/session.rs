@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::Shared;
 use super::admission::Ticket;
+use super::clients::{Client, RateLimited, Role};
 use super::jobs::{End, Jobs, Spec, Video, extension_of};
 use crate::files::RemoveOnDrop;
 use crate::media::check_output;
@@ -26,6 +27,9 @@ use crate::protocol::jobs::JobRecord;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
 use crate::store::{JobState, NewJob};
 
+/// When a client at its limit of jobs at once is told to try again (its jobs' ends are not
+/// known in advance; a client that polls at this pace loses little).
+const JOBS_LIMIT_RETRY: Duration = Duration::from_secs(5);
 /// Time a client has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to submit after the handshake.
@@ -48,10 +52,17 @@ const PROGRESS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 struct Refusal {
     code: ErrorCode,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into() }
+    Refusal { code, message: message.into(), retry_after: None }
+}
+
+impl From<RateLimited> for Refusal {
+    fn from(r: RateLimited) -> Self {
+        Refusal { code: ErrorCode::RateLimited, message: r.message, retry_after: r.retry_after }
+    }
 }
 
 impl From<ProtocolError> for Refusal {
@@ -74,9 +85,11 @@ where
     let (r, w) = tokio::io::split(stream);
     let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::with_timeout(w, WRITE_TIMEOUT));
     let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
-    if let Err(Refusal { code, message }) = outcome {
+    if let Err(Refusal { code, message, retry_after }) = outcome {
         info!(%peer, %code, %message, "connection refused or job ended in error");
-        let _ = writer.send(&ServerMessage::Error { code, message }).await;
+        // Whole seconds, rounded up: a client that waits that long passes.
+        let retry_after_s = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        let _ = writer.send(&ServerMessage::Error { code, message, retry_after_s }).await;
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
 }
@@ -104,11 +117,16 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    let client = handshake(reader, writer, shared, shutdown, ticket).await?;
+    let (who, client) = handshake(reader, writer, shared, shutdown, ticket).await?;
+    tracing::Span::current().record("client", who.name.as_str());
     let not_found = |job: &str| refuse(ErrorCode::NotFound, format!("no job {job} on this server"));
-    match first_request(reader, shared).await? {
+    let request = first_request(reader, shared).await?;
+    if who.role == Role::Read && matches!(request, Request::Submit(..) | Request::Control(..)) {
+        return Err(refuse(ErrorCode::Unauthorized, format!("{} has a read-only token", who.name)));
+    }
+    match request {
         Request::Submit(request, container) => {
-            let id = submit(reader, writer, shared, shutdown, (peer, &client), &request, &container).await?;
+            let id = submit(reader, writer, shared, shutdown, (peer, &client, &who), &request, &container).await?;
             attach(reader, writer, shared, &id).await
         }
         Request::Attach(job) => {
@@ -244,7 +262,7 @@ async fn submit<R, W>(
     writer: &mut PacketWriter<W>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-    (peer, client): (&str, &str),
+    (peer, client, who): (&str, &str, &Client),
     request: &SubmitRequest,
     container: &str,
 ) -> Result<String, Refusal>
@@ -256,6 +274,17 @@ where
     if shared.jobs.live_count() >= limit {
         return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
     }
+    // The client's own limits: the others' jobs are not counted against it, nor its against them.
+    if let Some(most) = who.limits.jobs
+        && shared.jobs.live_count_of(&who.name) >= most.get()
+    {
+        return Err(RateLimited {
+            message: format!("{} may have {most} jobs queued or running at once", who.name),
+            retry_after: Some(JOBS_LIMIT_RETRY),
+        }
+        .into());
+    }
+    shared.clients.take_upload(who, request.upload_bytes)?;
     // A place among the uploads bounds the disk in use by uploads.
     let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
     let id = new_job_id();
@@ -288,6 +317,7 @@ where
     received?;
     let spec = Spec {
         id: id.clone(),
+        client: who.name.clone(),
         input_name: request.input_name.clone(),
         chain: request.chain.clone(),
         output: request.output.clone(),
@@ -448,15 +478,15 @@ fn internal_error(e: anyhow::Error) -> Refusal {
     refuse(ErrorCode::Internal, format!("the job store: {e:#}"))
 }
 
-/// Hello ⇄ welcome: the protocol version and the token. Returns how the client named itself,
-/// and whether it presented the token, for the job store.
+/// Hello ⇄ welcome: the protocol version and the token. Returns the client the token names,
+/// and how it is recorded (its name and its software).
 async fn handshake<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
     shared: &Shared,
     shutdown: &CancellationToken,
     ticket: &mut Ticket,
-) -> Result<String, Refusal>
+) -> Result<(Arc<Client>, String), Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -474,9 +504,7 @@ where
     }
     // The handshake is over either way: the next connection may start its own.
     ticket.handshake_done();
-    if let Some(expected) = &shared.token
-        && !token.as_ref().is_some_and(|t| t.matches(expected))
-    {
+    let Some(who) = shared.clients.clients().identify(token.as_ref()) else {
         // Each failure from an address makes its next answer wait longer: guessing a token
         // costs seconds a try, not microseconds.
         let delay = shared.admission.failed_token(ticket.address());
@@ -485,13 +513,14 @@ where
             _ = shutdown.cancelled() => {}
         }
         return Err(refuse(ErrorCode::Unauthorized, "missing or wrong token"));
-    }
+    };
     let server = format!("vpd/{}", env!("CARGO_PKG_VERSION"));
     writer
         .send(&ServerMessage::Welcome { protocol: PROTOCOL_VERSION, server, max_upload_bytes: shared.max_upload })
         .await?;
-    let authenticated = if shared.token.is_some() { "token" } else { "no token required" };
-    Ok(format!("{} ({authenticated})", client.chars().take(64).collect::<String>()))
+    let software: String = client.chars().take(64).collect();
+    let recorded = format!("{} ({software})", who.name);
+    Ok((who, recorded))
 }
 
 /// What a client asks for after the handshake.
@@ -652,7 +681,7 @@ impl Scrub {
     }
 
     fn refusal(&self, r: Refusal) -> Refusal {
-        Refusal { code: r.code, message: self.text(&r.message) }
+        Refusal { code: r.code, message: self.text(&r.message), retry_after: r.retry_after }
     }
 }
 

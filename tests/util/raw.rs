@@ -88,7 +88,7 @@ impl Raw {
             last = Some(m);
         }
         match last {
-            Some(ServerMessage::Error { code, message }) => (code, message),
+            Some(ServerMessage::Error { code, message, .. }) => (code, message),
             other => panic!("expected an error before the close, got {other:?}"),
         }
     }
