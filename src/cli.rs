@@ -229,6 +229,11 @@ pub struct ServerArgs {
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
 
+    /// Sign and check every task, result and event on the broker with this key (HMAC-SHA256;
+    /// 32 bytes or more, the same file on every server, worker and preview; mode 0600).
+    #[arg(long, env = "VPD_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+
     /// Re-dispatch a frame that has had no result for this many seconds while other frames
     /// keep coming back [default: 60].
     #[arg(long, value_name = "SECONDS")]
@@ -294,6 +299,11 @@ pub struct PreviewArgs {
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
 
+    /// Sign and check every task, result and event on the broker with this key (HMAC-SHA256;
+    /// 32 bytes or more, the same file on every server, worker and preview; mode 0600).
+    #[arg(long, env = "VPD_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+
     /// A server's state directory on this host: the dashboard also lists the jobs its store
     /// remembers (read only).
     #[arg(long, env = "VPD_STATE_DIR", value_name = "DIR")]
@@ -314,6 +324,11 @@ pub struct WorkerArgs {
     /// Prefix of every queue and exchange name (as given to the server).
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
+
+    /// Sign and check every task, result and event on the broker with this key (HMAC-SHA256;
+    /// 32 bytes or more, the same file on every server, worker and preview; mode 0600).
+    #[arg(long, env = "VPD_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
 
     /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
     #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]

@@ -68,6 +68,8 @@ pub struct PreviewSection {
     pub amqp: Option<String>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
+    /// The cluster's key for signing broker messages.
+    pub cluster_key_file: Option<PathBuf>,
     /// A server's state directory on this host, for its job history.
     pub state_dir: Option<PathBuf>,
 }
@@ -105,6 +107,8 @@ pub struct ServerSection {
     pub max_stored: Option<String>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
+    /// The cluster's key for signing broker messages.
+    pub cluster_key_file: Option<PathBuf>,
     /// Seconds before an overdue frame is re-dispatched.
     pub redispatch_after: Option<f64>,
     /// Frames in flight per job.
@@ -130,6 +134,8 @@ pub struct WorkerSection {
     pub threads: Option<NonZeroUsize>,
     /// Queue and exchange prefix.
     pub namespace: Option<String>,
+    /// The cluster's key for signing broker messages.
+    pub cluster_key_file: Option<PathBuf>,
     /// `/metrics` address.
     pub metrics: Option<SocketAddr>,
 }
@@ -326,7 +332,8 @@ impl FileConfig {
         let backend = match a.amqp.or_else(|| f.amqp.clone()) {
             Some(url) => Backend::Amqp {
                 url,
-                topology: Topology::new(namespace),
+                topology: Topology::new(namespace)
+                    .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?),
                 redispatch_after: Duration::from_secs_f64(redispatch),
             },
             None => Backend::Local {
@@ -406,7 +413,8 @@ impl FileConfig {
         Ok(WorkerConfig {
             amqp_url,
             threads: a.threads.or(f.threads).unwrap_or_else(default_threads),
-            topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?),
+            topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?)
+                .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?),
             filter_env: self.filter_env(a.face_cascade),
             id: a
                 .name
@@ -426,7 +434,8 @@ impl FileConfig {
                  (or run `vpd server --preview ADDR` for a server's own jobs)",
             ));
         };
-        let topology = Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?);
+        let topology = Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?)
+            .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?);
         let listen = a.listen.or(f.listen).unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
         let state_dir = a.state_dir.or_else(|| f.state_dir.clone());
         Ok((PreviewConfig { amqp_url, topology, state_dir }, listen))
@@ -582,6 +591,17 @@ impl FileConfig {
 /// A usage error, printed by clap (with its exit status 2).
 fn usage(kind: ErrorKind, message: &str) -> anyhow::Error {
     anyhow::Error::new(Cli::command().error(kind, message))
+}
+
+/// The cluster's key, from its file, when one is named.
+fn cluster_key(file: Option<PathBuf>) -> anyhow::Result<Option<crate::broker::ClusterKey>> {
+    let Some(path) = file else { return Ok(None) };
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    if mode & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), mode = format!("{mode:04o}"), "the cluster key file is open to other users; make it 0600");
+    }
+    crate::broker::ClusterKey::load(&path).map(Some)
 }
 
 /// Queue names are built from the namespace: keep it to what RabbitMQ and shells take well.

@@ -429,7 +429,7 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
         body.extend_from_slice(&bomb);
         let publisher = broker.publisher().await.unwrap();
         for _ in 0..2 {
-            assert!(publisher.result(&reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
+            assert!(publisher.result(&t, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
         }
         task.ack().await.unwrap();
         tasks.cancel().await.unwrap();
@@ -639,4 +639,88 @@ fn wrong_tokens_are_answered_ever_more_slowly() {
     let mut c = Raw::connect_from(&server.addr(), "127.0.0.9").unwrap();
     c.hello(Some("s3cret"));
     assert!(matches!(c.recv(), Some(ServerMessage::Welcome { .. })));
+}
+
+/// With a cluster key, whoever can publish to the broker but lacks the key cannot make workers
+/// run work, inject frames into a job, or cancel it: the forgeries are dropped, the job's output
+/// is `vpd run`'s, frame for frame.
+#[test]
+fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
+    use vpd::protocol::wire::{self, Encoder, ResultMeta, TaskMeta, TransportEncoding};
+
+    let ns = Namespace::new("cluster-key");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cluster.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef-test-key\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key_args = ["--cluster-key-file", key.to_str().unwrap()];
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp_url(),
+        "--namespace",
+        &ns.name,
+        "--cluster-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let (worker, _) = Worker::with_metrics_and(&ns, 1, &key_args);
+    ns.wait_for_workers(1);
+    let t = ns.topology(); // no key: what a stranger on the broker has
+    let frame = opencv::core::Mat::new_rows_cols_with_default(
+        240,
+        320,
+        opencv::core::CV_8UC3,
+        opencv::core::Scalar::all(200.0),
+    )
+    .unwrap();
+
+    // A task without the key: dead-lettered unopened, never answered.
+    runtime().block_on(async {
+        let broker = Broker::connect(&amqp_url(), "vpd-test-stranger").await.unwrap();
+        let (reply_to, _replies) = broker.consume_replies(&t, "jstranger").await.unwrap();
+        let chain = "blur:ksize=3".parse().unwrap();
+        let meta = TaskMeta { job: "jstranger", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
+        let body = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
+        let publisher = broker.publisher().await.unwrap();
+        let sent = publisher.task(&t, &body, &reply_to, &Correlation::new("jstranger", 0), 0).await.unwrap();
+        assert!(sent.accepted().await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while broker.queue_stats(&t.dead()).await.unwrap().0 != 1 {
+            assert!(Instant::now() < deadline, "the forged task was not dead-lettered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(broker.queue_stats(&reply_to).await.unwrap().0, 0, "no worker answered the forged task");
+        broker.close().await;
+    });
+
+    // A job, held while forged results for every frame and a forged cancel reach it.
+    let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
+    let want = reference(&input, "edges", &dir.path().join("want.mkv"));
+    let events = Events::subscribe(&ns);
+    signal(&worker.child.0, libc::SIGSTOP);
+    let out = dir.path().join("out.mkv");
+    let job = spawn_piped(client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"]));
+    let started = events.wait_for(Duration::from_secs(30), "started", |e| matches!(e, JobEvent::Started { .. }));
+    let JobEvent::Started { job: id, .. } = started else { unreachable!() };
+    runtime().block_on(async {
+        let broker = Broker::connect(&amqp_url(), "vpd-test-forger").await.unwrap();
+        let publisher = broker.publisher().await.unwrap();
+        let reply_to = t.reply(&id);
+        for index in 0..20 {
+            let meta = ResultMeta { job: &id, index, worker: "forger", filter_us: 1, retries: 0 };
+            let body = wire::encode_result(&meta, Ok(&frame), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
+            let correlation = Correlation::new(&id, index);
+            assert!(publisher.result(&t, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
+        }
+        publisher.event(&t, &JobEvent::Cancelled { job: id.clone() }).await.unwrap();
+        broker.close().await;
+    });
+    signal(&worker.child.0, libc::SIGCONT);
+    let result = ends_within(job, Duration::from_secs(60)).unwrap_or_else(|e| panic!("the job did not end: {e}"));
+    assert_eq!(summary(&result).frames, 20);
+    assert_same_frames(&out, &want, "a job that forged results were sent to");
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("dropped a message without a valid signature"), "{log}");
 }

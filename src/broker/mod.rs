@@ -47,16 +47,116 @@ const DEAD_MAX_BYTES: i64 = 256 << 20;
 /// How long connecting may take before it is an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The names of one namespace's queues and exchanges.
+/// The header that carries a message's MAC.
+const MAC_HEADER: &str = "x-vpd-mac";
+
+/// The cluster's shared key (`--cluster-key-file`): every task, result and event is signed
+/// with HMAC-SHA256 over its kind, its correlation id and its body, and a consumer drops what
+/// does not verify. Whoever can publish to the broker but lacks the key can then neither
+/// inject frames into a job, nor make workers run work, nor cancel a job.
+#[derive(Clone)]
+pub struct ClusterKey {
+    key: Arc<ring::hmac::Key>,
+    id: [u8; 8],
+}
+
+/// The shortest key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+impl ClusterKey {
+    /// A key from its secret (the file's bytes, trailing whitespace ignored).
+    pub fn new(secret: &[u8]) -> anyhow::Result<Self> {
+        let secret = secret.trim_ascii_end();
+        if secret.len() < MIN_KEY_BYTES {
+            anyhow::bail!(
+                "the cluster key has {} bytes; it needs {MIN_KEY_BYTES} or more (head -c 32 /dev/urandom | base64)",
+                secret.len()
+            );
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest.as_ref()[..8]);
+        Ok(ClusterKey { key: Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)), id })
+    }
+
+    /// Reads it from `path` (keep it mode 0600).
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let secret =
+            std::fs::read(path).with_context(|| format!("cannot read the cluster key file {}", path.display()))?;
+        ClusterKey::new(&secret).with_context(|| format!("{}", path.display()))
+    }
+
+    fn sign(&self, kind: u8, correlation: &str, body: &[u8]) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        ctx.update(&[kind]);
+        ctx.update(&(correlation.len() as u32).to_be_bytes());
+        ctx.update(correlation.as_bytes());
+        ctx.update(body);
+        ctx.sign()
+    }
+
+    /// The MAC a task body gets, as [`Publisher::task`] sends it (for the benchmarks).
+    pub fn task_mac(&self, correlation: &str, body: &[u8]) -> Vec<u8> {
+        self.sign(Kind::Task as u8, correlation, body).as_ref().to_vec()
+    }
+
+    /// Whether `mac` is this key's over the message (compared in constant time).
+    fn verify(&self, kind: u8, correlation: &str, body: &[u8], mac: &[u8]) -> bool {
+        let tag = self.sign(kind, correlation, body);
+        let tag = tag.as_ref();
+        tag.len() == mac.len() && tag.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterKey(id {:02x?})", self.id)
+    }
+}
+
+impl PartialEq for ClusterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for ClusterKey {}
+
+/// What a signed message is: part of what its MAC covers, so that one kind cannot pass for
+/// another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Task = 1,
+    Result = 2,
+    Event = 3,
+}
+
+/// The names of one namespace's queues and exchanges, and the cluster's key, if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     ns: String,
+    key: Option<ClusterKey>,
 }
 
 impl Topology {
     /// The topology of namespace `ns`.
     pub fn new(ns: impl Into<String>) -> Self {
-        Topology { ns: ns.into() }
+        Topology { ns: ns.into(), key: None }
+    }
+
+    /// Messages signed and checked with `key`.
+    pub fn with_key(mut self, key: Option<ClusterKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The headers that sign a message of `kind`, when there is a key.
+    fn signed(&self, kind: Kind, correlation: &str, body: &[u8], mut headers: FieldTable) -> FieldTable {
+        if let Some(key) = &self.key {
+            let tag = key.sign(kind as u8, correlation, body);
+            headers.insert(MAC_HEADER.into(), AMQPValue::ByteArray(tag.as_ref().to_vec().into()));
+        }
+        headers
     }
 
     /// The work queue.
@@ -263,7 +363,7 @@ impl Broker {
         let inner = ch
             .basic_consume(t.tasks().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        Ok(Consumer { inner, ch, tag: tag.to_string() })
+        Ok(Consumer { inner, ch, tag: tag.to_string(), check: t.key.clone().map(|k| (k, Kind::Task)), acked: true })
     }
 
     /// Declares job `job`'s reply queue and consumes it (no acks: a result lost with the
@@ -282,7 +382,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok((queue, Consumer { inner, ch, tag }))
+        Ok((queue, Consumer { inner, ch, tag, check: t.key.clone().map(|k| (k, Kind::Result)), acked: false }))
     }
 
     /// Consumes every event on the events exchange through a fresh exclusive queue.
@@ -309,7 +409,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok(Consumer { inner, ch, tag: tag.to_string() })
+        Ok(Consumer { inner, ch, tag: tag.to_string(), check: t.key.clone().map(|k| (k, Kind::Event)), acked: false })
     }
 
     /// Closes the connection.
@@ -349,6 +449,7 @@ impl Publisher {
     ) -> anyhow::Result<Confirm> {
         let mut headers = FieldTable::default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+        let headers = t.signed(Kind::Task, &correlation.to_string(), body, headers);
         let props = BasicProperties::default()
             .with_reply_to(reply_to.into())
             .with_correlation_id(correlation.to_string().into())
@@ -359,8 +460,16 @@ impl Publisher {
     }
 
     /// Publishes a result body to a job's reply queue.
-    pub async fn result(&self, reply_to: &str, correlation: &Correlation, body: &[u8]) -> anyhow::Result<Confirm> {
-        let props = BasicProperties::default().with_correlation_id(correlation.to_string().into());
+    pub async fn result(
+        &self,
+        t: &Topology,
+        reply_to: &str,
+        correlation: &Correlation,
+        body: &[u8],
+    ) -> anyhow::Result<Confirm> {
+        let headers = t.signed(Kind::Result, &correlation.to_string(), body, FieldTable::default());
+        let props =
+            BasicProperties::default().with_correlation_id(correlation.to_string().into()).with_headers(headers);
         let confirm =
             self.ch.basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), body, props).await?;
         Ok(Confirm(confirm))
@@ -369,7 +478,8 @@ impl Publisher {
     /// Publishes an event; does not wait for the broker's confirm.
     pub async fn event(&self, t: &Topology, event: &JobEvent) -> anyhow::Result<()> {
         let body = serde_json::to_vec(event)?;
-        let props = BasicProperties::default().with_content_type("application/json".into());
+        let headers = t.signed(Kind::Event, "", &body, FieldTable::default());
+        let props = BasicProperties::default().with_content_type("application/json".into()).with_headers(headers);
         self.ch.basic_publish(t.events().into(), "".into(), BasicPublishOptions::default(), &body, props).await?;
         Ok(())
     }
@@ -409,15 +519,35 @@ pub struct Consumer {
     inner: lapin::Consumer,
     ch: Channel,
     tag: String,
+    /// The key messages must be signed with, and the kind they must be.
+    check: Option<(ClusterKey, Kind)>,
+    /// Whether deliveries are acknowledged (a forged one is then rejected, not requeued).
+    acked: bool,
 }
 
 impl Consumer {
     /// The next message; `None` once the subscription is cancelled; an error when the
     /// connection broke.
     pub async fn next(&mut self) -> Option<anyhow::Result<Message>> {
-        let delivery = match self.inner.next().await? {
-            Ok(d) => d,
-            Err(e) => return Some(Err(anyhow!(e).context("RabbitMQ connection lost"))),
+        let delivery = loop {
+            let delivery = match self.inner.next().await? {
+                Ok(d) => d,
+                Err(e) => return Some(Err(anyhow!(e).context("RabbitMQ connection lost"))),
+            };
+            let Some((key, kind)) = &self.check else { break delivery };
+            let mac = match delivery.properties.headers().as_ref().and_then(|h| h.inner().get(MAC_HEADER).cloned()) {
+                Some(AMQPValue::ByteArray(b)) => b.as_slice().to_vec(),
+                _ => Vec::new(),
+            };
+            let correlation = delivery.properties.correlation_id().as_ref().map_or("", |c| c.as_str());
+            if key.verify(*kind as u8, correlation, &delivery.data, &mac) {
+                break delivery;
+            }
+            tracing::warn!(kind = ?kind, correlation, bytes = delivery.data.len(), "dropped a message without a valid signature");
+            if self.acked {
+                // To the dead-letter queue, where an operator can see what was forged.
+                delivery.acker.reject(BasicRejectOptions { requeue: false }).await.ok();
+            }
         };
         let header = |name: &str| delivery.properties.headers().as_ref().and_then(|h| h.inner().get(name).cloned());
         let attempt = match header(ATTEMPT_HEADER) {
@@ -452,6 +582,23 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mac_covers_the_kind_the_correlation_and_every_byte() {
+        let key = ClusterKey::new(b"0123456789abcdef0123456789abcdef\n").unwrap();
+        let tag = key.sign(Kind::Task as u8, "j1:3", b"frame bytes");
+        assert!(key.verify(Kind::Task as u8, "j1:3", b"frame bytes", tag.as_ref()));
+        assert!(!key.verify(Kind::Result as u8, "j1:3", b"frame bytes", tag.as_ref()), "another kind");
+        assert!(!key.verify(Kind::Task as u8, "j1:4", b"frame bytes", tag.as_ref()), "another frame");
+        assert!(!key.verify(Kind::Task as u8, "j1:3", b"frame bytez", tag.as_ref()), "another body");
+        assert!(!key.verify(Kind::Task as u8, "j1:3", b"frame bytes", &tag.as_ref()[..31]), "a cut tag");
+        assert!(!key.verify(Kind::Task as u8, "j1:3", b"frame bytes", &[]), "no tag");
+        let other = ClusterKey::new(b"0123456789abcdef0123456789abcdeX").unwrap();
+        assert!(!other.verify(Kind::Task as u8, "j1:3", b"frame bytes", tag.as_ref()), "another key");
+        let short = ClusterKey::new(b"too short").unwrap_err().to_string();
+        assert!(short.contains("9 bytes; it needs 32 or more"), "{short}");
+        assert!(!format!("{key:?}").contains("0123"), "the key never prints");
+    }
 
     #[test]
     fn names_live_in_their_namespace() {

@@ -313,7 +313,7 @@ async fn finish(
     };
     match done {
         Done::Result { body, .. } => {
-            if !publisher.result(&reply_to, &correlation, &body).await?.accepted().await? {
+            if !publisher.result(t, &reply_to, &correlation, &body).await?.accepted().await? {
                 m.reject(true).await?; // the broker refused the result: let another try
                 return Ok(());
             }
@@ -333,14 +333,14 @@ async fn finish(
         }
         Done::Failed { seq: _, reason, task: _ } => {
             warn!(%correlation, %reason, "filter failed on every attempt; reporting it and dead-lettering the task");
-            report_failure(publisher, &m, &reply_to, &correlation, &reason).await?;
+            report_failure(publisher, t, &m, &reply_to, &correlation, &reason).await?;
             m.reject(false).await?;
             stats.failed();
             Ok(())
         }
         Done::Malformed { error, .. } => {
             warn!(%correlation, %error, "undecodable task; dead-lettering it");
-            report_failure(publisher, &m, &reply_to, &correlation, &error).await?;
+            report_failure(publisher, t, &m, &reply_to, &correlation, &error).await?;
             m.reject(false).await?;
             stats.failed();
             Ok(())
@@ -350,6 +350,7 @@ async fn finish(
 
 async fn report_failure(
     publisher: &Publisher,
+    t: &Topology,
     m: &Message,
     reply_to: &str,
     correlation: &Correlation,
@@ -361,7 +362,7 @@ async fn report_failure(
     let worker = crate::metrics::WorkerId::this_process().to_string();
     let meta = wire::ResultMeta { job, index, worker: &worker, filter_us: 0, retries };
     let body = wire::encode_result(&meta, Err(reason), None, &mut enc)?;
-    publisher.result(reply_to, correlation, &body).await?.accepted().await?;
+    publisher.result(t, reply_to, correlation, &body).await?.accepted().await?;
     Ok(())
 }
 
