@@ -239,7 +239,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECONDS")]
     pub redispatch_after: Option<f64>,
 
-    /// Frames in flight per job [default: from the frame size].
+    /// Frames in flight per job, fixed [default: from the frame size; with --amqp, as many on
+    /// the broker as keep every worker fed without flooding the queue].
     #[arg(long, value_name = "N")]
     pub window: Option<NonZeroUsize>,
 

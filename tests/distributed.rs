@@ -423,3 +423,64 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
     assert_eq!(web::sample(&text, "vpd_worker_frames_retried_total"), f64::from(vpd::worker::MAX_ATTEMPTS - 1));
     assert_eq!(web::sample(&text, "vpd_worker_frames_processed_total"), 0.0);
 }
+
+/// Two jobs, one worker at full speed and one that takes a task and never answers (stopped):
+/// the adaptive window keeps the task queue shallow while the working worker does every frame;
+/// a fixed window of 48 floods the queue with both jobs' frames.
+#[test]
+fn the_adaptive_window_feeds_the_workers_without_flooding_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 120, ..ClipSpec::default() });
+    let mut deepest = Vec::new();
+    let url = amqp_url();
+    for (mode, window) in [("adaptive", None), ("fixed", Some("48"))] {
+        let ns = Namespace::new(&format!("window-{mode}"));
+        let mut args = vec!["--listen", "127.0.0.1:0", "--amqp", &url, "--namespace", &ns.name];
+        args.extend(["--redispatch-after", "2", "--max-jobs", "2"]);
+        if let Some(w) = window {
+            args.extend(["--window", w]);
+        }
+        let server = Server::start(&args);
+        let stopped = Worker::start(&ns, 1);
+        let _working = Worker::start(&ns, 2);
+        ns.wait_for_workers(2);
+        signal(&stopped.child.0, libc::SIGSTOP);
+        let tasks = ns.topology().tasks();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (summaries, max_ready) = std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                let mut max = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    max = max.max(ns.stats(&tasks).0);
+                }
+                max
+            });
+            let jobs: Vec<_> = (0..2)
+                .map(|j| {
+                    let out = dir.path().join(format!("{mode}-{j}.mkv"));
+                    let addr = server.addr();
+                    let input = input.clone();
+                    s.spawn(move || summary(&client(&addr, &input, "blur:ksize=31", &out, &[])))
+                })
+                .collect();
+            let summaries: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (summaries, sampler.join().unwrap())
+        });
+        for s in &summaries {
+            assert_eq!((s.frames, s.failed_frames), (120, 0), "{mode}");
+            // The working worker was never starved: it did every frame (the stopped one none).
+            assert_eq!(s.workers.values().sum::<u64>(), 120, "{mode}: {:?}", s.workers);
+            assert_eq!(s.workers.len(), 1, "{mode}: {:?}", s.workers);
+        }
+        deepest.push((mode, max_ready));
+        signal(&stopped.child.0, libc::SIGCONT);
+    }
+    let (adaptive, fixed) = (deepest[0].1, deepest[1].1);
+    println!("tasks waiting at most: adaptive {adaptive}, fixed {fixed}");
+    assert!(adaptive <= 16, "the adaptive window let {adaptive} tasks wait in the queue");
+    assert!(
+        fixed >= 2 * adaptive.max(16),
+        "a fixed window of 48 for two jobs left only {fixed} waiting: the test shows nothing"
+    );
+}

@@ -556,8 +556,11 @@ async fn run_once(
                 paused = true;
                 job_token.cancel();
             }
-            _ = job.cancel.cancelled() => job_token.cancel(),
-            _ = shared.shutdown.cancelled() => job_token.cancel(),
+            // Once each: a cancelled token stays ready, and a branch that is always ready would
+            // spin this task without ever yielding its worker thread (and the timers it drives)
+            // while the pipeline winds down.
+            _ = job.cancel.cancelled(), if !job_token.is_cancelled() => job_token.cancel(),
+            _ = shared.shutdown.cancelled(), if !job_token.is_cancelled() => job_token.cancel(),
         }
     };
     job_token.cancel(); // ends the stop's waiting task

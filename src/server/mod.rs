@@ -253,9 +253,12 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
             Backend::Amqp { url, topology, redispatch_after } => {
                 let name = format!("vpd-server {}", WorkerId::this_process());
                 let link = Arc::new(BrokerLink::connect(url, &name, topology.clone()).await?);
-                let transport = AmqpTransport::new(link.clone(), tokio::runtime::Handle::current(), *redispatch_after);
-                // Enough frames in flight to keep several remote workers busy.
-                let parallelism = NonZeroUsize::new(8).expect("8 > 0");
+                let fixed = cfg.window.map(NonZeroUsize::get);
+                let transport =
+                    AmqpTransport::new(link.clone(), tokio::runtime::Handle::current(), *redispatch_after, fixed);
+                // The pipeline's window is only the memory bound (up to 132 frames, fewer when
+                // they are large); how many are on the broker adapts within it to the workers.
+                let parallelism = NonZeroUsize::new(64).expect("64 > 0");
                 (Arc::new(transport), parallelism, None, Some((link, Mutex::new(None))))
             }
         };

@@ -43,6 +43,58 @@ pub const MAX_DISPATCHES: u32 = 5;
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
 /// Threads decoding results for one job.
 const DECODERS: usize = 2;
+/// How often an adaptive window looks at the task queue.
+const WINDOW_TICK: Duration = Duration::from_millis(200);
+/// An adaptive window starts here, and never goes below [`WINDOW_MIN`].
+const WINDOW_START: usize = 4;
+const WINDOW_MIN: usize = 2;
+
+/// How many of a job's frames may be on the broker at once.
+///
+/// Fixed (`--window N`), or adaptive: every [`WINDOW_TICK`] the session reads the task queue's
+/// depth (messages ready, taken by no worker) and its consumers. A worker's prefetch takes
+/// tasks as soon as it has room, so messages wait in the queue only when every prefetch is
+/// full. The window grows while nothing waits (some worker may have room: more in flight keeps
+/// it fed) by half itself or one frame per consumer, whichever is more, holds while up to one message per consumer waits (the
+/// next task for each is at hand), and shrinks by a quarter when more wait (the queue is being
+/// flooded; every job sharing the queue shrinks, and the first to have room grows back). It
+/// follows the workers' throughput without measuring it: a slow worker's full prefetch holds no
+/// more of the window than it takes, and a fast one's empty prefetch makes it grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Always this many.
+    Fixed(usize),
+    /// Now this many, adapting, at most the second (the pipeline's memory bound).
+    Adaptive(usize, usize),
+}
+
+impl Window {
+    /// An adaptive window of at most `max` frames.
+    pub fn adaptive(max: usize) -> Self {
+        Window::Adaptive(WINDOW_START.min(max).max(1), max.max(1))
+    }
+
+    /// Frames allowed on the broker now.
+    pub fn current(&self) -> usize {
+        match *self {
+            Window::Fixed(n) | Window::Adaptive(n, _) => n,
+        }
+    }
+
+    /// The window after seeing `ready` messages waiting in the task queue for `consumers`.
+    pub fn adjust(self, ready: u32, consumers: u32) -> Self {
+        let Window::Adaptive(n, max) = self else { return self };
+        let (ready, consumers) = (ready as usize, consumers.max(1) as usize);
+        let n = if ready == 0 {
+            n + consumers.max(n / 2)
+        } else if ready > consumers {
+            n - n.div_ceil(4)
+        } else {
+            n
+        };
+        Window::Adaptive(n.clamp(WINDOW_MIN.min(max), max), max)
+    }
+}
 
 /// The server's link to RabbitMQ: one connection shared by its jobs, re-opened on demand.
 pub struct BrokerLink {
@@ -50,6 +102,9 @@ pub struct BrokerLink {
     name: String,
     topology: Topology,
     current: Mutex<Option<Broker>>,
+    /// The task queue's depth and consumers, and when they were read: one read serves every
+    /// job's window for a tick.
+    depth: StdMutex<Option<(Instant, (u32, u32))>>,
 }
 
 impl BrokerLink {
@@ -58,7 +113,13 @@ impl BrokerLink {
     pub async fn connect(url: &str, name: &str, topology: Topology) -> anyhow::Result<Self> {
         let broker = Broker::connect(url, name).await?;
         broker.declare(&topology).await.with_context(|| format!("declaring queues on {}", broker.url()))?;
-        Ok(BrokerLink { url: url.to_string(), name: name.to_string(), topology, current: Mutex::new(Some(broker)) })
+        Ok(BrokerLink {
+            url: url.to_string(),
+            name: name.to_string(),
+            topology,
+            current: Mutex::new(Some(broker)),
+            depth: StdMutex::new(None),
+        })
     }
 
     /// The namespace's names.
@@ -79,6 +140,18 @@ impl BrokerLink {
         Ok(broker)
     }
 
+    /// The task queue's messages ready and its consumers, read at most once a [`WINDOW_TICK`].
+    async fn queue_depth(&self, broker: &Broker) -> anyhow::Result<(u32, u32)> {
+        if let Some((at, depth)) = *self.depth.lock().expect("depth lock")
+            && at.elapsed() < WINDOW_TICK
+        {
+            return Ok(depth);
+        }
+        let depth = broker.queue_stats(&self.topology.tasks()).await?;
+        *self.depth.lock().expect("depth lock") = Some((Instant::now(), depth));
+        Ok(depth)
+    }
+
     /// Waits for a live connection for up to `patience`.
     async fn reconnect(&self, patience: Duration) -> anyhow::Result<Broker> {
         // A job gives up only when its patience runs out; its cancel ends it elsewhere.
@@ -92,13 +165,22 @@ pub struct AmqpTransport {
     link: Arc<BrokerLink>,
     runtime: tokio::runtime::Handle,
     redispatch_after: Duration,
+    /// `--window N`: a fixed window instead of an adaptive one.
+    fixed_window: Option<usize>,
 }
 
 impl AmqpTransport {
     /// A transport over `link`, driven on `runtime`. A frame is re-dispatched when it has had
     /// no result for `redispatch_after` while other frames' results keep arriving.
-    pub fn new(link: Arc<BrokerLink>, runtime: tokio::runtime::Handle, redispatch_after: Duration) -> Self {
-        AmqpTransport { link, runtime, redispatch_after }
+    /// With `fixed_window`, at most that many frames of a job are on the broker at once;
+    /// without, as many as the task queue's depth says keep every worker fed ([`Window`]).
+    pub fn new(
+        link: Arc<BrokerLink>,
+        runtime: tokio::runtime::Handle,
+        redispatch_after: Duration,
+        fixed_window: Option<usize>,
+    ) -> Self {
+        AmqpTransport { link, runtime, redispatch_after, fixed_window }
     }
 }
 
@@ -116,6 +198,12 @@ impl Transport for AmqpTransport {
         // Source frames of outstanding tasks (shared, not copied): results may be deltas of them.
         let sources = StdMutex::new(HashMap::new());
         let frame_size = OnceLock::new();
+        // The pipeline's window bounds what the transport can hold; the broker's share adapts
+        // within it.
+        let window = match self.fixed_window {
+            Some(n) => Window::Fixed(n),
+            None => Window::adaptive(tasks.capacity().unwrap_or(WINDOW_START)),
+        };
         // The job's span (entered by the pipeline's transport thread) goes to these threads too.
         let span = tracing::Span::current();
         std::thread::scope(|s| {
@@ -136,6 +224,7 @@ impl Transport for AmqpTransport {
                 results: results.clone(),
                 frame_size: &frame_size,
                 wire: WireBytes::default(),
+                window,
             };
             let served = self.runtime.block_on(session.run(body_rx, verdict_rx));
             let encoded = encoder.join().unwrap_or_else(|_| Err(anyhow!("the frame encoder panicked")));
@@ -262,6 +351,8 @@ struct Session<'a> {
     /// The job's frame size, once its first task is encoded.
     frame_size: &'a OnceLock<(u32, u32)>,
     wire: WireBytes,
+    /// How many of its frames may be on the broker now.
+    window: Window,
 }
 
 /// Why a connected stretch of the session ended.
@@ -327,6 +418,8 @@ impl Session<'_> {
         let publisher = broker.publisher().await.map_err(conn)?;
         let mut confirms: JoinSet<(u64, anyhow::Result<bool>)> = JoinSet::new();
         let mut tick = tokio::time::interval(self.tick_period());
+        let mut window_tick = tokio::time::interval(WINDOW_TICK);
+        let adaptive = matches!(self.window, Window::Adaptive(..));
         let mut more_tasks = true;
         // Re-dispatch what a previous connection left outstanding.
         self.redispatch_overdue(t, &publisher, reply_to, &mut confirms).await?;
@@ -346,7 +439,7 @@ impl Session<'_> {
                     }
                     Verdict::Bad(index) => self.refused(index),
                 },
-                body = bodies.recv(), if more_tasks => match body {
+                body = bodies.recv(), if more_tasks && self.outstanding.len() < self.window.current() => match body {
                     Some((index, body)) => {
                         let entry = Outstanding { body: Arc::new(body), last_dispatch: Instant::now(), dispatches: 1, resend: false };
                         let body = entry.body.clone();
@@ -366,6 +459,16 @@ impl Session<'_> {
                             }
                         }
                         Err(e) => return Err(conn(e)),
+                    }
+                }
+                _ = window_tick.tick(), if adaptive => {
+                    // Depth unknown (a broken channel shows elsewhere): the window holds.
+                    if let Ok((ready, consumers)) = self.link.queue_depth(broker).await {
+                        let before = self.window;
+                        self.window = self.window.adjust(ready, consumers);
+                        if self.window != before {
+                            debug!(window = self.window.current(), ready, consumers, "window");
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -474,5 +577,40 @@ impl Session<'_> {
             self.publish(t, publisher, reply_to, index, &body, attempt, confirms).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adaptive_window_grows_while_workers_have_room_and_shrinks_when_the_queue_fills() {
+        let mut w = Window::adaptive(100);
+        assert_eq!(w.current(), 4);
+        // Nothing waits for 3 consumers: one more each, or half again once that is more.
+        w = w.adjust(0, 3);
+        assert_eq!(w.current(), 7);
+        w = w.adjust(0, 3);
+        assert_eq!(w.current(), 10);
+        w = w.adjust(0, 3);
+        assert_eq!(w.current(), 15);
+        // Up to one waiting per consumer: the next task for each is at hand; hold.
+        w = w.adjust(3, 3);
+        assert_eq!(w.current(), 15);
+        // More: the queue is flooding; a quarter less each tick, never below 2.
+        w = w.adjust(20, 3);
+        assert_eq!(w.current(), 11);
+        for _ in 0..20 {
+            w = w.adjust(50, 3);
+        }
+        assert_eq!(w.current(), 2);
+        // Never past the pipeline's bound, and a fixed window never moves.
+        for _ in 0..100 {
+            w = w.adjust(0, 8);
+        }
+        assert_eq!(w.current(), 100);
+        assert_eq!(Window::Fixed(16).adjust(0, 8).adjust(500, 1).current(), 16);
+        assert_eq!(Window::adaptive(4).current(), 4);
     }
 }
