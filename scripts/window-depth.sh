@@ -59,6 +59,7 @@ print(f"{mode}: wall {wall:.1f} s, frames by worker {workers}, queue depth max {
 PY
   for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
   pids=()
+  "$DEPTH" "$URL" "$ns" delete
 }
 
 run fixed --window "$FIXED"
