@@ -51,7 +51,7 @@ const WINDOW_MIN: usize = 2;
 
 /// How many of a job's frames may be on the broker at once.
 ///
-/// Fixed (`--window N`), or adaptive: every [`WINDOW_TICK`] the session reads the task queue's
+/// Fixed (`--window N`), or adaptive: every 200 ms the session reads the task queue's
 /// depth (messages ready, taken by no worker) and its consumers. A worker's prefetch takes
 /// tasks as soon as it has room, so messages wait in the queue only when every prefetch is
 /// full. The window grows while nothing waits (some worker may have room: more in flight keeps
