@@ -447,6 +447,17 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
     assert!(peak < 1 << 30, "the server's peak memory is {} MB", peak >> 20);
 }
 
+/// Stops `worker`, submits `input` through `edges` to `server` and waits until the job has
+/// started: its tasks wait in the queue. Returns the client and the job's id.
+fn a_held_job(ns: &Namespace, server: &Server, worker: &Worker, input: &Path, out: &Path) -> (ChildGuard, String) {
+    let events = Events::subscribe(ns);
+    signal(&worker.child.0, libc::SIGSTOP);
+    let job = spawn_piped(client_cmd(&server.addr(), input, "edges", out, &["--codec", "ffv1"]));
+    let started = events.wait_for(Duration::from_secs(30), "started", |e| matches!(e, JobEvent::Started { .. }));
+    let JobEvent::Started { job: id, .. } = started else { unreachable!() };
+    (job, id)
+}
+
 #[test]
 fn a_forged_cancel_does_not_stall_a_job() {
     let ns = Namespace::new("forged-cancel");
@@ -455,13 +466,8 @@ fn a_forged_cancel_does_not_stall_a_job() {
     let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
     let worker = Worker::start(&ns, 1);
     ns.wait_for_workers(1);
-    let events = Events::subscribe(&ns);
     // The worker hears the forged cancel before it sees any of the job's tasks.
-    signal(&worker.child.0, libc::SIGSTOP);
-    let out = dir.path().join("out.mkv");
-    let job = spawn_piped(client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"]));
-    let started = events.wait_for(Duration::from_secs(30), "started", |e| matches!(e, JobEvent::Started { .. }));
-    let JobEvent::Started { job: id, .. } = started else { unreachable!() };
+    let (job, id) = a_held_job(&ns, &server, &worker, &input, &dir.path().join("out.mkv"));
     runtime().block_on(async {
         let broker = Broker::connect(&amqp_url(), "vpd-test-canceller").await.unwrap();
         broker.publisher().await.unwrap().event(&ns.topology(), &JobEvent::Cancelled { job: id }).await.unwrap();
@@ -697,12 +703,8 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
     // A job, held while forged results for every frame and a forged cancel reach it.
     let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
     let want = reference(&input, "edges", &dir.path().join("want.mkv"));
-    let events = Events::subscribe(&ns);
-    signal(&worker.child.0, libc::SIGSTOP);
     let out = dir.path().join("out.mkv");
-    let job = spawn_piped(client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"]));
-    let started = events.wait_for(Duration::from_secs(30), "started", |e| matches!(e, JobEvent::Started { .. }));
-    let JobEvent::Started { job: id, .. } = started else { unreachable!() };
+    let (job, id) = a_held_job(&ns, &server, &worker, &input, &out);
     runtime().block_on(async {
         let broker = Broker::connect(&amqp_url(), "vpd-test-forger").await.unwrap();
         let publisher = broker.publisher().await.unwrap();
