@@ -95,7 +95,8 @@ mkdir -m 0777 "$work/out"
   -v "$PWD/assets:/assets:ro" -v "$work/out:/out" localhost/vpd:latest \
   client /assets/sample.mp4 --server server:9000 -f faces,motion -o /out/out.mp4 --quiet --json
 ffprobe -v error -show_entries stream=codec_type,codec_name,nb_frames -of csv=p=0 "$work/out/out.mp4"
-curl -fsS http://127.0.0.1:8080/jobs | head -c 300; echo
+# The dashboard wants the token the server takes.
+curl -fsS -H "Authorization: Bearer smoke-$$" http://127.0.0.1:8080/jobs | head -c 300; echo
 curl -fsS http://127.0.0.1:9100/metrics | grep -E '^vpd_(jobs_total|workers_seen|frames_processed_total)'
 "${podman[@]}" ps --format '{{.Names}} {{.Status}}'
 "${podman[@]}" healthcheck run "$project"_server_1 && echo "container-smoke: healthcheck passes"

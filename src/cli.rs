@@ -309,6 +309,23 @@ pub struct PreviewArgs {
     /// remembers (read only).
     #[arg(long, env = "VPD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Show the dashboard only to those presenting this token (prefer --token-file or the
+    /// environment): `/?token=…` once in a browser, or `Authorization: Bearer …`.
+    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Read that token from this file (its first line; keep it mode 0600).
+    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve the dashboard over TLS with this PEM certificate chain (leaf first); with --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (keep it mode 0600).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `vpd worker`.

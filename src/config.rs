@@ -72,6 +72,12 @@ pub struct PreviewSection {
     pub cluster_key_file: Option<PathBuf>,
     /// A server's state directory on this host, for its job history.
     pub state_dir: Option<PathBuf>,
+    /// The file holding the token the dashboard wants.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -388,16 +394,7 @@ impl FileConfig {
             window: a.window.or(f.window),
             preview: a.preview.or(f.preview),
             metrics: a.metrics.or(f.metrics),
-            tls: match (a.tls_cert.or_else(|| f.tls_cert.clone()), a.tls_key.or_else(|| f.tls_key.clone())) {
-                (Some(cert), Some(key)) => Some(crate::tls::ServerTls::load(&cert, &key)?),
-                (None, None) => None,
-                _ => {
-                    return Err(usage(
-                        ErrorKind::MissingRequiredArgument,
-                        "TLS needs both a certificate and its key (--tls-cert and --tls-key)",
-                    ));
-                }
-            },
+            tls: server_tls(a.tls_cert.or_else(|| f.tls_cert.clone()), a.tls_key.or_else(|| f.tls_key.clone()))?,
         })
     }
 
@@ -438,7 +435,9 @@ impl FileConfig {
             .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?);
         let listen = a.listen.or(f.listen).unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
         let state_dir = a.state_dir.or_else(|| f.state_dir.clone());
-        Ok((PreviewConfig { amqp_url, topology, state_dir }, listen))
+        let token = token(a.token, a.token_file.as_deref().or(f.token_file.as_deref()))?;
+        let tls = server_tls(a.tls_cert.or_else(|| f.tls_cert.clone()), a.tls_key.or_else(|| f.tls_key.clone()))?;
+        Ok((PreviewConfig { amqp_url, topology, state_dir, token, tls }, listen))
     }
 
     /// The validated configuration of `vpd client`, and whether to print JSON.
@@ -591,6 +590,18 @@ impl FileConfig {
 /// A usage error, printed by clap (with its exit status 2).
 fn usage(kind: ErrorKind, message: &str) -> anyhow::Error {
     anyhow::Error::new(Cli::command().error(kind, message))
+}
+
+/// A listener's TLS, from its certificate and key files, when both are named.
+fn server_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Option<crate::tls::ServerTls>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::ServerTls::load(&cert, &key)?)),
+        (None, None) => Ok(None),
+        _ => Err(usage(
+            ErrorKind::MissingRequiredArgument,
+            "TLS needs both a certificate and its key (--tls-cert and --tls-key)",
+        )),
+    }
 }
 
 /// The cluster's key, from its file, when one is named.

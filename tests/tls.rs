@@ -93,16 +93,17 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The status line of `GET path` over TLS to `base` (`http://HOST:PORT/`), trusting `ca`.
-fn https_get(base: &str, path: &str, ca: &Path) -> anyhow::Result<String> {
+/// The status line of `GET path` over TLS to `base` (`http://HOST:PORT/`), trusting `ca`, with
+/// `token` as a bearer.
+fn https_get(base: &str, path: &str, ca: &Path, token: Option<&str>) -> anyhow::Result<String> {
     let addr = base.trim_start_matches("http://").trim_end_matches('/').to_string();
     let tls = ClientTls::new(&Trust::Ca(ca.to_path_buf()))?;
     runtime().block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
         let mut s = tls.connect(&addr, tcp).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: vpd\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: vpd\r\n{auth}Connection: close\r\n\r\n");
         s.write_all(request.as_bytes()).await?;
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).await?;
@@ -169,13 +170,29 @@ fn the_protocol_and_the_dashboard_speak_tls_verified_by_a_ca_or_a_pin() {
 
     // The dashboard: HTTPS for a client that trusts the CA, nothing for one that speaks HTTP.
     let preview = server.preview.clone().unwrap();
-    assert_eq!(https_get(&preview, "/healthz", &good.ca).unwrap(), "HTTP/1.1 200 OK");
-    assert_eq!(https_get(&preview, "/jobs", &good.ca).unwrap(), "HTTP/1.1 200 OK");
-    assert!(https_get(&preview, "/healthz", &other.ca).is_err(), "another CA's client is refused");
+    assert_eq!(https_get(&preview, "/healthz", &good.ca, Some(TOKEN)).unwrap(), "HTTP/1.1 200 OK");
+    assert_eq!(https_get(&preview, "/jobs", &good.ca, Some(TOKEN)).unwrap(), "HTTP/1.1 200 OK");
+    assert!(https_get(&preview, "/healthz", &other.ca, Some(TOKEN)).is_err(), "another CA's client is refused");
     assert!(ureq::get(&format!("{preview}healthz")).call().is_err(), "plain HTTP is not answered");
     assert_eq!(server.tls, Some(format!("sha256:{}", good.fingerprint)), "the server announces what to pin");
     let (code, err) = server.stop();
     assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_standalone_preview_serves_its_dashboard_over_tls_to_token_holders() {
+    let ns = Namespace::new("tls-preview");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), "preview");
+    let preview = Preview::start_with(
+        &ns,
+        &["--token", TOKEN, "--tls-cert", pki.cert.to_str().unwrap(), "--tls-key", pki.key.to_str().unwrap()],
+    );
+    assert_eq!(https_get(&preview.url, "/jobs", &pki.ca, Some(TOKEN)).unwrap(), "HTTP/1.1 200 OK");
+    assert_eq!(https_get(&preview.url, "/jobs", &pki.ca, None).unwrap(), "HTTP/1.1 401 Unauthorized");
+    assert_eq!(https_get(&preview.url, "/events", &pki.ca, Some("guess")).unwrap(), "HTTP/1.1 401 Unauthorized");
+    assert_eq!(https_get(&preview.url, "/healthz", &pki.ca, None).unwrap(), "HTTP/1.1 200 OK");
+    assert!(ureq::get(&format!("{}healthz", preview.url)).call().is_err(), "plain HTTP is not answered");
 }
 
 #[test]

@@ -39,6 +39,10 @@ pub struct PreviewConfig {
     pub topology: Topology,
     /// A server's state directory, whose job store the dashboard lists too.
     pub state_dir: Option<std::path::PathBuf>,
+    /// The token the dashboard wants, if any.
+    pub token: Option<crate::protocol::message::Token>,
+    /// TLS on the dashboard's port.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Runs a preview, serving on `listener`, until `shutdown` fires. An unreachable broker at
@@ -58,8 +62,13 @@ pub async fn run(cfg: PreviewConfig, listener: TcpListener, shutdown: Cancellati
     info!(broker = broker.url(), "preview started");
     crate::service::ready("serving the dashboard");
     let watchdog = tokio::spawn(crate::service::watchdog(shutdown.clone()));
-    let follower = tokio::spawn(follow(cfg, name, broker, board.clone(), shutdown.clone()));
-    http::serve(listener, http::Site::dashboard(board), shutdown).await;
+    let auth: Option<http::Auth> = cfg.token.clone().map(|expected| {
+        Arc::new(move |presented: &str| expected.matches(&crate::protocol::message::Token::new(presented)))
+            as http::Auth
+    });
+    let site = http::Site::dashboard(board.clone()).with_tls(cfg.tls.as_ref()).with_auth(auth);
+    let follower = tokio::spawn(follow(cfg, name, broker, board, shutdown.clone()));
+    http::serve(listener, site, shutdown).await;
     crate::service::stopping();
     follower.await?;
     watchdog.abort();

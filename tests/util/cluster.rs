@@ -239,8 +239,14 @@ pub struct Preview {
 impl Preview {
     /// Starts a preview of `ns` on a free port.
     pub fn start(ns: &Namespace) -> Preview {
+        Preview::start_with(ns, &[])
+    }
+
+    /// Starts a preview of `ns` on a free port, with `extra` arguments.
+    pub fn start_with(ns: &Namespace, extra: &[&str]) -> Preview {
         let mut child = vpd()
             .args(["preview", "--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
