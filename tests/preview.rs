@@ -363,3 +363,29 @@ fn the_dashboard_renders_the_job_in_a_real_browser() {
     assert!(browser.wait_until(Duration::from_secs(30), reconnecting), "the page shows it lost the stream");
     eprintln!("screenshots in {}", artifacts.display());
 }
+
+/// Behind a token, a browser is turned away until it opens `/?token=…` once; then the page, its
+/// API and its event stream work from the cookie, and the address no longer shows the token.
+#[test]
+fn a_browser_signs_in_to_a_dashboard_behind_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 12, ..ClipSpec::default() });
+    let token = "dashboard-token-0123456789";
+    let server =
+        Server::start(&["--listen", "127.0.0.1:0", "--threads", "2", "--preview", "127.0.0.1:0", "--token", token]);
+    let dash = server.preview.clone().unwrap();
+    let mut browser = Browser::launch();
+    browser.navigate(&dash);
+    let refused = "document.body.innerText.includes('a token is needed')";
+    assert!(browser.wait_until(Duration::from_secs(30), refused), "the page is refused without the token");
+    browser.navigate(&format!("{dash}?token={token}"));
+    assert!(
+        browser.wait_until(Duration::from_secs(30), "document.querySelector('#stream')?.dataset.state === 'live'"),
+        "the page opened its event stream with the cookie"
+    );
+    assert_eq!(browser.eval("location.search"), Value::String(String::new()), "the token left the address");
+    let s = summary(&client(&server.addr(), &input, "edges", &dir.path().join("out.mkv"), &["--token", token]));
+    assert_eq!(s.frames, 12);
+    let done = "!!document.querySelector('#jobs tbody tr[data-status=done]')";
+    assert!(browser.wait_until(Duration::from_secs(30), done), "the page showed the job done");
+}
