@@ -111,6 +111,13 @@ fn each_client_has_its_name_role_and_limits_and_the_others_are_unaffected() {
     let err = stderr(&out);
     assert!(err.contains("(rate_limited): alice has uploaded") && err.contains("retry in 3"), "{err}");
 
+    // A rerun is a job too, hers, counted against her one job at once.
+    let rerun = jobs(&addr, ALICE, &["rerun", &first]);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let again = jobs(&addr, ALICE, &["rerun", &first]);
+    let err = stderr(&again);
+    assert!(err.contains("(rate_limited): alice may have 1 jobs queued or running at once; retry in 5 s"), "{err}");
+
     // The record names alice, never her token.
     let shown = jobs(&addr, BOB, &["show", &first]);
     let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();

@@ -149,7 +149,7 @@ where
             None => Err(not_found(&job)),
         },
         Request::Control(job, control) => {
-            let (job, state) = apply(shared, (peer, &client), &job, control)?;
+            let (job, state) = apply(shared, (peer, &client, &who), &job, control)?;
             Ok(writer.send(&ServerMessage::Changed { job, state }).await?)
         }
     }
@@ -167,7 +167,7 @@ enum Control {
 /// Applies `control` to `job`; returns the job it concerns (a rerun's new one) and its state.
 fn apply(
     shared: &Arc<Shared>,
-    (peer, client): (&str, &str),
+    (peer, client, who): (&str, &str, &Client),
     job: &str,
     control: Control,
 ) -> Result<(String, JobState), Refusal> {
@@ -207,13 +207,27 @@ fn apply(
             ErrorCode::Conflict,
             format!("job {job} is {}; rerun it once it has ended", live.state().as_str()),
         )),
-        (Control::Rerun, None, Some(r)) => rerun(shared, (peer, client), &r).map(|id| (id, JobState::Queued)),
+        (Control::Rerun, None, Some(r)) => rerun(shared, (peer, client, who), &r).map(|id| (id, JobState::Queued)),
         // A failed job (a full disk, a lost cascade) goes on from its committed segments.
         (Control::Resume, None, Some(r)) if r.state == JobState::Failed => {
+            within_jobs_limit(shared, who)?;
             retry(shared, &r).map(|()| (job.to_string(), JobState::Queued))
         }
         (_, None, Some(r)) => Err(ended(&r)),
         (_, None, None) => Err(refuse(ErrorCode::Internal, "a job neither live nor recorded")),
+    }
+}
+
+/// Whether `who` may start one more job: its own limit of jobs at once (the others' jobs are not
+/// counted against it, nor its against them).
+fn within_jobs_limit(shared: &Shared, who: &Client) -> Result<(), Refusal> {
+    match who.limits.jobs {
+        Some(most) if shared.jobs.live_count_of(&who.name) >= most.get() => Err(RateLimited {
+            message: format!("{} may have {most} jobs queued or running at once", who.name),
+            retry_after: Some(JOBS_LIMIT_RETRY),
+        }
+        .into()),
+        _ => Ok(()),
     }
 }
 
@@ -230,7 +244,8 @@ fn retry(shared: &Arc<Shared>, r: &JobRecord) -> Result<(), Refusal> {
 }
 
 /// Starts a new job on `of`'s kept upload, with its chain and options; returns its id.
-fn rerun(shared: &Arc<Shared>, (peer, client): (&str, &str), of: &JobRecord) -> Result<String, Refusal> {
+fn rerun(shared: &Arc<Shared>, (peer, client, who): (&str, &str, &Client), of: &JobRecord) -> Result<String, Refusal> {
+    within_jobs_limit(shared, who)?;
     let expired = || refuse(ErrorCode::Expired, format!("job {}'s upload was removed; submit it again", of.id));
     if of.removed_ms.is_some() {
         return Err(expired());
@@ -251,7 +266,8 @@ fn rerun(shared: &Arc<Shared>, (peer, client): (&str, &str), of: &JobRecord) -> 
     let spec = Spec::of(of).map_err(internal_error)?;
     shared.store.rerun(&of.id, &id, peer, client).map_err(internal_error)?;
     info!(job = %id, of = %of.id, "rerun");
-    Jobs::launch(shared, Spec { id: id.clone(), ..spec }, false);
+    // The new job is the asker's, as its record says.
+    Jobs::launch(shared, Spec { id: id.clone(), client: who.name.clone(), ..spec }, false);
     Ok(id)
 }
 
@@ -274,16 +290,7 @@ where
     if shared.jobs.live_count() >= limit {
         return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
     }
-    // The client's own limits: the others' jobs are not counted against it, nor its against them.
-    if let Some(most) = who.limits.jobs
-        && shared.jobs.live_count_of(&who.name) >= most.get()
-    {
-        return Err(RateLimited {
-            message: format!("{} may have {most} jobs queued or running at once", who.name),
-            retry_after: Some(JOBS_LIMIT_RETRY),
-        }
-        .into());
-    }
+    within_jobs_limit(shared, who)?;
     shared.clients.take_upload(who, request.upload_bytes)?;
     // A place among the uploads bounds the disk in use by uploads.
     let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
