@@ -606,13 +606,7 @@ fn server_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Opt
 
 /// The cluster's key, from its file, when one is named.
 fn cluster_key(file: Option<PathBuf>) -> anyhow::Result<Option<crate::broker::ClusterKey>> {
-    let Some(path) = file else { return Ok(None) };
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-    if mode & 0o077 != 0 {
-        tracing::warn!(file = %path.display(), mode = format!("{mode:04o}"), "the cluster key file is open to other users; make it 0600");
-    }
-    crate::broker::ClusterKey::load(&path).map(Some)
+    file.map(|path| crate::broker::ClusterKey::load(&path)).transpose()
 }
 
 /// Queue names are built from the namespace: keep it to what RabbitMQ and shells take well.
@@ -633,17 +627,7 @@ fn token(t: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<Token>
     let t = match (t, file) {
         (Some(t), _) => Some(t),
         (None, Some(path)) => {
-            use std::os::unix::fs::PermissionsExt as _;
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
-            let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    file = %path.display(),
-                    mode = format!("{mode:04o}"),
-                    "the token file is open to other users; make it 0600"
-                );
-            }
+            let text = crate::files::read_secret_text(path, "token")?;
             Some(text.lines().next().unwrap_or_default().trim().to_string())
         }
         (None, None) => None,

@@ -81,8 +81,7 @@ impl ClusterKey {
 
     /// Reads it from `path` (keep it mode 0600).
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
-        let secret =
-            std::fs::read(path).with_context(|| format!("cannot read the cluster key file {}", path.display()))?;
+        let secret = crate::files::read_secret(path, "cluster key")?;
         ClusterKey::new(&secret).with_context(|| format!("{}", path.display()))
     }
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
 use crate::protocol::message::Token;
@@ -114,13 +114,7 @@ impl Clients {
 
     /// Reads a tokens file (see the module's documentation).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the tokens file {}", path.display()))?;
-        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-        if mode & 0o077 != 0 {
-            tracing::warn!(file = %path.display(), mode = format!("{mode:04o}"), "the tokens file is open to other users; make it 0600");
-        }
+        let text = crate::files::read_secret_text(path, "tokens")?;
         let file: File =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("tokens file {}: {}", path.display(), e.message()))?;
         let mut by_token: Vec<([u8; 32], Arc<Client>)> = Vec::new();
