@@ -214,10 +214,10 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        use subtle::ConstantTimeEq as _;
         let seen = Fingerprint::of(end_entity);
         // Not secret, but compared without an early exit all the same.
-        let differ = seen.0.iter().zip(&self.fingerprint.0).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if differ == 0 {
+        if bool::from(seen.0.ct_eq(&self.fingerprint.0)) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(

@@ -101,9 +101,8 @@ impl ClusterKey {
 
     /// Whether `mac` is this key's over the message (compared in constant time).
     fn verify(&self, kind: u8, correlation: &str, body: &[u8], mac: &[u8]) -> bool {
-        let tag = self.sign(kind, correlation, body);
-        let tag = tag.as_ref();
-        tag.len() == mac.len() && tag.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        use subtle::ConstantTimeEq as _;
+        self.sign(kind, correlation, body).as_ref().ct_eq(mac).into()
     }
 }
 
