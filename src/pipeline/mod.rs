@@ -86,6 +86,12 @@ pub struct Start {
 /// Default for [`JobOptions::stall_timeout`]: far beyond any one frame's filter time.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Frames decoded ahead of what the transport has taken. Enough to ride out a slow keyframe;
+/// few enough that a transport holding frames back (the broker's adaptive window) does not make
+/// the source decode the whole window ahead of it: the window bounds frames out and waiting to
+/// be written, this bounds frames waiting to go out.
+const TASK_LOOKAHEAD: usize = 8;
+
 /// Bytes of frames the default window may hold, so that 4K video with many workers stays in
 /// memory bounds: each frame in the window is held at most twice (source and filtered).
 const WINDOW_BYTES: usize = 512 << 20;
@@ -138,7 +144,7 @@ pub fn run_job(
     let stop = &job.stop;
     let window = opts.window.get();
     let (credit_tx, credit_rx) = bounded::<()>(window);
-    let (task_tx, task_rx) = bounded::<FrameTask>(window);
+    let (task_tx, task_rx) = bounded::<FrameTask>(window.min(TASK_LOOKAHEAD));
     let (result_tx, result_rx) = bounded::<FrameResult>(window);
     let (out_tx, out_rx) = bounded::<OutFrame>(window);
     let pending = Mutex::new(HashMap::with_capacity(window));

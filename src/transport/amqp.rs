@@ -45,31 +45,37 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
 const DECODERS: usize = 2;
 /// How often an adaptive window looks at the task queue.
 const WINDOW_TICK: Duration = Duration::from_millis(200);
-/// An adaptive window starts here, and never goes below [`WINDOW_MIN`].
+/// An adaptive window starts here, and stays within [`WINDOW_MIN`] and [`WINDOW_MAX`] (what is
+/// really on the broker is bounded by the pipeline's window too: each frame holds one of its
+/// credits).
 const WINDOW_START: usize = 4;
 const WINDOW_MIN: usize = 2;
+const WINDOW_MAX: usize = 1024;
 
 /// How many of a job's frames may be on the broker at once.
 ///
 /// Fixed (`--window N`), or adaptive: every 200 ms the session reads the task queue's
 /// depth (messages ready, taken by no worker) and its consumers. A worker's prefetch takes
 /// tasks as soon as it has room, so messages wait in the queue only when every prefetch is
-/// full. The window grows while nothing waits (some worker may have room: more in flight keeps
-/// it fed) by half itself or one frame per consumer, whichever is more, holds while up to one message per consumer waits (the
-/// next task for each is at hand), and shrinks by a quarter when more wait (the queue is being
-/// flooded; every job sharing the queue shrinks, and the first to have room grows back). It
+/// full. The window grows while nothing waits and the job has the whole window out (some worker
+/// may have room, and the window is what holds the job back) by half itself or one frame per
+/// consumer, whichever is more; it holds while up to one message per consumer waits (the next
+/// task for each is at hand), or while the job has less out than it may (its source or its
+/// writer holds it back, not the window); and it shrinks by a quarter when more wait (the queue
+/// is being flooded; every job sharing the queue shrinks, and the first to have room grows
+/// back). It
 /// follows the workers' throughput without measuring it: a slow worker's full prefetch holds no
 /// more of the window than it takes, and a fast one's empty prefetch makes it grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
     /// Always this many.
     Fixed(usize),
-    /// Now this many, adapting, at most the second (the pipeline's memory bound).
+    /// Now this many, adapting, at most the second.
     Adaptive(usize, usize),
 }
 
 impl Window {
-    /// An adaptive window of at most `max` frames.
+    /// An adaptive window of at most `max` frames (the pipeline bounds what is out anyway).
     pub fn adaptive(max: usize) -> Self {
         Window::Adaptive(WINDOW_START.min(max).max(1), max.max(1))
     }
@@ -81,11 +87,12 @@ impl Window {
         }
     }
 
-    /// The window after seeing `ready` messages waiting in the task queue for `consumers`.
-    pub fn adjust(self, ready: u32, consumers: u32) -> Self {
+    /// The window after seeing `ready` messages waiting in the task queue for `consumers`, with
+    /// the whole window out (`full`) or not.
+    pub fn adjust(self, ready: u32, consumers: u32, full: bool) -> Self {
         let Window::Adaptive(n, max) = self else { return self };
         let (ready, consumers) = (ready as usize, consumers.max(1) as usize);
-        let n = if ready == 0 {
+        let n = if ready == 0 && full {
             n + consumers.max(n / 2)
         } else if ready > consumers {
             n - n.div_ceil(4)
@@ -198,11 +205,9 @@ impl Transport for AmqpTransport {
         // Source frames of outstanding tasks (shared, not copied): results may be deltas of them.
         let sources = StdMutex::new(HashMap::new());
         let frame_size = OnceLock::new();
-        // The pipeline's window bounds what the transport can hold; the broker's share adapts
-        // within it.
         let window = match self.fixed_window {
             Some(n) => Window::Fixed(n),
-            None => Window::adaptive(tasks.capacity().unwrap_or(WINDOW_START)),
+            None => Window::adaptive(WINDOW_MAX),
         };
         // The job's span (entered by the pipeline's transport thread) goes to these threads too.
         let span = tracing::Span::current();
@@ -465,7 +470,8 @@ impl Session<'_> {
                     // Depth unknown (a broken channel shows elsewhere): the window holds.
                     if let Ok((ready, consumers)) = self.link.queue_depth(broker).await {
                         let before = self.window;
-                        self.window = self.window.adjust(ready, consumers);
+                        let full = self.outstanding.len() >= self.window.current();
+                        self.window = self.window.adjust(ready, consumers, full);
                         if self.window != before {
                             debug!(window = self.window.current(), ready, consumers, "window");
                         }
@@ -588,29 +594,33 @@ mod tests {
     fn an_adaptive_window_grows_while_workers_have_room_and_shrinks_when_the_queue_fills() {
         let mut w = Window::adaptive(100);
         assert_eq!(w.current(), 4);
-        // Nothing waits for 3 consumers: one more each, or half again once that is more.
-        w = w.adjust(0, 3);
+        // Nothing waits for 3 consumers, the whole window out: one more each, or half again
+        // once that is more.
+        w = w.adjust(0, 3, true);
         assert_eq!(w.current(), 7);
-        w = w.adjust(0, 3);
+        w = w.adjust(0, 3, true);
         assert_eq!(w.current(), 10);
-        w = w.adjust(0, 3);
+        w = w.adjust(0, 3, true);
+        assert_eq!(w.current(), 15);
+        // Nothing waits, but the job has less out than it may: not the window's doing; hold.
+        w = w.adjust(0, 3, false);
         assert_eq!(w.current(), 15);
         // Up to one waiting per consumer: the next task for each is at hand; hold.
-        w = w.adjust(3, 3);
+        w = w.adjust(3, 3, true);
         assert_eq!(w.current(), 15);
         // More: the queue is flooding; a quarter less each tick, never below 2.
-        w = w.adjust(20, 3);
+        w = w.adjust(20, 3, true);
         assert_eq!(w.current(), 11);
         for _ in 0..20 {
-            w = w.adjust(50, 3);
+            w = w.adjust(50, 3, true);
         }
         assert_eq!(w.current(), 2);
-        // Never past the pipeline's bound, and a fixed window never moves.
+        // Never past its bound, and a fixed window never moves.
         for _ in 0..100 {
-            w = w.adjust(0, 8);
+            w = w.adjust(0, 8, true);
         }
         assert_eq!(w.current(), 100);
-        assert_eq!(Window::Fixed(16).adjust(0, 8).adjust(500, 1).current(), 16);
+        assert_eq!(Window::Fixed(16).adjust(0, 8, true).adjust(500, 1, true).current(), 16);
         assert_eq!(Window::adaptive(4).current(), 4);
     }
 }
