@@ -448,12 +448,19 @@ fn the_adaptive_window_feeds_the_workers_without_flooding_the_queue() {
         let tasks = ns.topology().tasks();
         let done = std::sync::atomic::AtomicBool::new(false);
         let (summaries, max_ready) = std::thread::scope(|s| {
+            // One connection, sampling the queue every 20 ms until both jobs have ended.
             let sampler = s.spawn(|| {
-                let mut max = 0;
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    max = max.max(ns.stats(&tasks).0);
-                }
-                max
+                runtime().block_on(async {
+                    let broker = vpd::broker::Broker::connect(&amqp_url(), "vpd-test-sampler").await.unwrap();
+                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                    let mut max = 0;
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        tick.tick().await;
+                        max = max.max(broker.queue_stats(&tasks).await.unwrap().0);
+                    }
+                    broker.close().await;
+                    max
+                })
             });
             let jobs: Vec<_> = (0..2)
                 .map(|j| {
