@@ -685,3 +685,72 @@ fn every_bad_input_gets_a_clear_error_leaves_nothing_and_the_server_carries_on()
     assert_eq!(code, Some(0), "{err}");
     assert_plain("the server's log", &err);
 }
+
+/// The security settings' files, wrong: each stops the start with one line naming the file and
+/// what is wrong with it, before the server makes its work directory.
+#[test]
+fn bad_certificates_tokens_and_keys_stop_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    std::fs::write(d.join("not.pem"), "not a certificate\n").unwrap();
+    std::fs::write(d.join("short.toml"), "[[client]]\nname = \"a\"\ntoken = \"short\"\n").unwrap();
+    std::fs::write(
+        d.join("unknown.toml"),
+        "[[client]]\nname = \"a\"\ntoken = \"0123456789abcdefg\"\nrole = \"root\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("short.key"), "short\n").unwrap();
+    let work = p("work");
+    let server = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["server", "--listen", "127.0.0.1:0", "--work-dir", &work].map(String::from).to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let client = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["client", "/etc/hostname", "-f", "edges", "-o", &p("o.mp4")].map(String::from).to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, i32, String)> = vec![
+        (
+            server(&["--tls-cert", &p("not.pem"), "--tls-key", &p("not.pem")]),
+            1,
+            format!("{}: no certificate in the file", p("not.pem")),
+        ),
+        (server(&["--tls-cert", &p("not.pem")]), 2, "--tls-key".into()),
+        (
+            server(&["--tokens-file", &p("missing.toml")]),
+            1,
+            format!("cannot read the tokens file {}", p("missing.toml")),
+        ),
+        (server(&["--tokens-file", &p("short.toml")]), 1, "client 'a': its token is shorter than 16 characters".into()),
+        (server(&["--tokens-file", &p("unknown.toml")]), 1, "unknown variant `root`".into()),
+        (server(&["--token", "x", "--tokens-file", &p("short.toml")]), 2, "--tokens-file".into()),
+        (
+            server(&["--amqp", "amqp://127.0.0.1:1", "--cluster-key-file", &p("short.key")]),
+            1,
+            "the cluster key has 5 bytes; it needs 32 or more".into(),
+        ),
+        (client(&["--tls-fingerprint", "abc"]), 2, "'abc' is not a SHA-256 fingerprint".into()),
+        (client(&["--tls-ca", &p("not.pem")]), 1, format!("{}: no CA certificate in the file", p("not.pem"))),
+        (client(&["--tls-ca", &p("not.pem"), "--tls-fingerprint", &"AB".repeat(32)]), 2, "--tls-ca".into()),
+    ];
+    for (args, code, message) in cases {
+        let out = vpd().args(&args).stdin(std::process::Stdio::null()).output().unwrap();
+        let err = stderr(&out);
+        assert_plain(&format!("{args:?}"), &err);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        if code == 2 {
+            // A usage error is clap's, in clap's form (a missing flag is listed on the next line).
+            assert!(err.starts_with("error: ") && err.contains(&message), "{args:?}: expected {message:?} in {err:?}");
+        } else {
+            // Warnings about a file's mode may come first; the error is one line.
+            let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("vpd: ")).collect();
+            assert_eq!(errors.len(), 1, "{args:?}: {err}");
+            assert!(errors[0].contains(&message), "{args:?}: expected {message:?} in {err:?}");
+        }
+        assert!(!Path::new(&work).exists() && !d.join("o.mp4").exists(), "{args:?} left files behind");
+    }
+}
