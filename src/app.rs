@@ -14,8 +14,6 @@ use crate::config::{ClientPlan, FileConfig, RunPlan};
 use crate::pipeline::JobError;
 use crate::progress::print_summary;
 
-/// The byte new allocations are filled from (`M_PERTURB`): see `tune_process`.
-const ALLOCATION_FILL: libc::c_int = 0xa5;
 /// glibc malloc arenas (`M_ARENA_MAX`): see `tune_process`.
 const ALLOCATOR_ARENAS: i32 = 1;
 
@@ -232,15 +230,7 @@ fn tune_process() -> anyhow::Result<()> {
     // "Server memory across jobs"). Allocations are a few per frame against milliseconds of
     // work per frame: one arena's lock is not contended.
     // SAFETY: mallopt only adjusts allocator parameters; no pointer is involved.
-    //
-    // Every allocation starts filled with one fixed byte (M_PERTURB): x264 (in Debian's FFmpeg
-    // 5.1, FFmpeg's own command line included) reads heap memory it never wrote, so its output
-    // depended on what earlier allocations left there, which varies with the threads of a busy
-    // process: six identical concurrent `vpd run`s made up to six different H.264 streams. With
-    // the fill, output is the same under any load, and `vpd run` and the distributed path give
-    // the same frames; it costs about 3 % of `vpd run`'s time (BENCHMARKS.md, "Repeatable H.264").
     unsafe {
-        libc::mallopt(libc::M_PERTURB, ALLOCATION_FILL);
         libc::mallopt(libc::M_ARENA_MAX, ALLOCATOR_ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);

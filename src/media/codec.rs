@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use ffmpeg_next::codec::{self, Id};
 use ffmpeg_next::format::Pixel;
@@ -132,6 +133,34 @@ pub struct OutputOptions {
     pub format: Option<String>,
 }
 
+/// x264's `X264_CPU_AVX512` (x264.h): its AVX-512 code.
+const X264_CPU_AVX512: u32 = 1 << 16;
+
+/// The instruction sets x264 finds on this CPU, less AVX-512, as its `asm` parameter takes
+/// them; `None` where no x264 is loaded to ask.
+///
+/// x264's AVX-512 code (core 164, Debian 12's) reads bytes it never wrote, and the H.264 it
+/// writes depends on what they hold: on one input, FFmpeg's own command line gives a different
+/// stream under `MALLOC_PERTURB_=1` than under 165, and in vpd, whose threads leave different
+/// bytes there on every run, the same job made different streams under load. Without it the
+/// stream depends on the frames alone (any fill, any load), so `vpd run` and the cluster write
+/// the same bytes, and a segment re-encoded after a crash is the one lost. It costs x264 about
+/// 6 % of its own time (BENCHMARKS.md, "Repeatable H.264"). Other encoders do not need it.
+fn x264_cpu_without_avx512() -> Option<u32> {
+    static FLAGS: OnceLock<Option<u32>> = OnceLock::new();
+    *FLAGS.get_or_init(|| {
+        // SAFETY: looks a name up among the libraries already loaded; libavcodec brings in
+        // libx264 where FFmpeg was built with it.
+        let detect = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"x264_cpu_detect".as_ptr()) };
+        if detect.is_null() {
+            return None;
+        }
+        // SAFETY: x264 exports `uint32_t x264_cpu_detect(void)`, which only reads CPUID.
+        let detect: extern "C" fn() -> u32 = unsafe { std::mem::transmute(detect) };
+        Some(detect() & !X264_CPU_AVX512)
+    })
+}
+
 /// x264's preset when none is given: measured against the other presets on 720p and 1080p
 /// (BENCHMARKS.md, "Choosing the default x264 preset").
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
@@ -190,6 +219,8 @@ impl OutputOptions {
                 }
                 if id == Id::HEVC {
                     options.push(("x265-params", "log-level=error".into()));
+                } else if let Some(flags) = x264_cpu_without_avx512() {
+                    options.push(("x264-params", format!("asm={flags}")));
                 }
             }
             "libvpx-vp9" => {
