@@ -250,9 +250,7 @@ fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken)
             // loses it.
             Some((token, true)) => {
                 let mut reply = text(StatusCode::SEE_OTHER, "signed in\n");
-                let secure = if site.tls.is_some() { "; Secure" } else { "" };
-                let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                if let Ok(v) = HeaderValue::from_str(&token_cookie(&token, site.tls.is_some())) {
                     reply.headers_mut().insert(header::SET_COOKIE, v);
                 }
                 reply.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
@@ -294,17 +292,32 @@ fn presented_token(request: &Request<Incoming>) -> Option<(String, bool)> {
         return Some((bearer.trim().to_string(), false));
     }
     if request.uri().path() == "/"
-        && let Some(token) = request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        && let Some(token) = request.uri().query().and_then(token_in_query)
     {
-        return Some((token.to_string(), true));
+        return Some((token, true));
     }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
-        .map(|t| (t.to_string(), false))
+    token_in_cookies(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok())).map(|t| (t, false))
+}
+
+/// The `token` in a query string, decoded as a form: a token with `+`, `/` or `=` in it (as
+/// base64 makes them) arrives percent-encoded from a link or a browser.
+fn token_in_query(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
+}
+
+/// The cookie that keeps `token` in a browser: percent-encoded, so that any token fits a
+/// cookie's value (no `;`, `,`, space or quote).
+fn token_cookie(token: &str, secure: bool) -> String {
+    let value = percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC);
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{TOKEN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// The token in the `Cookie` headers' values, as `token_cookie` wrote it.
+fn token_in_cookies<'a>(headers: impl Iterator<Item = &'a str>) -> Option<String> {
+    let value =
+        headers.flat_map(|v| v.split(';')).find_map(|kv| kv.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))?;
+    percent_encoding::percent_decode_str(value).decode_utf8().ok().map(|t| t.into_owned())
 }
 
 fn unauthorized() -> Reply {
@@ -441,5 +454,22 @@ mod tests {
         let snap = String::from_utf8(snapshot(&board).to_vec()).unwrap();
         assert!(snap.starts_with("retry: 2000\nevent: snapshot\ndata: {\"jobs\":[],\"link\":"), "{snap}");
         assert_eq!(snap.matches('\n').count(), 4, "retry, event, data, blank line: {snap}");
+    }
+
+    #[test]
+    fn any_token_survives_the_address_and_the_cookie() {
+        for token in ["plain-token-0123456789", "b64+token/with==", "semi;colon, space \"quote\" 100% é"] {
+            let query = format!("x=1&token={}", form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>());
+            assert_eq!(token_in_query(&query).as_deref(), Some(token), "{query}");
+            let cookie = token_cookie(token, true);
+            assert!(HeaderValue::from_str(&cookie).is_ok(), "{cookie}");
+            let value = cookie.split(';').next().unwrap();
+            assert!(!value.contains([' ', ',', '"', '\\']), "{cookie}");
+            let sent = format!("theme=dark; {value}");
+            assert_eq!(token_in_cookies([sent.as_str()].into_iter()).as_deref(), Some(token), "{sent}");
+        }
+        assert_eq!(token_in_query("token=a+b").as_deref(), Some("a b"), "a form's + is a space");
+        assert_eq!(token_in_query("tokens=x&other=y"), None);
+        assert_eq!(token_in_cookies(["vpd_token=%ZZ%FF"].into_iter()), None, "not UTF-8 once decoded: no token");
     }
 }

@@ -366,11 +366,12 @@ fn the_dashboard_renders_the_job_in_a_real_browser() {
 
 /// Behind a token, a browser is turned away until it opens `/?token=…` once; then the page, its
 /// API and its event stream work from the cookie, and the address no longer shows the token.
+/// The token is base64's kind (`+`, `/`, `=`), which the address carries percent-encoded.
 #[test]
 fn a_browser_signs_in_to_a_dashboard_behind_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 12, ..ClipSpec::default() });
-    let token = "dashboard-token-0123456789";
+    let token = "dashboard+token/0123456789==";
     let server =
         Server::start(&["--listen", "127.0.0.1:0", "--threads", "2", "--preview", "127.0.0.1:0", "--token", token]);
     let dash = server.preview.clone().unwrap();
@@ -378,7 +379,9 @@ fn a_browser_signs_in_to_a_dashboard_behind_a_token() {
     browser.navigate(&dash);
     let refused = "document.body.innerText.includes('a token is needed')";
     assert!(browser.wait_until(Duration::from_secs(30), refused), "the page is refused without the token");
-    browser.navigate(&format!("{dash}?token={token}"));
+    let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    assert_ne!(encoded, token);
+    browser.navigate(&format!("{dash}?token={encoded}"));
     assert!(
         browser.wait_until(Duration::from_secs(30), "document.querySelector('#stream')?.dataset.state === 'live'"),
         "the page opened its event stream with the cookie"
