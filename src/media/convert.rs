@@ -24,6 +24,10 @@ pub struct Colour {
     pub range: color::Range,
 }
 
+/// Bytes libswscale may write past the end of a packed destination: its x86 YUV→RGB code
+/// writes up to 15 pixels too many (45 bytes of BGR; `Scaler::decode`), with room to spare.
+pub const WRITE_SLACK: usize = 64;
+
 /// A converter for one conversion of one frame size.
 pub struct Scaler {
     ctx: *mut ffi::SwsContext,
@@ -31,6 +35,9 @@ pub struct Scaler {
     dst: (Pixel, u32, u32),
     /// BGR → I420 by OpenCV into this buffer, then into the frame's planes (see the module).
     opencv_i420: Option<Mat>,
+    /// Rows padded to 8 pixels, for widths libswscale would leave a tail of unwritten
+    /// (`Scaler::decode`).
+    padded: Vec<u8>,
 }
 
 // SAFETY: the context is used by one thread at a time (its owner's), never shared.
@@ -94,7 +101,7 @@ impl Scaler {
                 })
                 .transpose()
                 .map_err(|_| ffmpeg_next::Error::InvalidData)?;
-            Ok(Scaler { ctx, src, dst, opencv_i420 })
+            Ok(Scaler { ctx, src, dst, opencv_i420, padded: Vec::new() })
         }
     }
 
@@ -103,13 +110,54 @@ impl Scaler {
         self.src == src && self.dst == dst
     }
 
-    /// Converts a decoded frame into `out`, a BGR `Mat` of the destination size.
-    pub fn decode_into(&mut self, frame: &ffmpeg_next::frame::Video, out: &mut Mat) -> opencv::Result<()> {
-        debug_assert!(out.typ() == CV_8UC3 && out.is_continuous());
-        let stride = [out.mat_step().first().copied().unwrap_or_default() as i32, 0, 0, 0];
-        let dst = [out.data_mut(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut()];
-        // SAFETY: the frame's planes and strides come from FFmpeg for a frame of the source size;
-        // `out` holds dst height rows of `stride` bytes, which is what sws_scale writes.
+    /// Converts a decoded frame into a new BGR `Mat` of the destination size.
+    ///
+    /// libswscale's x86 YUV→RGB code (FFmpeg 5.1) has two edges, both measured
+    /// (`tests::every_pixel_is_written_and_nothing_past_the_frame`):
+    /// - it writes pixels in groups of 16, up to 15 past the end of a row: into the next row,
+    ///   which is written after, and past the last one, out of a buffer of exactly `height` rows
+    ///   (a 2×2 frame corrupted the heap). Every buffer it writes has [`WRITE_SLACK`] bytes more;
+    /// - it leaves the last `width % 8` pixels of every row unwritten when a row rounded up to
+    ///   8 pixels is longer than the stride: an 854-wide video had 6 columns of whatever the
+    ///   heap held. Such widths are converted into rows padded to 8 pixels, then copied.
+    pub fn decode(&mut self, frame: &ffmpeg_next::frame::Video) -> opencv::Result<Mat> {
+        let (w, h) = (self.dst.1 as usize, self.dst.2 as usize);
+        let row = w * 3;
+        let padded_row = w.next_multiple_of(8) * 3;
+        if padded_row == row {
+            let spare = WRITE_SLACK.div_ceil(row.max(1));
+            // SAFETY: every byte of the first `h` rows is written by the conversion below; the
+            // spare rows are never read.
+            let mut out = unsafe { Mat::new_rows_cols((h + spare) as i32, w as i32, CV_8UC3)? };
+            // SAFETY: `out` holds `h` rows of `row` bytes and WRITE_SLACK bytes more.
+            unsafe { self.scale_into(frame, out.data_mut(), row) };
+            out.pop_back(spare)?;
+            debug_assert!(out.rows() as usize == h && out.is_continuous());
+            return Ok(out);
+        }
+        self.padded.resize(padded_row * h + WRITE_SLACK, 0);
+        let dst = self.padded.as_mut_ptr();
+        // SAFETY: `padded` holds `h` rows of `padded_row` bytes and WRITE_SLACK bytes more.
+        unsafe { self.scale_into(frame, dst, padded_row) };
+        // SAFETY: every byte is written by the copy below.
+        let mut out = unsafe { Mat::new_rows_cols(h as i32, w as i32, CV_8UC3)? };
+        let bytes = out.data_bytes_mut()?;
+        for (to, from) in bytes.chunks_exact_mut(row).zip(self.padded.chunks(padded_row)) {
+            to.copy_from_slice(&from[..row]);
+        }
+        Ok(out)
+    }
+
+    /// Converts `frame` into BGR rows of `stride` bytes at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `stride` × the destination height + [`WRITE_SLACK`]
+    /// bytes, and `stride` at least 3 × the destination width.
+    unsafe fn scale_into(&mut self, frame: &ffmpeg_next::frame::Video, dst: *mut u8, stride: usize) {
+        let strides = [stride as i32, 0, 0, 0];
+        let planes = [dst, ptr::null_mut(), ptr::null_mut(), ptr::null_mut()];
+        // SAFETY: the frame's planes and strides come from FFmpeg for a frame of the source
+        // size; the destination is as the caller promised, which covers what sws_scale writes.
         unsafe {
             let f = frame.as_ptr();
             ffi::sws_scale(
@@ -118,11 +166,10 @@ impl Scaler {
                 (*f).linesize.as_ptr(),
                 0,
                 self.src.2 as i32,
-                dst.as_ptr(),
-                stride.as_ptr(),
+                planes.as_ptr(),
+                strides.as_ptr(),
             );
         }
-        Ok(())
     }
 
     /// Converts a BGR `Mat` into `frame`, a writable frame of the destination format and size.
@@ -188,11 +235,7 @@ mod tests {
             drop(right);
             let mut yuv = ffmpeg_next::frame::Video::new(format, 32, 16);
             Scaler::new((Pixel::BGR24, 32, 16), (format, 32, 16), colour()).unwrap().encode_from(&bgr, &mut yuv);
-            let mut back = Mat::new_rows_cols_with_default(16, 32, CV_8UC3, Scalar::all(0.0)).unwrap();
-            Scaler::new((format, 32, 16), (Pixel::BGR24, 32, 16), colour())
-                .unwrap()
-                .decode_into(&yuv, &mut back)
-                .unwrap();
+            let back = Scaler::new((format, 32, 16), (Pixel::BGR24, 32, 16), colour()).unwrap().decode(&yuv).unwrap();
             for (x, want) in [(4, [30, 140, 220]), (28, [200, 60, 10])] {
                 let got = back.at_2d::<Vec3b>(8, x).unwrap();
                 for c in 0..3 {
@@ -234,13 +277,50 @@ mod tests {
         let mut yuv = ffmpeg_next::frame::Video::new(Pixel::YUV444P, 2, 2);
         Scaler::new((Pixel::BGR24, 2, 2), (Pixel::YUV444P, 2, 2), colour()).unwrap().encode_from(&red, &mut yuv);
         let read = |c: Colour| {
-            let mut back = Mat::new_rows_cols_with_default(2, 2, CV_8UC3, Scalar::all(0.0)).unwrap();
-            Scaler::new((Pixel::YUV444P, 2, 2), (Pixel::BGR24, 2, 2), c).unwrap().decode_into(&yuv, &mut back).unwrap();
+            let back = Scaler::new((Pixel::YUV444P, 2, 2), (Pixel::BGR24, 2, 2), c).unwrap().decode(&yuv).unwrap();
             *back.at_2d::<Vec3b>(0, 0).unwrap()
         };
         let right = read(colour());
         let wrong = read(Colour { space: color::Space::BT470BG, range: color::Range::MPEG });
         assert!(right[2] >= 250 && right[1] <= 5, "{right:?}");
         assert!(i32::from(right[2]) - i32::from(wrong[2]) >= 15, "{right:?} against {wrong:?}");
+    }
+
+    /// A flat frame converts to a flat `Mat` (within dither): every pixel written, at every width (libswscale
+    /// leaves `width % 8` unwritten into a tight stride) and every size (it writes up to 15
+    /// pixels past a row: a 2×2 frame overran its buffer). Each case has its own colour, so a
+    /// pixel left over from the case before is caught too.
+    #[test]
+    fn every_pixel_is_written_and_nothing_past_the_frame() {
+        crate::media::init();
+        let formats =
+            [Pixel::YUV420P, Pixel::YUV422P, Pixel::YUVJ420P, Pixel::YUV444P, Pixel::YUV420P10LE, Pixel::NV12];
+        let mut case = 0u16;
+        for format in formats {
+            for (w, h) in [(2, 2), (6, 6), (34, 18), (38, 22), (40, 22), (44, 22), (38, 21), (321, 240), (854, 480)] {
+                case += 1;
+                let mut yuv = ffmpeg_next::frame::Video::new(format, w, h);
+                for plane in 0..yuv.planes() {
+                    let value = if plane == 0 { 40 + (case * 37) % 160 } else { 60 + (case * 53) % 130 };
+                    let data = yuv.data_mut(plane);
+                    if format == Pixel::YUV420P10LE {
+                        data.chunks_exact_mut(2).for_each(|px| px.copy_from_slice(&(value * 4).to_le_bytes()));
+                    } else {
+                        data.fill(value as u8);
+                    }
+                }
+                let bgr = Scaler::new((format, w, h), (Pixel::BGR24, w, h), colour()).unwrap().decode(&yuv).unwrap();
+                assert_eq!((bgr.cols(), bgr.rows()), (w as i32, h as i32));
+                let first = *bgr.at_2d::<Vec3b>(0, 0).unwrap();
+                for y in 0..h as i32 {
+                    for x in 0..w as i32 {
+                        // Within the dither of libswscale's general path (odd heights).
+                        let got = *bgr.at_2d::<Vec3b>(y, x).unwrap();
+                        let off = (0..3).map(|c| (i32::from(got[c]) - i32::from(first[c])).abs()).max().unwrap();
+                        assert!(off <= 2, "{format:?} {w}x{h}: pixel ({x}, {y}) is {got:?}, pixel (0, 0) {first:?}");
+                    }
+                }
+            }
+        }
     }
 }

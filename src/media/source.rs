@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
 use ffmpeg_next::{Packet, Rational, decoder, ffi, format, frame, media};
-use opencv::core::{self as cv, CV_8UC3, Mat, RotateFlags};
+use opencv::core::{self as cv, Mat, RotateFlags};
 use tracing::warn;
 
 use super::FrameSource;
@@ -268,9 +268,7 @@ impl MediaSource {
             })?;
             self.scaler = Some(scaler);
         }
-        // SAFETY: every byte of the new Mat is written by the conversion just below.
-        let mut mat = unsafe { Mat::new_rows_cols(h as i32, w as i32, CV_8UC3)? };
-        self.scaler.as_mut().expect("made above").decode_into(decoded, &mut mat)?;
+        let mat = self.scaler.as_mut().expect("made above").decode(decoded)?;
         if let Some(turn) = self.turn {
             let mut upright = Mat::default();
             cv::rotate(&mat, &mut upright, turn.into())?;
