@@ -248,6 +248,31 @@ fn rotated_input_is_turned_upright_and_colour_and_chapters_are_kept() {
     assert_eq!(titles, ["Intro", "Rest"]);
 }
 
+/// Frames too small for FFV1's 16 slices (it refuses a grid wider than a plane) are written
+/// with fewer: 1×1 in BGR and 4:4:4, 2×2 and 6×6 in 4:2:0; 8×8 takes the full 16.
+#[test]
+fn tiny_frames_are_written_in_ffv1() {
+    let dir = tempfile::tempdir().unwrap();
+    for (w, h, pix) in [(1, 1, "bgr0"), (1, 1, "yuv444p"), (2, 2, "yuv420p"), (6, 6, "yuv420p"), (8, 8, "yuv420p")] {
+        let raw = dir.path().join(format!("{w}x{h}.rgb"));
+        let bytes: Vec<u8> = (0..w * h * 3 * 5).map(|i| (i * 37 % 251) as u8).collect();
+        let (w, h) = (w as u32, h as u32);
+        std::fs::write(&raw, bytes).unwrap();
+        let input = dir.path().join(format!("{w}x{h}-{pix}.mkv"));
+        let size = format!("{w}x{h}");
+        ffmpeg(
+            &["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &size, "-r", "25", "-i", raw.to_str().unwrap()],
+            &["-pix_fmt", pix, "-c:v", "ffv1"],
+            &input,
+        );
+        let out = dir.path().join(format!("out-{w}x{h}-{pix}.mkv"));
+        let (input, output) = (input.to_str().unwrap(), out.to_str().unwrap());
+        run(&["run", input, "-f", "blur:ksize=3", "-o", output, "--codec", "ffv1", "--pix-fmt", pix, "-q"]);
+        let p = ffprobe(&out);
+        assert_eq!((p.width, p.height, p.frames), (w, h, 5), "{size} {pix}");
+    }
+}
+
 #[test]
 fn ten_bit_and_odd_sized_inputs_are_processed() {
     let dir = tempfile::tempdir().unwrap();

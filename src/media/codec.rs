@@ -246,7 +246,8 @@ impl OutputOptions {
                 }
             }
             "ffv1" => {
-                // Level 3 with slices: FFV1 encodes its slices on every core.
+                // Level 3 with slices: FFV1 encodes its slices on every core (fewer on tiny
+                // frames: `sink::ffv1_slices`).
                 options.push(("level", "3".into()));
                 options.push(("slices", "16".into()));
                 options.push(("slicecrc", "1".into()));

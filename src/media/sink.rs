@@ -283,6 +283,9 @@ impl VideoEncoder {
         for (key, value) in options.encoder_options()? {
             dict.set(key, &value);
         }
+        if options.codec.encoder_name() == "ffv1" {
+            dict.set("slices", &ffv1_slices(pix_fmt, size).to_string());
+        }
         let hardware =
             ["nvenc", "vaapi", "qsv", "v4l2m2m", "amf", "omx"].iter().any(|h| options.codec.encoder_name().contains(h));
         let encoder = video.open_as_with(codec, dict).map_err(|error| {
@@ -728,6 +731,15 @@ fn encodable_size(pix_fmt: Pixel, width: u32, height: u32) -> Result<(u32, u32),
         )));
     }
     Ok((w, h))
+}
+
+/// FFV1's slices for frames of `size` in `pix_fmt`: 16 (a 4×4 grid: slices encode on every
+/// core), or 4, or 1 where the frame is too small for that grid. FFV1 refuses a grid wider than
+/// a plane: 16 slices need 8×8 frames in 4:2:0, 4 need 4×4.
+fn ffv1_slices(pix_fmt: Pixel, (width, height): (u32, u32)) -> u32 {
+    let (cw, ch) = pix_fmt.descriptor().map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
+    let side = (width >> cw).min(height >> ch);
+    [(16, 4), (4, 2)].into_iter().find(|&(_, grid)| side >= grid).map_or(1, |(slices, _)| slices)
 }
 
 /// [`encoded_size`] of frames `f` with `options`, with a word about a dropped row or column:
