@@ -150,3 +150,40 @@ fn each_client_has_its_name_role_and_limits_and_the_others_are_unaffected() {
     }
     assert!(log.contains("cannot read the tokens file again"), "{log}");
 }
+
+/// An upload cut off is charged what arrived, not what it announced: after alice's connection
+/// drops 4 kB into an upload that announced the whole clip, the clip itself still fits in her
+/// hour's budget of one and a half clips.
+#[test]
+fn an_upload_cut_off_costs_only_the_bytes_that_arrived() {
+    use crate::util::raw::{Raw, submit};
+    use vpd::protocol::message::ServerMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = clip(d, ClipSpec { frames: 12, ..ClipSpec::default() });
+    let size = std::fs::metadata(&input).unwrap().len();
+    let tokens = d.join("tokens.toml");
+    tokens_file(&tokens, size * 3 / 2, false);
+    let server =
+        Server::start(&["--listen", "127.0.0.1:0", "--threads", "2", "--tokens-file", tokens.to_str().unwrap()]);
+    let addr = server.addr();
+
+    let mut raw = Raw::connect(&addr);
+    raw.hello(Some(ALICE));
+    raw.recv();
+    raw.send(&submit("edges", size));
+    assert!(matches!(raw.recv(), Some(ServerMessage::Accepted { .. })));
+    raw.chunk(&[0u8; 4096]);
+    drop(raw);
+    let failed = || {
+        let listed = jobs(&addr, ALICE, &[]);
+        String::from_utf8_lossy(&listed.stdout).contains("\"failed\"")
+    };
+    assert!(wait_for(Duration::from_secs(30), failed), "the cut-off upload's job is recorded failed");
+
+    let out = as_client(&addr, ALICE, &input, &d.join("out.mkv"), &[]);
+    assert!(out.status.success(), "charged for the bytes that never came: {}", stderr(&out));
+    // The budget is still a budget: another clip is over it.
+    let out = as_client(&addr, ALICE, &input, &d.join("again.mkv"), &[]);
+    assert!(stderr(&out).contains("(rate_limited): alice has uploaded"), "{}", stderr(&out));
+}

@@ -22,6 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -181,11 +182,22 @@ impl Clients {
     }
 }
 
+/// An upload counted against its client's hourly limit.
+struct Upload {
+    at: Instant,
+    bytes: u64,
+    /// Which [`UploadCharge`] it is.
+    charge: u64,
+}
+
 /// Where the clients come from, and the current set: replaced whole on a reload.
 pub struct Registry {
     file: Option<PathBuf>,
     current: RwLock<Arc<Clients>>,
-    uploads: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
+    /// Each limited client's uploads of the last hour, oldest first.
+    uploads: Mutex<HashMap<String, VecDeque<Upload>>>,
+    /// The number of the next charge.
+    charges: AtomicU64,
     paces: Mutex<HashMap<String, Arc<Pace>>>,
 }
 
@@ -196,6 +208,7 @@ impl Registry {
             file,
             current: RwLock::new(Arc::new(clients)),
             uploads: Mutex::new(HashMap::new()),
+            charges: AtomicU64::new(1),
             paces: Mutex::new(HashMap::new()),
         }
     }
@@ -214,16 +227,18 @@ impl Registry {
         Ok(n)
     }
 
-    /// Records an upload of `bytes` by `client`, or says when it would fit in its hourly limit.
-    pub fn take_upload(&self, client: &Client, bytes: u64) -> Result<(), RateLimited> {
-        let Some(limit) = client.limits.upload_per_hour else { return Ok(()) };
+    /// Charges an upload of `bytes` to `client`'s hourly limit, or says when it would fit. The
+    /// charge is settled when dropped: to what [`UploadCharge::arrived`] says came in.
+    pub fn take_upload(&self, client: &Client, bytes: u64) -> Result<UploadCharge<'_>, RateLimited> {
+        let untracked = UploadCharge { registry: self, client: String::new(), id: 0, arrived: 0 };
+        let Some(limit) = client.limits.upload_per_hour else { return Ok(untracked) };
         let now = Instant::now();
         let mut all = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
         let past = all.entry(client.name.clone()).or_default();
-        while past.front().is_some_and(|(t, _)| now.duration_since(*t) >= HOUR) {
+        while past.front().is_some_and(|u| now.duration_since(u.at) >= HOUR) {
             past.pop_front();
         }
-        let used: u64 = past.iter().map(|(_, b)| b).sum();
+        let used: u64 = past.iter().map(|u| u.bytes).sum();
         if bytes > limit {
             return Err(RateLimited {
                 message: format!("{} may upload {limit} bytes an hour; this upload is {bytes}", client.name),
@@ -234,9 +249,9 @@ impl Registry {
             // When enough of the oldest uploads are an hour old.
             let mut freed = 0;
             let mut at = now;
-            for (t, b) in past.iter() {
-                freed += b;
-                at = *t + HOUR;
+            for u in past.iter() {
+                freed += u.bytes;
+                at = u.at + HOUR;
                 if used - freed + bytes <= limit {
                     break;
                 }
@@ -247,8 +262,17 @@ impl Registry {
                 retry_after: Some(retry_after),
             });
         }
-        past.push_back((now, bytes));
-        Ok(())
+        let id = self.charges.fetch_add(1, Ordering::Relaxed);
+        past.push_back(Upload { at: now, bytes, charge: id });
+        Ok(UploadCharge { client: client.name.clone(), id, ..untracked })
+    }
+
+    /// Lowers charge `id` of `client` to the `arrived` bytes, if that is less.
+    fn settle(&self, client: &str, id: u64, arrived: u64) {
+        let mut all = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(upload) = all.get_mut(client).and_then(|past| past.iter_mut().find(|u| u.charge == id)) {
+            upload.bytes = upload.bytes.min(arrived);
+        }
     }
 
     /// The pace `client`'s frames are held to, shared by all its jobs; `None` if unlimited.
@@ -259,6 +283,38 @@ impl Registry {
         let pace = paces.entry(name.to_string()).or_insert_with(|| Arc::new(Pace::new(fps)));
         pace.set_rate(fps);
         Some(pace.clone())
+    }
+}
+
+/// An upload charged to its client's hourly limit. Dropped, it keeps only the bytes that
+/// [`arrived`](UploadCharge::arrived): an upload cut off, or refused before it began, costs
+/// what crossed the wire, not what was declared (none, until told otherwise).
+pub struct UploadCharge<'a> {
+    registry: &'a Registry,
+    client: String,
+    /// 0 for a client without an upload limit: nothing to settle.
+    id: u64,
+    arrived: u64,
+}
+
+impl std::fmt::Debug for UploadCharge<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadCharge").field("client", &self.client).field("arrived", &self.arrived).finish()
+    }
+}
+
+impl UploadCharge<'_> {
+    /// Says that `bytes` of the upload came in.
+    pub fn arrived(&mut self, bytes: u64) {
+        self.arrived = bytes;
+    }
+}
+
+impl Drop for UploadCharge<'_> {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.registry.settle(&self.client, self.id, self.arrived);
+        }
     }
 }
 
@@ -348,12 +404,30 @@ mod tests {
     fn uploads_over_the_hourly_limit_are_refused_with_when_to_retry() {
         let registry = Registry::new(file(TWO).unwrap(), None);
         let alice = registry.clients().by_name("alice").unwrap();
-        registry.take_upload(&alice, 600).unwrap();
+        registry.take_upload(&alice, 600).unwrap().arrived(600);
         let over = registry.take_upload(&alice, 600).unwrap_err();
         let retry = over.retry_after.unwrap();
         assert!(retry > Duration::from_secs(3590) && retry <= HOUR, "{retry:?}");
-        assert!(registry.take_upload(&alice, 400).is_ok(), "what fits still passes");
+        registry.take_upload(&alice, 400).expect("what fits still passes").arrived(400);
         assert_eq!(registry.take_upload(&alice, 2000).unwrap_err().retry_after, None, "never fits");
+        assert!(registry.take_upload(&alice, 100).is_err(), "1000 of 1024 are spent");
+    }
+
+    #[test]
+    fn an_upload_cut_off_costs_only_what_arrived() {
+        let registry = Registry::new(file(TWO).unwrap(), None);
+        let alice = registry.clients().by_name("alice").unwrap();
+        {
+            let mut charge = registry.take_upload(&alice, 1000).unwrap();
+            assert!(registry.take_upload(&alice, 100).is_err(), "charged in full while it runs");
+            charge.arrived(300);
+        }
+        registry.take_upload(&alice, 700).expect("the 700 that never came are given back").arrived(700);
+        assert!(registry.take_upload(&alice, 100).is_err(), "300 + 700 of 1024 are spent");
+        // Refused before a byte came: free.
+        let registry = Registry::new(file(TWO).unwrap(), None);
+        drop(registry.take_upload(&alice, 1000).unwrap());
+        registry.take_upload(&alice, 1000).expect("nothing arrived, nothing charged").arrived(1000);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::Shared;
 use super::admission::Ticket;
-use super::clients::{Client, RateLimited, Role};
+use super::clients::{Client, RateLimited, Role, UploadCharge};
 use super::jobs::{End, Jobs, Spec, Video, extension_of};
 use crate::files::RemoveOnDrop;
 use crate::media::check_output;
@@ -291,7 +291,7 @@ where
         return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
     }
     within_jobs_limit(shared, who)?;
-    shared.clients.take_upload(who, request.upload_bytes)?;
+    let mut charge = shared.clients.take_upload(who, request.upload_bytes)?;
     // A place among the uploads bounds the disk in use by uploads.
     let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
     let id = new_job_id();
@@ -310,7 +310,7 @@ where
         transport: &transport,
     };
     shared.store.create(&record).map_err(internal_error)?;
-    let received = receive(reader, writer, shared, &id, request).await;
+    let received = receive(reader, writer, shared, &id, request, &mut charge).await;
     if let Err(r) = &received {
         let _ = std::fs::remove_dir_all(shared.jobs.dir_of(&id));
         let recorded = match r.code {
@@ -342,6 +342,7 @@ async fn receive<R, W>(
     shared: &Shared,
     id: &str,
     request: &SubmitRequest,
+    charge: &mut UploadCharge<'_>,
 ) -> Result<(), Refusal>
 where
     R: AsyncRead + Unpin,
@@ -350,7 +351,11 @@ where
     writer.send(&ServerMessage::Accepted { job: id.to_string() }).await?;
     let partial = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
     let scrub = Scrub::new(&shared.work_dir, partial.path(), &request.input_name, partial.path());
-    let sha256 = upload(reader, partial.path(), &scrub, request.upload_bytes).await?;
+    let mut arrived = 0;
+    let uploaded = upload(reader, partial.path(), &scrub, request.upload_bytes, &mut arrived).await;
+    // The hourly limit counts what crossed the wire: all of it, or what came before a cut-off.
+    charge.arrived(arrived);
+    let sha256 = uploaded?;
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
     let jobs = &shared.jobs;
     let (dir, kept, from) = (jobs.dir_of(id), jobs.input_of(id, &request.input_name), partial.path().to_path_buf());
@@ -585,9 +590,10 @@ async fn upload<R: AsyncRead + Unpin>(
     path: &Path,
     scrub: &Scrub,
     size: u64,
+    arrived: &mut u64,
 ) -> Result<String, Refusal> {
     let deadline = upload_deadline(size);
-    match tokio::time::timeout(deadline, receive_upload(reader, path, size)).await {
+    match tokio::time::timeout(deadline, receive_upload(reader, path, size, arrived)).await {
         Ok(received) => received.map_err(|r| scrub.refusal(r)),
         Err(_) => Err(refuse(
             ErrorCode::Timeout,
@@ -692,23 +698,23 @@ impl Scrub {
     }
 }
 
-/// Receives exactly `size` bytes of chunks into `path`.
+/// Receives exactly `size` bytes of chunks into `path`, counting them in `received`.
 async fn receive_upload<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
     path: &Path,
     size: u64,
+    received: &mut u64,
 ) -> Result<String, Refusal> {
     use sha2::Digest as _;
     let mut sha256 = sha2::Sha256::new();
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("writing the upload: {e}"));
     let mut file =
         tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(internal)?;
-    let mut received = 0u64;
-    while received < size {
+    while *received < size {
         match read_within(reader, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
             Some(Packet::Chunk(data)) => {
-                received += data.len() as u64;
-                if received > size {
+                *received += data.len() as u64;
+                if *received > size {
                     return Err(refuse(
                         ErrorCode::BadRequest,
                         format!("upload longer than the announced {size} bytes"),
