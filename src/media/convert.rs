@@ -293,8 +293,23 @@ mod tests {
     #[test]
     fn every_pixel_is_written_and_nothing_past_the_frame() {
         crate::media::init();
-        let formats =
-            [Pixel::YUV420P, Pixel::YUV422P, Pixel::YUVJ420P, Pixel::YUV444P, Pixel::YUV420P10LE, Pixel::NV12];
+        let formats = [
+            Pixel::YUV420P,
+            Pixel::YUV422P,
+            Pixel::YUVJ420P,
+            Pixel::YUV444P,
+            Pixel::YUV420P10LE,
+            Pixel::NV12,
+            Pixel::NV21,
+            Pixel::YUV411P,
+            Pixel::YUV440P,
+            Pixel::YUYV422,
+            Pixel::GRAY8,
+            Pixel::RGB24,
+            Pixel::BGR24,
+            Pixel::RGBA,
+            Pixel::GBRP,
+        ];
         let mut case = 0u16;
         for format in formats {
             for (w, h) in [(2, 2), (6, 6), (34, 18), (38, 22), (40, 22), (44, 22), (38, 21), (321, 240), (854, 480)] {
