@@ -1,7 +1,7 @@
 //! `grade`: contrast, brightness, gamma and warmth through one lookup table per channel (built
 //! once per chain), then saturation, which mixes the channels.
 
-use opencv::core::{self, CV_8UC3, Mat};
+use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 
 use super::GradeParams;
@@ -44,8 +44,11 @@ impl Grade {
             copied = frame.try_clone()?;
             &copied
         };
-        let mut out = Mat::new_rows_cols_with_default(frame.rows(), frame.cols(), CV_8UC3, core::Scalar::all(0.0))?;
+        // SAFETY: every byte of the new frame is written by the pass below (the two buffers are
+        // the same size: rows × cols × 3); nothing reads it before.
+        let mut out = unsafe { Mat::new_rows_cols(frame.rows(), frame.cols(), CV_8UC3)? };
         let (src, dst) = (source.data_bytes()?, out.data_bytes_mut()?);
+        debug_assert_eq!(src.len(), dst.len());
         for (s, d) in src.chunks_exact(3).zip(dst.chunks_exact_mut(3)) {
             let (mut b, mut g, mut r) = (s[0], s[1], s[2]);
             if let Some(lut) = &self.lut {
@@ -70,6 +73,7 @@ impl Grade {
 mod tests {
     use super::*;
     use crate::filters::test_support::astronaut;
+    use opencv::core;
 
     fn grade(p: GradeParams) -> Mat {
         Grade::new(&p).apply(&astronaut()).unwrap()
