@@ -6,15 +6,8 @@
 #   scripts/ab-server.sh 7 /tmp/vpd-before ./target/release/vpd -- IN.mp4 -f edges
 set -euo pipefail
 
-rounds=$1
-shift
-bins=()
-while (($#)) && [ "$1" != "--" ]; do
-  bins+=("$1")
-  shift
-done
-[ "${1:-}" = "--" ] || { echo "usage: $0 ROUNDS BIN… -- INPUT CLIENT-ARGS…" >&2; exit 2; }
-shift
+. "$(dirname "$0")/ab-lib.sh"
+ab_parse "$@"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -34,16 +27,9 @@ for ((r = 0; r < rounds; r++)); do
   for i in "${!bins[@]}"; do
     out="$work/out-$i-$r.mp4"
     start=$(date +%s.%N)
-    "${bins[$i]}" client "$@" --server "${addrs[$i]}" -o "$out" --quiet >/dev/null
-    end=$(date +%s.%N)
-    times[$i]+="$(echo "$end - $start" | bc) "
+    "${bins[$i]}" client "${rest[@]}" --server "${addrs[$i]}" -o "$out" --quiet >/dev/null
+    times[$i]+="$(ab_since "$start") "
     rm -f "$out"
   done
 done
-
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-first=$(echo "${times[0]}" | median)
-for i in "${!bins[@]}"; do
-  m=$(echo "${times[$i]}" | median)
-  printf '%-40s median %.3f s  ratio %.3f  (%s)\n' "${bins[$i]}" "$m" "$(echo "$m / $first" | bc -l)" "${times[$i]}"
-done
+ab_report
