@@ -144,7 +144,7 @@ const X264_CPU_AVX512: u32 = 1 << 16;
 /// stream under `MALLOC_PERTURB_=1` than under 165, and in vpd, whose threads leave different
 /// bytes there on every run, the same job made different streams under load. Without it the
 /// stream depends on the frames alone (any fill, any load), so `vpd run` and the cluster write
-/// the same bytes, and a segment re-encoded after a crash is the one lost. It costs x264 about
+/// the same bytes, and a segment encoded again after a crash has the bytes of the one lost. It costs x264 about
 /// 6 % of its own time (BENCHMARKS.md, "Repeatable H.264"). Other encoders do not need it.
 fn x264_cpu_without_avx512() -> Option<u32> {
     static FLAGS: OnceLock<Option<u32>> = OnceLock::new();
@@ -246,10 +246,9 @@ impl OutputOptions {
                 }
             }
             "ffv1" => {
-                // Level 3 with slices: FFV1 encodes its slices on every core (fewer on tiny
-                // frames: `sink::ffv1_slices`).
+                // Level 3 with slices: FFV1 encodes its slices on every core. How many depends
+                // on the frame size, which the sink sets (`sink::ffv1_slices`).
                 options.push(("level", "3".into()));
-                options.push(("slices", "16".into()));
                 options.push(("slicecrc", "1".into()));
             }
             _ => {}

@@ -286,10 +286,10 @@ mod tests {
         assert!(i32::from(right[2]) - i32::from(wrong[2]) >= 15, "{right:?} against {wrong:?}");
     }
 
-    /// A flat frame converts to a flat `Mat` (within dither): every pixel written, at every width (libswscale
-    /// leaves `width % 8` unwritten into a tight stride) and every size (it writes up to 15
-    /// pixels past a row: a 2×2 frame overran its buffer). Each case has its own colour, so a
-    /// pixel left over from the case before is caught too.
+    /// A flat frame converts to a flat `Mat` (within dither): every pixel written, at every
+    /// width (libswscale leaves `width % 8` unwritten into a tight stride) and every size (it
+    /// writes up to 15 pixels past a row: a 2×2 frame overran its buffer). Each case has its own
+    /// colour, so a pixel left over from the case before is caught too.
     #[test]
     fn every_pixel_is_written_and_nothing_past_the_frame() {
         crate::media::init();
