@@ -63,8 +63,7 @@ const WINDOW_MAX: usize = 1024;
 /// task for each is at hand), or while the job has less out than it may (its source or its
 /// writer holds it back, not the window); and it shrinks by a quarter when more wait (the queue
 /// is being flooded; every job sharing the queue shrinks, and the first to have room grows
-/// back). It
-/// follows the workers' throughput without measuring it: a slow worker's full prefetch holds no
+/// back). It follows the workers' throughput without measuring it: a slow worker's full prefetch holds no
 /// more of the window than it takes, and a fast one's empty prefetch makes it grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
