@@ -149,15 +149,16 @@ fn audio_a_container_cannot_hold_is_re_encoded_with_a_warning() {
 }
 
 #[test]
-fn a_variable_frame_rate_keeps_every_timestamp() {
+fn a_variable_frame_rate_keeps_every_timestamp_in_every_container() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("vfr.mkv");
-    // 30 fps with a half-second gap after frame 10, as a phone that paused would record.
+    // A phone's clip: about 30 fps, each frame a few milliseconds early or late, and a
+    // half-second gap after frame 10 where it paused; times off any frame grid.
     ffmpeg(
         &["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"],
         &[
             "-vf",
-            "setpts='N/30/TB+if(gt(N,10),0.5/TB,0)'",
+            "setpts='(N/30+0.006*mod(7*N,5)+if(gt(N,10),0.5,0))/TB'",
             "-frames:v",
             "30",
             "-c:v",
@@ -167,15 +168,48 @@ fn a_variable_frame_rate_keeps_every_timestamp() {
         ],
         &input,
     );
-    for ext in ["mkv", "mp4"] {
+    let want = video_pts(&input);
+    // Every container vpd writes that keeps frame times (AVI indexes frames, not times).
+    for (ext, codec) in [("mkv", "h264"), ("mp4", "h264"), ("mov", "h264"), ("ts", "h264"), ("webm", "vp9")] {
         let output = dir.path().join(format!("out.{ext}"));
-        run(&["run", input.to_str().unwrap(), "-f", "edges", "-o", output.to_str().unwrap(), "-q"]);
-        let (want, got) = (video_pts(&input), video_pts(&output));
+        let o = output.to_str().unwrap();
+        run(&["run", input.to_str().unwrap(), "-f", "edges", "-o", o, "--codec", codec, "-q"]);
+        let got = video_pts(&output);
         assert_eq!(got.len(), 30, "{ext}");
+        // MPEG-TS starts its clock at 1.4 s: compare times from the first frame.
+        let (w0, g0) = (want[0], got[0]);
         for (w, g) in want.iter().zip(&got) {
-            assert!((w - g).abs() < 0.002, "{ext}: {want:?} against {got:?}");
+            assert!(((w - w0) - (g - g0)).abs() < 0.002, "{ext}: {want:?} against {got:?}");
         }
     }
+}
+
+#[test]
+fn mpeg_ts_holds_h264_and_the_audio_in_a_file_and_on_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip_with_tone(dir.path());
+    let output = dir.path().join("out.ts");
+    run(&["run", input.to_str().unwrap(), "-f", "edges", "-o", output.to_str().unwrap(), "-q"]);
+    let v = probe(&output, "stream=codec_name,codec_type,nb_read_frames:format=format_name");
+    assert_eq!(v["format"]["format_name"], "mpegts");
+    let streams = v["streams"].as_array().unwrap();
+    assert_eq!((streams[0]["codec_name"].as_str(), streams[0]["nb_read_frames"].as_str()), (Some("h264"), Some("50")));
+    assert_eq!(streams[1]["codec_name"], "aac", "the audio is kept");
+    // The same to standard output, as a live tool would read it.
+    let piped = dir.path().join("piped.ts");
+    let out = vpd()
+        .args(["run", input.to_str().unwrap(), "-f", "edges", "-o", "-", "--format", "mpegts", "-q"])
+        .stdout(std::fs::File::create(&piped).unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ffprobe(&piped).frames, 50);
+    assert_eq!(audio_md5(&piped), audio_md5(&output));
+    // What MPEG-TS cannot hold is still refused before any work.
+    let out =
+        run_vpd(&["run", input.to_str().unwrap(), "-f", "edges", "-o", output.to_str().unwrap(), "--codec", "ffv1"]);
+    assert_eq!(stderr(&out).trim(), "vpd: the mpegts container cannot hold codec ffv1");
 }
 
 #[test]

@@ -285,10 +285,7 @@ pub fn check_output(path: &Path, options: &OutputOptions) -> Result<ffmpeg_next:
                 .ok_or_else(|| MediaError::UnknownContainer(path.display().to_string()))?
         }
     };
-    // SAFETY: a muxer from av_guess_format, and a codec id.
-    let fits =
-        unsafe { ffi::avformat_query_codec(output.as_ptr(), options.codec.id().into(), ffi::FF_COMPLIANCE_NORMAL) };
-    if fits != 1 {
+    if !container_holds(&output, options.codec.id()) {
         return Err(MediaError::CodecContainer {
             codec: options.codec.to_string(),
             container: output.name().to_string(),
@@ -315,9 +312,36 @@ fn find_muxer(name: Option<&str>, file: Option<&str>) -> Option<ffmpeg_next::for
 }
 
 /// Whether codec `id`'s streams can be muxed into `output` as they are.
+///
+/// FFmpeg answers yes (1), no (0), or "unknown" (negative) for muxers that keep no codec
+/// table, MPEG-TS among them. Unknown is not no: for MPEG-TS the codecs its muxer writes as
+/// standard stream types are listed here; any other such muxer is trusted to refuse what it
+/// cannot hold when its header is written.
 pub fn container_holds(output: &ffmpeg_next::format::Output, id: codec::Id) -> bool {
     // SAFETY: a muxer description and a codec id.
-    unsafe { ffi::avformat_query_codec(output.as_ptr(), id.into(), ffi::FF_COMPLIANCE_NORMAL) == 1 }
+    match unsafe { ffi::avformat_query_codec(output.as_ptr(), id.into(), ffi::FF_COMPLIANCE_NORMAL) } {
+        1 => true,
+        0 => false,
+        _ if output.name() == "mpegts" => matches!(
+            id,
+            Id::H264
+                | Id::HEVC
+                | Id::MPEG1VIDEO
+                | Id::MPEG2VIDEO
+                | Id::MPEG4
+                | Id::AAC
+                | Id::MP2
+                | Id::MP3
+                | Id::AC3
+                | Id::EAC3
+                | Id::OPUS
+                | Id::DTS
+                | Id::TRUEHD
+                | Id::DVB_SUBTITLE
+                | Id::DVB_TELETEXT
+        ),
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -356,6 +380,12 @@ mod tests {
         assert_eq!(e.to_string(), "the mp4 container cannot hold codec ffv1");
         assert!(matches!(check_output(Path::new("o"), &options("h264")), Err(MediaError::NoExtension(_))));
         assert!(matches!(check_output(Path::new("o.xyz"), &options("h264")), Err(MediaError::UnknownContainer(_))));
+        // MPEG-TS keeps no codec table: FFmpeg's "unknown" is not a no.
+        assert_eq!(check_output(Path::new("o.ts"), &options("h264")).unwrap().name(), "mpegts");
+        let ts = OutputOptions { format: Some("mpegts".into()), ..options("hevc") };
+        assert!(check_output(Path::new("-"), &ts).is_ok());
+        let e = check_output(Path::new("o.ts"), &options("ffv1")).err().unwrap();
+        assert_eq!(e.to_string(), "the mpegts container cannot hold codec ffv1");
         let nut = OutputOptions { format: Some("nut".into()), ..options("ffv1") };
         assert_eq!(check_output(Path::new("-"), &nut).unwrap().name(), "nut");
     }

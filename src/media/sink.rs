@@ -221,12 +221,18 @@ pub(super) struct Container {
 impl Container {
     /// What `target`'s container wants.
     pub fn of(target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
-        Ok(Self::of_flags(check_output(target, options)?.flags()))
+        Ok(Self::of_muxer(&check_output(target, options)?))
     }
 
-    fn of_flags(flags: format::Flags) -> Self {
+    /// What the muxer `output` wants. A muxer without FFmpeg's variable-rate flag indexes
+    /// frames rather than times (AVI), except the MP4 family: its muxer keeps every frame's
+    /// time, yet does not carry the flag, and a frame time base there would space a
+    /// variable-rate video's frames evenly.
+    fn of_muxer(output: &format::Output) -> Self {
+        const TIMED_WITHOUT_FLAG: [&str; 8] = ["mov", "mp4", "ipod", "ismv", "psp", "3gp", "3g2", "f4v"];
+        let flags = output.flags();
         Container {
-            constant_rate: !flags.contains(format::Flags::VARIABLE_FPS),
+            constant_rate: !flags.contains(format::Flags::VARIABLE_FPS) && !TIMED_WITHOUT_FLAG.contains(&output.name()),
             global_header: flags.contains(format::Flags::GLOBAL_HEADER),
         }
     }
@@ -475,7 +481,7 @@ impl MediaSink {
         // From here the temporary file exists: a failure below must remove it.
         let guard = files.as_ref().map(|(temp, _)| RemoveOnDrop::new(temp.clone()));
 
-        let container = Container::of_flags(output.format().flags());
+        let container = Container::of_muxer(&output.format());
         let global_header = container.global_header;
         let (encoder, params, packet_tb) = match video {
             Video::Encode => {
