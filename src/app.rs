@@ -107,7 +107,7 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Jobs(args) => {
-                crate::client::jobs(&file.jobs(args)?).await?;
+                crate::client::jobs(&file.jobs(args)?, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Preview(args) => {

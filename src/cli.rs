@@ -115,6 +115,12 @@ pub struct JobsArgs {
     /// At most this many jobs, newest first.
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: u32,
+
+    /// How long to keep trying, with growing pauses, while the server says it is busy or the
+    /// client is over its limits (0: give up at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: u64,
 }
 
 /// What `vpd jobs` does besides listing.
@@ -360,6 +366,28 @@ pub struct WorkerArgs {
     /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9101.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// The largest frame this worker takes, in pixels or as WIDTHxHEIGHT (up to 8192x8192);
+    /// larger ones are reported failed, unread [default: 3840x2160, 4K]. An 8K frame costs a
+    /// worker about 1.1 GB while it is filtered.
+    #[arg(long, value_name = "PIXELS", value_parser = parse_frame_pixels)]
+    pub max_frame_pixels: Option<u64>,
+}
+
+/// `N` or `WxH`, within 1 ..= 8192x8192.
+pub fn parse_frame_pixels(s: &str) -> Result<u64, String> {
+    let pixels = match s.split_once(['x', 'X']) {
+        Some((w, h)) => {
+            let side = |v: &str| v.trim().parse::<u64>().map_err(|_| format!("'{s}' is not WIDTHxHEIGHT"));
+            side(w)? * side(h)?
+        }
+        None => s.trim().parse::<u64>().map_err(|_| format!("'{s}' is not a number of pixels or WIDTHxHEIGHT"))?,
+    };
+    let most = crate::protocol::wire::MAX_FRAME_PIXELS;
+    if pixels == 0 || pixels > most {
+        return Err(format!("{pixels} pixels is out of range: 1 to {most} (8192x8192)"));
+    }
+    Ok(pixels)
 }
 
 /// `vpd client`.
@@ -380,10 +408,11 @@ pub struct ClientArgs {
     pub server: Option<ServerAddr>,
 
     /// Where to write the result; its extension picks the container (.mp4, .mkv, .webm, .mov,
-    /// …), `-` is standard output (with --format). A symbolic link is written through: the file
-    /// it points to is replaced, the link stays.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
+    /// …). A symbolic link is written through: the file it points to is replaced, the link
+    /// stays. With --detach it only names the container (MP4 when left out): the result is
+    /// fetched later with `vpd jobs fetch JOB -o FILE`.
+    #[arg(short, long, value_name = "FILE", required_unless_present = "detach")]
+    pub output: Option<PathBuf>,
 
     /// Filter chain, applied in order, e.g. `blur:ksize=21,edges` (see below).
     #[arg(short, long, value_name = "CHAIN", required_unless_present_any = ["attach", "preset"])]
@@ -422,6 +451,11 @@ pub struct ClientArgs {
     /// TLS to the server.
     #[command(flatten)]
     pub tls: TlsClientArgs,
+
+    /// How long to keep trying, with growing pauses, while the server says it is busy or the
+    /// client is over its limits (0: give up at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: u64,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
@@ -581,6 +615,11 @@ pub struct RunArgs {
     /// (a resume redoes at most one) [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub segment_seconds: Option<f64>,
+
+    /// How long to keep trying, with growing pauses, while the server says it is busy or the
+    /// client is over its limits (0: give up at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: u64,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]

@@ -144,6 +144,8 @@ pub struct WorkerSection {
     pub cluster_key_file: Option<PathBuf>,
     /// `/metrics` address.
     pub metrics: Option<SocketAddr>,
+    /// The largest frame taken, in pixels or as `WIDTHxHEIGHT`.
+    pub max_frame_pixels: Option<String>,
 }
 
 /// `[client]`.
@@ -418,6 +420,12 @@ impl FileConfig {
                 .map_or_else(crate::metrics::WorkerId::this_process, |n| crate::metrics::WorkerId::on_this_host(&n))
                 .to_string(),
             metrics: a.metrics.or(f.metrics),
+            max_frame_pixels: match (a.max_frame_pixels, &f.max_frame_pixels) {
+                (Some(p), _) => p,
+                (None, Some(text)) => crate::cli::parse_frame_pixels(text)
+                    .map_err(|e| anyhow::anyhow!("config file: [worker] max_frame_pixels: {e}"))?,
+                (None, None) => DEFAULT_MAX_FRAME_PIXELS,
+            },
         })
     }
 
@@ -443,21 +451,20 @@ impl FileConfig {
     /// The validated configuration of `vpd client`, and whether to print JSON.
     pub fn client(&self, mut a: ClientArgs) -> anyhow::Result<(ClientPlan, bool)> {
         let json = a.json;
-        let batch = a.input.len() > 1 || (a.attach.is_none() && a.output.is_dir());
+        let batch = a.input.len() > 1 || (a.attach.is_none() && a.output.as_deref().is_some_and(Path::is_dir));
         if !batch {
             let input = a.input.pop();
             return Ok((ClientPlan::One(Box::new(self.client_one(a, input)?)), json));
         }
-        if !a.output.is_dir() {
-            return Err(usage(
-                ErrorKind::ValueValidation,
-                &format!("a batch writes into a directory: {} is not one (create it first)", a.output.display()),
-            ));
-        }
         if a.detach {
             return Err(usage(ErrorKind::ArgumentConflict, "--detach is for one input"));
         }
-        let (dir, at_once) = (a.output.clone(), a.jobs);
+        let Some(dir) = a.output.clone().filter(|d| d.is_dir()) else {
+            let named =
+                a.output.as_deref().map_or("no -o".into(), |d| format!("{} is not one (create it first)", d.display()));
+            return Err(usage(ErrorKind::ValueValidation, &format!("a batch writes into a directory: {named}")));
+        };
+        let at_once = a.jobs;
         let mut jobs: Vec<ClientConfig> = Vec::new();
         for input in std::mem::take(&mut a.input) {
             let output = dir.join(batch_output_name(&input, a.encoding.format.as_deref()));
@@ -468,7 +475,7 @@ impl FileConfig {
                 ));
             }
             // Several at once: a line per file as it ends, no progress bars over each other.
-            let one = ClientArgs { output, quiet: true, ..a.clone() };
+            let one = ClientArgs { output: Some(output), quiet: true, ..a.clone() };
             jobs.push(self.client_one(one, Some(input))?);
         }
         Ok((ClientPlan::Batch(jobs, at_once), json))
@@ -486,7 +493,9 @@ impl FileConfig {
         };
         Ok(ClientConfig {
             job,
-            output: a.output,
+            // Detached without -o: the result is fetched later; the server's container is MP4.
+            output: a.output.unwrap_or_default(),
+            wait: Duration::from_secs(a.wait),
             server,
             output_options: {
                 let c = &self.client;
@@ -525,6 +534,7 @@ impl FileConfig {
             tls: self.client_tls(a.tls)?,
             query,
             json: a.json,
+            wait: Duration::from_secs(a.wait),
         })
     }
 
@@ -696,6 +706,9 @@ pub struct RunConfig {
 /// 9 % larger on edge maps and 35 % on smooth (blurred) frames; 10 s, x264's own keyframe
 /// distance at 25 fps, cost nothing measurable (BENCHMARKS.md, "Segments").
 pub const DEFAULT_SEGMENT_SECONDS: f64 = 10.0;
+
+/// The largest frame a worker takes unless told otherwise: 4K (3840x2160).
+pub const DEFAULT_MAX_FRAME_PIXELS: u64 = 3840 * 2160;
 
 /// What `vpd client` was asked to do.
 #[derive(Debug)]

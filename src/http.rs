@@ -13,7 +13,9 @@
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections, of which at most [`MAX_EVENT_STREAMS`]
 //! hold an event stream (more get `503` with `Retry-After`), so `/healthz` and `/metrics` answer
-//! however many dashboards are open. Every event stream buffers a few chunks and, when it
+//! however many dashboards are open; connections that have sent no request yet go through a
+//! [`Gate`], which closes the oldest of them to make room for a newcomer, so they answer
+//! beside any number of idle connections too. Every event stream buffers a few chunks and, when it
 //! falls behind the board, starts over from a snapshot. Every event stream ends when the
 //! process shuts down, so a graceful stop never waits on an open browser tab.
 
@@ -40,9 +42,14 @@ use tracing::{debug, warn};
 
 use crate::board::{Board, JobView, Link, Update};
 use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+use crate::net::gate::{Gate, Limits};
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; past it, a newcomer is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections that have not yet sent a whole request: at most 512, 32 per address; past
+/// either, the oldest of the address holding the most is closed, so idle connections never
+/// keep `/healthz` out. One address holds at most 256 connections in any state.
+const GATE: Limits = Limits { pending: 512, pending_per_address: 32, per_address: 256 };
 /// Event streams open at once: a quarter of the connections, so that streams alone never
 /// keep the short requests out.
 pub const MAX_EVENT_STREAMS: usize = MAX_CONNECTIONS / 4;
@@ -123,15 +130,12 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
     let site = Arc::new(site);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new(GATE);
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
                     warn!(error = %e, "accepting an HTTP connection");
@@ -140,8 +144,16 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
                 }
             },
         };
+        // Over its address's share, or with every place held by connections that have each
+        // sent a request: closed at once (the pending ones make room for it instead).
+        let Ok(pass) = gate.admit(Some(peer.ip())) else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let evicted = pass.evicted();
+        let pass = Arc::new(std::sync::Mutex::new(pass));
         let (tls, site, stop) = (site.tls.clone(), site.clone(), shutdown.clone());
         let service = service_fn(move |request| {
+            // A whole request: no newcomer may evict this connection any more.
+            pass.lock().unwrap_or_else(|p| p.into_inner()).proven();
             let reply = route(&site, &request, &stop);
             async move { Ok::<_, Infallible>(reply) }
         });
@@ -150,33 +162,36 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
             b.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
             b
         };
-        match tls.clone() {
-            None => {
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!(error = %e, "HTTP connection ended in error");
-                    }
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                // The handshake runs in the connection's own task, bounded like a request's headers.
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
-                                debug!(error = %e, "HTTPS connection ended in error");
-                            }
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let serve = async move {
+                match tls {
+                    None => {
+                        if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await {
+                            debug!(error = %e, "HTTP connection ended in error");
                         }
-                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => debug!("no TLS handshake in time"),
                     }
-                    drop(permit);
-                });
+                    // The handshake runs in the connection's own task, bounded like a request's headers.
+                    Some(acceptor) => {
+                        match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                                if let Err(e) = watcher.watch(connection).await {
+                                    debug!(error = %e, "HTTPS connection ended in error");
+                                }
+                            }
+                            Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => debug!("no TLS handshake in time"),
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = evicted => debug!("an HTTP connection that sent no request was closed to make room"),
             }
-        }
+            drop(permit);
+        });
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {

@@ -78,8 +78,9 @@ fn each_client_has_its_name_role_and_limits_and_the_others_are_unaffected() {
     let out = as_client(&addr, ALICE, &input, &d.join("unused.mkv"), &["--detach"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    // Her second, while it runs: over her one job at once, told when to retry.
-    let out = as_client(&addr, ALICE, &input, &d.join("a2.mkv"), &[]);
+    // Her second, while it runs: over her one job at once, told when to retry (and, with
+    // --wait 0, not waiting for it).
+    let out = as_client(&addr, ALICE, &input, &d.join("a2.mkv"), &["--wait", "0"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("(rate_limited): alice may have 1 jobs queued or running at once; retry in 5 s"), "{err}");
@@ -114,7 +115,7 @@ fn each_client_has_its_name_role_and_limits_and_the_others_are_unaffected() {
     // A rerun is a job too, hers, counted against her one job at once.
     let rerun = jobs(&addr, ALICE, &["rerun", &first]);
     assert!(rerun.status.success(), "{}", stderr(&rerun));
-    let again = jobs(&addr, ALICE, &["rerun", &first]);
+    let again = jobs(&addr, ALICE, &["rerun", &first, "--wait", "0"]);
     let err = stderr(&again);
     assert!(err.contains("(rate_limited): alice may have 1 jobs queued or running at once; retry in 5 s"), "{err}");
 
@@ -183,7 +184,51 @@ fn an_upload_cut_off_costs_only_the_bytes_that_arrived() {
 
     let out = as_client(&addr, ALICE, &input, &d.join("out.mkv"), &[]);
     assert!(out.status.success(), "charged for the bytes that never came: {}", stderr(&out));
-    // The budget is still a budget: another clip is over it.
+    // The budget is still a budget: another clip is over it (and its hour is longer than any
+    // --wait, so the client does not wait for it).
     let out = as_client(&addr, ALICE, &input, &d.join("again.mkv"), &[]);
     assert!(stderr(&out).contains("(rate_limited): alice has uploaded"), "{}", stderr(&out));
+}
+
+/// A client over its jobs-at-once limit waits its turn, saying so, and then runs its job;
+/// `vpd jobs` does the same; with `--wait 0`, or past its wait, it gives up with the server's
+/// words.
+#[test]
+fn a_client_over_its_limit_waits_its_turn_within_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = clip(d, ClipSpec { frames: 48, ..ClipSpec::default() });
+    let size = std::fs::metadata(&input).unwrap().len();
+    let tokens = d.join("tokens.toml");
+    tokens_file(&tokens, size * 20, false);
+    let server =
+        Server::start(&["--listen", "127.0.0.1:0", "--threads", "2", "--tokens-file", tokens.to_str().unwrap()]);
+    let addr = server.addr();
+
+    // Her first job runs at 20 frames a second: 2.4 s.
+    let out = as_client(&addr, ALICE, &input, &d.join("unused.mkv"), &["--detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Her second waits for it, then runs.
+    let second = as_client(&addr, ALICE, &input, &d.join("a2.mkv"), &["--wait", "60"]);
+    let err = stderr(&second);
+    assert!(second.status.success(), "{err}");
+    assert!(
+        err.contains("the server is busy (alice may have 1 jobs queued or running at once); trying again in"),
+        "{err}"
+    );
+    assert_eq!(ffprobe(&d.join("a2.mkv")).frames, 48);
+    // A third, with a wait shorter than the server's first retry-after, gives up at once.
+    let out = as_client(&addr, ALICE, &input, &d.join("unused2.mkv"), &["--detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = jobs(&addr, ALICE, &["rerun", &first, "--wait", "2"]);
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert!(err.contains("(rate_limited): alice may have 1 jobs queued or running at once; retry in 5 s (gave up after waiting 0 s; --wait sets how long)"), "{err}");
+    // With room to wait, the rerun goes through once her job ends.
+    let rerun = jobs(&addr, ALICE, &["rerun", &first, "--wait", "60"]);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert!(stderr(&rerun).contains("trying again in"), "{}", stderr(&rerun));
+    let (code, log) = server.stop();
+    assert_eq!(code, Some(0), "{log}");
 }

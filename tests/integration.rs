@@ -1,5 +1,6 @@
 //! Integration tests: one binary (it links OpenCV once), one module per area.
 
+mod admission;
 mod catalogue;
 mod clients;
 mod distributed;

@@ -81,6 +81,8 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
     /// No progress bar.
     pub quiet: bool,
+    /// How long to keep trying while the server is busy or the client over its limits.
+    pub wait: Duration,
 }
 
 /// How a client run ended, when it did not fail.
@@ -103,27 +105,49 @@ pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<Foll
     if cfg.output == Path::new(STDIO) {
         return Err(anyhow!("the client writes its result to a file (-o FILE); `vpd run` writes to a pipe").into());
     }
-    let input = match &cfg.job {
-        ClientJob::Submit { input, .. } => input.as_path(),
-        ClientJob::Attach(_) => Path::new(""),
+    let (input, detach) = match &cfg.job {
+        ClientJob::Submit { input, detach, .. } => (input.as_path(), *detach),
+        ClientJob::Attach(_) => (Path::new(""), false),
     };
-    let target = check_output_path(input, &cfg.output).map_err(anyhow::Error::from)?;
-    check_output(&cfg.output, &cfg.output_options).map_err(anyhow::Error::from)?;
-    let mut follower = Follower::new(cfg, target, shutdown);
-    let link = match &cfg.job {
-        ClientJob::Submit { input, chain, .. } => {
-            let upload_bytes = check_input(input).map_err(anyhow::Error::from)?.ok_or_else(|| {
-                anyhow!("{}: the client uploads a file of known size; read pipes with `vpd run`", input.display())
-            })?;
-            submit(cfg, input, chain, upload_bytes).await?
-        }
-        ClientJob::Attach(job) => {
-            follower.job = Some(job.clone());
-            follower.owned = true;
-            attach(cfg, job).await?
+    // A detached job's result is fetched later, into a file named then: only its container
+    // is checked now.
+    let target =
+        if detach { PathBuf::new() } else { check_output_path(input, &cfg.output).map_err(anyhow::Error::from)? };
+    let named = Path::new("result").with_extension(container_of(cfg));
+    check_output(if detach { &named } else { &cfg.output }, &cfg.output_options).map_err(anyhow::Error::from)?;
+    let upload_bytes = match &cfg.job {
+        ClientJob::Submit { input, .. } => check_input(input).map_err(anyhow::Error::from)?.ok_or_else(|| {
+            anyhow!("{}: the client uploads a file of known size; read pipes with `vpd run`", input.display())
+        })?,
+        ClientJob::Attach(_) => 0,
+    };
+    let mut patience = Patience::new(cfg.wait);
+    let mut followed = loop {
+        let mut follower = Follower::new(cfg, target.clone(), shutdown.clone());
+        let link = match &cfg.job {
+            ClientJob::Submit { input, chain, .. } => submit(cfg, input, chain, upload_bytes).await,
+            ClientJob::Attach(job) => {
+                follower.job = Some(job.clone());
+                follower.owned = true;
+                attach(cfg, job).await
+            }
+        };
+        let followed = match link {
+            Ok(link) => follower.follow(link).await,
+            Err(e) => Err(e),
+        };
+        match followed {
+            Err(ClientError::Failed(e)) if follower.job.is_none() || matches!(cfg.job, ClientJob::Attach(_)) => {
+                let note = |line: &str| {
+                    if !cfg.quiet {
+                        eprintln!("{line}")
+                    }
+                };
+                patience.wait(e, &shutdown, note).await?;
+            }
+            other => break other?,
         }
     };
-    let mut followed = follower.follow(link).await?;
     if let Followed::Finished(summary) = &mut followed {
         if let ClientJob::Submit { input, .. } = &cfg.job {
             summary.input = input.display().to_string();
@@ -377,7 +401,7 @@ impl<'a> Follower<'a> {
                     return Step::Lost(anyhow!("{message}"));
                 }
                 Ok(Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s }))) => {
-                    return Step::Ended(Err(server_error(code, &format!("{message}{}", retry_note(retry_after_s)))));
+                    return Step::Ended(Err(server_error(code, &message, retry_after_s)));
                 }
                 Ok(Some(other)) => {
                     return Step::Ended(Err(anyhow!("unexpected message from the server: {other:?}").into()));
@@ -446,14 +470,27 @@ pub struct JobsConfig {
     pub query: JobsQuery,
     /// JSON on stdout instead of a table.
     pub json: bool,
+    /// How long to keep trying while the server is busy or the client over its limits.
+    pub wait: Duration,
 }
 
 /// `vpd jobs`: asks the server for its job history (or one job), or controls a job.
-pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
+pub async fn jobs(cfg: &JobsConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let target = match &cfg.query {
         JobsQuery::Fetch(_, output) => Some(check_output_path(Path::new(""), output)?),
         _ => None,
     };
+    let mut patience = Patience::new(cfg.wait);
+    loop {
+        match ask(cfg, target.as_deref()).await {
+            Err(e) => patience.wait(e, &shutdown, |line| eprintln!("{line}")).await?,
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// One try of `vpd jobs`'s question.
+async fn ask(cfg: &JobsConfig, target: Option<&Path>) -> anyhow::Result<()> {
     let (mut reader, mut writer, _) =
         open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await.map_err(anyhow::Error::from)?;
     let ask = match &cfg.query {
@@ -486,7 +523,7 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
             _ => writeln!(out, "{job} {}", state.as_str())?,
         },
         Some(Packet::Message(ServerMessage::Done { summary, result_bytes })) => {
-            let (JobsQuery::Fetch(_, output), Some(target)) = (&cfg.query, &target) else {
+            let (JobsQuery::Fetch(_, output), Some(target)) = (&cfg.query, target) else {
                 bail!("unexpected answer from the server: a result");
             };
             download(&mut reader, output, target, result_bytes).await.map_err(|e| match e {
@@ -499,6 +536,13 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
             }
         }
         Some(Packet::Message(ServerMessage::Error { code: ErrorCode::NotFound, message, .. })) => bail!("{message}"),
+        Some(Packet::Message(ServerMessage::Error {
+            code: code @ (ErrorCode::Busy | ErrorCode::RateLimited),
+            message,
+            retry_after_s,
+        })) => {
+            return Err(TryLater { code, message, retry_after: retry_after_s.map(Duration::from_secs) }.into());
+        }
         Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s })) => {
             bail!("server ({code}): {message}{}", retry_note(retry_after_s))
         }
@@ -511,15 +555,102 @@ pub async fn jobs(cfg: &JobsConfig) -> anyhow::Result<()> {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// A server's answer that says to come back later: it is busy, or the client is over one of
+/// its limits. The client waits and tries again, within `--wait`.
+#[derive(Debug)]
+pub struct TryLater {
+    /// Busy or rate-limited.
+    pub code: ErrorCode,
+    /// The server's words.
+    pub message: String,
+    /// When the server said to come back.
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for TryLater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server refused or failed the job ({}): {}", self.code, self.message)?;
+        if let Some(after) = self.retry_after {
+            write!(f, "; retry in {} s", after.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TryLater {}
+
+/// The first pause after a busy answer; it doubles up to [`PATIENCE_MAX_PAUSE`], or is what
+/// the server asked for when that is longer.
+const PATIENCE_FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause between two tries.
+const PATIENCE_MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Waiting out a busy server, within `--wait`.
+struct Patience {
+    limit: Duration,
+    started: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Patience {
+    fn new(limit: Duration) -> Self {
+        Patience { limit, started: tokio::time::Instant::now(), pause: PATIENCE_FIRST_PAUSE }
+    }
+
+    /// Waits before the next try when `e` is a [`TryLater`] and `--wait` leaves time for one,
+    /// saying so through `note`; otherwise gives `e` back.
+    async fn wait(
+        &mut self,
+        e: anyhow::Error,
+        shutdown: &CancellationToken,
+        note: impl Fn(&str),
+    ) -> anyhow::Result<()> {
+        let Some(later) = e.downcast_ref::<TryLater>() else { return Err(e) };
+        // A little jitter, so that clients turned away together do not come back together.
+        let jitter = Duration::from_millis(u64::from(std::process::id() % 7) * 50);
+        let pause = later.retry_after.unwrap_or_default().max(self.pause) + jitter;
+        let waited = self.started.elapsed();
+        if waited + pause > self.limit {
+            let gave_up = if self.limit.is_zero() {
+                " (--wait 0)".to_string()
+            } else {
+                format!(" (gave up after waiting {} s; --wait sets how long)", waited.as_secs())
+            };
+            return Err(anyhow!("{}{gave_up}", later));
+        }
+        note(&format!(
+            "vpd: the server is busy ({}); trying again in {:.1} s (waited {} s of --wait {})",
+            later.message,
+            pause.as_secs_f64(),
+            waited.as_secs(),
+            self.limit.as_secs()
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Err(anyhow!("interrupted while waiting for a busy server")),
+        }
+        self.pause = (self.pause * 2).min(PATIENCE_MAX_PAUSE);
+        Ok(())
+    }
+}
+
 /// `; retry in N s`, when the server said when.
 fn retry_note(retry_after_s: Option<u64>) -> String {
     retry_after_s.map_or_else(String::new, |s| format!("; retry in {s} s"))
 }
 
-fn server_error(code: ErrorCode, message: &str) -> ClientError {
+fn server_error(code: ErrorCode, message: &str, retry_after_s: Option<u64>) -> ClientError {
     match code {
         ErrorCode::Cancelled => ClientError::Failed(anyhow!("server: {message}")),
-        _ => ClientError::Failed(anyhow!("server refused or failed the job ({code}): {message}")),
+        ErrorCode::Busy | ErrorCode::RateLimited => ClientError::Failed(anyhow::Error::new(TryLater {
+            code,
+            message: message.to_string(),
+            retry_after: retry_after_s.map(Duration::from_secs),
+        })),
+        _ => ClientError::Failed(anyhow!(
+            "server refused or failed the job ({code}): {message}{}",
+            retry_note(retry_after_s)
+        )),
     }
 }
 
@@ -544,7 +675,7 @@ where
         Err(_) => Err(anyhow!("{server} did not answer the handshake").into()),
         Ok(Ok(Some(Packet::Message(ServerMessage::Welcome { max_upload_bytes, .. })))) => Ok(max_upload_bytes),
         Ok(Ok(Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s })))) => {
-            Err(server_error(code, &format!("{message}{}", retry_note(retry_after_s))))
+            Err(server_error(code, &message, retry_after_s))
         }
         Ok(Ok(other)) => Err(anyhow!("unexpected answer to hello: {other:?}").into()),
         Ok(Err(ProtocolError::TooLarge { len, .. })) if tls_record(len + 1) => {
@@ -669,6 +800,8 @@ fn container_of(cfg: &ClientConfig) -> String {
     let ext = cfg.output.extension().and_then(|e| e.to_str()).unwrap_or_default();
     match &cfg.output_options.format {
         Some(format) if ext.is_empty() => format.chars().filter(char::is_ascii_alphanumeric).collect(),
+        // Detached without -o: the result is fetched later, as MP4.
+        None if cfg.output.as_os_str().is_empty() => "mp4".into(),
         _ => ext.to_string(),
     }
 }

@@ -1,6 +1,9 @@
 //! Listening sockets every serving role uses: TCP on one dual-stack socket (the server's
 //! clients, the dashboard, `/metrics`), and a Unix socket for same-host clients; and
-//! [`ServerAddr`], how clients name a server.
+//! [`ServerAddr`], how clients name a server; and the [`gate`] every listener admits its
+//! connections through.
+
+pub mod gate;
 
 use std::fmt;
 use std::io;

@@ -80,6 +80,11 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         PacketReader { inner }
     }
 
+    /// The byte stream it reads.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The next packet, or `None` when the peer closed the connection between packets.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<Packet<T>>, ProtocolError> {
         let mut header = [0u8; 5];

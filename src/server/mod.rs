@@ -5,7 +5,8 @@
 //! RabbitMQ; the job code is the same (see [`crate::transport`]). Jobs run side by side up to
 //! `--max-jobs`; more wait for a slot. A job takes its slot only once its upload is complete
 //! and gives it back before its result is sent, so a slow uploader or a slow reader holds a
-//! place among the uploads ([`UPLOADS_PER_SLOT`] per slot), never a job slot.
+//! place among the uploads ([`UPLOADS_PER_SLOT`] per slot, a quarter of them at most per
+//! address or client: the `places` module), never a job slot.
 //!
 //! Once uploaded, a job is the server's (the `jobs` module): it runs whether or not a client
 //! follows it, its output is committed in segments recorded in the job store, and a server
@@ -21,6 +22,7 @@
 mod admission;
 pub mod clients;
 mod jobs;
+mod places;
 mod session;
 mod workdir;
 
@@ -56,8 +58,9 @@ use workdir::WorkDir;
 
 /// How long running connections get to end after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// Uploads (and results waiting to be read) at once, per job slot: they bound the disk in use.
-pub const UPLOADS_PER_SLOT: usize = 4;
+/// Uploads (and results being sent) at once, per job slot. Stalled uploads cost no disk, and
+/// are cut by the rate floor; the disk itself is checked against the announced sizes.
+pub const UPLOADS_PER_SLOT: usize = 16;
 /// The first pause after a failed accept; it doubles while accepts keep failing.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest pause after a failed accept.
@@ -128,8 +131,8 @@ pub struct Shared {
     max_upload: u64,
     max_jobs: usize,
     job_slots: Semaphore,
-    /// Connections past submit, until they end: uploads, jobs, results being sent.
-    uploads: Semaphore,
+    /// Uploads and results being sent, shared fairly between addresses and clients.
+    uploads: Arc<places::Places>,
     admission: Admission,
     work_dir: PathBuf,
     window: Option<NonZeroUsize>,
@@ -270,7 +273,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         max_upload: cfg.max_upload,
         max_jobs: cfg.max_jobs.get(),
         job_slots: Semaphore::new(cfg.max_jobs.get()),
-        uploads: Semaphore::new(cfg.max_jobs.get() * UPLOADS_PER_SLOT),
+        uploads: places::Places::new(cfg.max_jobs.get() * UPLOADS_PER_SLOT),
         admission: Admission::default(),
         work_dir: work_dir.path().to_path_buf(),
         window: cfg.window,
@@ -449,7 +452,8 @@ fn admit<S>(
             info!(peer = %name, reason = ?why, "connection refused");
             // One small frame into an empty socket buffer: it goes out whole or not at all,
             // and nothing waits for it.
-            let message = ServerMessage::Error { code: ErrorCode::Busy, message: why.message(), retry_after_s: None };
+            let message =
+                ServerMessage::Error { code: ErrorCode::Busy, message: why.message(), retry_after_s: Some(1) };
             if let Ok(frame) = codec::encode_control(&message) {
                 let _ = stream.try_write_now(&frame);
             }
@@ -480,7 +484,12 @@ fn admit_tls(
     let span = tracing::info_span!("conn", peer = %name, client = tracing::field::Empty);
     tracker.spawn(
         async move {
-            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let handshake = tokio::select! {
+                done = handshake => done,
+                _ = ticket.evicted() => return info!("closed in its TLS handshake to make room for a newer connection"),
+            };
+            match handshake {
                 Ok(Ok(stream)) => session::serve(stream, name, ticket, shared, shutdown).await,
                 Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
                 Err(_) => info!("no TLS handshake in time"),

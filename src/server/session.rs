@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,6 +20,7 @@ use super::Shared;
 use super::admission::Ticket;
 use super::clients::{Client, RateLimited, Role, UploadCharge};
 use super::jobs::{End, Jobs, Spec, Video, extension_of};
+use super::places::Place;
 use crate::files::RemoveOnDrop;
 use crate::media::check_output;
 use crate::metrics::JobSummary;
@@ -36,9 +38,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause allowed between upload chunks.
 const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The slowest upload accepted, on average, in bytes per second (512 kbit/s), on top of
-/// [`UPLOAD_GRACE`]: an upload that trickles is cut off, whatever its chunks' pace.
+/// The slowest upload accepted, in bytes per second (512 kbit/s): on average over the whole
+/// upload (on top of [`UPLOAD_GRACE`]), and over every [`RATE_WINDOW`] of it. An upload that
+/// stalls or trickles is cut off within one window, and its place goes to the next.
 const MIN_UPLOAD_RATE: u64 = 64 << 10;
+/// The window over which an upload must keep [`MIN_UPLOAD_RATE`].
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Disk kept free: a new upload must fit in the rest.
+const DISK_MARGIN: u64 = 256 << 20;
 /// Time every upload gets besides its size's share at [`MIN_UPLOAD_RATE`].
 const UPLOAD_GRACE: Duration = Duration::from_secs(30);
 /// Time the client has to take each message or result chunk (at most 1 MiB) the server sends.
@@ -83,6 +90,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
+    let r = Counting { inner: r, count: Arc::default() };
     let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::with_timeout(w, WRITE_TIMEOUT));
     let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
     if let Err(Refusal { code, message, retry_after }) = outcome {
@@ -106,7 +114,7 @@ async fn read_within<R: AsyncRead + Unpin>(
 }
 
 async fn converse<R, W>(
-    reader: &mut PacketReader<R>,
+    reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
@@ -119,6 +127,9 @@ where
 {
     let (who, client) = handshake(reader, writer, shared, shutdown, ticket).await?;
     tracing::Span::current().record("client", who.name.as_str());
+    // Without tokens every client is "anonymous": only its address tells it apart.
+    let seat =
+        Seat { address: ticket.address(), client: shared.clients.clients().requires_token().then(|| who.name.clone()) };
     let not_found = |job: &str| refuse(ErrorCode::NotFound, format!("no job {job} on this server"));
     let request = first_request(reader, shared).await?;
     if who.role == Role::Read && matches!(request, Request::Submit(..) | Request::Control(..)) {
@@ -126,19 +137,20 @@ where
     }
     match request {
         Request::Submit(request, container) => {
-            let id = submit(reader, writer, shared, shutdown, (peer, &client, &who), &request, &container).await?;
-            attach(reader, writer, shared, &id).await
+            let id =
+                submit(reader, writer, shared, shutdown, (peer, &client, &who), &seat, &request, &container).await?;
+            attach(reader, writer, shared, &seat, &id).await
         }
         Request::Attach(job) => {
             writer.send(&ServerMessage::Accepted { job: job.clone() }).await?;
-            attach(reader, writer, shared, &job).await
+            attach(reader, writer, shared, &seat, &job).await
         }
         Request::Fetch(job) => match shared.jobs.get(&job) {
             Some(live) => Err(refuse(
                 ErrorCode::Conflict,
                 format!("job {job} is {}; attach to it to follow it to its result", live.state().as_str()),
             )),
-            None => ended(writer, shared, &job).await,
+            None => ended(writer, shared, &seat, &job).await,
         },
         Request::List(limit) => {
             let jobs = shared.store.list(limit.clamp(1, MAX_LISTED) as usize).map_err(internal_error)?;
@@ -273,12 +285,14 @@ fn rerun(shared: &Arc<Shared>, (peer, client, who): (&str, &str, &Client), of: &
 
 /// Takes a submitted job's upload into its directory and starts it; returns its id. Until
 /// the upload is whole the job is the connection's: a cut-off upload fails it.
+#[allow(clippy::too_many_arguments)] // issue 20 cuts the session along the job model
 async fn submit<R, W>(
-    reader: &mut PacketReader<R>,
+    reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
     (peer, client, who): (&str, &str, &Client),
+    seat: &Seat,
     request: &SubmitRequest,
     container: &str,
 ) -> Result<String, Refusal>
@@ -292,8 +306,17 @@ where
     }
     within_jobs_limit(shared, who)?;
     let mut charge = shared.clients.take_upload(who, request.upload_bytes)?;
-    // A place among the uploads bounds the disk in use by uploads.
-    let _upload = wait_for(shared.uploads.acquire(), shutdown).await?;
+    // A place among the uploads, within this peer's share of them.
+    let _upload = tokio::select! {
+        place = seat.place(shared) => place,
+        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
+    };
+    // The disk: what is free must hold this upload.
+    super::places::check_disk(&shared.work_dir, request.upload_bytes, DISK_MARGIN).map_err(|e| Refusal {
+        code: ErrorCode::Busy,
+        message: e,
+        retry_after: Some(Duration::from_secs(60)),
+    })?;
     let id = new_job_id();
     info!(%peer, job = %id, filters = %request.chain, upload = request.upload_bytes, "job accepted");
     let options = serde_json::to_string(&request.output).unwrap_or_default();
@@ -337,7 +360,7 @@ where
 
 /// `Accepted`, the upload into the work directory, then moved into the job's directory.
 async fn receive<R, W>(
-    reader: &mut PacketReader<R>,
+    reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
     shared: &Shared,
     id: &str,
@@ -394,13 +417,14 @@ async fn attach<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
     shared: &Shared,
+    seat: &Seat,
     id: &str,
 ) -> Result<(), Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Some(live) = shared.jobs.get(id) else { return ended(writer, shared, id).await };
+    let Some(live) = shared.jobs.get(id) else { return ended(writer, shared, seat, id).await };
     let _pin = shared.jobs.pin(id);
     let mut status = live.subscribe();
     let (mut state, mut video) = (None, None);
@@ -411,7 +435,7 @@ where
                 End::Done(summary) => {
                     let record = shared.store.get(id).map_err(internal_error)?;
                     let container = record.map(|r| r.container).unwrap_or_default();
-                    send_result(writer, shared, &shared.jobs.result_of(id, &container), *summary).await
+                    send_result(writer, shared, seat, &shared.jobs.result_of(id, &container), *summary).await
                 }
                 End::Failed(code, message) => Err(refuse(code, message)),
                 End::Cancelled => Err(refuse(ErrorCode::Cancelled, "job cancelled")),
@@ -441,7 +465,7 @@ where
             changed = status.changed() => {
                 if changed.is_err() {
                     // The driver is gone: the store has the end.
-                    return ended(writer, shared, id).await;
+                    return ended(writer, shared, seat, id).await;
                 }
             }
             message = reader.read::<ClientMessage>() => match message {
@@ -460,7 +484,12 @@ where
 }
 
 /// An ended job, from its record: its result, or why there is none.
-async fn ended<W: AsyncWrite + Unpin>(writer: &mut PacketWriter<W>, shared: &Shared, id: &str) -> Result<(), Refusal> {
+async fn ended<W: AsyncWrite + Unpin>(
+    writer: &mut PacketWriter<W>,
+    shared: &Shared,
+    seat: &Seat,
+    id: &str,
+) -> Result<(), Refusal> {
     let _pin = shared.jobs.pin(id);
     let Some(r) = shared.store.get(id).map_err(internal_error)? else {
         return Err(refuse(ErrorCode::NotFound, format!("no job {id} on this server")));
@@ -468,7 +497,7 @@ async fn ended<W: AsyncWrite + Unpin>(writer: &mut PacketWriter<W>, shared: &Sha
     let result = shared.jobs.result_of(id, &r.container);
     match (r.state, r.summary) {
         (JobState::Done, Some(summary)) if r.removed_ms.is_none() && result.is_file() => {
-            send_result(writer, shared, &result, summary).await
+            send_result(writer, shared, seat, &result, summary).await
         }
         (JobState::Done, _) => Err(refuse(
             ErrorCode::Expired,
@@ -485,6 +514,15 @@ const QUEUED_PER_SLOT: usize = 16;
 
 /// Most jobs one `List` returns.
 const MAX_LISTED: u32 = 1000;
+
+/// A pending connection closed to make room for a newer one.
+fn evicted() -> Refusal {
+    Refusal {
+        code: ErrorCode::Busy,
+        message: "server busy: this connection waited too long for its handshake; try again".into(),
+        retry_after: Some(Duration::from_secs(1)),
+    }
+}
 
 fn internal_error(e: anyhow::Error) -> Refusal {
     refuse(ErrorCode::Internal, format!("the job store: {e:#}"))
@@ -503,9 +541,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Some(Packet::Message(ClientMessage::Hello { protocol, client, token })) =
-        read_within(reader, HANDSHAKE_TIMEOUT, "hello").await?
-    else {
+    let hello = tokio::select! {
+        hello = read_within(reader, HANDSHAKE_TIMEOUT, "hello") => hello?,
+        _ = ticket.evicted() => return Err(evicted()),
+    };
+    let Some(Packet::Message(ClientMessage::Hello { protocol, client, token })) = hello else {
         return Err(refuse(ErrorCode::BadRequest, "the first message must be hello"));
     };
     if protocol != PROTOCOL_VERSION {
@@ -514,18 +554,20 @@ where
             format!("client {client} speaks protocol {protocol}; this server speaks {PROTOCOL_VERSION}"),
         ));
     }
-    // The handshake is over either way: the next connection may start its own.
-    ticket.handshake_done();
     let Some(who) = shared.clients.clients().identify(token.as_ref()) else {
         // Each failure from an address makes its next answer wait longer: guessing a token
-        // costs seconds a try, not microseconds.
+        // costs seconds a try, not microseconds. Meanwhile the connection stays pending, and
+        // a newcomer may evict it.
         let delay = shared.admission.failed_token(ticket.address());
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => {}
+            _ = ticket.evicted() => return Err(evicted()),
         }
         return Err(refuse(ErrorCode::Unauthorized, "missing or wrong token"));
     };
+    // A good token: this connection is no longer one a newcomer may evict.
+    ticket.proven();
     let server = format!("vpd/{}", env!("CARGO_PKG_VERSION"));
     writer
         .send(&ServerMessage::Welcome { protocol: PROTOCOL_VERSION, server, max_upload_bytes: shared.max_upload })
@@ -573,27 +615,22 @@ async fn first_request<R: AsyncRead + Unpin>(
     })
 }
 
-/// A semaphore's permit, unless the server shuts down first.
-async fn wait_for<P>(
-    permit: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
-    shutdown: &CancellationToken,
-) -> Result<P, Refusal> {
-    tokio::select! {
-        permit = permit => permit.map_err(|_| refuse(ErrorCode::Internal, "server shutting down")),
-        _ = shutdown.cancelled() => Err(refuse(ErrorCode::Cancelled, "server shutting down")),
-    }
-}
-
-/// The upload, into `path`, against a deadline from its size; returns its sha256.
+/// The upload, into `path`, against a deadline from its size and the rate floor; returns its
+/// sha256.
 async fn upload<R: AsyncRead + Unpin>(
-    reader: &mut PacketReader<R>,
+    reader: &mut PacketReader<Counting<R>>,
     path: &Path,
     scrub: &Scrub,
     size: u64,
     arrived: &mut u64,
 ) -> Result<String, Refusal> {
     let deadline = upload_deadline(size);
-    match tokio::time::timeout(deadline, receive_upload(reader, path, size, arrived)).await {
+    let count = reader.get_ref().count.clone();
+    let received = tokio::select! {
+        received = tokio::time::timeout(deadline, receive_upload(reader, path, size, arrived)) => received,
+        too_slow = rate_floor(&count) => return Err(too_slow),
+    };
+    match received {
         Ok(received) => received.map_err(|r| scrub.refusal(r)),
         Err(_) => Err(refuse(
             ErrorCode::Timeout,
@@ -611,12 +648,15 @@ async fn upload<R: AsyncRead + Unpin>(
 async fn send_result<W: AsyncWrite + Unpin>(
     writer: &mut PacketWriter<W>,
     shared: &Shared,
+    seat: &Seat,
     output: &Path,
     summary: JobSummary,
 ) -> Result<(), Refusal> {
     // A place among the uploads: results being sent count against the same bound.
-    let _sending =
-        shared.uploads.acquire().await.map_err(|_| refuse(ErrorCode::Unavailable, "server shutting down"))?;
+    let _sending = tokio::select! {
+        place = seat.place(shared) => place,
+        _ = shared.shutdown.cancelled() => return Err(refuse(ErrorCode::Unavailable, "server shutting down")),
+    };
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("reading the result: {e}"));
     let mut file = tokio::fs::File::open(output).await.map_err(internal)?;
     let size = file.metadata().await.map_err(internal)?.len();
@@ -653,6 +693,67 @@ fn validate(r: &SubmitRequest, shared: &Shared) -> Result<String, Refusal> {
         ));
     }
     Ok(container)
+}
+
+/// Returns once the bytes read on the connection (`count`) fall below [`MIN_UPLOAD_RATE`] over
+/// the last [`RATE_WINDOW`]; never while the upload keeps the pace.
+async fn rate_floor(count: &AtomicU64) -> Refusal {
+    const TICKS: u32 = 10;
+    let mut tick = tokio::time::interval(RATE_WINDOW / TICKS);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let floor = MIN_UPLOAD_RATE * RATE_WINDOW.as_secs();
+    let mut seen = std::collections::VecDeque::with_capacity(TICKS as usize + 1);
+    loop {
+        tick.tick().await;
+        seen.push_back(count.load(Ordering::Relaxed));
+        if seen.len() > TICKS as usize {
+            let window = seen.back().copied().unwrap_or(0) - seen.pop_front().unwrap_or(0);
+            if window < floor {
+                return refuse(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the upload fell below {} kB/s over {} s ({window} bytes came); it was cut to free its place",
+                        MIN_UPLOAD_RATE >> 10,
+                        RATE_WINDOW.as_secs()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Who a connection is to the upload places: its address and, where tokens tell clients
+/// apart, its client.
+struct Seat {
+    address: Option<std::net::IpAddr>,
+    client: Option<String>,
+}
+
+impl Seat {
+    /// Waits for a place among the uploads within this seat's share.
+    async fn place(&self, shared: &Shared) -> Place {
+        shared.uploads.take(self.address, self.client.as_deref()).await
+    }
+}
+
+/// A reader that counts the bytes it reads: the rate floor watches the bytes that cross the
+/// wire, not whole chunks, so a slow link sending large chunks is not mistaken for a stall.
+pub(super) struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.count.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        polled
+    }
 }
 
 /// How long an upload of `size` bytes may take in all.
