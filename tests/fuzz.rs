@@ -166,7 +166,9 @@ fn packet_codec() {
 #[test]
 fn task_and_result_decoding() {
     fuzz("task", |bytes| {
-        if let Ok((header, frame, previous)) = vpd::protocol::wire::decode_task(bytes) {
+        if let Ok((header, frame, previous)) =
+            vpd::protocol::wire::decode_task(bytes, vpd::protocol::wire::MAX_FRAME_PIXELS)
+        {
             // A decoded frame is the size its header says, never larger than the limits allow.
             assert_eq!((frame.cols() as u32, frame.rows() as u32), (header.frame.width, header.frame.height));
             if let Some(p) = previous {

@@ -40,6 +40,8 @@ pub const ATTEMPT_HEADER: &str = "x-vpd-attempt";
 pub const DEFAULT_NAMESPACE: &str = "vpd";
 /// Events held for one listener (thumbnails are the big ones, tens of kilobytes).
 const EVENTS_MAX_MESSAGES: i32 = 2000;
+/// A job's reply queue without a consumer for this long is dropped by the broker.
+const REPLY_QUEUE_EXPIRES_MS: i32 = 60_000;
 /// Most poison tasks kept in `NS.tasks.dead`; older ones are dropped.
 const DEAD_MAX_MESSAGES: i32 = 1000;
 /// Most bytes kept in `NS.tasks.dead` (each holds one or two frames).
@@ -369,14 +371,20 @@ impl Broker {
     pub async fn consume_replies(&self, t: &Topology, job: &str) -> anyhow::Result<(String, Consumer)> {
         let ch = self.channel().await?;
         let queue = t.reply(job);
-        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        ch.queue_declare(queue.clone().into(), options, FieldTable::default()).await?;
+        // Not an exclusive queue but an exclusive consumer: no one else can read the results,
+        // and a worker checking that the job is alive (a passive declare) gets an answer
+        // rather than a channel closed with RESOURCE_LOCKED. It goes with its consumer, and
+        // the broker drops it should it never get one.
+        let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongInt(REPLY_QUEUE_EXPIRES_MS));
+        ch.queue_declare(queue.clone().into(), options, args).await?;
         let tag = format!("reply-{job}");
         let inner = ch
             .basic_consume(
                 queue.clone().into(),
                 tag.clone().into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;

@@ -183,6 +183,9 @@ pub enum WireError {
     /// A frame over [`MAX_FRAME_PIXELS`].
     #[error("a {0}x{1} frame is over the size limit")]
     TooLarge(u32, u32),
+    /// A frame over what this worker was allowed to take (`--max-frame-pixels`).
+    #[error("a {0}x{1} frame is over this worker's --max-frame-pixels of {2}")]
+    OverWorkerLimit(u32, u32, u64),
     /// A frame of another size than the one expected (a result for a frame of the job).
     #[error("a {0}x{1} frame where {2}x{3} was expected")]
     WrongSize(u32, u32, u32, u32),
@@ -313,6 +316,22 @@ pub fn decode_frame(p: &Payload, bytes: &[u8], base: Option<&Mat>) -> Result<Mat
         return Err(WireError::TooLarge(p.width, p.height));
     }
     let expected = (pixels * 3) as usize;
+    // The payload's length must be one the announced frame could have, before a byte is
+    // allocated for it: a few bytes announcing a huge frame cost nothing.
+    match p.encoding {
+        PayloadEncoding::Raw if bytes.len() != expected => {
+            return Err(WireError::Corrupt(format!("{} bytes for {expected}", bytes.len())));
+        }
+        PayloadEncoding::Lz4 | PayloadEncoding::Lz4Delta if bytes.len() < min_lz4_len(expected) => {
+            return Err(WireError::Corrupt(format!(
+                "{} bytes of LZ4 cannot hold a {}x{} frame",
+                bytes.len(),
+                p.width,
+                p.height
+            )));
+        }
+        _ => {}
+    }
     let check = |m: &Mat| -> Result<(), WireError> {
         if m.cols() as u32 != p.width || m.rows() as u32 != p.height || m.typ() != CV_8UC3 {
             return Err(WireError::Corrupt(format!("payload is not a {}x{} BGR frame", p.width, p.height)));
@@ -355,6 +374,13 @@ pub fn decode_frame(p: &Payload, bytes: &[u8], base: Option<&Mat>) -> Result<Mat
     }
     check(&mat)?;
     Ok(mat)
+}
+
+/// The fewest bytes of an LZ4 block that decompress to `len` bytes: each sequence of at most
+/// 255 literal-length or match-length bytes costs at least one byte (LZ4 expands at most
+/// about 255 to 1).
+fn min_lz4_len(len: usize) -> usize {
+    len / 256
 }
 
 /// The width and height a JPEG's frame header (SOFn) announces, read without decoding it:
@@ -491,9 +517,14 @@ pub fn encode_task(
     Ok(body)
 }
 
-/// Decodes a task body into its header, frame and previous frame.
-pub fn decode_task(body: &[u8]) -> Result<(TaskHeader, Mat, Option<Mat>), WireError> {
+/// Decodes a task body into its header, frame and previous frame; a frame over `max_pixels`
+/// is refused before anything is allocated for it.
+pub fn decode_task(body: &[u8], max_pixels: u64) -> Result<(TaskHeader, Mat, Option<Mat>), WireError> {
     let (header, mut rest): (TaskHeader, _) = split_body(body)?;
+    let (w, h) = (header.frame.width, header.frame.height);
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(WireError::OverWorkerLimit(w, h, max_pixels));
+    }
     if let Some(p) = &header.previous
         && (p.width, p.height) != (header.frame.width, header.frame.height)
     {
@@ -608,7 +639,7 @@ mod tests {
         for mode in [TransportEncoding::Auto, TransportEncoding::Raw, TransportEncoding::Lz4] {
             let meta = TaskMeta { job: "j1", index: 42, chain: &chain, encoding: mode };
             let body = encode_task(&meta, &frame, Some(&previous), &mut Encoder::new(mode)).unwrap();
-            let (h, f, p) = decode_task(&body).unwrap();
+            let (h, f, p) = decode_task(&body, MAX_FRAME_PIXELS).unwrap();
             assert_eq!((h.job.as_str(), h.index, &h.chain, h.encoding), ("j1", 42, &chain, mode));
             assert!(same(&f, &frame) && same(&p.unwrap(), &previous), "{mode}");
         }
@@ -705,7 +736,7 @@ mod tests {
         task[4] = WIRE_VERSION + 1;
         result[4] = WIRE_VERSION + 1;
         let newer = WIRE_VERSION + 1;
-        assert!(matches!(decode_task(&task), Err(WireError::Version(v)) if v == newer));
+        assert!(matches!(decode_task(&task, MAX_FRAME_PIXELS), Err(WireError::Version(v)) if v == newer));
         assert!(matches!(decode_result(&result, None, None), Err(WireError::Version(v)) if v == newer));
     }
 
@@ -722,8 +753,8 @@ mod tests {
 
     #[test]
     fn hostile_bodies_are_errors_not_allocations() {
-        assert!(matches!(decode_task(&[1, 2]), Err(WireError::Malformed(_))));
-        assert!(matches!(decode_task(&[255, 255, 255, 255, 0]), Err(WireError::Malformed(_))));
+        assert!(matches!(decode_task(&[1, 2], MAX_FRAME_PIXELS), Err(WireError::Malformed(_))));
+        assert!(matches!(decode_task(&[255, 255, 255, 255, 0], MAX_FRAME_PIXELS), Err(WireError::Malformed(_))));
         // A header announcing a 100000 x 100000 frame is refused before allocating 30 GB.
         let huge = Payload { width: 100_000, height: 100_000, encoding: PayloadEncoding::Raw, len: 3 };
         assert!(matches!(decode_frame(&huge, &[0, 0, 0], None), Err(WireError::TooLarge(100_000, 100_000))));
@@ -732,11 +763,21 @@ mod tests {
         assert!(matches!(decode_frame(&p, &[0; 10], None), Err(WireError::Corrupt(_))));
         let p = Payload { width: 4, height: 4, encoding: PayloadEncoding::Lz4, len: 3 };
         assert!(matches!(decode_frame(&p, &[0xf0, 1, 2], None), Err(WireError::Corrupt(_))));
+        // A few bytes announcing the largest frame: refused from their length alone.
+        let big = Payload { width: 8192, height: 8192, encoding: PayloadEncoding::Raw, len: 3 };
+        assert!(matches!(decode_frame(&big, &[0, 0, 0], None), Err(WireError::Corrupt(_))));
+        let big = Payload { encoding: PayloadEncoding::Lz4, len: 1000, ..big };
+        let err = decode_frame(&big, &[0; 1000], None).unwrap_err();
+        assert!(err.to_string().contains("1000 bytes of LZ4 cannot hold a 8192x8192 frame"), "{err}");
         // A body cut short after its header.
         let chain: Chain = "blur".parse().unwrap();
         let meta = TaskMeta { job: "j", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
         let body = encode_task(&meta, &flat(8, 8), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
-        assert!(matches!(decode_task(&body[..body.len() - 1]), Err(WireError::Malformed(_))));
+        assert!(matches!(decode_task(&body[..body.len() - 1], MAX_FRAME_PIXELS), Err(WireError::Malformed(_))));
+        // A frame over the worker's limit, whatever its payload.
+        let err = decode_task(&body, 63).unwrap_err();
+        assert_eq!(err.to_string(), "a 8x8 frame is over this worker's --max-frame-pixels of 63");
+        assert!(decode_task(&body, 64).is_ok());
     }
 
     /// A tiny JPEG whose frame header claims `width`x`height`, as a forged message would carry.
@@ -786,6 +827,6 @@ mod tests {
         let meta = TaskMeta { job: "j", index: 1, chain: &chain, encoding: TransportEncoding::Raw };
         let mut enc = Encoder::new(TransportEncoding::Raw);
         let body = encode_task(&meta, &flat(8, 8), Some(&flat(16, 16)), &mut enc).unwrap();
-        assert!(matches!(decode_task(&body), Err(WireError::WrongSize(16, 16, 8, 8))));
+        assert!(matches!(decode_task(&body, MAX_FRAME_PIXELS), Err(WireError::WrongSize(16, 16, 8, 8))));
     }
 }

@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub id: String,
     /// Serve `/metrics` and `/healthz` here.
     pub metrics: Option<SocketAddr>,
+    /// The largest frame taken, in pixels: larger ones are reported failed before a byte of
+    /// them is decoded.
+    pub max_frame_pixels: u64,
 }
 
 /// A task handed to a filter thread.
@@ -101,10 +104,10 @@ pub async fn run(
     let threads: Vec<_> = (0..cfg.threads.get())
         .map(|i| {
             let (rx, tx, env, id) = (work_rx.clone(), done_tx.clone(), cfg.filter_env.clone(), cfg.id.clone());
-            let stats = stats.clone();
+            let (stats, max_pixels) = (stats.clone(), cfg.max_frame_pixels);
             std::thread::Builder::new()
                 .name(format!("vpd-filter-{i}"))
-                .spawn(move || filter_thread(rx, tx, env, &id, &stats))
+                .spawn(move || filter_thread(rx, tx, env, (&id, max_pixels), &stats))
         })
         .collect::<Result<_, _>>()
         .context("spawning filter threads")?;
@@ -367,11 +370,17 @@ async fn report_failure(
 }
 
 /// A filter thread: decode, filter, encode, for as long as tasks come.
-fn filter_thread(work: Receiver<Work>, done: mpsc::Sender<Done>, env: FilterEnv, id: &str, stats: &WorkerStats) {
+fn filter_thread(
+    work: Receiver<Work>,
+    done: mpsc::Sender<Done>,
+    env: FilterEnv,
+    (id, max_pixels): (&str, u64),
+    stats: &WorkerStats,
+) {
     let mut cache = ProcessorCache::new(env);
     let mut encoders: HashMap<String, Encoder> = HashMap::new();
     for Work { seq, body, retries } in work {
-        let outcome = match wire::decode_task(&body) {
+        let outcome = match wire::decode_task(&body, max_pixels) {
             Err(e) => Done::Malformed { seq, error: e.to_string() },
             Ok((h, frame, previous)) => {
                 // Lines about this task name its job and frame, whichever job the thread serves next.
