@@ -113,7 +113,7 @@ pub struct JobsArgs {
     pub json: bool,
 
     /// At most this many jobs, newest first.
-    #[arg(long, value_name = "N", default_value_t = 50)]
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit: u32,
 
     /// How long to keep trying, with growing pauses, while the server says it is busy or the
@@ -522,7 +522,7 @@ pub struct OutputArgs {
 
     /// Constant quality: lower is better and larger [default: 23 for h264, 28 hevc, 31 vp9, 35
     /// av1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=63))]
     pub crf: Option<u32>,
 
     /// The encoder's speed against size: ultrafast … veryslow for h264 and hevc [default:

@@ -206,7 +206,7 @@ fn output_options(
         crf: a.crf.or(crf),
         preset: a.encoder_preset.or_else(|| preset.clone()),
         bitrate,
-        keyint: a.keyint.or(keyint),
+        keyint: a.keyint.or(keyint).map(|k| bounded("--keyint", k, MAX_KEYINT as usize)).transpose()?,
         pix_fmt: a.pix_fmt.or_else(|| pix_fmt.clone()),
         format: a.format,
     })
@@ -298,7 +298,8 @@ impl FileConfig {
 
     /// One `vpd run` job of `input`.
     fn run_one(&self, args: RunArgs, input: PathBuf) -> anyhow::Result<RunConfig> {
-        let threads = args.threads.or(self.run.threads).unwrap_or_else(default_threads);
+        let threads =
+            bounded("--threads", args.threads.or(self.run.threads).unwrap_or_else(default_threads), MAX_THREADS)?;
         Ok(RunConfig {
             input,
             output: args.output,
@@ -317,7 +318,7 @@ impl FileConfig {
                     &r.pix_fmt,
                 )?
             },
-            window: args.window.or(self.run.window),
+            window: args.window.or(self.run.window).map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
             filter_env: self.filter_env(args.face_cascade),
             resume: args.resume,
             segment_seconds: segment_seconds(args.segment_seconds.or(self.run.segment_seconds))?,
@@ -334,8 +335,8 @@ impl FileConfig {
             a.listen.or(f.listen).or_else(|| unix.is_none().then(|| "[::]:9000".parse().expect("a valid address")));
         let namespace = namespace(a.namespace.or_else(|| f.namespace.clone()))?;
         let redispatch = a.redispatch_after.or(f.redispatch_after).unwrap_or(60.0);
-        if !(redispatch.is_finite() && redispatch > 0.0) {
-            return Err(usage(ErrorKind::ValueValidation, "--redispatch-after must be a positive number of seconds"));
+        if !(redispatch.is_finite() && (0.1..=86_400.0).contains(&redispatch)) {
+            return Err(usage(ErrorKind::ValueValidation, "--redispatch-after must be between 0.1 and 86400 seconds"));
         }
         let backend = match a.amqp.or_else(|| f.amqp.clone()) {
             Some(url) => Backend::Amqp {
@@ -345,7 +346,7 @@ impl FileConfig {
                 redispatch_after: Duration::from_secs_f64(redispatch),
             },
             None => Backend::Local {
-                threads: a.threads.or(f.threads).unwrap_or_else(default_threads),
+                threads: bounded("--threads", a.threads.or(f.threads).unwrap_or_else(default_threads), MAX_THREADS)?,
                 filter_env: self.filter_env(a.face_cascade),
             },
         };
@@ -384,7 +385,11 @@ impl FileConfig {
             },
             tokens_file,
             max_upload,
-            max_jobs: a.max_jobs.or(f.max_jobs).unwrap_or(NonZeroUsize::new(2).expect("2 > 0")),
+            max_jobs: bounded(
+                "--max-jobs",
+                a.max_jobs.or(f.max_jobs).unwrap_or(NonZeroUsize::new(2).expect("2 > 0")),
+                MAX_JOBS,
+            )?,
             work_dir: a
                 .work_dir
                 .or_else(|| f.work_dir.clone())
@@ -393,7 +398,7 @@ impl FileConfig {
             segment_seconds: segment_seconds(a.segment_seconds.or(f.segment_seconds))?,
             keep_results,
             max_stored,
-            window: a.window.or(f.window),
+            window: a.window.or(f.window).map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
             preview: a.preview.or(f.preview),
             metrics: a.metrics.or(f.metrics),
             tls: server_tls(a.tls_cert.or_else(|| f.tls_cert.clone()), a.tls_key.or_else(|| f.tls_key.clone()))?,
@@ -411,7 +416,7 @@ impl FileConfig {
         };
         Ok(WorkerConfig {
             amqp_url,
-            threads: a.threads.or(f.threads).unwrap_or_else(default_threads),
+            threads: bounded("--threads", a.threads.or(f.threads).unwrap_or_else(default_threads), MAX_THREADS)?,
             topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?)
                 .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?),
             filter_env: self.filter_env(a.face_cascade),
@@ -464,7 +469,7 @@ impl FileConfig {
                 a.output.as_deref().map_or("no -o".into(), |d| format!("{} is not one (create it first)", d.display()));
             return Err(usage(ErrorKind::ValueValidation, &format!("a batch writes into a directory: {named}")));
         };
-        let at_once = a.jobs;
+        let at_once = bounded("--jobs", a.jobs, MAX_BATCH_AT_ONCE)?;
         let mut jobs: Vec<ClientConfig> = Vec::new();
         for input in std::mem::take(&mut a.input) {
             let output = dir.join(batch_output_name(&input, a.encoding.format.as_deref()));
@@ -598,6 +603,44 @@ impl FileConfig {
 }
 
 /// A usage error, printed by clap (with its exit status 2).
+/// Filter threads, at most (`--threads`).
+const MAX_THREADS: usize = 1024;
+/// Frames in flight, at most (`--window`): past it the memory is not worth the frames.
+const MAX_WINDOW: usize = 4096;
+/// Jobs at once on a server, at most (`--max-jobs`).
+const MAX_JOBS: usize = 1024;
+/// A batch's jobs submitted at once, at most (`vpd client --jobs`).
+const MAX_BATCH_AT_ONCE: usize = 256;
+/// Frames between key frames, at most (`--keyint`).
+const MAX_KEYINT: u32 = 100_000;
+
+/// `value`, or a usage error naming `flag` and its range (1 to `most`).
+fn bounded<T>(flag: &str, value: T, most: usize) -> anyhow::Result<T>
+where
+    T: Copy + Into<Countable>,
+{
+    let n = value.into().0;
+    if n == 0 || n > most as u64 {
+        return Err(usage(ErrorKind::ValueValidation, &format!("{flag} must be between 1 and {most} (got {n})")));
+    }
+    Ok(value)
+}
+
+/// A count option's value, for [`bounded`].
+struct Countable(u64);
+
+impl From<NonZeroUsize> for Countable {
+    fn from(n: NonZeroUsize) -> Self {
+        Countable(n.get() as u64)
+    }
+}
+
+impl From<u32> for Countable {
+    fn from(n: u32) -> Self {
+        Countable(u64::from(n))
+    }
+}
+
 fn usage(kind: ErrorKind, message: &str) -> anyhow::Error {
     anyhow::Error::new(Cli::command().error(kind, message))
 }

@@ -413,3 +413,52 @@ fn scale_changes_the_outputs_size_with_its_aspect_kept() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((summary["width"].as_u64(), summary["height"].as_u64()), (Some(640), Some(360)));
 }
+
+/// Every count and duration a user types is bounded: out of range is a one-line usage error
+/// that gives the range (exit 2), never an allocation failure, and leaves nothing behind.
+#[test]
+fn every_numeric_option_is_bounded_with_a_usage_error_that_gives_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let sample = asset("sample.mp4");
+    let input = sample.to_str().unwrap();
+    let out = format!("{d}/o.mp4");
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["run", input, "-f", "edges", "-o", &out];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect()
+    };
+    let client = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["client", input, "-f", "edges", "-o", &out, "--server", "127.0.0.1:1"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect()
+    };
+    let plain = |a: &[&str]| -> Vec<String> { a.iter().map(|s| s.to_string()).collect() };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (run(&["--window", "1000000000"]), "--window must be between 1 and 4096 (got 1000000000)"),
+        (run(&["--threads", "100000"]), "--threads must be between 1 and 1024"),
+        (run(&["--keyint", "1000000"]), "--keyint must be between 1 and 100000"),
+        (run(&["--segment-seconds", "1e9"]), "--segment-seconds must be between 0.1 and 3600"),
+        (run(&["--crf", "4000000000"]), "4000000000 is not in 0..=63"),
+        (client(&["--wait", "1000000"]), "1000000 is not in 0..=86400"),
+        (client(&["--jobs", "0"]), "invalid value '0' for '--jobs <N>'"),
+        (plain(&["server", "--max-jobs", "100000"]), "--max-jobs must be between 1 and 1024"),
+        (plain(&["server", "--window", "5000"]), "--window must be between 1 and 4096"),
+        (plain(&["server", "--redispatch-after", "1e12"]), "--redispatch-after must be between 0.1 and 86400"),
+        (
+            plain(&["worker", "--amqp", "amqp://127.0.0.1:1", "--threads", "5000"]),
+            "--threads must be between 1 and 1024",
+        ),
+        (plain(&["worker", "--max-frame-pixels", "8193x8192"]), "out of range: 1 to 67108864 (8192x8192)"),
+        (plain(&["jobs", "--limit", "0"]), "0 is not in 1..=10000"),
+    ];
+    for (args, expected) in cases {
+        let got = vpd().args(&args).current_dir(dir.path()).output().unwrap();
+        let err = stderr(&got);
+        assert_eq!(got.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("memory allocation"), "{args:?}: {err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
