@@ -44,7 +44,11 @@ if [ -z "${BASE:-}" ]; then
   BUILDER=localhost/debian:bookworm
   # The host's toolchain and cargo cache, at the paths they have here, so that the build
   # reuses what this host compiled.
+  # .ci/run's cache when it exists, else the clone's own target/ (made if missing: the volume
+  # needs a directory to mount).
   target=${CARGO_TARGET_DIR:-$HOME/.cache/vpd/target}
+  [ -n "${CARGO_TARGET_DIR:-}" ] || [ -d "$target" ] || target="$PWD/target"
+  mkdir -p "$target"
   build_args+=(--volume "$HOME/.rustup:$HOME/.rustup" --volume "$HOME/.cargo:$HOME/.cargo"
     --volume "$target:$target" --build-arg RUSTUP_HOME="$HOME/.rustup" --build-arg CARGO_HOME="$HOME/.cargo"
     --build-arg CARGO_TARGET_DIR="$target")

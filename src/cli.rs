@@ -165,6 +165,7 @@ pub enum JobsAction {
 
 /// `vpd server`.
 #[derive(Debug, Args)]
+#[command(after_help = filter_help())]
 pub struct ServerArgs {
     /// TCP address to listen on; `[::]:PORT` takes IPv4 and IPv6 clients [default: [::]:9000,
     /// unless only --unix is given].
@@ -392,7 +393,7 @@ pub fn parse_frame_pixels(s: &str) -> Result<u64, String> {
 
 /// `vpd client`.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = FILTER_HELP)]
+#[command(after_help = filter_help())]
 pub struct ClientArgs {
     /// The video to process (not with --attach). Several (a shell glob) make a batch into the
     /// directory -o names, --jobs at once.
@@ -568,7 +569,7 @@ pub fn parse_bitrate(s: &str) -> Result<u64, String> {
 
 /// `vpd run`.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = FILTER_HELP)]
+#[command(after_help = filter_help())]
 pub struct RunArgs {
     /// The video to process; `-` is standard input; named pipes work too. Several (a shell
     /// glob) make a batch: one after another into the directory -o names.
@@ -616,11 +617,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     pub segment_seconds: Option<f64>,
 
-    /// How long to keep trying, with growing pauses, while the server says it is busy or the
-    /// client is over its limits (0: give up at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub wait: u64,
-
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -633,11 +629,25 @@ pub struct RunArgs {
 /// The filter reference appended to `--help`.
 pub const FILTER_HELP: &str = "\
 Filters (parameters as name:key=value:key=value, filters separated by commas):
-  blur    ksize=15 (odd, 1-255)  sigma=0 (0: from ksize)
-  edges   low=50  high=150       Canny on the grey image
-  faces   mode=box|blur  width=640 (detection width)  neighbors=5
-  motion  threshold=25 (1-255)  min_area=400 (pixels)  dilate=2
+  blur     ksize=15 (odd, 1-255)  sigma=0 (0: from ksize)
+  edges    low=50  high=150       Canny on the grey image
+  faces    mode=box|blur  width=640 (detection width)  neighbors=5
+  motion   threshold=25 (1-255)  min_area=400 (pixels)  dilate=2
+  denoise  size=5 (odd, 3-9)      median: removes grain, keeps edges
+  sharpen  amount=1 (0-5)  radius=1.5 (0.3-20 pixels)
+  grade    contrast=1 (0-4)  brightness=0 (-1-1)  saturation=1 (0-4)  gamma=1 (0.1-10)
+           warmth=0 (-1-1)
+  scale    width=0  height=0 (16-8192; 0 follows from the other, keeping the aspect ratio)
 Detectors (faces, motion) look at the source frame and draw on the chain's current image.";
+
+/// [`FILTER_HELP`], then the built-in presets (`vpd presets` lists the config file's too).
+pub fn filter_help() -> String {
+    let mut text = format!("{FILTER_HELP}\nPresets (--preset NAME):\n");
+    for (name, chain) in crate::filters::presets::BUILT_IN {
+        text.push_str(&format!("  {name:<11}{chain}\n"));
+    }
+    text.trim_end().to_string()
+}
 
 #[cfg(test)]
 mod tests {
@@ -657,6 +667,30 @@ mod tests {
         assert_eq!(parse_bitrate("800K"), Ok(800_000));
         for bad in ["", "fast", "10", "-4M", "99999M"] {
             assert!(parse_bitrate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_filter_and_every_built_in_preset() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        for role in ["run", "client", "server"] {
+            let help = cli.find_subcommand_mut(role).unwrap().render_long_help().to_string();
+            for name in crate::filters::FILTER_NAMES {
+                assert!(help.contains(&format!("\n  {name} ")), "{role} --help lacks the filter {name}");
+            }
+            for (name, _) in crate::filters::presets::BUILT_IN {
+                assert!(help.contains(&format!("\n  {name} ")), "{role} --help lacks the preset {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn frame_pixels_parse_as_a_count_or_a_size() {
+        assert_eq!(parse_frame_pixels("3840x2160"), Ok(3840 * 2160));
+        assert_eq!(parse_frame_pixels("1000"), Ok(1000));
+        for bad in ["0", "8193x8192", "x", "4kx2k", ""] {
+            assert!(parse_frame_pixels(bad).is_err(), "{bad}");
         }
     }
 }

@@ -35,20 +35,38 @@ pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
         Some(c) => c.writing(cfg),
     };
     let finished = process(cfg, stop, writing, checkpoint.as_ref());
-    if let Some(c) = &checkpoint {
-        match &finished {
-            Ok(_) => c.remove(),
-            // What a resume can finish: an interrupted run, a disk that filled up.
-            Err(JobError::Cancelled) => c.keep_or_remove(cfg.quiet),
-            Err(JobError::Failed(e)) if is_no_space(e) => c.keep_or_remove(cfg.quiet),
-            // A resume that failed keeps what the earlier run committed: a cascade or a disk
-            // put right lets it go on (a run without --resume replaces it).
-            Err(JobError::Failed(_)) if !c.committed.is_empty() => c.keep_or_remove(cfg.quiet),
-            // A bad input or a failing filter fails again: nothing is kept.
-            Err(JobError::Failed(_)) => c.remove(),
+    let Some(c) = &checkpoint else { return finished.map(|f| f.summary) };
+    match finished {
+        Ok(f) => {
+            c.remove();
+            Ok(f.summary)
+        }
+        // What a resume can finish: an interrupted run, a disk that filled up.
+        Err(JobError::Cancelled) => {
+            if let Some(kept) = c.keep_or_remove()
+                && !cfg.quiet
+            {
+                eprintln!("vpd: {kept}");
+            }
+            Err(JobError::Cancelled)
+        }
+        // The error itself says what was kept and how to go on: it is printed even with -q.
+        Err(JobError::Failed(e)) if is_no_space(&e) => match c.keep_or_remove() {
+            Some(kept) => Err(JobError::Failed(anyhow::anyhow!("{e:#}; {kept} once there is room"))),
+            None => Err(JobError::Failed(e)),
+        },
+        // A resume that failed keeps what the earlier run committed: a cascade or a disk
+        // put right lets it go on (a run without --resume replaces it).
+        Err(JobError::Failed(e)) if !c.committed.is_empty() => match c.keep_or_remove() {
+            Some(kept) => Err(JobError::Failed(anyhow::anyhow!("{e:#}; {kept}"))),
+            None => Err(JobError::Failed(e)),
+        },
+        // A bad input or a failing filter fails again: nothing is kept.
+        Err(JobError::Failed(e)) => {
+            c.remove();
+            Err(JobError::Failed(e))
         }
     }
-    finished.map(|f| f.summary)
 }
 
 /// The job itself: opened (its checkpoint described once it exists), run, written.
@@ -106,6 +124,9 @@ struct Checkpoint {
     identity: Identity,
     /// Segments committed by an interrupted run being resumed.
     committed: Vec<SegmentRecord>,
+    /// The directory's lock, held while the run lasts: a second run writing the same output
+    /// is refused rather than deleting this one's segments.
+    _lock: File,
 }
 
 impl Checkpoint {
@@ -126,11 +147,18 @@ impl Checkpoint {
         let Some(dir) = checkpoint_dir(&cfg.output) else { return Ok(None) };
         let identity = Identity::of(cfg);
         let mut committed = Vec::new();
-        if dir.exists() {
+        let left_behind = dir.exists();
+        let lock = lock_checkpoint(&dir, &cfg.output)?;
+        if left_behind {
             let left = Identity::read(&dir);
             if !cfg.resume {
                 warn!("replacing what an interrupted run left in {} (--resume continues it instead)", dir.display());
-                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                // Emptied, not removed: the lock is the directory's.
+                for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                    let path = entry?.path();
+                    let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                    removed.with_context(|| format!("removing {}", path.display()))?;
+                }
             } else if left.as_ref() != Some(&identity) {
                 bail!(
                     "cannot resume: {} is of a run with another input, chain or output options; run without --resume to start afresh",
@@ -142,7 +170,7 @@ impl Checkpoint {
         } else if cfg.resume && !cfg.quiet {
             eprintln!("vpd: nothing to resume for {}; starting from the beginning", cfg.output.display());
         }
-        Ok(Some(Checkpoint { dir, identity, committed }))
+        Ok(Some(Checkpoint { dir, identity, committed, _lock: lock }))
     }
 
     /// How the job writes: into segments here, each recorded as it is committed.
@@ -177,14 +205,49 @@ impl Checkpoint {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    /// After a failure or a cancel: keeps committed segments for `--resume`, says so.
-    fn keep_or_remove(&self, quiet: bool) {
+    /// After a failure or a cancel: keeps committed segments for `--resume` and says what was
+    /// kept, where, and how to go on; removes the directory when nothing was committed.
+    fn keep_or_remove(&self) -> Option<String> {
         let committed = read_segments(&self.dir).unwrap_or_default();
         let frames: u64 = committed.iter().map(|r| r.frames).sum();
         if frames == 0 {
             self.remove();
-        } else if !quiet {
-            eprintln!("vpd: {frames} frames are committed; run again with --resume to continue from there");
+            return None;
+        }
+        let bytes: u64 = fs::read_dir(&self.dir)
+            .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        Some(format!(
+            "{frames} frames are committed in {} ({:.1} MB); run again with --resume to continue from there",
+            self.dir.display(),
+            bytes as f64 / 1e6
+        ))
+    }
+}
+
+/// Creates and locks the checkpoint directory `dir` of `output`, or says that another run is
+/// writing that output.
+fn lock_checkpoint(dir: &Path, output: &Path) -> anyhow::Result<File> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    loop {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let file = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                bail!(
+                    "another vpd run is writing {} (it holds {}); wait for it to end, or write elsewhere",
+                    output.display(),
+                    dir.display()
+                );
+            }
+            return Err(e).with_context(|| format!("locking {}", dir.display()));
+        }
+        // The run that held it may have removed it as it ended: lock the new one instead.
+        if file.metadata()?.nlink() > 0 {
+            return Ok(file);
         }
     }
 }

@@ -192,7 +192,25 @@ fn a_work_dir_the_server_created_is_private_and_removed() {
     // A second server on the same directory would clear the first one's uploads: refused.
     let out = run_vpd(&["server", "--listen", "127.0.0.1:0", "--work-dir", work.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("another vpd server is using it"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the work directory {} is in use by another vpd server; give this server its own with --work-dir DIR",
+            work.display()
+        )),
+        "{err}"
+    );
+    // So would a second server on the same state directory: it says which, and how to avoid it.
+    let state = server.work_dir.parent().unwrap().join("state");
+    let out = run_vpd(&["server", "--listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "vpd: the state directory {} is in use by another vpd server; give this server its own with --state-dir DIR",
+            state.display()
+        )
+    );
     let (code, log) = server.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(!work.exists());

@@ -434,6 +434,14 @@ fn unusable_inputs_and_encoders_are_clear_errors_that_leave_nothing() {
             "--crf does not apply to mpeg4",
         ),
         (vec![input.to_str().unwrap(), "-o", "-"], "no file extension to pick the container by"),
+        (
+            vec![input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--encoder-preset", "nonsense"],
+            "h264 does not take --encoder-preset nonsense (it takes ultrafast,",
+        ),
+        (
+            vec![input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--codec", "mpeg4", "--encoder-preset", "slow"],
+            "--encoder-preset does not apply to mpeg4",
+        ),
     ] {
         let mut full = vec!["run", "-f", "edges", "-q"];
         full.extend(args);

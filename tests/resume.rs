@@ -134,3 +134,74 @@ fn a_leftover_checkpoint_is_replaced_without_resume_and_a_resume_of_another_job_
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--resume needs a file"), "{}", stderr(&out));
 }
+
+/// A second run writing the same output is refused at once, and the first goes on to a whole
+/// output (the second used to delete the first's live checkpoint, failing both).
+#[test]
+fn a_second_run_on_the_same_output_is_refused_and_the_first_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input(dir.path());
+    let output = dir.path().join("out.mp4");
+    let first = vpd().args(args(&input, &output, CHAIN, &["-q"])).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut first = ChildGuard(first);
+    assert!(wait_for(Duration::from_secs(30), || checkpoint(&output).exists()), "the first run began");
+    let started = std::time::Instant::now();
+    let second = run_vpd(&args(&input, &output, "edges", &["-q"]));
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "vpd: another vpd run is writing {} (it holds {}); wait for it to end, or write elsewhere",
+            output.display(),
+            checkpoint(&output).display()
+        )
+    );
+    // With --resume too: the checkpoint is the first run's while it lives.
+    let resumed = run_vpd(&args(&input, &output, CHAIN, &["--resume", "-q"]));
+    assert!(stderr(&resumed).contains("another vpd run is writing"), "{}", stderr(&resumed));
+    let status = first.0.wait().unwrap();
+    let mut first_err = String::new();
+    std::io::Read::read_to_string(first.0.stderr.as_mut().unwrap(), &mut first_err).unwrap();
+    assert!(status.success(), "{first_err}");
+    assert_eq!(ffprobe(&output).frames, FRAMES as u64);
+    assert!(!checkpoint(&output).exists(), "the checkpoint goes once the output is whole");
+}
+
+/// A disk that fills up keeps the committed segments, and the error says where, how much, and
+/// that --resume goes on; once there is room, it does.
+#[test]
+fn a_full_disk_says_what_it_kept_and_a_resume_finishes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input(dir.path());
+    // A disk with room for about half the output (the segments, then the joined file).
+    let whole = dir.path().join("whole.mkv");
+    let extra = ["--codec", "ffv1", "-q"];
+    assert!(run_vpd(&args(&input, &whole, "edges", &extra)).status.success());
+    let half_kb = std::fs::metadata(&whole).unwrap().len() / 2 / 1024;
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), &format!("{half_kb}k")) else {
+        assert_ne!(unsafe { libc::geteuid() }, 0, "root can mount a tmpfs");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let output = disk.0.join("out.mkv");
+    let out = run_vpd(&args(&input, &output, "edges", &extra));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let frames = committed(&output);
+    assert!(frames > 0 && frames < u64::from(FRAMES), "some segments were committed: {frames}; {err}");
+    assert!(err.contains("no space left on device"), "{err}");
+    assert!(
+        err.contains(&format!("{frames} frames are committed in {} (", checkpoint(&output).display()))
+            && err.contains("MB); run again with --resume to continue from there once there is room"),
+        "{err}"
+    );
+    assert!(!output.exists());
+    disk.resize("200m");
+    let out = run_vpd(&args(&input, &output, "edges", &["--codec", "ffv1", "--resume", "--json", "-q"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["resumed_at_frame"].as_u64(), Some(frames), "{summary}");
+    assert_eq!(ffprobe(&output).frames, FRAMES as u64);
+}

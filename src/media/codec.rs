@@ -208,7 +208,12 @@ impl OutputOptions {
             }
         }
         if self.preset.is_some() && !software && !self.codec.encoder_name().contains("nvenc") {
-            return Err(MediaError::BadOption(format!("--preset does not apply to {}", self.codec)));
+            return Err(MediaError::BadOption(format!("--encoder-preset does not apply to {}", self.codec)));
+        }
+        if let Some(preset) = &self.preset {
+            check_encoder_preset(self.codec.encoder_name(), preset).map_err(|known| {
+                MediaError::BadOption(format!("{} does not take --encoder-preset {preset} ({known})", self.codec))
+            })?;
         }
         match self.codec.encoder_name() {
             "libx264" | "libx265" => {
@@ -268,6 +273,24 @@ impl OutputOptions {
             _ => None,
         }
     }
+}
+
+/// Checks an `--encoder-preset` against what `encoder` takes, before the encoder is opened (it
+/// would refuse it with a bare "Invalid argument"); returns the presets it takes otherwise.
+fn check_encoder_preset(encoder: &str, preset: &str) -> Result<(), &'static str> {
+    const X26X: [&str; 10] =
+        ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+    let number_in = |range: std::ops::RangeInclusive<i32>| preset.parse::<i32>().is_ok_and(|n| range.contains(&n));
+    let (fits, known) = match encoder {
+        "libx264" | "libx265" => (
+            X26X.contains(&preset),
+            "it takes ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow or placebo",
+        ),
+        "libvpx-vp9" => (number_in(-8..=8), "it takes a cpu-used speed from -8 to 8"),
+        "libsvtav1" => (number_in(-1..=13), "it takes a speed from -1 to 13"),
+        _ => (true, ""),
+    };
+    if fits { Ok(()) } else { Err(known) }
 }
 
 /// The muxer for `path` (by its extension) or `format`, and whether it can hold `codec`:

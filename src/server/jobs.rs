@@ -202,7 +202,7 @@ impl Jobs {
     ) -> anyhow::Result<Jobs> {
         let dir = state_dir.join("jobs");
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        let lock = super::workdir::lock(&dir, "state directory's jobs")?;
+        let lock = super::workdir::lock(&dir, ("state directory", state_dir, "--state-dir"))?;
         Ok(Jobs {
             dir,
             live: Mutex::default(),

@@ -50,7 +50,7 @@ impl WorkDir {
             }
             Err(e) => return Err(e).with_context(|| format!("work directory {}", path.display())),
         };
-        let lock = match lock(path, "work directory") {
+        let lock = match lock(path, ("work directory", path, "--work-dir")) {
             Ok(lock) => lock,
             Err(e) => {
                 if created {
@@ -99,14 +99,18 @@ impl Drop for WorkDir {
     }
 }
 
-/// Locks `dir` (`what` names it in errors) while the file returned lives.
-pub(super) fn lock(dir: &Path, what: &str) -> anyhow::Result<File> {
-    let file = File::open(dir).with_context(|| format!("cannot use the {what} {}", dir.display()))?;
+/// Locks `dir` while the file returned lives. Errors name it as the `what` at `shown` (a
+/// directory's own, or the one holding it), and say that `flag` gives a server its own.
+pub(super) fn lock(dir: &Path, (what, shown, flag): (&str, &Path, &str)) -> anyhow::Result<File> {
+    let file = File::open(dir).with_context(|| format!("cannot use the {what} {}", shown.display()))?;
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() == ErrorKind::WouldBlock {
-            bail!("{what} {}: another vpd server is using it", dir.display());
+            bail!(
+                "the {what} {} is in use by another vpd server; give this server its own with {flag} DIR",
+                shown.display()
+            );
         }
         return Err(e).with_context(|| format!("locking the {what} {}", dir.display()));
     }
