@@ -29,6 +29,8 @@ use crate::transport::local::LocalTransport;
 
 /// Processes `cfg.input` into `cfg.output` and reports what it did.
 pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
+    // Held until the job has opened the pipe itself: the writer's first bytes wait in it.
+    let _fifo = wait_for_writer(&cfg.input, &stop, cfg.quiet)?;
     let checkpoint = Checkpoint::for_run(cfg)?;
     let writing = match &checkpoint {
         None => Writing::Direct,
@@ -65,6 +67,44 @@ pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
         Err(JobError::Failed(e)) => {
             c.remove();
             Err(JobError::Failed(e))
+        }
+    }
+}
+
+/// When `input` is a named pipe with no writer yet, says so and waits for one (opening it for
+/// reading would block, deaf to Ctrl-C, until one came); a stop ends the wait. Returns the
+/// pipe, opened without blocking, to hold until the job has opened it.
+fn wait_for_writer(input: &Path, stop: &Stop, quiet: bool) -> Result<Option<File>, JobError> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    if !fs::metadata(input).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Ok(None);
+    }
+    let fifo = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(input)
+        .with_context(|| format!("cannot open {}", input.display()))?;
+    let mut said = false;
+    loop {
+        let mut ready = libc::pollfd { fd: fifo.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, owned here, for a descriptor that outlives the call.
+        let n = unsafe { libc::poll(&mut ready, 1, 100) };
+        if n > 0 {
+            return Ok(Some(fifo)); // bytes came, or a writer came and went: the job reads on
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(anyhow::Error::new(e).context(format!("waiting on {}", input.display())).into());
+            }
+        }
+        if stop.is_stopped() {
+            return Err(JobError::Cancelled);
+        }
+        if !said && !quiet {
+            eprintln!("vpd: waiting for a writer on the named pipe {} (Ctrl-C stops)", input.display());
+            said = true;
         }
     }
 }

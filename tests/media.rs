@@ -571,3 +571,31 @@ fn h264_output_does_not_depend_on_what_the_heap_held_before() {
         .collect();
     assert_eq!(md5s.len(), 1, "{md5s:?}");
 }
+
+/// A named pipe no one writes to: vpd says it is waiting for a writer, and the first Ctrl-C
+/// ends it, leaving nothing.
+#[test]
+fn a_named_pipe_without_a_writer_is_announced_and_one_ctrl_c_ends_the_wait() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("in.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = dir.path().join("out.mp4");
+    let child = vpd()
+        .args(["run", fifo.to_str().unwrap(), "-f", "edges", "-o", out.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, format!("vpd: waiting for a writer on the named pipe {} (Ctrl-C stops)", fifo.display()));
+    // SAFETY: signalling our own child, once.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let ended = wait_for(std::time::Duration::from_secs(10), || child.0.try_wait().unwrap().is_some());
+    assert!(ended, "one Ctrl-C did not end the wait");
+    assert!(!child.0.wait().unwrap().success());
+    assert_eq!(files_in(dir.path()), ["in.fifo"], "nothing left beside the pipe");
+}
