@@ -685,6 +685,42 @@ mod tests {
         }
     }
 
+    /// Every `vpd …` line in README.md's code blocks parses (`a|b|c` in a word stands for each
+    /// of them; `…` stands for arguments left out).
+    #[test]
+    fn every_command_line_in_the_readme_parses() {
+        use clap::Parser as _;
+        let mut in_block = false;
+        let mut checked = 0;
+        for line in include_str!("../README.md").lines() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            if !in_block {
+                continue;
+            }
+            for segment in line.split(" | ") {
+                let command = segment.split("  #").next().unwrap_or_default().trim();
+                let Some(rest) = command.strip_prefix("vpd ") else { continue };
+                let words: Vec<&str> = rest.split_whitespace().filter(|w| *w != "…").collect();
+                let choices = words.iter().find(|w| w.contains('|')).map_or(1, |w| w.split('|').count());
+                for choice in 0..choices {
+                    let argv = words.iter().map(|w| {
+                        let w = if w.contains('|') { w.split('|').nth(choice).unwrap_or_default() } else { w };
+                        w.trim_matches('"').to_string()
+                    });
+                    let argv: Vec<String> = std::iter::once("vpd".to_string()).chain(argv).collect();
+                    if let Err(e) = Cli::try_parse_from(&argv) {
+                        panic!("README: `{command}` does not parse: {e}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 30, "only {checked} command lines found in README.md");
+    }
+
     #[test]
     fn frame_pixels_parse_as_a_count_or_a_size() {
         assert_eq!(parse_frame_pixels("3840x2160"), Ok(3840 * 2160));
