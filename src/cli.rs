@@ -117,10 +117,9 @@ pub struct JobsArgs {
     pub limit: u32,
 
     /// How long to keep trying, with growing pauses, while the server says it is busy or the
-    /// client is over its limits (0: give up at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true,
-          value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub wait: u64,
+    /// client is over its limits, in seconds (0: give up at once) [default: 60].
+    #[arg(long, value_name = "SECONDS", global = true, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: Option<u64>,
 }
 
 /// What `vpd jobs` does besides listing.
@@ -454,9 +453,9 @@ pub struct ClientArgs {
     pub tls: TlsClientArgs,
 
     /// How long to keep trying, with growing pauses, while the server says it is busy or the
-    /// client is over its limits (0: give up at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub wait: u64,
+    /// client is over its limits, in seconds (0: give up at once) [default: 300].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: Option<u64>,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]

@@ -148,10 +148,17 @@ pub struct WorkerSection {
     pub max_frame_pixels: Option<String>,
 }
 
+/// How long `vpd client` waits out a busy server unless told, in seconds.
+const DEFAULT_CLIENT_WAIT_S: u64 = 300;
+/// How long `vpd jobs` waits out a busy server unless told, in seconds.
+const DEFAULT_JOBS_WAIT_S: u64 = 60;
+
 /// `[client]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSection {
+    /// How long to wait out a busy server, in seconds (`vpd client` and `vpd jobs`).
+    pub wait: Option<u64>,
     /// The server's address.
     pub server: Option<String>,
     /// The file holding the server's token.
@@ -500,7 +507,7 @@ impl FileConfig {
             job,
             // Detached without -o: the result is fetched later; the server's container is MP4.
             output: a.output.unwrap_or_default(),
-            wait: Duration::from_secs(a.wait),
+            wait: Duration::from_secs(a.wait.or(self.client.wait).unwrap_or(DEFAULT_CLIENT_WAIT_S)),
             server,
             output_options: {
                 let c = &self.client;
@@ -539,7 +546,7 @@ impl FileConfig {
             tls: self.client_tls(a.tls)?,
             query,
             json: a.json,
-            wait: Duration::from_secs(a.wait),
+            wait: Duration::from_secs(a.wait.or(self.client.wait).unwrap_or(DEFAULT_JOBS_WAIT_S)),
         })
     }
 

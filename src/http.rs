@@ -48,8 +48,9 @@ use crate::net::gate::{Gate, Limits};
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Connections that have not yet sent a whole request: at most 512, 32 per address; past
 /// either, the oldest of the address holding the most is closed, so idle connections never
-/// keep `/healthz` out. One address holds at most 256 connections in any state.
-const GATE: Limits = Limits { pending: 512, pending_per_address: 32, per_address: 256 };
+/// keep `/healthz` out. Past their request, connections are bounded only in all: behind a
+/// reverse proxy every browser comes from one address.
+const GATE: Limits = Limits { pending: 512, pending_per_address: 32, per_address: MAX_CONNECTIONS };
 /// Event streams open at once: a quarter of the connections, so that streams alone never
 /// keep the short requests out.
 pub const MAX_EVENT_STREAMS: usize = MAX_CONNECTIONS / 4;

@@ -185,6 +185,12 @@ impl Checkpoint {
             return Ok(None);
         }
         let Some(dir) = checkpoint_dir(&cfg.output) else { return Ok(None) };
+        // An output whose directory is missing fails as the job opens, and says so: nothing
+        // is made for it here.
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() || !writable(parent) {
+            return Ok(None);
+        }
         let identity = Identity::of(cfg);
         let mut committed = Vec::new();
         let left_behind = dir.exists();
@@ -265,13 +271,27 @@ impl Checkpoint {
     }
 }
 
+/// Whether this process may create files in `dir` (a read-only file system says no even to
+/// root).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access reads the NUL-terminated path, which outlives the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
 /// Creates and locks the checkpoint directory `dir` of `output`, or says that another run is
 /// writing that output.
 fn lock_checkpoint(dir: &Path, output: &Path) -> anyhow::Result<File> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::MetadataExt as _;
     loop {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        match fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+            }
+            _ => {}
+        }
         let file = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

@@ -237,11 +237,22 @@ impl Store {
     /// Jobs whose upload was under way when the server stopped: the upload is lost with its
     /// connection. They are marked failed; returns their ids.
     pub fn fail_uploading(&self, why: &str) -> anyhow::Result<Vec<String>> {
-        let ids = self.ids_where("state = 'uploading'")?;
+        let ids = self.uploading()?;
         for id in &ids {
             self.transition(id, JobState::Failed, Some(why))?;
         }
         Ok(ids)
+    }
+
+    /// Jobs whose upload is not whole yet.
+    pub fn uploading(&self) -> anyhow::Result<Vec<String>> {
+        self.ids_where("state = 'uploading'")
+    }
+
+    /// Forgets `id`'s error: an upload that was cut off, then resumed to its end.
+    pub fn clear_error(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().execute("UPDATE jobs SET error = NULL WHERE id = ?1", [id])?;
+        Ok(())
     }
 
     /// Jobs uploaded and not ended (queued, running, paused), oldest first: what a restarted

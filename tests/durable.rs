@@ -355,3 +355,99 @@ fn a_client_batch_runs_jobs_at_once_reports_a_bad_file_and_skips_what_is_complet
     assert_eq!(outcomes, ["skipped", "failed", "skipped"]);
     assert_eq!(std::fs::metadata(out.join("c.mkv")).unwrap().modified().unwrap(), before);
 }
+
+/// A TCP relay on loopback that forwards each connection to `target`, the client's bytes at
+/// `bytes_per_s` at most (a slow uplink), and closes both sides when either does.
+fn slow_relay(target: String, bytes_per_s: u64) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+            let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let started = std::time::Instant::now();
+                let mut sent = 0u64;
+                while let Ok(n) = c_read.read(&mut buf) {
+                    if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    // The uplink's pace: no faster than bytes_per_s since the connection began.
+                    let due = std::time::Duration::from_secs_f64(sent as f64 / bytes_per_s as f64);
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(ahead);
+                    }
+                }
+                let _ = s_write.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// A server killed (SIGKILL) half way through an upload: its client reconnects to the server
+/// started again and sends only what the server had not safely stored, and the job runs to
+/// the same frames as `vpd run`'s.
+#[test]
+fn an_upload_cut_off_by_a_server_kill_is_resumed_from_what_the_server_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    // Noise in FFV1: about 24 MB, three fsync steps of 8 MiB and more.
+    let input = dir.path().join("noisy.mkv");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25,noise=alls=80:allf=t+u"])
+        .args(["-frames:v", "80", "-c:v", "ffv1", "-y"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let size = std::fs::metadata(&input).unwrap().len();
+    assert!(size > 17 << 20, "the clip is {size} bytes");
+    let want = reference(&input, "edges", &dir.path().join("reference.mkv"));
+
+    let common = ["--state-dir", state_arg, "--threads", "1"];
+    let first = Server::start(&[&["--listen", "127.0.0.1:0"], &common[..]].concat());
+    let addr = first.addr();
+    // 8 MB/s: the upload takes 3 s.
+    let relay = slow_relay(addr.clone(), 8_000_000);
+    let output = dir.path().join("out.mkv");
+    let mut client = spawn_piped(client_cmd(&relay, &input, "edges", &output, &["--codec", "ffv1"]));
+    let uploading = || jobs(&addr, &[]).as_array().and_then(|j| j.first().cloned());
+    assert!(wait_for(Duration::from_secs(30), || uploading().is_some()), "the job was never accepted");
+    let id = uploading().unwrap()["id"].as_str().unwrap().to_string();
+    let partial = state.join("jobs").join(&id).join("upload.partial");
+    let half = || std::fs::metadata(&partial).map_or(0, |m| m.len()) >= size / 2;
+    assert!(wait_for(Duration::from_secs(30), half), "the upload never reached half way");
+    drop(first); // SIGKILL at half way
+    assert!(std::fs::metadata(&partial).unwrap().len() < size, "killed before the upload was whole");
+
+    let second = Server::start(&[&["--listen", addr.as_str()], &common[..]].concat());
+    let (code, err) = wait_output(&mut client.0);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("reconnecting to resume job {id}'s upload")), "{err}");
+    let held: u64 = err
+        .split("the server holds ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the client says what the server held: {err}"));
+    assert!(held > 0 && held % (8 << 20) == 0 && held < size, "held {held} of {size}");
+    assert_same_frames(&output, &want, "vpd run's frames");
+    let record = jobs(&addr, &["show", &id]);
+    assert_eq!(record["state"], "done", "{record}");
+    assert_eq!(record["error"], Value::Null, "the cut-off note is gone once the upload is whole: {record}");
+    assert!(!state.join("jobs").join(&id).join("upload.partial").exists());
+    let (code, log) = second.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("kept for its client to resume"), "{log}");
+}

@@ -208,8 +208,53 @@ async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u
     };
     writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
     let (start, cancel) = (oneshot::channel(), oneshot::channel());
-    let writer = tokio::spawn(upload_then_cancel(writer, Some(input.to_path_buf()), start.1, cancel.1));
+    let writer = tokio::spawn(upload_then_cancel(writer, Some((input.to_path_buf(), 0)), start.1, cancel.1));
     Ok(Link { reader, start: Some(start.0), cancel: Some(cancel.0), writer })
+}
+
+/// A server's refusal to resume an upload that no retry changes (the job is gone, ended, or
+/// another client's).
+#[derive(Debug)]
+struct Final(String);
+
+impl std::fmt::Display for Final {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Final {}
+
+/// An upload cut off: asks the server how much it holds, and sends the rest from there.
+/// Returns the link and that offset.
+async fn resume_upload(cfg: &ClientConfig, job: &str, input: &Path) -> Result<(Link, u64), ClientError> {
+    let upload_bytes = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?.len();
+    let (mut reader, mut writer, _) = open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await?;
+    let ask = ClientMessage::ResumeUpload { job: job.to_string(), upload_bytes };
+    writer.send(&ask).await.context("resuming the upload")?;
+    let answer = tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>())
+        .await
+        .map_err(|_| anyhow!("{} did not answer", cfg.server))?
+        .context("reading the server's answer")?;
+    let offset = match answer {
+        Some(Packet::Message(ServerMessage::UploadFrom { offset, .. })) => offset,
+        Some(Packet::Message(ServerMessage::Error { code, message, retry_after_s })) => {
+            return Err(match code {
+                ErrorCode::NotFound | ErrorCode::Conflict | ErrorCode::BadRequest | ErrorCode::Unauthorized => {
+                    ClientError::Failed(anyhow::Error::new(Final(format!(
+                        "server refused to resume the upload ({code}): {message}"
+                    ))))
+                }
+                _ => server_error(code, &message, retry_after_s),
+            });
+        }
+        other => return Err(anyhow!("unexpected answer to a resumed upload: {other:?}").into()),
+    };
+    let (start, cancel) = (oneshot::channel(), oneshot::channel());
+    start.0.send(()).ok();
+    let from = Some((input.to_path_buf(), offset));
+    let writer = tokio::spawn(upload_then_cancel(writer, from, start.1, cancel.1));
+    Ok((Link { reader, start: None, cancel: Some(cancel.0), writer }, offset))
 }
 
 /// A job submitted before: attach to it.
@@ -267,11 +312,18 @@ impl<'a> Follower<'a> {
             match self.follow_link(&mut link).await {
                 Step::Ended(result) => break result,
                 Step::Lost(e) => {
-                    let (Some(job), true) = (self.job.clone(), self.owned) else { break Err(e.into()) };
+                    let Some(job) = self.job.clone() else { break Err(e.into()) };
                     if self.cancelled {
                         break Err(anyhow!("{e:#}; the cancel of job {job} may not have reached the server").into());
                     }
-                    match self.reconnect(&job, e).await {
+                    // Before the upload is whole the job is not the server's yet: it waits,
+                    // with what arrived, for this client to send the rest.
+                    let relinked = match (&self.cfg.job, self.owned) {
+                        (_, true) => self.reconnect(&job, e).await,
+                        (ClientJob::Submit { input, .. }, false) => self.resume(&job, input, e).await,
+                        (ClientJob::Attach(_), false) => break Err(e.into()),
+                    };
+                    match relinked {
                         Ok(l) => link = l,
                         Err(e) => break Err(e),
                     }
@@ -313,6 +365,41 @@ impl<'a> Follower<'a> {
                     .into());
                 }
                 Err(e) => debug!(error = %format!("{e:#}"), "reconnecting failed; trying again"),
+            }
+            pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+        }
+    }
+
+    /// Connects again, with backoff, and sends the rest of the upload from what the server
+    /// holds, until it takes it or [`RECONNECT_FOR`] is over.
+    async fn resume(&mut self, job: &str, input: &Path, lost: anyhow::Error) -> Result<Link, ClientError> {
+        self.note(&format!(
+            "vpd: lost the server during the upload ({lost:#}); reconnecting to resume job {job}'s upload"
+        ));
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        let mut pause = RECONNECT_FIRST_PAUSE;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => {
+                    return Err(anyhow!("interrupted while the server was unreachable; job {job}'s upload was not finished").into());
+                }
+            }
+            match resume_upload(self.cfg, job, input).await {
+                Ok((link, offset)) => {
+                    self.note(&format!("vpd: the server holds {offset} bytes of the upload; sending the rest"));
+                    return Ok(link);
+                }
+                // The server's word that this upload cannot be resumed: no use trying again.
+                Err(ClientError::Failed(e)) if e.downcast_ref::<Final>().is_some() => return Err(e.into()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(anyhow!(
+                        "the server has been unreachable for {} s ({e:#}); job {job}'s upload was not finished",
+                        RECONNECT_FOR.as_secs()
+                    )
+                    .into());
+                }
+                Err(e) => debug!(error = %format!("{e:#}"), "resuming the upload failed; trying again"),
             }
             pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
         }
@@ -696,11 +783,11 @@ fn tls_record(prefix: u64) -> bool {
 /// cancel.
 async fn upload_then_cancel<W: AsyncWrite + Unpin>(
     mut writer: PacketWriter<W>,
-    input: Option<PathBuf>,
+    input: Option<(PathBuf, u64)>,
     start: oneshot::Receiver<()>,
     mut cancel: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    if let Some(input) = input {
+    if let Some((input, offset)) = input {
         tokio::select! {
             started = start => if started.is_err() { return Ok(()) },
             _ = &mut cancel => {
@@ -709,7 +796,7 @@ async fn upload_then_cancel<W: AsyncWrite + Unpin>(
             }
         }
         tokio::select! {
-            sent = upload(&input, &mut writer) => sent?,
+            sent = upload(&input, offset, &mut writer) => sent?,
             _ = &mut cancel => {
                 writer.send(&ClientMessage::Cancel).await.ok();
                 return Ok(());
@@ -731,8 +818,14 @@ enum Download {
     Local(anyhow::Error),
 }
 
-async fn upload<W: AsyncWrite + Unpin>(path: &std::path::Path, writer: &mut PacketWriter<W>) -> anyhow::Result<()> {
+async fn upload<W: AsyncWrite + Unpin>(
+    path: &std::path::Path,
+    offset: u64,
+    writer: &mut PacketWriter<W>,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncSeekExt as _;
     let mut file = tokio::fs::File::open(path).await.with_context(|| format!("reading {}", path.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.with_context(|| format!("reading {}", path.display()))?;
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
     loop {
         let n = file.read(&mut buf).await.with_context(|| format!("reading {}", path.display()))?;

@@ -13,6 +13,10 @@
 //!   Cancel (any time after Submit) ──▶     Error {code: cancelled}
 //! ```
 //!
+//! An upload cut off (the server killed, the connection lost) is kept: `ResumeUpload {job}`
+//! from the same client is answered `UploadFrom {job, offset}`, and the chunks from that
+//! offset on complete it, as after `Accepted`.
+//!
 //! A job belongs to the server once its upload is whole: a connection that ends leaves it
 //! running. `Attach {job}` follows it again (`Accepted`, `Started`, progress, `Done` and the
 //! result, as above), `Fetch {job}` downloads an ended job's result. `List`, `Show`,
@@ -34,8 +38,8 @@ use crate::protocol::wire::TransportEncoding;
 /// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
 /// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history; 5: durable
 /// jobs: `Attach`, `Fetch`, `PauseJob`, `ResumeJob`, `RerunJob`, `State`, `expired`; 6: the
-/// `rate_limited` code and an error's `retry_after_s`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// `rate_limited` code and an error's `retry_after_s`; 7: `ResumeUpload` and `UploadFrom`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +147,13 @@ pub enum ClientMessage {
         /// The job's id.
         job: String,
     },
+    /// Goes on with an upload that was cut off: `UploadFrom`, then the chunks from there.
+    ResumeUpload {
+        /// The job's id (from its `Accepted`).
+        job: String,
+        /// The whole upload's size, as submitted.
+        upload_bytes: u64,
+    },
     /// Stops the job; the server answers with an `Error` coded `cancelled`.
     Cancel,
 }
@@ -208,6 +219,13 @@ pub enum ServerMessage {
     Accepted {
         /// The job's id.
         job: String,
+    },
+    /// The server holds this much of an upload cut off: send the rest, from `offset`.
+    UploadFrom {
+        /// The job's id.
+        job: String,
+        /// Bytes the server holds, safely stored.
+        offset: u64,
     },
     /// The upload decoded; processing starts.
     Started {

@@ -220,6 +220,17 @@ impl Jobs {
         self.dir.join(id)
     }
 
+    /// Where job `id`'s upload grows until it is whole: in its directory, so that it outlives
+    /// the connection and the process, for its client to resume.
+    pub fn partial_of(&self, id: &str) -> PathBuf {
+        self.dir_of(id).join("upload.partial")
+    }
+
+    /// How much of [`Jobs::partial_of`] is on disk for sure (fsynced): a decimal byte count.
+    pub fn synced_of(&self, id: &str) -> PathBuf {
+        self.dir_of(id).join("upload.synced")
+    }
+
     /// Where job `id`'s upload is kept.
     pub fn input_of(&self, id: &str, input_name: &str) -> PathBuf {
         self.dir_of(id).join(format!("input{}", extension_of(input_name)))

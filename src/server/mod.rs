@@ -61,6 +61,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Uploads (and results being sent) at once, per job slot. Stalled uploads cost no disk, and
 /// are cut by the rate floor; the disk itself is checked against the announced sizes.
 pub const UPLOADS_PER_SLOT: usize = 16;
+/// An upload cut off is kept this long after its last byte for its client to resume (or
+/// `--keep-results`, when shorter).
+const KEEP_PARTIAL_UPLOADS: Duration = Duration::from_secs(3600);
 /// The first pause after a failed accept; it doubles while accepts keep failing.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest pause after a failed accept.
@@ -133,6 +136,10 @@ pub struct Shared {
     job_slots: Semaphore,
     /// Uploads and results being sent, shared fairly between addresses and clients.
     uploads: Arc<places::Places>,
+    /// The jobs whose upload a connection is receiving now.
+    uploads_under_way: places::UnderWay,
+    /// How long an upload cut off is kept for its client to resume.
+    keep_partial: Duration,
     admission: Admission,
     work_dir: PathBuf,
     window: Option<NonZeroUsize>,
@@ -239,9 +246,16 @@ impl Listeners {
 /// Runs the server on `listeners` until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
     let Listeners { tcp, unix, preview, metrics, work_dir, store, jobs, .. } = listeners;
-    // An upload cut off by the last process's end is lost with its connection.
-    for id in store.fail_uploading("the server stopped during the upload")? {
-        warn!(job = %id, "the server stopped during this job's upload; recorded as failed");
+    // An upload cut off by the last process's end waits for its client to resume it, when
+    // its partial file is there.
+    for id in store.uploading()? {
+        if jobs.partial_of(&id).is_file() {
+            let held = session::held_upload(&jobs, &id);
+            warn!(job = %id, held, "the server stopped during this job's upload; what arrived is kept for its client to resume");
+        } else {
+            warn!(job = %id, "the server stopped during this job's upload and kept none of it; recorded as failed");
+            store.transition(&id, JobState::Failed, Some("the server stopped during the upload"))?;
+        }
     }
     let board = Arc::new(Board::new());
     board.remember(&store.list(crate::board::MAX_JOBS)?);
@@ -274,6 +288,8 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         max_jobs: cfg.max_jobs.get(),
         job_slots: Semaphore::new(cfg.max_jobs.get()),
         uploads: places::Places::new(cfg.max_jobs.get() * UPLOADS_PER_SLOT),
+        uploads_under_way: places::UnderWay::default(),
+        keep_partial: cfg.keep_results.min(KEEP_PARTIAL_UPLOADS),
         admission: Admission::default(),
         work_dir: work_dir.path().to_path_buf(),
         window: cfg.window,
@@ -427,7 +443,30 @@ async fn janitor(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || s.jobs.expire(&s.store)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            s.jobs.expire(&s.store);
+            expire_partial_uploads(&s);
+        })
+        .await;
+    }
+}
+
+/// Fails the uploads cut off and not resumed within [`Shared::keep_partial`] of their last
+/// byte, and removes what they held.
+fn expire_partial_uploads(shared: &Shared) {
+    let Ok(ids) = shared.store.uploading() else { return };
+    for id in ids {
+        let partial = shared.jobs.partial_of(&id);
+        let idle = std::fs::metadata(&partial).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if shared.uploads_under_way.holds(&id) || idle.is_some_and(|idle| idle < shared.keep_partial) {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(shared.jobs.dir_of(&id));
+        info!(job = %id, "an upload cut off was not resumed in time; removed");
+        let why = format!("the upload was cut off and not resumed within {} s", shared.keep_partial.as_secs());
+        if let Err(e) = shared.store.transition(&id, JobState::Failed, Some(&why)) {
+            warn!(job = %id, error = %format!("{e:#}"), "cannot record an expired upload");
+        }
     }
 }
 

@@ -108,6 +108,36 @@ impl Drop for Place {
     }
 }
 
+/// The jobs whose upload a connection is receiving now: one connection per upload, so that a
+/// resume never writes beside the connection it replaces.
+#[derive(Default)]
+pub struct UnderWay(Arc<Mutex<std::collections::HashSet<String>>>);
+
+/// A job's upload claimed by one connection; dropping it lets the next one claim it.
+pub struct Claim {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    job: String,
+}
+
+impl UnderWay {
+    /// Claims `job`'s upload, unless a connection holds it.
+    pub fn claim(&self, job: &str) -> Option<Claim> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(job.to_string()).then(|| Claim { set: self.0.clone(), job: job.to_string() })
+    }
+
+    /// Whether a connection is receiving `job`'s upload.
+    pub fn holds(&self, job: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(job)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.job);
+    }
+}
+
 /// Checks that an upload of `bytes` fits on `dir`'s file system now, with `margin` to spare.
 /// Nothing is set aside: an announced size that is never sent must not keep others out.
 pub fn check_disk(dir: &std::path::Path, bytes: u64, margin: u64) -> Result<(), String> {

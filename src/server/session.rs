@@ -19,9 +19,8 @@ use tracing::{info, warn};
 use super::Shared;
 use super::admission::Ticket;
 use super::clients::{Client, RateLimited, Role, UploadCharge};
-use super::jobs::{End, Jobs, Spec, Video, extension_of};
+use super::jobs::{End, Jobs, Spec, Video};
 use super::places::Place;
-use crate::files::RemoveOnDrop;
 use crate::media::check_output;
 use crate::metrics::JobSummary;
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
@@ -60,27 +59,35 @@ struct Refusal {
     code: ErrorCode,
     message: String,
     retry_after: Option<Duration>,
+    /// An upload cut off this way is kept for its client to resume: the connection was lost
+    /// or stalled, not refused.
+    resumable: bool,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
-    Refusal { code, message: message.into(), retry_after: None }
+    Refusal { code, message: message.into(), retry_after: None, resumable: false }
+}
+
+/// A cut-off upload its client may resume.
+fn lost(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal { resumable: true, ..refuse(code, message) }
 }
 
 impl From<RateLimited> for Refusal {
     fn from(r: RateLimited) -> Self {
-        Refusal { code: ErrorCode::RateLimited, message: r.message, retry_after: r.retry_after }
+        Refusal { code: ErrorCode::RateLimited, message: r.message, retry_after: r.retry_after, resumable: false }
     }
 }
 
 impl From<ProtocolError> for Refusal {
     fn from(e: ProtocolError) -> Self {
-        let code = match e {
-            ProtocolError::TooLarge { .. } => ErrorCode::TooLarge,
-            ProtocolError::WriteTimeout(_) | ProtocolError::Broken => ErrorCode::Timeout,
-            ProtocolError::Io(_) | ProtocolError::Truncated => ErrorCode::Internal,
-            ProtocolError::BadPacket(_) | ProtocolError::Malformed(_) => ErrorCode::BadRequest,
+        let (code, lost_connection) = match e {
+            ProtocolError::TooLarge { .. } => (ErrorCode::TooLarge, false),
+            ProtocolError::WriteTimeout(_) | ProtocolError::Broken => (ErrorCode::Timeout, true),
+            ProtocolError::Io(_) | ProtocolError::Truncated => (ErrorCode::Internal, true),
+            ProtocolError::BadPacket(_) | ProtocolError::Malformed(_) => (ErrorCode::BadRequest, false),
         };
-        refuse(code, e.to_string())
+        Refusal { resumable: lost_connection, ..refuse(code, e.to_string()) }
     }
 }
 
@@ -93,7 +100,7 @@ where
     let r = Counting { inner: r, count: Arc::default() };
     let (mut reader, mut writer) = (PacketReader::new(r), PacketWriter::with_timeout(w, WRITE_TIMEOUT));
     let outcome = converse(&mut reader, &mut writer, &shared, &shutdown, &peer, &mut ticket).await;
-    if let Err(Refusal { code, message, retry_after }) = outcome {
+    if let Err(Refusal { code, message, retry_after, .. }) = outcome {
         info!(%peer, %code, %message, "connection refused or job ended in error");
         // Whole seconds, rounded up: a client that waits that long passes.
         let retry_after_s = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
@@ -109,7 +116,7 @@ async fn read_within<R: AsyncRead + Unpin>(
 ) -> Result<Option<Packet<ClientMessage>>, Refusal> {
     match tokio::time::timeout(limit, reader.read::<ClientMessage>()).await {
         Ok(frame) => Ok(frame?),
-        Err(_) => Err(refuse(ErrorCode::Timeout, format!("no {what} within {} s", limit.as_secs()))),
+        Err(_) => Err(lost(ErrorCode::Timeout, format!("no {what} within {} s", limit.as_secs()))),
     }
 }
 
@@ -132,13 +139,19 @@ where
         Seat { address: ticket.address(), client: shared.clients.clients().requires_token().then(|| who.name.clone()) };
     let not_found = |job: &str| refuse(ErrorCode::NotFound, format!("no job {job} on this server"));
     let request = first_request(reader, shared).await?;
-    if who.role == Role::Read && matches!(request, Request::Submit(..) | Request::Control(..)) {
+    if who.role == Role::Read
+        && matches!(request, Request::Submit(..) | Request::ResumeUpload(..) | Request::Control(..))
+    {
         return Err(refuse(ErrorCode::Unauthorized, format!("{} has a read-only token", who.name)));
     }
     match request {
         Request::Submit(request, container) => {
             let id =
                 submit(reader, writer, shared, shutdown, (peer, &client, &who), &seat, &request, &container).await?;
+            attach(reader, writer, shared, &seat, &id).await
+        }
+        Request::ResumeUpload(job, upload_bytes) => {
+            let id = resume_upload(reader, writer, shared, shutdown, &who, &seat, &job, upload_bytes).await?;
             attach(reader, writer, shared, &seat, &id).await
         }
         Request::Attach(job) => {
@@ -312,11 +325,7 @@ where
         _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
     };
     // The disk: what is free must hold this upload.
-    super::places::check_disk(&shared.work_dir, request.upload_bytes, DISK_MARGIN).map_err(|e| Refusal {
-        code: ErrorCode::Busy,
-        message: e,
-        retry_after: Some(Duration::from_secs(60)),
-    })?;
+    check_disk(shared, request.upload_bytes)?;
     let id = new_job_id();
     info!(%peer, job = %id, filters = %request.chain, upload = request.upload_bytes, "job accepted");
     let options = serde_json::to_string(&request.output).unwrap_or_default();
@@ -333,18 +342,11 @@ where
         transport: &transport,
     };
     shared.store.create(&record).map_err(internal_error)?;
-    let received = receive(reader, writer, shared, &id, request, &mut charge).await;
-    if let Err(r) = &received {
-        let _ = std::fs::remove_dir_all(shared.jobs.dir_of(&id));
-        let recorded = match r.code {
-            ErrorCode::Cancelled => shared.store.transition(&id, JobState::Cancelled, None),
-            _ => shared.store.transition(&id, JobState::Failed, Some(&r.message)),
-        };
-        if let Err(e) = recorded {
-            warn!(job = %id, error = %format!("{e:#}"), "cannot record the job's end in the job store");
-        }
-    }
-    received?;
+    let claim =
+        shared.uploads_under_way.claim(&id).ok_or_else(|| refuse(ErrorCode::Internal, "a new job's id in use"))?;
+    writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
+    let received = receive(reader, shared, (&id, &request.input_name, request.upload_bytes), 0, &mut charge).await;
+    drop(claim);
     let spec = Spec {
         id: id.clone(),
         client: who.name.clone(),
@@ -354,60 +356,146 @@ where
         transport: request.transport,
         container: container.to_string(),
     };
-    Jobs::launch(shared, spec, false);
+    upload_ended(shared, spec, received)?;
     Ok(id)
 }
 
-/// `Accepted`, the upload into the work directory, then moved into the job's directory.
-async fn receive<R, W>(
+/// After an upload's connection ended: the job starts when the upload is whole; one cut off
+/// by a lost or stalled connection is kept for its client to resume; anything else ends it.
+fn upload_ended(shared: &Arc<Shared>, spec: Spec, received: Result<(), Refusal>) -> Result<(), Refusal> {
+    let id = spec.id.clone();
+    let Err(r) = received else {
+        Jobs::launch(shared, spec, false);
+        return Ok(());
+    };
+    let recorded = if r.resumable {
+        let held = held_upload(&shared.jobs, &id);
+        info!(job = %id, held, "upload cut off; kept for its client to resume");
+        let note = format!("the upload was cut off with {held} bytes held ({}); its client can resume it", r.message);
+        shared.store.transition(&id, JobState::Uploading, Some(&note))
+    } else {
+        let _ = std::fs::remove_dir_all(shared.jobs.dir_of(&id));
+        match r.code {
+            ErrorCode::Cancelled => shared.store.transition(&id, JobState::Cancelled, None),
+            _ => shared.store.transition(&id, JobState::Failed, Some(&r.message)),
+        }
+    };
+    if let Err(e) = recorded {
+        warn!(job = %id, error = %format!("{e:#}"), "cannot record the upload's end in the job store");
+    }
+    Err(r)
+}
+
+/// Bytes of job `id`'s partial upload known to be on disk: what its last fsync recorded,
+/// never more than the file holds.
+pub(super) fn held_upload(jobs: &Jobs, id: &str) -> u64 {
+    let synced = std::fs::read_to_string(jobs.synced_of(id)).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let len = std::fs::metadata(jobs.partial_of(id)).map_or(0, |m| m.len());
+    synced.unwrap_or(0).min(len)
+}
+
+/// The free disk, against `bytes` more of upload.
+fn check_disk(shared: &Shared, bytes: u64) -> Result<(), Refusal> {
+    super::places::check_disk(&shared.work_dir, bytes, DISK_MARGIN)
+        .map_err(|e| Refusal { retry_after: Some(Duration::from_secs(60)), ..refuse(ErrorCode::Busy, e) })
+}
+
+/// Goes on with job `job`'s upload, cut off earlier: the same client, the same size, no
+/// other connection uploading it. Returns the job's id once the upload is whole and the job
+/// started.
+#[allow(clippy::too_many_arguments)] // issue 20 cuts the session along the job model
+async fn resume_upload<R, W>(
     reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
-    shared: &Shared,
-    id: &str,
-    request: &SubmitRequest,
-    charge: &mut UploadCharge<'_>,
-) -> Result<(), Refusal>
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    who: &Client,
+    seat: &Seat,
+    job: &str,
+    upload_bytes: u64,
+) -> Result<String, Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    writer.send(&ServerMessage::Accepted { job: id.to_string() }).await?;
-    let partial = RemoveOnDrop::new(shared.work_dir.join(format!("{id}.in{}", extension_of(&request.input_name))));
-    let scrub = Scrub::new(&shared.work_dir, partial.path(), &request.input_name, partial.path());
+    let not_found = || refuse(ErrorCode::NotFound, format!("no upload of job {job} to resume on this server"));
+    let record = shared.store.get(job).map_err(internal_error)?.ok_or_else(not_found)?;
+    // Recorded as `NAME (SOFTWARE)`: another client's upload is not this one's to finish.
+    if record.client.split(" (").next() != Some(who.name.as_str()) {
+        return Err(not_found());
+    }
+    if record.state != JobState::Uploading || !shared.jobs.partial_of(job).is_file() {
+        return Err(refuse(
+            ErrorCode::Conflict,
+            format!("job {job} is {}: its upload is not waiting to be resumed", record.state.as_str()),
+        ));
+    }
+    if record.input_bytes != upload_bytes {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!("job {job}'s upload is {} bytes, not {upload_bytes}", record.input_bytes),
+        ));
+    }
+    let Some(claim) = shared.uploads_under_way.claim(job) else {
+        // The connection it came on has not ended yet (the rate floor ends a stalled one).
+        return Err(Refusal {
+            retry_after: Some(Duration::from_secs(2)),
+            ..refuse(ErrorCode::Busy, format!("job {job}'s upload is still under way on another connection"))
+        });
+    };
+    let spec = Spec::of(&record).map_err(internal_error)?;
+    let mut charge = shared.clients.take_upload(who, upload_bytes)?;
+    let _upload = tokio::select! {
+        place = seat.place(shared) => place,
+        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
+    };
+    let offset = held_upload(&shared.jobs, job);
+    check_disk(shared, upload_bytes - offset)?;
+    info!(%job, offset, "resuming an upload");
+    writer.send(&ServerMessage::UploadFrom { job: job.to_string(), offset }).await?;
+    let received = receive(reader, shared, (job, &record.input_name, upload_bytes), offset, &mut charge).await;
+    if received.is_ok() {
+        shared.store.clear_error(job).map_err(internal_error)?;
+    }
+    drop(claim);
+    upload_ended(shared, spec, received)?;
+    Ok(job.to_string())
+}
+
+/// The upload from `offset` into the job's directory, then kept as its input.
+async fn receive<R>(
+    reader: &mut PacketReader<Counting<R>>,
+    shared: &Shared,
+    (id, input_name, size): (&str, &str, u64),
+    offset: u64,
+    charge: &mut UploadCharge<'_>,
+) -> Result<(), Refusal>
+where
+    R: AsyncRead + Unpin,
+{
+    let jobs = &shared.jobs;
+    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
+    let partial = jobs.partial_of(id);
+    std::fs::create_dir_all(jobs.dir_of(id)).map_err(internal)?;
+    let scrub = Scrub::new(&jobs.dir_of(id), &partial, input_name, &partial);
     let mut arrived = 0;
-    let uploaded = upload(reader, partial.path(), &scrub, request.upload_bytes, &mut arrived).await;
+    let target = Upload { path: &partial, synced: &jobs.synced_of(id), size, offset };
+    let uploaded = upload(reader, &target, &scrub, &mut arrived).await;
     // The hourly limit counts what crossed the wire: all of it, or what came before a cut-off.
     charge.arrived(arrived);
     let sha256 = uploaded?;
-    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
-    let jobs = &shared.jobs;
-    let (dir, kept, from) = (jobs.dir_of(id), jobs.input_of(id, &request.input_name), partial.path().to_path_buf());
-    // A copy between file systems can take a while: off the connection's thread.
+    let (dir, kept, synced) = (jobs.dir_of(id), jobs.input_of(id, input_name), jobs.synced_of(id));
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        move_file(&from, &kept)?;
+        std::fs::rename(&partial, &kept)?;
+        let _ = std::fs::remove_file(&synced);
         std::fs::File::open(&dir)?.sync_all()
     })
     .await
     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
     .map_err(internal)?;
-    partial.keep();
     shared.store.uploaded(id, &sha256).map_err(internal_error)?;
     shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
     Ok(())
-}
-
-/// Renames `from` to `to`, or copies it (fsynced) and removes it when they are on different
-/// file systems.
-fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
-    match std::fs::rename(from, to) {
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            std::fs::copy(from, to)?;
-            std::fs::File::open(to)?.sync_all()?;
-            std::fs::remove_file(from)
-        }
-        other => other,
-    }
 }
 
 /// Follows a job: its state, video and progress as they change, then its result or its
@@ -518,9 +606,8 @@ const MAX_LISTED: u32 = 1000;
 /// A pending connection closed to make room for a newer one.
 fn evicted() -> Refusal {
     Refusal {
-        code: ErrorCode::Busy,
-        message: "server busy: this connection waited too long for its handshake; try again".into(),
         retry_after: Some(Duration::from_secs(1)),
+        ..refuse(ErrorCode::Busy, "server busy: this connection waited too long for its handshake; try again")
     }
 }
 
@@ -585,6 +672,8 @@ enum Request {
     Attach(String),
     /// Download an ended job's result.
     Fetch(String),
+    /// Go on with an upload cut off: the job and the upload's whole size.
+    ResumeUpload(String, u64),
     /// The newest jobs.
     List(u32),
     /// One job's record.
@@ -605,37 +694,49 @@ async fn first_request<R: AsyncRead + Unpin>(
         }
         Some(Packet::Message(ClientMessage::Attach { job })) => Request::Attach(job),
         Some(Packet::Message(ClientMessage::Fetch { job })) => Request::Fetch(job),
+        Some(Packet::Message(ClientMessage::ResumeUpload { job, upload_bytes })) => {
+            Request::ResumeUpload(job, upload_bytes)
+        }
         Some(Packet::Message(ClientMessage::List { limit })) => Request::List(limit),
         Some(Packet::Message(ClientMessage::Show { job })) => Request::Show(job),
         Some(Packet::Message(ClientMessage::CancelJob { job })) => Request::Control(job, Control::Cancel),
         Some(Packet::Message(ClientMessage::PauseJob { job })) => Request::Control(job, Control::Pause),
         Some(Packet::Message(ClientMessage::ResumeJob { job })) => Request::Control(job, Control::Resume),
         Some(Packet::Message(ClientMessage::RerunJob { job })) => Request::Control(job, Control::Rerun),
-        _ => return Err(refuse(ErrorCode::BadRequest, "expected a submit, attach, fetch or job request")),
+        _ => return Err(refuse(ErrorCode::BadRequest, "expected a submit, resume, attach, fetch or job request")),
     })
 }
 
-/// The upload, into `path`, against a deadline from its size and the rate floor; returns its
-/// sha256.
+/// Where an upload goes: `size` bytes in all into `path`, of which `offset` are there already;
+/// each fsync of it is recorded in `synced`.
+struct Upload<'a> {
+    path: &'a Path,
+    synced: &'a Path,
+    size: u64,
+    offset: u64,
+}
+
+/// The upload, against a deadline from what is left of it and the rate floor; returns the
+/// whole file's sha256.
 async fn upload<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<Counting<R>>,
-    path: &Path,
+    target: &Upload<'_>,
     scrub: &Scrub,
-    size: u64,
     arrived: &mut u64,
 ) -> Result<String, Refusal> {
-    let deadline = upload_deadline(size);
+    let left = target.size - target.offset;
+    let deadline = upload_deadline(left);
     let count = reader.get_ref().count.clone();
     let received = tokio::select! {
-        received = tokio::time::timeout(deadline, receive_upload(reader, path, size, arrived)) => received,
+        received = tokio::time::timeout(deadline, receive_upload(reader, target, arrived)) => received,
         too_slow = rate_floor(&count) => return Err(too_slow),
     };
     match received {
         Ok(received) => received.map_err(|r| scrub.refusal(r)),
-        Err(_) => Err(refuse(
+        Err(_) => Err(lost(
             ErrorCode::Timeout,
             format!(
-                "the upload of {size} bytes did not finish within {} s (at least {} kB/s is needed)",
+                "the upload of {left} bytes did not finish within {} s (at least {} kB/s is needed)",
                 deadline.as_secs(),
                 MIN_UPLOAD_RATE >> 10
             ),
@@ -709,7 +810,7 @@ async fn rate_floor(count: &AtomicU64) -> Refusal {
         if seen.len() > TICKS as usize {
             let window = seen.back().copied().unwrap_or(0) - seen.pop_front().unwrap_or(0);
             if window < floor {
-                return refuse(
+                return lost(
                     ErrorCode::Timeout,
                     format!(
                         "the upload fell below {} kB/s over {} s ({window} bytes came); it was cut to free its place",
@@ -795,27 +896,55 @@ impl Scrub {
     }
 
     fn refusal(&self, r: Refusal) -> Refusal {
-        Refusal { code: r.code, message: self.text(&r.message), retry_after: r.retry_after }
+        Refusal { message: self.text(&r.message), ..r }
     }
 }
 
-/// Receives exactly `size` bytes of chunks into `path`, counting them in `received`.
+/// Bytes between two fsyncs of an upload: what a server killed may have to be sent again.
+const SYNC_EVERY: u64 = 8 << 20;
+
+/// Receives the upload's chunks into its file from its offset, counting this connection's bytes
+/// in `received`; fsyncs every [`SYNC_EVERY`] and records how far. Returns the whole file's
+/// sha256.
 async fn receive_upload<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
-    path: &Path,
-    size: u64,
+    target: &Upload<'_>,
     received: &mut u64,
 ) -> Result<String, Refusal> {
     use sha2::Digest as _;
+    let Upload { path, synced, size, offset } = *target;
     let mut sha256 = sha2::Sha256::new();
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("writing the upload: {e}"));
-    let mut file =
-        tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(internal)?;
-    while *received < size {
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(offset == 0)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(internal)?;
+    if offset > 0 {
+        // What was held: hashed again, and anything past it (never synced) dropped.
+        file.set_len(offset).await.map_err(internal)?;
+        let mut held = (&mut file).take(offset);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = held.read(&mut buf).await.map_err(internal)?;
+            if n == 0 {
+                break;
+            }
+            sha256.update(&buf[..n]);
+        }
+    }
+    let mut total = offset;
+    let mut since_sync = 0;
+    while total < size {
         match read_within(reader, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
             Some(Packet::Chunk(data)) => {
                 *received += data.len() as u64;
-                if *received > size {
+                total += data.len() as u64;
+                if total > size {
                     return Err(refuse(
                         ErrorCode::BadRequest,
                         format!("upload longer than the announced {size} bytes"),
@@ -823,17 +952,28 @@ async fn receive_upload<R: AsyncRead + Unpin>(
                 }
                 sha256.update(&data);
                 file.write_all(&data).await.map_err(internal)?;
+                since_sync += data.len() as u64;
+                if since_sync >= SYNC_EVERY {
+                    file.sync_data().await.map_err(internal)?;
+                    record_synced(synced, total).await.map_err(internal)?;
+                    since_sync = 0;
+                }
             }
             Some(Packet::Message(ClientMessage::Cancel)) => return Err(refuse(ErrorCode::Cancelled, "job cancelled")),
             Some(Packet::Message(_)) => return Err(refuse(ErrorCode::BadRequest, "expected upload data")),
-            None => {
-                return Err(refuse(ErrorCode::BadRequest, format!("upload ended after {received} of {size} bytes")));
-            }
+            None => return Err(lost(ErrorCode::BadRequest, format!("upload ended after {total} of {size} bytes"))),
         }
     }
     // On disk before the job is recorded queued: a resume after a power loss reads it whole.
     file.sync_all().await.map_err(internal)?;
     Ok(sha256.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Records that `bytes` of an upload are on disk: a new file renamed over the old one.
+async fn record_synced(synced: &Path, bytes: u64) -> std::io::Result<()> {
+    let next = synced.with_extension("next");
+    tokio::fs::write(&next, bytes.to_string()).await?;
+    tokio::fs::rename(&next, synced).await
 }
 
 /// A job id: `j` and 12 hex digits, random per process and job.
