@@ -174,6 +174,14 @@ fn idle_slow_and_stalled_peers_do_not_lock_an_honest_client_out() {
     let during = during.elapsed();
     let health_after = health_answers_within(&host, Duration::from_secs(1));
 
+    // The figures BENCHMARKS.md quotes (`cargo nextest run --no-capture -E 'test(idle_slow)'`).
+    eprintln!(
+        "admission: honest job {:.2} s alone, {:.2} s under the attack; /healthz {:?} during, {:?} after",
+        normal.as_secs_f64(),
+        during.as_secs_f64(),
+        health.as_ref().map(|d| d.as_millis()),
+        health_after.as_ref().map(|d| d.as_millis()),
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     attacker.thread().unpark();
     let closed = attacker.join().unwrap();
@@ -189,6 +197,8 @@ fn idle_slow_and_stalled_peers_do_not_lock_an_honest_client_out() {
     health_after.unwrap_or_else(|e| panic!("after the honest job: {e}"));
     // The idle connections were closed to make room, not the newcomers refused.
     let evicted: u32 = closed.iter().filter(|(k, _)| *k == Kind::Idle).map(|(_, n)| n).sum();
+    let cut: u32 = closed.iter().filter(|(k, _)| *k == Kind::Stalled).map(|(_, n)| n).sum();
+    eprintln!("admission: {evicted} idle connections closed to make room, {cut} stalled uploads cut");
     assert!(evicted > 0, "no idle connection was closed: {closed:?}");
     assert_eq!(code, Some(0), "{log}");
 }
