@@ -212,6 +212,43 @@ async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u
     Ok(Link { reader, start: Some(start.0), cancel: Some(cancel.0), writer })
 }
 
+/// Why [`with_backoff`] stopped trying.
+enum Retried {
+    /// Ctrl-C.
+    Interrupted,
+    /// The server's word that no retry changes (see [`Final`]).
+    Final(ClientError),
+    /// [`RECONNECT_FOR`] is over; the last try's error.
+    GaveUp(ClientError),
+}
+
+/// Runs `attempt` after a pause that starts at [`RECONNECT_FIRST_PAUSE`] and doubles up to
+/// [`RECONNECT_MAX_PAUSE`], until it succeeds, fails for good, [`RECONNECT_FOR`] is over or
+/// `shutdown` fires.
+async fn with_backoff<T, F, Fut>(shutdown: &CancellationToken, mut attempt: F) -> Result<T, Retried>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut pause = RECONNECT_FIRST_PAUSE;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return Err(Retried::Interrupted),
+        }
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(ClientError::Failed(e)) if e.downcast_ref::<Final>().is_some() => {
+                return Err(Retried::Final(ClientError::Failed(e)));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(Retried::GaveUp(e)),
+            Err(e) => debug!(error = %format!("{e:#}"), "reconnecting failed; trying again"),
+        }
+        pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+    }
+}
+
 /// A server's refusal to resume an upload that no retry changes (the job is gone, ended, or
 /// another client's).
 #[derive(Debug)]
@@ -339,34 +376,23 @@ impl<'a> Follower<'a> {
     /// Connects again, with backoff, until the server answers or [`RECONNECT_FOR`] is over.
     async fn reconnect(&mut self, job: &str, lost: anyhow::Error) -> Result<Link, ClientError> {
         self.note(&format!("vpd: lost the server ({lost:#}); reconnecting to follow job {job}"));
-        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
-        let mut pause = RECONNECT_FIRST_PAUSE;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = self.shutdown.cancelled() => {
-                    return Err(anyhow!(
-                        "interrupted while the server was unreachable; job {job} goes on there \
-                         (`vpd jobs cancel {job}` stops it)"
-                    ).into());
-                }
+        let cfg = self.cfg;
+        match with_backoff(&self.shutdown, || attach(cfg, job)).await {
+            Ok(link) => {
+                debug!(%job, "reconnected");
+                Ok(link)
             }
-            match attach(self.cfg, job).await {
-                Ok(link) => {
-                    debug!(%job, "reconnected");
-                    return Ok(link);
-                }
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(anyhow!(
-                        "the server has been unreachable for {} s ({e:#}); job {job} may go on there: \
-                         `vpd client --attach {job}` follows it",
-                        RECONNECT_FOR.as_secs()
-                    )
-                    .into());
-                }
-                Err(e) => debug!(error = %format!("{e:#}"), "reconnecting failed; trying again"),
-            }
-            pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+            Err(Retried::Interrupted) => Err(anyhow!(
+                "interrupted while the server was unreachable; job {job} goes on there (`vpd jobs cancel {job}` stops it)"
+            )
+            .into()),
+            Err(Retried::Final(e)) => Err(e),
+            Err(Retried::GaveUp(e)) => Err(anyhow!(
+                "the server has been unreachable for {} s ({e:#}); job {job} may go on there: \
+                 `vpd client --attach {job}` follows it",
+                RECONNECT_FOR.as_secs()
+            )
+            .into()),
         }
     }
 
@@ -376,32 +402,21 @@ impl<'a> Follower<'a> {
         self.note(&format!(
             "vpd: lost the server during the upload ({lost:#}); reconnecting to resume job {job}'s upload"
         ));
-        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
-        let mut pause = RECONNECT_FIRST_PAUSE;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = self.shutdown.cancelled() => {
-                    return Err(anyhow!("interrupted while the server was unreachable; job {job}'s upload was not finished").into());
-                }
+        let cfg = self.cfg;
+        match with_backoff(&self.shutdown, || resume_upload(cfg, job, input)).await {
+            Ok((link, offset)) => {
+                self.note(&format!("vpd: the server holds {offset} bytes of the upload; sending the rest"));
+                Ok(link)
             }
-            match resume_upload(self.cfg, job, input).await {
-                Ok((link, offset)) => {
-                    self.note(&format!("vpd: the server holds {offset} bytes of the upload; sending the rest"));
-                    return Ok(link);
-                }
-                // The server's word that this upload cannot be resumed: no use trying again.
-                Err(ClientError::Failed(e)) if e.downcast_ref::<Final>().is_some() => return Err(e.into()),
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(anyhow!(
-                        "the server has been unreachable for {} s ({e:#}); job {job}'s upload was not finished",
-                        RECONNECT_FOR.as_secs()
-                    )
-                    .into());
-                }
-                Err(e) => debug!(error = %format!("{e:#}"), "resuming the upload failed; trying again"),
+            Err(Retried::Interrupted) => {
+                Err(anyhow!("interrupted while the server was unreachable; job {job}'s upload was not finished").into())
             }
-            pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
+            Err(Retried::Final(e)) => Err(e),
+            Err(Retried::GaveUp(e)) => Err(anyhow!(
+                "the server has been unreachable for {} s ({e:#}); job {job}'s upload was not finished",
+                RECONNECT_FOR.as_secs()
+            )
+            .into()),
         }
     }
 
