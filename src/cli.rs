@@ -205,8 +205,9 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub max_jobs: Option<NonZeroUsize>,
 
-    /// Where uploads and results are kept while their job runs [default: a fresh directory
-    /// under the system's temporary directory].
+    /// A scratch directory, locked while the server runs [default: a fresh directory under the
+    /// system's temporary directory]. Uploads no longer go there: they grow in the state
+    /// directory, where they survive a restart. Kept so that existing configurations start.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
 

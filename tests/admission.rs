@@ -218,6 +218,11 @@ fn a_stalled_upload_is_cut_within_the_rate_window_and_says_why() {
     assert!(message.contains("the upload fell below 64 kB/s over 10 s"), "{message}");
     // Cut within a window and a tick of it, not after the 60 s idle timeout.
     assert!(started.elapsed() < Duration::from_secs(15), "cut after {:?}", started.elapsed());
+    // With nothing safely stored, nothing is kept: a peer that announces uploads and sends
+    // nothing leaves no job behind to resume.
+    let jobs = server.work_dir.parent().unwrap().join("state").join("jobs");
+    let left = || files_in(&jobs);
+    assert!(wait_for(Duration::from_secs(10), || left().is_empty()), "left behind: {:?}", left());
 }
 
 #[test]

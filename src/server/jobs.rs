@@ -215,6 +215,11 @@ impl Jobs {
         })
     }
 
+    /// The directory every job's own directory is in: where uploads grow.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The directory of job `id`.
     pub fn dir_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)

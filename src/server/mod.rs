@@ -59,7 +59,7 @@ use workdir::WorkDir;
 /// How long running connections get to end after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Uploads (and results being sent) at once, per job slot. Stalled uploads cost no disk, and
-/// are cut by the rate floor; the disk itself is checked against the announced sizes.
+/// are cut by the rate floor; each upload's announced size is checked against the free disk.
 pub const UPLOADS_PER_SLOT: usize = 16;
 /// An upload cut off is kept this long after its last byte for its client to resume (or
 /// `--keep-results`, when shorter).
@@ -141,7 +141,6 @@ pub struct Shared {
     /// How long an upload cut off is kept for its client to resume.
     keep_partial: Duration,
     admission: Admission,
-    work_dir: PathBuf,
     window: Option<NonZeroUsize>,
     parallelism: NonZeroUsize,
     /// The face cascade, checked before a job starts, when filters run in this process.
@@ -245,15 +244,17 @@ impl Listeners {
 
 /// Runs the server on `listeners` until `shutdown` fires.
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { tcp, unix, preview, metrics, work_dir, store, jobs, .. } = listeners;
+    // The work directory stays claimed (locked) until the server ends.
+    let Listeners { tcp, unix, preview, metrics, work_dir: _work_dir, store, jobs, .. } = listeners;
     // An upload cut off by the last process's end waits for its client to resume it, when
-    // its partial file is there.
+    // some of it was safely stored (at least one fsync step).
     for id in store.uploading()? {
-        if jobs.partial_of(&id).is_file() {
-            let held = session::held_upload(&jobs, &id);
+        let held = session::held_upload(&jobs, &id);
+        if held > 0 {
             warn!(job = %id, held, "the server stopped during this job's upload; what arrived is kept for its client to resume");
         } else {
-            warn!(job = %id, "the server stopped during this job's upload and kept none of it; recorded as failed");
+            warn!(job = %id, "the server stopped during this job's upload before any of it was safely stored; recorded as failed");
+            let _ = std::fs::remove_dir_all(jobs.dir_of(&id));
             store.transition(&id, JobState::Failed, Some("the server stopped during the upload"))?;
         }
     }
@@ -291,7 +292,6 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         uploads_under_way: places::UnderWay::default(),
         keep_partial: cfg.keep_results.min(KEEP_PARTIAL_UPLOADS),
         admission: Admission::default(),
-        work_dir: work_dir.path().to_path_buf(),
         window: cfg.window,
         parallelism,
         local_face_cascade,

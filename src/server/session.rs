@@ -297,7 +297,8 @@ fn rerun(shared: &Arc<Shared>, (peer, client, who): (&str, &str, &Client), of: &
 }
 
 /// Takes a submitted job's upload into its directory and starts it; returns its id. Until
-/// the upload is whole the job is the connection's: a cut-off upload fails it.
+/// the upload is whole the job is the connection's: a cut-off upload fails it, unless enough
+/// of it is safely stored to be worth resuming (see [`upload_ended`]).
 #[allow(clippy::too_many_arguments)] // issue 20 cuts the session along the job model
 async fn submit<R, W>(
     reader: &mut PacketReader<Counting<R>>,
@@ -341,9 +342,10 @@ where
         container,
         transport: &transport,
     };
-    shared.store.create(&record).map_err(internal_error)?;
+    // Claimed before it is recorded: the janitor never takes it for an upload left behind.
     let claim =
         shared.uploads_under_way.claim(&id).ok_or_else(|| refuse(ErrorCode::Internal, "a new job's id in use"))?;
+    shared.store.create(&record).map_err(internal_error)?;
     writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
     let received = receive(reader, shared, (&id, &request.input_name, request.upload_bytes), 0, &mut charge).await;
     drop(claim);
@@ -361,15 +363,17 @@ where
 }
 
 /// After an upload's connection ended: the job starts when the upload is whole; one cut off
-/// by a lost or stalled connection is kept for its client to resume; anything else ends it.
+/// by a lost or stalled connection with at least [`SYNC_EVERY`] safely stored is kept for its
+/// client to resume; anything else ends it. (Keeping less would let a peer that announces
+/// large uploads and sends nothing leave a job behind every few seconds.)
 fn upload_ended(shared: &Arc<Shared>, spec: Spec, received: Result<(), Refusal>) -> Result<(), Refusal> {
     let id = spec.id.clone();
     let Err(r) = received else {
         Jobs::launch(shared, spec, false);
         return Ok(());
     };
-    let recorded = if r.resumable {
-        let held = held_upload(&shared.jobs, &id);
+    let held = held_upload(&shared.jobs, &id);
+    let recorded = if r.resumable && held > 0 {
         info!(job = %id, held, "upload cut off; kept for its client to resume");
         let note = format!("the upload was cut off with {held} bytes held ({}); its client can resume it", r.message);
         shared.store.transition(&id, JobState::Uploading, Some(&note))
@@ -394,9 +398,9 @@ pub(super) fn held_upload(jobs: &Jobs, id: &str) -> u64 {
     synced.unwrap_or(0).min(len)
 }
 
-/// The free disk, against `bytes` more of upload.
+/// The free disk where uploads grow (the state directory's), against `bytes` more of upload.
 fn check_disk(shared: &Shared, bytes: u64) -> Result<(), Refusal> {
-    super::places::check_disk(&shared.work_dir, bytes, DISK_MARGIN)
+    super::places::check_disk(shared.jobs.dir(), bytes, DISK_MARGIN)
         .map_err(|e| Refusal { retry_after: Some(Duration::from_secs(60)), ..refuse(ErrorCode::Busy, e) })
 }
 
@@ -444,12 +448,13 @@ where
         });
     };
     let spec = Spec::of(&record).map_err(internal_error)?;
-    let mut charge = shared.clients.take_upload(who, upload_bytes)?;
+    let offset = held_upload(&shared.jobs, job);
+    // The bytes that arrived before the cut were charged then: only the rest now.
+    let mut charge = shared.clients.take_upload(who, upload_bytes - offset)?;
     let _upload = tokio::select! {
         place = seat.place(shared) => place,
         _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
     };
-    let offset = held_upload(&shared.jobs, job);
     check_disk(shared, upload_bytes - offset)?;
     info!(%job, offset, "resuming an upload");
     writer.send(&ServerMessage::UploadFrom { job: job.to_string(), offset }).await?;

@@ -64,11 +64,6 @@ impl WorkDir {
         Ok(dir)
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Removes job files a server that did not stop cleanly left behind.
     fn clear_leftovers(&self) {
         let Ok(entries) = std::fs::read_dir(&self.path) else { return };
