@@ -43,8 +43,6 @@ const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MIN_UPLOAD_RATE: u64 = 64 << 10;
 /// The window over which an upload must keep [`MIN_UPLOAD_RATE`].
 const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// Disk kept free: a new upload must fit in the rest.
-const DISK_MARGIN: u64 = 256 << 20;
 /// Time every upload gets besides its size's share at [`MIN_UPLOAD_RATE`].
 const UPLOAD_GRACE: Duration = Duration::from_secs(30);
 /// Time the client has to take each message or result chunk (at most 1 MiB) the server sends.
@@ -400,7 +398,7 @@ pub(super) fn held_upload(jobs: &Jobs, id: &str) -> u64 {
 
 /// The free disk where uploads grow (the state directory's), against `bytes` more of upload.
 fn check_disk(shared: &Shared, bytes: u64) -> Result<(), Refusal> {
-    super::places::check_disk(shared.jobs.dir(), bytes, DISK_MARGIN)
+    super::places::check_disk(shared.jobs.dir(), bytes)
         .map_err(|e| Refusal { retry_after: Some(Duration::from_secs(60)), ..refuse(ErrorCode::Busy, e) })
 }
 
