@@ -3,7 +3,9 @@
 #  1. no role (run, server, worker, client, preview) uses another role;
 #  2. nothing below the roles uses a role: only app.rs and config.rs (which build the roles'
 #     configs and start them) and main.rs sit above them;
-#  3. the leaves use only what is listed for them below, so no cycle runs through them.
+#  3. the leaves use only what is listed for them below, so no cycle runs through them;
+#  4. no two files of one module use each other, directly or round a circle
+#     (scripts/check-cycles.py).
 # Prints each offending line and exits 1; prints one line and exits 0 when all is well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +69,10 @@ for leaf in "${!leaves[@]}"; do
   done < <(files_of "$leaf")
 done
 
+python3 scripts/check-cycles.py || failed=1
+
 if ((failed)); then
   exit 1
 fi
-echo "check-layers: no role uses another, nothing below the roles uses one, the leaves form no cycle"
+echo "check-layers: no role uses another, nothing below the roles uses one, the leaves form no cycle," \
+  "no module's files form one"

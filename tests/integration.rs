@@ -7,6 +7,7 @@ mod distributed;
 mod durable;
 mod hardening;
 mod jobs;
+mod layers;
 mod logs;
 mod media;
 mod ops;

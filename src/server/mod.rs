@@ -21,9 +21,16 @@
 
 mod admission;
 pub mod clients;
+mod control;
+mod drive;
+mod follow;
 mod jobs;
+mod observer;
 mod places;
+mod refusal;
 mod session;
+mod shared;
+mod upload;
 mod workdir;
 
 use std::net::SocketAddr;
@@ -39,14 +46,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, info, warn};
 
 use crate::board::{Board, Link, QUEUE_POLL};
-use crate::broker::{Publisher, Topology};
+use crate::broker::Topology;
 use crate::filters::FilterEnv;
 use crate::http::{self, Site};
 use crate::metrics::WorkerId;
 use crate::net::{UnixSocket, bind_tcp, bind_unix};
-use crate::pipeline::JobOptions;
 use crate::protocol::codec;
-use crate::protocol::event::JobEvent;
 use crate::protocol::message::{ErrorCode, ServerMessage, Token};
 use crate::store::{JobState, Store};
 use crate::transport::Transport;
@@ -54,6 +59,7 @@ use crate::transport::amqp::{AmqpTransport, BrokerLink};
 use crate::transport::local::LocalTransport;
 use admission::Admission;
 use jobs::Jobs;
+use shared::Shared;
 use workdir::WorkDir;
 
 /// How long running connections get to end after a shutdown signal.
@@ -127,65 +133,6 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::ServerTls>,
 }
 
-/// What every connection shares.
-pub struct Shared {
-    transport: Arc<dyn Transport + Send + Sync>,
-    clients: Arc<clients::Registry>,
-    max_upload: u64,
-    max_jobs: usize,
-    job_slots: Semaphore,
-    /// Uploads and results being sent, shared fairly between addresses and clients.
-    uploads: Arc<places::Places>,
-    /// The jobs whose upload a connection is receiving now.
-    uploads_under_way: places::UnderWay,
-    /// How long an upload cut off is kept for its client to resume.
-    keep_partial: Duration,
-    admission: Admission,
-    window: Option<NonZeroUsize>,
-    parallelism: NonZeroUsize,
-    /// The face cascade, checked before a job starts, when filters run in this process.
-    local_face_cascade: Option<PathBuf>,
-    events: Option<(Arc<BrokerLink>, Mutex<Option<Publisher>>)>,
-    /// Every job of this server, for its dashboard and `/metrics`.
-    board: Arc<Board>,
-    /// Every job this server (and its earlier runs) accepted.
-    store: Store,
-    /// The jobs it holds, and their files.
-    jobs: Jobs,
-    /// Fires once, when the server shuts down.
-    shutdown: CancellationToken,
-}
-
-impl Shared {
-    fn window(&self, frame_bytes: usize) -> NonZeroUsize {
-        self.window.unwrap_or_else(|| JobOptions::default_window(self.parallelism, frame_bytes))
-    }
-
-    /// Applies a job event to the server's board and publishes it on the events exchange; a
-    /// failure to publish is logged, never fatal.
-    async fn publish(&self, event: JobEvent) {
-        self.board.apply(&event);
-        let Some((link, publisher)) = &self.events else { return };
-        let mut publisher = publisher.lock().await;
-        for _ in 0..2 {
-            if publisher.is_none() {
-                match link.get().await {
-                    Ok(b) => *publisher = b.publisher().await.ok(),
-                    Err(e) => {
-                        warn!(error = %format!("{e:#}"), "cannot publish a job event");
-                        return;
-                    }
-                }
-            }
-            let Some(p) = publisher.as_ref() else { return };
-            match p.event(link.topology(), &event).await {
-                Ok(()) => return,
-                Err(_) => *publisher = None, // the channel died: open another once
-            }
-        }
-    }
-}
-
 /// What a server claims before it runs: its sockets (so a caller can read the ports) and its
 /// work directory, so that once the server says it listens, it is ready.
 pub struct Listeners {
@@ -249,7 +196,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     // An upload cut off by the last process's end waits for its client to resume it, when
     // some of it was safely stored (at least one fsync step).
     for id in store.uploading()? {
-        let held = session::held_upload(&jobs, &id);
+        let held = upload::held_upload(&jobs, &id);
         if held > 0 {
             warn!(job = %id, held, "the server stopped during this job's upload; what arrived is kept for its client to resume");
         } else {
@@ -400,7 +347,7 @@ fn resume_unfinished(shared: &Arc<Shared>) -> anyhow::Result<()> {
             shared.store.resumed(&id)?;
         }
         info!(job = %id, committed_frames = record.committed_frames, paused, "resuming a job the last process left");
-        Jobs::launch(shared, spec, paused);
+        drive::launch(shared, spec, paused);
     }
     Ok(())
 }

@@ -167,6 +167,22 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail * stat.f_frsize)
 }
 
+/// Who a connection is to the upload places: its address and, where tokens tell clients
+/// apart, its client.
+pub struct Seat {
+    /// The peer's address (none on the Unix socket).
+    pub address: Option<IpAddr>,
+    /// The client's name, where tokens tell clients apart.
+    pub client: Option<String>,
+}
+
+impl Seat {
+    /// Waits for a place among `places` within this seat's share.
+    pub async fn place(&self, places: &Arc<Places>) -> Place {
+        places.take(self.address, self.client.as_deref()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
