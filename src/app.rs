@@ -13,6 +13,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{ClientPlan, FileConfig, RunPlan};
 use crate::pipeline::JobError;
 use crate::progress::print_summary;
+use crate::protocol::job::JobId;
 
 /// glibc malloc arenas (`M_ARENA_MAX`): see `tune_process`.
 const ALLOCATOR_ARENAS: i32 = 1;
@@ -178,7 +179,7 @@ fn batch_exit(report: &crate::batch::BatchReport) -> ExitCode {
 }
 
 /// `--detach`: the job's id on stdout (for scripts), how to follow it on stderr.
-fn detached(job: &str, cfg: &crate::client::ClientConfig) -> anyhow::Result<()> {
+fn detached(job: &JobId, cfg: &crate::client::ClientConfig) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{job}")?;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::media::VideoInfo;
 use crate::metrics::exposition::{Exposition, Kind};
 use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS, Progress};
 use crate::protocol::event::JobEvent;
-use crate::protocol::jobs::{JobRecord, JobState};
+use crate::protocol::job::{JobId, JobRecord, JobState};
 
 /// How often a board's feeder reads the task queue's depth (server and preview alike).
 pub const QUEUE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -26,22 +27,6 @@ pub const MAX_JOBS: usize = 256;
 const WORKER_SEEN_FOR: Duration = Duration::from_secs(300);
 /// Updates buffered per event stream; a stream that falls further behind gets a fresh snapshot.
 const UPDATES_BUFFERED: usize = 256;
-
-/// Where a job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Frames are being processed.
-    Running,
-    /// Finished.
-    Done,
-    /// Failed.
-    Failed,
-    /// Cancelled.
-    Cancelled,
-    /// Paused: nothing in flight until it is resumed.
-    Paused,
-}
 
 /// One worker's share of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -56,9 +41,9 @@ pub struct WorkerView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobView {
     /// The job's id.
-    pub id: String,
+    pub id: JobId,
     /// Where it stands.
-    pub status: JobStatus,
+    pub status: JobState,
     /// The filter chain (empty when the board joined after the job started).
     pub filters: String,
     /// The job's numbers: the latest progress snapshot, or the summary's once it is done.
@@ -102,7 +87,7 @@ pub enum Update {
     /// A job has a new thumbnail.
     Frame {
         /// The job.
-        job: String,
+        job: JobId,
         /// The frame's index.
         index: u64,
     },
@@ -130,8 +115,8 @@ struct Totals {
 }
 
 struct State {
-    jobs: HashMap<String, Entry>,
-    order: VecDeque<String>,
+    jobs: HashMap<JobId, Entry>,
+    order: VecDeque<JobId>,
     /// Counters of jobs no longer kept.
     retired: Totals,
     outcomes: [u64; 3],
@@ -202,10 +187,10 @@ impl Board {
     pub fn expire_silent(&self, silence: Duration) {
         let updates: Vec<Update> = {
             let mut s = self.state();
-            let silent: Vec<String> = s
+            let silent: Vec<JobId> = s
                 .jobs
                 .iter()
-                .filter(|(_, e)| e.view.status == JobStatus::Running && e.heard.elapsed() >= silence)
+                .filter(|(_, e)| e.view.status == JobState::Running && e.heard.elapsed() >= silence)
                 .map(|(id, _)| id.clone())
                 .collect();
             let error = format!("no news of the job for {} s: its server stopped", silence.as_secs());
@@ -264,7 +249,7 @@ impl Board {
     pub fn metrics(&self) -> String {
         let s = self.state();
         let running: Vec<&JobView> =
-            s.jobs.values().map(|e| &e.view).filter(|v| v.status == JobStatus::Running).collect();
+            s.jobs.values().map(|e| &e.view).filter(|v| v.status == JobState::Running).collect();
         let sum = |f: fn(&JobView) -> u64| s.jobs.values().filter(|e| e.counted).map(|e| f(&e.view)).sum::<u64>();
         let mut e = Exposition::new();
         e.single(
@@ -330,12 +315,12 @@ impl Board {
 }
 
 impl State {
-    fn entry(&mut self, id: &str) -> &mut Entry {
+    fn entry(&mut self, id: &JobId) -> &mut Entry {
         if !self.jobs.contains_key(id) {
-            self.order.push_back(id.to_string());
+            self.order.push_back(id.clone());
             let entry =
                 Entry { view: JobView::new(id), thumbnail: None, last: None, heard: Instant::now(), counted: true };
-            self.jobs.insert(id.to_string(), entry);
+            self.jobs.insert(id.clone(), entry);
             self.evict();
         }
         self.jobs.get_mut(id).expect("inserted above")
@@ -344,9 +329,9 @@ impl State {
     /// Drops the oldest finished jobs beyond [`MAX_JOBS`], keeping their counts.
     fn evict(&mut self) {
         while self.jobs.len() > MAX_JOBS {
-            let Some(pos) = self.order.iter().position(|id| {
-                self.jobs.get(id).is_some_and(|e| !matches!(e.view.status, JobStatus::Running | JobStatus::Paused))
-            }) else {
+            let Some(pos) =
+                self.order.iter().position(|id| self.jobs.get(id).is_some_and(|e| e.view.status.is_final()))
+            else {
                 return; // all running: keep them
             };
             let id = self.order.remove(pos).expect("position just found");
@@ -359,110 +344,37 @@ impl State {
     }
 
     fn apply(&mut self, event: &JobEvent) -> Update {
-        let now = Instant::now();
-        let id = event.job().to_string();
+        let id = event.job().clone();
         let e = self.entry(&id);
-        e.heard = now;
-        let ended = matches!(e.view.status, JobStatus::Done | JobStatus::Failed | JobStatus::Cancelled);
-        if ended && !matches!(event, JobEvent::Started { .. } | JobEvent::Frame { .. }) {
+        e.heard = Instant::now();
+        if e.view.status.is_final() && !matches!(event, JobEvent::Started { .. } | JobEvent::Frame { .. }) {
             // A job ends once: a late snapshot, a repeated end, or the real end of a job
             // this board had given up on changes nothing and is not counted again.
             return Update::Job(Box::new(e.view.clone()));
         }
         match event {
-            JobEvent::Started { filters, frames, width, height, fps, .. } => {
-                let e = self.entry(&id);
-                // A job started again (resumed after a pause) keeps what it did before in the
-                // counters; one this process resumes from the store is counted from here.
-                let before = std::mem::replace(&mut e.counted, true).then(|| e.view.progress.clone());
-                if let Some(p) = before {
-                    self.retired.done += p.done;
-                    self.retired.failed += p.failed;
-                    self.retired.retries += p.retries;
+            JobEvent::Queued { filters, .. } => {
+                let v = &mut self.entry(&id).view;
+                v.status = JobState::Queued;
+                v.progress.in_flight = 0;
+                (v.fps, v.eta_seconds) = (0.0, None);
+                if v.filters.is_empty() {
+                    v.filters = filters.clone();
                 }
-                let e = self.entry(&id);
-                e.view = JobView {
-                    filters: filters.clone(),
-                    progress: Progress { total: *frames, ..Progress::default() },
-                    width: *width,
-                    height: *height,
-                    video_fps: *fps,
-                    ..JobView::new(&id)
-                };
-                e.thumbnail = None;
-                e.last = None;
             }
-            JobEvent::Progress { progress: p, .. } => {
-                for w in p.workers.keys() {
-                    self.workers_seen.insert(w.to_string(), now);
-                }
-                let e = self.entry(&id);
-                let v = &mut e.view;
-                // Snapshots may overtake each other on the way: done never goes back.
-                let done = v.progress.done.max(p.done);
-                let total = p.total.or(v.progress.total);
-                v.progress = Progress { done, total, ..p.clone() };
-                if let Some(last) = &e.last {
-                    let dt = p.elapsed_ms.saturating_sub(last.elapsed_ms) as f64 / 1000.0;
-                    if dt >= 0.05 {
-                        v.fps = smooth(v.fps, p.done.saturating_sub(last.done) as f64 / dt);
-                        for (w, n) in &p.workers {
-                            let before = last.workers.get(w).copied().unwrap_or(0);
-                            let wv = v.workers.entry(w.to_string()).or_default();
-                            wv.fps = smooth(wv.fps, n.saturating_sub(before) as f64 / dt);
-                        }
-                    }
-                }
-                for (w, n) in &p.workers {
-                    v.workers.entry(w.to_string()).or_default().frames = *n;
-                }
-                v.percent = percent(done, total);
-                v.eta_seconds = match (total, v.fps > 0.0) {
-                    (Some(total), true) => Some(total.saturating_sub(done) as f64 / v.fps),
-                    _ => None,
-                };
-                e.last = Some(p.clone());
-            }
+            JobEvent::Started { filters, video, .. } => self.started(&id, filters, video),
+            JobEvent::Progress { progress, .. } => self.progressed(&id, progress),
             JobEvent::Frame { index, jpeg, .. } => {
                 let e = self.entry(&id);
                 e.thumbnail = Some(jpeg.clone());
                 e.view.frame_index = Some(*index);
                 return Update::Frame { job: id, index: *index };
             }
-            JobEvent::Done { summary, latency, .. } => {
-                self.outcomes[0] += 1;
-                self.latency.add(latency);
-                self.durations.observe(DURATION_BOUNDS, summary.wall_seconds);
-                for w in summary.workers.keys() {
-                    self.workers_seen.insert(w.clone(), now);
-                }
-                let v = &mut self.entry(&id).view;
-                v.status = JobStatus::Done;
-                // A job resumed from committed segments: this run processed what came after
-                // them, in the same terms as its Started and Progress events.
-                let resumed = summary.resumed_at_frame.unwrap_or(0);
-                v.progress = summary.progress();
-                v.progress.done = v.progress.done.saturating_sub(resumed);
-                v.progress.total = v.progress.total.map(|t| t.saturating_sub(resumed));
-                v.percent = 100.0;
-                v.fps = summary.fps;
-                v.eta_seconds = None;
-                v.workers = summary
-                    .workers
-                    .iter()
-                    .map(|(w, n)| {
-                        (w.clone(), WorkerView { frames: *n, fps: *n as f64 / summary.wall_seconds.max(f64::EPSILON) })
-                    })
-                    .collect();
-                if v.filters.is_empty() {
-                    v.filters = summary.filters.clone();
-                }
-                v.summary = Some((**summary).clone());
-            }
+            JobEvent::Done { summary, latency, .. } => self.done(&id, summary, latency),
             JobEvent::Failed { error, .. } => {
                 self.outcomes[1] += 1;
                 let v = &mut self.entry(&id).view;
-                v.status = JobStatus::Failed;
+                v.status = JobState::Failed;
                 v.error = Some(error.clone());
                 v.progress.in_flight = 0;
                 v.eta_seconds = None;
@@ -470,13 +382,13 @@ impl State {
             JobEvent::Cancelled { .. } => {
                 self.outcomes[2] += 1;
                 let v = &mut self.entry(&id).view;
-                v.status = JobStatus::Cancelled;
+                v.status = JobState::Cancelled;
                 v.progress.in_flight = 0;
                 v.eta_seconds = None;
             }
             JobEvent::Paused { .. } => {
                 let v = &mut self.entry(&id).view;
-                v.status = JobStatus::Paused;
+                v.status = JobState::Paused;
                 v.progress.in_flight = 0;
                 v.fps = 0.0;
                 v.eta_seconds = None;
@@ -485,25 +397,110 @@ impl State {
         let view = self.jobs.get(&id).map(|e| e.view.clone()).unwrap_or_else(|| JobView::new(&id));
         Update::Job(Box::new(view))
     }
+
+    /// Job `id` (re)started on `video`.
+    fn started(&mut self, id: &JobId, filters: &str, video: &VideoInfo) {
+        let e = self.entry(id);
+        // A job started again (resumed after a pause) keeps what it did before in the
+        // counters; one this process resumes from the store is counted from here.
+        let before = std::mem::replace(&mut e.counted, true).then(|| e.view.progress.clone());
+        if let Some(p) = before {
+            self.retired.done += p.done;
+            self.retired.failed += p.failed;
+            self.retired.retries += p.retries;
+        }
+        let e = self.entry(id);
+        e.view = JobView {
+            filters: filters.to_string(),
+            progress: Progress { total: video.frame_count, ..Progress::default() },
+            width: video.width,
+            height: video.height,
+            video_fps: video.fps,
+            ..JobView::new(id)
+        };
+        e.thumbnail = None;
+        e.last = None;
+    }
+
+    /// Job `id`'s numbers now: its speed and each worker's from the last snapshot.
+    fn progressed(&mut self, id: &JobId, p: &Progress) {
+        let now = Instant::now();
+        for w in p.workers.keys() {
+            self.workers_seen.insert(w.to_string(), now);
+        }
+        let e = self.entry(id);
+        let v = &mut e.view;
+        // Snapshots may overtake each other on the way: done never goes back.
+        let done = v.progress.done.max(p.done);
+        let total = p.total.or(v.progress.total);
+        v.progress = Progress { done, total, ..p.clone() };
+        if let Some(last) = &e.last {
+            let dt = p.elapsed_ms.saturating_sub(last.elapsed_ms) as f64 / 1000.0;
+            if dt >= 0.05 {
+                v.fps = smooth(v.fps, p.done.saturating_sub(last.done) as f64 / dt);
+                for (w, n) in &p.workers {
+                    let before = last.workers.get(w).copied().unwrap_or(0);
+                    let wv = v.workers.entry(w.to_string()).or_default();
+                    wv.fps = smooth(wv.fps, n.saturating_sub(before) as f64 / dt);
+                }
+            }
+        }
+        for (w, n) in &p.workers {
+            v.workers.entry(w.to_string()).or_default().frames = *n;
+        }
+        v.percent = percent(done, total);
+        v.eta_seconds = match (total, v.fps > 0.0) {
+            (Some(total), true) => Some(total.saturating_sub(done) as f64 / v.fps),
+            _ => None,
+        };
+        e.last = Some(p.clone());
+    }
+
+    /// Job `id` finished with `summary`.
+    fn done(&mut self, id: &JobId, summary: &JobSummary, latency: &Buckets) {
+        self.outcomes[0] += 1;
+        self.latency.add(latency);
+        self.durations.observe(DURATION_BOUNDS, summary.wall_seconds);
+        let now = Instant::now();
+        for w in summary.workers.keys() {
+            self.workers_seen.insert(w.clone(), now);
+        }
+        let v = &mut self.entry(id).view;
+        v.status = JobState::Done;
+        // A job resumed from committed segments: this run processed what came after
+        // them, in the same terms as its Started and Progress events.
+        let resumed = summary.resumed_at_frame.unwrap_or(0);
+        v.progress = summary.progress();
+        v.progress.done = v.progress.done.saturating_sub(resumed);
+        v.progress.total = v.progress.total.map(|t| t.saturating_sub(resumed));
+        v.percent = 100.0;
+        v.fps = summary.fps;
+        v.eta_seconds = None;
+        v.workers = summary
+            .workers
+            .iter()
+            .map(|(w, n)| {
+                (w.clone(), WorkerView { frames: *n, fps: *n as f64 / summary.wall_seconds.max(f64::EPSILON) })
+            })
+            .collect();
+        if v.filters.is_empty() {
+            v.filters = summary.filters.clone();
+        }
+        v.summary = Some(summary.clone());
+    }
 }
 
 impl JobView {
     /// A job as the job store recorded it.
     fn from_record(r: &JobRecord) -> Self {
-        let status = match r.state {
-            JobState::Done => JobStatus::Done,
-            JobState::Cancelled => JobStatus::Cancelled,
-            JobState::Paused => JobStatus::Paused,
-            // Resumed by the server that remembers it (its events follow), or shown failed by
-            // a preview once its server stays silent.
-            JobState::Queued | JobState::Running => JobStatus::Running,
-            JobState::Uploading | JobState::Failed => JobStatus::Failed,
-        };
+        // A job the store has as running is resumed by the server that remembers it (its
+        // events follow), or shown failed by a preview once its server stays silent.
+        let status = r.state;
         let progress = r.summary.as_ref().map(JobSummary::progress).unwrap_or_default();
         JobView {
             status,
-            filters: r.chain.clone(),
-            percent: if status == JobStatus::Done { 100.0 } else { percent(progress.done, progress.total) },
+            filters: r.spec.chain.to_string(),
+            percent: if status == JobState::Done { 100.0 } else { percent(progress.done, progress.total) },
             fps: r.summary.as_ref().map_or(0.0, |s| s.fps),
             width: r.summary.as_ref().map_or(0, |s| s.width),
             height: r.summary.as_ref().map_or(0, |s| s.height),
@@ -515,10 +512,10 @@ impl JobView {
         }
     }
 
-    fn new(id: &str) -> Self {
+    fn new(id: &JobId) -> Self {
         JobView {
-            id: id.to_string(),
-            status: JobStatus::Running,
+            id: id.clone(),
+            status: JobState::Running,
             filters: String::new(),
             progress: Progress::default(),
             percent: 0.0,
@@ -554,7 +551,7 @@ mod tests {
 
     fn progress(done: u64, elapsed_ms: u64, workers: &[(&str, u64)]) -> JobEvent {
         JobEvent::Progress {
-            job: "j".into(),
+            job: "j".parse().unwrap(),
             progress: Progress {
                 done,
                 total: Some(100),
@@ -583,12 +580,9 @@ mod tests {
     fn failed_and_cancelled_jobs_end_and_are_counted_by_outcome() {
         let b = Board::new();
         let started = |job: &str| JobEvent::Started {
-            job: job.into(),
+            job: job.parse().unwrap(),
             filters: "edges".into(),
-            frames: Some(100),
-            width: 64,
-            height: 48,
-            fps: 25.0,
+            video: VideoInfo { frame_count: Some(100), width: 64, height: 48, fps: 25.0 },
         };
         b.apply(&started("j1"));
         b.apply(&started("j2"));
@@ -596,11 +590,11 @@ mod tests {
         // `j`, first heard of by its progress (a preview started mid-job), runs too.
         assert!(b.metrics().lines().any(|l| l == "vpd_jobs_running 3"));
         assert!(b.metrics().lines().any(|l| l == "vpd_frames_in_flight 4"));
-        b.apply(&JobEvent::Failed { job: "j1".into(), error: "in.mp4: truncated".into() });
-        b.apply(&JobEvent::Cancelled { job: "j2".into() });
+        b.apply(&JobEvent::Failed { job: "j1".parse().unwrap(), error: "in.mp4: truncated".into() });
+        b.apply(&JobEvent::Cancelled { job: "j2".parse().unwrap() });
         let (j1, j2) = (b.job("j1").unwrap(), b.job("j2").unwrap());
-        assert_eq!((j1.status, j1.error.as_deref()), (JobStatus::Failed, Some("in.mp4: truncated")));
-        assert_eq!((j2.status, j2.eta_seconds), (JobStatus::Cancelled, None));
+        assert_eq!((j1.status, j1.error.as_deref()), (JobState::Failed, Some("in.mp4: truncated")));
+        assert_eq!((j2.status, j2.eta_seconds), (JobState::Cancelled, None));
         let m = b.metrics();
         for line in [
             "vpd_jobs_total{outcome=\"done\"} 0",
@@ -610,7 +604,10 @@ mod tests {
             assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
         }
         // A progress snapshot that arrives after the end changes nothing.
-        b.apply(&JobEvent::Progress { job: "j1".into(), progress: Progress { done: 50, ..Default::default() } });
+        b.apply(&JobEvent::Progress {
+            job: "j1".parse().unwrap(),
+            progress: Progress { done: 50, ..Default::default() },
+        });
         assert_eq!(b.job("j1").unwrap(), j1);
     }
 
@@ -619,17 +616,17 @@ mod tests {
         let b = Board::new();
         b.apply(&progress(10, 500, &[("a", 10)]));
         b.expire_silent(Duration::from_secs(60));
-        assert_eq!(b.job("j").unwrap().status, JobStatus::Running, "heard of just now");
+        assert_eq!(b.job("j").unwrap().status, JobState::Running, "heard of just now");
         let mut updates = b.subscribe();
         b.expire_silent(Duration::ZERO);
         let j = b.job("j").unwrap();
-        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.status, JobState::Failed);
         assert!(j.error.unwrap().contains("its server stopped"));
-        assert!(matches!(updates.try_recv(), Ok(Update::Job(v)) if v.status == JobStatus::Failed), "streams hear it");
+        assert!(matches!(updates.try_recv(), Ok(Update::Job(v)) if v.status == JobState::Failed), "streams hear it");
         assert!(b.metrics().lines().any(|l| l == "vpd_jobs_running 0"));
         // Should the job end after all, it is not counted twice.
         b.apply(&JobEvent::Done {
-            job: "j".into(),
+            job: "j".parse().unwrap(),
             summary: Box::new(summary(100)),
             latency: Buckets::empty(LATENCY_BOUNDS),
         });
@@ -643,44 +640,42 @@ mod tests {
     fn a_paused_job_stays_live_and_its_counts_survive_a_restart_of_its_pipeline() {
         let b = Board::new();
         let started = || JobEvent::Started {
-            job: "j".into(),
+            job: "j".parse().unwrap(),
             filters: "edges".into(),
-            frames: Some(100),
-            width: 64,
-            height: 48,
-            fps: 25.0,
+            video: VideoInfo { frame_count: Some(100), width: 64, height: 48, fps: 25.0 },
         };
         let progress = |done| JobEvent::Progress {
-            job: "j".into(),
+            job: "j".parse().unwrap(),
             progress: Progress { done, total: Some(100), in_flight: 3, ..Progress::default() },
         };
         b.apply(&started());
         b.apply(&progress(40));
-        b.apply(&JobEvent::Paused { job: "j".into() });
+        b.apply(&JobEvent::Paused { job: "j".parse().unwrap() });
         let v = b.job("j").unwrap();
-        assert_eq!((v.status, v.progress.in_flight), (JobStatus::Paused, 0));
-        // Resumed: its pipeline starts again from its committed frames; what it did before
-        // stays counted.
+        assert_eq!((v.status, v.progress.in_flight), (JobState::Paused, 0));
+        // Resumed: it waits for a job slot, shown queued, not running; then its pipeline starts
+        // again from its committed frames, and what it did before stays counted.
+        b.apply(&JobEvent::Queued { job: "j".parse().unwrap(), filters: "edges".into() });
+        let v = b.job("j").unwrap();
+        assert_eq!((v.status, v.progress.done, v.fps), (JobState::Queued, 40, 0.0));
+        assert!(b.metrics().lines().any(|l| l == "vpd_jobs_running 0"), "{}", b.metrics());
         b.apply(&started());
-        assert_eq!(b.job("j").unwrap().status, JobStatus::Running);
+        assert_eq!(b.job("j").unwrap().status, JobState::Running);
         b.apply(&progress(10));
         assert!(b.metrics().lines().any(|l| l == "vpd_frames_processed_total 50"), "{}", b.metrics());
         // A paused job can be cancelled.
-        b.apply(&JobEvent::Paused { job: "j".into() });
-        b.apply(&JobEvent::Cancelled { job: "j".into() });
-        assert_eq!(b.job("j").unwrap().status, JobStatus::Cancelled);
+        b.apply(&JobEvent::Paused { job: "j".parse().unwrap() });
+        b.apply(&JobEvent::Cancelled { job: "j".parse().unwrap() });
+        assert_eq!(b.job("j").unwrap().status, JobState::Cancelled);
     }
 
     #[test]
     fn progress_gives_speed_eta_and_per_worker_rates() {
         let b = Board::new();
         b.apply(&JobEvent::Started {
-            job: "j".into(),
+            job: "j".parse().unwrap(),
             filters: "edges".into(),
-            frames: Some(100),
-            width: 64,
-            height: 48,
-            fps: 25.0,
+            video: VideoInfo { frame_count: Some(100), width: 64, height: 48, fps: 25.0 },
         });
         b.apply(&progress(10, 1000, &[("a", 6), ("b", 4)]));
         b.apply(&progress(30, 2000, &[("a", 18), ("b", 12)]));
@@ -697,11 +692,11 @@ mod tests {
         b.apply(&progress(50, 1000, &[("a", 50)]));
         let mut latency = Buckets::empty(LATENCY_BOUNDS);
         latency.observe(LATENCY_BOUNDS, 0.02);
-        b.apply(&JobEvent::Done { job: "j".into(), summary: Box::new(summary(100)), latency });
+        b.apply(&JobEvent::Done { job: "j".parse().unwrap(), summary: Box::new(summary(100)), latency });
         let v = b.job("j").unwrap();
         assert_eq!(
             (v.status, v.progress.done, v.progress.failed, v.progress.retries, v.percent),
-            (JobStatus::Done, 100, 1, 2, 100.0)
+            (JobState::Done, 100, 1, 2, 100.0)
         );
         assert_eq!(v.filters, "edges", "known from the summary even without a started event");
         let m = b.metrics();
@@ -726,14 +721,14 @@ mod tests {
     fn memory_is_bounded_and_counters_never_go_down() {
         let b = Board::new();
         for i in 0..(MAX_JOBS + 50) {
-            let job = format!("j{i}");
+            let job: JobId = format!("j{i}").parse().unwrap();
             let mut s = summary(20);
             s.failed_frames = 0;
             s.retries = 0;
             b.apply(&JobEvent::Done { job, summary: Box::new(s), latency: Buckets::empty(LATENCY_BOUNDS) });
         }
         assert_eq!(b.jobs().len(), MAX_JOBS);
-        assert_eq!(b.jobs()[0].id, format!("j{}", MAX_JOBS + 49), "newest first");
+        assert_eq!(b.jobs()[0].id.as_str(), format!("j{}", MAX_JOBS + 49), "newest first");
         let processed = format!("vpd_frames_processed_total {}", 20 * (MAX_JOBS + 50));
         assert!(b.metrics().lines().any(|l| l == processed));
     }
@@ -743,7 +738,7 @@ mod tests {
         let b = Board::new();
         let mut rx = b.subscribe();
         b.apply(&progress(1, 10, &[]));
-        b.apply(&JobEvent::Frame { job: "j".into(), index: 0, jpeg: vec![1, 2] });
+        b.apply(&JobEvent::Frame { job: "j".parse().unwrap(), index: 0, jpeg: vec![1, 2] });
         b.set_link(Link { broker_connected: Some(false), queue_depth: None });
         assert!(matches!(rx.try_recv(), Ok(Update::Job(v)) if v.progress.done == 1));
         assert!(matches!(rx.try_recv(), Ok(Update::Frame { index: 0, .. })));

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::filters::Chain;
 use crate::media::VideoCodec;
 use crate::net::ServerAddr;
+use crate::protocol::job::{JobControl, JobId};
 use crate::protocol::wire::TransportEncoding;
 
 /// vpd: split a video into frames, filter them in parallel, reassemble the result in order.
@@ -122,44 +123,88 @@ pub struct JobsArgs {
     pub wait: Option<u64>,
 }
 
-/// What `vpd jobs` does besides listing.
-#[derive(Debug, Subcommand)]
+/// What `vpd jobs` does besides listing: `show JOB`, or a job control, whose subcommands
+/// (`cancel`, `pause`, `resume`, `rerun`, `fetch`) and help are made from [`JobControl::ALL`]:
+/// a new control needs nothing here.
+#[derive(Debug, Clone, PartialEq)]
 pub enum JobsAction {
-    /// Everything recorded of one job: its states and when, its input's size and sha256, its
-    /// options, its summary, its error.
-    Show {
-        /// The job's id (as `vpd jobs` lists it).
-        job: String,
+    /// Everything recorded of one job.
+    Show(JobId),
+    /// A job control; `output` is where `fetch` writes the result.
+    Control {
+        /// The job.
+        job: JobId,
+        /// What to do.
+        control: JobControl,
+        /// `fetch -o FILE`.
+        output: Option<PathBuf>,
     },
-    /// Cancel a queued, running or paused job (its client is told, as for its own Ctrl-C).
-    Cancel {
-        /// The job's id.
-        job: String,
-    },
-    /// Pause a queued or running job: nothing of it stays in flight and its job slot is freed;
-    /// frames after its last committed segment are done again on resume.
-    Pause {
-        /// The job's id.
-        job: String,
-    },
-    /// Let a paused job go on, or a failed one (a full disk, say) from its committed segments.
-    Resume {
-        /// The job's id.
-        job: String,
-    },
-    /// Run an ended job again on its kept upload, as a new job; prints the new job's id.
-    Rerun {
-        /// The job's id.
-        job: String,
-    },
-    /// Download an ended job's kept result.
-    Fetch {
-        /// The job's id.
-        job: String,
-        /// Where to write the result.
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-    },
+}
+
+/// `show`'s help.
+const SHOW_HELP: &str = "Everything recorded of one job: its states and when, its input's size and sha256, its \
+                         options, its summary, its error";
+
+impl clap::FromArgMatches for JobsAction {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let Some((name, sub)) = matches.subcommand() else {
+            return Err(clap::Error::raw(clap::error::ErrorKind::MissingSubcommand, "a job action is needed"));
+        };
+        let job = sub
+            .get_one::<JobId>("job")
+            .cloned()
+            .ok_or_else(|| clap::Error::raw(clap::error::ErrorKind::MissingRequiredArgument, "JOB is needed"))?;
+        if name == "show" {
+            return Ok(JobsAction::Show(job));
+        }
+        let control = JobControl::ALL.into_iter().find(|c| c.as_str() == name).ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidSubcommand, format!("no job action '{name}'"))
+        })?;
+        let output = sub.try_get_one::<PathBuf>("output").ok().flatten().cloned();
+        Ok(JobsAction::Control { job, control, output })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for JobsAction {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        let job = || {
+            clap::Arg::new("job")
+                .value_name("JOB")
+                .required(true)
+                .value_parser(|s: &str| s.parse::<JobId>())
+                .help("The job's id (as `vpd jobs` lists it)")
+        };
+        let mut cmd = cmd.subcommand(clap::Command::new("show").about(SHOW_HELP).arg(job()));
+        for control in JobControl::ALL {
+            let mut sub = clap::Command::new(control.as_str()).about(control.help()).arg(job());
+            if control == JobControl::Fetch {
+                sub = sub.arg(
+                    clap::Arg::new("output")
+                        .short('o')
+                        .long("output")
+                        .value_name("FILE")
+                        .required(true)
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("Where to write the result"),
+                );
+            }
+            cmd = cmd.subcommand(sub);
+        }
+        cmd
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        name == "show" || JobControl::ALL.iter().any(|c| c.as_str() == name)
+    }
 }
 
 /// `vpd server`.
@@ -429,7 +474,7 @@ pub struct ClientArgs {
 
     /// Follow a job submitted before (by its id): progress from where it is, then the result.
     #[arg(long, value_name = "JOB", conflicts_with_all = ["input", "filter", "preset"])]
-    pub attach: Option<String>,
+    pub attach: Option<JobId>,
 
     /// How the output is encoded.
     #[command(flatten)]

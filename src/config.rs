@@ -532,12 +532,8 @@ impl FileConfig {
     /// The validated configuration of `vpd jobs`.
     pub fn jobs(&self, a: JobsArgs) -> anyhow::Result<JobsConfig> {
         let query = match a.action {
-            Some(JobsAction::Show { job }) => JobsQuery::Show(job),
-            Some(JobsAction::Cancel { job }) => JobsQuery::Cancel(job),
-            Some(JobsAction::Pause { job }) => JobsQuery::Pause(job),
-            Some(JobsAction::Resume { job }) => JobsQuery::Resume(job),
-            Some(JobsAction::Rerun { job }) => JobsQuery::Rerun(job),
-            Some(JobsAction::Fetch { job, output }) => JobsQuery::Fetch(job, output),
+            Some(JobsAction::Show(job)) => JobsQuery::Show(job),
+            Some(JobsAction::Control { job, control, output }) => JobsQuery::Control(job, control, output),
             None => JobsQuery::List(a.limit),
         };
         Ok(JobsConfig {

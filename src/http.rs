@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn events_are_single_data_lines_with_their_names() {
-        let chunk = encode(&Update::Frame { job: "j1".into(), index: 7 });
+        let chunk = encode(&Update::Frame { job: "j1".parse().unwrap(), index: 7 });
         assert_eq!(&chunk[..], b"event: frame\ndata: {\"index\":7,\"job\":\"j1\"}\n\n");
         let board = Board::new();
         let snap = String::from_utf8(snapshot(&board).to_vec()).unwrap();

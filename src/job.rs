@@ -89,12 +89,12 @@ pub fn open(
     }
     let mut source = MediaSource::open(input)?;
     let info = source.info();
-    if info.width as u64 * info.height as u64 > MAX_FRAME_PIXELS {
+    if u64::from(info.width) * u64::from(info.height) > MAX_FRAME_PIXELS {
         bail!("{}: {}x{} frames are over the 8192x8192 limit", input.display(), info.width, info.height);
     }
     // A chain that resizes frames makes the encoder's size.
-    let out = chain.output_size(info.width as u32, info.height as u32);
-    let size = (out != (info.width as u32, info.height as u32)).then_some(out);
+    let out = chain.output_size(info.width, info.height);
+    let size = (out != (info.width, info.height)).then_some(out);
     let (sink, start) = match writing {
         Writing::Direct => (Output::Direct(MediaSink::create(&source, &target, options, size)?), Start::default()),
         Writing::Segmented { dir, seconds, committed, mut on_commit } => {
@@ -174,7 +174,7 @@ impl OpenedJob {
         let (report, size) = match self.sink {
             Output::Direct(mut sink) => {
                 let report = run_job(job, &mut self.source, &mut sink, transport, &opts, observer)?;
-                let size = sink.size().unwrap_or(self.size.unwrap_or((info.width as u32, info.height as u32)));
+                let size = sink.size().unwrap_or(self.size.unwrap_or((info.width, info.height)));
                 sink.finish().map_err(anyhow::Error::from)?;
                 (report, size)
             }

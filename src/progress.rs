@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use crate::metrics::{JobSummary, Percentiles, Progress};
 use crate::pipeline::Observer;
-use crate::protocol::jobs::JobRecord;
+use crate::protocol::job::JobRecord;
 
 /// A progress bar on stderr: frames done/total, fps, ETA. Hidden when stderr is not a terminal.
 pub struct ProgressView(ProgressBar);
@@ -207,7 +207,7 @@ pub fn print_jobs(out: &mut impl Write, jobs: &[JobRecord]) -> io::Result<()> {
             fps,
             took,
             utc(j.created_ms),
-            j.chain
+            j.spec.chain
         )?;
     }
     Ok(())
@@ -217,11 +217,12 @@ pub fn print_jobs(out: &mut impl Write, jobs: &[JobRecord]) -> io::Result<()> {
 pub fn print_job(out: &mut impl Write, j: &JobRecord) -> io::Result<()> {
     writeln!(out, "job       {}", j.id)?;
     writeln!(out, "state     {}", j.state.as_str())?;
-    writeln!(out, "client    {} from {}", j.client, j.peer)?;
+    writeln!(out, "client    {} ({}) from {}", j.spec.client, j.software, j.peer)?;
     let sha = j.input_sha256.as_deref().unwrap_or("-");
-    writeln!(out, "input     {} ({} bytes, sha256 {sha})", j.input_name, j.input_bytes)?;
-    writeln!(out, "filters   {}", j.chain)?;
-    writeln!(out, "output    .{} {}", j.container, j.output_options)?;
+    writeln!(out, "input     {} ({} bytes, sha256 {sha})", j.spec.input_name, j.spec.input_bytes)?;
+    writeln!(out, "filters   {}", j.spec.chain)?;
+    let options = serde_json::to_string(&j.spec.output).unwrap_or_default();
+    writeln!(out, "output    .{} {options}", j.spec.container)?;
     match (j.output_bytes, j.removed_ms) {
         (Some(bytes), None) => writeln!(out, "result    {bytes} bytes, kept")?,
         (Some(bytes), Some(at)) => writeln!(out, "result    {bytes} bytes, removed {}", utc(at))?,

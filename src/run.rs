@@ -23,6 +23,7 @@ use crate::media::{MediaError, OutputOptions, STDIO, SegmentRecord, segment_path
 use crate::metrics::JobSummary;
 use crate::pipeline::{JobError, JobOptions};
 use crate::progress::ProgressView;
+use crate::protocol::job::JobId;
 use crate::protocol::wire::TransportEncoding;
 use crate::transport::JobContext;
 use crate::transport::local::LocalTransport;
@@ -129,12 +130,7 @@ fn process(
     }
     let info = opened.info();
     let window = cfg.window.unwrap_or_else(|| JobOptions::default_window(cfg.threads, info.frame_bytes()));
-    let job = JobContext {
-        id: format!("run-{}", std::process::id()),
-        chain: cfg.chain.clone(),
-        stop,
-        encoding: TransportEncoding::Raw,
-    };
+    let job = JobContext { id: JobId::new(), chain: cfg.chain.clone(), stop, encoding: TransportEncoding::Raw };
     let transport = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
     let remaining = info.frame_count.map(|n| n.saturating_sub(opened.resumed_at()));
     let progress = ProgressView::new(remaining, !cfg.quiet);

@@ -11,11 +11,12 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::media::SegmentRecord;
 use crate::metrics::JobSummary;
-pub use crate::protocol::jobs::{JobRecord, JobState, Transition};
+pub use crate::protocol::job::{JobId, JobRecord, JobSpec, JobState, Transition};
 
 /// The file in the state directory.
 pub const DATABASE: &str = "vpd.db";
@@ -65,29 +66,35 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN rerun_of TEXT;
     ALTER TABLE jobs ADD COLUMN removed_ms INTEGER;
     ALTER TABLE jobs ADD COLUMN transport TEXT NOT NULL DEFAULT 'auto';",
+    // 3: the job's spec whole, as JSON (chain, output options, container, transport, input, client
+    // name), instead of a column of text each; the client's software apart from its name.
+    "ALTER TABLE jobs ADD COLUMN spec TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE jobs ADD COLUMN software TEXT NOT NULL DEFAULT '';
+    UPDATE jobs SET
+        spec = json_object(
+            'chain', chain, 'output', json(output_options), 'container', container, 'transport', transport,
+            'input_name', input_name, 'input_bytes', input_bytes,
+            'client', CASE WHEN instr(client, ' (') > 0 THEN substr(client, 1, instr(client, ' (') - 1) ELSE client END),
+        software = CASE WHEN instr(client, ' (') > 0 THEN rtrim(substr(client, instr(client, ' (') + 2), ')') ELSE '' END;
+    ALTER TABLE jobs DROP COLUMN chain;
+    ALTER TABLE jobs DROP COLUMN output_options;
+    ALTER TABLE jobs DROP COLUMN container;
+    ALTER TABLE jobs DROP COLUMN transport;
+    ALTER TABLE jobs DROP COLUMN input_name;
+    ALTER TABLE jobs DROP COLUMN input_bytes;
+    ALTER TABLE jobs DROP COLUMN client;",
 ];
 
-/// A job as it is accepted.
-#[derive(Debug, Clone)]
-pub struct NewJob<'a> {
-    /// Its id.
-    pub id: &'a str,
-    /// The client's address.
-    pub peer: &'a str,
-    /// The client's name for itself (`vpd/0.1.0`), and whether it presented the token.
-    pub client: &'a str,
-    /// The input's file name, as the client gave it.
-    pub input_name: &'a str,
-    /// The upload's size.
-    pub input_bytes: u64,
-    /// The filter chain, parameters spelled out.
-    pub chain: &'a str,
-    /// The output options, as JSON.
-    pub output_options: &'a str,
-    /// The output container.
-    pub container: &'a str,
-    /// How frames travel to workers.
-    pub transport: &'a str,
+impl ToSql for JobId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(self.as_str().as_bytes())))
+    }
+}
+
+impl FromSql for JobId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(|e: String| FromSqlError::Other(e.into()))
+    }
 }
 
 /// The job store of one state directory.
@@ -169,35 +176,24 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a job just accepted, as uploading.
-    pub fn create(&self, job: &NewJob<'_>) -> anyhow::Result<()> {
+    /// Records job `id` just accepted, as uploading: `spec` from `peer`, whose software is
+    /// `software`.
+    pub fn create(&self, id: &JobId, peer: &str, software: &str, spec: &JobSpec) -> anyhow::Result<()> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, chain,
-                               output_options, container, transport)
-             VALUES (?1, 'uploading', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                job.id,
-                now,
-                job.peer,
-                job.client,
-                job.input_name,
-                job.input_bytes as i64,
-                job.chain,
-                job.output_options,
-                job.container,
-                job.transport
-            ],
+            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, software, spec)
+             VALUES (?1, 'uploading', ?2, ?2, ?3, ?4, ?5)",
+            params![id, now, peer, software, serde_json::to_string(spec)?],
         )?;
-        tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, 'uploading', ?2)", params![job.id, now])?;
+        tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, 'uploading', ?2)", params![id, now])?;
         tx.commit()?;
         Ok(())
     }
 
     /// Moves a job to `state`; `error` for a failed one.
-    pub fn transition(&self, id: &str, state: JobState, error: Option<&str>) -> anyhow::Result<()> {
+    pub fn transition(&self, id: &JobId, state: JobState, error: Option<&str>) -> anyhow::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         record_transition(&tx, id, state, error)?;
@@ -206,13 +202,13 @@ impl Store {
     }
 
     /// Records the whole upload's sha256.
-    pub fn uploaded(&self, id: &str, sha256: &str) -> anyhow::Result<()> {
+    pub fn uploaded(&self, id: &JobId, sha256: &str) -> anyhow::Result<()> {
         self.conn().execute("UPDATE jobs SET input_sha256 = ?2 WHERE id = ?1", params![id, sha256])?;
         Ok(())
     }
 
     /// Records a finished job's summary and result size, and marks it done.
-    pub fn finished(&self, id: &str, summary: &JobSummary, output_bytes: u64) -> anyhow::Result<()> {
+    pub fn finished(&self, id: &JobId, summary: &JobSummary, output_bytes: u64) -> anyhow::Result<()> {
         let mut conn = self.conn();
         // One transaction: a crash leaves the job either running or done with its summary.
         let tx = conn.transaction()?;
@@ -236,7 +232,7 @@ impl Store {
 
     /// Jobs whose upload was under way when the server stopped: the upload is lost with its
     /// connection. They are marked failed; returns their ids.
-    pub fn fail_uploading(&self, why: &str) -> anyhow::Result<Vec<String>> {
+    pub fn fail_uploading(&self, why: &str) -> anyhow::Result<Vec<JobId>> {
         let ids = self.uploading()?;
         for id in &ids {
             self.transition(id, JobState::Failed, Some(why))?;
@@ -245,24 +241,23 @@ impl Store {
     }
 
     /// Jobs whose upload is not whole yet.
-    pub fn uploading(&self) -> anyhow::Result<Vec<String>> {
+    pub fn uploading(&self) -> anyhow::Result<Vec<JobId>> {
         self.ids_where("state = 'uploading'")
     }
 
     /// Forgets `id`'s error: an upload that was cut off, then resumed to its end.
-    pub fn clear_error(&self, id: &str) -> anyhow::Result<()> {
+    pub fn clear_error(&self, id: &JobId) -> anyhow::Result<()> {
         self.conn().execute("UPDATE jobs SET error = NULL WHERE id = ?1", [id])?;
         Ok(())
     }
 
     /// Jobs uploaded and not ended (queued, running, paused), oldest first: what a restarted
     /// server resumes.
-    pub fn unfinished(&self) -> anyhow::Result<Vec<JobRecord>> {
-        let ids = self.ids_where("state IN ('queued', 'running', 'paused') ORDER BY created_ms, rowid")?;
-        ids.iter().filter_map(|id| self.get(id).transpose()).collect()
+    pub fn unfinished(&self) -> anyhow::Result<Vec<JobId>> {
+        self.ids_where("state IN ('queued', 'running', 'paused') ORDER BY created_ms, rowid")
     }
 
-    fn ids_where(&self, condition: &str) -> anyhow::Result<Vec<String>> {
+    fn ids_where(&self, condition: &str) -> anyhow::Result<Vec<JobId>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("SELECT id FROM jobs WHERE {condition}"))?;
         let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
@@ -270,13 +265,13 @@ impl Store {
     }
 
     /// Counts a resume of `id` after a restart.
-    pub fn resumed(&self, id: &str) -> anyhow::Result<()> {
+    pub fn resumed(&self, id: &JobId) -> anyhow::Result<()> {
         self.conn().execute("UPDATE jobs SET resumes = resumes + 1 WHERE id = ?1", [id])?;
         Ok(())
     }
 
     /// Records a committed segment of `id` (its file is on disk, fsynced).
-    pub fn commit_segment(&self, id: &str, r: &SegmentRecord) -> anyhow::Result<()> {
+    pub fn commit_segment(&self, id: &JobId, r: &SegmentRecord) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO segments (job, number, first_frame, frames, last_pts, bytes, committed_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -286,7 +281,7 @@ impl Store {
     }
 
     /// The committed segments of `id`, in order.
-    pub fn segments(&self, id: &str) -> anyhow::Result<Vec<SegmentRecord>> {
+    pub fn segments(&self, id: &JobId) -> anyhow::Result<Vec<SegmentRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT number, first_frame, frames, last_pts, bytes FROM segments WHERE job = ?1 ORDER BY number",
@@ -306,24 +301,23 @@ impl Store {
     }
 
     /// Forgets `id`'s segments (joined into its result, or their files gone).
-    pub fn drop_segments(&self, id: &str) -> anyhow::Result<()> {
+    pub fn drop_segments(&self, id: &JobId) -> anyhow::Result<()> {
         self.conn().execute("DELETE FROM segments WHERE job = ?1", [id])?;
         Ok(())
     }
 
     /// Records a new job `id` that reruns `of`, with the same input, chain and options, as
-    /// queued (its input is a copy of `of`'s).
-    pub fn rerun(&self, of: &str, id: &str, peer: &str, client: &str) -> anyhow::Result<()> {
+    /// queued (its input is a copy of `of`'s); it is `client`'s, from `peer`, whose software is
+    /// `software`.
+    pub fn rerun(&self, of: &JobId, id: &JobId, peer: &str, (client, software): (&str, &str)) -> anyhow::Result<()> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, input_sha256,
-                               chain, output_options, container, transport, rerun_of)
-             SELECT ?2, 'queued', ?3, ?3, ?4, ?5, input_name, input_bytes, input_sha256, chain, output_options,
-                    container, transport, id
+            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, software, spec, input_sha256, rerun_of)
+             SELECT ?2, 'queued', ?3, ?3, ?4, ?6, json_set(spec, '$.client', ?5), input_sha256, id
              FROM jobs WHERE id = ?1",
-            params![of, id, now, peer, client],
+            params![of, id, now, peer, client, software],
         )?;
         tx.execute("INSERT INTO transitions (job, state, at_ms) VALUES (?1, 'queued', ?2)", params![id, now])?;
         tx.commit()?;
@@ -331,7 +325,7 @@ impl Store {
     }
 
     /// Records that `id`'s files (upload, result, segments) were removed.
-    pub fn removed(&self, id: &str) -> anyhow::Result<()> {
+    pub fn removed(&self, id: &JobId) -> anyhow::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("UPDATE jobs SET removed_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
@@ -341,7 +335,7 @@ impl Store {
     }
 
     /// Ended jobs whose files are still kept, oldest end first: `(id, ended_ms)`.
-    pub fn kept(&self) -> anyhow::Result<Vec<(String, i64)>> {
+    pub fn kept(&self) -> anyhow::Result<Vec<(JobId, i64)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, updated_ms FROM jobs
@@ -353,7 +347,7 @@ impl Store {
 
     /// The newest `limit` jobs, newest first.
     pub fn list(&self, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
-        let ids: Vec<String> = {
+        let ids: Vec<JobId> = {
             let conn = self.conn();
             let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY created_ms DESC, rowid DESC LIMIT ?1")?;
             stmt.query_map([limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
@@ -362,19 +356,21 @@ impl Store {
     }
 
     /// One job, if the store has it.
-    pub fn get(&self, id: &str) -> anyhow::Result<Option<JobRecord>> {
+    pub fn get(&self, id: &JobId) -> anyhow::Result<Option<JobRecord>> {
         let conn = self.conn();
         let record = conn
             .query_row(
-                "SELECT id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, input_sha256, chain,
-                        output_options, container, output_bytes, frames, failed_frames, retries, summary, error,
-                        resumes, rerun_of, removed_ms, transport,
+                "SELECT id, state, created_ms, updated_ms, peer, software, spec, input_sha256, output_bytes, frames,
+                        failed_frames, retries, summary, error, resumes, rerun_of, removed_ms,
                         (SELECT coalesce(sum(frames), 0) FROM segments WHERE job = jobs.id)
                  FROM jobs WHERE id = ?1",
                 [id],
                 |r| {
-                    let options: String = r.get(10)?;
-                    let summary: Option<String> = r.get(16)?;
+                    let spec: String = r.get(6)?;
+                    let spec = serde_json::from_str(&spec).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+                    })?;
+                    let summary: Option<String> = r.get(12)?;
                     Ok(JobRecord {
                         id: r.get(0)?,
                         state: JobState::parse(&r.get::<_, String>(1)?),
@@ -382,28 +378,24 @@ impl Store {
                         updated_ms: r.get(3)?,
                         transitions: Vec::new(),
                         peer: r.get(4)?,
-                        client: r.get(5)?,
-                        input_name: r.get(6)?,
-                        input_bytes: r.get::<_, i64>(7)? as u64,
-                        input_sha256: r.get(8)?,
-                        chain: r.get(9)?,
-                        output_options: serde_json::from_str(&options).unwrap_or(serde_json::Value::Null),
-                        container: r.get(11)?,
-                        output_bytes: r.get::<_, Option<i64>>(12)?.map(|n| n as u64),
-                        frames: r.get::<_, Option<i64>>(13)?.map(|n| n as u64),
-                        failed_frames: r.get::<_, Option<i64>>(14)?.map(|n| n as u64),
-                        retries: r.get::<_, Option<i64>>(15)?.map(|n| n as u64),
+                        software: r.get(5)?,
+                        spec,
+                        input_sha256: r.get(7)?,
+                        output_bytes: r.get::<_, Option<i64>>(8)?.map(|n| n as u64),
+                        frames: r.get::<_, Option<i64>>(9)?.map(|n| n as u64),
+                        failed_frames: r.get::<_, Option<i64>>(10)?.map(|n| n as u64),
+                        retries: r.get::<_, Option<i64>>(11)?.map(|n| n as u64),
                         summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
-                        error: r.get(17)?,
-                        resumes: r.get::<_, i64>(18)? as u32,
-                        rerun_of: r.get(19)?,
-                        removed_ms: r.get(20)?,
-                        transport: r.get(21)?,
-                        committed_frames: r.get::<_, i64>(22)? as u64,
+                        error: r.get(13)?,
+                        resumes: r.get::<_, i64>(14)? as u32,
+                        rerun_of: r.get(15)?,
+                        removed_ms: r.get(16)?,
+                        committed_frames: r.get::<_, i64>(17)? as u64,
                     })
                 },
             )
-            .optional()?;
+            .optional()
+            .with_context(|| format!("job {id}'s record"))?;
         let Some(mut record) = record else { return Ok(None) };
         let mut stmt = conn.prepare("SELECT state, at_ms FROM transitions WHERE job = ?1 ORDER BY rowid")?;
         record.transitions = stmt
@@ -416,7 +408,7 @@ impl Store {
 /// Moves a job to `state`, within `tx`.
 fn record_transition(
     tx: &rusqlite::Transaction<'_>,
-    id: &str,
+    id: &JobId,
     state: JobState,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -433,45 +425,52 @@ fn record_transition(
 mod tests {
     use super::*;
 
-    fn job(id: &str) -> NewJob<'_> {
-        NewJob {
-            id,
-            peer: "127.0.0.1:5000",
-            client: "vpd/0.1.0",
-            input_name: "in.mp4",
+    fn id(id: &str) -> JobId {
+        id.parse().unwrap()
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            chain: "edges:low=50:high=150".parse().unwrap(),
+            output: crate::media::OutputOptions::default(),
+            container: "mp4".into(),
+            transport: crate::protocol::wire::TransportEncoding::Auto,
+            input_name: "in.mp4".into(),
             input_bytes: 1234,
-            chain: "edges:low=50:high=150",
-            output_options: r#"{"codec":"h264"}"#,
-            container: "mp4",
-            transport: "auto",
+            client: "alice".into(),
         }
+    }
+
+    fn create(store: &Store, job: &str) {
+        store.create(&id(job), "127.0.0.1:5000", "vpd/0.1.0", &spec()).unwrap();
     }
 
     #[test]
     fn jobs_and_their_transitions_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.create(&job("j1")).unwrap();
-        store.uploaded("j1", "abc").unwrap();
-        store.transition("j1", JobState::Running, None).unwrap();
-        store.create(&job("j2")).unwrap();
-        store.transition("j2", JobState::Failed, Some("in.mp4: truncated")).unwrap();
+        create(&store, "j1");
+        store.uploaded(&id("j1"), "abc").unwrap();
+        store.transition(&id("j1"), JobState::Running, None).unwrap();
+        create(&store, "j2");
+        store.transition(&id("j2"), JobState::Failed, Some("in.mp4: truncated")).unwrap();
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
-        let j1 = store.get("j1").unwrap().unwrap();
-        assert_eq!((j1.state, j1.input_sha256.as_deref(), j1.input_bytes), (JobState::Running, Some("abc"), 1234));
+        let j1 = store.get(&id("j1")).unwrap().unwrap();
+        assert_eq!((j1.state, j1.input_sha256.as_deref()), (JobState::Running, Some("abc")));
+        assert_eq!((&j1.spec, j1.software.as_str()), (&spec(), "vpd/0.1.0"), "the spec read back whole");
         let states: Vec<JobState> = j1.transitions.iter().map(|t| t.state).collect();
         assert_eq!(states, [JobState::Uploading, JobState::Running]);
-        assert_eq!(store.get("j2").unwrap().unwrap().error.as_deref(), Some("in.mp4: truncated"));
+        assert_eq!(store.get(&id("j2")).unwrap().unwrap().error.as_deref(), Some("in.mp4: truncated"));
         assert_eq!(store.list(10).unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["j2", "j1"]);
-        assert_eq!(store.get("nope").unwrap(), None);
+        assert_eq!(store.get(&id("nope")).unwrap(), None);
         // A restarted server resumes what was running when the last one died, and fails what
         // was uploading.
-        store.create(&job("j3")).unwrap();
-        assert_eq!(store.unfinished().unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["j1"]);
-        assert_eq!(store.fail_uploading("the upload was cut off").unwrap(), ["j3"]);
-        assert_eq!(store.get("j3").unwrap().unwrap().state, JobState::Failed);
+        create(&store, "j3");
+        assert_eq!(store.unfinished().unwrap(), [id("j1")]);
+        assert_eq!(store.fail_uploading("the upload was cut off").unwrap(), [id("j3")]);
+        assert_eq!(store.get(&id("j3")).unwrap().unwrap().state, JobState::Failed);
     }
 
     #[test]
@@ -509,29 +508,63 @@ mod tests {
         drop(conn);
 
         let store = Store::open(dir.path()).unwrap();
-        let old = store.get("old").unwrap().unwrap();
-        assert_eq!((old.resumes, old.transport.as_str(), old.removed_ms), (0, "auto", None));
+        let old = store.get(&id("old")).unwrap().unwrap();
+        assert_eq!((old.resumes, old.spec.transport.to_string().as_str(), old.removed_ms), (0, "auto", None));
+        assert_eq!((old.spec.client.as_str(), old.software.as_str()), ("c", ""), "a client recorded without software");
 
-        store.create(&job("j1")).unwrap();
-        store.transition("j1", JobState::Running, None).unwrap();
+        create(&store, "j1");
+        store.transition(&id("j1"), JobState::Running, None).unwrap();
         let seg =
             |number: u64| SegmentRecord { number, first_frame: number * 25, frames: 25, last_pts: Some(7), bytes: 100 };
-        store.commit_segment("j1", &seg(0)).unwrap();
-        store.commit_segment("j1", &seg(1)).unwrap();
-        store.resumed("j1").unwrap();
-        let j1 = store.get("j1").unwrap().unwrap();
+        store.commit_segment(&id("j1"), &seg(0)).unwrap();
+        store.commit_segment(&id("j1"), &seg(1)).unwrap();
+        store.resumed(&id("j1")).unwrap();
+        let j1 = store.get(&id("j1")).unwrap().unwrap();
         assert_eq!((j1.committed_frames, j1.resumes), (50, 1));
-        assert_eq!(store.segments("j1").unwrap(), [seg(0), seg(1)]);
-        store.transition("j1", JobState::Paused, None).unwrap();
-        assert_eq!(store.unfinished().unwrap()[0].state, JobState::Paused, "a paused job is resumed paused");
+        assert_eq!(store.segments(&id("j1")).unwrap(), [seg(0), seg(1)]);
+        store.transition(&id("j1"), JobState::Paused, None).unwrap();
+        let unfinished = store.get(&store.unfinished().unwrap()[0]).unwrap().unwrap();
+        assert_eq!(unfinished.state, JobState::Paused, "a paused job is resumed paused");
 
-        store.rerun("old", "j2", "peer", "client").unwrap();
-        let j2 = store.get("j2").unwrap().unwrap();
-        assert_eq!((j2.state, j2.rerun_of.as_deref(), j2.chain.as_str()), (JobState::Queued, Some("old"), "edges"));
+        store.rerun(&id("old"), &id("j2"), "peer", ("bob", "vpd/0.2.0")).unwrap();
+        let j2 = store.get(&id("j2")).unwrap().unwrap();
+        assert_eq!((j2.state, j2.rerun_of.as_ref()), (JobState::Queued, Some(&id("old"))));
+        assert_eq!(j2.spec.chain, "edges".parse().unwrap());
+        assert_eq!(
+            (j2.spec.client.as_str(), j2.software.as_str(), j2.spec.input_name.as_str()),
+            ("bob", "vpd/0.2.0", "a.mp4")
+        );
 
         assert_eq!(store.kept().unwrap().iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["old"]);
-        store.removed("old").unwrap();
-        assert!(store.get("old").unwrap().unwrap().removed_ms.is_some());
+        store.removed(&id("old")).unwrap();
+        assert!(store.get(&id("old")).unwrap().unwrap().removed_ms.is_some());
         assert!(store.kept().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_2_store_keeps_each_jobs_spec_and_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DATABASE)).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, state, created_ms, updated_ms, peer, client, input_name, input_bytes, chain,
+                               output_options, container, transport)
+             VALUES ('j9', 'queued', 1, 2, '10.0.0.1', 'alice (vpd/0.1.0)', 'film (1).mkv', 77,
+                     'blur:ksize=5,edges:low=50:high=150', '{\"codec\":\"h264\",\"crf\":18,\"preset\":\"fast\"}',
+                     'mkv', 'lz4')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        let j9 = store.get(&id("j9")).unwrap().unwrap();
+        assert_eq!((j9.spec.client.as_str(), j9.software.as_str()), ("alice", "vpd/0.1.0"));
+        assert_eq!((j9.spec.input_name.as_str(), j9.spec.input_bytes), ("film (1).mkv", 77));
+        assert_eq!(j9.spec.chain, "blur:ksize=5,edges".parse().unwrap());
+        assert_eq!((j9.spec.output.crf, j9.spec.output.preset.as_deref()), (Some(18), Some("fast")));
+        assert_eq!((j9.spec.container.as_str(), j9.spec.transport.to_string().as_str()), ("mkv", "lz4"));
+        assert_eq!(store.unfinished().unwrap().len(), 1);
     }
 }

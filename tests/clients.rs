@@ -122,7 +122,8 @@ fn each_client_has_its_name_role_and_limits_and_the_others_are_unaffected() {
     // The record names alice, never her token.
     let shown = jobs(&addr, BOB, &["show", &first]);
     let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert!(record["client"].as_str().unwrap().starts_with("alice (vpd/"), "{record}");
+    assert_eq!(record["client"], "alice", "{record}");
+    assert!(record["software"].as_str().unwrap().starts_with("vpd/"), "{record}");
     assert!(!String::from_utf8_lossy(&shown.stdout).contains(ALICE));
 
     // The dashboard wants a token, of either role; health and metrics stay open.

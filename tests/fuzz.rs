@@ -238,20 +238,22 @@ fn write_seed_corpus() {
     use opencv::core::{CV_8UC3, Mat, Scalar};
     use vpd::media::OutputOptions;
     use vpd::protocol::codec::encode_control;
-    use vpd::protocol::message::{SubmitRequest, Token};
+    use vpd::protocol::job::{JobControl, JobSpec};
+    use vpd::protocol::message::Token;
     use vpd::protocol::wire::{Encoder, ResultMeta, TaskMeta, TransportEncoding, encode_result, encode_task};
     let write = |target: &str, name: &str, bytes: &[u8]| {
         std::fs::create_dir_all(corpus_dir(target)).unwrap();
         std::fs::write(corpus_dir(target).join(name), bytes).unwrap();
     };
     let hello = ClientMessage::Hello { protocol: 5, client: "vpd/0.1.0".into(), token: Some(Token::new("s3cret")) };
-    let submit = ClientMessage::Submit(Box::new(SubmitRequest {
+    let submit = ClientMessage::Submit(Box::new(JobSpec {
         chain: "blur:ksize=5,edges".parse().unwrap(),
         output: OutputOptions::default(),
         container: "mp4".into(),
         transport: TransportEncoding::Auto,
         input_name: "in.mp4".into(),
-        upload_bytes: 12,
+        input_bytes: 12,
+        client: String::new(),
     }));
     let mut session = encode_control(&hello).unwrap();
     session.extend(encode_control(&submit).unwrap());
@@ -260,9 +262,9 @@ fn write_seed_corpus() {
     write("packet", "session", &session);
     for (name, m) in [
         ("list", ClientMessage::List { limit: 50 }),
-        ("show", ClientMessage::Show { job: "j0123".into() }),
-        ("cancel", ClientMessage::CancelJob { job: "j0123".into() }),
-        ("attach", ClientMessage::Attach { job: "j0123".into() }),
+        ("show", ClientMessage::Show { job: "j0123".parse().unwrap() }),
+        ("cancel", ClientMessage::Control { job: "j0123".parse().unwrap(), control: JobControl::Cancel }),
+        ("attach", ClientMessage::Attach { job: "j0123".parse().unwrap() }),
     ] {
         write("packet", name, &encode_control(&m).unwrap());
     }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use vpd::broker::Broker;
 use vpd::protocol::event::JobEvent;
-use vpd::protocol::message::{ClientMessage, ErrorCode, ServerMessage, SubmitRequest};
+use vpd::protocol::job::{JobId, JobSpec};
+use vpd::protocol::message::{ClientMessage, ErrorCode, ServerMessage};
 use vpd::protocol::task::Correlation;
 
 use crate::util::cluster::*;
@@ -237,13 +238,14 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
     deaf.hello(None);
     assert!(matches!(deaf.recv(), Some(ServerMessage::Welcome { .. })));
     let bytes = std::fs::read(&noisy).unwrap();
-    deaf.send(&ClientMessage::Submit(Box::new(SubmitRequest {
+    deaf.send(&ClientMessage::Submit(Box::new(JobSpec {
         chain: "blur:ksize=3".parse().unwrap(),
         output: vpd::media::OutputOptions { codec: "ffv1".parse().unwrap(), ..Default::default() },
         container: "mkv".into(),
         transport: vpd::protocol::wire::TransportEncoding::Auto,
         input_name: "noisy.mkv".into(),
-        upload_bytes: bytes.len() as u64,
+        input_bytes: bytes.len() as u64,
+        client: String::new(),
     })));
     assert!(matches!(deaf.recv(), Some(ServerMessage::Accepted { .. })));
     for chunk in bytes.chunks(1 << 20) {
@@ -515,7 +517,7 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
 
 /// Stops `worker`, submits `input` through `edges` to `server` and waits until the job has
 /// started: its tasks wait in the queue. Returns the client and the job's id.
-fn a_held_job(ns: &Namespace, server: &Server, worker: &Worker, input: &Path, out: &Path) -> (ChildGuard, String) {
+fn a_held_job(ns: &Namespace, server: &Server, worker: &Worker, input: &Path, out: &Path) -> (ChildGuard, JobId) {
     let events = Events::subscribe(ns);
     signal(&worker.child.0, libc::SIGSTOP);
     let job = spawn_piped(client_cmd(&server.addr(), input, "edges", out, &["--codec", "ffv1"]));
@@ -800,11 +802,11 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
     runtime().block_on(async {
         let broker = Broker::connect(&amqp_url(), "vpd-test-forger").await.unwrap();
         let publisher = broker.publisher().await.unwrap();
-        let reply_to = t.reply(&id);
+        let reply_to = t.reply(id.as_str());
         for index in 0..20 {
-            let meta = ResultMeta { job: &id, index, worker: "forger", filter_us: 1, retries: 0 };
+            let meta = ResultMeta { job: id.as_str(), index, worker: "forger", filter_us: 1, retries: 0 };
             let body = wire::encode_result(&meta, Ok(&frame), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
-            let correlation = Correlation::new(&id, index);
+            let correlation = Correlation::new(id.as_str(), index);
             assert!(publisher.result(&t, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
         }
         publisher.event(&t, &JobEvent::Cancelled { job: id.clone() }).await.unwrap();

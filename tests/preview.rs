@@ -105,6 +105,7 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
 
     // The event stream: progress only goes up, reaches 100 %, and the job ends done.
     let (mut last_percent, mut last_done, mut frames, mut between) = (0.0, 0, 0, false);
+    let mut ran = false;
     let done = loop {
         let e = events.next(Duration::from_secs(30)).expect("the stream stays open while the server runs");
         match e.name.as_str() {
@@ -121,7 +122,13 @@ fn a_server_dashboard_shows_the_job_live_and_agrees_with_the_client() {
                 if e.data["status"] == "done" {
                     break e.data;
                 }
+                // Queued while it waits for its slot, never once it ran; then running.
+                if e.data["status"] == "queued" {
+                    assert!(!ran && done == 0, "queued after it ran: {}", e.data);
+                    continue;
+                }
                 assert_eq!(e.data["status"], "running");
+                ran = true;
             }
             "frame" => frames += 1,
             other => panic!("unexpected event {other}: {}", e.data),

@@ -30,8 +30,8 @@ use crate::metrics::JobSummary;
 use crate::net::ServerAddr;
 use crate::progress::ProgressView;
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
-use crate::protocol::jobs::JobState;
-use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest, Token};
+use crate::protocol::job::{JobControl, JobId, JobSpec, JobState};
+use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Token};
 use crate::protocol::wire::TransportEncoding;
 use crate::tls::ClientTls;
 
@@ -59,7 +59,7 @@ pub enum ClientJob {
         detach: bool,
     },
     /// Follow this job to its result.
-    Attach(String),
+    Attach(JobId),
 }
 
 /// Everything `vpd client` needs.
@@ -91,7 +91,7 @@ pub enum Followed {
     /// The result is in place.
     Finished(Box<JobSummary>),
     /// `--detach`: the job, queued on the server.
-    Detached(String),
+    Detached(JobId),
 }
 
 /// Why a client run ended without a result: cancelled (the server was told to drop the job),
@@ -198,13 +198,15 @@ async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u
         )
         .into());
     }
-    let request = SubmitRequest {
+    let request = JobSpec {
         chain: chain.clone(),
         output: cfg.output_options.clone(),
         container: container_of(cfg),
         transport: cfg.transport,
         input_name: input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        upload_bytes,
+        input_bytes: upload_bytes,
+        // The server names the job's client from the token.
+        client: String::new(),
     };
     writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
     let (start, cancel) = (oneshot::channel(), oneshot::channel());
@@ -264,10 +266,10 @@ impl std::error::Error for Final {}
 
 /// An upload cut off: asks the server how much it holds, and sends the rest from there.
 /// Returns the link and that offset.
-async fn resume_upload(cfg: &ClientConfig, job: &str, input: &Path) -> Result<(Link, u64), ClientError> {
+async fn resume_upload(cfg: &ClientConfig, job: &JobId, input: &Path) -> Result<(Link, u64), ClientError> {
     let upload_bytes = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?.len();
     let (mut reader, mut writer, _) = open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await?;
-    let ask = ClientMessage::ResumeUpload { job: job.to_string(), upload_bytes };
+    let ask = ClientMessage::ResumeUpload { job: job.clone(), upload_bytes };
     writer.send(&ask).await.context("resuming the upload")?;
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>())
         .await
@@ -295,9 +297,9 @@ async fn resume_upload(cfg: &ClientConfig, job: &str, input: &Path) -> Result<(L
 }
 
 /// A job submitted before: attach to it.
-async fn attach(cfg: &ClientConfig, job: &str) -> Result<Link, ClientError> {
+async fn attach(cfg: &ClientConfig, job: &JobId) -> Result<Link, ClientError> {
     let (reader, mut writer, _) = open(&cfg.server, cfg.tls.as_ref(), cfg.token.clone()).await?;
-    writer.send(&ClientMessage::Attach { job: job.to_string() }).await.context("attaching to the job")?;
+    writer.send(&ClientMessage::Attach { job: job.clone() }).await.context("attaching to the job")?;
     let (start, cancel) = (oneshot::channel(), oneshot::channel());
     drop(start.0);
     let writer = tokio::spawn(upload_then_cancel(writer, None, start.1, cancel.1));
@@ -319,7 +321,7 @@ struct Follower<'a> {
     target: PathBuf,
     shutdown: CancellationToken,
     /// The job's id, once accepted.
-    job: Option<String>,
+    job: Option<JobId>,
     /// Whether the job is the server's: its upload is whole (or it was attached to).
     owned: bool,
     /// Ctrl-C was pressed and a cancel sent.
@@ -374,7 +376,7 @@ impl<'a> Follower<'a> {
     }
 
     /// Connects again, with backoff, until the server answers or [`RECONNECT_FOR`] is over.
-    async fn reconnect(&mut self, job: &str, lost: anyhow::Error) -> Result<Link, ClientError> {
+    async fn reconnect(&mut self, job: &JobId, lost: anyhow::Error) -> Result<Link, ClientError> {
         self.note(&format!("vpd: lost the server ({lost:#}); reconnecting to follow job {job}"));
         let cfg = self.cfg;
         match with_backoff(&self.shutdown, || attach(cfg, job)).await {
@@ -398,7 +400,7 @@ impl<'a> Follower<'a> {
 
     /// Connects again, with backoff, and sends the rest of the upload from what the server
     /// holds, until it takes it or [`RECONNECT_FOR`] is over.
-    async fn resume(&mut self, job: &str, input: &Path, lost: anyhow::Error) -> Result<Link, ClientError> {
+    async fn resume(&mut self, job: &JobId, input: &Path, lost: anyhow::Error) -> Result<Link, ClientError> {
         self.note(&format!(
             "vpd: lost the server during the upload ({lost:#}); reconnecting to resume job {job}'s upload"
         ));
@@ -473,9 +475,9 @@ impl<'a> Follower<'a> {
                     }
                     self.state = Some(state);
                 }
-                Ok(Some(Packet::Message(ServerMessage::Started { frames, .. }))) => {
+                Ok(Some(Packet::Message(ServerMessage::Started(video)))) => {
                     if self.progress.is_none() {
-                        self.progress = Some(ProgressView::new(frames, !self.cfg.quiet));
+                        self.progress = Some(ProgressView::new(video.frame_count, !self.cfg.quiet));
                     }
                 }
                 Ok(Some(Packet::Message(ServerMessage::Progress(snapshot)))) => {
@@ -546,17 +548,9 @@ pub enum JobsQuery {
     /// The newest jobs, at most this many.
     List(u32),
     /// One job's whole record.
-    Show(String),
-    /// Cancel a job.
-    Cancel(String),
-    /// Pause a job.
-    Pause(String),
-    /// Resume a paused job.
-    Resume(String),
-    /// Run an ended job again.
-    Rerun(String),
-    /// Download an ended job's result into a file.
-    Fetch(String, PathBuf),
+    Show(JobId),
+    /// A job control; `fetch` writes the result into the file.
+    Control(JobId, JobControl, Option<PathBuf>),
 }
 
 /// Everything `vpd jobs` needs.
@@ -579,7 +573,7 @@ pub struct JobsConfig {
 /// `vpd jobs`: asks the server for its job history (or one job), or controls a job.
 pub async fn jobs(cfg: &JobsConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let target = match &cfg.query {
-        JobsQuery::Fetch(_, output) => Some(check_output_path(Path::new(""), output)?),
+        JobsQuery::Control(_, JobControl::Fetch, Some(output)) => Some(check_output_path(Path::new(""), output)?),
         _ => None,
     };
     let mut patience = Patience::new(cfg.wait);
@@ -598,11 +592,7 @@ async fn ask(cfg: &JobsConfig, target: Option<&Path>) -> anyhow::Result<()> {
     let ask = match &cfg.query {
         JobsQuery::List(limit) => ClientMessage::List { limit: *limit },
         JobsQuery::Show(job) => ClientMessage::Show { job: job.clone() },
-        JobsQuery::Cancel(job) => ClientMessage::CancelJob { job: job.clone() },
-        JobsQuery::Pause(job) => ClientMessage::PauseJob { job: job.clone() },
-        JobsQuery::Resume(job) => ClientMessage::ResumeJob { job: job.clone() },
-        JobsQuery::Rerun(job) => ClientMessage::RerunJob { job: job.clone() },
-        JobsQuery::Fetch(job, _) => ClientMessage::Fetch { job: job.clone() },
+        JobsQuery::Control(job, control, _) => ClientMessage::Control { job: job.clone(), control: *control },
     };
     writer.send(&ask).await.context("asking the server")?;
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, reader.read::<ServerMessage>())
@@ -620,12 +610,12 @@ async fn ask(cfg: &JobsConfig, target: Option<&Path>) -> anyhow::Result<()> {
         }
         Some(Packet::Message(ServerMessage::Job(job))) => crate::progress::print_job(&mut out, &job)?,
         Some(Packet::Message(ServerMessage::Changed { job, state })) => match &cfg.query {
-            JobsQuery::Cancel(_) => writeln!(out, "cancelling {job}")?,
-            JobsQuery::Rerun(_) => writeln!(out, "{job}")?,
-            _ => writeln!(out, "{job} {}", state.as_str())?,
+            JobsQuery::Control(_, JobControl::Cancel, _) => writeln!(out, "cancelling {job}")?,
+            JobsQuery::Control(_, JobControl::Rerun, _) => writeln!(out, "{job}")?,
+            _ => writeln!(out, "{job} {state}")?,
         },
         Some(Packet::Message(ServerMessage::Done { summary, result_bytes })) => {
-            let (JobsQuery::Fetch(_, output), Some(target)) = (&cfg.query, target) else {
+            let (JobsQuery::Control(_, JobControl::Fetch, Some(output)), Some(target)) = (&cfg.query, target) else {
                 bail!("unexpected answer from the server: a result");
             };
             download(&mut reader, output, target, result_bytes).await.map_err(|e| match e {
@@ -970,6 +960,6 @@ pub async fn batch(
 fn batch_input(cfg: &ClientConfig) -> String {
     match &cfg.job {
         ClientJob::Submit { input, .. } => input.display().to_string(),
-        ClientJob::Attach(job) => job.clone(),
+        ClientJob::Attach(job) => job.to_string(),
     }
 }

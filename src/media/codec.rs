@@ -116,6 +116,7 @@ impl VideoCodec {
 
 /// How the output is encoded and muxed (`--codec`, `--crf`, … on `run` and `client`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OutputOptions {
     /// The video encoder.
     pub codec: VideoCodec,

@@ -80,16 +80,18 @@ fn all_threads(context: &mut ffmpeg_next::codec::context::Context) {
     }
 }
 
-/// What a video stream looks like.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a video stream looks like: the one description of a video's shape, from the decoder
+/// to the protocol's `Started`, the job events and the server's job status.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VideoInfo {
     /// Frame width in pixels.
-    pub width: i32,
+    pub width: u32,
     /// Frame height in pixels.
-    pub height: i32,
+    pub height: u32,
     /// Frames per second (the average, for a variable rate).
     pub fps: f64,
     /// Frames in the stream, when the container says or its duration tells.
+    #[serde(rename = "frames")]
     pub frame_count: Option<u64>,
 }
 

@@ -155,7 +155,7 @@ impl Frames {
     pub fn sized(source: &MediaSource, size: Option<(u32, u32)>) -> Self {
         let info = source.info();
         let stream = source.input.stream(source.video).expect("the source's video stream");
-        let (width, height) = size.unwrap_or((info.width as u32, info.height as u32));
+        let (width, height) = size.unwrap_or((info.width, info.height));
         Frames {
             width,
             height,

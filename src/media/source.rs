@@ -163,8 +163,8 @@ impl MediaSource {
         let sar = decoder.aspect_ratio();
         let aspect_ratio =
             if quarter && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
-        let info = VideoInfo { width: width as i32, height: height as i32, fps, frame_count };
-        if info.width <= 0 || info.height <= 0 {
+        let info = VideoInfo { width, height, fps, frame_count };
+        if info.width == 0 || info.height == 0 {
             return Err(MediaError::NoFrames(path.to_path_buf()));
         }
         let copied = input.streams().map(|s| s.index() != video && copyable(s.parameters().medium())).collect();

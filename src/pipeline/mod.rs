@@ -514,7 +514,7 @@ mod tests {
 
     fn job(chain: &str) -> JobContext {
         JobContext {
-            id: "test".into(),
+            id: "test".parse().unwrap(),
             chain: chain.parse().unwrap(),
             stop: Stop::never(),
             encoding: crate::protocol::wire::TransportEncoding::Raw,

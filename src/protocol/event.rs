@@ -5,31 +5,35 @@
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::media::VideoInfo;
 use crate::metrics::{Buckets, JobSummary, Progress};
+use crate::protocol::job::JobId;
 
 /// Something that happened to a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
+    /// The job waits for a job slot: its upload is whole, or it was resumed after a pause.
+    Queued {
+        /// The job.
+        job: JobId,
+        /// The filter chain.
+        filters: String,
+    },
     /// The upload decoded and frames are being dispatched.
     Started {
         /// The job.
-        job: String,
+        job: JobId,
         /// The filter chain.
         filters: String,
-        /// Frames the container announces.
-        frames: Option<u64>,
-        /// Frame width.
-        width: u32,
-        /// Frame height.
-        height: u32,
-        /// Frame rate of the video.
-        fps: f64,
+        /// The video, as the frames still to do see it (`frames` counts what remains).
+        #[serde(flatten)]
+        video: VideoInfo,
     },
     /// The job's numbers (rate-limited, ten a second at most).
     Progress {
         /// The job.
-        job: String,
+        job: JobId,
         /// The numbers.
         #[serde(flatten)]
         progress: Progress,
@@ -37,7 +41,7 @@ pub enum JobEvent {
     /// A downscaled JPEG of the latest frame written (two a second at most).
     Frame {
         /// The job.
-        job: String,
+        job: JobId,
         /// The frame's index.
         index: u64,
         /// The JPEG, base64 in JSON.
@@ -47,7 +51,7 @@ pub enum JobEvent {
     /// The job finished.
     Done {
         /// The job.
-        job: String,
+        job: JobId,
         /// Its report.
         summary: Box<JobSummary>,
         /// Its per-frame dispatch-to-result latencies, in [`crate::metrics::LATENCY_BOUNDS`].
@@ -56,27 +60,28 @@ pub enum JobEvent {
     /// The job failed.
     Failed {
         /// The job.
-        job: String,
+        job: JobId,
         /// Why.
         error: String,
     },
     /// The job was cancelled: workers drop its remaining tasks.
     Cancelled {
         /// The job.
-        job: String,
+        job: JobId,
     },
     /// The job was paused: nothing of it is in flight until it starts again (`Started`).
     Paused {
         /// The job.
-        job: String,
+        job: JobId,
     },
 }
 
 impl JobEvent {
     /// The job this event is about.
-    pub fn job(&self) -> &str {
+    pub fn job(&self) -> &JobId {
         match self {
-            JobEvent::Started { job, .. }
+            JobEvent::Queued { job, .. }
+            | JobEvent::Started { job, .. }
             | JobEvent::Progress { job, .. }
             | JobEvent::Frame { job, .. }
             | JobEvent::Done { job, .. }
@@ -103,7 +108,7 @@ mod tests {
     #[test]
     fn events_round_trip_as_json() {
         let p = JobEvent::Progress {
-            job: "j1".into(),
+            job: "j1".parse().unwrap(),
             progress: Progress {
                 done: 5,
                 total: Some(10),
@@ -114,7 +119,7 @@ mod tests {
         let text = serde_json::to_string(&p).unwrap();
         assert!(text.starts_with(r#"{"type":"progress","job":"j1","done":5,"#), "{text}");
         assert_eq!(serde_json::from_str::<JobEvent>(&text).unwrap(), p);
-        let f = JobEvent::Frame { job: "j1".into(), index: 3, jpeg: vec![0xff, 0xd8, 0xff] };
+        let f = JobEvent::Frame { job: "j1".parse().unwrap(), index: 3, jpeg: vec![0xff, 0xd8, 0xff] };
         let text = serde_json::to_string(&f).unwrap();
         assert!(text.contains(r#""jpeg":"/9j/""#), "{text}");
         assert_eq!(serde_json::from_str::<JobEvent>(&text).unwrap(), f);

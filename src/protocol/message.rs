@@ -19,8 +19,9 @@
 //!
 //! A job belongs to the server once its upload is whole: a connection that ends leaves it
 //! running. `Attach {job}` follows it again (`Accepted`, `Started`, progress, `Done` and the
-//! result, as above), `Fetch {job}` downloads an ended job's result. `List`, `Show`,
-//! `CancelJob`, `PauseJob`, `ResumeJob` and `RerunJob` each get one answer.
+//! result, as above). `Control {job, control}` changes a job (`cancel`, `pause`, `resume`,
+//! `rerun`: `Changed` answers) or downloads an ended job's result (`fetch`: `Done`, then its
+//! chunks). `List` and `Show` each get one answer.
 //!
 //! Control messages are JSON; the video travels as binary chunks (see [`super::codec`]).
 
@@ -28,18 +29,17 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::filters::Chain;
-use crate::media::OutputOptions;
+use crate::media::VideoInfo;
 use crate::metrics::{JobSummary, Progress};
-use crate::protocol::jobs::{JobRecord, JobState};
-use crate::protocol::wire::TransportEncoding;
+use crate::protocol::job::{JobControl, JobId, JobRecord, JobSpec, JobState};
 
 /// The protocol version both sides must speak; bumped on any incompatible change (2: the
 /// output options of `Submit`; 3: a typed chain and transport in `Submit`, one progress
 /// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history; 5: durable
 /// jobs: `Attach`, `Fetch`, `PauseJob`, `ResumeJob`, `RerunJob`, `State`, `expired`; 6: the
-/// `rate_limited` code and an error's `retry_after_s`; 7: `ResumeUpload` and `UploadFrom`).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// `rate_limited` code and an error's `retry_after_s`; 7: `ResumeUpload` and `UploadFrom`; 8: one
+/// job model: `Submit` carries a [`JobSpec`], one `Control` message for every job control).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,24 +72,6 @@ impl fmt::Debug for Token {
     }
 }
 
-/// What a client asks the server to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitRequest {
-    /// The filter chain, as its text; checked as it is read, like every chain.
-    pub chain: Chain,
-    /// How the result is encoded: codec, quality, preset, … (the server checks the encoder
-    /// exists when it reads the message).
-    pub output: OutputOptions,
-    /// Output container extension (`mp4`, `mkv`, …), from the client's output path.
-    pub container: String,
-    /// How frames travel to remote workers (`auto`, `raw`, `lz4`, `jpeg:90`).
-    pub transport: TransportEncoding,
-    /// The input file's name, for logs and as a container hint.
-    pub input_name: String,
-    /// Exact size of the upload that follows, in bytes.
-    pub upload_bytes: u64,
-}
-
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -103,8 +85,8 @@ pub enum ClientMessage {
         /// The shared secret, when the server requires one.
         token: Option<Token>,
     },
-    /// Starts a job; the upload's chunks follow.
-    Submit(Box<SubmitRequest>),
+    /// Starts a job; `input_bytes` of upload chunks follow. Its `client` is set by the server.
+    Submit(Box<JobSpec>),
     /// Asks for the newest `limit` jobs of the server's history (`Jobs` answers).
     List {
         /// At most this many (the server caps it).
@@ -113,44 +95,25 @@ pub enum ClientMessage {
     /// Asks for everything recorded of one job (`Job` answers, or `not_found`).
     Show {
         /// The job's id.
-        job: String,
+        job: JobId,
     },
-    /// Cancels a job, queued, running or paused (`Changed` answers); its attached clients
-    /// are told, as for a Ctrl-C.
-    CancelJob {
+    /// Applies a job control: `Changed` answers, or for `fetch` an ended job's result
+    /// (`Done`, then its chunks).
+    Control {
         /// The job's id.
-        job: String,
-    },
-    /// Pauses a queued or running job: its frames in flight are dropped and its job slot is
-    /// freed; the frames after its last committed segment are done again on resume.
-    PauseJob {
-        /// The job's id.
-        job: String,
-    },
-    /// Resumes a paused job.
-    ResumeJob {
-        /// The job's id.
-        job: String,
-    },
-    /// Runs an ended job again on its kept upload, as a new job (`Changed` names it).
-    RerunJob {
-        /// The job's id.
-        job: String,
+        job: JobId,
+        /// What to do.
+        control: JobControl,
     },
     /// Follows a job: `Accepted`, then what a submitting client hears from `Started` on.
     Attach {
         /// The job's id.
-        job: String,
-    },
-    /// Downloads an ended job's result: `Done`, then its chunks.
-    Fetch {
-        /// The job's id.
-        job: String,
+        job: JobId,
     },
     /// Goes on with an upload that was cut off: `UploadFrom`, then the chunks from there.
     ResumeUpload {
         /// The job's id (from its `Accepted`).
-        job: String,
+        job: JobId,
         /// The whole upload's size, as submitted.
         upload_bytes: u64,
     },
@@ -218,26 +181,17 @@ pub enum ServerMessage {
     /// The submitted job was accepted; send the upload.
     Accepted {
         /// The job's id.
-        job: String,
+        job: JobId,
     },
     /// The server holds this much of an upload cut off: send the rest, from `offset`.
     UploadFrom {
         /// The job's id.
-        job: String,
+        job: JobId,
         /// Bytes the server holds, safely stored.
         offset: u64,
     },
     /// The upload decoded; processing starts.
-    Started {
-        /// Frames the container announces, if any.
-        frames: Option<u64>,
-        /// Frame width.
-        width: u32,
-        /// Frame height.
-        height: u32,
-        /// Frame rate.
-        fps: f64,
-    },
+    Started(VideoInfo),
     /// The job's numbers so far (the same snapshot job events carry).
     Progress(Progress),
     /// The server's history, newest first.
@@ -250,7 +204,7 @@ pub enum ServerMessage {
     /// A job control was applied: `job` is now `state` (for a rerun, `job` is the new job).
     Changed {
         /// The job's id.
-        job: String,
+        job: JobId,
         /// Where it stands now.
         state: JobState,
     },

@@ -8,7 +8,7 @@
 
 pub mod codec;
 pub mod event;
-pub mod jobs;
+pub mod job;
 pub mod message;
 pub mod task;
 pub mod wire;

@@ -5,6 +5,7 @@
 //! queued, running or paused when the last one stopped. A shutdown stops drivers without
 //! recording an end: the next start resumes them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,22 +13,22 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, warn};
 
-use super::jobs::{End, LiveJob, Spec, Status, Video};
+use super::jobs::{End, LiveJob, Status};
 use super::observer::JobObserver;
 use super::refusal::Scrub;
 use super::shared::Shared;
 use crate::cancel::Stop;
-use crate::job::{Finished, Writing};
-use crate::media::{SegmentRecord, segment_path};
+use crate::job::{Finished, OpenedJob, Writing};
+use crate::media::{SegmentRecord, VideoInfo, segment_path};
 use crate::pipeline::{JobError, Progress};
 use crate::protocol::event::JobEvent;
-use crate::protocol::jobs::JobState;
+use crate::protocol::job::{JobId, JobSpec, JobState};
 use crate::protocol::message::ErrorCode;
 use crate::transport::JobContext;
 
 /// Starts driving the job `spec`, whose upload is in place; `paused` holds it until it
 /// is resumed. Returns it.
-pub(super) fn launch(shared: &Arc<Shared>, spec: Spec, paused: bool) -> Arc<LiveJob> {
+pub(super) fn launch(shared: &Arc<Shared>, id: JobId, spec: JobSpec, paused: bool) -> Arc<LiveJob> {
     let state = if paused { JobState::Paused } else { JobState::Queued };
     let status = Status { state, video: None, progress: Progress::default(), end: None };
     let job = Arc::new(LiveJob {
@@ -36,16 +37,16 @@ pub(super) fn launch(shared: &Arc<Shared>, spec: Spec, paused: bool) -> Arc<Live
         cancel: CancellationToken::new(),
         pause: watch::Sender::new(paused),
     });
-    let span = tracing::info_span!("drive", job = %spec.id);
-    let id = spec.id.clone();
-    shared.jobs.start(&id, job.clone(), drive(shared.clone(), job.clone(), spec).instrument(span));
+    let span = tracing::info_span!("drive", job = %id);
+    let driver = drive(shared.clone(), job.clone(), Driven { id: id.clone(), spec }).instrument(span);
+    shared.jobs.start(&id, job.clone(), driver);
     job
 }
 
 /// Drives one job to its end (or to the server's shutdown), then records how it ended.
-pub(super) async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, spec: Spec) {
-    let id = spec.id.clone();
-    let end = drive_to_end(&shared, &job, &spec).await;
+pub(super) async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, driven: Driven) {
+    let end = drive_to_end(&shared, &job, &driven).await;
+    let Driven { id, spec } = driven;
     let recorded = match &end {
         End::Done(summary) => {
             let output_bytes = std::fs::metadata(shared.jobs.result_of(&id, &spec.container)).map_or(0, |m| m.len());
@@ -70,8 +71,8 @@ pub(super) async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, spec: Spec) {
 }
 
 /// The driver's loop: wait for a slot (or a resume), run, and again after a pause.
-pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spec) -> End {
-    let id = &spec.id;
+pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, driven: &Driven) -> End {
+    let id = &driven.id;
     let shutdown = shared.shutdown.clone();
     let mut pause = job.pause.subscribe();
     let pause = &mut pause;
@@ -86,6 +87,7 @@ pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spe
             }
         }
         set_state(shared, job, id, JobState::Queued);
+        shared.publish(JobEvent::Queued { job: id.clone(), filters: driven.spec.chain.to_string() }).await;
         let slot = tokio::select! {
             slot = shared.job_slots.acquire() => match slot {
                 Ok(slot) => slot,
@@ -96,7 +98,7 @@ pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spe
             _ = shutdown.cancelled() => return End::Interrupted,
         };
         set_state(shared, job, id, JobState::Running);
-        let outcome = run_once(shared, job, spec, pause).await;
+        let outcome = run_once(shared, job, driven, pause).await;
         drop(slot);
         match outcome {
             Ok(finished) => return finished,
@@ -111,8 +113,8 @@ pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, spec: &Spe
 }
 
 /// A cancelled job's end, announced: workers drop its remaining tasks, dashboards show it.
-pub(super) async fn cancelled(shared: &Shared, id: &str) -> End {
-    shared.publish(JobEvent::Cancelled { job: id.to_string() }).await;
+pub(super) async fn cancelled(shared: &Shared, id: &JobId) -> End {
+    shared.publish(JobEvent::Cancelled { job: id.clone() }).await;
     End::Cancelled
 }
 
@@ -122,7 +124,7 @@ pub(super) async fn until(pause: &mut watch::Receiver<bool>, value: bool) {
 }
 
 /// Moves the job to `state`, in its status and in the store.
-pub(super) fn set_state(shared: &Shared, job: &LiveJob, id: &str, state: JobState) {
+pub(super) fn set_state(shared: &Shared, job: &LiveJob, id: &JobId, state: JobState) {
     let mut changed = false;
     job.status.send_if_modified(|s| {
         changed = s.state != state;
@@ -144,133 +146,54 @@ pub(super) enum Stopped {
     Cancelled,
 }
 
+/// The job a driver runs: its id and spec, and what the server made of them.
+pub(super) struct Driven {
+    /// Its id.
+    pub(super) id: JobId,
+    /// What it is.
+    pub(super) spec: JobSpec,
+}
+
 /// Opens the job from its committed segments and runs it until it ends or is paused.
 pub(super) async fn run_once(
     shared: &Arc<Shared>,
     job: &LiveJob,
-    spec: &Spec,
+    driven: &Driven,
     pause: &mut watch::Receiver<bool>,
 ) -> Result<End, Stopped> {
-    let id = spec.id.clone();
+    let Driven { id, spec } = driven;
     let jobs = &shared.jobs;
-    let (input, result, dir) =
-        (jobs.input_of(&id, &spec.input_name), jobs.result_of(&id, &spec.container), jobs.segments_of(&id));
+    let (input, result) = (jobs.input_of(id, &spec.input_name), jobs.result_of(id, &spec.container));
     let scrub = Scrub::new(jobs.dir(), &input, &spec.input_name, &result);
-    let failed = |code: ErrorCode, e: &anyhow::Error| Ok(End::Failed(code, scrub.text(&format!("{e:#}"))));
-    // Committed segments whose files are there, in order from 0.
-    let committed: Vec<SegmentRecord> = match shared.store.segments(&id) {
-        Ok(all) => all
-            .into_iter()
-            .enumerate()
-            .take_while(|(i, r)| r.number == *i as u64 && segment_path(&dir, r.number).is_file())
-            .map(|(_, r)| r)
-            .collect(),
-        Err(e) => return failed(ErrorCode::Internal, &e),
-    };
-    let on_commit = {
-        let (shared, id) = (shared.clone(), id.clone());
-        Box::new(move |r: &SegmentRecord| shared.store.commit_segment(&id, r))
-    };
-    let writing = Writing::Segmented { dir, seconds: jobs.segment_seconds(), committed, on_commit };
-    let cascade = shared.local_face_cascade.clone();
-    let (chain, options) = (spec.chain.clone(), spec.output.clone());
-    let span = tracing::Span::current();
-    let opened = {
-        let (input, result) = (input.clone(), result.clone());
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| crate::job::open(&input, &result, &chain, &options, cascade.as_deref(), writing))
-        })
-        .await
-    };
-    let opened = match opened {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return failed(ErrorCode::BadInput, &e),
-        Err(e) => return failed(ErrorCode::Internal, &anyhow::anyhow!("{e}")),
+    let opened = match open(shared, driven, (&input, &result)).await {
+        Ok(opened) => opened,
+        Err((code, e)) => return Ok(End::Failed(code, scrub.text(&format!("{e:#}")))),
     };
     let info = opened.info();
     let resumed = opened.resumed_at();
     if resumed > 0 {
         info!(frame = resumed, "resuming after the committed segments");
     }
-    let video = Video { frames: info.frame_count, width: info.width as u32, height: info.height as u32, fps: info.fps };
     job.status.send_modify(|s| {
-        s.video = Some(video);
+        s.video = Some(info);
         s.progress = Progress { done: resumed, total: info.frame_count, ..Progress::default() };
     });
     // Events and metrics count the frames this process works on: what remains.
-    let remaining = info.frame_count.map(|n| n.saturating_sub(resumed));
-    shared
-        .publish(JobEvent::Started {
-            job: id.clone(),
-            filters: spec.chain.to_string(),
-            frames: remaining,
-            width: video.width,
-            height: video.height,
-            fps: video.fps,
-        })
-        .await;
-
-    let job_token = CancellationToken::new();
-    let ctx = JobContext {
-        id: id.clone(),
-        chain: spec.chain.clone(),
-        stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
-        encoding: spec.transport,
-    };
-    let window = shared.window(info.frame_bytes());
-    let (progress_tx, mut progress_rx) = watch::channel(Progress { total: remaining, ..Progress::default() });
-    let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
-    let observer = JobObserver::new(progress_tx, thumb_tx, shared.clients.pace(&spec.client));
-    let transport = shared.transport.clone();
-    let span = tracing::Span::current();
-    let first_frame = Instant::now();
-    let mut running =
-        tokio::task::spawn_blocking(move || span.in_scope(|| opened.run(&ctx, &*transport, window, &observer)));
-    let mut first = true;
-    let mut paused = false;
-    let outcome = loop {
-        tokio::select! {
-            finished = &mut running => break finished,
-            changed = progress_rx.changed() => {
-                if changed.is_err() {
-                    continue;
-                }
-                let p = progress_rx.borrow_and_update().clone();
-                if first && p.done > 0 {
-                    first = false;
-                    info!(frame = resumed, ms = first_frame.elapsed().as_millis() as u64, "first new frame");
-                }
-                job.status.send_modify(|s| {
-                    s.progress = Progress { done: p.done + resumed, total: info.frame_count, ..p.clone() };
-                });
-                shared.publish(JobEvent::Progress { job: id.clone(), progress: p }).await;
-            }
-            Some((index, jpeg)) = thumb_rx.recv() => {
-                shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
-            }
-            _ = until(pause, true), if !paused => {
-                paused = true;
-                job_token.cancel();
-            }
-            // Once each: a cancelled token stays ready, and a branch that is always ready would
-            // spin this task without ever yielding its worker thread (and the timers it drives)
-            // while the pipeline winds down.
-            _ = job.cancel.cancelled(), if !job_token.is_cancelled() => job_token.cancel(),
-            _ = shared.shutdown.cancelled(), if !job_token.is_cancelled() => job_token.cancel(),
-        }
-    };
-    job_token.cancel(); // ends the stop's waiting task
-    // The job's frames, encoder and decoder are gone: their memory goes back to the system.
-    let _ = tokio::task::spawn_blocking(crate::job::release_freed_memory).await;
+    let remaining = VideoInfo { frame_count: info.frame_count.map(|n| n.saturating_sub(resumed)), ..info };
+    let filters = spec.chain.to_string();
+    shared.publish(JobEvent::Started { job: id.clone(), filters, video: remaining }).await;
+    let run = Run { shared, job, id, resumed, total: info.frame_count };
+    let (outcome, paused, progress, thumbnails) = run.follow(opened, spec, pause).await;
+    let mut thumbnails = thumbnails;
     let Finished { mut summary, latency } = match outcome {
         Ok(Ok(finished)) => finished,
         Ok(Err(JobError::Cancelled)) if paused && !job.cancel.is_cancelled() && !shared.shutdown.is_cancelled() => {
             // Nothing of it is in flight any more: the dashboards say so.
-            let mut p = progress_rx.borrow().clone();
+            let mut p = progress;
             p.in_flight = 0;
             shared.publish(JobEvent::Progress { job: id.clone(), progress: p.clone() }).await;
             shared.publish(JobEvent::Paused { job: id.clone() }).await;
-            job.status.send_modify(|s| s.progress = Progress { done: p.done + resumed, total: info.frame_count, ..p });
+            job.status.send_modify(|s| s.progress = run.whole(p));
             return Err(Stopped::Paused);
         }
         Ok(Err(JobError::Cancelled)) => return Err(Stopped::Cancelled),
@@ -282,20 +205,145 @@ pub(super) async fn run_once(
                 e.chain().any(|c| c.downcast_ref::<crate::media::MediaError>().is_some_and(|m| m.is_bad_input()));
             return Ok(End::Failed(if input { ErrorCode::BadInput } else { ErrorCode::JobFailed }, message));
         }
-        Err(e) => return failed(ErrorCode::Internal, &anyhow::anyhow!("{e}")),
+        Err(e) => return Ok(End::Failed(ErrorCode::Internal, scrub.text(&e.to_string()))),
     };
     // The record names the client's file, never the server's paths.
     summary.input = spec.input_name.clone();
     summary.output = result.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    while let Ok((index, jpeg)) = thumb_rx.try_recv() {
+    while let Ok((index, jpeg)) = thumbnails.try_recv() {
         shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
     }
     let mut last = summary.progress();
     last.done = last.done.saturating_sub(resumed);
-    last.total = remaining;
+    last.total = remaining.frame_count;
     shared.publish(JobEvent::Progress { job: id.clone(), progress: last }).await;
     shared.publish(JobEvent::Done { job: id.clone(), summary: Box::new(summary.clone()), latency }).await;
     job.status.send_modify(|s| s.progress = summary.progress());
     info!(frames = summary.frames, fps = format!("{:.1}", summary.fps), "job done");
     Ok(End::Done(Box::new(summary)))
+}
+
+/// Opens the job's upload and output (off the runtime's threads), with the segments the store
+/// records as committed and whose files are there, in order from 0.
+async fn open(
+    shared: &Arc<Shared>,
+    Driven { id, spec }: &Driven,
+    (input, result): (&Path, &Path),
+) -> Result<OpenedJob, (ErrorCode, anyhow::Error)> {
+    let dir = shared.jobs.segments_of(id);
+    let committed: Vec<SegmentRecord> = {
+        let (shared, id, dir) = (shared.clone(), id.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let all = shared.store.segments(&id)?;
+            Ok::<_, anyhow::Error>(
+                all.into_iter()
+                    .enumerate()
+                    .take_while(|(i, r)| r.number == *i as u64 && segment_path(&dir, r.number).is_file())
+                    .map(|(_, r)| r)
+                    .collect(),
+            )
+        })
+        .await
+        .map_err(|e| (ErrorCode::Internal, anyhow::anyhow!("{e}")))?
+        .map_err(|e| (ErrorCode::Internal, e))?
+    };
+    let on_commit = {
+        let (shared, id) = (shared.clone(), id.clone());
+        Box::new(move |r: &SegmentRecord| shared.store.commit_segment(&id, r))
+    };
+    let writing = Writing::Segmented { dir, seconds: shared.jobs.segment_seconds(), committed, on_commit };
+    let cascade = shared.local_face_cascade.clone();
+    let (chain, options) = (spec.chain.clone(), spec.output.clone());
+    let (input, result) = (input.to_path_buf(), result.to_path_buf());
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| crate::job::open(&input, &result, &chain, &options, cascade.as_deref(), writing))
+    })
+    .await
+    .map_err(|e| (ErrorCode::Internal, anyhow::anyhow!("{e}")))?
+    .map_err(|e| (ErrorCode::BadInput, e))
+}
+
+/// A run of an opened job, as its driver follows it.
+struct Run<'a> {
+    shared: &'a Arc<Shared>,
+    job: &'a LiveJob,
+    id: &'a JobId,
+    /// Frames committed before this run.
+    resumed: u64,
+    /// Frames the whole video has.
+    total: Option<u64>,
+}
+
+/// What a run ended with, whether it was paused, its last progress and the thumbnails not yet
+/// published.
+type Followed = (Result<Result<Finished, JobError>, tokio::task::JoinError>, bool, Progress, Thumbnails);
+
+/// Thumbnails from a job's observer: the frame's index and its JPEG.
+type Thumbnails = mpsc::Receiver<(u64, Vec<u8>)>;
+
+impl Run<'_> {
+    /// `p`, this run's numbers, in whole-job terms: frames committed before count as done.
+    fn whole(&self, p: Progress) -> Progress {
+        Progress { done: p.done + self.resumed, total: self.total, ..p }
+    }
+
+    /// Runs the pipeline on its threads and passes on its progress and thumbnails until it
+    /// ends; a pause, a cancel or the server's shutdown stops it.
+    async fn follow(&self, opened: OpenedJob, spec: &JobSpec, pause: &mut watch::Receiver<bool>) -> Followed {
+        let (shared, job, id) = (self.shared, self.job, self.id);
+        let info = opened.info();
+        let job_token = CancellationToken::new();
+        let ctx = JobContext {
+            id: id.clone(),
+            chain: spec.chain.clone(),
+            stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
+            encoding: spec.transport,
+        };
+        let window = shared.window(info.frame_bytes());
+        let remaining = info.frame_count.map(|n| n.saturating_sub(self.resumed));
+        let (progress_tx, mut progress_rx) = watch::channel(Progress { total: remaining, ..Progress::default() });
+        let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
+        let observer = JobObserver::new(progress_tx, thumb_tx, shared.clients.pace(&spec.client));
+        let transport = shared.transport.clone();
+        let span = tracing::Span::current();
+        let first_frame = Instant::now();
+        let mut running =
+            tokio::task::spawn_blocking(move || span.in_scope(|| opened.run(&ctx, &*transport, window, &observer)));
+        let (mut first, mut paused) = (true, false);
+        let outcome = loop {
+            tokio::select! {
+                finished = &mut running => break finished,
+                changed = progress_rx.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let p = progress_rx.borrow_and_update().clone();
+                    if first && p.done > 0 {
+                        first = false;
+                        info!(frame = self.resumed, ms = first_frame.elapsed().as_millis() as u64, "first new frame");
+                    }
+                    job.status.send_modify(|s| s.progress = self.whole(p.clone()));
+                    shared.publish(JobEvent::Progress { job: id.clone(), progress: p }).await;
+                }
+                Some((index, jpeg)) = thumb_rx.recv() => {
+                    shared.publish(JobEvent::Frame { job: id.clone(), index, jpeg }).await;
+                }
+                _ = until(pause, true), if !paused => {
+                    paused = true;
+                    job_token.cancel();
+                }
+                // Once each: a cancelled token stays ready, and a branch that is always ready would
+                // spin this task without ever yielding its worker thread (and the timers it drives)
+                // while the pipeline winds down.
+                _ = job.cancel.cancelled(), if !job_token.is_cancelled() => job_token.cancel(),
+                _ = shared.shutdown.cancelled(), if !job_token.is_cancelled() => job_token.cancel(),
+            }
+        };
+        job_token.cancel(); // ends the stop's waiting task
+        // The job's frames, encoder and decoder are gone: their memory goes back to the system.
+        let _ = tokio::task::spawn_blocking(crate::job::release_freed_memory).await;
+        let last = progress_rx.borrow().clone();
+        (outcome, paused, last, thumb_rx)
+    }
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::info;
 
-use super::jobs::{End, Video};
+use super::jobs::End;
 use super::places::Seat;
 use super::refusal::{Refusal, internal_error, refuse};
 use super::shared::Shared;
 use crate::metrics::JobSummary;
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter};
+use crate::protocol::job::{JobId, JobState};
 use crate::protocol::message::{ClientMessage, ErrorCode, ServerMessage};
-use crate::store::JobState;
 
 /// Time the client has to take a progress message while its job runs (tens of bytes, behind
 /// socket buffers of tens of kilobytes): a client that does not is not reading, and its
@@ -29,7 +29,7 @@ pub(super) async fn attach<R, W>(
     writer: &mut PacketWriter<W>,
     shared: &Shared,
     seat: &Seat,
-    id: &str,
+    id: &JobId,
 ) -> Result<(), Refusal>
 where
     R: AsyncRead + Unpin,
@@ -45,7 +45,7 @@ where
             return match end {
                 End::Done(summary) => {
                     let record = shared.store.get(id).map_err(internal_error)?;
-                    let container = record.map(|r| r.container).unwrap_or_default();
+                    let container = record.map(|r| r.spec.container).unwrap_or_default();
                     send_result(writer, shared, seat, &shared.jobs.result_of(id, &container), *summary).await
                 }
                 End::Failed(code, message) => Err(refuse(code, message)),
@@ -62,8 +62,7 @@ where
         }
         if let (Some(v), None) = (now.video, video) {
             video = Some(v);
-            let Video { frames, width, height, fps } = v;
-            writer.send(&ServerMessage::Started { frames, width, height, fps }).await?;
+            writer.send(&ServerMessage::Started(v)).await?;
         }
         if video.is_some() && now.state == JobState::Running {
             let message = ServerMessage::Progress(now.progress);
@@ -99,13 +98,13 @@ pub(super) async fn ended<W: AsyncWrite + Unpin>(
     writer: &mut PacketWriter<W>,
     shared: &Shared,
     seat: &Seat,
-    id: &str,
+    id: &JobId,
 ) -> Result<(), Refusal> {
     let _pin = shared.jobs.pin(id);
     let Some(r) = shared.store.get(id).map_err(internal_error)? else {
         return Err(refuse(ErrorCode::NotFound, format!("no job {id} on this server")));
     };
-    let result = shared.jobs.result_of(id, &r.container);
+    let result = shared.jobs.result_of(id, &r.spec.container);
     match (r.state, r.summary) {
         (JobState::Done, Some(summary)) if r.removed_ms.is_none() && result.is_file() => {
             send_result(writer, shared, seat, &result, summary).await

@@ -21,29 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::filters::Chain;
-use crate::media::OutputOptions;
+use crate::media::VideoInfo;
 use crate::metrics::JobSummary;
 use crate::pipeline::Progress;
-use crate::protocol::jobs::{JobRecord, JobState};
+use crate::protocol::job::{JobId, JobState};
 use crate::protocol::message::ErrorCode;
-use crate::protocol::wire::TransportEncoding;
 
 /// How often kept results are checked against `--keep-results` and `--max-stored`.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(60);
-
-/// The video a running job reads, in whole-job terms.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Video {
-    /// Frames the container announces.
-    pub frames: Option<u64>,
-    /// Frame width.
-    pub width: u32,
-    /// Frame height.
-    pub height: u32,
-    /// Frame rate.
-    pub fps: f64,
-}
 
 /// How a job ended.
 #[derive(Debug, Clone)]
@@ -64,7 +49,7 @@ pub struct Status {
     /// Queued, running or paused (the last state it had, once it ended).
     pub state: JobState,
     /// Its video, once opened.
-    pub video: Option<Video>,
+    pub video: Option<VideoInfo>,
     /// Its numbers, in whole-job terms (frames committed before a resume count as done).
     pub progress: Progress,
     /// Set once it ended.
@@ -105,52 +90,12 @@ impl LiveJob {
     }
 }
 
-/// What a job is: enough to open it again after a restart.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    /// Its id.
-    pub id: String,
-    /// The client it is counted against (its name in the tokens file).
-    pub client: String,
-    /// The input's name, as the client gave it.
-    pub input_name: String,
-    /// The filters.
-    pub chain: Chain,
-    /// How the result is encoded.
-    pub output: OutputOptions,
-    /// How frames travel to workers.
-    pub transport: TransportEncoding,
-    /// The result's container.
-    pub container: String,
-}
-
-impl Spec {
-    /// The spec a record describes.
-    pub fn of(record: &JobRecord) -> anyhow::Result<Spec> {
-        let chain = record.chain.parse().map_err(|e| anyhow::anyhow!("the recorded filter chain: {e}"))?;
-        let output = serde_json::from_value(record.output_options.clone())
-            .map_err(|e| anyhow::anyhow!("the recorded output options: {e}"))?;
-        let transport = if record.transport.is_empty() { "auto" } else { record.transport.as_str() };
-        let transport = transport.parse().map_err(|e| anyhow::anyhow!("the recorded transport: {e}"))?;
-        Ok(Spec {
-            id: record.id.clone(),
-            // Recorded as `NAME (SOFTWARE)`.
-            client: record.client.split(" (").next().unwrap_or_default().to_string(),
-            input_name: record.input_name.clone(),
-            chain,
-            output,
-            transport,
-            container: record.container.clone(),
-        })
-    }
-}
-
 /// The jobs of one state directory: the live ones, and the files of all of them.
 pub struct Jobs {
     dir: PathBuf,
-    live: Mutex<HashMap<String, Arc<LiveJob>>>,
+    live: Mutex<HashMap<JobId, Arc<LiveJob>>>,
     /// Connections following or downloading a job, by id: their files are not removed.
-    pins: Mutex<HashMap<String, usize>>,
+    pins: Mutex<HashMap<JobId, usize>>,
     segment_seconds: f64,
     keep_results: Duration,
     max_stored: u64,
@@ -162,7 +107,7 @@ pub struct Jobs {
 /// Keeps a job's files while a connection uses them.
 pub struct Pin<'a> {
     jobs: &'a Jobs,
-    id: String,
+    id: JobId,
 }
 
 impl Drop for Pin<'_> {
@@ -206,33 +151,33 @@ impl Jobs {
     }
 
     /// The directory of job `id`.
-    pub fn dir_of(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+    pub fn dir_of(&self, id: &JobId) -> PathBuf {
+        self.dir.join(id.as_str())
     }
 
     /// Where job `id`'s upload grows until it is whole: in its directory, so that it outlives
     /// the connection and the process, for its client to resume.
-    pub fn partial_of(&self, id: &str) -> PathBuf {
+    pub fn partial_of(&self, id: &JobId) -> PathBuf {
         self.dir_of(id).join("upload.partial")
     }
 
     /// How much of [`Jobs::partial_of`] is on disk for sure (fsynced): a decimal byte count.
-    pub fn synced_of(&self, id: &str) -> PathBuf {
+    pub fn synced_of(&self, id: &JobId) -> PathBuf {
         self.dir_of(id).join("upload.synced")
     }
 
     /// Where job `id`'s upload is kept.
-    pub fn input_of(&self, id: &str, input_name: &str) -> PathBuf {
+    pub fn input_of(&self, id: &JobId, input_name: &str) -> PathBuf {
         self.dir_of(id).join(format!("input{}", extension_of(input_name)))
     }
 
     /// Where job `id`'s result is kept.
-    pub fn result_of(&self, id: &str, container: &str) -> PathBuf {
+    pub fn result_of(&self, id: &JobId, container: &str) -> PathBuf {
         self.dir_of(id).join(format!("result.{container}"))
     }
 
     /// The live job `id`.
-    pub fn get(&self, id: &str) -> Option<Arc<LiveJob>> {
+    pub fn get(&self, id: &JobId) -> Option<Arc<LiveJob>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
@@ -247,9 +192,9 @@ impl Jobs {
     }
 
     /// Keeps job `id`'s files while the pin lives.
-    pub fn pin(&self, id: &str) -> Pin<'_> {
-        *self.pins.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default() += 1;
-        Pin { jobs: self, id: id.to_string() }
+    pub fn pin(&self, id: &JobId) -> Pin<'_> {
+        *self.pins.lock().unwrap_or_else(|p| p.into_inner()).entry(id.clone()).or_default() += 1;
+        Pin { jobs: self, id: id.clone() }
     }
 
     /// Waits for every driver to stop (after a shutdown).
@@ -304,21 +249,21 @@ impl Jobs {
     /// Adds `job`, driven by `driver`, to the live jobs: it leaves them when the driver ends.
     pub(super) fn start(
         &self,
-        id: &str,
+        id: &JobId,
         job: Arc<LiveJob>,
         driver: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), job);
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), job);
         self.tracker.spawn(driver);
     }
 
     /// Removes job `id` from the live jobs (its driver ended).
-    pub(super) fn forget(&self, id: &str) {
+    pub(super) fn forget(&self, id: &JobId) {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Job `id`'s committed segments.
-    pub(super) fn segments_of(&self, id: &str) -> PathBuf {
+    pub(super) fn segments_of(&self, id: &JobId) -> PathBuf {
         self.dir_of(id).join("segments")
     }
 
@@ -349,18 +294,6 @@ pub fn extension_of(name: &str) -> String {
         .filter(|e| !e.is_empty() && e.len() <= 8 && e.chars().all(|c| c.is_ascii_alphanumeric()))
         .map(|e| format!(".{}", e.to_ascii_lowercase()))
         .unwrap_or_default()
-}
-
-/// A job id: `j` and 12 hex digits, random per process and job.
-pub(super) fn new_job_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    // RandomState is seeded from the OS per process; the sequence number separates jobs.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    format!("j{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
 #[cfg(test)]

@@ -327,15 +327,15 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
 /// Starts every job the last process left queued, running or paused, from its committed
 /// segments; a job whose upload is gone fails.
 fn resume_unfinished(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    for record in shared.store.unfinished()? {
-        let id = record.id.clone();
-        let spec = match jobs::Spec::of(&record) {
-            Ok(spec) if shared.jobs.input_of(&id, &record.input_name).is_file() => spec,
-            Ok(_) => {
+    for id in shared.store.unfinished()? {
+        let record = match shared.store.get(&id) {
+            Ok(Some(record)) if shared.jobs.input_of(&id, &record.spec.input_name).is_file() => record,
+            Ok(Some(_)) => {
                 warn!(job = %id, "the upload of an unfinished job is gone; recorded as failed");
                 shared.store.transition(&id, JobState::Failed, Some("the server lost the job's upload"))?;
                 continue;
             }
+            Ok(None) => continue,
             Err(e) => {
                 warn!(job = %id, error = %format!("{e:#}"), "cannot resume a job; recorded as failed");
                 shared.store.transition(&id, JobState::Failed, Some(&format!("{e:#}")))?;
@@ -347,7 +347,7 @@ fn resume_unfinished(shared: &Arc<Shared>) -> anyhow::Result<()> {
             shared.store.resumed(&id)?;
         }
         info!(job = %id, committed_frames = record.committed_frames, paused, "resuming a job the last process left");
-        drive::launch(shared, spec, paused);
+        drive::launch(shared, id, record.spec, paused);
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::protocol::job::JobId;
+
 /// Who holds a place: an address and, where tokens are required, a client's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Holder {
@@ -111,23 +113,23 @@ impl Drop for Place {
 /// The jobs whose upload a connection is receiving now: one connection per upload, so that a
 /// resume never writes beside the connection it replaces.
 #[derive(Default)]
-pub struct UnderWay(Arc<Mutex<std::collections::HashSet<String>>>);
+pub struct UnderWay(Arc<Mutex<std::collections::HashSet<JobId>>>);
 
 /// A job's upload claimed by one connection; dropping it lets the next one claim it.
 pub struct Claim {
-    set: Arc<Mutex<std::collections::HashSet<String>>>,
-    job: String,
+    set: Arc<Mutex<std::collections::HashSet<JobId>>>,
+    job: JobId,
 }
 
 impl UnderWay {
     /// Claims `job`'s upload, unless a connection holds it.
-    pub fn claim(&self, job: &str) -> Option<Claim> {
+    pub fn claim(&self, job: &JobId) -> Option<Claim> {
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(job.to_string()).then(|| Claim { set: self.0.clone(), job: job.to_string() })
+        set.insert(job.clone()).then(|| Claim { set: self.0.clone(), job: job.clone() })
     }
 
     /// Whether a connection is receiving `job`'s upload.
-    pub fn holds(&self, job: &str) -> bool {
+    pub fn holds(&self, job: &JobId) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(job)
     }
 }

@@ -16,14 +16,15 @@ use tracing::info;
 
 use super::admission::Ticket;
 use super::clients::{Client, Role};
-use super::control::{Control, apply};
+use super::control::apply;
 use super::follow::{attach, ended};
 use super::places::Seat;
 use super::refusal::{Refusal, evicted, internal_error, read_within, refuse};
 use super::shared::Shared;
 use super::upload::{Counting, resume_upload, submit, validate};
 use crate::protocol::codec::{Packet, PacketReader, PacketWriter};
-use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SubmitRequest};
+use crate::protocol::job::JobControl;
+use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 
 /// Time a client has to say hello.
 pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +56,7 @@ where
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
 }
 
+/// The handshake, then the one request, answered.
 pub(super) async fn converse<R, W>(
     reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
@@ -67,56 +69,65 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    let (who, client) = handshake(reader, writer, shared, shutdown, ticket).await?;
+    let (who, software) = handshake(reader, writer, shared, shutdown, ticket).await?;
     tracing::Span::current().record("client", who.name.as_str());
     // Without tokens every client is "anonymous": only its address tells it apart.
     let seat =
         Seat { address: ticket.address(), client: shared.clients.clients().requires_token().then(|| who.name.clone()) };
-    let not_found = |job: &str| refuse(ErrorCode::NotFound, format!("no job {job} on this server"));
     let request = first_request(reader, shared).await?;
+    let changes = matches!(
+        request,
+        ClientMessage::Submit(..) | ClientMessage::ResumeUpload { .. } | ClientMessage::Control { .. }
+    );
     if who.role == Role::Read
-        && matches!(request, Request::Submit(..) | Request::ResumeUpload(..) | Request::Control(..))
+        && changes
+        && !matches!(request, ClientMessage::Control { control: JobControl::Fetch, .. })
     {
         return Err(refuse(ErrorCode::Unauthorized, format!("{} has a read-only token", who.name)));
     }
     match request {
-        Request::Submit(request, container) => {
-            let id =
-                submit(reader, writer, shared, shutdown, (peer, &client, &who), &seat, &request, &container).await?;
+        ClientMessage::Submit(spec) => {
+            let id = submit(reader, writer, shared, shutdown, (peer, &software, &who), &seat, *spec).await?;
             attach(reader, writer, shared, &seat, &id).await
         }
-        Request::ResumeUpload(job, upload_bytes) => {
+        ClientMessage::ResumeUpload { job, upload_bytes } => {
             let id = resume_upload(reader, writer, shared, shutdown, &who, &seat, &job, upload_bytes).await?;
             attach(reader, writer, shared, &seat, &id).await
         }
-        Request::Attach(job) => {
+        ClientMessage::Attach { job } => {
             writer.send(&ServerMessage::Accepted { job: job.clone() }).await?;
             attach(reader, writer, shared, &seat, &job).await
         }
-        Request::Fetch(job) => match shared.jobs.get(&job) {
+        ClientMessage::Control { job, control: JobControl::Fetch } => match shared.jobs.get(&job) {
             Some(live) => Err(refuse(
                 ErrorCode::Conflict,
-                format!("job {job} is {}; attach to it to follow it to its result", live.state().as_str()),
+                format!("job {job} is {}; attach to it to follow it to its result", live.state()),
             )),
             None => ended(writer, shared, &seat, &job).await,
         },
-        Request::List(limit) => {
+        ClientMessage::Control { job, control } => {
+            let (job, state) = apply(shared, (peer, &software, &who), &job, control)?;
+            Ok(writer.send(&ServerMessage::Changed { job, state }).await?)
+        }
+        ClientMessage::List { limit } => {
             let jobs = shared.store.list(limit.clamp(1, MAX_LISTED) as usize).map_err(internal_error)?;
             Ok(writer.send(&ServerMessage::Jobs { jobs }).await?)
         }
-        Request::Show(job) => match shared.store.get(&job).map_err(internal_error)? {
+        ClientMessage::Show { job } => match shared.store.get(&job).map_err(internal_error)? {
             Some(record) => Ok(writer.send(&ServerMessage::Job(Box::new(record))).await?),
-            None => Err(not_found(&job)),
+            None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
         },
-        Request::Control(job, control) => {
-            let (job, state) = apply(shared, (peer, &client, &who), &job, control)?;
-            Ok(writer.send(&ServerMessage::Changed { job, state }).await?)
-        }
+        ClientMessage::Hello { .. } | ClientMessage::Cancel => Err(unexpected()),
     }
 }
 
+/// A message out of turn after the handshake.
+fn unexpected() -> Refusal {
+    refuse(ErrorCode::BadRequest, "expected a submit, resume, attach, fetch or job request")
+}
+
 /// Hello ⇄ welcome: the protocol version and the token. Returns the client the token names,
-/// and how it is recorded (its name and its software).
+/// and its software (`vpd/0.1.0`), as its hello said.
 pub(super) async fn handshake<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
@@ -160,49 +171,20 @@ where
         .send(&ServerMessage::Welcome { protocol: PROTOCOL_VERSION, server, max_upload_bytes: shared.max_upload })
         .await?;
     let software: String = client.chars().take(64).collect();
-    let recorded = format!("{} ({software})", who.name);
-    Ok((who, recorded))
+    Ok((who, software))
 }
 
-/// What a client asks for after the handshake.
-pub(super) enum Request {
-    /// A job: the request, checked, and its output container.
-    Submit(Box<SubmitRequest>, String),
-    /// Follow a job.
-    Attach(String),
-    /// Download an ended job's result.
-    Fetch(String),
-    /// Go on with an upload cut off: the job and the upload's whole size.
-    ResumeUpload(String, u64),
-    /// The newest jobs.
-    List(u32),
-    /// One job's record.
-    Show(String),
-    /// Cancel, pause, resume or rerun a job.
-    Control(String, Control),
-}
-
-/// The first message after the handshake.
+/// The first message after the handshake: a request, its spec checked if it is a submit.
 pub(super) async fn first_request<R: AsyncRead + Unpin>(
     reader: &mut PacketReader<R>,
     shared: &Shared,
-) -> Result<Request, Refusal> {
-    Ok(match read_within(reader, SUBMIT_TIMEOUT, "request").await? {
-        Some(Packet::Message(ClientMessage::Submit(request))) => {
-            let container = validate(&request, shared)?;
-            Request::Submit(request, container)
+) -> Result<ClientMessage, Refusal> {
+    match read_within(reader, SUBMIT_TIMEOUT, "request").await? {
+        Some(Packet::Message(ClientMessage::Submit(mut spec))) => {
+            validate(&mut spec, shared)?;
+            Ok(ClientMessage::Submit(spec))
         }
-        Some(Packet::Message(ClientMessage::Attach { job })) => Request::Attach(job),
-        Some(Packet::Message(ClientMessage::Fetch { job })) => Request::Fetch(job),
-        Some(Packet::Message(ClientMessage::ResumeUpload { job, upload_bytes })) => {
-            Request::ResumeUpload(job, upload_bytes)
-        }
-        Some(Packet::Message(ClientMessage::List { limit })) => Request::List(limit),
-        Some(Packet::Message(ClientMessage::Show { job })) => Request::Show(job),
-        Some(Packet::Message(ClientMessage::CancelJob { job })) => Request::Control(job, Control::Cancel),
-        Some(Packet::Message(ClientMessage::PauseJob { job })) => Request::Control(job, Control::Pause),
-        Some(Packet::Message(ClientMessage::ResumeJob { job })) => Request::Control(job, Control::Resume),
-        Some(Packet::Message(ClientMessage::RerunJob { job })) => Request::Control(job, Control::Rerun),
-        _ => return Err(refuse(ErrorCode::BadRequest, "expected a submit, resume, attach, fetch or job request")),
-    })
+        Some(Packet::Message(m)) if !matches!(m, ClientMessage::Hello { .. } | ClientMessage::Cancel) => Ok(m),
+        _ => Err(unexpected()),
+    }
 }

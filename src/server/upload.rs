@@ -16,14 +16,14 @@ use tracing::{info, warn};
 use super::clients::{Client, UploadCharge};
 use super::control::within_jobs_limit;
 use super::drive::launch;
-use super::jobs::{Jobs, Spec, new_job_id};
+use super::jobs::Jobs;
 use super::places::Seat;
 use super::refusal::{Refusal, Scrub, internal_error, lost, read_within, refuse};
 use super::shared::Shared;
 use crate::media::check_output;
 use crate::protocol::codec::{Packet, PacketReader, PacketWriter};
-use crate::protocol::message::{ClientMessage, ErrorCode, ServerMessage, SubmitRequest};
-use crate::store::{JobState, NewJob};
+use crate::protocol::job::{JobId, JobSpec, JobState};
+use crate::protocol::message::{ClientMessage, ErrorCode, ServerMessage};
 
 /// Longest pause allowed between upload chunks.
 pub(super) const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,11 +54,10 @@ pub(super) async fn submit<R, W>(
     writer: &mut PacketWriter<W>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-    (peer, client, who): (&str, &str, &Client),
+    (peer, software, who): (&str, &str, &Client),
     seat: &Seat,
-    request: &SubmitRequest,
-    container: &str,
-) -> Result<String, Refusal>
+    spec: JobSpec,
+) -> Result<JobId, Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -68,52 +67,32 @@ where
         return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
     }
     within_jobs_limit(shared, who)?;
-    let mut charge = shared.clients.take_upload(who, request.upload_bytes)?;
+    let mut charge = shared.clients.take_upload(who, spec.input_bytes)?;
     // A place among the uploads, within this peer's share of them.
     let _upload = tokio::select! {
         place = seat.place(&shared.uploads) => place,
         _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
     };
     // The disk: what is free must hold this upload.
-    check_disk(shared, request.upload_bytes)?;
-    let id = new_job_id();
-    info!(%peer, job = %id, filters = %request.chain, upload = request.upload_bytes, "job accepted");
-    let options = serde_json::to_string(&request.output).unwrap_or_default();
-    let (chain, transport) = (request.chain.to_string(), request.transport.to_string());
-    let record = NewJob {
-        id: &id,
-        peer,
-        client,
-        input_name: &request.input_name,
-        input_bytes: request.upload_bytes,
-        chain: &chain,
-        output_options: &options,
-        container,
-        transport: &transport,
-    };
+    check_disk(shared, spec.input_bytes)?;
+    let id = JobId::new();
+    info!(%peer, job = %id, filters = %spec.chain, upload = spec.input_bytes, "job accepted");
     // Claimed before it is recorded: the janitor never takes it for an upload left behind.
     let claim =
         shared.uploads_under_way.claim(&id).ok_or_else(|| refuse(ErrorCode::Internal, "a new job's id in use"))?;
-    shared.store.create(&record).map_err(internal_error)?;
+    // The job is the client's its token names, whatever the client said.
+    let spec = JobSpec { client: who.name.clone(), ..spec };
+    shared.store.create(&id, peer, software, &spec).map_err(internal_error)?;
     writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
-    let received = receive(reader, shared, (&id, &request.input_name, request.upload_bytes), 0, &mut charge).await;
+    let received = receive(reader, shared, (&id, &spec.input_name, spec.input_bytes), 0, &mut charge).await;
     drop(claim);
-    let spec = Spec {
-        id: id.clone(),
-        client: who.name.clone(),
-        input_name: request.input_name.clone(),
-        chain: request.chain.clone(),
-        output: request.output.clone(),
-        transport: request.transport,
-        container: container.to_string(),
-    };
-    upload_ended(shared, spec, received)?;
+    upload_ended(shared, id.clone(), spec, received)?;
     Ok(id)
 }
 
-/// Checks what deserialising a request could not (the chain and the transport encoding were
-/// checked as they were read); returns the output container.
-pub(super) fn validate(r: &SubmitRequest, shared: &Shared) -> Result<String, Refusal> {
+/// Checks what deserialising a spec could not (the chain and the transport encoding were
+/// checked as they were read); the container is lower-cased.
+pub(super) fn validate(r: &mut JobSpec, shared: &Shared) -> Result<(), Refusal> {
     let container = r.container.to_ascii_lowercase();
     if container.is_empty() || container.len() > 16 || !container.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(refuse(ErrorCode::BadRequest, format!("bad container '{}'", r.container)));
@@ -122,26 +101,31 @@ pub(super) fn validate(r: &SubmitRequest, shared: &Shared) -> Result<String, Ref
     // fit the container.
     check_output(Path::new(&format!("output.{container}")), &r.output)
         .map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
-    if r.upload_bytes == 0 {
+    if r.input_bytes == 0 {
         return Err(refuse(ErrorCode::BadInput, "the upload is empty"));
     }
-    if r.upload_bytes > shared.max_upload {
+    if r.input_bytes > shared.max_upload {
         return Err(refuse(
             ErrorCode::TooLarge,
-            format!("an upload of {} bytes is over this server's limit of {}", r.upload_bytes, shared.max_upload),
+            format!("an upload of {} bytes is over this server's limit of {}", r.input_bytes, shared.max_upload),
         ));
     }
-    Ok(container)
+    r.container = container;
+    Ok(())
 }
 
 /// After an upload's connection ended: the job starts when the upload is whole; one cut off
 /// by a lost or stalled connection with at least [`SYNC_EVERY`] safely stored is kept for its
 /// client to resume; anything else ends it. (Keeping less would let a peer that announces
 /// large uploads and sends nothing leave a job behind every few seconds.)
-pub(super) fn upload_ended(shared: &Arc<Shared>, spec: Spec, received: Result<(), Refusal>) -> Result<(), Refusal> {
-    let id = spec.id.clone();
+pub(super) fn upload_ended(
+    shared: &Arc<Shared>,
+    id: JobId,
+    spec: JobSpec,
+    received: Result<(), Refusal>,
+) -> Result<(), Refusal> {
     let Err(r) = received else {
-        launch(shared, spec, false);
+        launch(shared, id, spec, false);
         return Ok(());
     };
     let held = held_upload(&shared.jobs, &id);
@@ -164,7 +148,7 @@ pub(super) fn upload_ended(shared: &Arc<Shared>, spec: Spec, received: Result<()
 
 /// Bytes of job `id`'s partial upload known to be on disk: what its last fsync recorded,
 /// never more than the file holds.
-pub(super) fn held_upload(jobs: &Jobs, id: &str) -> u64 {
+pub(super) fn held_upload(jobs: &Jobs, id: &JobId) -> u64 {
     let synced = std::fs::read_to_string(jobs.synced_of(id)).ok().and_then(|t| t.trim().parse::<u64>().ok());
     let len = std::fs::metadata(jobs.partial_of(id)).map_or(0, |m| m.len());
     synced.unwrap_or(0).min(len)
@@ -187,17 +171,17 @@ pub(super) async fn resume_upload<R, W>(
     shutdown: &CancellationToken,
     who: &Client,
     seat: &Seat,
-    job: &str,
+    job: &JobId,
     upload_bytes: u64,
-) -> Result<String, Refusal>
+) -> Result<JobId, Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let not_found = || refuse(ErrorCode::NotFound, format!("no upload of job {job} to resume on this server"));
     let record = shared.store.get(job).map_err(internal_error)?.ok_or_else(not_found)?;
-    // Recorded as `NAME (SOFTWARE)`: another client's upload is not this one's to finish.
-    if record.client.split(" (").next() != Some(who.name.as_str()) {
+    // Another client's upload is not this one's to finish.
+    if record.spec.client != who.name {
         return Err(not_found());
     }
     if record.state != JobState::Uploading || !shared.jobs.partial_of(job).is_file() {
@@ -206,10 +190,10 @@ where
             format!("job {job} is {}: its upload is not waiting to be resumed", record.state.as_str()),
         ));
     }
-    if record.input_bytes != upload_bytes {
+    if record.spec.input_bytes != upload_bytes {
         return Err(refuse(
             ErrorCode::BadRequest,
-            format!("job {job}'s upload is {} bytes, not {upload_bytes}", record.input_bytes),
+            format!("job {job}'s upload is {} bytes, not {upload_bytes}", record.spec.input_bytes),
         ));
     }
     let Some(claim) = shared.uploads_under_way.claim(job) else {
@@ -219,7 +203,6 @@ where
             ..refuse(ErrorCode::Busy, format!("job {job}'s upload is still under way on another connection"))
         });
     };
-    let spec = Spec::of(&record).map_err(internal_error)?;
     let offset = held_upload(&shared.jobs, job);
     // The bytes that arrived before the cut were charged then: only the rest now.
     let mut charge = shared.clients.take_upload(who, upload_bytes - offset)?;
@@ -229,21 +212,21 @@ where
     };
     check_disk(shared, upload_bytes - offset)?;
     info!(%job, offset, "resuming an upload");
-    writer.send(&ServerMessage::UploadFrom { job: job.to_string(), offset }).await?;
-    let received = receive(reader, shared, (job, &record.input_name, upload_bytes), offset, &mut charge).await;
+    writer.send(&ServerMessage::UploadFrom { job: job.clone(), offset }).await?;
+    let received = receive(reader, shared, (job, &record.spec.input_name, upload_bytes), offset, &mut charge).await;
     if received.is_ok() {
         shared.store.clear_error(job).map_err(internal_error)?;
     }
     drop(claim);
-    upload_ended(shared, spec, received)?;
-    Ok(job.to_string())
+    upload_ended(shared, job.clone(), record.spec, received)?;
+    Ok(job.clone())
 }
 
 /// The upload from `offset` into the job's directory, then kept as its input.
 pub(super) async fn receive<R>(
     reader: &mut PacketReader<Counting<R>>,
     shared: &Shared,
-    (id, input_name, size): (&str, &str, u64),
+    (id, input_name, size): (&JobId, &str, u64),
     offset: u64,
     charge: &mut UploadCharge<'_>,
 ) -> Result<(), Refusal>

@@ -215,7 +215,9 @@ impl Transport for AmqpTransport {
             for _ in 0..DECODERS {
                 let (reply_rx, results, verdicts) = (reply_rx.clone(), results.clone(), verdict_tx.clone());
                 let (sources, frame_size, span) = (&sources, &frame_size, span.clone());
-                s.spawn(move || span.in_scope(|| decode(&job.id, reply_rx, results, verdicts, sources, frame_size)));
+                s.spawn(move || {
+                    span.in_scope(|| decode(job.id.as_str(), reply_rx, results, verdicts, sources, frame_size))
+                });
             }
             drop((reply_rx, verdict_tx));
             let session = Session {
@@ -263,7 +265,7 @@ fn encode(
     for task in tasks {
         // Results have the chain's output size (a scale changes it).
         frame_size.get_or_init(|| job.chain.output_size(task.frame.cols() as u32, task.frame.rows() as u32));
-        let meta = TaskMeta { job: &job.id, index: task.index, chain: &job.chain, encoding: job.encoding };
+        let meta = TaskMeta { job: job.id.as_str(), index: task.index, chain: &job.chain, encoding: job.encoding };
         let body = wire::encode_task(&meta, &task.frame, task.previous.as_deref(), &mut encoder)?;
         sources.lock().expect("sources lock").insert(task.index, task.frame.clone());
         drop(task);
@@ -403,7 +405,8 @@ impl Session<'_> {
         verdicts: &mut mpsc::UnboundedReceiver<Verdict>,
     ) -> Result<(), Interrupted> {
         let t = self.link.topology();
-        let (reply_to, mut replies) = broker.consume_replies(t, &self.job.id).await.map_err(Interrupted::Connection)?;
+        let (reply_to, mut replies) =
+            broker.consume_replies(t, self.job.id.as_str()).await.map_err(Interrupted::Connection)?;
         let served = self.pump(broker, &reply_to, &mut replies, bodies, verdicts).await;
         replies.close().await;
         served
@@ -510,7 +513,7 @@ impl Session<'_> {
     }
 
     fn on_result(&mut self, correlation: Option<Correlation>, body: Vec<u8>) -> Result<(), Interrupted> {
-        let Some(Correlation { index, .. }) = correlation.filter(|c| c.job == self.job.id) else {
+        let Some(Correlation { index, .. }) = correlation.filter(|c| c.job == self.job.id.as_str()) else {
             warn!(job = %self.job.id, "dropping a result with a foreign correlation id");
             return Ok(());
         };

@@ -16,14 +16,15 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::cancel::Stop;
 use crate::filters::{Chain, FilterEnv, FilterError, Processor};
+use crate::protocol::job::JobId;
 use crate::protocol::task::{FrameOutcome, FrameResult, FrameTask};
 use crate::protocol::wire::TransportEncoding;
 
 /// What a transport needs to know about the job it serves.
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    /// A short id for logs and queue names.
-    pub id: String,
+    /// The job: in logs and queue names.
+    pub id: JobId,
     /// The filter chain every frame goes through.
     pub chain: Chain,
     /// Fires when the job is cancelled: its remaining tasks can be dropped.

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::broker::{Broker, Message, Publisher, Topology};
 use crate::filters::FilterEnv;
 use crate::protocol::event::JobEvent;
+use crate::protocol::job::JobId;
 use crate::protocol::task::{Correlation, FrameOutcome};
 use crate::protocol::wire::{self, Encoder, TransportEncoding};
 use crate::transport::{ProcessorCache, execute};
@@ -161,8 +162,8 @@ async fn reconnect(cfg: &WorkerConfig, shutdown: &CancellationToken) -> anyhow::
 #[derive(Default)]
 struct Cancelled {
     /// Job → confirmed gone, or when the claim was last checked.
-    jobs: HashMap<String, Claim>,
-    order: VecDeque<String>,
+    jobs: HashMap<JobId, Claim>,
+    order: VecDeque<JobId>,
 }
 
 #[derive(Clone, Copy)]
@@ -172,7 +173,7 @@ enum Claim {
 }
 
 impl Cancelled {
-    fn insert(&mut self, job: String) {
+    fn insert(&mut self, job: JobId) {
         if self.jobs.contains_key(&job) {
             return;
         }

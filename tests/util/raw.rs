@@ -104,6 +104,6 @@ pub fn submit(filters: &str, upload_bytes: u64) -> serde_json::Value {
         "container": "mp4",
         "transport": "auto",
         "input_name": "in.mp4",
-        "upload_bytes": upload_bytes,
+        "input_bytes": upload_bytes,
     })
 }
