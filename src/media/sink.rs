@@ -394,6 +394,81 @@ enum Video<'a> {
     Copy { parameters: &'a codec::Parameters, time_base: Rational },
 }
 
+/// Adds to `output` each stream of `source` that is copied: as it is where the container holds
+/// its codec, re-encoded where it is audio the container cannot hold, else left out (and said
+/// so). One entry per input stream, `None` for those not written.
+fn copy_streams(
+    output: &mut format::context::Output,
+    source: &MediaSource,
+    muxer: &format::Output,
+    global_header: bool,
+    shown: &Path,
+) -> Result<Vec<Option<Copied>>, MediaError> {
+    let mut copied = Vec::new();
+    for stream in source.input.streams() {
+        let index = stream.index();
+        if !source.copied.get(index).copied().unwrap_or(false) {
+            copied.push(None);
+            continue;
+        }
+        let id = stream.parameters().id();
+        if !container_holds(muxer, id) {
+            copied.push(transcode_stream(output, &stream, muxer, global_header, shown)?);
+            continue;
+        }
+        let mut ost = output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(shown, "adding a stream"))?;
+        ost.set_parameters(stream.parameters());
+        // SAFETY: the stream's parameters were just set; a zero tag lets the muxer pick its own.
+        unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
+        ost.set_time_base(stream.time_base());
+        ost.set_metadata(stream.metadata().to_owned());
+        copied.push(Some(Copied { output: ost.index(), from: stream.time_base(), to: stream.time_base(), transcoder: None }));
+    }
+    Ok(copied)
+}
+
+/// A stream the container cannot hold: audio is re-encoded to the container's own audio codec
+/// (AAC into WebM becomes Opus); anything else is left out. Either way, says so, naming it.
+fn transcode_stream(
+    output: &mut format::context::Output,
+    stream: &format::stream::Stream<'_>,
+    muxer: &format::Output,
+    global_header: bool,
+    shown: &Path,
+) -> Result<Option<Copied>, MediaError> {
+    let (index, id) = (stream.index(), stream.parameters().id());
+    let target = muxer.codec(&PathBuf::from("x"), ffmpeg_next::media::Type::Audio);
+    let transcoder = if stream.parameters().medium() == ffmpeg_next::media::Type::Audio && target != codec::Id::None {
+        AudioTranscoder::new(stream, target, global_header).ok().flatten()
+    } else {
+        None
+    };
+    let Some(transcoder) = transcoder else {
+        warn!("a {} file cannot hold stream #{index} ({}); it is left out", muxer.name(), id.name());
+        return Ok(None);
+    };
+    warn!("a {} file cannot hold stream #{index} ({}): re-encoding it ({})", muxer.name(), id.name(), transcoder.describe);
+    let mut ost = output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(shown, "adding a stream"))?;
+    ost.set_parameters(transcoder.encoder());
+    let tb = transcoder.encoder().time_base();
+    ost.set_time_base(tb);
+    ost.set_metadata(stream.metadata().to_owned());
+    Ok(Some(Copied { output: ost.index(), from: tb, to: tb, transcoder: Some(Box::new(transcoder)) }))
+}
+
+/// The input's own metadata (less its encoder's name) and chapters, onto `output`.
+fn copy_metadata(output: &mut format::context::Output, source: &MediaSource, shown: &Path) -> Result<(), MediaError> {
+    output.set_metadata(without_encoder(source.input.metadata().to_owned()));
+    for chapter in source.input.chapters() {
+        let title = chapter.metadata().get("title").unwrap_or_default().to_string();
+        output
+            .add_chapter(chapter.id(), chapter.time_base(), chapter.start(), chapter.end(), title)
+            .map_err(ffmpeg_error(shown, "copying chapters"))?;
+    }
+    Ok(())
+}
+
+
 fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> MediaError + 'a {
     move |error| MediaError::Ffmpeg { path: path.to_path_buf(), what, error }
 }
@@ -509,76 +584,12 @@ impl MediaSink {
             }
         }
         // Every other stream the container can hold, copied as it is.
-        let mut copied = Vec::new();
-        let no_streams = Vec::new();
-        let streams: Vec<_> = source.map_or(no_streams, |s| s.input.streams().collect());
-        for stream in streams {
-            let source = source.expect("streams come from a source");
-            let index = stream.index();
-            if !source.copied.get(index).copied().unwrap_or(false) {
-                copied.push(None);
-                continue;
-            }
-            let id = stream.parameters().id();
-            if !container_holds(&muxer, id) {
-                // Audio the container cannot hold is re-encoded to the container's own audio
-                // codec (AAC into WebM becomes Opus); anything else is left out. Either way,
-                // say so, naming the stream.
-                let target = muxer.codec(&PathBuf::from("x"), ffmpeg_next::media::Type::Audio);
-                let transcoder =
-                    if stream.parameters().medium() == ffmpeg_next::media::Type::Audio && target != codec::Id::None {
-                        AudioTranscoder::new(&stream, target, global_header).ok().flatten()
-                    } else {
-                        None
-                    };
-                let Some(transcoder) = transcoder else {
-                    warn!("a {} file cannot hold stream #{index} ({}); it is left out", muxer.name(), id.name());
-                    copied.push(None);
-                    continue;
-                };
-                warn!(
-                    "a {} file cannot hold stream #{index} ({}): re-encoding it ({})",
-                    muxer.name(),
-                    id.name(),
-                    transcoder.describe
-                );
-                let mut ost = output
-                    .add_stream(encoder::find(codec::Id::None))
-                    .map_err(ffmpeg_error(&shown, "adding a stream"))?;
-                ost.set_parameters(transcoder.encoder());
-                let tb = transcoder.encoder().time_base();
-                ost.set_time_base(tb);
-                ost.set_metadata(stream.metadata().to_owned());
-                copied.push(Some(Copied {
-                    output: ost.index(),
-                    from: tb,
-                    to: tb,
-                    transcoder: Some(Box::new(transcoder)),
-                }));
-                continue;
-            }
-            let mut ost =
-                output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(&shown, "adding a stream"))?;
-            ost.set_parameters(stream.parameters());
-            // SAFETY: the stream's parameters were just set; a zero tag lets the muxer pick its own.
-            unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
-            ost.set_time_base(stream.time_base());
-            ost.set_metadata(stream.metadata().to_owned());
-            copied.push(Some(Copied {
-                output: ost.index(),
-                from: stream.time_base(),
-                to: stream.time_base(),
-                transcoder: None,
-            }));
-        }
+        let mut copied = match source {
+            Some(source) => copy_streams(&mut output, source, &muxer, global_header, &shown)?,
+            None => Vec::new(),
+        };
         if let Some(source) = source {
-            output.set_metadata(without_encoder(source.input.metadata().to_owned()));
-            for chapter in source.input.chapters() {
-                let title = chapter.metadata().get("title").unwrap_or_default().to_string();
-                output
-                    .add_chapter(chapter.id(), chapter.time_base(), chapter.start(), chapter.end(), title)
-                    .map_err(ffmpeg_error(&shown, "copying chapters"))?;
-            }
+            copy_metadata(&mut output, source, &shown)?;
         }
 
         let mut header = Dictionary::new();

@@ -18,7 +18,7 @@ use crate::protocol::message::ErrorCode;
 pub(super) const JOBS_LIMIT_RETRY: Duration = Duration::from_secs(5);
 
 /// Applies `control` to `job`; returns the job it concerns (a rerun's new one) and its state.
-pub(super) fn apply(
+pub(super) async fn apply(
     shared: &Arc<Shared>,
     (peer, software, who): (&str, &str, &Client),
     job: &JobId,
@@ -27,13 +27,11 @@ pub(super) fn apply(
     let live = shared.jobs.get(job);
     let record = match &live {
         Some(_) => None,
-        None => Some(
-            shared
-                .store
-                .get(job)
-                .map_err(internal_error)?
-                .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no job {job} on this server")))?,
-        ),
+        None => {
+            let id = job.clone();
+            let record = shared.off(move |s| s.store.get(&id)).await.map_err(internal_error)?;
+            Some(record.ok_or_else(|| refuse(ErrorCode::NotFound, format!("no job {job} on this server")))?)
+        }
     };
     let ended = |r: &JobRecord| refuse(ErrorCode::Conflict, format!("job {job} has ended ({})", r.state.as_str()));
     match (control, live, record) {
@@ -60,12 +58,14 @@ pub(super) fn apply(
             ErrorCode::Conflict,
             format!("job {job} is {}; rerun it once it has ended", live.state().as_str()),
         )),
-        (JobControl::Rerun, None, Some(r)) => rerun(shared, (peer, software, who), &r).map(|id| (id, JobState::Queued)),
+        (JobControl::Rerun, None, Some(r)) => {
+            rerun(shared, (peer, software, who), &r).await.map(|id| (id, JobState::Queued))
+        }
         (JobControl::Fetch, ..) => Err(refuse(ErrorCode::BadRequest, "a fetch is answered with the result")),
         // A failed job (a full disk, a lost cascade) goes on from its committed segments.
         (JobControl::Resume, None, Some(r)) if r.state == JobState::Failed => {
             within_jobs_limit(shared, who)?;
-            retry(shared, &r).map(|()| (job.clone(), JobState::Queued))
+            retry(shared, &r).await.map(|()| (job.clone(), JobState::Queued))
         }
         (_, None, Some(r)) => Err(ended(&r)),
         (_, None, None) => Err(refuse(ErrorCode::Internal, "a job neither live nor recorded")),
@@ -86,18 +86,29 @@ pub(super) fn within_jobs_limit(shared: &Shared, who: &Client) -> Result<(), Ref
 }
 
 /// Starts a failed job again from its committed segments, on its kept upload.
-pub(super) fn retry(shared: &Arc<Shared>, r: &JobRecord) -> Result<(), Refusal> {
-    if r.removed_ms.is_some() || !shared.jobs.input_of(&r.id, &r.spec.input_name).is_file() {
+pub(super) async fn retry(shared: &Arc<Shared>, r: &JobRecord) -> Result<(), Refusal> {
+    let (id, input_name) = (r.id.clone(), r.spec.input_name.clone());
+    let kept = r.removed_ms.is_none()
+        && shared
+            .off(move |s| {
+                let kept = s.jobs.input_of(&id, &input_name).is_file();
+                if kept {
+                    s.store.transition(&id, JobState::Queued, None)?;
+                }
+                Ok(kept)
+            })
+            .await
+            .map_err(internal_error)?;
+    if !kept {
         return Err(refuse(ErrorCode::Expired, format!("job {}'s upload was removed; submit it again", r.id)));
     }
     info!(job = %r.id, committed_frames = r.committed_frames, "resuming a failed job, as asked");
-    shared.store.transition(&r.id, JobState::Queued, None).map_err(internal_error)?;
     launch(shared, r.id.clone(), r.spec.clone(), false);
     Ok(())
 }
 
 /// Starts a new job on `of`'s kept upload, with its chain and options; returns its id.
-pub(super) fn rerun(
+pub(super) async fn rerun(
     shared: &Arc<Shared>,
     (peer, software, who): (&str, &str, &Client),
     of: &JobRecord,
@@ -107,20 +118,32 @@ pub(super) fn rerun(
     if of.removed_ms.is_some() {
         return Err(expired());
     }
-    let jobs = &shared.jobs;
-    let from = jobs.input_of(&of.id, &of.spec.input_name);
-    if !from.is_file() {
+    let id = JobId::new();
+    let copied = {
+        let (of, id) = (of.clone(), id.clone());
+        let (peer, software, name) = (peer.to_string(), software.to_string(), who.name.clone());
+        shared
+            .off(move |s| {
+                let (from, to) =
+                    (s.jobs.input_of(&of.id, &of.spec.input_name), s.jobs.input_of(&id, &of.spec.input_name));
+                if !from.is_file() {
+                    return Ok(false);
+                }
+                let copying = |e: std::io::Error| anyhow::anyhow!("copying the upload: {e}");
+                std::fs::create_dir_all(s.jobs.dir_of(&id)).map_err(copying)?;
+                // A hard link costs nothing, and a job never writes its input.
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(copying)?;
+                }
+                s.store.rerun(&of.id, &id, &peer, (&name, &software))?;
+                Ok(true)
+            })
+            .await
+            .map_err(internal_error)?
+    };
+    if !copied {
         return Err(expired());
     }
-    let id = JobId::new();
-    let to = jobs.input_of(&id, &of.spec.input_name);
-    let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("copying the upload: {e}"));
-    std::fs::create_dir_all(jobs.dir_of(&id)).map_err(internal)?;
-    // A hard link costs nothing, and a job never writes its input.
-    if std::fs::hard_link(&from, &to).is_err() {
-        std::fs::copy(&from, &to).map_err(internal)?;
-    }
-    shared.store.rerun(&of.id, &id, peer, (&who.name, software)).map_err(internal_error)?;
     info!(job = %id, of = %of.id, "rerun");
     // The new job is the asker's, as its record says.
     launch(shared, id.clone(), JobSpec { client: who.name.clone(), ..of.spec.clone() }, false);

@@ -47,27 +47,36 @@ pub(super) fn launch(shared: &Arc<Shared>, id: JobId, spec: JobSpec, paused: boo
 pub(super) async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, driven: Driven) {
     let end = drive_to_end(&shared, &job, &driven).await;
     let Driven { id, spec } = driven;
-    let recorded = match &end {
-        End::Done(summary) => {
-            let output_bytes = std::fs::metadata(shared.jobs.result_of(&id, &spec.container)).map_or(0, |m| m.len());
-            shared.store.finished(&id, summary, output_bytes)
-        }
-        End::Failed(_, message) => shared.store.transition(&id, JobState::Failed, Some(message)),
-        End::Cancelled => shared.store.transition(&id, JobState::Cancelled, None),
-        End::Interrupted => Ok(()),
+    let recorded = {
+        let (end, id) = (end.clone(), id.clone());
+        shared
+            .off(move |s| match &end {
+                End::Done(summary) => {
+                    let result = s.jobs.result_of(&id, &spec.container);
+                    let output_bytes = std::fs::metadata(result).map_or(0, |m| m.len());
+                    s.store.finished(&id, summary, output_bytes)?;
+                    let _ = std::fs::remove_dir_all(s.jobs.segments_of(&id));
+                    s.store.drop_segments(&id)
+                }
+                End::Failed(_, message) => s.store.transition(&id, JobState::Failed, Some(message)),
+                End::Cancelled => s.store.transition(&id, JobState::Cancelled, None),
+                End::Interrupted => Ok(()),
+            })
+            .await
     };
     if let Err(e) = recorded {
         warn!(error = %format!("{e:#}"), "cannot record the job's end in the job store");
-    }
-    if matches!(end, End::Done(_)) {
-        let _ = std::fs::remove_dir_all(shared.jobs.segments_of(&id));
-        let _ = shared.store.drop_segments(&id);
     }
     // The record first, then the live entry: a connection that finds no live job finds its end
     // in the store.
     job.status.send_modify(|s| s.end = Some(end));
     shared.jobs.forget(&id);
-    let _ = tokio::task::spawn_blocking(move || shared.jobs.expire(&shared.store)).await;
+    let _ = shared
+        .off(|s| {
+            s.jobs.expire(&s.store);
+            Ok(())
+        })
+        .await;
 }
 
 /// The driver's loop: wait for a slot (or a resume), run, and again after a pause.
@@ -79,14 +88,14 @@ pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, driven: &D
     loop {
         // Paused: no slot, nothing in flight, until resumed or cancelled.
         if *pause.borrow_and_update() {
-            set_state(shared, job, id, JobState::Paused);
+            set_state(shared, job, id, JobState::Paused).await;
             tokio::select! {
                 _ = until(pause, false) => {}
                 _ = job.cancel.cancelled() => return cancelled(shared, id).await,
                 _ = shutdown.cancelled() => return End::Interrupted,
             }
         }
-        set_state(shared, job, id, JobState::Queued);
+        set_state(shared, job, id, JobState::Queued).await;
         shared.publish(JobEvent::Queued { job: id.clone(), filters: driven.spec.chain.to_string() }).await;
         let slot = tokio::select! {
             slot = shared.job_slots.acquire() => match slot {
@@ -97,7 +106,7 @@ pub(super) async fn drive_to_end(shared: &Arc<Shared>, job: &LiveJob, driven: &D
             _ = job.cancel.cancelled() => return cancelled(shared, id).await,
             _ = shutdown.cancelled() => return End::Interrupted,
         };
-        set_state(shared, job, id, JobState::Running);
+        set_state(shared, job, id, JobState::Running).await;
         let outcome = run_once(shared, job, driven, pause).await;
         drop(slot);
         match outcome {
@@ -124,18 +133,23 @@ pub(super) async fn until(pause: &mut watch::Receiver<bool>, value: bool) {
 }
 
 /// Moves the job to `state`, in its status and in the store.
-pub(super) fn set_state(shared: &Shared, job: &LiveJob, id: &JobId, state: JobState) {
-    let mut changed = false;
+pub(super) async fn set_state(shared: &Arc<Shared>, job: &LiveJob, id: &JobId, state: JobState) {
     job.status.send_if_modified(|s| {
-        changed = s.state != state;
+        let changed = s.state != state;
         s.state = state;
         changed
     });
-    // A resumed job's record may already say so (running when the server died).
-    let recorded = shared.store.get(id).ok().flatten().map(|r| r.state);
-    if recorded != Some(state)
-        && let Err(e) = shared.store.transition(id, state, None)
-    {
+    let id = id.clone();
+    let recorded = shared
+        .off(move |s| {
+            // A resumed job's record may already say so (running when the server died).
+            if s.store.get(&id)?.map(|r| r.state) != Some(state) {
+                s.store.transition(&id, state, None)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
         warn!(error = %format!("{e:#}"), "cannot record a state in the job store");
     }
 }

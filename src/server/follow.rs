@@ -2,6 +2,7 @@
 //! among the uploads while it is sent) or why there is none.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -27,7 +28,7 @@ pub(super) const PROGRESS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) async fn attach<R, W>(
     reader: &mut PacketReader<R>,
     writer: &mut PacketWriter<W>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     seat: &Seat,
     id: &JobId,
 ) -> Result<(), Refusal>
@@ -44,7 +45,8 @@ where
         if let Some(end) = now.end {
             return match end {
                 End::Done(summary) => {
-                    let record = shared.store.get(id).map_err(internal_error)?;
+                    let job = id.clone();
+                    let record = shared.off(move |s| s.store.get(&job)).await.map_err(internal_error)?;
                     let container = record.map(|r| r.spec.container).unwrap_or_default();
                     send_result(writer, shared, seat, &shared.jobs.result_of(id, &container), *summary).await
                 }
@@ -96,12 +98,13 @@ where
 /// An ended job, from its record: its result, or why there is none.
 pub(super) async fn ended<W: AsyncWrite + Unpin>(
     writer: &mut PacketWriter<W>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     seat: &Seat,
     id: &JobId,
 ) -> Result<(), Refusal> {
     let _pin = shared.jobs.pin(id);
-    let Some(r) = shared.store.get(id).map_err(internal_error)? else {
+    let job = id.clone();
+    let Some(r) = shared.off(move |s| s.store.get(&job)).await.map_err(internal_error)? else {
         return Err(refuse(ErrorCode::NotFound, format!("no job {id} on this server")));
     };
     let result = shared.jobs.result_of(id, &r.spec.container);

@@ -53,7 +53,7 @@ use crate::metrics::WorkerId;
 use crate::net::{UnixSocket, bind_tcp, bind_unix};
 use crate::protocol::codec;
 use crate::protocol::message::{ErrorCode, ServerMessage, Token};
-use crate::store::{JobState, Store};
+use crate::store::{JobId, JobState, Store};
 use crate::transport::Transport;
 use crate::transport::amqp::{AmqpTransport, BrokerLink};
 use crate::transport::local::LocalTransport;
@@ -193,40 +193,15 @@ impl Listeners {
 pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
     // The work directory stays claimed (locked) until the server ends.
     let Listeners { tcp, unix, preview, metrics, work_dir: _work_dir, store, jobs, .. } = listeners;
-    // An upload cut off by the last process's end waits for its client to resume it, when
-    // some of it was safely stored (at least one fsync step).
-    for id in store.uploading()? {
-        let held = upload::held_upload(&jobs, &id);
-        if held > 0 {
-            warn!(job = %id, held, "the server stopped during this job's upload; what arrived is kept for its client to resume");
-        } else {
-            warn!(job = %id, "the server stopped during this job's upload before any of it was safely stored; recorded as failed");
-            let _ = std::fs::remove_dir_all(jobs.dir_of(&id));
-            store.transition(&id, JobState::Failed, Some("the server stopped during the upload"))?;
-        }
-    }
+    let (store, jobs, remembered) = tokio::task::spawn_blocking(move || {
+        recover_uploads(&store, &jobs)?;
+        let remembered = store.list(crate::board::MAX_JOBS)?;
+        Ok::<_, anyhow::Error>((store, jobs, remembered))
+    })
+    .await??;
     let board = Arc::new(Board::new());
-    board.remember(&store.list(crate::board::MAX_JOBS)?);
-    let (transport, parallelism, local_face_cascade, events): (Arc<dyn Transport + Send + Sync>, _, _, _) =
-        match &cfg.backend {
-            Backend::Local { threads, filter_env } => (
-                Arc::new(LocalTransport::new(*threads, filter_env.clone())?),
-                *threads,
-                Some(filter_env.face_cascade.clone()),
-                None,
-            ),
-            Backend::Amqp { url, topology, redispatch_after } => {
-                let name = format!("vpd-server {}", WorkerId::this_process());
-                let link = Arc::new(BrokerLink::connect(url, &name, topology.clone()).await?);
-                let fixed = cfg.window.map(NonZeroUsize::get);
-                let transport =
-                    AmqpTransport::new(link.clone(), tokio::runtime::Handle::current(), *redispatch_after, fixed);
-                // The pipeline's window is only the memory bound (up to 132 frames, fewer when
-                // they are large); how many are on the broker adapts within it to the workers.
-                let parallelism = NonZeroUsize::new(64).expect("64 > 0");
-                (Arc::new(transport), parallelism, None, Some((link, Mutex::new(None))))
-            }
-        };
+    board.remember(&remembered);
+    let Filtering { transport, parallelism, local_face_cascade, events } = filtering(&cfg).await?;
     let requires_token = cfg.clients.requires_token();
     let registry = Arc::new(clients::Registry::new(cfg.clients, cfg.tokens_file.clone()));
     let shared = Arc::new(Shared {
@@ -248,8 +223,16 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         jobs,
         shutdown: shutdown.clone(),
     });
-    resume_unfinished(&shared)?;
-    shared.jobs.expire(&shared.store);
+    shared
+        .off(|s| {
+            s.jobs.expire(&s.store);
+            Ok(())
+        })
+        .await?;
+    let resumable = shared.off(|s| s.store.unfinished()).await?;
+    for id in resumable {
+        resume(&shared, id).await?;
+    }
     let tracker = TaskTracker::new();
     if let Some(l) = preview {
         let site =
@@ -281,19 +264,42 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     // Its sockets listen (bound before this) and its broker link is up (connected above).
     crate::service::ready("accepting jobs");
     tracker.spawn(crate::service::watchdog(shutdown.clone()));
+    accept(cfg.tls.as_ref(), (tcp.as_ref(), unix.as_ref()), &tracker, &shared, &shutdown).await;
+    crate::service::stopping();
+    info!("shutting down: stopping jobs (they resume at the next start)");
+    tracker.close();
+    let drained = async {
+        tracker.wait().await;
+        shared.jobs.wait().await;
+    };
+    if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
+        warn!("connections still open after {} s; leaving them", DRAIN_DEADLINE.as_secs());
+    }
+    drop(unix); // removes the socket file
+    Ok(())
+}
+
+/// Accepts connections on `tcp` and `unix` until `shutdown` fires, each served on `tracker`.
+async fn accept(
+    tls: Option<&crate::tls::ServerTls>,
+    (tcp, unix): (Option<&tokio::net::TcpListener>, Option<&UnixSocket>),
+    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = ACCEPT_BACKOFF;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = accept_tcp(tcp.as_ref()) => accepted.map(|(stream, peer)| {
+            accepted = accept_tcp(tcp) => accepted.map(|(stream, peer)| {
                 let _ = stream.set_nodelay(true);
-                match &cfg.tls {
-                    Some(tls) => admit_tls(&tracker, stream, peer, tls, &shared, &shutdown),
-                    None => admit(&tracker, stream, Some(peer), &shared, &shutdown),
+                match tls {
+                    Some(tls) => admit_tls(tracker, stream, peer, tls, shared, shutdown),
+                    None => admit(tracker, stream, Some(peer), shared, shutdown),
                 }
             }),
-            accepted = accept_unix(unix.as_ref()) => accepted.map(|stream| {
-                admit(&tracker, stream, None, &shared, &shutdown);
+            accepted = accept_unix(unix) => accepted.map(|stream| {
+                admit(tracker, stream, None, shared, shutdown);
             }),
         };
         match accepted {
@@ -310,42 +316,86 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
             }
         }
     }
-    crate::service::stopping();
-    info!("shutting down: stopping jobs (they resume at the next start)");
-    tracker.close();
-    let drained = async {
-        tracker.wait().await;
-        shared.jobs.wait().await;
-    };
-    if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
-        warn!("connections still open after {} s; leaving them", DRAIN_DEADLINE.as_secs());
+}
+
+/// Fails the uploads the last process left under way with nothing of them safely stored; one
+/// with some of it stored (at least one fsync step) waits for its client to resume it.
+fn recover_uploads(store: &Store, jobs: &Jobs) -> anyhow::Result<()> {
+    for id in store.uploading()? {
+        let held = upload::held_upload(jobs, &id);
+        if held > 0 {
+            warn!(job = %id, held, "the server stopped during this job's upload; what arrived is kept for its client to resume");
+        } else {
+            warn!(job = %id, "the server stopped during this job's upload before any of it was safely stored; recorded as failed");
+            let _ = std::fs::remove_dir_all(jobs.dir_of(&id));
+            store.transition(&id, JobState::Failed, Some("the server stopped during the upload"))?;
+        }
     }
-    drop(unix); // removes the socket file
     Ok(())
 }
 
-/// Starts every job the last process left queued, running or paused, from its committed
-/// segments; a job whose upload is gone fails.
-fn resume_unfinished(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    for id in shared.store.unfinished()? {
-        let record = match shared.store.get(&id) {
-            Ok(Some(record)) if shared.jobs.input_of(&id, &record.spec.input_name).is_file() => record,
-            Ok(Some(_)) => {
-                warn!(job = %id, "the upload of an unfinished job is gone; recorded as failed");
-                shared.store.transition(&id, JobState::Failed, Some("the server lost the job's upload"))?;
-                continue;
+/// Where the server's frames are filtered, as its jobs use it.
+struct Filtering {
+    transport: Arc<dyn Transport + Send + Sync>,
+    parallelism: NonZeroUsize,
+    local_face_cascade: Option<PathBuf>,
+    events: Option<(Arc<BrokerLink>, Mutex<Option<crate::broker::Publisher>>)>,
+}
+
+/// Filter threads in this process, or the broker's workers (connected now).
+async fn filtering(cfg: &ServerConfig) -> anyhow::Result<Filtering> {
+    Ok(match &cfg.backend {
+        Backend::Local { threads, filter_env } => Filtering {
+            transport: Arc::new(LocalTransport::new(*threads, filter_env.clone())?),
+            parallelism: *threads,
+            local_face_cascade: Some(filter_env.face_cascade.clone()),
+            events: None,
+        },
+        Backend::Amqp { url, topology, redispatch_after } => {
+            let name = format!("vpd-server {}", WorkerId::this_process());
+            let link = Arc::new(BrokerLink::connect(url, &name, topology.clone()).await?);
+            let fixed = cfg.window.map(NonZeroUsize::get);
+            let transport =
+                AmqpTransport::new(link.clone(), tokio::runtime::Handle::current(), *redispatch_after, fixed);
+            // The pipeline's window is only the memory bound (up to 132 frames, fewer when
+            // they are large); how many are on the broker adapts within it to the workers.
+            let parallelism = NonZeroUsize::new(64).expect("64 > 0");
+            Filtering {
+                transport: Arc::new(transport),
+                parallelism,
+                local_face_cascade: None,
+                events: Some((link, Mutex::new(None))),
             }
-            Ok(None) => continue,
-            Err(e) => {
-                warn!(job = %id, error = %format!("{e:#}"), "cannot resume a job; recorded as failed");
-                shared.store.transition(&id, JobState::Failed, Some(&format!("{e:#}")))?;
-                continue;
-            }
-        };
-        let paused = record.state == JobState::Paused;
-        if !paused {
-            shared.store.resumed(&id)?;
         }
+    })
+}
+
+/// Starts job `id`, which the last process left queued, running or paused, from its committed
+/// segments; a job whose upload is gone, or whose record does not read, fails.
+async fn resume(shared: &Arc<Shared>, id: JobId) -> anyhow::Result<()> {
+    let record = {
+        let id = id.clone();
+        shared
+            .off(move |s| {
+                let why = match s.store.get(&id) {
+                    Ok(Some(record)) if s.jobs.input_of(&id, &record.spec.input_name).is_file() => {
+                        if record.state != JobState::Paused {
+                            s.store.resumed(&id)?;
+                        }
+                        return Ok(Some(record));
+                    }
+                    Ok(Some(_)) => "the server lost the job's upload".to_string(),
+                    Ok(None) => return Ok(None),
+                    Err(e) => format!("{e:#}"),
+                };
+                warn!(job = %id, why, "cannot resume a job; recorded as failed");
+                s.store.transition(&id, JobState::Failed, Some(&why))?;
+                Ok(None)
+            })
+            .await?
+    };
+    if let Some(record) = record {
+        let paused = record.state == JobState::Paused;
         info!(job = %id, committed_frames = record.committed_frames, paused, "resuming a job the last process left");
         drive::launch(shared, id, record.spec, paused);
     }

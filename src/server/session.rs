@@ -106,14 +106,22 @@ where
             None => ended(writer, shared, &seat, &job).await,
         },
         ClientMessage::Control { job, control } => {
-            let (job, state) = apply(shared, (peer, &software, &who), &job, control)?;
+            let (job, state) = apply(shared, (peer, &software, &who), &job, control).await?;
             Ok(writer.send(&ServerMessage::Changed { job, state }).await?)
         }
         ClientMessage::List { limit } => {
-            let jobs = shared.store.list(limit.clamp(1, MAX_LISTED) as usize).map_err(internal_error)?;
+            let most = limit.clamp(1, MAX_LISTED) as usize;
+            let jobs = shared.off(move |s| s.store.list(most)).await.map_err(internal_error)?;
             Ok(writer.send(&ServerMessage::Jobs { jobs }).await?)
         }
-        ClientMessage::Show { job } => match shared.store.get(&job).map_err(internal_error)? {
+        ClientMessage::Show { job } => match shared
+            .off({
+                let job = job.clone();
+                move |s| s.store.get(&job)
+            })
+            .await
+            .map_err(internal_error)?
+        {
             Some(record) => Ok(writer.send(&ServerMessage::Job(Box::new(record))).await?),
             None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
         },

@@ -50,6 +50,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` on a blocking thread, never on the runtime's: the job store's calls (an fsync
+    /// each, with `synchronous = FULL`) and the jobs' file operations go through here.
+    pub(super) async fn off<T, F>(self: &Arc<Self>, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> anyhow::Result<T> + Send + 'static,
+    {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || f(&shared)).await.map_err(|e| anyhow::anyhow!("a blocking task: {e}"))?
+    }
+
+    /// The frames in flight for a job of frames of `frame_bytes`.
     pub(super) fn window(&self, frame_bytes: usize) -> NonZeroUsize {
         self.window.unwrap_or_else(|| JobOptions::default_window(self.parallelism, frame_bytes))
     }

@@ -82,11 +82,14 @@ where
         shared.uploads_under_way.claim(&id).ok_or_else(|| refuse(ErrorCode::Internal, "a new job's id in use"))?;
     // The job is the client's its token names, whatever the client said.
     let spec = JobSpec { client: who.name.clone(), ..spec };
-    shared.store.create(&id, peer, software, &spec).map_err(internal_error)?;
+    {
+        let (id, peer, software, spec) = (id.clone(), peer.to_string(), software.to_string(), spec.clone());
+        shared.off(move |s| s.store.create(&id, &peer, &software, &spec)).await.map_err(internal_error)?;
+    }
     writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
     let received = receive(reader, shared, (&id, &spec.input_name, spec.input_bytes), 0, &mut charge).await;
     drop(claim);
-    upload_ended(shared, id.clone(), spec, received)?;
+    upload_ended(shared, id.clone(), spec, received).await?;
     Ok(id)
 }
 
@@ -118,7 +121,7 @@ pub(super) fn validate(r: &mut JobSpec, shared: &Shared) -> Result<(), Refusal> 
 /// by a lost or stalled connection with at least [`SYNC_EVERY`] safely stored is kept for its
 /// client to resume; anything else ends it. (Keeping less would let a peer that announces
 /// large uploads and sends nothing leave a job behind every few seconds.)
-pub(super) fn upload_ended(
+pub(super) async fn upload_ended(
     shared: &Arc<Shared>,
     id: JobId,
     spec: JobSpec,
@@ -128,20 +131,26 @@ pub(super) fn upload_ended(
         launch(shared, id, spec, false);
         return Ok(());
     };
-    let held = held_upload(&shared.jobs, &id);
-    let recorded = if r.resumable && held > 0 {
-        info!(job = %id, held, "upload cut off; kept for its client to resume");
-        let note = format!("the upload was cut off with {held} bytes held ({}); its client can resume it", r.message);
-        shared.store.transition(&id, JobState::Uploading, Some(&note))
-    } else {
-        let _ = std::fs::remove_dir_all(shared.jobs.dir_of(&id));
-        match r.code {
-            ErrorCode::Cancelled => shared.store.transition(&id, JobState::Cancelled, None),
-            _ => shared.store.transition(&id, JobState::Failed, Some(&r.message)),
-        }
-    };
+    let (resumable, code, message) = (r.resumable, r.code, r.message.clone());
+    let recorded = shared
+        .off(move |s| {
+            let held = held_upload(&s.jobs, &id);
+            if resumable && held > 0 {
+                info!(job = %id, held, "upload cut off; kept for its client to resume");
+                let note =
+                    format!("the upload was cut off with {held} bytes held ({message}); its client can resume it");
+                s.store.transition(&id, JobState::Uploading, Some(&note))
+            } else {
+                let _ = std::fs::remove_dir_all(s.jobs.dir_of(&id));
+                match code {
+                    ErrorCode::Cancelled => s.store.transition(&id, JobState::Cancelled, None),
+                    _ => s.store.transition(&id, JobState::Failed, Some(&message)),
+                }
+            }
+        })
+        .await;
     if let Err(e) = recorded {
-        warn!(job = %id, error = %format!("{e:#}"), "cannot record the upload's end in the job store");
+        warn!(error = %format!("{e:#}"), "cannot record the upload's end in the job store");
     }
     Err(r)
 }
@@ -179,12 +188,20 @@ where
     W: AsyncWrite + Unpin,
 {
     let not_found = || refuse(ErrorCode::NotFound, format!("no upload of job {job} to resume on this server"));
-    let record = shared.store.get(job).map_err(internal_error)?.ok_or_else(not_found)?;
+    // The record, whether the partial upload is there, and how much of it is safely stored.
+    let (record, partial, offset) = {
+        let job = job.clone();
+        shared
+            .off(move |s| Ok((s.store.get(&job)?, s.jobs.partial_of(&job).is_file(), held_upload(&s.jobs, &job))))
+            .await
+            .map_err(internal_error)?
+    };
+    let record = record.ok_or_else(not_found)?;
     // Another client's upload is not this one's to finish.
     if record.spec.client != who.name {
         return Err(not_found());
     }
-    if record.state != JobState::Uploading || !shared.jobs.partial_of(job).is_file() {
+    if record.state != JobState::Uploading || !partial {
         return Err(refuse(
             ErrorCode::Conflict,
             format!("job {job} is {}: its upload is not waiting to be resumed", record.state.as_str()),
@@ -203,7 +220,6 @@ where
             ..refuse(ErrorCode::Busy, format!("job {job}'s upload is still under way on another connection"))
         });
     };
-    let offset = held_upload(&shared.jobs, job);
     // The bytes that arrived before the cut were charged then: only the rest now.
     let mut charge = shared.clients.take_upload(who, upload_bytes - offset)?;
     let _upload = tokio::select! {
@@ -215,17 +231,18 @@ where
     writer.send(&ServerMessage::UploadFrom { job: job.clone(), offset }).await?;
     let received = receive(reader, shared, (job, &record.spec.input_name, upload_bytes), offset, &mut charge).await;
     if received.is_ok() {
-        shared.store.clear_error(job).map_err(internal_error)?;
+        let job = job.clone();
+        shared.off(move |s| s.store.clear_error(&job)).await.map_err(internal_error)?;
     }
     drop(claim);
-    upload_ended(shared, job.clone(), record.spec, received)?;
+    upload_ended(shared, job.clone(), record.spec, received).await?;
     Ok(job.clone())
 }
 
 /// The upload from `offset` into the job's directory, then kept as its input.
 pub(super) async fn receive<R>(
     reader: &mut PacketReader<Counting<R>>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     (id, input_name, size): (&JobId, &str, u64),
     offset: u64,
     charge: &mut UploadCharge<'_>,
@@ -236,7 +253,7 @@ where
     let jobs = &shared.jobs;
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
     let partial = jobs.partial_of(id);
-    std::fs::create_dir_all(jobs.dir_of(id)).map_err(internal)?;
+    tokio::fs::create_dir_all(jobs.dir_of(id)).await.map_err(internal)?;
     let scrub = Scrub::new(&jobs.dir_of(id), &partial, input_name, &partial);
     let mut arrived = 0;
     let target = Upload { path: &partial, synced: &jobs.synced_of(id), size, offset };
@@ -253,9 +270,14 @@ where
     .await
     .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?
     .map_err(internal)?;
-    shared.store.uploaded(id, &sha256).map_err(internal_error)?;
-    shared.store.transition(id, JobState::Queued, None).map_err(internal_error)?;
-    Ok(())
+    let id = id.clone();
+    shared
+        .off(move |s| {
+            s.store.uploaded(&id, &sha256)?;
+            s.store.transition(&id, JobState::Queued, None)
+        })
+        .await
+        .map_err(internal_error)
 }
 
 /// Where an upload goes: `size` bytes in all into `path`, of which `offset` are there already;
