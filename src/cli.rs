@@ -9,6 +9,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use crate::filters::Chain;
 use crate::media::VideoCodec;
@@ -92,22 +93,10 @@ pub struct JobsArgs {
     #[command(subcommand)]
     pub action: Option<JobsAction>,
 
-    /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
-    #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR", global = true)]
-    pub server: Option<ServerAddr>,
-
     /// The server's token (prefer --token-file or the environment: a command line is visible to
     /// every user of the host).
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
-
-    /// Read the server's token from this file (its first line; keep it mode 0600).
-    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", global = true, conflicts_with = "token")]
-    pub token_file: Option<PathBuf>,
-
-    /// TLS to the server.
-    #[command(flatten)]
-    pub tls: TlsClientArgs,
 
     /// JSON on stdout instead of a table.
     #[arg(long, global = true)]
@@ -116,6 +105,28 @@ pub struct JobsArgs {
     /// At most this many jobs, newest first.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit: u32,
+
+    /// The flags that are also keys of the configuration file.
+    #[command(flatten)]
+    pub settings: JobsSettings,
+}
+
+/// `vpd jobs`'s flags that are also keys of `[client]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsSettings {
+    /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
+    #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR", global = true)]
+    pub server: Option<ServerAddr>,
+
+    /// Read the server's token from this file (its first line; keep it mode 0600).
+    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// TLS to the server.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsClientArgs,
 
     /// How long to keep trying, with growing pauses, while the server says it is busy or the
     /// client is over its limits, in seconds (0: give up at once) [default: 60].
@@ -207,10 +218,38 @@ impl Subcommand for JobsAction {
     }
 }
 
+/// What the filters need on this host: flags of `run`, `server` and `worker`, keys of
+/// `[filters]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilterSettings {
+    /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
+    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
+    pub face_cascade: Option<PathBuf>,
+}
+
 /// `vpd server`.
 #[derive(Debug, Args)]
 #[command(after_help = filter_help())]
 pub struct ServerArgs {
+    /// Require clients to present this token (prefer --token-file or the environment: a command
+    /// line is visible to every user of the host).
+    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// What the filters need on this host (keys of `[filters]`).
+    #[command(flatten)]
+    pub filters: FilterSettings,
+
+    /// The flags that are also keys of the configuration file.
+    #[command(flatten)]
+    pub settings: ServerSettings,
+}
+
+/// `vpd server`'s flags that are also the keys of `[server]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
     /// TCP address to listen on; `[::]:PORT` takes IPv4 and IPv6 clients [default: [::]:9000,
     /// unless only --unix is given].
     #[arg(long, value_name = "ADDR")]
@@ -228,11 +267,6 @@ pub struct ServerArgs {
     #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
     pub threads: Option<NonZeroUsize>,
 
-    /// Require clients to present this token (prefer --token-file or the environment: a command
-    /// line is visible to every user of the host).
-    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
-
     /// Read the token from this file (its first line; keep it mode 0600).
     #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
@@ -244,6 +278,7 @@ pub struct ServerArgs {
 
     /// Largest upload accepted, in bytes; K, M and G suffixes allowed [default: 4G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(with = "text::size")]
     pub max_upload: Option<u64>,
 
     /// Jobs processed at once; more wait for a slot [default: 2].
@@ -270,11 +305,13 @@ pub struct ServerArgs {
     /// How long an ended job's upload and result are kept for attach, fetch and rerun: 90s,
     /// 30m, 24h, 7d [default: 24h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "text::duration")]
     pub keep_results: Option<std::time::Duration>,
 
     /// Most bytes the kept jobs may take; past it the oldest ended jobs' files go first
     /// [default: 20G].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(with = "text::size")]
     pub max_stored: Option<u64>,
 
     /// Prefix of every queue and exchange name.
@@ -296,10 +333,6 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub window: Option<NonZeroUsize>,
 
-    /// Haar cascade for `faces`, for in-process filtering.
-    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
-    pub face_cascade: Option<PathBuf>,
-
     /// Serve the dashboard of this server's jobs (and /metrics) on this address, e.g. [::]:8080.
     #[arg(long, value_name = "ADDR")]
     pub preview: Option<SocketAddr>,
@@ -319,7 +352,8 @@ pub struct ServerArgs {
 }
 
 /// How a client reaches a server that speaks TLS.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TlsClientArgs {
     /// Speak TLS to the server, verifying its name against the system's CA roots (implied by
     /// --tls-ca and --tls-fingerprint).
@@ -340,6 +374,20 @@ pub struct TlsClientArgs {
 /// `vpd preview`.
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
+    /// Show the dashboard only to those presenting this token (prefer --token-file or the
+    /// environment): `/?token=…` once in a browser, or `Authorization: Bearer …`.
+    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// The flags that are also keys of the configuration file.
+    #[command(flatten)]
+    pub settings: PreviewSettings,
+}
+
+/// `vpd preview`'s flags that are also the keys of `[preview]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PreviewSettings {
     /// Address of the dashboard; `[::]:PORT` takes IPv4 and IPv6 [default: [::]:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -362,11 +410,6 @@ pub struct PreviewArgs {
     #[arg(long, env = "VPD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Show the dashboard only to those presenting this token (prefer --token-file or the
-    /// environment): `/?token=…` once in a browser, or `Authorization: Bearer …`.
-    #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
-
     /// Read that token from this file (its first line; keep it mode 0600).
     #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
@@ -383,6 +426,24 @@ pub struct PreviewArgs {
 /// `vpd worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    /// What the filters need on this host (keys of `[filters]`).
+    #[command(flatten)]
+    pub filters: FilterSettings,
+
+    /// This worker's name in its id, HOST:NAME, as dashboards and /metrics show it (a systemd
+    /// unit passes its instance: vpd-worker@3 is HOST:3) [default: the process id].
+    #[arg(long, value_name = "NAME", value_parser = parse_worker_name)]
+    pub name: Option<String>,
+
+    /// The flags that are also keys of the configuration file.
+    #[command(flatten)]
+    pub settings: WorkerSettings,
+}
+
+/// `vpd worker`'s flags that are also the keys of `[worker]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
     /// RabbitMQ URL.
     #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
     pub amqp: Option<String>,
@@ -400,15 +461,6 @@ pub struct WorkerArgs {
     #[arg(long, env = "VPD_CLUSTER_KEY_FILE", value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
 
-    /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
-    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
-    pub face_cascade: Option<PathBuf>,
-
-    /// This worker's name in its id, HOST:NAME, as dashboards and /metrics show it (a systemd
-    /// unit passes its instance: vpd-worker@3 is HOST:3) [default: the process id].
-    #[arg(long, value_name = "NAME", value_parser = parse_worker_name)]
-    pub name: Option<String>,
-
     /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9101.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -417,6 +469,7 @@ pub struct WorkerArgs {
     /// larger ones are reported failed, unread [default: 3840x2160, 4K]. An 8K frame costs a
     /// worker about 1.1 GB while it is filtered.
     #[arg(long, value_name = "PIXELS", value_parser = parse_frame_pixels)]
+    #[serde(with = "text::pixels")]
     pub max_frame_pixels: Option<u64>,
 }
 
@@ -449,10 +502,6 @@ pub struct ClientArgs {
     #[arg(long, value_name = "N", default_value = "1")]
     pub jobs: NonZeroUsize,
 
-    /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
-    #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR")]
-    pub server: Option<ServerAddr>,
-
     /// Where to write the result; its extension picks the container (.mp4, .mkv, .webm, .mov,
     /// …). A symbolic link is written through: the file it points to is replaced, the link
     /// stays. With --detach it only names the container (MP4 when left out): the result is
@@ -476,32 +525,10 @@ pub struct ClientArgs {
     #[arg(long, value_name = "JOB", conflicts_with_all = ["input", "filter", "preset"])]
     pub attach: Option<JobId>,
 
-    /// How the output is encoded.
-    #[command(flatten)]
-    pub encoding: OutputArgs,
-
-    /// How frames travel to remote workers: auto (lossless: LZ4 when it pays, else raw), raw,
-    /// lz4, or jpeg:QUALITY (lossy, smaller) [default: auto].
-    #[arg(long, value_name = "ENCODING")]
-    pub transport: Option<TransportEncoding>,
-
     /// The server's token (prefer --token-file or the environment: a command line is visible to
     /// every user of the host).
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
-
-    /// Read the server's token from this file (its first line; keep it mode 0600).
-    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
-    pub token_file: Option<PathBuf>,
-
-    /// TLS to the server.
-    #[command(flatten)]
-    pub tls: TlsClientArgs,
-
-    /// How long to keep trying, with growing pauses, while the server says it is busy or the
-    /// client is over its limits, in seconds (0: give up at once) [default: 300].
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub wait: Option<u64>,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
@@ -510,6 +537,48 @@ pub struct ClientArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
+    /// nut, webm, mpegts, …
+    #[arg(long, value_name = "CONTAINER")]
+    pub format: Option<String>,
+
+    /// The flags that are also keys of the configuration file.
+    #[command(flatten)]
+    pub settings: ClientSettings,
+}
+
+/// `vpd client`'s flags that are also the keys of `[client]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientSettings {
+    /// The server: HOST:PORT, [IPV6]:PORT or unix:PATH [default: 127.0.0.1:9000].
+    #[arg(short, long, env = "VPD_SERVER", value_name = "ADDR")]
+    pub server: Option<ServerAddr>,
+
+    /// How the output is encoded.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub encoding: OutputSettings,
+
+    /// How frames travel to remote workers: auto (lossless: LZ4 when it pays, else raw), raw,
+    /// lz4, or jpeg:QUALITY (lossy, smaller) [default: auto].
+    #[arg(long, value_name = "ENCODING")]
+    pub transport: Option<TransportEncoding>,
+
+    /// Read the server's token from this file (its first line; keep it mode 0600).
+    #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// TLS to the server.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsClientArgs,
+
+    /// How long to keep trying, with growing pauses, while the server says it is busy or the
+    /// client is over its limits, in seconds (0: give up at once) [default: 300].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub wait: Option<u64>,
 }
 
 /// A worker name: 1–64 letters, digits, `.`, `_`, `-` or `@`.
@@ -557,9 +626,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a size such as 4096, 512K, 100M or 4G"))
 }
 
-/// How the output video is encoded and muxed (`vpd run`, `vpd client`).
-#[derive(Debug, Clone, Default, Args)]
-pub struct OutputArgs {
+/// How the output video is encoded (`vpd run` and `vpd client`; keys of `[run]` and
+/// `[client]`): one group, turned into [`crate::media::OutputOptions`] once, in
+/// [`OutputSettings::options`].
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputSettings {
     /// Video encoder: h264 (libx264), hevc (libx265), vp9, av1 (SVT-AV1), ffv1 (lossless), mpeg4,
     /// mjpeg, or any FFmpeg video encoder by name (h264_nvenc, hevc_nvenc, h264_vaapi, …)
     /// [default: h264].
@@ -579,6 +651,7 @@ pub struct OutputArgs {
 
     /// Target bitrate instead of a constant quality, e.g. 4M or 800K (bits per second).
     #[arg(long, value_name = "RATE", value_parser = parse_bitrate)]
+    #[serde(with = "text::bitrate")]
     pub bitrate: Option<u64>,
 
     /// Most frames between two key frames.
@@ -588,11 +661,6 @@ pub struct OutputArgs {
     /// Pixel format to encode in, e.g. yuv444p or yuv420p10le [default: yuv420p; bgr0 for ffv1].
     #[arg(long, value_name = "FORMAT")]
     pub pix_fmt: Option<String>,
-
-    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
-    /// nut, webm, mpegts, …
-    #[arg(long, value_name = "CONTAINER")]
-    pub format: Option<String>,
 }
 
 /// Parses a bitrate: `800000`, `800K`, `4M`, `1.5M` (decimal multiples, as FFmpeg's).
@@ -635,32 +703,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "filter")]
     pub preset: Option<String>,
 
-    /// Filter threads [default: the number of CPU cores].
-    #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
-    pub threads: Option<NonZeroUsize>,
-
-    /// How the output is encoded.
+    /// What the filters need on this host (keys of `[filters]`).
     #[command(flatten)]
-    pub encoding: OutputArgs,
-
-    /// Most frames in flight between decoding and writing [default: 2 × threads + 4, capped to
-    /// 512 MB of frames].
-    #[arg(long, value_name = "N")]
-    pub window: Option<NonZeroUsize>,
-
-    /// Haar cascade for `faces` [default: Debian's opencv-data frontal-face cascade].
-    #[arg(long, env = "VPD_FACE_CASCADE", value_name = "XML")]
-    pub face_cascade: Option<PathBuf>,
+    pub filters: FilterSettings,
 
     /// Continue a run that was interrupted (killed, Ctrl-C, a full disk) from its last
     /// committed segment, kept beside the output; without it, what such a run left is replaced.
     #[arg(long)]
     pub resume: bool,
-
-    /// The output is committed in segments of about this many seconds, each encoded on its own
-    /// (a resume redoes at most one) [default: 10].
-    #[arg(long, value_name = "SECONDS")]
-    pub segment_seconds: Option<f64>,
 
     /// No progress bar and no summary on stderr.
     #[arg(short, long)]
@@ -669,6 +719,39 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
+    /// nut, webm, mpegts, …
+    #[arg(long, value_name = "CONTAINER")]
+    pub format: Option<String>,
+
+    /// The flags that are also keys of the configuration file.
+    #[command(flatten)]
+    pub settings: RunSettings,
+}
+
+/// `vpd run`'s flags that are also the keys of `[run]`.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunSettings {
+    /// Filter threads [default: the number of CPU cores].
+    #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
+    pub threads: Option<NonZeroUsize>,
+
+    /// How the output is encoded.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub encoding: OutputSettings,
+
+    /// Most frames in flight between decoding and writing [default: 2 × threads + 4, capped to
+    /// 512 MB of frames].
+    #[arg(long, value_name = "N")]
+    pub window: Option<NonZeroUsize>,
+
+    /// The output is committed in segments of about this many seconds, each encoded on its own
+    /// (a resume redoes at most one) [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub segment_seconds: Option<f64>,
 }
 
 /// The filter reference appended to `--help`.
@@ -692,6 +775,103 @@ pub fn filter_help() -> String {
         text.push_str(&format!("  {name:<11}{chain}\n"));
     }
     text.trim_end().to_string()
+}
+
+/// How the configuration file writes what the command line parses: sizes, durations, bitrates
+/// and frame sizes as text (`"4G"`, `"24h"`, `"4M"`, `"3840x2160"`) or as plain numbers, read
+/// by the same parsers as the flags. Written back as numbers (seconds for a duration).
+mod text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// A number, or text for `parse`.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u64),
+        Float(f64),
+        Text(String),
+    }
+
+    fn read<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: fn(&str) -> Result<T, String>,
+        number: fn(f64) -> Result<T, String>,
+    ) -> Result<Option<T>, D::Error> {
+        let given = Option::<Given>::deserialize(d)?;
+        let value = match given {
+            None => return Ok(None),
+            Some(Given::Number(n)) => number(n as f64),
+            Some(Given::Float(n)) => number(n),
+            Some(Given::Text(t)) => parse(&t),
+        };
+        value.map(Some).map_err(serde::de::Error::custom)
+    }
+
+    fn whole(n: f64) -> Result<u64, String> {
+        if n.is_finite() && n >= 1.0 && n.fract() == 0.0 && n <= u64::MAX as f64 {
+            Ok(n as u64)
+        } else {
+            Err(format!("{n} is not a positive whole number"))
+        }
+    }
+
+    fn write<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => s.serialize_u64(*n),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Bytes: `4096`, `"512K"`, `"4G"`.
+    pub mod size {
+        pub fn serialize<S: serde::Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            super::write(n, s)
+        }
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            super::read(d, crate::cli::parse_size, super::whole)
+        }
+    }
+
+    /// Bits per second: `800000`, `"800K"`, `"4M"`.
+    pub mod bitrate {
+        pub fn serialize<S: serde::Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            super::write(n, s)
+        }
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            super::read(d, crate::cli::parse_bitrate, |n| crate::cli::parse_bitrate(&n.to_string()))
+        }
+    }
+
+    /// Pixels: `8294400`, `"3840x2160"`.
+    pub mod pixels {
+        pub fn serialize<S: serde::Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            super::write(n, s)
+        }
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            super::read(d, crate::cli::parse_frame_pixels, |n| crate::cli::parse_frame_pixels(&n.to_string()))
+        }
+    }
+
+    /// A duration: seconds, or `"90s"`, `"30m"`, `"24h"`, `"7d"`.
+    pub mod duration {
+        use std::time::Duration;
+
+        pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_f64(d.as_secs_f64()),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::read(d, crate::cli::parse_duration, |n| {
+                if n.is_finite() && n >= 0.0 {
+                    Ok(Duration::from_secs_f64(n))
+                } else {
+                    Err(format!("{n} is not a duration"))
+                }
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,20 +10,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
-use crate::cli::OutputArgs;
 use crate::cli::{
-    Cli, ClientArgs, JobsAction, JobsArgs, PreviewArgs, RunArgs, ServerArgs, TlsClientArgs, WorkerArgs, parse_size,
+    Cli, ClientArgs, ClientSettings, FilterSettings, JobsAction, JobsArgs, OutputSettings, PreviewArgs,
+    PreviewSettings, RunArgs, RunSettings, ServerArgs, ServerSettings, TlsClientArgs, WorkerArgs, WorkerSettings,
 };
 use crate::client::{ClientConfig, ClientJob, JobsConfig, JobsQuery};
 use crate::filters::presets::Presets;
 use crate::filters::{Chain, FilterEnv};
-use crate::media::{OutputOptions, VideoCodec};
+use crate::media::OutputOptions;
 use crate::net::ServerAddr;
 use crate::preview::PreviewConfig;
 use crate::protocol::message::Token;
@@ -31,121 +32,108 @@ use crate::protocol::wire::TransportEncoding;
 use crate::server::{Backend, ServerConfig};
 use crate::worker::WorkerConfig;
 
-/// The configuration file, as written.
+/// The configuration file, as written: one section per role, whose keys are the role's flags
+/// (`--max-upload` is `max_upload`), read into the same types as the command line
+/// ([`crate::cli`]'s `*Settings`), so that a flag and its key are one definition.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Settings for every role that runs filters.
     #[serde(default)]
-    pub filters: FiltersSection,
+    pub filters: Section<FilterSettings>,
     /// Defaults for `vpd run`.
     #[serde(default)]
-    pub run: RunSection,
+    pub run: Section<RunSettings>,
     /// Defaults for `vpd server`.
     #[serde(default)]
-    pub server: ServerSection,
+    pub server: Section<ServerSettings>,
     /// Defaults for `vpd worker`.
     #[serde(default)]
-    pub worker: WorkerSection,
-    /// Defaults for `vpd client`.
+    pub worker: Section<WorkerSettings>,
+    /// Defaults for `vpd client` (and, for the keys it has, `vpd jobs`).
     #[serde(default)]
-    pub client: ClientSection,
+    pub client: Section<ClientSettings>,
     /// Defaults for `vpd preview`.
     #[serde(default)]
-    pub preview: PreviewSection,
+    pub preview: Section<PreviewSettings>,
     /// Named filter chains for `--preset`, besides (or instead of) the built-in ones.
     #[serde(default)]
     pub presets: std::collections::BTreeMap<String, String>,
 }
 
-/// `[preview]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreviewSection {
-    /// Dashboard address.
-    pub listen: Option<SocketAddr>,
-    /// RabbitMQ URL.
-    pub amqp: Option<String>,
-    /// Queue and exchange prefix.
-    pub namespace: Option<String>,
-    /// The cluster's key for signing broker messages.
-    pub cluster_key_file: Option<PathBuf>,
-    /// A server's state directory on this host, for its job history.
-    pub state_dir: Option<PathBuf>,
-    /// The file holding the token the dashboard wants.
-    pub token_file: Option<PathBuf>,
-    /// PEM certificate chain for TLS.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS.
-    pub tls_key: Option<PathBuf>,
+/// A section of the configuration file: a role's settings. A key that no flag has is an error;
+/// the old names of renamed keys still read.
+#[derive(Debug, Default)]
+pub struct Section<T>(pub T);
+
+impl<T> std::ops::Deref for Section<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
-/// `[server]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    /// TCP address.
-    pub listen: Option<SocketAddr>,
-    /// Unix socket path.
-    pub unix: Option<PathBuf>,
-    /// RabbitMQ URL.
-    pub amqp: Option<String>,
-    /// In-process filter threads (`workers` before, still accepted).
-    #[serde(alias = "workers")]
-    pub threads: Option<NonZeroUsize>,
-    /// The file holding the token clients must present.
-    pub token_file: Option<PathBuf>,
-    /// The tokens file: clients by token, with names, roles and limits.
-    pub tokens_file: Option<PathBuf>,
-    /// Largest upload (`4G`, `512M`, …).
-    pub max_upload: Option<String>,
-    /// Jobs at once.
-    pub max_jobs: Option<NonZeroUsize>,
-    /// Work directory.
-    pub work_dir: Option<PathBuf>,
-    /// Job store directory.
-    pub state_dir: Option<PathBuf>,
-    /// Seconds of video per committed segment.
-    pub segment_seconds: Option<f64>,
-    /// How long ended jobs' files are kept (`24h`).
-    pub keep_results: Option<String>,
-    /// Most bytes kept jobs may take (`20G`).
-    pub max_stored: Option<String>,
-    /// Queue and exchange prefix.
-    pub namespace: Option<String>,
-    /// The cluster's key for signing broker messages.
-    pub cluster_key_file: Option<PathBuf>,
-    /// Seconds before an overdue frame is re-dispatched.
-    pub redispatch_after: Option<f64>,
-    /// Frames in flight per job.
-    pub window: Option<NonZeroUsize>,
-    /// Dashboard address.
-    pub preview: Option<SocketAddr>,
-    /// `/metrics` address.
-    pub metrics: Option<SocketAddr>,
-    /// PEM certificate chain for TLS.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS.
-    pub tls_key: Option<PathBuf>,
+/// Keys renamed since they were introduced: the old name, and the one it reads as.
+const RENAMED_KEYS: &[(&str, &str)] =
+    &[("workers", "threads"), ("concurrency", "threads"), ("preset", "encoder_preset")];
+
+impl<'de, T: Serialize + DeserializeOwned + Default> Deserialize<'de> for Section<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let known = keys_of(&T::default()).map_err(D::Error::custom)?;
+        for (old, new) in RENAMED_KEYS {
+            if known.contains(*new) && !known.contains(*old) {
+                if let Some(value) = table.remove(*old) {
+                    if table.contains_key(*new) {
+                        return Err(D::Error::custom(format!("give `{new}` or its old name `{old}`, not both")));
+                    }
+                    table.insert(new.to_string(), value);
+                }
+            }
+        }
+        if let Some(key) = table.keys().find(|k| !known.contains(k.as_str())) {
+            return Err(D::Error::custom(format!("unknown key `{key}`")));
+        }
+        // One key at a time first: an error names its key.
+        for (key, value) in &table {
+            let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+            T::deserialize(toml::Value::Table(one)).map_err(|e| D::Error::custom(format!("`{key}`: {e}")))?;
+        }
+        T::deserialize(toml::Value::Table(table)).map(Section).map_err(D::Error::custom)
+    }
 }
 
-/// `[worker]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerSection {
-    /// RabbitMQ URL.
-    pub amqp: Option<String>,
-    /// Filter threads (`concurrency` before, still accepted).
-    #[serde(alias = "concurrency")]
-    pub threads: Option<NonZeroUsize>,
-    /// Queue and exchange prefix.
-    pub namespace: Option<String>,
-    /// The cluster's key for signing broker messages.
-    pub cluster_key_file: Option<PathBuf>,
-    /// `/metrics` address.
-    pub metrics: Option<SocketAddr>,
-    /// The largest frame taken, in pixels or as `WIDTHxHEIGHT`.
-    pub max_frame_pixels: Option<String>,
+/// The keys `value` serialises with: every field's, flattened groups' included.
+fn keys_of<T: Serialize>(value: &T) -> Result<std::collections::BTreeSet<String>, String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => Ok(map.keys().cloned().collect()),
+        Ok(_) => Err("a section must be a table".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `given` (the command line and the environment, as clap read them) over `file` (the same
+/// settings from the configuration file): every value given wins, every other is the file's.
+/// The one merge of every role; defaults come after, where each setting is used.
+fn layered<T: Serialize + DeserializeOwned>(given: T, file: &T) -> anyhow::Result<T> {
+    let mut merged = serde_json::to_value(file)?;
+    let given = serde_json::to_value(given)?;
+    if let (Some(merged), serde_json::Value::Object(given)) = (merged.as_object_mut(), given) {
+        for (key, value) in given {
+            // A switch off and a value absent are both "not given".
+            if !(value.is_null() || value == serde_json::Value::Bool(false)) {
+                merged.insert(key, value);
+            }
+        }
+    }
+    Ok(serde_json::from_value(merged)?)
+}
+
+/// The settings `to` has of `from` (`vpd jobs` reads the `[client]` section's keys it has).
+fn project<F: Serialize, T: DeserializeOwned>(from: &F) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(serde_json::to_value(from)?)?)
 }
 
 /// How long `vpd client` waits out a busy server unless told, in seconds.
@@ -153,104 +141,20 @@ const DEFAULT_CLIENT_WAIT_S: u64 = 300;
 /// How long `vpd jobs` waits out a busy server unless told, in seconds.
 const DEFAULT_JOBS_WAIT_S: u64 = 60;
 
-/// `[client]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientSection {
-    /// How long to wait out a busy server, in seconds (`vpd client` and `vpd jobs`).
-    pub wait: Option<u64>,
-    /// The server's address.
-    pub server: Option<String>,
-    /// The file holding the server's token.
-    pub token_file: Option<PathBuf>,
-    /// Speak TLS, verifying against the system's roots.
-    #[serde(default)]
-    pub tls: bool,
-    /// Speak TLS, verifying against this CA file.
-    pub tls_ca: Option<PathBuf>,
-    /// Speak TLS, accepting only this certificate.
-    pub tls_fingerprint: Option<String>,
-    /// How frames travel to workers.
-    pub transport: Option<TransportEncoding>,
-    /// Video encoder.
-    pub codec: Option<VideoCodec>,
-    /// Constant quality.
-    pub crf: Option<u32>,
-    /// Encoder speed preset (`preset` before filter presets took the word; still accepted).
-    #[serde(alias = "preset")]
-    pub encoder_preset: Option<String>,
-    /// Target bitrate instead of a quality (`4M`).
-    pub bitrate: Option<String>,
-    /// Longest gap between key frames.
-    pub keyint: Option<u32>,
-    /// Output pixel format.
-    pub pix_fmt: Option<String>,
-}
-
-/// The output options: the command line's choices, then the file's (`codec`, `crf`, `preset`,
-/// `bitrate`, `keyint`, `pix_fmt` of `[run]` or `[client]`), then the defaults.
-#[allow(clippy::too_many_arguments)]
-fn output_options(
-    a: OutputArgs,
-    section: &str,
-    codec: &Option<VideoCodec>,
-    crf: Option<u32>,
-    preset: &Option<String>,
-    bitrate: &Option<String>,
-    keyint: Option<u32>,
-    pix_fmt: &Option<String>,
-) -> anyhow::Result<OutputOptions> {
-    let bitrate = match (a.bitrate, bitrate) {
-        (Some(b), _) => Some(b),
-        (None, Some(text)) => Some(
-            crate::cli::parse_bitrate(text)
-                .map_err(|e| usage(ErrorKind::ValueValidation, &format!("[{section}] bitrate: {e}")))?,
-        ),
-        (None, None) => None,
-    };
-    Ok(OutputOptions {
-        codec: a.codec.or_else(|| codec.clone()).unwrap_or_default(),
-        crf: a.crf.or(crf),
-        preset: a.encoder_preset.or_else(|| preset.clone()),
-        bitrate,
-        keyint: a.keyint.or(keyint).map(|k| bounded("--keyint", k, MAX_KEYINT as usize)).transpose()?,
-        pix_fmt: a.pix_fmt.or_else(|| pix_fmt.clone()),
-        format: a.format,
-    })
-}
-
-/// `[filters]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FiltersSection {
-    /// Haar cascade for `faces`.
-    pub face_cascade: Option<PathBuf>,
-}
-
-/// `[run]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunSection {
-    /// Filter threads (`workers` before, still accepted).
-    #[serde(alias = "workers")]
-    pub threads: Option<NonZeroUsize>,
-    /// Seconds of video per committed segment.
-    pub segment_seconds: Option<f64>,
-    /// Most frames in flight.
-    pub window: Option<NonZeroUsize>,
-    /// Video encoder.
-    pub codec: Option<VideoCodec>,
-    /// Constant quality.
-    pub crf: Option<u32>,
-    /// Encoder speed preset (`preset` before filter presets took the word; still accepted).
-    #[serde(alias = "preset")]
-    pub encoder_preset: Option<String>,
-    /// Target bitrate instead of a quality (`4M`).
-    pub bitrate: Option<String>,
-    /// Longest gap between key frames.
-    pub keyint: Option<u32>,
-    /// Output pixel format.
-    pub pix_fmt: Option<String>,
+impl OutputSettings {
+    /// The output options these settings and `format` (the container, when the output's
+    /// extension does not say) make, validated: what the encoder trusts.
+    pub fn options(self, format: Option<String>) -> anyhow::Result<OutputOptions> {
+        Ok(OutputOptions {
+            codec: self.codec.unwrap_or_default(),
+            crf: self.crf,
+            preset: self.encoder_preset,
+            bitrate: self.bitrate,
+            keyint: self.keyint.map(|k| bounded("--keyint", k, MAX_KEYINT as usize)).transpose()?,
+            pix_fmt: self.pix_fmt,
+            format,
+        })
+    }
 }
 
 impl FileConfig {
@@ -290,7 +194,7 @@ impl FileConfig {
             if input == Path::new(crate::media::STDIO) {
                 return Err(usage(ErrorKind::ValueValidation, "a batch reads files, not standard input"));
             }
-            let output = dir.join(batch_output_name(&input, args.encoding.format.as_deref()));
+            let output = dir.join(batch_output_name(&input, args.format.as_deref()));
             if let Some(other) = jobs.iter().find(|j| j.output == output) {
                 return Err(usage(
                     ErrorKind::ValueValidation,
@@ -305,30 +209,17 @@ impl FileConfig {
 
     /// One `vpd run` job of `input`.
     fn run_one(&self, args: RunArgs, input: PathBuf) -> anyhow::Result<RunConfig> {
-        let threads =
-            bounded("--threads", args.threads.or(self.run.threads).unwrap_or_else(default_threads), MAX_THREADS)?;
+        let s = layered(args.settings, &self.run)?;
         Ok(RunConfig {
             input,
             output: args.output,
             chain: self.chain(args.filter, args.preset.as_deref())?,
-            threads,
-            output_options: {
-                let r = &self.run;
-                output_options(
-                    args.encoding,
-                    "run",
-                    &r.codec,
-                    r.crf,
-                    &r.encoder_preset,
-                    &r.bitrate,
-                    r.keyint,
-                    &r.pix_fmt,
-                )?
-            },
-            window: args.window.or(self.run.window).map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
-            filter_env: self.filter_env(args.face_cascade),
+            threads: bounded("--threads", s.threads.unwrap_or_else(default_threads), MAX_THREADS)?,
+            output_options: s.encoding.options(args.format)?,
+            window: s.window.map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
+            filter_env: self.filter_env(args.filters)?,
             resume: args.resume,
-            segment_seconds: segment_seconds(args.segment_seconds.or(self.run.segment_seconds))?,
+            segment_seconds: segment_seconds(s.segment_seconds)?,
             quiet: args.quiet,
             json: args.json,
         })
@@ -336,86 +227,58 @@ impl FileConfig {
 
     /// The validated configuration of `vpd server`.
     pub fn server(&self, a: ServerArgs) -> anyhow::Result<ServerConfig> {
-        let f = &self.server;
-        let unix = a.unix.or_else(|| f.unix.clone());
-        let listen =
-            a.listen.or(f.listen).or_else(|| unix.is_none().then(|| "[::]:9000".parse().expect("a valid address")));
-        let namespace = namespace(a.namespace.or_else(|| f.namespace.clone()))?;
-        let redispatch = a.redispatch_after.or(f.redispatch_after).unwrap_or(60.0);
+        let s = layered(a.settings, &self.server)?;
+        let unix = s.unix;
+        let listen = s.listen.or_else(|| unix.is_none().then(|| "[::]:9000".parse().expect("a valid address")));
+        let redispatch = s.redispatch_after.unwrap_or(60.0);
         if !(redispatch.is_finite() && (0.1..=86_400.0).contains(&redispatch)) {
             return Err(usage(ErrorKind::ValueValidation, "--redispatch-after must be between 0.1 and 86400 seconds"));
         }
-        let backend = match a.amqp.or_else(|| f.amqp.clone()) {
+        let backend = match s.amqp {
             Some(url) => Backend::Amqp {
                 url,
-                topology: Topology::new(namespace)
-                    .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?),
+                topology: Topology::new(namespace(s.namespace)?).with_key(cluster_key(s.cluster_key_file)?),
                 redispatch_after: Duration::from_secs_f64(redispatch),
             },
             None => Backend::Local {
-                threads: bounded("--threads", a.threads.or(f.threads).unwrap_or_else(default_threads), MAX_THREADS)?,
-                filter_env: self.filter_env(a.face_cascade),
+                threads: bounded("--threads", s.threads.unwrap_or_else(default_threads), MAX_THREADS)?,
+                filter_env: self.filter_env(a.filters)?,
             },
         };
-        let tokens_file = a.tokens_file.or_else(|| f.tokens_file.clone());
-        let max_upload = match (a.max_upload, &f.max_upload) {
-            (Some(n), _) => n,
-            (None, Some(text)) => {
-                parse_size(text).map_err(|e| usage(ErrorKind::ValueValidation, &format!("[server] max_upload: {e}")))?
+        let clients = match (&s.tokens_file, token(a.token, s.token_file.as_deref())?) {
+            (Some(file), None) => crate::server::clients::Clients::load(file)?,
+            (None, Some(t)) => crate::server::clients::Clients::single(&t),
+            (None, None) => crate::server::clients::Clients::open(),
+            (Some(_), Some(_)) => {
+                return Err(usage(ErrorKind::ArgumentConflict, "give a token or a tokens file, not both"));
             }
-            (None, None) => 4 << 30,
-        };
-        let keep_results = match (a.keep_results, &f.keep_results) {
-            (Some(d), _) => d,
-            (None, Some(text)) => crate::cli::parse_duration(text)
-                .map_err(|e| usage(ErrorKind::ValueValidation, &format!("[server] keep_results: {e}")))?,
-            (None, None) => DEFAULT_KEEP_RESULTS,
-        };
-        let max_stored = match (a.max_stored, &f.max_stored) {
-            (Some(n), _) => n,
-            (None, Some(text)) => {
-                parse_size(text).map_err(|e| usage(ErrorKind::ValueValidation, &format!("[server] max_stored: {e}")))?
-            }
-            (None, None) => DEFAULT_MAX_STORED,
         };
         Ok(ServerConfig {
             listen,
             unix,
             backend,
-            clients: match (&tokens_file, token(a.token, a.token_file.as_deref().or(f.token_file.as_deref()))?) {
-                (Some(file), None) => crate::server::clients::Clients::load(file)?,
-                (None, Some(t)) => crate::server::clients::Clients::single(&t),
-                (None, None) => crate::server::clients::Clients::open(),
-                (Some(_), Some(_)) => {
-                    return Err(usage(ErrorKind::ArgumentConflict, "give a token or a tokens file, not both"));
-                }
-            },
-            tokens_file,
-            max_upload,
-            max_jobs: bounded(
-                "--max-jobs",
-                a.max_jobs.or(f.max_jobs).unwrap_or(NonZeroUsize::new(2).expect("2 > 0")),
-                MAX_JOBS,
-            )?,
-            work_dir: a
+            clients,
+            tokens_file: s.tokens_file,
+            max_upload: s.max_upload.unwrap_or(4 << 30),
+            max_jobs: bounded("--max-jobs", s.max_jobs.unwrap_or(NonZeroUsize::new(2).expect("2 > 0")), MAX_JOBS)?,
+            work_dir: s
                 .work_dir
-                .or_else(|| f.work_dir.clone())
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("vpd-server-{}", std::process::id()))),
-            state_dir: a.state_dir.or_else(|| f.state_dir.clone()).map_or_else(default_state_dir, Ok)?,
-            segment_seconds: segment_seconds(a.segment_seconds.or(f.segment_seconds))?,
-            keep_results,
-            max_stored,
-            window: a.window.or(f.window).map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
-            preview: a.preview.or(f.preview),
-            metrics: a.metrics.or(f.metrics),
-            tls: server_tls(a.tls_cert.or_else(|| f.tls_cert.clone()), a.tls_key.or_else(|| f.tls_key.clone()))?,
+            state_dir: s.state_dir.map_or_else(default_state_dir, Ok)?,
+            segment_seconds: segment_seconds(s.segment_seconds)?,
+            keep_results: s.keep_results.unwrap_or(DEFAULT_KEEP_RESULTS),
+            max_stored: s.max_stored.unwrap_or(DEFAULT_MAX_STORED),
+            window: s.window.map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
+            preview: s.preview,
+            metrics: s.metrics,
+            tls: server_tls(s.tls_cert, s.tls_key)?,
         })
     }
 
     /// The validated configuration of `vpd worker`.
     pub fn worker(&self, a: WorkerArgs) -> anyhow::Result<WorkerConfig> {
-        let f = &self.worker;
-        let Some(amqp_url) = a.amqp.or_else(|| f.amqp.clone()) else {
+        let s = layered(a.settings, &self.worker)?;
+        let Some(amqp_url) = s.amqp else {
             return Err(usage(
                 ErrorKind::MissingRequiredArgument,
                 "a worker needs RabbitMQ: pass --amqp URL or set VPD_AMQP_URL",
@@ -423,41 +286,33 @@ impl FileConfig {
         };
         Ok(WorkerConfig {
             amqp_url,
-            threads: bounded("--threads", a.threads.or(f.threads).unwrap_or_else(default_threads), MAX_THREADS)?,
-            topology: Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?)
-                .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?),
-            filter_env: self.filter_env(a.face_cascade),
+            threads: bounded("--threads", s.threads.unwrap_or_else(default_threads), MAX_THREADS)?,
+            topology: Topology::new(namespace(s.namespace)?).with_key(cluster_key(s.cluster_key_file)?),
+            filter_env: self.filter_env(a.filters)?,
             id: a
                 .name
                 .map_or_else(crate::metrics::WorkerId::this_process, |n| crate::metrics::WorkerId::on_this_host(&n))
                 .to_string(),
-            metrics: a.metrics.or(f.metrics),
-            max_frame_pixels: match (a.max_frame_pixels, &f.max_frame_pixels) {
-                (Some(p), _) => p,
-                (None, Some(text)) => crate::cli::parse_frame_pixels(text)
-                    .map_err(|e| anyhow::anyhow!("config file: [worker] max_frame_pixels: {e}"))?,
-                (None, None) => DEFAULT_MAX_FRAME_PIXELS,
-            },
+            metrics: s.metrics,
+            max_frame_pixels: s.max_frame_pixels.unwrap_or(DEFAULT_MAX_FRAME_PIXELS),
         })
     }
 
     /// The validated configuration of `vpd preview`, and its address.
     pub fn preview(&self, a: PreviewArgs) -> anyhow::Result<(PreviewConfig, SocketAddr)> {
-        let f = &self.preview;
-        let Some(amqp_url) = a.amqp.or_else(|| f.amqp.clone()) else {
+        let s = layered(a.settings, &self.preview)?;
+        let Some(amqp_url) = s.amqp else {
             return Err(usage(
                 ErrorKind::MissingRequiredArgument,
                 "a preview reads job events from RabbitMQ: pass --amqp URL or set VPD_AMQP_URL \
                  (or run `vpd server --preview ADDR` for a server's own jobs)",
             ));
         };
-        let topology = Topology::new(namespace(a.namespace.or_else(|| f.namespace.clone()))?)
-            .with_key(cluster_key(a.cluster_key_file.or_else(|| f.cluster_key_file.clone()))?);
-        let listen = a.listen.or(f.listen).unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
-        let state_dir = a.state_dir.or_else(|| f.state_dir.clone());
-        let token = token(a.token, a.token_file.as_deref().or(f.token_file.as_deref()))?;
-        let tls = server_tls(a.tls_cert.or_else(|| f.tls_cert.clone()), a.tls_key.or_else(|| f.tls_key.clone()))?;
-        Ok((PreviewConfig { amqp_url, topology, state_dir, token, tls }, listen))
+        let topology = Topology::new(namespace(s.namespace)?).with_key(cluster_key(s.cluster_key_file)?);
+        let listen = s.listen.unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
+        let token = token(a.token, s.token_file.as_deref())?;
+        let tls = server_tls(s.tls_cert, s.tls_key)?;
+        Ok((PreviewConfig { amqp_url, topology, state_dir: s.state_dir, token, tls }, listen))
     }
 
     /// The validated configuration of `vpd client`, and whether to print JSON.
@@ -479,7 +334,7 @@ impl FileConfig {
         let at_once = bounded("--jobs", a.jobs, MAX_BATCH_AT_ONCE)?;
         let mut jobs: Vec<ClientConfig> = Vec::new();
         for input in std::mem::take(&mut a.input) {
-            let output = dir.join(batch_output_name(&input, a.encoding.format.as_deref()));
+            let output = dir.join(batch_output_name(&input, a.format.as_deref()));
             if let Some(other) = jobs.iter().find(|j| j.output == output) {
                 return Err(usage(
                     ErrorKind::ValueValidation,
@@ -495,7 +350,7 @@ impl FileConfig {
 
     /// One `vpd client` job: of `input`, or the job it attaches to.
     fn client_one(&self, a: ClientArgs, input: Option<PathBuf>) -> anyhow::Result<ClientConfig> {
-        let server = self.server_addr(a.server.clone())?;
+        let s = layered(a.settings, &self.client)?;
         let job = match (a.attach, input, a.filter) {
             (Some(id), _, _) => ClientJob::Attach(id),
             (None, Some(input), filter) if filter.is_some() || a.preset.is_some() => {
@@ -507,42 +362,31 @@ impl FileConfig {
             job,
             // Detached without -o: the result is fetched later; the server's container is MP4.
             output: a.output.unwrap_or_default(),
-            wait: Duration::from_secs(a.wait.or(self.client.wait).unwrap_or(DEFAULT_CLIENT_WAIT_S)),
-            server,
-            output_options: {
-                let c = &self.client;
-                output_options(
-                    a.encoding,
-                    "client",
-                    &c.codec,
-                    c.crf,
-                    &c.encoder_preset,
-                    &c.bitrate,
-                    c.keyint,
-                    &c.pix_fmt,
-                )?
-            },
-            transport: a.transport.or(self.client.transport).unwrap_or(TransportEncoding::Auto),
-            token: token(a.token, a.token_file.as_deref().or(self.client.token_file.as_deref()))?,
-            tls: self.client_tls(a.tls)?,
+            wait: Duration::from_secs(s.wait.unwrap_or(DEFAULT_CLIENT_WAIT_S)),
+            server: s.server.unwrap_or_else(default_server),
+            output_options: s.encoding.options(a.format)?,
+            transport: s.transport.unwrap_or(TransportEncoding::Auto),
+            token: token(a.token, s.token_file.as_deref())?,
+            tls: client_tls(s.tls)?,
             quiet: a.quiet,
         })
     }
 
     /// The validated configuration of `vpd jobs`.
     pub fn jobs(&self, a: JobsArgs) -> anyhow::Result<JobsConfig> {
+        let s = layered(a.settings, &project(&*self.client)?)?;
         let query = match a.action {
             Some(JobsAction::Show(job)) => JobsQuery::Show(job),
             Some(JobsAction::Control { job, control, output }) => JobsQuery::Control(job, control, output),
             None => JobsQuery::List(a.limit),
         };
         Ok(JobsConfig {
-            server: self.server_addr(a.server)?,
-            token: token(a.token, a.token_file.as_deref().or(self.client.token_file.as_deref()))?,
-            tls: self.client_tls(a.tls)?,
+            server: s.server.unwrap_or_else(default_server),
+            token: token(a.token, s.token_file.as_deref())?,
+            tls: client_tls(s.tls)?,
             query,
             json: a.json,
-            wait: Duration::from_secs(a.wait.or(self.client.wait).unwrap_or(DEFAULT_JOBS_WAIT_S)),
+            wait: Duration::from_secs(s.wait.unwrap_or(DEFAULT_JOBS_WAIT_S)),
         })
     }
 
@@ -562,47 +406,31 @@ impl FileConfig {
         }
     }
 
-    /// How a client speaks TLS, if it does: the command line's choice, else the config file's.
-    fn client_tls(&self, a: TlsClientArgs) -> anyhow::Result<Option<crate::tls::ClientTls>> {
-        use crate::tls::{ClientTls, Trust};
-        let c = &self.client;
-        let pinned =
-            match (a.tls_fingerprint, &c.tls_fingerprint) {
-                (Some(f), _) => Some(f),
-                (None, Some(text)) => Some(text.parse().map_err(|e: String| {
-                    usage(ErrorKind::ValueValidation, &format!("[client] tls_fingerprint: {e}"))
-                })?),
-                (None, None) => None,
-            };
-        let trust = match (pinned, a.tls_ca.or_else(|| c.tls_ca.clone())) {
-            (Some(f), None) => Trust::Pin(f),
-            (None, Some(ca)) => Trust::Ca(ca),
-            (Some(_), Some(_)) => {
-                return Err(usage(ErrorKind::ArgumentConflict, "give --tls-ca or --tls-fingerprint, not both"));
-            }
-            (None, None) if a.tls || c.tls => Trust::System,
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(ClientTls::new(&trust)?))
+    /// What the filters need on this host: the command line's, over `[filters]`, over the defaults.
+    fn filter_env(&self, given: FilterSettings) -> anyhow::Result<FilterEnv> {
+        let s = layered(given, &self.filters)?;
+        Ok(s.face_cascade.map_or_else(FilterEnv::default, |face_cascade| FilterEnv { face_cascade }))
     }
+}
 
-    /// The server a client talks to: the command line's, the config file's, or the default.
-    fn server_addr(&self, given: Option<ServerAddr>) -> anyhow::Result<ServerAddr> {
-        Ok(match (given, &self.client.server) {
-            (Some(s), _) => s,
-            (None, Some(text)) => {
-                text.parse().map_err(|e: String| usage(ErrorKind::ValueValidation, &format!("[client] server: {e}")))?
-            }
-            (None, None) => ServerAddr::Tcp("127.0.0.1:9000".into()),
-        })
-    }
+/// The server a client talks to unless told: this host's port 9000.
+fn default_server() -> ServerAddr {
+    ServerAddr::Tcp("127.0.0.1:9000".into())
+}
 
-    fn filter_env(&self, face_cascade: Option<PathBuf>) -> FilterEnv {
-        match face_cascade.or_else(|| self.filters.face_cascade.clone()) {
-            Some(face_cascade) => FilterEnv { face_cascade },
-            None => FilterEnv::default(),
+/// How a client speaks TLS, if it does.
+fn client_tls(s: TlsClientArgs) -> anyhow::Result<Option<crate::tls::ClientTls>> {
+    use crate::tls::{ClientTls, Trust};
+    let trust = match (s.tls_fingerprint, s.tls_ca) {
+        (Some(f), None) => Trust::Pin(f),
+        (None, Some(ca)) => Trust::Ca(ca),
+        (Some(_), Some(_)) => {
+            return Err(usage(ErrorKind::ArgumentConflict, "give --tls-ca or --tls-fingerprint, not both"));
         }
-    }
+        (None, None) if s.tls => Trust::System,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(ClientTls::new(&trust)?))
 }
 
 /// A usage error, printed by clap (with its exit status 2).
@@ -860,8 +688,9 @@ mod tests {
         let cfg = one(file.client(args(&["--keyint", "10", "--transport", "raw", "--token", "given"])).unwrap());
         assert_eq!((cfg.output_options.keyint, cfg.transport), (Some(10), TransportEncoding::Raw));
         assert!(cfg.token.unwrap().matches(&Token::new("given")));
-        let bad: FileConfig = toml::from_str("[run]\nbitrate = \"fast\"").unwrap();
-        assert!(bad.run(run_args(&[])).one().unwrap_err().to_string().contains("[run] bitrate"));
+        // A bad value in the file is an error when the file is read, naming its table and key.
+        let bad = toml::from_str::<FileConfig>("[run]\nbitrate = \"fast\"").unwrap_err().to_string();
+        assert!(bad.contains("run") && bad.contains("`bitrate`: 'fast' is not a bitrate"), "{bad}");
     }
 
     #[test]
@@ -928,7 +757,7 @@ mod tests {
             (Some(2), Some(5), Some(6))
         );
         match crate::cli::Cli::parse_from(["vpd", "worker", "--concurrency", "7"]).command {
-            crate::cli::Command::Worker(a) => assert_eq!(a.threads.map(NonZeroUsize::get), Some(7)),
+            crate::cli::Command::Worker(a) => assert_eq!(a.settings.threads.map(NonZeroUsize::get), Some(7)),
             other => panic!("not worker: {other:?}"),
         }
         let help = <crate::cli::Cli as clap::CommandFactory>::command()
@@ -937,6 +766,24 @@ mod tests {
             .render_help()
             .to_string();
         assert!(help.contains("--threads") && !help.contains("--workers"), "{help}");
+    }
+
+    #[test]
+    fn jobs_reads_the_keys_of_client_it_has_and_old_key_names_read_as_the_new() {
+        let file: FileConfig =
+            toml::from_str("[client]\nserver = \"unix:/run/vpd.sock\"\nwait = 7\ncodec = \"hevc\"\npreset = \"slow\"")
+                .unwrap();
+        let a = match crate::cli::Cli::parse_from(["vpd", "jobs"]).command {
+            crate::cli::Command::Jobs(a) => a,
+            other => panic!("not jobs: {other:?}"),
+        };
+        let cfg = file.jobs(a).unwrap();
+        assert_eq!((cfg.server, cfg.wait), ("unix:/run/vpd.sock".parse().unwrap(), Duration::from_secs(7)));
+        assert_eq!(file.client.encoding.encoder_preset.as_deref(), Some("slow"), "`preset` reads as encoder_preset");
+        let both = toml::from_str::<FileConfig>("[run]\nworkers = 2\nthreads = 3").unwrap_err().to_string();
+        assert!(both.contains("give `threads` or its old name `workers`, not both"), "{both}");
+        let big = toml::from_str::<FileConfig>("[server]\nmax_upload = \"1K\"\nkeep_results = \"2h\"").unwrap();
+        assert_eq!((big.server.max_upload, big.server.keep_results), (Some(1024), Some(Duration::from_secs(7200))));
     }
 
     #[test]
@@ -1010,7 +857,10 @@ mod tests {
             all_set.push('\n');
         }
         let parsed: FileConfig = toml::from_str(&all_set).unwrap_or_else(|e| panic!("{e}\n{all_set}"));
-        assert!(parsed.server.token_file.is_some() && parsed.client.bitrate.is_some(), "commented keys were set");
+        assert!(
+            parsed.server.token_file.is_some() && parsed.client.encoding.bitrate.is_some(),
+            "commented keys were set"
+        );
 
         let mut cmd = Cli::command();
         cmd.build();

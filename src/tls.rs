@@ -150,8 +150,23 @@ pub fn server_name(addr: &str) -> anyhow::Result<ServerName<'static>> {
 }
 
 /// The SHA-256 of a certificate (DER), as `AB:CD:…` (32 pairs).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Fingerprint([u8; 32]);
+
+impl TryFrom<String> for Fingerprint {
+    type Error = <Fingerprint as std::str::FromStr>::Err;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.to_string()
+    }
+}
 
 impl Fingerprint {
     /// The fingerprint of `cert`.

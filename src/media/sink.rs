@@ -416,13 +416,19 @@ fn copy_streams(
             copied.push(transcode_stream(output, &stream, muxer, global_header, shown)?);
             continue;
         }
-        let mut ost = output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(shown, "adding a stream"))?;
+        let mut ost =
+            output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(shown, "adding a stream"))?;
         ost.set_parameters(stream.parameters());
         // SAFETY: the stream's parameters were just set; a zero tag lets the muxer pick its own.
         unsafe { (*ost.parameters().as_mut_ptr()).codec_tag = 0 };
         ost.set_time_base(stream.time_base());
         ost.set_metadata(stream.metadata().to_owned());
-        copied.push(Some(Copied { output: ost.index(), from: stream.time_base(), to: stream.time_base(), transcoder: None }));
+        copied.push(Some(Copied {
+            output: ost.index(),
+            from: stream.time_base(),
+            to: stream.time_base(),
+            transcoder: None,
+        }));
     }
     Ok(copied)
 }
@@ -447,7 +453,12 @@ fn transcode_stream(
         warn!("a {} file cannot hold stream #{index} ({}); it is left out", muxer.name(), id.name());
         return Ok(None);
     };
-    warn!("a {} file cannot hold stream #{index} ({}): re-encoding it ({})", muxer.name(), id.name(), transcoder.describe);
+    warn!(
+        "a {} file cannot hold stream #{index} ({}): re-encoding it ({})",
+        muxer.name(),
+        id.name(),
+        transcoder.describe
+    );
     let mut ost = output.add_stream(encoder::find(codec::Id::None)).map_err(ffmpeg_error(shown, "adding a stream"))?;
     ost.set_parameters(transcoder.encoder());
     let tb = transcoder.encoder().time_base();
@@ -467,7 +478,6 @@ fn copy_metadata(output: &mut format::context::Output, source: &MediaSource, sho
     }
     Ok(())
 }
-
 
 fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> MediaError + 'a {
     move |error| MediaError::Ffmpeg { path: path.to_path_buf(), what, error }

@@ -72,13 +72,29 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixSocket> {
     Ok(socket)
 }
 
-/// Where the server listens: `HOST:PORT`, `[IPV6]:PORT` or `unix:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the server listens: `HOST:PORT`, `[IPV6]:PORT` or `unix:PATH` (so written in a
+/// configuration file, too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum ServerAddr {
     /// A TCP address (name or IP, and port).
     Tcp(String),
     /// A Unix socket.
     Unix(PathBuf),
+}
+
+impl TryFrom<String> for ServerAddr {
+    type Error = <ServerAddr as FromStr>::Err;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ServerAddr> for String {
+    fn from(a: ServerAddr) -> String {
+        a.to_string()
+    }
 }
 
 impl FromStr for ServerAddr {
