@@ -754,23 +754,32 @@ pub struct RunSettings {
     pub segment_seconds: Option<f64>,
 }
 
-/// The filter reference appended to `--help`.
-pub const FILTER_HELP: &str = "\
-Filters (parameters as name:key=value:key=value, filters separated by commas):
-  blur     ksize=15 (odd, 1-255)  sigma=0 (0: from ksize)
-  edges    low=50  high=150       Canny on the grey image
-  faces    mode=box|blur  width=640 (detection width)  neighbors=5
-  motion   threshold=25 (1-255)  min_area=400 (pixels)  dilate=2
-  denoise  size=5 (odd, 3-9)      median: removes grain, keeps edges
-  sharpen  amount=1 (0-5)  radius=1.5 (0.3-20 pixels)
-  grade    contrast=1 (0-4)  brightness=0 (-1-1)  saturation=1 (0-4)  gamma=1 (0.1-10)
-           warmth=0 (-1-1)
-  scale    width=0  height=0 (16-8192; 0 follows from the other, keeping the aspect ratio)
-Detectors (faces, motion) look at the source frame and draw on the chain's current image.";
-
-/// [`FILTER_HELP`], then the built-in presets (`vpd presets` lists the config file's too).
+/// The filter reference appended to `--help`, from the filters' definitions
+/// ([`crate::filters::FILTERS`]), then the built-in presets (`vpd presets` lists the config
+/// file's too).
 pub fn filter_help() -> String {
-    let mut text = format!("{FILTER_HELP}\nPresets (--preset NAME):\n");
+    let mut text = String::from("Filters (parameters as name:key=value:key=value, filters separated by commas):\n");
+    for def in crate::filters::FILTERS {
+        text.push_str(&format!("  {:<8} {}\n", def.name, def.help));
+        // Its parameters, as many to a line as fit in `--help`'s 100 columns.
+        let mut line = String::new();
+        for p in def.params {
+            let param = format!("{}={} ({})", p.key, p.default, p.note);
+            if !line.is_empty() && 11 + line.len() + 2 + param.len() > 96 {
+                text.push_str(&format!("           {line}\n"));
+                line.clear();
+            }
+            if !line.is_empty() {
+                line.push_str("  ");
+            }
+            line.push_str(&param);
+        }
+        if !line.is_empty() {
+            text.push_str(&format!("           {line}\n"));
+        }
+    }
+    text.push_str("Detectors (faces, motion) look at the source frame and draw on the chain's current image.\n");
+    text.push_str("Presets (--preset NAME):\n");
     for (name, chain) in crate::filters::presets::BUILT_IN {
         text.push_str(&format!("  {name:<11}{chain}\n"));
     }
@@ -896,13 +905,37 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_filter_table_has_every_filter_and_parameter_of_the_definitions() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for def in crate::filters::FILTERS {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", def.name)))
+                .unwrap_or_else(|| panic!("README.md's filter table has no row for {}", def.name));
+            for p in def.params {
+                let written = format!("`{}={}`", p.key, p.default);
+                assert!(
+                    row.contains(&written) || (p.default == "0" && row.contains(&format!("`{}`", p.key))),
+                    "README.md's row for {} lacks {written}",
+                    def.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn help_lists_every_filter_and_every_built_in_preset() {
         use clap::CommandFactory;
         let mut cli = Cli::command();
         for role in ["run", "client", "server"] {
             let help = cli.find_subcommand_mut(role).unwrap().render_long_help().to_string();
-            for name in crate::filters::FILTER_NAMES {
+            for def in crate::filters::FILTERS {
+                let name = def.name;
                 assert!(help.contains(&format!("\n  {name} ")), "{role} --help lacks the filter {name}");
+                for p in def.params {
+                    let given = format!("{}={} ({})", p.key, p.default, p.note);
+                    assert!(help.contains(&given), "{role} --help lacks {name}'s {given}");
+                }
             }
             for (name, _) in crate::filters::presets::BUILT_IN {
                 assert!(help.contains(&format!("\n  {name} ")), "{role} --help lacks the preset {name}");

@@ -27,7 +27,7 @@ use opencv::prelude::*;
 
 pub use error::FilterError;
 pub use spec::{
-    BlurParams, Chain, DenoiseParams, EdgesParams, FILTER_NAMES, FaceMode, FacesParams, FilterSpec, GradeParams,
+    BlurParams, Chain, DenoiseParams, EdgesParams, FILTERS, FaceMode, FacesParams, FilterDef, FilterSpec, GradeParams,
     MAX_CHAIN_LEN, MotionParams, ScaleParams, SharpenParams, SpecError,
 };
 

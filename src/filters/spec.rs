@@ -11,8 +11,218 @@ use std::str::FromStr;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Names of the filters, in the order the help text lists them.
-pub const FILTER_NAMES: &[&str] = &["blur", "edges", "faces", "motion", "denoise", "sharpen", "grade", "scale"];
+/// What values a filter's parameter takes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Range {
+    /// A whole number within `min..=max`; only odd ones where `odd`; 0 too where `or_zero`.
+    Int {
+        /// The smallest.
+        min: i64,
+        /// The largest.
+        max: i64,
+        /// Only odd numbers.
+        odd: bool,
+        /// 0 is also allowed (it means something of its own).
+        or_zero: bool,
+    },
+    /// A finite number within `min..=max`.
+    Number {
+        /// The smallest.
+        min: f64,
+        /// The largest.
+        max: f64,
+    },
+    /// One of these words.
+    Choice(&'static [&'static str]),
+}
+
+impl Range {
+    /// Whether `raw`, as written in a chain, is within the range.
+    pub fn admits(&self, raw: &str) -> bool {
+        match *self {
+            Range::Int { min, max, odd, or_zero } => raw
+                .parse::<i64>()
+                .is_ok_and(|n| (or_zero && n == 0) || ((min..=max).contains(&n) && (!odd || n % 2 == 1))),
+            Range::Number { min, max } => raw.parse::<f64>().is_ok_and(|n| n.is_finite() && (min..=max).contains(&n)),
+            Range::Choice(words) => words.contains(&raw),
+        }
+    }
+}
+
+/// One parameter of a filter: the one definition the chain parser, its checks, `--help`, `vpd
+/// presets` and a form read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ParamDef {
+    /// Its name in a chain (`ksize`).
+    pub key: &'static str,
+    /// Its value when left out, as written in a chain.
+    pub default: &'static str,
+    /// The values it takes.
+    pub range: Range,
+    /// The values it takes, in the words of an error (`an odd integer from 1 to 255`).
+    pub expected: &'static str,
+    /// The values it takes, and what they mean, in a few words for `--help` (`odd, 1-255`).
+    pub note: &'static str,
+}
+
+/// A filter: its name, one line of help and its parameters, in the order they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FilterDef {
+    /// Its name in a chain.
+    pub name: &'static str,
+    /// What it does, in one line.
+    pub help: &'static str,
+    /// Its parameters.
+    pub params: &'static [ParamDef],
+}
+
+impl FilterDef {
+    /// The parameter `key`.
+    fn param(&self, key: &str) -> Option<&'static ParamDef> {
+        self.params.iter().find(|p| p.key == key)
+    }
+}
+
+const fn int(
+    key: &'static str,
+    default: &'static str,
+    (min, max): (i64, i64),
+    expected: &'static str,
+    note: &'static str,
+) -> ParamDef {
+    ParamDef { key, default, range: Range::Int { min, max, odd: false, or_zero: false }, expected, note }
+}
+
+const fn number(
+    key: &'static str,
+    default: &'static str,
+    (min, max): (f64, f64),
+    expected: &'static str,
+    note: &'static str,
+) -> ParamDef {
+    ParamDef { key, default, range: Range::Number { min, max }, expected, note }
+}
+
+const fn odd(
+    key: &'static str,
+    default: &'static str,
+    (min, max): (i64, i64),
+    expected: &'static str,
+    note: &'static str,
+) -> ParamDef {
+    ParamDef { key, default, range: Range::Int { min, max, odd: true, or_zero: false }, expected, note }
+}
+
+const THRESHOLD: (f64, f64) = (0.0, 10_000.0);
+const FACTOR: (f64, f64) = (0.0, 4.0);
+const SIGNED_UNIT: (f64, f64) = (-1.0, 1.0);
+const SCALE_SIDE: Range = Range::Int { min: 16, max: 8192, odd: false, or_zero: true };
+
+/// Every filter vpd knows, in the order `--help` lists them: the one place a filter's name,
+/// help, parameters, defaults and ranges are written.
+pub const FILTERS: &[FilterDef] = &[
+    FilterDef {
+        name: "blur",
+        help: "Gaussian blur",
+        params: &[
+            odd("ksize", "15", (1, 255), "an odd integer from 1 to 255", "odd, 1-255"),
+            number(
+                "sigma",
+                "0",
+                (0.0, 100.0),
+                "a number from 0 to 100 (0: derived from ksize)",
+                "0-100; 0: from ksize",
+            ),
+        ],
+    },
+    FilterDef {
+        name: "edges",
+        help: "Canny edges of the grey image",
+        params: &[
+            number("low", "50", THRESHOLD, "a number from 0 to 10000", "0-10000"),
+            number("high", "150", THRESHOLD, "a number from 0 to 10000", "0-10000, at least low"),
+        ],
+    },
+    FilterDef {
+        name: "faces",
+        help: "frontal faces boxed or blurred (a detector)",
+        params: &[
+            ParamDef {
+                key: "mode",
+                default: "box",
+                range: Range::Choice(&["box", "blur"]),
+                expected: "box or blur",
+                note: "box|blur",
+            },
+            int("width", "640", (64, 4096), "an integer from 64 to 4096", "detection width, 64-4096"),
+            int("neighbors", "5", (1, 50), "an integer from 1 to 50", "1-50"),
+        ],
+    },
+    FilterDef {
+        name: "motion",
+        help: "boxes around what moved since the previous frame (a detector)",
+        params: &[
+            int("threshold", "25", (1, 255), "an integer from 1 to 255", "1-255"),
+            int("min_area", "400", (0, u32::MAX as i64), "a non-negative integer", "pixels"),
+            int("dilate", "2", (0, 20), "an integer from 0 to 20", "0-20"),
+        ],
+    },
+    FilterDef {
+        name: "denoise",
+        help: "median: removes grain, keeps edges",
+        params: &[odd("size", "5", (3, 9), "3, 5, 7 or 9", "odd, 3-9")],
+    },
+    FilterDef {
+        name: "sharpen",
+        help: "unsharp mask",
+        params: &[
+            number("amount", "1", (0.0, 5.0), "a number from 0 to 5", "0-5"),
+            number("radius", "1.5", (0.3, 20.0), "a number from 0.3 to 20", "0.3-20 pixels"),
+        ],
+    },
+    FilterDef {
+        name: "grade",
+        help: "colour grading",
+        params: &[
+            number("contrast", "1", FACTOR, "a number from 0 to 4", "0-4"),
+            number("brightness", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
+            number("saturation", "1", FACTOR, "a number from 0 to 4", "0-4"),
+            number("gamma", "1", (0.1, 10.0), "a number from 0.1 to 10", "0.1-10"),
+            number("warmth", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
+        ],
+    },
+    FilterDef {
+        name: "scale",
+        help: "resize; a side left 0 follows from the other, keeping the aspect ratio",
+        params: &[
+            ParamDef {
+                key: "width",
+                default: "0",
+                range: SCALE_SIDE,
+                expected: "0 (from the other side) or 16 to 8192 pixels",
+                note: "16-8192, or 0",
+            },
+            ParamDef {
+                key: "height",
+                default: "0",
+                range: SCALE_SIDE,
+                expected: "0 (from the other side) or 16 to 8192 pixels",
+                note: "16-8192, or 0",
+            },
+        ],
+    },
+];
+
+/// The filter called `name`.
+pub fn filter_def(name: &str) -> Option<&'static FilterDef> {
+    FILTERS.iter().find(|d| d.name == name)
+}
+
+/// The filters' names, comma-separated, in order.
+fn known_filters() -> String {
+    FILTERS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+}
 
 /// Most filters in one chain. A real chain has a handful; the bound keeps a hostile one (3000
 /// blurs fit in a 64 KiB message) from pinning a filter thread for minutes on one frame.
@@ -22,7 +232,7 @@ pub const MAX_CHAIN_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
     /// The chain string held no filter at all.
-    #[error("empty filter chain (known filters: {})", FILTER_NAMES.join(", "))]
+    #[error("empty filter chain (known filters: {})", known_filters())]
     Empty,
     /// An empty element between commas (`blur,,edges`) or at either end.
     #[error("empty element at position {0} of the filter chain (write filters as NAME[:KEY=VALUE...],NAME...)")]
@@ -31,7 +241,7 @@ pub enum SpecError {
     #[error("a chain of {0} filters is over the limit of {MAX_CHAIN_LEN}")]
     TooLong(usize),
     /// A filter name that vpd does not know.
-    #[error("unknown filter '{0}' (known filters: {known})", known = FILTER_NAMES.join(", "))]
+    #[error("unknown filter '{0}' (known filters: {known})", known = known_filters())]
     UnknownFilter(String),
     /// A parameter the filter does not take.
     #[error("{filter}: unknown parameter '{param}' (allowed: {allowed})")]
@@ -332,48 +542,16 @@ impl FilterSpec {
     }
 }
 
-/// A parameter's bounds: the test, and the words an error uses for it.
-struct Rule<T> {
-    ok: fn(&T) -> bool,
-    expected: &'static str,
-}
-
-const KSIZE: Rule<u32> = Rule { ok: |k| k % 2 == 1 && (1..=255).contains(k), expected: "an odd integer from 1 to 255" };
-const SIGMA: Rule<f64> = Rule {
-    ok: |s| s.is_finite() && (0.0..=100.0).contains(s),
-    expected: "a number from 0 to 100 (0: derived from ksize)",
-};
-const THRESHOLD: Rule<f64> =
-    Rule { ok: |v| v.is_finite() && (0.0..=10_000.0).contains(v), expected: "a number from 0 to 10000" };
-const MODE: Rule<FaceMode> = Rule { ok: |_| true, expected: "box or blur" };
-const FACE_WIDTH: Rule<u32> = Rule { ok: |w| (64..=4096).contains(w), expected: "an integer from 64 to 4096" };
-const NEIGHBORS: Rule<u32> = Rule { ok: |n| (1..=50).contains(n), expected: "an integer from 1 to 50" };
-const MOTION_THRESHOLD: Rule<u32> = Rule { ok: |t| (1..=255).contains(t), expected: "an integer from 1 to 255" };
-const MIN_AREA: Rule<u32> = Rule { ok: |_| true, expected: "a non-negative integer" };
-const DILATE: Rule<u32> = Rule { ok: |d| *d <= 20, expected: "an integer from 0 to 20" };
-const MEDIAN_SIZE: Rule<u32> = Rule { ok: |k| k % 2 == 1 && (3..=9).contains(k), expected: "3, 5, 7 or 9" };
-const AMOUNT: Rule<f64> = Rule { ok: |a| a.is_finite() && (0.0..=5.0).contains(a), expected: "a number from 0 to 5" };
-const RADIUS: Rule<f64> =
-    Rule { ok: |r| r.is_finite() && (0.3..=20.0).contains(r), expected: "a number from 0.3 to 20" };
-const FACTOR: Rule<f64> = Rule { ok: |c| c.is_finite() && (0.0..=4.0).contains(c), expected: "a number from 0 to 4" };
-const SIGNED_UNIT: Rule<f64> =
-    Rule { ok: |b| b.is_finite() && (-1.0..=1.0).contains(b), expected: "a number from -1 to 1" };
-const SCALE_SIDE: Rule<u32> =
-    Rule { ok: |s| *s == 0 || (16..=8192).contains(s), expected: "0 (from the other side) or 16 to 8192 pixels" };
-const GAMMA: Rule<f64> =
-    Rule { ok: |g| g.is_finite() && (0.1..=10.0).contains(g), expected: "a number from 0.1 to 10" };
-
-/// `value` checked against `rule`, as an error naming the filter and parameter.
-fn check<T: fmt::Display>(
-    filter: &'static str,
-    param: &'static str,
-    value: &T,
-    rule: &Rule<T>,
-) -> Result<(), SpecError> {
-    if (rule.ok)(value) {
+/// `value` (as a chain writes it) checked against the parameter `param` of `filter`.
+fn check(filter: &'static str, param: &'static str, value: &dyn fmt::Display) -> Result<(), SpecError> {
+    let value = value.to_string();
+    let Some(def) = filter_def(filter).and_then(|f| f.param(param)) else {
+        return Err(SpecError::UnknownParam { filter, param: param.to_string(), allowed: String::new() });
+    };
+    if def.range.admits(&value) {
         Ok(())
     } else {
-        Err(SpecError::BadValue { filter, param, value: value.to_string(), expected: rule.expected })
+        Err(SpecError::BadValue { filter, param: def.key, value, expected: def.expected })
     }
 }
 
@@ -384,12 +562,12 @@ impl FilterSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         match *self {
             FilterSpec::Blur(p) => {
-                check("blur", "ksize", &p.ksize, &KSIZE)?;
-                check("blur", "sigma", &p.sigma, &SIGMA)
+                check("blur", "ksize", &p.ksize)?;
+                check("blur", "sigma", &p.sigma)
             }
             FilterSpec::Edges(p) => {
-                check("edges", "low", &p.low, &THRESHOLD)?;
-                check("edges", "high", &p.high, &THRESHOLD)?;
+                check("edges", "low", &p.low)?;
+                check("edges", "high", &p.high)?;
                 if p.low > p.high {
                     return Err(SpecError::Conflict {
                         filter: "edges",
@@ -399,23 +577,23 @@ impl FilterSpec {
                 Ok(())
             }
             FilterSpec::Faces(p) => {
-                check("faces", "mode", &p.mode, &MODE)?;
-                check("faces", "width", &p.width, &FACE_WIDTH)?;
-                check("faces", "neighbors", &p.neighbors, &NEIGHBORS)
+                check("faces", "mode", &p.mode)?;
+                check("faces", "width", &p.width)?;
+                check("faces", "neighbors", &p.neighbors)
             }
             FilterSpec::Motion(p) => {
-                check("motion", "threshold", &p.threshold, &MOTION_THRESHOLD)?;
-                check("motion", "min_area", &p.min_area, &MIN_AREA)?;
-                check("motion", "dilate", &p.dilate, &DILATE)
+                check("motion", "threshold", &p.threshold)?;
+                check("motion", "min_area", &p.min_area)?;
+                check("motion", "dilate", &p.dilate)
             }
-            FilterSpec::Denoise(p) => check("denoise", "size", &p.size, &MEDIAN_SIZE),
+            FilterSpec::Denoise(p) => check("denoise", "size", &p.size),
             FilterSpec::Sharpen(p) => {
-                check("sharpen", "amount", &p.amount, &AMOUNT)?;
-                check("sharpen", "radius", &p.radius, &RADIUS)
+                check("sharpen", "amount", &p.amount)?;
+                check("sharpen", "radius", &p.radius)
             }
             FilterSpec::Scale(p) => {
-                check("scale", "width", &p.width, &SCALE_SIDE)?;
-                check("scale", "height", &p.height, &SCALE_SIDE)?;
+                check("scale", "width", &p.width)?;
+                check("scale", "height", &p.height)?;
                 if p.width == 0 && p.height == 0 {
                     return Err(SpecError::Conflict {
                         filter: "scale",
@@ -425,11 +603,11 @@ impl FilterSpec {
                 Ok(())
             }
             FilterSpec::Grade(p) => {
-                check("grade", "contrast", &p.contrast, &FACTOR)?;
-                check("grade", "brightness", &p.brightness, &SIGNED_UNIT)?;
-                check("grade", "saturation", &p.saturation, &FACTOR)?;
-                check("grade", "gamma", &p.gamma, &GAMMA)?;
-                check("grade", "warmth", &p.warmth, &SIGNED_UNIT)
+                check("grade", "contrast", &p.contrast)?;
+                check("grade", "brightness", &p.brightness)?;
+                check("grade", "saturation", &p.saturation)?;
+                check("grade", "gamma", &p.gamma)?;
+                check("grade", "warmth", &p.warmth)
             }
         }
     }
@@ -444,55 +622,54 @@ impl FromStr for FilterSpec {
         let params = parts.filter(|p| !p.is_empty());
         let spec = match name {
             "blur" => {
-                let mut p = Params::read("blur", &["ksize", "sigma"], params)?;
-                let ksize = p.get("ksize", 15u32, &KSIZE)?;
-                let sigma = p.get("sigma", 0.0f64, &SIGMA)?;
+                let mut p = Params::read("blur", params)?;
+                let ksize = p.get("ksize")?;
+                let sigma = p.get("sigma")?;
                 FilterSpec::Blur(BlurParams { ksize, sigma })
             }
             "edges" => {
-                let mut p = Params::read("edges", &["low", "high"], params)?;
-                let low = p.get("low", 50.0f64, &THRESHOLD)?;
-                let high = p.get("high", 150.0f64, &THRESHOLD)?;
+                let mut p = Params::read("edges", params)?;
+                let low = p.get("low")?;
+                let high = p.get("high")?;
                 FilterSpec::Edges(EdgesParams { low, high })
             }
             "faces" => {
-                let mut p = Params::read("faces", &["mode", "width", "neighbors"], params)?;
-                let mode = p.get("mode", FaceMode::Box, &MODE)?;
-                let width = p.get("width", 640u32, &FACE_WIDTH)?;
-                let neighbors = p.get("neighbors", 5u32, &NEIGHBORS)?;
+                let mut p = Params::read("faces", params)?;
+                let mode = p.get("mode")?;
+                let width = p.get("width")?;
+                let neighbors = p.get("neighbors")?;
                 FilterSpec::Faces(FacesParams { mode, width, neighbors })
             }
             "motion" => {
-                let mut p = Params::read("motion", &["threshold", "min_area", "dilate"], params)?;
-                let threshold = p.get("threshold", 25u32, &MOTION_THRESHOLD)?;
-                let min_area = p.get("min_area", 400u32, &MIN_AREA)?;
-                let dilate = p.get("dilate", 2u32, &DILATE)?;
+                let mut p = Params::read("motion", params)?;
+                let threshold = p.get("threshold")?;
+                let min_area = p.get("min_area")?;
+                let dilate = p.get("dilate")?;
                 FilterSpec::Motion(MotionParams { threshold, min_area, dilate })
             }
             "denoise" => {
-                let mut p = Params::read("denoise", &["size"], params)?;
-                FilterSpec::Denoise(DenoiseParams { size: p.get("size", 5u32, &MEDIAN_SIZE)? })
+                let mut p = Params::read("denoise", params)?;
+                FilterSpec::Denoise(DenoiseParams { size: p.get("size")? })
             }
             "sharpen" => {
-                let mut p = Params::read("sharpen", &["amount", "radius"], params)?;
-                let amount = p.get("amount", 1.0f64, &AMOUNT)?;
-                let radius = p.get("radius", 1.5f64, &RADIUS)?;
+                let mut p = Params::read("sharpen", params)?;
+                let amount = p.get("amount")?;
+                let radius = p.get("radius")?;
                 FilterSpec::Sharpen(SharpenParams { amount, radius })
             }
             "grade" => {
-                let mut p =
-                    Params::read("grade", &["contrast", "brightness", "saturation", "gamma", "warmth"], params)?;
-                let contrast = p.get("contrast", 1.0f64, &FACTOR)?;
-                let brightness = p.get("brightness", 0.0f64, &SIGNED_UNIT)?;
-                let saturation = p.get("saturation", 1.0f64, &FACTOR)?;
-                let gamma = p.get("gamma", 1.0f64, &GAMMA)?;
-                let warmth = p.get("warmth", 0.0f64, &SIGNED_UNIT)?;
+                let mut p = Params::read("grade", params)?;
+                let contrast = p.get("contrast")?;
+                let brightness = p.get("brightness")?;
+                let saturation = p.get("saturation")?;
+                let gamma = p.get("gamma")?;
+                let warmth = p.get("warmth")?;
                 FilterSpec::Grade(GradeParams { contrast, brightness, saturation, gamma, warmth })
             }
             "scale" => {
-                let mut p = Params::read("scale", &["width", "height"], params)?;
-                let width = p.get("width", 0u32, &SCALE_SIDE)?;
-                let height = p.get("height", 0u32, &SCALE_SIDE)?;
+                let mut p = Params::read("scale", params)?;
+                let width = p.get("width")?;
+                let height = p.get("height")?;
                 FilterSpec::Scale(ScaleParams { width, height })
             }
             other => return Err(SpecError::UnknownFilter(other.to_string())),
@@ -545,45 +722,45 @@ impl fmt::Display for FaceMode {
     }
 }
 
-/// The `key=value` pairs of one filter, checked against the names it accepts.
+/// The `key=value` pairs of one filter, checked against the parameters its definition names.
 struct Params<'a> {
-    filter: &'static str,
+    def: &'static FilterDef,
     pairs: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Params<'a> {
-    fn read(filter: &'static str, allowed: &[&str], raw: impl Iterator<Item = &'a str>) -> Result<Self, SpecError> {
+    fn read(filter: &'static str, raw: impl Iterator<Item = &'a str>) -> Result<Self, SpecError> {
+        let def = filter_def(filter).ok_or_else(|| SpecError::UnknownFilter(filter.to_string()))?;
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for item in raw {
             let (key, value) = item
                 .split_once('=')
                 .map(|(k, v)| (k.trim(), v.trim()))
                 .ok_or_else(|| SpecError::MissingValue { filter, param: item.to_string() })?;
-            if !allowed.contains(&key) {
-                return Err(SpecError::UnknownParam { filter, param: key.to_string(), allowed: allowed.join(", ") });
+            if def.param(key).is_none() {
+                let allowed = def.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", ");
+                return Err(SpecError::UnknownParam { filter, param: key.to_string(), allowed });
             }
             if pairs.iter().any(|(k, _)| *k == key) {
                 return Err(SpecError::DuplicateParam { filter, param: key.to_string() });
             }
             pairs.push((key, value));
         }
-        Ok(Params { filter, pairs })
+        Ok(Params { def, pairs })
     }
 
-    /// The value of `key` parsed as `T`, or `default` when absent; `rule` checks the range.
-    fn get<T: FromStr>(&mut self, key: &'static str, default: T, rule: &Rule<T>) -> Result<T, SpecError> {
-        let Some((_, raw)) = self.pairs.iter().find(|(k, _)| *k == key) else {
-            return Ok(default);
+    /// The value of `key` as given, or its default, checked against its range and read as `T`.
+    fn get<T: FromStr>(&mut self, key: &'static str) -> Result<T, SpecError> {
+        let filter = self.def.name;
+        let Some(param) = self.def.param(key) else {
+            return Err(SpecError::UnknownParam { filter, param: key.to_string(), allowed: String::new() });
         };
-        match raw.parse::<T>() {
-            Ok(v) if (rule.ok)(&v) => Ok(v),
-            _ => Err(SpecError::BadValue {
-                filter: self.filter,
-                param: key,
-                value: raw.to_string(),
-                expected: rule.expected,
-            }),
+        let raw = self.pairs.iter().find(|(k, _)| *k == key).map_or(param.default, |(_, v)| *v);
+        let bad = || SpecError::BadValue { filter, param: param.key, value: raw.to_string(), expected: param.expected };
+        if !param.range.admits(raw) {
+            return Err(bad());
         }
+        raw.parse::<T>().map_err(|_| bad())
     }
 }
 
@@ -625,6 +802,26 @@ mod tests {
             warmth: 0.0,
         })]);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn each_filters_definition_gives_the_parser_its_parameters_defaults_and_ranges() {
+        for def in FILTERS {
+            for p in def.params {
+                assert!(p.range.admits(p.default), "{}: {}={} is outside its own range", def.name, p.key, p.default);
+            }
+            // Scale needs a side; every other filter reads as its definition's defaults.
+            if def.name != "scale" {
+                let spec: FilterSpec = def.name.parse().unwrap();
+                let defaults: String = def.params.iter().map(|p| format!(":{}={}", p.key, p.default)).collect();
+                assert_eq!(spec.to_string(), format!("{}{defaults}", def.name));
+            }
+        }
+        assert_eq!(FILTERS.iter().map(|d| d.name).collect::<Vec<_>>().len(), 8);
+        assert!(!Range::Int { min: 16, max: 8192, odd: false, or_zero: true }.admits("8"));
+        assert!(Range::Int { min: 16, max: 8192, odd: false, or_zero: true }.admits("0"));
+        assert!(!Range::Int { min: 1, max: 255, odd: true, or_zero: false }.admits("4"));
+        assert!(!Range::Number { min: 0.0, max: 1.0 }.admits("inf"));
     }
 
     #[test]
