@@ -24,6 +24,8 @@
 mod audio;
 mod codec;
 pub mod convert;
+mod encoder;
+mod output;
 mod segment;
 mod side;
 mod sink;
@@ -33,8 +35,9 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 pub use codec::{OutputOptions, VideoCodec, check_output};
+pub use output::{check_output_path, is_stream_target, temp_path};
 pub use segment::{OnCommit, SegmentRecord, SegmentSink, frames_per_segment, join as join_segments, segment_path};
-pub use sink::{MediaSink, check_output_path, is_stream_target, temp_path};
+pub use sink::MediaSink;
 pub use source::{MediaSource, check_input};
 
 /// Where frames come from, in order (a [`MediaSource`], or a test's own).

@@ -35,8 +35,9 @@ use opencv::core::Mat;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::encoder::{Container, Frames, VideoEncoder, even_where_needed};
 use super::side::SideQueue;
-use super::sink::{Container, Frames, MediaSink, VideoEncoder, even_where_needed};
+use super::sink::MediaSink;
 use super::{FrameSink, MediaError, MediaSource, OutputOptions};
 use crate::files::RemoveOnDrop;
 

@@ -1,144 +1,25 @@
-//! Encoding and muxing the output: filtered frames encoded, the input's other streams copied,
-//! into a file that appears at its path only when complete, or into a pipe.
+//! The muxer: encoded video (from [`super::encoder`], or packets already encoded: a join of
+//! segments) and the input's other streams, copied or re-encoded, into a file that appears at
+//! its path only when complete, or into a pipe.
 
-use std::ffi::CString;
-use std::io::ErrorKind;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ffmpeg_next::codec;
-use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
-use ffmpeg_next::{Dictionary, Packet, Rational, Rescale, encoder, ffi, format, frame};
-use opencv::core::{CV_8UC3, Mat};
-use opencv::prelude::*;
-use tracing::{info, warn};
+use ffmpeg_next::{Dictionary, Packet, Rational, encoder, format};
+use opencv::core::Mat;
+use tracing::warn;
 
 use super::FrameSink;
 use super::audio::AudioTranscoder;
 use super::codec::{OutputOptions, check_output, container_holds};
-use super::convert::{Colour, Scaler};
+use super::convert::Colour;
+use super::encoder::{Container, Frames, VideoEncoder, even_where_needed, ffmpeg_error};
+use super::output::{is_stream_target, temp_path};
 use super::side::SideQueue;
 use super::{MediaError, MediaSource, STDIO};
 use crate::files::RemoveOnDrop;
-
-/// Symbolic links followed before giving up on an output path (the kernel's own limit).
-const MAX_LINKS: usize = 40;
-
-/// Checks, before any frame is decoded, that `output` can be written and would not overwrite
-/// `input`, and returns where the file will really be written (`-`: standard output).
-///
-/// An output that is a symbolic link is written *through*: the file it points to is
-/// replaced (or created) and the link stays, as `cp` and shell redirection do.
-pub fn check_output_path(input: &Path, output: &Path) -> Result<PathBuf, MediaError> {
-    if output == Path::new(STDIO) {
-        return Ok(output.to_path_buf());
-    }
-    let target = follow_links(output)?;
-    if target.is_dir() {
-        return Err(MediaError::Unwritable {
-            path: output.to_path_buf(),
-            cause: std::io::Error::new(ErrorKind::IsADirectory, "is a directory"),
-        });
-    }
-    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let reason = match std::fs::metadata(dir) {
-        Err(e) if e.kind() == ErrorKind::NotFound => Some(format!("the directory {} does not exist", dir.display())),
-        Err(e) => Some(format!("the directory {}: {e}", dir.display())),
-        Ok(meta) if !meta.is_dir() => Some(format!("{} is not a directory", dir.display())),
-        Ok(_) if !writable(dir) => Some(format!("the directory {} is not writable", dir.display())),
-        Ok(_) => None,
-    };
-    if let Some(reason) = reason {
-        return Err(MediaError::OutputDir { path: output.to_path_buf(), reason });
-    }
-    if target != output {
-        info!(output = %output.display(), target = %target.display(), "the output is a symbolic link; writing through it");
-    }
-    let same = match (std::fs::metadata(input), std::fs::metadata(&target)) {
-        // Both exist: the same inode is the same file, whatever the paths look like.
-        (Ok(i), Ok(o)) => i.dev() == o.dev() && i.ino() == o.ino(),
-        _ => {
-            let canonical = |p: &Path| -> Option<PathBuf> {
-                let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                Some(parent.canonicalize().ok()?.join(p.file_name()?))
-            };
-            canonical(input).is_some() && canonical(input) == canonical(&target)
-        }
-    };
-    if same {
-        return Err(MediaError::OutputIsInput(output.to_path_buf()));
-    }
-    Ok(target)
-}
-
-/// `path` with its last component's symbolic links followed, to a path that is not a link
-/// (it may not exist yet: a dangling link names the file to create).
-fn follow_links(path: &Path) -> Result<PathBuf, MediaError> {
-    let mut current = path.to_path_buf();
-    for _ in 0..MAX_LINKS {
-        match std::fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let link = std::fs::read_link(&current)
-                    .map_err(|cause| MediaError::Unwritable { path: path.to_path_buf(), cause })?;
-                current = match current.parent() {
-                    Some(dir) if link.is_relative() => dir.join(link),
-                    _ => link,
-                };
-            }
-            _ => return Ok(current),
-        }
-    }
-    Err(MediaError::Unwritable {
-        path: path.to_path_buf(),
-        cause: std::io::Error::other(format!("more than {MAX_LINKS} symbolic links")),
-    })
-}
-
-/// Whether `target` is a device, a pipe or a socket: written to in place, as a stream, never
-/// through a file beside it renamed over it (that would replace `/dev/null` itself).
-pub fn is_stream_target(target: &Path) -> bool {
-    std::fs::metadata(target).is_ok_and(|m| {
-        let t = m.file_type();
-        t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
-    })
-}
-
-/// Whether this process may create files in `dir`.
-fn writable(dir: &Path) -> bool {
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else { return false };
-    // SAFETY: access reads the NUL-terminated path it is given.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
-}
-
-/// `dir/.name.ext.vpd-partial-PID-N.ext`: hidden, unique, and with the extension FFmpeg picks
-/// the container by. Where an output is written until it is complete.
-pub fn temp_path(target: &Path) -> PathBuf {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = target.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    target.with_file_name(format!(".{name}.vpd-partial-{}-{seq}.{ext}", std::process::id()))
-}
-
-/// What the encoder needs to know of the frames it gets.
-#[derive(Clone, Copy)]
-pub(super) struct Frames {
-    pub width: u32,
-    pub height: u32,
-    fps: f64,
-    /// Their timestamps' time base.
-    time_base: Rational,
-    /// Their average rate, for the container.
-    rate: Rational,
-    colour: Colour,
-    primaries: color::Primaries,
-    transfer: color::TransferCharacteristic,
-    aspect_ratio: Rational,
-}
 
 /// Where a copied input stream goes.
 struct Copied {
@@ -148,26 +29,6 @@ struct Copied {
     /// Re-encoded on the way (the container cannot hold its codec); `from` is then the
     /// encoder's time base.
     transcoder: Option<Box<AudioTranscoder>>,
-}
-
-impl Frames {
-    /// What `source`'s video stream says of its frames, at `size` when the filters resize them.
-    pub fn sized(source: &MediaSource, size: Option<(u32, u32)>) -> Self {
-        let info = source.info();
-        let stream = source.input.stream(source.video).expect("the source's video stream");
-        let (width, height) = size.unwrap_or((info.width, info.height));
-        Frames {
-            width,
-            height,
-            fps: info.fps,
-            time_base: source.time_base,
-            rate: stream.avg_frame_rate(),
-            colour: source.colour,
-            primaries: source.primaries,
-            transfer: source.transfer,
-            aspect_ratio: source.aspect_ratio,
-        }
-    }
 }
 
 /// The output being written.
@@ -187,203 +48,6 @@ pub struct MediaSink {
     written: u64,
     packets: u64,
     committed: bool,
-}
-
-/// BGR frames in, compressed packets out: the encoder with the job's settings, the conversion
-/// to its pixel format, and each frame's timestamp. A [`MediaSink`] has one; so has each
-/// segment of a segmented output, fresh for every segment.
-pub(super) struct VideoEncoder {
-    encoder: encoder::Video,
-    scaler: Scaler,
-    frame: frame::Video,
-    /// The encoded size: the input's, less an odd last row or column where the pixel format
-    /// subsamples chroma.
-    size: (u32, u32),
-    /// The size frames come in.
-    source_size: (i32, i32),
-    /// Input video time base → encoder time base.
-    input_tb: Rational,
-    time_base: Rational,
-    /// One frame's duration in the encoder's time base, for frames without a timestamp.
-    frame_step: i64,
-    last_pts: Option<i64>,
-}
-
-/// What a segment's encoder must agree on with the output it will be joined into.
-#[derive(Clone, Copy)]
-pub(super) struct Container {
-    /// The container indexes frames, not times (AVI).
-    pub constant_rate: bool,
-    /// The container wants the codec's headers once, out of band (MP4, Matroska).
-    pub global_header: bool,
-}
-
-impl Container {
-    /// What `target`'s container wants.
-    pub fn of(target: &Path, options: &OutputOptions) -> Result<Self, MediaError> {
-        Ok(Self::of_muxer(&check_output(target, options)?))
-    }
-
-    /// What the muxer `output` wants. A muxer without FFmpeg's variable-rate flag indexes
-    /// frames rather than times (AVI), except the MP4 family: its muxer keeps every frame's
-    /// time, yet does not carry the flag, and a frame time base there would space a
-    /// variable-rate video's frames evenly.
-    fn of_muxer(output: &format::Output) -> Self {
-        const TIMED_WITHOUT_FLAG: [&str; 8] = ["mov", "mp4", "ipod", "ismv", "psp", "3gp", "3g2", "f4v"];
-        let flags = output.flags();
-        Container {
-            constant_rate: !flags.contains(format::Flags::VARIABLE_FPS) && !TIMED_WITHOUT_FLAG.contains(&output.name()),
-            global_header: flags.contains(format::Flags::GLOBAL_HEADER),
-        }
-    }
-}
-
-impl VideoEncoder {
-    /// Opens the encoder for frames `f` with `options`, as `container` wants it; `shown` names
-    /// the output in errors.
-    pub fn open(f: &Frames, options: &OutputOptions, container: Container, shown: &Path) -> Result<Self, MediaError> {
-        let pix_fmt = options.pix_fmt()?;
-        let size = encodable_size(pix_fmt, f.width, f.height)?;
-        let encoder_tb = encoder_time_base(f.time_base, &options.codec, f.fps, container.constant_rate);
-        let codec = options.codec.encoder();
-
-        let mut context = codec::context::Context::new_with_codec(codec);
-        super::all_threads(&mut context);
-        let mut video = context.encoder().video().map_err(ffmpeg_error(shown, "setting up the encoder"))?;
-        video.set_width(size.0);
-        video.set_height(size.1);
-        video.set_format(pix_fmt);
-        video.set_time_base(encoder_tb);
-        video.set_frame_rate(Some(f.rate).filter(|r| r.numerator() > 0));
-        video.set_aspect_ratio(f.aspect_ratio);
-        let yuv =
-            !matches!(pix_fmt, Pixel::BGRZ | Pixel::BGR24 | Pixel::RGB24 | Pixel::GBRP | Pixel::BGRA | Pixel::RGBA);
-        let range = if matches!(pix_fmt, Pixel::YUVJ420P | Pixel::YUVJ422P | Pixel::YUVJ444P) {
-            color::Range::JPEG
-        } else if yuv {
-            f.colour.range
-        } else {
-            color::Range::Unspecified
-        };
-        let space = if yuv { f.colour.space } else { color::Space::RGB };
-        video.set_colorspace(space);
-        video.set_color_range(range);
-        video.set_color_primaries(f.primaries);
-        video.set_color_transfer_characteristic(f.transfer);
-        if let Some(bitrate) = options.bitrate {
-            video.set_bit_rate(bitrate as usize);
-        }
-        if let Some(keyint) = options.keyint {
-            video.set_gop(keyint);
-        }
-        let mut flags = codec::Flags::empty();
-        if let Some(q) = options.qscale() {
-            flags |= codec::Flags::QSCALE;
-            video.set_global_quality(q * ffi::FF_QP2LAMBDA);
-        }
-        if container.global_header {
-            flags |= codec::Flags::GLOBAL_HEADER;
-        }
-        video.set_flags(flags);
-        let mut dict = Dictionary::new();
-        for (key, value) in options.encoder_options()? {
-            dict.set(key, &value);
-        }
-        if options.codec.encoder_name() == "ffv1" {
-            dict.set("slices", &ffv1_slices(pix_fmt, size).to_string());
-        }
-        let hardware =
-            ["nvenc", "vaapi", "qsv", "v4l2m2m", "amf", "omx"].iter().any(|h| options.codec.encoder_name().contains(h));
-        let encoder = video.open_as_with(codec, dict).map_err(|error| {
-            if hardware {
-                MediaError::BadOption(format!(
-                    "{}: cannot open the hardware encoder: no usable device or driver here ({error})",
-                    options.codec
-                ))
-            } else {
-                MediaError::Ffmpeg { path: shown.to_path_buf(), what: "opening the encoder", error }
-            }
-        })?;
-
-        let scaler = Scaler::new((Pixel::BGR24, size.0, size.1), (pix_fmt, size.0, size.1), Colour { space, range })
-            .map_err(ffmpeg_error(shown, "converting frames from BGR"))?;
-        // A frame's duration, in encoder ticks.
-        let frame_step = (f64::from(encoder_tb.invert()) / f.fps).round().max(1.0) as i64;
-        Ok(VideoEncoder {
-            encoder,
-            scaler,
-            frame: frame::Video::new(pix_fmt, size.0, size.1),
-            size,
-            source_size: (f.width as i32, f.height as i32),
-            input_tb: f.time_base,
-            time_base: encoder_tb,
-            frame_step,
-            last_pts: None,
-        })
-    }
-
-    /// The encoder's time base, which its packets' timestamps are in.
-    pub fn time_base(&self) -> Rational {
-        self.time_base
-    }
-
-    /// The encoder's parameters, for a stream that holds its packets.
-    pub fn parameters(&self) -> codec::Parameters {
-        codec::Parameters::from(&self.encoder)
-    }
-
-    /// Encodes `mat`, whose timestamp is `pts` in the input's time base, and appends the packets
-    /// ready to `out`.
-    pub fn encode(&mut self, mat: &Mat, pts: Option<i64>, out: &mut Vec<Packet>) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            (mat.cols(), mat.rows()) == self.source_size && mat.typ() == CV_8UC3 && mat.is_continuous(),
-            "frame of {}x{} for a {}x{} video",
-            mat.cols(),
-            mat.rows(),
-            self.source_size.0,
-            self.source_size.1
-        );
-        // The input's timestamp, in the encoder's time base; strictly increasing, as encoders
-        // require (a frame without one follows the last by a frame's duration).
-        let mut pts = match pts {
-            Some(p) => p.rescale(self.input_tb, self.time_base),
-            None => self.last_pts.map_or(0, |l| l + self.frame_step),
-        };
-        if let Some(last) = self.last_pts
-            && pts <= last
-        {
-            pts = last + 1;
-        }
-        self.last_pts = Some(pts);
-        // SAFETY: makes the frame's buffers ours alone (the encoder may still hold the last
-        // ones) before the conversion writes into them.
-        let writable = unsafe { ffi::av_frame_make_writable(self.frame.as_mut_ptr()) };
-        anyhow::ensure!(writable >= 0, "out of memory for a frame");
-        self.scaler.encode_from(mat, &mut self.frame);
-        self.frame.set_pts(Some(pts));
-        self.encoder.send_frame(&self.frame)?;
-        self.receive(out);
-        Ok(())
-    }
-
-    /// Flushes the encoder: what it still holds goes to `out`.
-    pub fn flush(&mut self, out: &mut Vec<Packet>) -> Result<(), ffmpeg_next::Error> {
-        self.encoder.send_eof()?;
-        self.receive(out);
-        Ok(())
-    }
-
-    fn receive(&mut self, out: &mut Vec<Packet>) {
-        let mut packet = Packet::empty();
-        while self.encoder.receive_packet(&mut packet).is_ok() {
-            // Encoders in FFmpeg 5 leave durations unset; without one, MP4's edit list cuts the
-            // last frame. Later frames' timestamps still give variable rates their real spacing.
-            if packet.duration() <= 0 {
-                packet.set_duration(self.frame_step);
-            }
-            out.push(std::mem::replace(&mut packet, Packet::empty()));
-        }
-    }
 }
 
 /// Where a [`MediaSink`]'s video comes from.
@@ -477,10 +141,6 @@ fn copy_metadata(output: &mut format::context::Output, source: &MediaSource, sho
             .map_err(ffmpeg_error(shown, "copying chapters"))?;
     }
     Ok(())
-}
-
-fn ffmpeg_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ffmpeg_next::Error) -> MediaError + 'a {
-    move |error| MediaError::Ffmpeg { path: path.to_path_buf(), what, error }
 }
 
 impl MediaSink {
@@ -723,67 +383,6 @@ fn write_error(path: &Path, error: ffmpeg_next::Error, frames: u64) -> MediaErro
     }
 }
 
-/// The encoder's time base: the input stream's, so every timestamp carries over unchanged;
-/// one frame's duration for a constant-rate container (AVI indexes frames, not times); and
-/// a coarser one where the codec cannot take the input's (MPEG-4 part 2 allows denominators
-/// up to 65535).
-fn encoder_time_base(input: Rational, codec: &super::VideoCodec, fps: f64, constant_rate: bool) -> Rational {
-    let frame = Rational::from(fps);
-    let frame = (frame.numerator() > 0 && frame.numerator() <= 65535).then(|| frame.invert());
-    if constant_rate {
-        frame.unwrap_or(Rational::new(1, 25))
-    } else if codec.id() == codec::Id::MPEG4 && input.denominator() > 65535 {
-        frame.unwrap_or(Rational::new(1, 1000))
-    } else {
-        input
-    }
-}
-
-/// The size to encode: the input's, less an odd last row or column where the pixel format
-/// subsamples chroma (4:2:0 cannot hold an odd size).
-fn encoded_size(pix_fmt: Pixel, width: u32, height: u32) -> (u32, u32) {
-    let (sub_w, sub_h) = pix_fmt.descriptor().map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
-    let w = if sub_w > 0 { width & !1 } else { width };
-    let h = if sub_h > 0 { height & !1 } else { height };
-    (w, h)
-}
-
-/// [`encoded_size`], or an error where it leaves nothing (a side of one pixel in 4:2:0).
-fn encodable_size(pix_fmt: Pixel, width: u32, height: u32) -> Result<(u32, u32), MediaError> {
-    let (w, h) = encoded_size(pix_fmt, width, height);
-    if w == 0 || h == 0 {
-        let name = pix_fmt.descriptor().map_or("this pixel format", |d| d.name());
-        return Err(MediaError::BadOption(format!(
-            "{width}x{height} frames are too small for {name}, which needs at least 2x2 (--pix-fmt yuv444p encodes them)"
-        )));
-    }
-    Ok((w, h))
-}
-
-/// FFV1's slices for frames of `size` in `pix_fmt`: 16 (a 4×4 grid: slices encode on every
-/// core), or 4, or 1 where the frame is too small for that grid. FFV1 refuses a grid wider than
-/// a plane: 16 slices need 8×8 frames in 4:2:0, 4 need 4×4.
-fn ffv1_slices(pix_fmt: Pixel, (width, height): (u32, u32)) -> u32 {
-    let (cw, ch) = pix_fmt.descriptor().map_or((0, 0), |d| (d.log2_chroma_w(), d.log2_chroma_h()));
-    let side = (width >> cw).min(height >> ch);
-    [(16, 4), (4, 2)].into_iter().find(|&(_, grid)| side >= grid).map_or(1, |(slices, _)| slices)
-}
-
-/// [`encoded_size`] of frames `f` with `options`, with a word about a dropped row or column:
-/// said once per output, however many encoders it takes.
-pub(super) fn even_where_needed(f: &Frames, options: &OutputOptions, output: &Path) -> Result<(u32, u32), MediaError> {
-    let pix_fmt = options.pix_fmt()?;
-    let (width, height) = (f.width, f.height);
-    let (w, h) = encodable_size(pix_fmt, width, height)?;
-    if (w, h) != (width, height) {
-        warn!(
-            output = %output.display(),
-            "{width}x{height} is odd and {pix_fmt:?} needs even sizes: writing {w}x{h} (the last column or row is dropped; --pix-fmt yuv444p keeps it)"
-        );
-    }
-    Ok((w, h))
-}
-
 /// Metadata without the input's `encoder` tag (the muxer writes its own) or `rotate` tag (the
 /// frames were turned upright as they were decoded; the MP4 muxer would turn them again).
 fn without_encoder(mut d: Dictionary<'static>) -> Dictionary<'static> {
@@ -831,77 +430,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temp_path_is_hidden_and_keeps_the_extension() {
-        let t = temp_path(Path::new("/tmp/dir/out.mp4"));
-        let name = t.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with(".out.mp4.vpd-partial-"), "{name}");
-        assert!(name.ends_with(".mp4"), "{name}");
-        assert_eq!(t.parent().unwrap(), Path::new("/tmp/dir"));
-    }
-
-    #[test]
-    fn output_equal_to_input_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.mp4");
-        std::fs::write(&input, b"x").unwrap();
-        let err = check_output_path(&input, &dir.path().join("./in.mp4")).unwrap_err();
-        assert!(matches!(err, MediaError::OutputIsInput(_)), "{err}");
-        // A hard link is the same file under another name.
-        let link = dir.path().join("link.mp4");
-        std::fs::hard_link(&input, &link).unwrap();
-        assert!(matches!(check_output_path(&input, &link), Err(MediaError::OutputIsInput(_))));
-        assert!(check_output_path(&input, &dir.path().join("out.mp4")).is_ok());
-        assert!(matches!(check_output_path(&input, dir.path()), Err(MediaError::Unwritable { .. })));
-        assert_eq!(check_output_path(&input, Path::new("-")).unwrap(), Path::new("-"));
-    }
-
-    #[test]
-    fn an_output_in_a_missing_or_unusable_directory_is_refused_up_front() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.mp4");
-        std::fs::write(&input, b"x").unwrap();
-        let err = check_output_path(&input, Path::new("/nonexistent/x.mp4")).unwrap_err();
-        assert_eq!(err.to_string(), "cannot write /nonexistent/x.mp4: the directory /nonexistent does not exist");
-        let err = check_output_path(&input, &input.join("x.mp4")).unwrap_err();
-        assert!(err.to_string().ends_with("in.mp4 is not a directory"), "{err}");
-        // A bare file name is written in the current directory.
-        assert_eq!(check_output_path(&input, Path::new("out.mp4")).unwrap(), Path::new("out.mp4"));
-    }
-
-    #[test]
-    fn a_symlinked_output_is_written_through() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.mp4");
-        std::fs::write(&input, b"x").unwrap();
-        std::fs::create_dir(dir.path().join("real")).unwrap();
-        // A relative link, to a file that does not exist yet.
-        std::os::unix::fs::symlink("real/out.mp4", dir.path().join("link.mp4")).unwrap();
-        assert_eq!(check_output_path(&input, &dir.path().join("link.mp4")).unwrap(), dir.path().join("real/out.mp4"));
-        // A link to the input is still the input.
-        std::os::unix::fs::symlink(&input, dir.path().join("to-input.mp4")).unwrap();
-        assert!(matches!(
-            check_output_path(&input, &dir.path().join("to-input.mp4")),
-            Err(MediaError::OutputIsInput(_))
-        ));
-        // A loop is an error, not a hang.
-        std::os::unix::fs::symlink("b.mp4", dir.path().join("a.mp4")).unwrap();
-        std::os::unix::fs::symlink("a.mp4", dir.path().join("b.mp4")).unwrap();
-        let err = check_output_path(&input, &dir.path().join("a.mp4")).unwrap_err();
-        assert!(err.to_string().contains("symbolic links"), "{err}");
-    }
-
-    #[test]
     fn os_errors_are_printed_once() {
         let err = MediaError::Unwritable { path: "/x".into(), cause: std::io::Error::from_raw_os_error(libc::ENOENT) };
         let chain = format!("{:#}", anyhow::Error::from(err));
         assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
-    }
-
-    #[test]
-    fn odd_sizes_are_kept_where_the_format_allows() {
-        assert_eq!(encoded_size(Pixel::YUV420P, 641, 361), (640, 360));
-        assert_eq!(encoded_size(Pixel::YUV444P, 641, 361), (641, 361));
-        assert_eq!(encoded_size(Pixel::BGRZ, 641, 361), (641, 361));
-        assert_eq!(encoded_size(Pixel::YUV422P, 641, 361), (640, 361));
     }
 }
