@@ -530,18 +530,9 @@ pub struct ClientArgs {
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
 
-    /// No progress bar and no summary on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
-    /// nut, webm, mpegts, …
-    #[arg(long, value_name = "CONTAINER")]
-    pub format: Option<String>,
+    /// The result's container, and how the job is reported.
+    #[command(flatten)]
+    pub result: ResultArgs,
 
     /// The flags that are also keys of the configuration file.
     #[command(flatten)]
@@ -680,6 +671,23 @@ pub fn parse_bitrate(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is not a bitrate such as 800K or 4M (1K to 10000M)"))
 }
 
+/// The result's container and how a job is reported on the terminal (`vpd run`, `vpd client`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ResultArgs {
+    /// No progress bar and no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
+    /// nut, webm, mpegts, …
+    #[arg(long, value_name = "CONTAINER")]
+    pub format: Option<String>,
+}
+
 /// `vpd run`.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = filter_help())]
@@ -712,18 +720,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: bool,
 
-    /// No progress bar and no summary on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Container when the output's extension does not say, as `-o -` needs: mp4, matroska,
-    /// nut, webm, mpegts, …
-    #[arg(long, value_name = "CONTAINER")]
-    pub format: Option<String>,
+    /// The result's container, and how the job is reported.
+    #[command(flatten)]
+    pub result: ResultArgs,
 
     /// The flags that are also keys of the configuration file.
     #[command(flatten)]

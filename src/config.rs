@@ -19,7 +19,8 @@ use clap::error::ErrorKind;
 use crate::broker::{DEFAULT_NAMESPACE, Topology};
 use crate::cli::{
     Cli, ClientArgs, ClientSettings, FilterSettings, JobsAction, JobsArgs, OutputSettings, PreviewArgs,
-    PreviewSettings, RunArgs, RunSettings, ServerArgs, ServerSettings, TlsClientArgs, WorkerArgs, WorkerSettings,
+    PreviewSettings, ResultArgs, RunArgs, RunSettings, ServerArgs, ServerSettings, TlsClientArgs, WorkerArgs,
+    WorkerSettings,
 };
 use crate::client::{ClientConfig, ClientJob, JobsConfig, JobsQuery};
 use crate::filters::presets::Presets;
@@ -194,7 +195,7 @@ impl FileConfig {
             if input == Path::new(crate::media::STDIO) {
                 return Err(usage(ErrorKind::ValueValidation, "a batch reads files, not standard input"));
             }
-            let output = dir.join(batch_output_name(&input, args.format.as_deref()));
+            let output = dir.join(batch_output_name(&input, args.result.format.as_deref()));
             if let Some(other) = jobs.iter().find(|j| j.output == output) {
                 return Err(usage(
                     ErrorKind::ValueValidation,
@@ -215,13 +216,13 @@ impl FileConfig {
             output: args.output,
             chain: self.chain(args.filter, args.preset.as_deref())?,
             threads: bounded("--threads", s.threads.unwrap_or_else(default_threads), MAX_THREADS)?,
-            output_options: s.encoding.options(args.format)?,
+            output_options: s.encoding.options(args.result.format)?,
             window: s.window.map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
             filter_env: self.filter_env(args.filters)?,
             resume: args.resume,
             segment_seconds: segment_seconds(s.segment_seconds)?,
-            quiet: args.quiet,
-            json: args.json,
+            quiet: args.result.quiet,
+            json: args.result.json,
         })
     }
 
@@ -317,7 +318,7 @@ impl FileConfig {
 
     /// The validated configuration of `vpd client`, and whether to print JSON.
     pub fn client(&self, mut a: ClientArgs) -> anyhow::Result<(ClientPlan, bool)> {
-        let json = a.json;
+        let json = a.result.json;
         let batch = a.input.len() > 1 || (a.attach.is_none() && a.output.as_deref().is_some_and(Path::is_dir));
         if !batch {
             let input = a.input.pop();
@@ -334,7 +335,7 @@ impl FileConfig {
         let at_once = bounded("--jobs", a.jobs, MAX_BATCH_AT_ONCE)?;
         let mut jobs: Vec<ClientConfig> = Vec::new();
         for input in std::mem::take(&mut a.input) {
-            let output = dir.join(batch_output_name(&input, a.format.as_deref()));
+            let output = dir.join(batch_output_name(&input, a.result.format.as_deref()));
             if let Some(other) = jobs.iter().find(|j| j.output == output) {
                 return Err(usage(
                     ErrorKind::ValueValidation,
@@ -342,7 +343,11 @@ impl FileConfig {
                 ));
             }
             // Several at once: a line per file as it ends, no progress bars over each other.
-            let one = ClientArgs { output: Some(output), quiet: true, ..a.clone() };
+            let one = ClientArgs {
+                output: Some(output),
+                result: ResultArgs { quiet: true, ..a.result.clone() },
+                ..a.clone()
+            };
             jobs.push(self.client_one(one, Some(input))?);
         }
         Ok((ClientPlan::Batch(jobs, at_once), json))
@@ -364,11 +369,11 @@ impl FileConfig {
             output: a.output.unwrap_or_default(),
             wait: Duration::from_secs(s.wait.unwrap_or(DEFAULT_CLIENT_WAIT_S)),
             server: s.server.unwrap_or_else(default_server),
-            output_options: s.encoding.options(a.format)?,
+            output_options: s.encoding.options(a.result.format)?,
             transport: s.transport.unwrap_or(TransportEncoding::Auto),
             token: token(a.token, s.token_file.as_deref())?,
             tls: client_tls(s.tls)?,
-            quiet: a.quiet,
+            quiet: a.result.quiet,
         })
     }
 

@@ -84,39 +84,34 @@ impl FilterDef {
     }
 }
 
-const fn int(
+const fn param(
     key: &'static str,
     default: &'static str,
-    (min, max): (i64, i64),
+    range: Range,
     expected: &'static str,
     note: &'static str,
 ) -> ParamDef {
-    ParamDef { key, default, range: Range::Int { min, max, odd: false, or_zero: false }, expected, note }
+    ParamDef { key, default, range, expected, note }
 }
 
-const fn number(
-    key: &'static str,
-    default: &'static str,
-    (min, max): (f64, f64),
-    expected: &'static str,
-    note: &'static str,
-) -> ParamDef {
-    ParamDef { key, default, range: Range::Number { min, max }, expected, note }
+/// Whole numbers from `min` to `max`.
+const fn ints(min: i64, max: i64) -> Range {
+    Range::Int { min, max, odd: false, or_zero: false }
 }
 
-const fn odd(
-    key: &'static str,
-    default: &'static str,
-    (min, max): (i64, i64),
-    expected: &'static str,
-    note: &'static str,
-) -> ParamDef {
-    ParamDef { key, default, range: Range::Int { min, max, odd: true, or_zero: false }, expected, note }
+/// Odd whole numbers from `min` to `max`.
+const fn odds(min: i64, max: i64) -> Range {
+    Range::Int { min, max, odd: true, or_zero: false }
 }
 
-const THRESHOLD: (f64, f64) = (0.0, 10_000.0);
-const FACTOR: (f64, f64) = (0.0, 4.0);
-const SIGNED_UNIT: (f64, f64) = (-1.0, 1.0);
+/// Numbers from `min` to `max`.
+const fn numbers(min: f64, max: f64) -> Range {
+    Range::Number { min, max }
+}
+
+const THRESHOLD: Range = numbers(0.0, 10_000.0);
+const FACTOR: Range = numbers(0.0, 4.0);
+const SIGNED_UNIT: Range = numbers(-1.0, 1.0);
 const SCALE_SIDE: Range = Range::Int { min: 16, max: 8192, odd: false, or_zero: true };
 
 /// Every filter vpd knows, in the order `--help` lists them: the one place a filter's name,
@@ -126,11 +121,11 @@ pub const FILTERS: &[FilterDef] = &[
         name: "blur",
         help: "Gaussian blur",
         params: &[
-            odd("ksize", "15", (1, 255), "an odd integer from 1 to 255", "odd, 1-255"),
-            number(
+            param("ksize", "15", odds(1, 255), "an odd integer from 1 to 255", "odd, 1-255"),
+            param(
                 "sigma",
                 "0",
-                (0.0, 100.0),
+                numbers(0.0, 100.0),
                 "a number from 0 to 100 (0: derived from ksize)",
                 "0-100; 0: from ksize",
             ),
@@ -140,8 +135,8 @@ pub const FILTERS: &[FilterDef] = &[
         name: "edges",
         help: "Canny edges of the grey image",
         params: &[
-            number("low", "50", THRESHOLD, "a number from 0 to 10000", "0-10000"),
-            number("high", "150", THRESHOLD, "a number from 0 to 10000", "0-10000, at least low"),
+            param("low", "50", THRESHOLD, "a number from 0 to 10000", "0-10000"),
+            param("high", "150", THRESHOLD, "a number from 0 to 10000", "0-10000, at least low"),
         ],
     },
     FilterDef {
@@ -155,41 +150,41 @@ pub const FILTERS: &[FilterDef] = &[
                 expected: "box or blur",
                 note: "box|blur",
             },
-            int("width", "640", (64, 4096), "an integer from 64 to 4096", "detection width, 64-4096"),
-            int("neighbors", "5", (1, 50), "an integer from 1 to 50", "1-50"),
+            param("width", "640", ints(64, 4096), "an integer from 64 to 4096", "detection width, 64-4096"),
+            param("neighbors", "5", ints(1, 50), "an integer from 1 to 50", "1-50"),
         ],
     },
     FilterDef {
         name: "motion",
         help: "boxes around what moved since the previous frame (a detector)",
         params: &[
-            int("threshold", "25", (1, 255), "an integer from 1 to 255", "1-255"),
-            int("min_area", "400", (0, u32::MAX as i64), "a non-negative integer", "pixels"),
-            int("dilate", "2", (0, 20), "an integer from 0 to 20", "0-20"),
+            param("threshold", "25", ints(1, 255), "an integer from 1 to 255", "1-255"),
+            param("min_area", "400", ints(0, u32::MAX as i64), "a non-negative integer", "pixels"),
+            param("dilate", "2", ints(0, 20), "an integer from 0 to 20", "0-20"),
         ],
     },
     FilterDef {
         name: "denoise",
         help: "median: removes grain, keeps edges",
-        params: &[odd("size", "5", (3, 9), "3, 5, 7 or 9", "odd, 3-9")],
+        params: &[param("size", "5", odds(3, 9), "3, 5, 7 or 9", "odd, 3-9")],
     },
     FilterDef {
         name: "sharpen",
         help: "unsharp mask",
         params: &[
-            number("amount", "1", (0.0, 5.0), "a number from 0 to 5", "0-5"),
-            number("radius", "1.5", (0.3, 20.0), "a number from 0.3 to 20", "0.3-20 pixels"),
+            param("amount", "1", numbers(0.0, 5.0), "a number from 0 to 5", "0-5"),
+            param("radius", "1.5", numbers(0.3, 20.0), "a number from 0.3 to 20", "0.3-20 pixels"),
         ],
     },
     FilterDef {
         name: "grade",
         help: "colour grading",
         params: &[
-            number("contrast", "1", FACTOR, "a number from 0 to 4", "0-4"),
-            number("brightness", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
-            number("saturation", "1", FACTOR, "a number from 0 to 4", "0-4"),
-            number("gamma", "1", (0.1, 10.0), "a number from 0.1 to 10", "0.1-10"),
-            number("warmth", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
+            param("contrast", "1", FACTOR, "a number from 0 to 4", "0-4"),
+            param("brightness", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
+            param("saturation", "1", FACTOR, "a number from 0 to 4", "0-4"),
+            param("gamma", "1", numbers(0.1, 10.0), "a number from 0.1 to 10", "0.1-10"),
+            param("warmth", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
         ],
     },
     FilterDef {

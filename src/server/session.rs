@@ -21,7 +21,7 @@ use super::follow::{attach, ended};
 use super::places::Seat;
 use super::refusal::{Refusal, evicted, internal_error, read_within, refuse};
 use super::shared::Shared;
-use super::upload::{Counting, resume_upload, submit, validate};
+use super::upload::{Caller, Counting, resume_upload, submit, validate};
 use crate::protocol::codec::{Packet, PacketReader, PacketWriter};
 use crate::protocol::job::JobControl;
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
@@ -87,11 +87,13 @@ where
     }
     match request {
         ClientMessage::Submit(spec) => {
-            let id = submit(reader, writer, shared, shutdown, (peer, &software, &who), &seat, *spec).await?;
+            let caller = Caller { peer, software: &software, who: &who, seat: &seat };
+            let id = submit(reader, writer, shared, shutdown, &caller, *spec).await?;
             attach(reader, writer, shared, &seat, &id).await
         }
         ClientMessage::ResumeUpload { job, upload_bytes } => {
-            let id = resume_upload(reader, writer, shared, shutdown, &who, &seat, &job, upload_bytes).await?;
+            let caller = Caller { peer, software: &software, who: &who, seat: &seat };
+            let id = resume_upload(reader, writer, shared, shutdown, &caller, &job, upload_bytes).await?;
             attach(reader, writer, shared, &seat, &id).await
         }
         ClientMessage::Attach { job } => {

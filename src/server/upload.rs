@@ -45,17 +45,29 @@ pub(super) const QUEUED_PER_SLOT: usize = 16;
 /// Bytes between two fsyncs of an upload: what a server killed may have to be sent again.
 pub(super) const SYNC_EVERY: u64 = 8 << 20;
 
+/// Who asks for an upload: the peer's address, the client's software, the client its token
+/// names, and its seat among the upload places.
+#[derive(Clone, Copy)]
+pub(super) struct Caller<'a> {
+    /// The peer's address, for logs and the record.
+    pub(super) peer: &'a str,
+    /// The client's software (`vpd/0.1.0`).
+    pub(super) software: &'a str,
+    /// The client its token names.
+    pub(super) who: &'a Client,
+    /// Its seat among the upload places.
+    pub(super) seat: &'a Seat,
+}
+
 /// Takes a submitted job's upload into its directory and starts it; returns its id. Until
 /// the upload is whole the job is the connection's: a cut-off upload fails it, unless enough
 /// of it is safely stored to be worth resuming (see [`upload_ended`]).
-#[allow(clippy::too_many_arguments)] // issue 20 cuts the session along the job model
 pub(super) async fn submit<R, W>(
     reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-    (peer, software, who): (&str, &str, &Client),
-    seat: &Seat,
+    caller: &Caller<'_>,
     spec: JobSpec,
 ) -> Result<JobId, Refusal>
 where
@@ -66,6 +78,7 @@ where
     if shared.jobs.live_count() >= limit {
         return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
     }
+    let Caller { peer, software, who, seat } = *caller;
     within_jobs_limit(shared, who)?;
     let mut charge = shared.clients.take_upload(who, spec.input_bytes)?;
     // A place among the uploads, within this peer's share of them.
@@ -172,14 +185,12 @@ pub(super) fn check_disk(shared: &Shared, bytes: u64) -> Result<(), Refusal> {
 /// Goes on with job `job`'s upload, cut off earlier: the same client, the same size, no
 /// other connection uploading it. Returns the job's id once the upload is whole and the job
 /// started.
-#[allow(clippy::too_many_arguments)] // issue 20 cuts the session along the job model
 pub(super) async fn resume_upload<R, W>(
     reader: &mut PacketReader<Counting<R>>,
     writer: &mut PacketWriter<W>,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
-    who: &Client,
-    seat: &Seat,
+    &Caller { who, seat, .. }: &Caller<'_>,
     job: &JobId,
     upload_bytes: u64,
 ) -> Result<JobId, Refusal>
