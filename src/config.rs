@@ -165,7 +165,7 @@ impl FileConfig {
             return Ok(FileConfig::default());
         };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), one_line(&text, &e)))
     }
 
     /// The validated configuration of `vpd run`: one job, or a batch of them (several inputs,
@@ -416,6 +416,19 @@ impl FileConfig {
         let s = layered(given, &self.filters)?;
         Ok(s.face_cascade.map_or_else(FilterEnv::default, |face_cascade| FilterEnv { face_cascade }))
     }
+}
+
+/// A TOML error in one line: where (the table, for an error in a section; else the line) and
+/// what.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else { return message };
+    let at = text.get(span.clone()).unwrap_or_default();
+    if at.starts_with('[') && !at.contains('\n') {
+        return format!("{at} {message}");
+    }
+    let line = text.get(..span.start).unwrap_or(text).matches('\n').count() + 1;
+    format!("line {line}: {message}")
 }
 
 /// The server a client talks to unless told: this host's port 9000.
@@ -694,8 +707,15 @@ mod tests {
         assert_eq!((cfg.output_options.keyint, cfg.transport), (Some(10), TransportEncoding::Raw));
         assert!(cfg.token.unwrap().matches(&Token::new("given")));
         // A bad value in the file is an error when the file is read, naming its table and key.
-        let bad = toml::from_str::<FileConfig>("[run]\nbitrate = \"fast\"").unwrap_err().to_string();
-        assert!(bad.contains("run") && bad.contains("`bitrate`: 'fast' is not a bitrate"), "{bad}");
+        let text = "[run]\nbitrate = \"fast\"";
+        let bad = one_line(text, &toml::from_str::<FileConfig>(text).unwrap_err());
+        assert_eq!(bad, "[run] `bitrate`: 'fast' is not a bitrate such as 800K or 4M (1K to 10000M)");
+        let text = "[server]\nthreads = 2\nmax_jobs = \"two\"";
+        let bad = one_line(text, &toml::from_str::<FileConfig>(text).unwrap_err());
+        assert!(bad.starts_with("[server] `max_jobs`: "), "{bad}");
+        let text = "[client]\ntls = true\n[client]";
+        let bad = one_line(text, &toml::from_str::<FileConfig>(text).unwrap_err());
+        assert!(bad.starts_with("line 3: ") && !bad.contains('\n'), "{bad}");
     }
 
     #[test]

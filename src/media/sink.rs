@@ -144,7 +144,7 @@ fn copy_metadata(output: &mut format::context::Output, source: &MediaSource, sho
 }
 
 impl MediaSink {
-    /// Opens the encoder and the muxer for `target` (checked with [`check_output_path`]),
+    /// Opens the encoder and the muxer for `target` (checked with [`super::check_output_path`]),
     /// taking the streams to copy, metadata and chapters from `source`.
     /// `size` is the frames' size when the filters change it.
     pub fn create(
