@@ -110,16 +110,15 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobControl {
-    /// Cancel a queued, running or paused job (its client is told, as for its own Ctrl-C).
+    /// `cancel` (its help: [`JobControl::help`], which `vpd jobs --help` shows).
     Cancel,
-    /// Pause a queued or running job: nothing of it stays in flight and its job slot is freed;
-    /// frames after its last committed segment are done again on resume.
+    /// `pause`.
     Pause,
-    /// Let a paused job go on, or a failed one (a full disk, say) from its committed segments.
+    /// `resume`.
     Resume,
-    /// Run an ended job again on its kept upload, as a new job; prints the new job's id.
+    /// `rerun`.
     Rerun,
-    /// Download an ended job's kept result.
+    /// `fetch`.
     Fetch,
 }
 
@@ -139,7 +138,7 @@ impl JobControl {
         }
     }
 
-    /// One line of help.
+    /// One line of help: the one description of what the control does.
     pub fn help(self) -> &'static str {
         match self {
             JobControl::Cancel => "Cancel a queued, running or paused job (its client is told, as for its own Ctrl-C)",

@@ -145,6 +145,7 @@ pub(super) async fn upload_ended(
         return Ok(());
     };
     let (resumable, code, message) = (r.resumable, r.code, r.message.clone());
+    let job = id.clone();
     let recorded = shared
         .off(move |s| {
             let held = held_upload(&s.jobs, &id);
@@ -163,7 +164,7 @@ pub(super) async fn upload_ended(
         })
         .await;
     if let Err(e) = recorded {
-        warn!(error = %format!("{e:#}"), "cannot record the upload's end in the job store");
+        warn!(%job, error = %format!("{e:#}"), "cannot record the upload's end in the job store");
     }
     Err(r)
 }
