@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use crate::filters::{Chain, check_face_cascade};
+use crate::filters::{Chain, FilterEnv};
 use crate::media::{
     MediaSink, MediaSource, OnCommit, OutputOptions, SegmentRecord, SegmentSink, VideoInfo, check_output,
     check_output_path, frames_per_segment, join_segments,
@@ -84,8 +84,8 @@ pub fn open(
     // The file really written: the output itself, or what it links to.
     let target = check_output_path(input, output)?;
     check_output(output, options)?;
-    if let (true, Some(cascade)) = (chain.needs_faces(), face_cascade) {
-        check_face_cascade(cascade)?;
+    if let Some(cascade) = face_cascade {
+        chain.check_env(&FilterEnv { face_cascade: cascade.to_path_buf() })?;
     }
     let mut source = MediaSource::open(input)?;
     let info = source.info();

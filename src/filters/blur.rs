@@ -2,8 +2,57 @@
 
 use opencv::core::{BORDER_DEFAULT, Mat, Size};
 use opencv::imgproc;
+use serde::{Deserialize, Serialize};
 
-use super::BlurParams;
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, Params, Stage, Stateless, numbers, odds, param};
+use super::{FilterError, ParamError};
+
+/// Gaussian blur.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BlurParams {
+    /// Kernel size in pixels, odd, 1..=255.
+    pub ksize: u32,
+    /// Standard deviation; 0 derives it from `ksize` as OpenCV does.
+    pub sigma: f64,
+}
+
+impl FilterParams for BlurParams {
+    const DEF: FilterDef = FilterDef {
+        name: "blur",
+        help: "Gaussian blur",
+        params: &[
+            param("ksize", "15", odds(1, 255), "an odd integer from 1 to 255", "odd, 1-255"),
+            param(
+                "sigma",
+                "0",
+                numbers(0.0, 100.0),
+                "a number from 0 to 100 (0: derived from ksize)",
+                "0-100; 0: from ksize",
+            ),
+        ],
+        kind: Kind::Pixel,
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(BlurParams { ksize: p.get("ksize")?, sigma: p.get("sigma")? })
+    }
+}
+
+impl Filter for BlurParams {
+    fn values(&self) -> Vec<String> {
+        vec![self.ksize.to_string(), self.sigma.to_string()]
+    }
+
+    fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        Ok(Box::new(*self))
+    }
+}
+
+impl Stateless for BlurParams {
+    fn apply(&self, input: &Mat) -> opencv::Result<Mat> {
+        apply(input, self)
+    }
+}
 
 /// Blurs `input` with a `ksize`×`ksize` Gaussian kernel.
 pub(super) fn apply(input: &Mat, p: &BlurParams) -> opencv::Result<Mat> {

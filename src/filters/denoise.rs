@@ -4,8 +4,47 @@
 
 use opencv::core::Mat;
 use opencv::imgproc;
+use serde::{Deserialize, Serialize};
 
-use super::DenoiseParams;
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, Params, Stage, Stateless, odds, param};
+use super::{FilterError, ParamError};
+
+/// Edge-preserving noise removal: a median filter (measured against bilateral and non-local
+/// means, see BENCHMARKS.md "New filters").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DenoiseParams {
+    /// The median's window, odd, 3..=9 pixels.
+    pub size: u32,
+}
+
+impl FilterParams for DenoiseParams {
+    const DEF: FilterDef = FilterDef {
+        name: "denoise",
+        help: "median: removes grain, keeps edges",
+        params: &[param("size", "5", odds(3, 9), "3, 5, 7 or 9", "odd, 3-9")],
+        kind: Kind::Pixel,
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(DenoiseParams { size: p.get("size")? })
+    }
+}
+
+impl Filter for DenoiseParams {
+    fn values(&self) -> Vec<String> {
+        vec![self.size.to_string()]
+    }
+
+    fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        Ok(Box::new(*self))
+    }
+}
+
+impl Stateless for DenoiseParams {
+    fn apply(&self, input: &Mat) -> opencv::Result<Mat> {
+        apply(input, self)
+    }
+}
 
 /// The median of each `size`×`size` window, per channel.
 pub(super) fn apply(input: &Mat, p: &DenoiseParams) -> opencv::Result<Mat> {

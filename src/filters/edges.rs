@@ -2,9 +2,58 @@
 
 use opencv::core::Mat;
 use opencv::imgproc;
+use serde::{Deserialize, Serialize};
 
-use super::EdgesParams;
 use super::canny::Canny;
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, Params, Range, Stage, numbers, param};
+use super::{FilterError, ParamError};
+
+/// Canny edge detection on the grey image, returned as a 3-channel frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EdgesParams {
+    /// Lower hysteresis threshold.
+    pub low: f64,
+    /// Upper hysteresis threshold, at least `low`.
+    pub high: f64,
+}
+
+const THRESHOLD: Range = numbers(0.0, 10_000.0);
+
+impl FilterParams for EdgesParams {
+    const DEF: FilterDef = FilterDef {
+        name: "edges",
+        help: "Canny edges of the grey image",
+        params: &[
+            param("low", "50", THRESHOLD, "a number from 0 to 10000", "0-10000"),
+            param("high", "150", THRESHOLD, "a number from 0 to 10000", "0-10000, at least low"),
+        ],
+        kind: Kind::Pixel,
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(EdgesParams { low: p.get("low")?, high: p.get("high")? })
+    }
+}
+
+impl Filter for EdgesParams {
+    fn values(&self) -> Vec<String> {
+        vec![self.low.to_string(), self.high.to_string()]
+    }
+
+    fn conflict(&self) -> Option<String> {
+        (self.low > self.high).then(|| format!("low={} must not exceed high={}", self.low, self.high))
+    }
+
+    fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        Ok(Box::new(Edges::new(*self)))
+    }
+}
+
+impl Stage for Edges {
+    fn run(&mut self, image: Image<'_>, _: &Mat, _: Option<&Mat>) -> Result<Mat, FilterError> {
+        Ok(self.apply(image.as_mat())?)
+    }
+}
 
 /// Canny with per-thread grey and edge-map buffers, reused for every frame.
 pub(super) struct Edges {

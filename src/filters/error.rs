@@ -1,4 +1,5 @@
-//! Why a filter could not be set up or could not process a frame.
+//! Why a filter's parameters were refused, and why a filter could not be set up or could not
+//! process a frame.
 
 use std::path::PathBuf;
 
@@ -34,4 +35,55 @@ pub enum FilterError {
     /// OpenCV reported an error.
     #[error("opencv: {0}")]
     OpenCv(#[from] opencv::Error),
+}
+
+/// Why one filter's parameters were refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    /// A parameter the filter does not take.
+    #[error("{filter}: unknown parameter '{param}' (allowed: {allowed})")]
+    UnknownParam {
+        /// The filter being parsed.
+        filter: &'static str,
+        /// The offending parameter name.
+        param: String,
+        /// The parameters this filter accepts.
+        allowed: String,
+    },
+    /// A parameter given twice.
+    #[error("{filter}: parameter '{param}' given twice")]
+    DuplicateParam {
+        /// The filter being parsed.
+        filter: &'static str,
+        /// The repeated parameter name.
+        param: String,
+    },
+    /// A parameter without `=value`.
+    #[error("{filter}: parameter '{param}' needs a value ({param}=...)")]
+    MissingValue {
+        /// The filter being parsed.
+        filter: &'static str,
+        /// The parameter lacking a value.
+        param: String,
+    },
+    /// A value outside what the parameter accepts.
+    #[error("{filter}: {param}={value} is invalid: expected {expected}")]
+    BadValue {
+        /// The filter being parsed.
+        filter: &'static str,
+        /// The parameter name.
+        param: &'static str,
+        /// The value as given.
+        value: String,
+        /// What the parameter accepts, in words.
+        expected: &'static str,
+    },
+    /// Two parameters that are valid alone but not together.
+    #[error("{filter}: {message}")]
+    Conflict {
+        /// The filter being parsed.
+        filter: &'static str,
+        /// What is wrong, in words.
+        message: String,
+    },
 }

@@ -3,14 +3,102 @@
 //! Detection is the costliest filter, so it runs on a grey copy downscaled to `width` pixels
 //! across; the boxes are scaled back to the full frame.
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use opencv::core::{BORDER_REPLICATE, Mat, Rect, Scalar, Size, Vector};
 use opencv::imgproc;
 use opencv::objdetect::CascadeClassifier;
 use opencv::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::{FaceMode, FacesParams, FilterError};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, ParamDef, Params, Range, Stage, ints, param};
+use super::{FilterError, ParamError};
+
+/// What `faces` does with each detected face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaceMode {
+    /// Draw a box around each face.
+    Box,
+    /// Blur each face beyond recognition.
+    Blur,
+}
+
+impl FromStr for FaceMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "box" => Ok(FaceMode::Box),
+            "blur" => Ok(FaceMode::Blur),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for FaceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaceMode::Box => "box",
+            FaceMode::Blur => "blur",
+        })
+    }
+}
+
+/// Haar-cascade frontal face detection.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FacesParams {
+    /// Box or anonymise.
+    pub mode: FaceMode,
+    /// Width of the downscaled copy the detector runs on (frames narrower are used as they are).
+    pub width: u32,
+    /// Neighbouring detections a face needs to count (higher: fewer false positives).
+    pub neighbors: u32,
+}
+
+impl FilterParams for FacesParams {
+    const DEF: FilterDef = FilterDef {
+        name: "faces",
+        help: "frontal faces boxed or blurred (a detector)",
+        params: &[
+            ParamDef {
+                key: "mode",
+                default: "box",
+                range: Range::Choice(&["box", "blur"]),
+                expected: "box or blur",
+                note: "box|blur",
+            },
+            param("width", "640", ints(64, 4096), "an integer from 64 to 4096", "detection width, 64-4096"),
+            param("neighbors", "5", ints(1, 50), "an integer from 1 to 50", "1-50"),
+        ],
+        kind: Kind::Detector { previous: false },
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(FacesParams { mode: p.get("mode")?, width: p.get("width")?, neighbors: p.get("neighbors")? })
+    }
+}
+
+impl Filter for FacesParams {
+    fn values(&self) -> Vec<String> {
+        vec![self.mode.to_string(), self.width.to_string(), self.neighbors.to_string()]
+    }
+
+    fn check_env(&self, env: &FilterEnv) -> Result<(), FilterError> {
+        load_cascade(&env.face_cascade).map(|_| ())
+    }
+
+    fn stage(&self, env: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        Ok(Box::new(Faces::new(*self, &env.face_cascade)?))
+    }
+}
+
+impl Stage for Faces {
+    fn run(&mut self, image: Image<'_>, source: &Mat, _: Option<&Mat>) -> Result<Mat, FilterError> {
+        self.apply(image.into_owned()?, source)
+    }
+}
 
 /// The smallest face the cascade can see, in pixels of the downscaled copy: the training
 /// window of OpenCV's frontal-face cascades.

@@ -3,8 +3,70 @@
 
 use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::GradeParams;
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, Params, Range, Stage, numbers, param};
+use super::{FilterError, ParamError};
+
+/// Colour grading through per-channel lookup tables (built once per chain), then saturation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradeParams {
+    /// Contrast around mid-grey, 0..=4 (1: unchanged).
+    pub contrast: f64,
+    /// Added brightness, -1..=1 of the full range (0: unchanged).
+    pub brightness: f64,
+    /// Colour saturation, 0..=4 (0: grey, 1: unchanged).
+    pub saturation: f64,
+    /// Gamma, 0.1..=10 (above 1 brightens the mid-tones, 1: unchanged).
+    pub gamma: f64,
+    /// Warmth, -1..=1: red up and blue down (negative: cooler; 0: unchanged).
+    pub warmth: f64,
+}
+
+const FACTOR: Range = numbers(0.0, 4.0);
+const SIGNED_UNIT: Range = numbers(-1.0, 1.0);
+
+impl FilterParams for GradeParams {
+    const DEF: FilterDef = FilterDef {
+        name: "grade",
+        help: "colour grading",
+        params: &[
+            param("contrast", "1", FACTOR, "a number from 0 to 4", "0-4"),
+            param("brightness", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
+            param("saturation", "1", FACTOR, "a number from 0 to 4", "0-4"),
+            param("gamma", "1", numbers(0.1, 10.0), "a number from 0.1 to 10", "0.1-10"),
+            param("warmth", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
+        ],
+        kind: Kind::Pixel,
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(GradeParams {
+            contrast: p.get("contrast")?,
+            brightness: p.get("brightness")?,
+            saturation: p.get("saturation")?,
+            gamma: p.get("gamma")?,
+            warmth: p.get("warmth")?,
+        })
+    }
+}
+
+impl Filter for GradeParams {
+    fn values(&self) -> Vec<String> {
+        [self.contrast, self.brightness, self.saturation, self.gamma, self.warmth].map(|v| v.to_string()).into()
+    }
+
+    fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        // Its lookup tables, once per chain.
+        Ok(Box::new(Grade::new(self)))
+    }
+}
+
+impl Stage for Grade {
+    fn run(&mut self, image: Image<'_>, _: &Mat, _: Option<&Mat>) -> Result<Mat, FilterError> {
+        Ok(self.apply(image.as_mat())?)
+    }
+}
 
 /// A grade ready to apply: its tables and saturation, applied in one pass over the frame.
 pub(super) struct Grade {

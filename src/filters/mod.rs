@@ -8,59 +8,39 @@
 //! A [`Processor`] holds per-thread state: the loaded face cascade (OpenCV's detector is not
 //! safe to share between threads) and scratch buffers reused from frame to frame.
 
-mod blur;
+#[macro_use]
+mod def;
 mod canny;
-mod denoise;
-mod edges;
 mod error;
-pub mod faces;
-mod grade;
-pub mod motion;
 pub mod presets;
-mod sharpen;
 mod spec;
 
-use std::path::{Path, PathBuf};
-
-use opencv::core::{CV_8UC3, Mat};
+use opencv::core::{CV_8UC3, Mat, Size};
 use opencv::prelude::*;
 
-pub use error::FilterError;
-pub use spec::{
-    BlurParams, Chain, DenoiseParams, EdgesParams, FILTERS, FaceMode, FacesParams, FilterDef, FilterSpec, GradeParams,
-    MAX_CHAIN_LEN, MotionParams, ScaleParams, SharpenParams, SpecError,
+pub use def::{
+    DEFAULT_FACE_CASCADE, Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, ParamDef, Params, Range, Stage,
 };
+pub use error::{FilterError, ParamError};
+pub use faces::FaceMode;
+pub use spec::{Chain, MAX_CHAIN_LEN, SpecError, filter_def};
 
-/// Where Debian's `opencv-data` package installs the frontal-face Haar cascade.
-pub const DEFAULT_FACE_CASCADE: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
-
-/// Files the filters need at run time, which differ from host to host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilterEnv {
-    /// The Haar cascade XML used by `faces`.
-    pub face_cascade: PathBuf,
-}
-
-impl Default for FilterEnv {
-    fn default() -> Self {
-        FilterEnv { face_cascade: PathBuf::from(DEFAULT_FACE_CASCADE) }
-    }
+// Every filter vpd knows, in the order `--help` lists them and the wire format numbers them:
+// a new filter is one file here and one line below, at the end.
+filters! {
+    Blur(blur::BlurParams),
+    Edges(edges::EdgesParams),
+    Faces(faces::FacesParams),
+    Motion(motion::MotionParams),
+    Denoise(denoise::DenoiseParams),
+    Sharpen(sharpen::SharpenParams),
+    Grade(grade::GradeParams),
+    Scale(scale::ScaleParams),
 }
 
 /// A chain ready to run on one thread.
 pub struct Processor {
-    stages: Vec<Stage>,
-}
-
-enum Stage {
-    Blur(BlurParams),
-    Edges(edges::Edges),
-    Faces(faces::Faces),
-    Motion(motion::Motion),
-    Denoise(DenoiseParams),
-    Sharpen(SharpenParams),
-    Grade(grade::Grade),
-    Scale(ScaleParams),
+    stages: Vec<(FilterSpec, Box<dyn Stage>)>,
 }
 
 impl Processor {
@@ -69,19 +49,7 @@ impl Processor {
         let stages = chain
             .specs()
             .iter()
-            .map(|spec| {
-                Ok(match *spec {
-                    FilterSpec::Blur(p) => Stage::Blur(p),
-                    FilterSpec::Edges(p) => Stage::Edges(edges::Edges::new(p)),
-                    FilterSpec::Faces(p) => Stage::Faces(faces::Faces::new(p, &env.face_cascade)?),
-                    FilterSpec::Motion(p) => Stage::Motion(motion::Motion::new(p)),
-                    FilterSpec::Denoise(p) => Stage::Denoise(p),
-                    FilterSpec::Sharpen(p) => Stage::Sharpen(p),
-                    // Its lookup tables, once per chain.
-                    FilterSpec::Grade(p) => Stage::Grade(grade::Grade::new(&p)),
-                    FilterSpec::Scale(p) => Stage::Scale(p),
-                })
-            })
+            .map(|spec| Ok((*spec, spec.filter().stage(env)?)))
             .collect::<Result<_, FilterError>>()?;
         Ok(Processor { stages })
     }
@@ -92,71 +60,18 @@ impl Processor {
             return Err(FilterError::BadInput(frame.typ()));
         }
         let mut current = Image::Source(frame);
-        for stage in &mut self.stages {
+        for (spec, stage) in &mut self.stages {
             let size_in = current.as_mat().size()?;
-            let (name, out) = match stage {
-                Stage::Blur(p) => ("blur", blur::apply(current.as_mat(), p)?),
-                Stage::Edges(e) => ("edges", e.apply(current.as_mat())?),
-                Stage::Faces(f) => ("faces", f.apply(current.into_owned()?, frame)?),
-                Stage::Motion(m) => ("motion", m.apply(current.into_owned()?, frame, previous)?),
-                Stage::Denoise(p) => ("denoise", denoise::apply(current.as_mat(), p)?),
-                Stage::Sharpen(p) => ("sharpen", sharpen::apply(current.as_mat(), p)?),
-                Stage::Grade(g) => ("grade", g.apply(current.as_mat())?),
-                Stage::Scale(p) => ("scale", scale(current.as_mat(), p)?),
-            };
-            // Every filter keeps its input's size, but scale, which makes the size it says.
-            let size_out = match stage {
-                Stage::Scale(p) => {
-                    let (w, h) = p.size_of(size_in.width as u32, size_in.height as u32);
-                    opencv::core::Size::new(w as i32, h as i32)
-                }
-                _ => size_in,
-            };
-            if out.size()? != size_out || out.typ() != CV_8UC3 {
-                return Err(FilterError::BadOutput(name));
+            let out = stage.run(current, frame, previous)?;
+            // Every filter makes the size its definition says: its input's, but for scale.
+            let (w, h) = spec.filter().output_size(size_in.width as u32, size_in.height as u32);
+            if out.size()? != Size::new(w as i32, h as i32) || out.typ() != CV_8UC3 {
+                return Err(FilterError::BadOutput(spec.name()));
             }
             current = Image::Owned(out);
         }
         current.into_owned().map_err(FilterError::from)
     }
-}
-
-/// `input` resized as `p` says: area averaging to shrink, bicubic to enlarge.
-fn scale(input: &Mat, p: &ScaleParams) -> opencv::Result<Mat> {
-    let (w, h) = p.size_of(input.cols() as u32, input.rows() as u32);
-    let shrinking = i64::from(w) * i64::from(h) < i64::from(input.cols()) * i64::from(input.rows());
-    let interpolation = if shrinking { opencv::imgproc::INTER_AREA } else { opencv::imgproc::INTER_CUBIC };
-    let mut out = Mat::default();
-    opencv::imgproc::resize(input, &mut out, opencv::core::Size::new(w as i32, h as i32), 0.0, 0.0, interpolation)?;
-    Ok(out)
-}
-
-/// The chain's current image: the source frame itself until a filter produces a new one, so a
-/// drawing filter copies the shared source only when it is first in the chain.
-enum Image<'a> {
-    Source(&'a Mat),
-    Owned(Mat),
-}
-
-impl Image<'_> {
-    fn as_mat(&self) -> &Mat {
-        match self {
-            Image::Source(m) => m,
-            Image::Owned(m) => m,
-        }
-    }
-
-    fn into_owned(self) -> opencv::Result<Mat> {
-        match self {
-            Image::Source(m) => m.try_clone(),
-            Image::Owned(m) => Ok(m),
-        }
-    }
-}
-
-/// Checks that the face cascade at `path` loads, for callers that want the error up front.
-pub fn check_face_cascade(path: &Path) -> Result<(), FilterError> {
-    faces::load_cascade(path).map(|_| ())
 }
 
 #[cfg(test)]

@@ -6,8 +6,54 @@
 use opencv::core::{self, BORDER_CONSTANT, Mat, Point, Rect, Scalar, Size, Vector};
 use opencv::imgproc;
 use opencv::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::{FilterError, MotionParams};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, Params, Stage, ints, param};
+use super::{FilterError, ParamError};
+
+/// Motion detection against the previous source frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MotionParams {
+    /// Per-pixel grey difference that counts as change, 0..=255.
+    pub threshold: u32,
+    /// Smallest moving region, in pixels of the full frame, that gets a box.
+    pub min_area: u32,
+    /// Dilation passes that merge nearby changed pixels into one region.
+    pub dilate: u32,
+}
+
+impl FilterParams for MotionParams {
+    const DEF: FilterDef = FilterDef {
+        name: "motion",
+        help: "boxes around what moved since the previous frame (a detector)",
+        params: &[
+            param("threshold", "25", ints(1, 255), "an integer from 1 to 255", "1-255"),
+            param("min_area", "400", ints(0, u32::MAX as i64), "a non-negative integer", "pixels"),
+            param("dilate", "2", ints(0, 20), "an integer from 0 to 20", "0-20"),
+        ],
+        kind: Kind::Detector { previous: true },
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(MotionParams { threshold: p.get("threshold")?, min_area: p.get("min_area")?, dilate: p.get("dilate")? })
+    }
+}
+
+impl Filter for MotionParams {
+    fn values(&self) -> Vec<String> {
+        vec![self.threshold.to_string(), self.min_area.to_string(), self.dilate.to_string()]
+    }
+
+    fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        Ok(Box::new(Motion::new(*self)))
+    }
+}
+
+impl Stage for Motion {
+    fn run(&mut self, image: Image<'_>, source: &Mat, previous: Option<&Mat>) -> Result<Mat, FilterError> {
+        self.apply(image.into_owned()?, source, previous)
+    }
+}
 
 /// Per-thread buffers for [`detect`].
 #[derive(Default)]

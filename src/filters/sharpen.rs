@@ -2,8 +2,51 @@
 
 use opencv::core::{self, BORDER_DEFAULT, Mat, Size};
 use opencv::imgproc;
+use serde::{Deserialize, Serialize};
 
-use super::SharpenParams;
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, Params, Stage, Stateless, numbers, param};
+use super::{FilterError, ParamError};
+
+/// Unsharp mask: the frame plus `amount` times its difference from a Gaussian blur of it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SharpenParams {
+    /// How much of the detail to add back, 0..=5.
+    pub amount: f64,
+    /// The blur's standard deviation in pixels, 0.3..=20: the size of the detail sharpened.
+    pub radius: f64,
+}
+
+impl FilterParams for SharpenParams {
+    const DEF: FilterDef = FilterDef {
+        name: "sharpen",
+        help: "unsharp mask",
+        params: &[
+            param("amount", "1", numbers(0.0, 5.0), "a number from 0 to 5", "0-5"),
+            param("radius", "1.5", numbers(0.3, 20.0), "a number from 0.3 to 20", "0.3-20 pixels"),
+        ],
+        kind: Kind::Pixel,
+    };
+
+    fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
+        Ok(SharpenParams { amount: p.get("amount")?, radius: p.get("radius")? })
+    }
+}
+
+impl Filter for SharpenParams {
+    fn values(&self) -> Vec<String> {
+        vec![self.amount.to_string(), self.radius.to_string()]
+    }
+
+    fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
+        Ok(Box::new(*self))
+    }
+}
+
+impl Stateless for SharpenParams {
+    fn apply(&self, input: &Mat) -> opencv::Result<Mat> {
+        apply(input, self)
+    }
+}
 
 /// Adds `amount` times the detail finer than `radius` back to `input`.
 pub(super) fn apply(input: &Mat, p: &SharpenParams) -> opencv::Result<Mat> {

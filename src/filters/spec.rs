@@ -11,203 +11,8 @@ use std::str::FromStr;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// What values a filter's parameter takes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Range {
-    /// A whole number within `min..=max`; only odd ones where `odd`; 0 too where `or_zero`.
-    Int {
-        /// The smallest.
-        min: i64,
-        /// The largest.
-        max: i64,
-        /// Only odd numbers.
-        odd: bool,
-        /// 0 is also allowed (it means something of its own).
-        or_zero: bool,
-    },
-    /// A finite number within `min..=max`.
-    Number {
-        /// The smallest.
-        min: f64,
-        /// The largest.
-        max: f64,
-    },
-    /// One of these words.
-    Choice(&'static [&'static str]),
-}
-
-impl Range {
-    /// Whether `raw`, as written in a chain, is within the range.
-    pub fn admits(&self, raw: &str) -> bool {
-        match *self {
-            Range::Int { min, max, odd, or_zero } => raw
-                .parse::<i64>()
-                .is_ok_and(|n| (or_zero && n == 0) || ((min..=max).contains(&n) && (!odd || n % 2 == 1))),
-            Range::Number { min, max } => raw.parse::<f64>().is_ok_and(|n| n.is_finite() && (min..=max).contains(&n)),
-            Range::Choice(words) => words.contains(&raw),
-        }
-    }
-}
-
-/// One parameter of a filter: the one definition the chain parser, its checks, `--help`, `vpd
-/// presets` and a form read.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct ParamDef {
-    /// Its name in a chain (`ksize`).
-    pub key: &'static str,
-    /// Its value when left out, as written in a chain.
-    pub default: &'static str,
-    /// The values it takes.
-    pub range: Range,
-    /// The values it takes, in the words of an error (`an odd integer from 1 to 255`).
-    pub expected: &'static str,
-    /// The values it takes, and what they mean, in a few words for `--help` (`odd, 1-255`).
-    pub note: &'static str,
-}
-
-/// A filter: its name, one line of help and its parameters, in the order they are written.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct FilterDef {
-    /// Its name in a chain.
-    pub name: &'static str,
-    /// What it does, in one line.
-    pub help: &'static str,
-    /// Its parameters.
-    pub params: &'static [ParamDef],
-}
-
-impl FilterDef {
-    /// The parameter `key`.
-    fn param(&self, key: &str) -> Option<&'static ParamDef> {
-        self.params.iter().find(|p| p.key == key)
-    }
-}
-
-const fn param(
-    key: &'static str,
-    default: &'static str,
-    range: Range,
-    expected: &'static str,
-    note: &'static str,
-) -> ParamDef {
-    ParamDef { key, default, range, expected, note }
-}
-
-/// Whole numbers from `min` to `max`.
-const fn ints(min: i64, max: i64) -> Range {
-    Range::Int { min, max, odd: false, or_zero: false }
-}
-
-/// Odd whole numbers from `min` to `max`.
-const fn odds(min: i64, max: i64) -> Range {
-    Range::Int { min, max, odd: true, or_zero: false }
-}
-
-/// Numbers from `min` to `max`.
-const fn numbers(min: f64, max: f64) -> Range {
-    Range::Number { min, max }
-}
-
-const THRESHOLD: Range = numbers(0.0, 10_000.0);
-const FACTOR: Range = numbers(0.0, 4.0);
-const SIGNED_UNIT: Range = numbers(-1.0, 1.0);
-const SCALE_SIDE: Range = Range::Int { min: 16, max: 8192, odd: false, or_zero: true };
-
-/// Every filter vpd knows, in the order `--help` lists them: the one place a filter's name,
-/// help, parameters, defaults and ranges are written.
-pub const FILTERS: &[FilterDef] = &[
-    FilterDef {
-        name: "blur",
-        help: "Gaussian blur",
-        params: &[
-            param("ksize", "15", odds(1, 255), "an odd integer from 1 to 255", "odd, 1-255"),
-            param(
-                "sigma",
-                "0",
-                numbers(0.0, 100.0),
-                "a number from 0 to 100 (0: derived from ksize)",
-                "0-100; 0: from ksize",
-            ),
-        ],
-    },
-    FilterDef {
-        name: "edges",
-        help: "Canny edges of the grey image",
-        params: &[
-            param("low", "50", THRESHOLD, "a number from 0 to 10000", "0-10000"),
-            param("high", "150", THRESHOLD, "a number from 0 to 10000", "0-10000, at least low"),
-        ],
-    },
-    FilterDef {
-        name: "faces",
-        help: "frontal faces boxed or blurred (a detector)",
-        params: &[
-            ParamDef {
-                key: "mode",
-                default: "box",
-                range: Range::Choice(&["box", "blur"]),
-                expected: "box or blur",
-                note: "box|blur",
-            },
-            param("width", "640", ints(64, 4096), "an integer from 64 to 4096", "detection width, 64-4096"),
-            param("neighbors", "5", ints(1, 50), "an integer from 1 to 50", "1-50"),
-        ],
-    },
-    FilterDef {
-        name: "motion",
-        help: "boxes around what moved since the previous frame (a detector)",
-        params: &[
-            param("threshold", "25", ints(1, 255), "an integer from 1 to 255", "1-255"),
-            param("min_area", "400", ints(0, u32::MAX as i64), "a non-negative integer", "pixels"),
-            param("dilate", "2", ints(0, 20), "an integer from 0 to 20", "0-20"),
-        ],
-    },
-    FilterDef {
-        name: "denoise",
-        help: "median: removes grain, keeps edges",
-        params: &[param("size", "5", odds(3, 9), "3, 5, 7 or 9", "odd, 3-9")],
-    },
-    FilterDef {
-        name: "sharpen",
-        help: "unsharp mask",
-        params: &[
-            param("amount", "1", numbers(0.0, 5.0), "a number from 0 to 5", "0-5"),
-            param("radius", "1.5", numbers(0.3, 20.0), "a number from 0.3 to 20", "0.3-20 pixels"),
-        ],
-    },
-    FilterDef {
-        name: "grade",
-        help: "colour grading",
-        params: &[
-            param("contrast", "1", FACTOR, "a number from 0 to 4", "0-4"),
-            param("brightness", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
-            param("saturation", "1", FACTOR, "a number from 0 to 4", "0-4"),
-            param("gamma", "1", numbers(0.1, 10.0), "a number from 0.1 to 10", "0.1-10"),
-            param("warmth", "0", SIGNED_UNIT, "a number from -1 to 1", "-1-1"),
-        ],
-    },
-    FilterDef {
-        name: "scale",
-        help: "resize; a side left 0 follows from the other, keeping the aspect ratio",
-        params: &[
-            ParamDef {
-                key: "width",
-                default: "0",
-                range: SCALE_SIDE,
-                expected: "0 (from the other side) or 16 to 8192 pixels",
-                note: "16-8192, or 0",
-            },
-            ParamDef {
-                key: "height",
-                default: "0",
-                range: SCALE_SIDE,
-                expected: "0 (from the other side) or 16 to 8192 pixels",
-                note: "16-8192, or 0",
-            },
-        ],
-    },
-];
+use super::def::{FilterDef, Kind, Params};
+use super::{FILTERS, FilterEnv, FilterError, FilterSpec, ParamError};
 
 /// The filter called `name`.
 pub fn filter_def(name: &str) -> Option<&'static FilterDef> {
@@ -238,179 +43,9 @@ pub enum SpecError {
     /// A filter name that vpd does not know.
     #[error("unknown filter '{0}' (known filters: {known})", known = known_filters())]
     UnknownFilter(String),
-    /// A parameter the filter does not take.
-    #[error("{filter}: unknown parameter '{param}' (allowed: {allowed})")]
-    UnknownParam {
-        /// The filter being parsed.
-        filter: &'static str,
-        /// The offending parameter name.
-        param: String,
-        /// The parameters this filter accepts.
-        allowed: String,
-    },
-    /// A parameter given twice.
-    #[error("{filter}: parameter '{param}' given twice")]
-    DuplicateParam {
-        /// The filter being parsed.
-        filter: &'static str,
-        /// The repeated parameter name.
-        param: String,
-    },
-    /// A parameter without `=value`.
-    #[error("{filter}: parameter '{param}' needs a value ({param}=...)")]
-    MissingValue {
-        /// The filter being parsed.
-        filter: &'static str,
-        /// The parameter lacking a value.
-        param: String,
-    },
-    /// A value outside what the parameter accepts.
-    #[error("{filter}: {param}={value} is invalid: expected {expected}")]
-    BadValue {
-        /// The filter being parsed.
-        filter: &'static str,
-        /// The parameter name.
-        param: &'static str,
-        /// The value as given.
-        value: String,
-        /// What the parameter accepts, in words.
-        expected: &'static str,
-    },
-    /// Two parameters that are valid alone but not together.
-    #[error("{filter}: {message}")]
-    Conflict {
-        /// The filter being parsed.
-        filter: &'static str,
-        /// What is wrong, in words.
-        message: String,
-    },
-}
-
-/// Gaussian blur.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BlurParams {
-    /// Kernel size in pixels, odd, 1..=255.
-    pub ksize: u32,
-    /// Standard deviation; 0 derives it from `ksize` as OpenCV does.
-    pub sigma: f64,
-}
-
-/// Canny edge detection on the grey image, returned as a 3-channel frame.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EdgesParams {
-    /// Lower hysteresis threshold.
-    pub low: f64,
-    /// Upper hysteresis threshold, at least `low`.
-    pub high: f64,
-}
-
-/// What `faces` does with each detected face.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FaceMode {
-    /// Draw a box around each face.
-    Box,
-    /// Blur each face beyond recognition.
-    Blur,
-}
-
-/// Haar-cascade frontal face detection.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct FacesParams {
-    /// Box or anonymise.
-    pub mode: FaceMode,
-    /// Width of the downscaled copy the detector runs on (frames narrower are used as they are).
-    pub width: u32,
-    /// Neighbouring detections a face needs to count (higher: fewer false positives).
-    pub neighbors: u32,
-}
-
-/// Motion detection against the previous source frame.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct MotionParams {
-    /// Per-pixel grey difference that counts as change, 0..=255.
-    pub threshold: u32,
-    /// Smallest moving region, in pixels of the full frame, that gets a box.
-    pub min_area: u32,
-    /// Dilation passes that merge nearby changed pixels into one region.
-    pub dilate: u32,
-}
-
-/// Edge-preserving noise removal: a median filter (measured against bilateral and non-local
-/// means, see BENCHMARKS.md "New filters").
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DenoiseParams {
-    /// The median's window, odd, 3..=9 pixels.
-    pub size: u32,
-}
-
-/// Unsharp mask: the frame plus `amount` times its difference from a Gaussian blur of it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SharpenParams {
-    /// How much of the detail to add back, 0..=5.
-    pub amount: f64,
-    /// The blur's standard deviation in pixels, 0.3..=20: the size of the detail sharpened.
-    pub radius: f64,
-}
-
-/// Colour grading through per-channel lookup tables (built once per chain), then saturation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct GradeParams {
-    /// Contrast around mid-grey, 0..=4 (1: unchanged).
-    pub contrast: f64,
-    /// Added brightness, -1..=1 of the full range (0: unchanged).
-    pub brightness: f64,
-    /// Colour saturation, 0..=4 (0: grey, 1: unchanged).
-    pub saturation: f64,
-    /// Gamma, 0.1..=10 (above 1 brightens the mid-tones, 1: unchanged).
-    pub gamma: f64,
-    /// Warmth, -1..=1: red up and blue down (negative: cooler; 0: unchanged).
-    pub warmth: f64,
-}
-
-/// Resizing to a width and/or a height; a dimension left 0 follows from the other, keeping the
-/// aspect ratio, rounded to an even number of pixels (what 4:2:0 encoders need).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScaleParams {
-    /// Width in pixels, 16..=8192, or 0.
-    pub width: u32,
-    /// Height in pixels, 16..=8192, or 0.
-    pub height: u32,
-}
-
-impl ScaleParams {
-    /// The size a `width`×`height` frame is scaled to.
-    pub fn size_of(&self, width: u32, height: u32) -> (u32, u32) {
-        let follow = |wanted: u32, this: u32, other: u32| {
-            let exact = f64::from(wanted) * f64::from(this) / f64::from(other.max(1));
-            ((exact / 2.0).round() as u32 * 2).max(2)
-        };
-        match (self.width, self.height) {
-            (0, h) => (follow(h, width, height), h),
-            (w, 0) => (w, follow(w, height, width)),
-            (w, h) => (w, h),
-        }
-    }
-}
-
-/// One validated filter with its parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum FilterSpec {
-    /// See [`BlurParams`].
-    Blur(BlurParams),
-    /// See [`EdgesParams`].
-    Edges(EdgesParams),
-    /// See [`FacesParams`].
-    Faces(FacesParams),
-    /// See [`MotionParams`].
-    Motion(MotionParams),
-    /// See [`DenoiseParams`].
-    Denoise(DenoiseParams),
-    /// See [`SharpenParams`].
-    Sharpen(SharpenParams),
-    /// See [`GradeParams`].
-    Grade(GradeParams),
-    /// See [`ScaleParams`].
-    Scale(ScaleParams),
+    /// A parameter that is missing, unknown, out of range or in conflict with another.
+    #[error(transparent)]
+    Param(#[from] ParamError),
 }
 
 /// An ordered, non-empty list of at most [`MAX_CHAIN_LEN`] filters, each within its bounds.
@@ -452,14 +87,14 @@ impl Chain {
         }
         // Detectors find things in the source frame and draw where they found them: on a
         // scaled image they would draw in the wrong place.
-        if let Some(at) = specs.iter().position(|s| matches!(s, FilterSpec::Scale(_)))
-            && let Some(detector) =
-                specs[at..].iter().find(|s| matches!(s, FilterSpec::Faces(_) | FilterSpec::Motion(_)))
+        if let Some(at) = specs.iter().position(|s| s.def().kind == Kind::Resize)
+            && let Some(detector) = specs[at..].iter().find(|s| matches!(s.def().kind, Kind::Detector { .. }))
         {
-            return Err(SpecError::Conflict {
+            return Err(ParamError::Conflict {
                 filter: detector.name(),
                 message: "it must come before scale (it draws where it finds things in the source frame)".into(),
-            });
+            }
+            .into());
         }
         Ok(Chain(specs))
     }
@@ -471,20 +106,18 @@ impl Chain {
 
     /// Whether a frame's task must carry the previous source frame.
     pub fn needs_previous(&self) -> bool {
-        self.0.iter().any(|s| matches!(s, FilterSpec::Motion(_)))
+        self.0.iter().any(|s| s.def().kind == Kind::Detector { previous: true })
     }
 
     /// The size of the chain's output for a `width`×`height` input.
     pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
-        self.0.iter().fold((width, height), |(w, h), spec| match spec {
-            FilterSpec::Scale(p) => p.size_of(w, h),
-            _ => (w, h),
-        })
+        self.0.iter().fold((width, height), |(w, h), spec| spec.filter().output_size(w, h))
     }
 
-    /// Whether any filter needs the face cascade.
-    pub fn needs_faces(&self) -> bool {
-        self.0.iter().any(|s| matches!(s, FilterSpec::Faces(_)))
+    /// Checks that the host has what the chain's filters need (the face cascade), for callers
+    /// that want the error before any frame is read.
+    pub fn check_env(&self, env: &FilterEnv) -> Result<(), FilterError> {
+        self.0.iter().try_for_each(|s| s.filter().check_env(env))
     }
 }
 
@@ -524,86 +157,27 @@ impl fmt::Display for Chain {
 impl FilterSpec {
     /// The filter's name as written in a chain.
     pub fn name(&self) -> &'static str {
-        match self {
-            FilterSpec::Blur(_) => "blur",
-            FilterSpec::Edges(_) => "edges",
-            FilterSpec::Faces(_) => "faces",
-            FilterSpec::Motion(_) => "motion",
-            FilterSpec::Denoise(_) => "denoise",
-            FilterSpec::Sharpen(_) => "sharpen",
-            FilterSpec::Grade(_) => "grade",
-            FilterSpec::Scale(_) => "scale",
-        }
+        self.def().name
     }
-}
 
-/// `value` (as a chain writes it) checked against the parameter `param` of `filter`.
-fn check(filter: &'static str, param: &'static str, value: &dyn fmt::Display) -> Result<(), SpecError> {
-    let value = value.to_string();
-    let Some(def) = filter_def(filter).and_then(|f| f.param(param)) else {
-        return Err(SpecError::UnknownParam { filter, param: param.to_string(), allowed: String::new() });
-    };
-    if def.range.admits(&value) {
-        Ok(())
-    } else {
-        Err(SpecError::BadValue { filter, param: def.key, value, expected: def.expected })
-    }
-}
-
-impl FilterSpec {
     /// Checks every parameter against the bounds the command line enforces. [`Chain`] calls
     /// this for specs from anywhere, so a spec deserialised from a broker message is held to
     /// the same limits as one parsed from text.
-    pub fn validate(&self) -> Result<(), SpecError> {
-        match *self {
-            FilterSpec::Blur(p) => {
-                check("blur", "ksize", &p.ksize)?;
-                check("blur", "sigma", &p.sigma)
+    pub fn validate(&self) -> Result<(), ParamError> {
+        let def = self.def();
+        for (param, value) in def.params.iter().zip(self.filter().values()) {
+            if !param.range.admits(&value) {
+                return Err(ParamError::BadValue {
+                    filter: def.name,
+                    param: param.key,
+                    value,
+                    expected: param.expected,
+                });
             }
-            FilterSpec::Edges(p) => {
-                check("edges", "low", &p.low)?;
-                check("edges", "high", &p.high)?;
-                if p.low > p.high {
-                    return Err(SpecError::Conflict {
-                        filter: "edges",
-                        message: format!("low={} must not exceed high={}", p.low, p.high),
-                    });
-                }
-                Ok(())
-            }
-            FilterSpec::Faces(p) => {
-                check("faces", "mode", &p.mode)?;
-                check("faces", "width", &p.width)?;
-                check("faces", "neighbors", &p.neighbors)
-            }
-            FilterSpec::Motion(p) => {
-                check("motion", "threshold", &p.threshold)?;
-                check("motion", "min_area", &p.min_area)?;
-                check("motion", "dilate", &p.dilate)
-            }
-            FilterSpec::Denoise(p) => check("denoise", "size", &p.size),
-            FilterSpec::Sharpen(p) => {
-                check("sharpen", "amount", &p.amount)?;
-                check("sharpen", "radius", &p.radius)
-            }
-            FilterSpec::Scale(p) => {
-                check("scale", "width", &p.width)?;
-                check("scale", "height", &p.height)?;
-                if p.width == 0 && p.height == 0 {
-                    return Err(SpecError::Conflict {
-                        filter: "scale",
-                        message: "give a width, a height or both".into(),
-                    });
-                }
-                Ok(())
-            }
-            FilterSpec::Grade(p) => {
-                check("grade", "contrast", &p.contrast)?;
-                check("grade", "brightness", &p.brightness)?;
-                check("grade", "saturation", &p.saturation)?;
-                check("grade", "gamma", &p.gamma)?;
-                check("grade", "warmth", &p.warmth)
-            }
+        }
+        match self.filter().conflict() {
+            Some(message) => Err(ParamError::Conflict { filter: def.name, message }),
+            None => Ok(()),
         }
     }
 }
@@ -614,61 +188,10 @@ impl FromStr for FilterSpec {
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let mut parts = s.split(':').map(str::trim);
         let name = parts.next().unwrap_or_default();
-        let params = parts.filter(|p| !p.is_empty());
-        let spec = match name {
-            "blur" => {
-                let mut p = Params::read("blur", params)?;
-                let ksize = p.get("ksize")?;
-                let sigma = p.get("sigma")?;
-                FilterSpec::Blur(BlurParams { ksize, sigma })
-            }
-            "edges" => {
-                let mut p = Params::read("edges", params)?;
-                let low = p.get("low")?;
-                let high = p.get("high")?;
-                FilterSpec::Edges(EdgesParams { low, high })
-            }
-            "faces" => {
-                let mut p = Params::read("faces", params)?;
-                let mode = p.get("mode")?;
-                let width = p.get("width")?;
-                let neighbors = p.get("neighbors")?;
-                FilterSpec::Faces(FacesParams { mode, width, neighbors })
-            }
-            "motion" => {
-                let mut p = Params::read("motion", params)?;
-                let threshold = p.get("threshold")?;
-                let min_area = p.get("min_area")?;
-                let dilate = p.get("dilate")?;
-                FilterSpec::Motion(MotionParams { threshold, min_area, dilate })
-            }
-            "denoise" => {
-                let mut p = Params::read("denoise", params)?;
-                FilterSpec::Denoise(DenoiseParams { size: p.get("size")? })
-            }
-            "sharpen" => {
-                let mut p = Params::read("sharpen", params)?;
-                let amount = p.get("amount")?;
-                let radius = p.get("radius")?;
-                FilterSpec::Sharpen(SharpenParams { amount, radius })
-            }
-            "grade" => {
-                let mut p = Params::read("grade", params)?;
-                let contrast = p.get("contrast")?;
-                let brightness = p.get("brightness")?;
-                let saturation = p.get("saturation")?;
-                let gamma = p.get("gamma")?;
-                let warmth = p.get("warmth")?;
-                FilterSpec::Grade(GradeParams { contrast, brightness, saturation, gamma, warmth })
-            }
-            "scale" => {
-                let mut p = Params::read("scale", params)?;
-                let width = p.get("width")?;
-                let height = p.get("height")?;
-                FilterSpec::Scale(ScaleParams { width, height })
-            }
-            other => return Err(SpecError::UnknownFilter(other.to_string())),
-        };
+        let def = filter_def(name).ok_or_else(|| SpecError::UnknownFilter(name.to_string()))?;
+        let mut params = Params::read(def, parts.filter(|p| !p.is_empty()))?;
+        let spec =
+            FilterSpec::read_as(def, &mut params).ok_or_else(|| SpecError::UnknownFilter(name.to_string()))??;
         // The cross-parameter checks (edges' low <= high) live in one place.
         spec.validate()?;
         Ok(spec)
@@ -677,91 +200,19 @@ impl FromStr for FilterSpec {
 
 impl fmt::Display for FilterSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FilterSpec::Blur(p) => write!(f, "blur:ksize={}:sigma={}", p.ksize, p.sigma),
-            FilterSpec::Edges(p) => write!(f, "edges:low={}:high={}", p.low, p.high),
-            FilterSpec::Faces(p) => write!(f, "faces:mode={}:width={}:neighbors={}", p.mode, p.width, p.neighbors),
-            FilterSpec::Motion(p) => {
-                write!(f, "motion:threshold={}:min_area={}:dilate={}", p.threshold, p.min_area, p.dilate)
-            }
-            FilterSpec::Denoise(p) => write!(f, "denoise:size={}", p.size),
-            FilterSpec::Sharpen(p) => write!(f, "sharpen:amount={}:radius={}", p.amount, p.radius),
-            FilterSpec::Scale(p) => write!(f, "scale:width={}:height={}", p.width, p.height),
-            FilterSpec::Grade(p) => write!(
-                f,
-                "grade:contrast={}:brightness={}:saturation={}:gamma={}:warmth={}",
-                p.contrast, p.brightness, p.saturation, p.gamma, p.warmth
-            ),
+        f.write_str(self.name())?;
+        for (param, value) in self.def().params.iter().zip(self.filter().values()) {
+            write!(f, ":{}={value}", param.key)?;
         }
-    }
-}
-
-impl FromStr for FaceMode {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "box" => Ok(FaceMode::Box),
-            "blur" => Ok(FaceMode::Blur),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for FaceMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FaceMode::Box => "box",
-            FaceMode::Blur => "blur",
-        })
-    }
-}
-
-/// The `key=value` pairs of one filter, checked against the parameters its definition names.
-struct Params<'a> {
-    def: &'static FilterDef,
-    pairs: Vec<(&'a str, &'a str)>,
-}
-
-impl<'a> Params<'a> {
-    fn read(filter: &'static str, raw: impl Iterator<Item = &'a str>) -> Result<Self, SpecError> {
-        let def = filter_def(filter).ok_or_else(|| SpecError::UnknownFilter(filter.to_string()))?;
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for item in raw {
-            let (key, value) = item
-                .split_once('=')
-                .map(|(k, v)| (k.trim(), v.trim()))
-                .ok_or_else(|| SpecError::MissingValue { filter, param: item.to_string() })?;
-            if def.param(key).is_none() {
-                let allowed = def.params.iter().map(|p| p.key).collect::<Vec<_>>().join(", ");
-                return Err(SpecError::UnknownParam { filter, param: key.to_string(), allowed });
-            }
-            if pairs.iter().any(|(k, _)| *k == key) {
-                return Err(SpecError::DuplicateParam { filter, param: key.to_string() });
-            }
-            pairs.push((key, value));
-        }
-        Ok(Params { def, pairs })
-    }
-
-    /// The value of `key` as given, or its default, checked against its range and read as `T`.
-    fn get<T: FromStr>(&mut self, key: &'static str) -> Result<T, SpecError> {
-        let filter = self.def.name;
-        let Some(param) = self.def.param(key) else {
-            return Err(SpecError::UnknownParam { filter, param: key.to_string(), allowed: String::new() });
-        };
-        let raw = self.pairs.iter().find(|(k, _)| *k == key).map_or(param.default, |(_, v)| *v);
-        let bad = || SpecError::BadValue { filter, param: param.key, value: raw.to_string(), expected: param.expected };
-        if !param.range.admits(raw) {
-            return Err(bad());
-        }
-        raw.parse::<T>().map_err(|_| bad())
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filters::def::Range;
+    use crate::filters::{BlurParams, EdgesParams, FaceMode, FacesParams, GradeParams, MotionParams};
 
     fn parse(s: &str) -> Result<Chain, SpecError> {
         s.parse()
@@ -820,6 +271,24 @@ mod tests {
     }
 
     #[test]
+    fn the_registration_order_is_the_wire_format_and_each_spec_knows_its_definition() {
+        // A task's header numbers the filters in registration order: a filter registered in
+        // the middle would make every older worker misread the ones after it.
+        let wire = ["blur", "edges", "faces", "motion", "denoise", "sharpen", "grade", "scale:width=64"];
+        for (index, text) in wire.iter().enumerate() {
+            let spec: FilterSpec = text.parse().unwrap();
+            assert_eq!(postcard::to_stdvec(&spec).unwrap()[0] as usize, index, "{text}");
+            assert_eq!(spec.def(), &FILTERS[index]);
+            assert_eq!(filter_def(spec.name()), Some(&FILTERS[index]));
+        }
+        assert_eq!(FILTERS.len(), wire.len(), "a new filter goes at the end of the list above too");
+        // What a chain needs follows from the definitions' kinds.
+        assert!(parse("edges,motion").unwrap().needs_previous());
+        assert!(!parse("edges,faces,scale:width=64").unwrap().needs_previous());
+        assert_eq!(parse("blur,scale:width=640,edges").unwrap().output_size(1280, 720), (640, 360));
+    }
+
+    #[test]
     fn defaults_and_order() {
         let chain = parse("blur,edges").unwrap();
         assert_eq!(
@@ -842,7 +311,10 @@ mod tests {
         assert!(matches!(specs[2], FilterSpec::Faces(FacesParams { mode: FaceMode::Blur, .. })));
         assert!(matches!(specs[3], FilterSpec::Motion(MotionParams { threshold: 40, .. })));
         assert!(chain.needs_previous());
-        assert!(chain.needs_faces());
+        // The faces filter, and only it, needs the cascade to be there.
+        let nowhere = FilterEnv { face_cascade: "/nonexistent/cascade.xml".into() };
+        assert!(chain.check_env(&nowhere).unwrap_err().to_string().contains("/nonexistent/cascade.xml"));
+        assert!(parse("blur,edges,motion").unwrap().check_env(&nowhere).is_ok());
     }
 
     #[test]
