@@ -100,11 +100,12 @@ pub fn open(
         Writing::Segmented { dir, seconds, committed, mut on_commit } => {
             let per_segment = frames_per_segment(info.fps, seconds);
             let frames: u64 = committed.iter().map(|r| r.frames).sum();
-            let complete = committed.last().is_some_and(|r| r.frames < per_segment);
+            let complete = committed.last().is_some_and(|r| r.last);
             let consistent = committed.iter().enumerate().all(|(i, r)| {
                 r.number == i as u64
                     && r.first_frame == i as u64 * per_segment
                     && (r.frames == per_segment || i + 1 == committed.len())
+                    && (!r.last || i + 1 == committed.len())
             });
             if !consistent {
                 bail!(
@@ -187,10 +188,8 @@ impl OpenedJob {
                 let size = sink.size();
                 sink.finish()?;
                 let segments = segments.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                // The input again, for its other streams: the run's reading of them went to no one.
                 let joining = Instant::now();
-                let mut input = MediaSource::open(&self.input).map_err(anyhow::Error::from)?;
-                join_segments(&mut input, &dir, &segments, &self.target, &self.options, self.size)
+                join_segments(&self.source, &dir, &segments, &self.target, &self.options, self.size)
                     .map_err(anyhow::Error::from)?;
                 tracing::debug!(
                     segments = segments.len(),

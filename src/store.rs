@@ -83,6 +83,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs DROP COLUMN input_name;
     ALTER TABLE jobs DROP COLUMN input_bytes;
     ALTER TABLE jobs DROP COLUMN client;",
+    // 4: a segment's record says whether it is the job's last; segment files now carry their
+    // stream's parameters and the other streams' packets, so those of an older vpd are
+    // forgotten and their jobs start afresh (their files are overwritten).
+    "ALTER TABLE segments ADD COLUMN last INTEGER NOT NULL DEFAULT 0;
+    DELETE FROM segments;",
 ];
 
 impl ToSql for JobId {
@@ -273,9 +278,18 @@ impl Store {
     /// Records a committed segment of `id` (its file is on disk, fsynced).
     pub fn commit_segment(&self, id: &JobId, r: &SegmentRecord) -> anyhow::Result<()> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO segments (job, number, first_frame, frames, last_pts, bytes, committed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, r.number as i64, r.first_frame as i64, r.frames as i64, r.last_pts, r.bytes as i64, now_ms()],
+            "INSERT OR REPLACE INTO segments (job, number, first_frame, frames, last_pts, bytes, committed_ms, last)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                r.number as i64,
+                r.first_frame as i64,
+                r.frames as i64,
+                r.last_pts,
+                r.bytes as i64,
+                now_ms(),
+                r.last
+            ],
         )?;
         Ok(())
     }
@@ -284,7 +298,7 @@ impl Store {
     pub fn segments(&self, id: &JobId) -> anyhow::Result<Vec<SegmentRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT number, first_frame, frames, last_pts, bytes FROM segments WHERE job = ?1 ORDER BY number",
+            "SELECT number, first_frame, frames, last_pts, bytes, last FROM segments WHERE job = ?1 ORDER BY number",
         )?;
         let segments = stmt
             .query_map([id], |r| {
@@ -294,6 +308,7 @@ impl Store {
                     frames: r.get::<_, i64>(2)? as u64,
                     last_pts: r.get(3)?,
                     bytes: r.get::<_, i64>(4)? as u64,
+                    last: r.get(5)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -514,8 +529,14 @@ mod tests {
 
         create(&store, "j1");
         store.transition(&id("j1"), JobState::Running, None).unwrap();
-        let seg =
-            |number: u64| SegmentRecord { number, first_frame: number * 25, frames: 25, last_pts: Some(7), bytes: 100 };
+        let seg = |number: u64| SegmentRecord {
+            number,
+            first_frame: number * 25,
+            frames: 25,
+            last_pts: Some(7),
+            bytes: 100,
+            last: false,
+        };
         store.commit_segment(&id("j1"), &seg(0)).unwrap();
         store.commit_segment(&id("j1"), &seg(1)).unwrap();
         store.resumed(&id("j1")).unwrap();

@@ -32,18 +32,6 @@ fn probe(path: &Path, entries: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The MD5 of `path`'s audio packets, copied out as they are.
-fn audio_md5(path: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-map", "0:a", "-c", "copy", "-f", "md5", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Presentation times of the video packets, sorted.
 fn video_pts(path: &Path) -> Vec<f64> {
     let v = {

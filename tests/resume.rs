@@ -17,16 +17,29 @@ const SEGMENT: &str = "1";
 const CHAIN: &str = "motion,blur:ksize=81";
 
 /// An H.264 input with a keyframe every 25 frames (segments are 24), so that a resume seeks
-/// to a keyframe before its point and decodes up to it.
+/// to a keyframe before its point and decodes up to it, and AAC audio running a little past
+/// the last frame.
 fn input(dir: &Path) -> PathBuf {
     let path = dir.join("in.mp4");
+    let video = dir.join("video.mp4");
     let spec = ClipSpec { frames: FRAMES, width: 320, height: 240, ..ClipSpec::default() };
     let options = OutputOptions { codec: "h264".parse().unwrap(), keyint: Some(25), ..OutputOptions::default() };
-    let mut sink = vpd::media::MediaSink::for_frames(&path, &options, 320, 240, spec.fps).unwrap();
+    let mut sink = vpd::media::MediaSink::for_frames(&video, &options, 320, 240, spec.fps).unwrap();
     for i in 0..spec.frames {
         vpd::pipeline::FrameSink::write(&mut sink, &synth_frame(&spec, i)).unwrap();
     }
     sink.finish().unwrap();
+    let seconds = (f64::from(spec.frames) / spec.fps + 0.5).to_string();
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&video)
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:duration={seconds}")])
+        .args(["-c:v", "copy", "-c:a", "aac"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(video).unwrap();
     path
 }
 
@@ -96,6 +109,10 @@ fn a_killed_run_resumes_from_its_last_segment_with_the_same_frames() {
     for (i, (a, b)) in whole.iter().zip(&resumed).enumerate() {
         assert_eq!(max_diff(a, b), 0.0, "frame {i} differs");
     }
+    // The audio, which the segments carry: every packet once, past the last frame too, though
+    // the resume read some again from the keyframe it sought to.
+    assert_eq!(audio_md5(&output), audio_md5(&input), "the resumed output's audio");
+    assert_eq!(audio_md5(&uninterrupted), audio_md5(&input), "the uninterrupted output's audio");
     assert!(!checkpoint(&output).exists(), "a finished run removes its checkpoint");
     assert!(partial_files(dir.path()).is_empty());
 }

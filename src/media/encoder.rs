@@ -193,16 +193,6 @@ impl VideoEncoder {
         })
     }
 
-    /// The encoder's time base, which its packets' timestamps are in.
-    pub fn time_base(&self) -> Rational {
-        self.time_base
-    }
-
-    /// The encoder's parameters, for a stream that holds its packets.
-    pub fn parameters(&self) -> codec::Parameters {
-        codec::Parameters::from(&self.encoder)
-    }
-
     /// Encodes `mat`, whose timestamp is `pts` in the input's time base, and appends the packets
     /// ready to `out`.
     pub fn encode(&mut self, mat: &Mat, pts: Option<i64>, out: &mut Vec<Packet>) -> anyhow::Result<()> {

@@ -30,6 +30,7 @@ mod segment;
 mod side;
 mod sink;
 mod source;
+mod stream;
 
 use std::path::PathBuf;
 use std::sync::Once;
@@ -39,6 +40,7 @@ pub use output::{check_output_path, is_stream_target, temp_path};
 pub use segment::{OnCommit, SegmentRecord, SegmentSink, frames_per_segment, join as join_segments, segment_path};
 pub use sink::MediaSink;
 pub use source::{MediaSource, check_input};
+pub use stream::VideoParams;
 
 /// Where frames come from, in order (a [`MediaSource`], or a test's own).
 pub trait FrameSource: Send {

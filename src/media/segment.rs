@@ -6,7 +6,7 @@
 //!  ┌─ fresh encoder ─┐ ┌─ fresh encoder ─┐ ┌─ …
 //!  seg-000000.nut      seg-000001.nut      …     each: closed GOP, fsynced, renamed into place,
 //!                                                then recorded (the commit)
-//!  join: segments' packets + the input's audio, subtitles, metadata ─mux─▶ output
+//!  join: segments' packets (video, audio, subtitles) + the input's metadata ─mux─▶ output
 //! ```
 //!
 //! Segment *n* holds frames `n·L` to `n·L + L − 1`, `L` fixed by the job (about
@@ -19,25 +19,32 @@
 //! segment or one that is redone.
 //!
 //! A segment file is the encoder's packets as they came out, each with its timestamps, in a
-//! layout of vpd's own (`VPDSEG1`, then per packet a postcard header and the bytes): no
-//! container rounds a timestamp or drops a decoding time on the way (NUT leaves the first
-//! B-frames' unset; Matroska keeps milliseconds). The stream's parameters are the encoder's,
-//! which the job's settings fix. The input's other streams are read again at the join and
-//! interleaved with the segments' packets by time.
+//! layout of vpd's own (`VPDSEG2`, the video stream's parameters, then per packet a postcard
+//! header and the bytes): no container rounds a timestamp or drops a decoding time on the way
+//! (NUT leaves the first B-frames' unset; Matroska keeps milliseconds). The parameters are what
+//! the segment's encoder made, so the join opens no encoder. The packets of the input's other
+//! streams (audio, subtitles) go into the segment of the frame they came before, in demux
+//! order, and the last segment takes those after the last frame, so the input is demuxed once.
+//! A full segment is committed when the next frame comes, so the last one is committed by
+//! [`SegmentSink::finish`] with those packets, and its record says it is the last. A resumed
+//! job reads the other streams again from the keyframe it seeks to: the join passes over a
+//! packet of a stream that is not after what earlier segments held of that stream.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ffmpeg_next::Packet;
+use ffmpeg_next::packet::Mut as _;
+use ffmpeg_next::{Packet, ffi};
 use opencv::core::Mat;
-use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::encoder::{Container, Frames, VideoEncoder, even_where_needed};
 use super::side::SideQueue;
 use super::sink::MediaSink;
+use super::stream::VideoParams;
 use super::{FrameSink, MediaError, MediaSource, OutputOptions};
 use crate::files::RemoveOnDrop;
 
@@ -55,6 +62,9 @@ pub struct SegmentRecord {
     pub last_pts: Option<i64>,
     /// Its size on disk.
     pub bytes: u64,
+    /// It is the job's last, with the other streams' packets after the last frame.
+    #[serde(default)]
+    pub last: bool,
 }
 
 /// Frames per segment for a video at `fps`: about `seconds` of it, at least one frame.
@@ -69,17 +79,26 @@ pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 /// The first bytes of a segment file.
-const MAGIC: &[u8; 8] = b"VPDSEG1\n";
+const MAGIC: &[u8; 8] = b"VPDSEG2\n";
+/// The first bytes of a segment file of an older vpd, whose join read the input again.
+const MAGIC_1: &[u8; 8] = b"VPDSEG1\n";
+/// Largest parameters header: the codec's extradata and a few names.
+const MAX_PARAMS_BYTES: usize = 2 << 20;
 /// Largest packet a segment holds: far above any frame's encoding (a raw 8K BGR frame is 200 MB).
 const MAX_PACKET_BYTES: u32 = 256 << 20;
 
 /// What a segment file says of one packet before its bytes.
 #[derive(Debug, Serialize, Deserialize)]
 struct PacketHeader {
+    /// The input stream of a copied stream's packet; `None` for the segment's video.
+    stream: Option<u32>,
     pts: Option<i64>,
     dts: Option<i64>,
     duration: i64,
-    key: bool,
+    /// FFmpeg's packet flags (key, discard, …).
+    flags: i32,
+    /// The packet's side data: FFmpeg's type number and the bytes.
+    side: Vec<(u32, Vec<u8>)>,
     size: u32,
 }
 
@@ -161,18 +180,28 @@ impl SegmentSink {
         let path = segment_path(&self.dir, number);
         let partial = RemoveOnDrop::new(path.with_extension("partial"));
         let encoder = VideoEncoder::open(&self.frames, &self.options, self.container, &self.shown)?;
-        let file = File::create(partial.path()).map_err(|cause| io_error(partial.path(), 0, cause))?;
+        let params = postcard::to_stdvec(&VideoParams::of(&encoder)).expect("stream parameters serialise");
+        let fail = |cause| io_error(partial.path(), 0, cause);
+        let file = File::create(partial.path()).map_err(fail)?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
-        file.write_all(MAGIC).map_err(|cause| io_error(partial.path(), 0, cause))?;
+        file.write_all(MAGIC).map_err(fail)?;
+        file.write_all(&(params.len() as u32).to_le_bytes()).map_err(fail)?;
+        file.write_all(&params).map_err(fail)?;
         Ok(OpenSegment { number, first_frame: self.next_frame, file, encoder, partial, frames: 0, last_pts: None })
     }
 
-    /// Closes, syncs and records the open segment.
-    fn commit(&mut self) -> anyhow::Result<()> {
+    /// Closes, syncs and records the open segment; `last` when no frame follows.
+    fn commit(&mut self, last: bool) -> anyhow::Result<()> {
         let Some(mut seg) = self.open.take() else { return Ok(()) };
         let mut packets = Vec::new();
         seg.encoder.flush(&mut packets)?;
-        seg.write(packets)?;
+        seg.write(None, packets)?;
+        if last {
+            // The copied streams' packets after the last frame.
+            let mut rest = Vec::new();
+            self.side.take_rest(&mut rest);
+            seg.write_others(rest)?;
+        }
         let partial = seg.partial.path().to_path_buf();
         let done = seg.first_frame + seg.frames;
         let file = seg.file.into_inner().map_err(|e| io_error(&partial, done, e.into_error()))?;
@@ -190,25 +219,32 @@ impl SegmentSink {
             frames: seg.frames,
             last_pts: seg.last_pts,
             bytes,
+            last,
         };
         (self.on_commit)(&record)
     }
 
-    /// Commits the last, shorter segment.
+    /// Commits the last segment, with the copied streams' packets after the last frame.
     pub fn finish(mut self) -> anyhow::Result<()> {
-        self.commit()
+        self.commit(true)
     }
 }
 
 impl OpenSegment {
-    fn write(&mut self, packets: Vec<Packet>) -> Result<(), MediaError> {
+    /// Appends `packets` of input stream `stream` (`None`: the segment's video).
+    fn write(&mut self, stream: Option<u32>, packets: Vec<Packet>) -> Result<(), MediaError> {
         for packet in packets {
             let data = packet.data().unwrap_or_default();
             let header = PacketHeader {
+                stream,
                 pts: packet.pts(),
                 dts: packet.dts(),
                 duration: packet.duration(),
-                key: packet.is_key(),
+                flags: packet.flags().bits(),
+                side: packet
+                    .side_data()
+                    .map(|d| (ffi::AVPacketSideDataType::from(d.kind()) as u32, d.data().to_vec()))
+                    .collect(),
                 size: data.len() as u32,
             };
             let header = postcard::to_stdvec(&header).expect("a packet header serialises");
@@ -220,6 +256,15 @@ impl OpenSegment {
                 self.file.write_all(data)
             })()
             .map_err(|cause| io_error(path, done, cause))?;
+        }
+        Ok(())
+    }
+
+    /// Appends copied streams' packets, each under its input stream.
+    fn write_others(&mut self, packets: Vec<Packet>) -> Result<(), MediaError> {
+        for packet in packets {
+            let stream = packet.stream() as u32;
+            self.write(Some(stream), vec![packet])?;
         }
         Ok(())
     }
@@ -235,8 +280,15 @@ fn io_error(path: &Path, frames: u64, cause: std::io::Error) -> MediaError {
     }
 }
 
-/// Reads segment `number`'s packets, in the order they were encoded.
-fn read_segment(dir: &Path, number: u64) -> Result<Vec<Packet>, MediaError> {
+/// One segment file read back: its video stream's parameters and its packets in the order they
+/// were written, each a copied stream's (with its input stream index) or the video's.
+struct SegmentFile {
+    params: VideoParams,
+    packets: Vec<(Option<usize>, Packet)>,
+}
+
+/// Reads segment `number`.
+fn read_segment(dir: &Path, number: u64) -> Result<SegmentFile, MediaError> {
     let path = segment_path(dir, number);
     let damaged = |why: &str| MediaError::Io {
         path: path.clone(),
@@ -246,23 +298,16 @@ fn read_segment(dir: &Path, number: u64) -> Result<Vec<Packet>, MediaError> {
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| damaged("too short"))?;
+    if &magic == MAGIC_1 {
+        return Err(damaged("written by an older vpd; run the job afresh"));
+    }
     if &magic != MAGIC {
         return Err(damaged("not a vpd segment"));
     }
+    let params = read_record(&mut r, MAX_PARAMS_BYTES).map_err(&damaged)?.ok_or_else(|| damaged("cut short"))?;
+    let params: VideoParams = postcard::from_bytes(&params).map_err(|_| damaged("bad stream parameters"))?;
     let mut packets = Vec::new();
-    loop {
-        let mut len = [0u8; 4];
-        match r.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(packets),
-            Err(cause) => return Err(MediaError::Io { path: path.clone(), cause }),
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        if len > 1024 {
-            return Err(damaged("a packet header is too long"));
-        }
-        let mut header = vec![0u8; len];
-        r.read_exact(&mut header).map_err(|_| damaged("cut short"))?;
+    while let Some(header) = read_record(&mut r, 64 << 10).map_err(&damaged)? {
         let header: PacketHeader = postcard::from_bytes(&header).map_err(|_| damaged("a bad packet header"))?;
         if header.size > MAX_PACKET_BYTES {
             return Err(damaged("a packet is too large"));
@@ -274,39 +319,81 @@ fn read_segment(dir: &Path, number: u64) -> Result<Vec<Packet>, MediaError> {
         packet.set_pts(header.pts);
         packet.set_dts(header.dts);
         packet.set_duration(header.duration);
-        if header.key {
-            packet.set_flags(ffmpeg_next::packet::Flags::KEY);
+        packet.set_flags(ffmpeg_next::packet::Flags::from_bits_truncate(header.flags));
+        for (kind, bytes) in &header.side {
+            add_side_data(&mut packet, *kind, bytes).map_err(&damaged)?;
         }
-        packets.push(packet);
+        packets.push((header.stream.map(|s| s as usize), packet));
     }
+    Ok(SegmentFile { params, packets })
+}
+
+/// The next length-prefixed record of at most `max` bytes; `None` at the end of the file.
+fn read_record(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(_) => return Err("unreadable"),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err("a header is too long");
+    }
+    let mut record = vec![0u8; len];
+    r.read_exact(&mut record).map_err(|_| "cut short")?;
+    Ok(Some(record))
+}
+
+/// Gives `packet` side data of FFmpeg's type number `kind`.
+fn add_side_data(packet: &mut Packet, kind: u32, bytes: &[u8]) -> Result<(), &'static str> {
+    if kind >= ffi::AVPacketSideDataType::AV_PKT_DATA_NB as u32 {
+        return Err("unknown packet side data");
+    }
+    // SAFETY: the side data types are FFmpeg's contiguous enumeration from 0 to
+    // AV_PKT_DATA_NB (excluded), so `kind`, below it, is one of them; av_packet_new_side_data
+    // returns null or `bytes.len()` writable bytes that the packet owns.
+    unsafe {
+        let kind: ffi::AVPacketSideDataType = std::mem::transmute(kind);
+        let data = ffi::av_packet_new_side_data(packet.as_mut_ptr(), kind, bytes.len());
+        if data.is_null() {
+            return Err("no memory for packet side data");
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+    }
+    Ok(())
 }
 
 impl FrameSink for SegmentSink {
     fn write(&mut self, mat: &Mat) -> anyhow::Result<()> {
-        // The other streams' packets are read again at the join; only the timestamp is used.
-        let pts = self.side.pop_frame().flatten();
+        // A full segment is committed once a frame follows it: the last is finish()'s.
+        if self.open.as_ref().is_some_and(|seg| seg.frames == self.per_segment) {
+            self.commit(false)?;
+        }
         if self.open.is_none() {
             self.open = Some(self.start()?);
         }
         let seg = self.open.as_mut().expect("opened above");
+        // The copied streams' packets demuxed before this frame, then the frame.
+        let mut others = Vec::new();
+        let pts = self.side.take_until_frame(&mut others).flatten();
+        seg.write_others(others)?;
         let mut packets = Vec::new();
         seg.encoder.encode(mat, pts, &mut packets)?;
-        seg.write(packets)?;
+        seg.write(None, packets)?;
         seg.frames += 1;
         seg.last_pts = pts;
         self.next_frame += 1;
-        if self.next_frame % self.per_segment == 0 {
-            self.commit()?;
-        }
         Ok(())
     }
 }
 
-/// Joins the committed segments of `dir` (in order, every frame of the job) and `source`'s
-/// other streams into `target`, without re-encoding the video; the output appears at `target`
+/// Joins the committed segments of `dir` (in order, every frame of the job, the last with the
+/// copied streams' end) into `target`, with `source`'s streams and metadata, without
+/// re-encoding the video or reading the input's packets again; the output appears at `target`
 /// only when complete.
 pub fn join(
-    source: &mut MediaSource,
+    source: &MediaSource,
     dir: &Path,
     segments: &[SegmentRecord],
     target: &Path,
@@ -316,60 +403,56 @@ pub fn join(
     if segments.is_empty() {
         return Err(MediaError::NoFrames(target.to_path_buf()));
     }
-    // The stream's parameters are those of any segment's encoder: the job's settings fix them.
-    let (parameters, time_base) = {
-        let frames = Frames::sized(source, size);
-        let mut encoder = VideoEncoder::open(&frames, options, Container::of(target, options)?, target)?;
-        let found = (encoder.parameters(), encoder.time_base());
-        // Closed properly, with a frame: some encoders (SVT-AV1) hang when dropped without an
-        // end of stream, or when given one before any frame.
-        let blank = Mat::zeros(frames.height as i32, frames.width as i32, opencv::core::CV_8UC3)
-            .and_then(|m| m.to_mat())
-            .map_err(|e| MediaError::Io { path: target.to_path_buf(), cause: std::io::Error::other(e) })?;
-        let mut ignored = Vec::new();
-        if encoder.encode(&blank, Some(0), &mut ignored).is_ok() {
-            let _ = encoder.flush(&mut ignored);
-        }
-        found
+    let bad = |number: u64, why: String| MediaError::Io {
+        path: segment_path(dir, number),
+        cause: std::io::Error::other(why),
     };
-    let mut sink = MediaSink::join(source, target, options, &parameters, time_base, size)?;
-    let mut other = source.next_other();
+    let mut sink = None;
+    let mut params_of_first = None;
+    // Per input stream, the latest timestamp written: what a resumed job read twice is passed over.
+    let mut written: HashMap<usize, i64> = HashMap::new();
     for (expected, record) in segments.iter().enumerate() {
         if record.number != expected as u64 {
-            let path = segment_path(dir, expected as u64);
-            return Err(MediaError::Io { path, cause: std::io::Error::other("a segment is missing") });
+            return Err(bad(expected as u64, "a segment is missing".into()));
         }
-        let packets = read_segment(dir, record.number)?;
-        if packets.len() as u64 != record.frames {
-            return Err(MediaError::Io {
-                path: segment_path(dir, record.number),
-                cause: std::io::Error::other(format!(
-                    "damaged segment: {} frames where {} were committed",
-                    packets.len(),
-                    record.frames
-                )),
-            });
+        let file = read_segment(dir, record.number)?;
+        let video = file.packets.iter().filter(|(stream, _)| stream.is_none()).count() as u64;
+        if video != record.frames {
+            return Err(bad(
+                record.number,
+                format!("damaged segment: {video} frames where {} were committed", record.frames),
+            ));
         }
-        for packet in packets {
-            // The other streams' packets due before this one go first (by decoding time).
-            let v_ts = packet.dts().or(packet.pts()).unwrap_or(0);
-            while let Some(o) = other.take() {
-                let o_tb = source.stream_time_base(o.stream());
-                let o_ts = o.dts().or(o.pts()).unwrap_or(0);
-                // SAFETY: av_compare_ts only reads its arguments.
-                if unsafe { ffmpeg_next::ffi::av_compare_ts(o_ts, o_tb.into(), v_ts, time_base.into()) } > 0 {
-                    other = Some(o);
-                    break;
+        let sink = match &mut sink {
+            Some(sink) => {
+                if params_of_first.as_ref() != Some(&file.params) {
+                    return Err(bad(record.number, "encoded with other settings than the first segment".into()));
                 }
-                sink.write_other(o)?;
-                other = source.next_other();
+                sink
             }
-            sink.write_video(vec![packet])?;
+            None => {
+                let parameters =
+                    file.params.to_codec().map_err(|why| bad(record.number, format!("damaged segment: {why}")))?;
+                params_of_first = Some(file.params.clone());
+                sink.insert(MediaSink::join(source, target, options, &parameters, file.params.time_base(), size)?)
+            }
+        };
+        let mut seen: HashMap<usize, i64> = HashMap::new();
+        for (stream, mut packet) in file.packets {
+            let Some(stream) = stream else {
+                sink.write_video(vec![packet])?;
+                continue;
+            };
+            if let Some(ts) = packet.dts().or(packet.pts()) {
+                if written.get(&stream).is_some_and(|&last| ts <= last) {
+                    continue;
+                }
+                seen.entry(stream).and_modify(|last| *last = ts.max(*last)).or_insert(ts);
+            }
+            packet.set_stream(stream);
+            sink.write_other(packet)?;
         }
+        written.extend(seen);
     }
-    while let Some(o) = other {
-        sink.write_other(o)?;
-        other = source.next_other();
-    }
-    sink.finish()
+    sink.ok_or_else(|| MediaError::NoFrames(target.to_path_buf()))?.finish()
 }

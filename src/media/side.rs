@@ -78,19 +78,6 @@ impl SideQueue {
         None
     }
 
-    /// Takes the next packet, passing over frame timestamps (a sink that writes only copied
-    /// streams); `None` when no packet is queued.
-    pub fn pop_packet(&self) -> Option<Packet> {
-        let mut inner = self.lock();
-        while let Some(item) = inner.items.pop_front() {
-            if let Item::Packet(p) = item {
-                inner.bytes -= p.size();
-                return Some(p);
-            }
-        }
-        None
-    }
-
     /// Takes the next frame's timestamp, dropping the packets queued before it (a resume
     /// skipping frames already written); `None` when no frame is queued.
     pub fn pop_frame(&self) -> Option<Option<i64>> {
@@ -98,9 +85,22 @@ impl SideQueue {
         self.take_until_frame(&mut dropped)
     }
 
-    /// Puts a frame's timestamp back at the front, before everything queued.
-    pub fn unpop_frame(&self, pts: Option<i64>) {
-        self.lock().items.push_front(Item::Frame(pts));
+    /// The next frame's timestamp, left queued; `None` when no frame is queued.
+    pub fn next_frame(&self) -> Option<Option<i64>> {
+        self.lock().items.iter().find_map(|item| match item {
+            Item::Frame(pts) => Some(*pts),
+            Item::Packet(_) => None,
+        })
+    }
+
+    /// Takes the next frame's timestamp off the queue, leaving the packets queued before it
+    /// (a resume passing over frames already written: what it read twice of the other streams
+    /// is sorted out at the join).
+    pub fn skip_frame(&self) {
+        let mut inner = self.lock();
+        if let Some(at) = inner.items.iter().position(|item| matches!(item, Item::Frame(_))) {
+            inner.items.remove(at);
+        }
     }
 
     /// Empties the queue.
@@ -152,6 +152,23 @@ mod tests {
         assert_eq!(got.len(), 1, "but the packets after the last frame are handed over");
         q.take_rest(&mut got);
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn a_skipped_frame_leaves_its_packets_for_the_next() {
+        let q = SideQueue::default();
+        q.push_packet(packet(1, 10)).unwrap();
+        q.push_frame(Some(0));
+        q.push_packet(packet(2, 10)).unwrap();
+        q.push_frame(Some(512));
+        assert_eq!(q.next_frame(), Some(Some(0)));
+        q.skip_frame();
+        assert_eq!(q.next_frame(), Some(Some(512)), "peeking takes nothing");
+        let mut got = Vec::new();
+        assert_eq!(q.take_until_frame(&mut got), Some(Some(512)));
+        assert_eq!(got.iter().map(Packet::stream).collect::<Vec<_>>(), [1, 2], "both packets, in order");
+        q.skip_frame();
+        assert_eq!(q.next_frame(), None);
     }
 
     #[test]

@@ -343,11 +343,11 @@ impl MediaSource {
                 }
                 return Err(self.ended_before(committed));
             };
-            let pts = self.side.pop_frame().flatten();
-            match pts {
+            // The other streams' packets stay queued: the first segment written takes them, and
+            // the join passes over what an earlier segment already holds.
+            match self.side.next_frame().flatten() {
                 Some(p) if p > last => {
                     self.ready.push_front(frame);
-                    self.side.unpop_frame(pts);
                     break;
                 }
                 Some(p) if p == last => {
@@ -358,33 +358,10 @@ impl MediaSource {
                 }
                 _ => {}
             }
+            self.side.skip_frame();
         }
         self.decoded = committed;
         Ok(previous)
-    }
-
-    /// The copied streams' next packet, in demux order, video passed over: for an output whose
-    /// video comes encoded already (a segmented output being joined). `None` at the end.
-    pub(super) fn next_other(&mut self) -> Option<Packet> {
-        if let Some(p) = self.side.pop_packet() {
-            return Some(p);
-        }
-        loop {
-            let mut packet = Packet::empty();
-            match packet.read(&mut self.input) {
-                Ok(()) => {}
-                Err(ffmpeg_next::Error::Eof) => return None,
-                Err(_) => continue,
-            }
-            if packet.stream() != self.video && self.copied.get(packet.stream()).copied().unwrap_or(false) {
-                return Some(packet);
-            }
-        }
-    }
-
-    /// Input stream `index`'s time base.
-    pub(super) fn stream_time_base(&self, index: usize) -> Rational {
-        self.input.stream(index).map_or(Rational::new(1, 1), |s| s.time_base())
     }
 
     fn ended_before(&self, committed: u64) -> MediaError {
