@@ -23,6 +23,7 @@
 //! - Roles: [`run`], [`server`], [`worker`], [`client`], [`preview`].
 
 #![warn(missing_docs)]
+#![warn(clippy::too_many_lines)]
 
 pub mod app;
 pub mod batch;

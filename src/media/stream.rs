@@ -108,11 +108,29 @@ impl VideoParams {
             return Err(format!("unknown pixel format '{}'", self.pixel_format));
         }
         let [range, space, primaries, transfer, chroma] = &self.colour;
-        let range = lookup(range, "colour range", ffi::av_color_range_from_name)?;
-        let space = lookup(space, "colour space", ffi::av_color_space_from_name)?;
-        let primaries = lookup(primaries, "colour primaries", ffi::av_color_primaries_from_name)?;
-        let transfer = lookup(transfer, "colour transfer", ffi::av_color_transfer_from_name)?;
-        let chroma = lookup(chroma, "chroma location", ffi::av_chroma_location_from_name)?;
+        use ffi::{AVChromaLocation, AVColorPrimaries, AVColorRange, AVColorSpace, AVColorTransferCharacteristic};
+        let range =
+            lookup(range, AVColorRange::AVCOL_RANGE_UNSPECIFIED as u32, "colour range", ffi::av_color_range_from_name)?;
+        let space =
+            lookup(space, AVColorSpace::AVCOL_SPC_UNSPECIFIED as u32, "colour space", ffi::av_color_space_from_name)?;
+        let primaries = lookup(
+            primaries,
+            AVColorPrimaries::AVCOL_PRI_UNSPECIFIED as u32,
+            "colour primaries",
+            ffi::av_color_primaries_from_name,
+        )?;
+        let transfer = lookup(
+            transfer,
+            AVColorTransferCharacteristic::AVCOL_TRC_UNSPECIFIED as u32,
+            "colour transfer",
+            ffi::av_color_transfer_from_name,
+        )?;
+        let chroma = lookup(
+            chroma,
+            AVChromaLocation::AVCHROMA_LOC_UNSPECIFIED as u32,
+            "chroma location",
+            ffi::av_chroma_location_from_name,
+        )?;
         let (width, height) = (c_int::try_from(self.width), c_int::try_from(self.height));
         let (Ok(width), Ok(height)) = (width, height) else {
             return Err(format!("a {}x{} frame", self.width, self.height));
@@ -160,13 +178,15 @@ fn c_string(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("a name with a NUL byte: {s:?}"))
 }
 
-/// The value FFmpeg's `from_name` gives `name` (0, unspecified, for none).
+/// The value FFmpeg's `from_name` gives `name`; `unspecified` (the enumeration's own value,
+/// which is not 0 for all of them) for none.
 fn lookup(
     name: &Option<String>,
+    unspecified: u32,
     what: &str,
     from_name: unsafe extern "C" fn(*const c_char) -> c_int,
 ) -> Result<u32, String> {
-    let Some(name) = name else { return Ok(0) };
+    let Some(name) = name else { return Ok(unspecified) };
     let c = c_string(name)?;
     // SAFETY: FFmpeg's lookup of a NUL-terminated name; it returns a member or a negative error.
     let value = unsafe { from_name(c.as_ptr()) };
@@ -193,6 +213,15 @@ mod tests {
     use crate::media::encoder::{Container, Frames};
 
     fn encoder(codec: &str) -> VideoEncoder {
+        encoder_with(codec, color::Primaries::BT709, color::TransferCharacteristic::BT709, color::Space::BT709)
+    }
+
+    fn encoder_with(
+        codec: &str,
+        primaries: color::Primaries,
+        transfer: color::TransferCharacteristic,
+        space: color::Space,
+    ) -> VideoEncoder {
         crate::media::init();
         let rate = Rational::new(30, 1);
         let frames = Frames {
@@ -201,9 +230,9 @@ mod tests {
             fps: 30.0,
             time_base: rate.invert(),
             rate,
-            colour: Colour { space: color::Space::BT709, range: color::Range::MPEG },
-            primaries: color::Primaries::BT709,
-            transfer: color::TransferCharacteristic::BT709,
+            colour: Colour { space, range: color::Range::MPEG },
+            primaries,
+            transfer,
             aspect_ratio: Rational::new(1, 1),
         };
         let options = OutputOptions { codec: codec.parse().unwrap(), ..OutputOptions::default() };
@@ -245,10 +274,22 @@ mod tests {
 
     #[test]
     fn the_parameters_read_back_are_the_encoders() {
-        for codec in ["h264", "mpeg4"] {
-            let encoder = encoder(codec);
+        let unspecified = || {
+            encoder_with(
+                "h264",
+                color::Primaries::Unspecified,
+                color::TransferCharacteristic::Unspecified,
+                color::Space::Unspecified,
+            )
+        };
+        for (codec, encoder) in
+            [("h264", encoder("h264")), ("mpeg4", encoder("mpeg4")), ("unspecified colour", unspecified())]
+        {
             let params = VideoParams::of(&encoder);
             assert_eq!(params.colour[0].as_deref(), Some("tv"), "{params:?}");
+            if codec == "unspecified colour" {
+                assert_eq!(params.colour[1..4], [None, None, None], "{params:?}");
+            }
             // What travels is plain data: through postcard and back, then to FFmpeg's struct.
             let bytes = postcard::to_stdvec(&params).unwrap();
             let back: VideoParams = postcard::from_bytes(&bytes).unwrap();
