@@ -14,5 +14,6 @@ mod ops;
 mod preview;
 mod resume;
 mod run;
+mod segments;
 mod tls;
 mod util;

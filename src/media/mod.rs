@@ -25,7 +25,9 @@ mod audio;
 mod codec;
 pub mod convert;
 mod encoder;
+pub mod index;
 mod output;
+pub mod packets;
 mod segment;
 mod side;
 mod sink;
@@ -136,6 +138,14 @@ pub enum MediaError {
     /// It opens, but no frame decodes.
     #[error("{0}: the video has no frames")]
     NoFrames(PathBuf),
+    /// The video cannot be cut into segments of packets (or a segment did not decode whole).
+    #[error("{path}: cannot be processed in segments of packets: {why}")]
+    Uncuttable {
+        /// The input.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// Decoding stopped well before the end the container announces.
     #[error(
         "{path}: truncated or corrupt: decoded {decoded} frames, up to {reached:.2} s of the {expected:.2} s the container announces"

@@ -180,13 +180,10 @@ impl SegmentSink {
         let path = segment_path(&self.dir, number);
         let partial = RemoveOnDrop::new(path.with_extension("partial"));
         let encoder = VideoEncoder::open(&self.frames, &self.options, self.container, &self.shown)?;
-        let params = postcard::to_stdvec(&VideoParams::of(&encoder)).expect("stream parameters serialise");
         let fail = |cause| io_error(partial.path(), 0, cause);
         let file = File::create(partial.path()).map_err(fail)?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
-        file.write_all(MAGIC).map_err(fail)?;
-        file.write_all(&(params.len() as u32).to_le_bytes()).map_err(fail)?;
-        file.write_all(&params).map_err(fail)?;
+        write_header(&mut file, &VideoParams::of(&encoder)).map_err(fail)?;
         Ok(OpenSegment { number, first_frame: self.next_frame, file, encoder, partial, frames: 0, last_pts: None })
     }
 
@@ -233,29 +230,10 @@ impl SegmentSink {
 impl OpenSegment {
     /// Appends `packets` of input stream `stream` (`None`: the segment's video).
     fn write(&mut self, stream: Option<u32>, packets: Vec<Packet>) -> Result<(), MediaError> {
+        let done = self.first_frame + self.frames;
         for packet in packets {
-            let data = packet.data().unwrap_or_default();
-            let header = PacketHeader {
-                stream,
-                pts: packet.pts(),
-                dts: packet.dts(),
-                duration: packet.duration(),
-                flags: packet.flags().bits(),
-                side: packet
-                    .side_data()
-                    .map(|d| (ffi::AVPacketSideDataType::from(d.kind()) as u32, d.data().to_vec()))
-                    .collect(),
-                size: data.len() as u32,
-            };
-            let header = postcard::to_stdvec(&header).expect("a packet header serialises");
-            let done = self.first_frame + self.frames;
-            let path = self.partial.path();
-            (|| {
-                self.file.write_all(&(header.len() as u32).to_le_bytes())?;
-                self.file.write_all(&header)?;
-                self.file.write_all(data)
-            })()
-            .map_err(|cause| io_error(path, done, cause))?;
+            write_packet(&mut self.file, stream, &packet)
+                .map_err(|cause| io_error(self.partial.path(), done, cause))?;
         }
         Ok(())
     }
@@ -268,6 +246,35 @@ impl OpenSegment {
         }
         Ok(())
     }
+}
+
+/// Writes the start of a segment file: the magic and the video stream's parameters.
+pub(super) fn write_header(w: &mut impl Write, params: &VideoParams) -> std::io::Result<()> {
+    let params = postcard::to_stdvec(params).expect("stream parameters serialise");
+    w.write_all(MAGIC)?;
+    w.write_all(&(params.len() as u32).to_le_bytes())?;
+    w.write_all(&params)
+}
+
+/// Writes one packet of a segment file: of input stream `stream`, or the video's for `None`.
+pub(super) fn write_packet(w: &mut impl Write, stream: Option<u32>, packet: &Packet) -> std::io::Result<()> {
+    let data = packet.data().unwrap_or_default();
+    let header = PacketHeader {
+        stream,
+        pts: packet.pts(),
+        dts: packet.dts(),
+        duration: packet.duration(),
+        flags: packet.flags().bits(),
+        side: packet
+            .side_data()
+            .map(|d| (ffi::AVPacketSideDataType::from(d.kind()) as u32, d.data().to_vec()))
+            .collect(),
+        size: data.len() as u32,
+    };
+    let header = postcard::to_stdvec(&header).expect("a packet header serialises");
+    w.write_all(&(header.len() as u32).to_le_bytes())?;
+    w.write_all(&header)?;
+    w.write_all(data)
 }
 
 /// What a failed segment write means: a full disk (its frames are kept for a resume), or the

@@ -20,7 +20,7 @@ use super::{MediaError, STDIO, VideoInfo};
 
 /// The quarter turn, if any, that a stream's display matrix asks for before showing its
 /// frames, rounded as FFmpeg's command line rounds it (flips and odd angles are ignored).
-fn upright_turn(stream: &format::stream::Stream<'_>) -> Option<RotateFlags> {
+pub(super) fn upright_turn(stream: &format::stream::Stream<'_>) -> Option<RotateFlags> {
     let side = stream
         .side_data()
         .find(|d| d.kind() == ffmpeg_next::codec::packet::side_data::Type::DisplayMatrix && d.data().len() >= 36)?;
@@ -85,7 +85,7 @@ pub struct MediaSource {
     /// Input streams whose packets are queued for the sink.
     pub(super) copied: Vec<bool>,
     pub(super) side: Arc<SideQueue>,
-    scaler: Option<Scaler>,
+    converter: Converter,
     /// Frames decoded but not handed out yet.
     ready: VecDeque<Mat>,
     decoded: u64,
@@ -96,10 +96,63 @@ pub struct MediaSource {
     first_pts: Option<i64>,
     ended: bool,
     warned_resize: bool,
+}
+
+/// Decoded frames to upright 8-bit BGR: libswscale with the stream's matrix and range, at the
+/// stream's first size, then the turn its display matrix asks for.
+pub(super) struct Converter {
     /// The decoded frames' size, before `turn`.
     stored: (u32, u32),
-    /// The turn that makes the stored frames upright, from the stream's display matrix.
+    /// The turn that makes the stored frames upright.
     turn: Option<RotateFlags>,
+    colour: Colour,
+    scaler: Option<Scaler>,
+}
+
+impl Converter {
+    /// A converter for frames stored at `stored`, turned by `turn`.
+    pub(super) fn new(stored: (u32, u32), turn: Option<RotateFlags>, colour: Colour) -> Self {
+        Converter { stored, turn, colour, scaler: None }
+    }
+
+    /// The frames' size once upright.
+    pub(super) fn upright_size(&self) -> (u32, u32) {
+        let (w, h) = self.stored;
+        if quarter(self.turn) { (h, w) } else { (w, h) }
+    }
+
+    /// The stored size.
+    pub(super) fn stored(&self) -> (u32, u32) {
+        self.stored
+    }
+
+    /// `decoded` as upright BGR, converted straight into a new `Mat`; `path` names the input
+    /// in errors.
+    pub(super) fn convert(&mut self, decoded: &frame::Video, path: &Path) -> Result<Mat, MediaError> {
+        let (w, h) = self.stored;
+        let src = (decoded.format(), decoded.width(), decoded.height());
+        let dst = (Pixel::BGR24, w, h);
+        if !self.scaler.as_ref().is_some_and(|s| s.fits(src, dst)) {
+            let scaler = Scaler::new(src, dst, self.colour).map_err(|error| MediaError::Ffmpeg {
+                path: path.to_path_buf(),
+                what: "converting frames to BGR",
+                error,
+            })?;
+            self.scaler = Some(scaler);
+        }
+        let mat = self.scaler.as_mut().expect("made above").decode(decoded)?;
+        if let Some(turn) = self.turn {
+            let mut upright = Mat::default();
+            cv::rotate(&mat, &mut upright, turn.into())?;
+            return Ok(upright);
+        }
+        Ok(mat)
+    }
+}
+
+/// Whether `turn` is a quarter turn (width and height swap).
+pub(super) fn quarter(turn: Option<RotateFlags>) -> bool {
+    matches!(turn, Some(RotateFlags::ROTATE_90_CLOCKWISE | RotateFlags::ROTATE_90_COUNTERCLOCKWISE))
 }
 
 impl MediaSource {
@@ -157,12 +210,11 @@ impl MediaSource {
         // filters (faces above all) see the picture as people do, and the output needs no
         // matrix, which not every container can hold.
         let turn = upright_turn(&stream);
-        let stored = (decoder.width(), decoder.height());
-        let quarter = matches!(turn, Some(RotateFlags::ROTATE_90_CLOCKWISE | RotateFlags::ROTATE_90_COUNTERCLOCKWISE));
-        let (width, height) = if quarter { (stored.1, stored.0) } else { stored };
+        let converter = Converter::new((decoder.width(), decoder.height()), turn, colour);
+        let (width, height) = converter.upright_size();
         let sar = decoder.aspect_ratio();
         let aspect_ratio =
-            if quarter && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
+            if quarter(turn) && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
         let info = VideoInfo { width, height, fps, frame_count };
         if info.width == 0 || info.height == 0 {
             return Err(MediaError::NoFrames(path.to_path_buf()));
@@ -181,7 +233,7 @@ impl MediaSource {
             aspect_ratio,
             copied,
             side: Arc::new(SideQueue::default()),
-            scaler: None,
+            converter,
             ready: VecDeque::new(),
             decoded: 0,
             expected_end,
@@ -189,8 +241,6 @@ impl MediaSource {
             first_pts: None,
             ended: false,
             warned_resize: false,
-            stored,
-            turn,
         };
         source.fill()?;
         if source.ready.is_empty() {
@@ -253,28 +303,11 @@ impl MediaSource {
     /// The frame as 8-bit BGR at the stream's first size, converted straight into a new `Mat`,
     /// and turned upright.
     fn convert(&mut self, decoded: &frame::Video) -> Result<Mat, MediaError> {
-        let (w, h) = self.stored;
-        if (decoded.width(), decoded.height()) != (w, h) && !self.warned_resize {
+        if (decoded.width(), decoded.height()) != self.converter.stored() && !self.warned_resize {
             warn!(path = %self.path.display(), frame = self.decoded, "frame size changed mid-stream; scaling to the first frame's size");
             self.warned_resize = true;
         }
-        let src = (decoded.format(), decoded.width(), decoded.height());
-        let dst = (Pixel::BGR24, w, h);
-        if !self.scaler.as_ref().is_some_and(|s| s.fits(src, dst)) {
-            let scaler = Scaler::new(src, dst, self.colour).map_err(|error| MediaError::Ffmpeg {
-                path: self.path.clone(),
-                what: "converting frames to BGR",
-                error,
-            })?;
-            self.scaler = Some(scaler);
-        }
-        let mat = self.scaler.as_mut().expect("made above").decode(decoded)?;
-        if let Some(turn) = self.turn {
-            let mut upright = Mat::default();
-            cv::rotate(&mat, &mut upright, turn.into())?;
-            return Ok(upright);
-        }
-        Ok(mat)
+        self.converter.convert(decoded, &self.path)
     }
 
     /// At the end of the stream: an error if the video stopped well before the end the

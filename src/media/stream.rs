@@ -8,7 +8,8 @@
 
 use std::ffi::{CString, c_char, c_int};
 
-use ffmpeg_next::{Rational, codec, ffi};
+use ffmpeg_next::util::color;
+use ffmpeg_next::{Rational, codec, decoder, ffi};
 use serde::{Deserialize, Serialize};
 
 use super::encoder::VideoEncoder;
@@ -16,7 +17,16 @@ use super::encoder::VideoEncoder;
 /// Largest codec extradata accepted (H.264's and HEVC's parameter sets are a few hundred bytes).
 const MAX_EXTRADATA: usize = 1 << 20;
 
-/// What a muxer needs to know of a video stream besides its packets.
+/// What [`VideoParams::from_parts`] reads from an encoder or a decoder rather than from the
+/// stream's parameters: their enumerations, read through ffmpeg-next's safe getters.
+struct Described {
+    size: (u32, u32),
+    format: ffmpeg_next::format::Pixel,
+    time_base: Rational,
+    colour: (color::Range, color::Space, color::Primaries, color::TransferCharacteristic),
+}
+
+/// What a muxer (or a decoder) needs to know of a video stream besides its packets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VideoParams {
     /// FFmpeg's name of the codec (`h264`, `hevc`, `av1`).
@@ -52,8 +62,39 @@ impl VideoParams {
     /// What `encoder` (opened) makes.
     pub(super) fn of(encoder: &VideoEncoder) -> Self {
         let video = &encoder.encoder;
-        let par = codec::Parameters::from(video);
-        // SAFETY: `par` owns a valid AVCodecParameters; these are plain reads of it.
+        let described = Described {
+            size: (video.width(), video.height()),
+            format: video.format(),
+            time_base: encoder.time_base,
+            colour: (
+                video.color_range(),
+                video.colorspace(),
+                video.color_primaries(),
+                video.color_transfer_characteristic(),
+            ),
+        };
+        Self::from_parts(&codec::Parameters::from(video), described)
+    }
+
+    /// What an input stream with `par`, read by `decoder` (opened from them), holds; its packets
+    /// are in `time_base`.
+    pub(super) fn of_input(par: &codec::Parameters, decoder: &decoder::Video, time_base: Rational) -> Self {
+        let described = Described {
+            size: (decoder.width(), decoder.height()),
+            format: decoder.format(),
+            time_base,
+            colour: (
+                decoder.color_range(),
+                decoder.color_space(),
+                decoder.color_primaries(),
+                decoder.color_transfer_characteristic(),
+            ),
+        };
+        Self::from_parts(par, described)
+    }
+
+    fn from_parts(par: &codec::Parameters, d: Described) -> Self {
+        // SAFETY: `par` holds a valid AVCodecParameters; these are plain reads of it.
         let p = unsafe { &*par.as_ptr() };
         let extradata = if p.extradata.is_null() || p.extradata_size <= 0 {
             Vec::new()
@@ -63,18 +104,19 @@ impl VideoParams {
         };
         let name = |n: Option<&str>| n.map(str::to_string);
         let aspect = p.sample_aspect_ratio;
+        let (range, space, primaries, transfer) = d.colour;
         VideoParams {
             codec: par.id().name().to_string(),
-            width: video.width(),
-            height: video.height(),
-            pixel_format: video.format().descriptor().map(|d| d.name().to_string()).unwrap_or_default(),
-            time_base: (encoder.time_base.numerator(), encoder.time_base.denominator()),
+            width: d.size.0,
+            height: d.size.1,
+            pixel_format: d.format.descriptor().map(|d| d.name().to_string()).unwrap_or_default(),
+            time_base: (d.time_base.numerator(), d.time_base.denominator()),
             aspect_ratio: (aspect.num, aspect.den),
             colour: [
-                name(video.color_range().name()),
-                name(video.colorspace().name()),
-                name(video.color_primaries().name()),
-                name(video.color_transfer_characteristic().name()),
+                name(range.name()),
+                name(space.name()),
+                name(primaries.name()),
+                name(transfer.name()),
                 chroma_location(p.chroma_location),
             ],
             extradata,
@@ -205,8 +247,6 @@ fn chroma_location(location: ffi::AVChromaLocation) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use ffmpeg_next::util::color;
-
     use super::*;
     use crate::media::OutputOptions;
     use crate::media::convert::Colour;

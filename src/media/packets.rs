@@ -1,0 +1,346 @@
+//! Segments as compressed packets: the server cuts the input's video into segments of packets
+//! ([`Cutter`], one pass over the file), and whoever holds one decodes it ([`decode`]) and encodes
+//! its filtered frames into a segment file ([`encode`]) that the join takes as it takes a
+//! segment written locally.
+//!
+//! A [`SegmentInput`] carries the packets from the keyframe its [`Cut`] starts at, the input
+//! stream's parameters (codec, extradata, size, pixel format, time base, colour), its rate and
+//! the turn that makes its frames upright. Its frames decode to exactly what
+//! [`MediaSource`] gives for them: the same decoder, the same conversion.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use ffmpeg_next::{Packet, Rational, codec, decoder, format, frame, media};
+use opencv::core::{Mat, RotateFlags};
+use serde::{Deserialize, Serialize};
+
+use super::convert::Colour;
+use super::encoder::{Container, Frames, VideoEncoder};
+use super::index::{Cut, VideoIndex};
+use super::segment::{write_header, write_packet};
+use super::source::{Converter, quarter, upright_turn};
+use super::stream::VideoParams;
+use super::{MediaError, OutputOptions};
+
+/// One compressed video packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawPacket {
+    /// Presentation timestamp, in the stream's time base.
+    pub pts: Option<i64>,
+    /// Decoding timestamp.
+    pub dts: Option<i64>,
+    /// Duration.
+    pub duration: i64,
+    /// FFmpeg's packet flags.
+    pub flags: i32,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// A segment of the input's video as compressed packets, with what it takes to decode them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentInput {
+    /// Its number.
+    pub number: u64,
+    /// The input video stream's parameters.
+    pub stream: VideoParams,
+    /// Clockwise degrees (0, 90, 180, 270) that turn the stored frames upright.
+    pub turn: u16,
+    /// The frame rate vpd reads the input at.
+    pub fps: f64,
+    /// The stream's average rate, for the output container.
+    pub rate: (i32, i32),
+    /// The presentation timestamps of the segment's frames, in order.
+    pub frames: Vec<i64>,
+    /// The timestamp of the frame before them, which the packets also give, where asked for.
+    pub previous: Option<i64>,
+    /// The packets, in decoding order.
+    pub packets: Vec<RawPacket>,
+}
+
+impl SegmentInput {
+    /// Bytes of packet data it carries.
+    pub fn packet_bytes(&self) -> usize {
+        self.packets.iter().map(|p| p.data.len()).sum()
+    }
+}
+
+/// The frames of a [`SegmentInput`], decoded and upright.
+pub struct Decoded {
+    /// The frame before the segment's first, where it was asked for.
+    pub previous: Option<Mat>,
+    /// The segment's frames, in order, with their timestamps.
+    pub frames: Vec<(i64, Mat)>,
+}
+
+/// Cuts the input's video into [`SegmentInput`]s in one pass over the file.
+pub struct Cutter {
+    path: PathBuf,
+    input: format::context::Input,
+    video: usize,
+    index: VideoIndex,
+    per_segment: u64,
+    with_previous: bool,
+    next: u64,
+    /// Packets read, by decoding position, that a later segment may still need.
+    held: VecDeque<(usize, RawPacket)>,
+    /// The decoding position of the next video packet to be read.
+    read: usize,
+    stream: VideoParams,
+    turn: u16,
+    fps: f64,
+    rate: (i32, i32),
+}
+
+impl Cutter {
+    /// A cutter of `path`'s video into segments of `per_segment` frames, each with the frame
+    /// before it where `with_previous`; `index` is the video's, `fps` the rate vpd reads it at.
+    /// An error says why the input cannot be cut (then frame mode is what is left).
+    pub fn open(
+        path: &Path,
+        index: VideoIndex,
+        per_segment: u64,
+        with_previous: bool,
+        fps: f64,
+    ) -> Result<Self, MediaError> {
+        super::init();
+        if let Some(why) = index.unusable() {
+            return Err(MediaError::Uncuttable { path: path.to_path_buf(), why });
+        }
+        let input = format::input(&path).map_err(|_| MediaError::NotAVideo(path.to_path_buf()))?;
+        let stream =
+            input.streams().best(media::Type::Video).ok_or_else(|| MediaError::NoVideoStream(path.to_path_buf()))?;
+        let video = stream.index();
+        let par = stream.parameters();
+        let context = codec::context::Context::from_parameters(par.clone()).map_err(|error| MediaError::Ffmpeg {
+            path: path.to_path_buf(),
+            what: "reading the video stream",
+            error,
+        })?;
+        let codec = context.id().name().to_string();
+        let decoder =
+            context.decoder().video().map_err(|_| MediaError::Undecodable { path: path.to_path_buf(), codec })?;
+        let turn = match upright_turn(&stream) {
+            Some(RotateFlags::ROTATE_90_CLOCKWISE) => 90,
+            Some(RotateFlags::ROTATE_180) => 180,
+            Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE) => 270,
+            None => 0,
+        };
+        let rate = stream.avg_frame_rate();
+        let params = VideoParams::of_input(&par, &decoder, stream.time_base());
+        Ok(Cutter {
+            path: path.to_path_buf(),
+            input,
+            video,
+            index,
+            per_segment: per_segment.max(1),
+            with_previous,
+            next: 0,
+            held: VecDeque::new(),
+            read: 0,
+            stream: params,
+            turn,
+            fps,
+            rate: (rate.numerator(), rate.denominator()),
+        })
+    }
+
+    /// Segments in the video.
+    pub fn segments(&self) -> u64 {
+        self.index.frames().div_ceil(self.per_segment)
+    }
+
+    /// The next segment, or `None` after the last.
+    pub fn next_segment(&mut self) -> Result<Option<SegmentInput>, MediaError> {
+        let Some(Cut { packets, frames, previous }) = self.index.cut(self.next, self.per_segment, self.with_previous)
+        else {
+            return Ok(None);
+        };
+        // Packets no segment from here on needs go; those it needs are read.
+        while self.held.front().is_some_and(|(at, _)| *at < packets.start) {
+            self.held.pop_front();
+        }
+        while self.read < packets.end {
+            let mut packet = Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) => {}
+                Err(ffmpeg_next::Error::Eof) => {
+                    return Err(MediaError::Uncuttable {
+                        path: self.path.clone(),
+                        why: "the video ended before its index said".into(),
+                    });
+                }
+                Err(_) => continue,
+            }
+            if packet.stream() != self.video {
+                continue;
+            }
+            let raw = RawPacket {
+                pts: packet.pts(),
+                dts: packet.dts(),
+                duration: packet.duration(),
+                flags: packet.flags().bits(),
+                data: packet.data().unwrap_or_default().to_vec(),
+            };
+            let entry = self.index.entries()[self.read];
+            if (raw.pts, raw.dts) != (entry.pts, entry.dts) {
+                return Err(MediaError::Uncuttable {
+                    path: self.path.clone(),
+                    why: "the video's packets changed since it was indexed".into(),
+                });
+            }
+            self.held.push_back((self.read, raw));
+            self.read += 1;
+        }
+        let number = self.next;
+        self.next += 1;
+        Ok(Some(SegmentInput {
+            number,
+            stream: self.stream.clone(),
+            turn: self.turn,
+            fps: self.fps,
+            rate: self.rate,
+            frames,
+            previous,
+            packets: self.held.iter().filter(|(at, _)| packets.contains(at)).map(|(_, p)| p.clone()).collect(),
+        }))
+    }
+}
+
+/// A decoder for `input`'s stream, and the conversion of its frames; `shown` names it in errors.
+fn open_decoder(input: &SegmentInput, shown: &Path) -> Result<(decoder::Video, Converter), MediaError> {
+    super::init();
+    let bad = |why: String| MediaError::Uncuttable { path: shown.to_path_buf(), why };
+    let par = input.stream.to_codec().map_err(bad)?;
+    let mut context = codec::context::Context::from_parameters(par).map_err(|error| MediaError::Ffmpeg {
+        path: shown.to_path_buf(),
+        what: "reading the video stream",
+        error,
+    })?;
+    super::all_threads(&mut context);
+    let decoder = context
+        .decoder()
+        .video()
+        .map_err(|_| MediaError::Undecodable { path: shown.to_path_buf(), codec: input.stream.codec.clone() })?;
+    let turn = match input.turn {
+        0 => None,
+        90 => Some(RotateFlags::ROTATE_90_CLOCKWISE),
+        180 => Some(RotateFlags::ROTATE_180),
+        270 => Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE),
+        other => return Err(bad(format!("a turn of {other} degrees"))),
+    };
+    let colour = Colour { space: decoder.color_space(), range: decoder.color_range() };
+    let converter = Converter::new((decoder.width(), decoder.height()), turn, colour);
+    Ok((decoder, converter))
+}
+
+/// Decodes `input`'s frames; `shown` names it in errors. Every frame it lists must come out.
+pub fn decode(input: &SegmentInput, shown: &Path) -> Result<Decoded, MediaError> {
+    let (mut decoder, mut converter) = open_decoder(input, shown)?;
+    let wanted = |pts: i64| input.previous == Some(pts) || input.frames.binary_search(&pts).is_ok();
+    let mut got: Vec<(i64, Mat)> = Vec::with_capacity(input.frames.len() + 1);
+    let mut decoded = frame::Video::empty();
+    let mut take = |decoder: &mut decoder::Video, got: &mut Vec<(i64, Mat)>| -> Result<(), MediaError> {
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            if let Some(pts) = decoded.timestamp().filter(|&p| wanted(p)) {
+                got.push((pts, converter.convert(&decoded, shown)?));
+            }
+        }
+        Ok(())
+    };
+    for raw in &input.packets {
+        let mut packet = Packet::copy(&raw.data);
+        packet.set_pts(raw.pts);
+        packet.set_dts(raw.dts);
+        packet.set_duration(raw.duration);
+        packet.set_flags(ffmpeg_next::packet::Flags::from_bits_truncate(raw.flags));
+        // A damaged packet is passed over, as the source does; a frame it held shows missing.
+        if decoder.send_packet(&packet).is_ok() {
+            take(&mut decoder, &mut got)?;
+        }
+    }
+    let _ = decoder.send_eof();
+    take(&mut decoder, &mut got)?;
+    got.sort_by_key(|(pts, _)| *pts);
+    got.dedup_by_key(|(pts, _)| *pts);
+    let previous = match input.previous {
+        Some(p) if got.first().is_some_and(|(q, _)| *q == p) => Some(got.remove(0).1),
+        Some(_) => None,
+        None => None,
+    };
+    let times: Vec<i64> = got.iter().map(|(p, _)| *p).collect();
+    if times != input.frames || previous.is_none() != input.previous.is_none() {
+        return Err(MediaError::Uncuttable {
+            path: shown.to_path_buf(),
+            why: format!(
+                "segment {}: its packets gave {} of its {} frames",
+                input.number,
+                times.iter().filter(|p| input.frames.contains(p)).count(),
+                input.frames.len()
+            ),
+        });
+    }
+    Ok(Decoded { previous, frames: got })
+}
+
+/// What the encoder of a segment of `input` is told of its frames: as [`MediaSource`] tells it
+/// for a segment written locally, at `size` where the filters change it.
+fn frames_of(
+    input: &SegmentInput,
+    decoder: &decoder::Video,
+    converter: &Converter,
+    size: Option<(u32, u32)>,
+) -> Frames {
+    let (width, height) = size.unwrap_or_else(|| converter.upright_size());
+    let sar = decoder.aspect_ratio();
+    let turned = quarter(match input.turn {
+        90 => Some(RotateFlags::ROTATE_90_CLOCKWISE),
+        270 => Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE),
+        _ => None,
+    });
+    let aspect_ratio =
+        if turned && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
+    Frames {
+        width,
+        height,
+        fps: input.fps,
+        time_base: input.stream.time_base(),
+        rate: Rational::new(input.rate.0, input.rate.1),
+        colour: Colour { space: decoder.color_space(), range: decoder.color_range() },
+        primaries: decoder.color_primaries(),
+        transfer: decoder.color_transfer_characteristic(),
+        aspect_ratio,
+    }
+}
+
+/// Encodes `frames` (the filtered frames of `input`, in order) with a fresh encoder for
+/// `target`'s container and `options` into the bytes of a segment file; `size` is theirs where
+/// the filters change it.
+pub fn encode(
+    input: &SegmentInput,
+    frames: &[Mat],
+    target: &Path,
+    options: &OutputOptions,
+    size: Option<(u32, u32)>,
+) -> Result<Vec<u8>, MediaError> {
+    let (decoder, converter) = open_decoder(input, target)?;
+    let described = frames_of(input, &decoder, &converter, size);
+    let container = Container::of(target, options)?;
+    let mut encoder = VideoEncoder::open(&described, options, container, target)?;
+    let mut out = Vec::new();
+    let io = |cause| MediaError::Io { path: target.to_path_buf(), cause };
+    write_header(&mut out, &VideoParams::of(&encoder)).map_err(io)?;
+    let mut packets = Vec::new();
+    for (mat, pts) in frames.iter().zip(&input.frames) {
+        encoder.encode(mat, Some(*pts), &mut packets).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        for p in packets.drain(..) {
+            write_packet(&mut out, None, &p).map_err(io)?;
+        }
+    }
+    encoder.flush(&mut packets).map_err(|e| io(std::io::Error::other(e)))?;
+    for p in packets.drain(..) {
+        write_packet(&mut out, None, &p).map_err(io)?;
+    }
+    Ok(out)
+}
