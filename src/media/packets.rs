@@ -6,7 +6,7 @@
 //! A [`SegmentInput`] carries the packets from the keyframe its [`Cut`] starts at, the input
 //! stream's parameters (codec, extradata, size, pixel format, time base, colour), its rate and
 //! the turn that makes its frames upright. Its frames decode to exactly what
-//! [`MediaSource`] gives for them: the same decoder, the same conversion.
+//! [`super::MediaSource`] gives for them: the same decoder, the same conversion.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -284,7 +284,7 @@ pub fn decode(input: &SegmentInput, shown: &Path) -> Result<Decoded, MediaError>
     Ok(Decoded { previous, frames: got })
 }
 
-/// What the encoder of a segment of `input` is told of its frames: as [`MediaSource`] tells it
+/// What the encoder of a segment of `input` is told of its frames: as [`super::MediaSource`] tells it
 /// for a segment written locally, at `size` where the filters change it.
 fn frames_of(
     input: &SegmentInput,
