@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     let delete = args.next().as_deref() == Some("delete");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let broker = vpd::broker::Broker::connect(&url, "vpd-queue-depth").await?;
+        let broker = vpd::broker::Broker::connect_one(&url, "vpd-queue-depth").await?;
         let topology = vpd::broker::Topology::new(ns);
         if delete {
             return broker.delete(&topology).await;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::broker::{BrokerUrls, QueueType};
 use crate::filters::Chain;
 use crate::media::VideoCodec;
 use crate::net::ServerAddr;
@@ -259,9 +260,10 @@ pub struct ServerSettings {
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
 
-    /// RabbitMQ URL: dispatch frames to `vpd worker`s. Without it, frames are filtered in this process.
-    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
-    pub amqp: Option<String>,
+    /// RabbitMQ URL, or a cluster's nodes comma-separated (tried in order): dispatch frames to
+    /// `vpd worker`s. Without it, frames are filtered in this process.
+    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL[,URL...]")]
+    pub amqp: Option<BrokerUrls>,
 
     /// In-process filter threads, when there is no --amqp [default: the number of CPU cores].
     #[arg(short = 't', long, value_name = "N", alias = "workers", short_alias = 'w')]
@@ -317,6 +319,11 @@ pub struct ServerSettings {
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
+
+    /// Kind of the namespace's work queues: classic (one node holds them) or quorum (replicated
+    /// across a cluster) [default: classic].
+    #[arg(long, value_enum, env = "VPD_QUEUE_TYPE", value_name = "TYPE")]
+    pub queue_type: Option<QueueType>,
 
     /// Sign and check every task, result and event on the broker with this key (HMAC-SHA256;
     /// 32 bytes or more, the same file on every server, worker and preview; mode 0600).
@@ -392,13 +399,17 @@ pub struct PreviewSettings {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// RabbitMQ URL (the servers' broker).
-    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
-    pub amqp: Option<String>,
+    /// RabbitMQ URL (the servers' broker), or a cluster's nodes comma-separated (tried in order).
+    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL[,URL...]")]
+    pub amqp: Option<BrokerUrls>,
 
     /// Prefix of every queue and exchange name (as given to the servers).
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
+
+    /// Kind of the namespace's work queues, as given to the servers [default: classic].
+    #[arg(long, value_enum, env = "VPD_QUEUE_TYPE", value_name = "TYPE")]
+    pub queue_type: Option<QueueType>,
 
     /// Sign and check every task, result and event on the broker with this key (HMAC-SHA256;
     /// 32 bytes or more, the same file on every server, worker and preview; mode 0600).
@@ -444,9 +455,9 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkerSettings {
-    /// RabbitMQ URL.
-    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL")]
-    pub amqp: Option<String>,
+    /// RabbitMQ URL, or a cluster's nodes comma-separated (tried in order).
+    #[arg(long, env = "VPD_AMQP_URL", value_name = "URL[,URL...]")]
+    pub amqp: Option<BrokerUrls>,
 
     /// Filter threads, and tasks held at once [default: the number of CPU cores].
     #[arg(short = 't', long, value_name = "N", alias = "concurrency", short_alias = 'c')]
@@ -455,6 +466,11 @@ pub struct WorkerSettings {
     /// Prefix of every queue and exchange name (as given to the server).
     #[arg(long, env = "VPD_NAMESPACE", value_name = "NAME")]
     pub namespace: Option<String>,
+
+    /// Kind of the namespace's work queues: classic (one node holds them) or quorum (replicated
+    /// across a cluster) as given to the server [default: classic].
+    #[arg(long, value_enum, env = "VPD_QUEUE_TYPE", value_name = "TYPE")]
+    pub queue_type: Option<QueueType>,
 
     /// Sign and check every task, result and event on the broker with this key (HMAC-SHA256;
     /// 32 bytes or more, the same file on every server, worker and preview; mode 0600).

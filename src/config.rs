@@ -238,7 +238,9 @@ impl FileConfig {
         let backend = match s.amqp {
             Some(url) => Backend::Amqp {
                 url,
-                topology: Topology::new(namespace(s.namespace)?).with_key(cluster_key(s.cluster_key_file)?),
+                topology: Topology::new(namespace(s.namespace)?)
+                    .with_key(cluster_key(s.cluster_key_file)?)
+                    .with_queue_type(s.queue_type.unwrap_or_default()),
                 redispatch_after: Duration::from_secs_f64(redispatch),
             },
             None => Backend::Local {
@@ -288,7 +290,9 @@ impl FileConfig {
         Ok(WorkerConfig {
             amqp_url,
             threads: bounded("--threads", s.threads.unwrap_or_else(default_threads), MAX_THREADS)?,
-            topology: Topology::new(namespace(s.namespace)?).with_key(cluster_key(s.cluster_key_file)?),
+            topology: Topology::new(namespace(s.namespace)?)
+                .with_key(cluster_key(s.cluster_key_file)?)
+                .with_queue_type(s.queue_type.unwrap_or_default()),
             filter_env: self.filter_env(a.filters)?,
             id: a
                 .name
@@ -309,7 +313,9 @@ impl FileConfig {
                  (or run `vpd server --preview ADDR` for a server's own jobs)",
             ));
         };
-        let topology = Topology::new(namespace(s.namespace)?).with_key(cluster_key(s.cluster_key_file)?);
+        let topology = Topology::new(namespace(s.namespace)?)
+            .with_key(cluster_key(s.cluster_key_file)?)
+            .with_queue_type(s.queue_type.unwrap_or_default());
         let listen = s.listen.unwrap_or_else(|| "[::]:8080".parse().expect("a valid address"));
         let token = token(a.token, s.token_file.as_deref())?;
         let tls = server_tls(s.tls_cert, s.tls_key)?;

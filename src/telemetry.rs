@@ -13,9 +13,11 @@ use crate::cli::LogFormat;
 /// go to journald with their fields as journal fields (span fields as `S1_PEER`, `S2_JOB`, …),
 /// so `journalctl -o json` shows each line's job; `--log-format json` keeps JSON on stderr.
 pub fn init(format: LogFormat, verbose: u8) -> anyhow::Result<()> {
+    // lapin's own lines (a channel the broker closed, a connection lost) say again, in the
+    // broker's words, what vpd reports with what it means; they show from -vv on.
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,lapin=off",
+        1 => "info,lapin=off",
         2 => "debug",
         _ => "trace",
     };

@@ -350,7 +350,7 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
     ns.wait_for_workers(1);
     let t = ns.topology();
     runtime().block_on(async {
-        let broker = Broker::connect(&amqp_url(), "vpd-test-poison").await.unwrap();
+        let broker = Broker::connect_one(&amqp_url(), "vpd-test-poison").await.unwrap();
         let (reply_to, mut replies) = broker.consume_replies(&t, "jpoison").await.unwrap();
         let publisher = broker.publisher().await.unwrap();
         let frame = Mat::new_rows_cols_with_default(32, 32, CV_8UC3, Scalar::all(1.0)).unwrap();
@@ -451,7 +451,7 @@ fn the_adaptive_window_feeds_the_workers_without_flooding_the_queue() {
             // One connection, sampling the queue every 20 ms until both jobs have ended.
             let sampler = s.spawn(|| {
                 runtime().block_on(async {
-                    let broker = vpd::broker::Broker::connect(&amqp_url(), "vpd-test-sampler").await.unwrap();
+                    let broker = vpd::broker::Broker::connect_one(&amqp_url(), "vpd-test-sampler").await.unwrap();
                     let mut tick = tokio::time::interval(Duration::from_millis(20));
                     let mut max = 0;
                     while !done.load(std::sync::atomic::Ordering::SeqCst) {

@@ -335,7 +335,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
     let t = ns.topology();
     let blur = |ksize| FilterSpec::Blur(BlurParams { ksize, sigma: 0.0 });
     runtime().block_on(async {
-        let broker = Broker::connect(&amqp_url(), "vpd-test-forged").await.unwrap();
+        let broker = Broker::connect_one(&amqp_url(), "vpd-test-forged").await.unwrap();
         let (reply_to, mut replies) = broker.consume_replies(&t, "jforged").await.unwrap();
         let publisher = broker.publisher().await.unwrap();
         // 2 kB of JPEG announced as an 8x8 frame, that would decode to 30000x30000 (2.7 GB).
@@ -474,7 +474,7 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
     // Playing a worker: take frame 0's task, answer it with two bombs, and drop the task.
     let t = ns.topology();
     runtime().block_on(async {
-        let broker = Broker::connect(&amqp_url(), "vpd-test-forger").await.unwrap();
+        let broker = Broker::connect_one(&amqp_url(), "vpd-test-forger").await.unwrap();
         let mut tasks = broker.consume_tasks(&t, 1, "forger").await.unwrap();
         let task = tokio::time::timeout(Duration::from_secs(30), tasks.next()).await.expect("a task").unwrap().unwrap();
         let (reply_to, correlation) = (task.reply_to.clone().unwrap(), task.correlation.clone().unwrap());
@@ -534,9 +534,9 @@ fn a_reply_queue_can_be_looked_up_from_another_connection() {
     let ns = Namespace::new("reply-lookup");
     let t = ns.topology();
     runtime().block_on(async {
-        let server = Broker::connect(&amqp_url(), "vpd-test-collector").await.unwrap();
+        let server = Broker::connect_one(&amqp_url(), "vpd-test-collector").await.unwrap();
         let (reply_to, _replies) = server.consume_replies(&t, "jlookup").await.unwrap();
-        let worker = Broker::connect(&amqp_url(), "vpd-test-worker").await.unwrap();
+        let worker = Broker::connect_one(&amqp_url(), "vpd-test-worker").await.unwrap();
         assert_eq!(worker.queue_stats(&reply_to).await.unwrap(), (0, 1), "one consumer: the job's collector");
         assert!(worker.queue_exists(&reply_to).await.unwrap());
         // No one else can read the job's results.
@@ -563,7 +563,7 @@ fn a_forged_cancel_does_not_stall_a_job() {
     // The worker hears the forged cancel before it sees any of the job's tasks.
     let (job, id) = a_held_job(&ns, &server, &worker, &input, &dir.path().join("out.mkv"));
     runtime().block_on(async {
-        let broker = Broker::connect(&amqp_url(), "vpd-test-canceller").await.unwrap();
+        let broker = Broker::connect_one(&amqp_url(), "vpd-test-canceller").await.unwrap();
         broker.publisher().await.unwrap().event(&ns.topology(), &JobEvent::Cancelled { job: id }).await.unwrap();
         broker.close().await;
     });
@@ -777,7 +777,7 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
 
     // A task without the key: dead-lettered unopened, never answered.
     runtime().block_on(async {
-        let broker = Broker::connect(&amqp_url(), "vpd-test-stranger").await.unwrap();
+        let broker = Broker::connect_one(&amqp_url(), "vpd-test-stranger").await.unwrap();
         let (reply_to, _replies) = broker.consume_replies(&t, "jstranger").await.unwrap();
         let chain = "blur:ksize=3".parse().unwrap();
         let meta = TaskMeta { job: "jstranger", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
@@ -800,7 +800,7 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
     let out = dir.path().join("out.mkv");
     let (job, id) = a_held_job(&ns, &server, &worker, &input, &out);
     runtime().block_on(async {
-        let broker = Broker::connect(&amqp_url(), "vpd-test-forger").await.unwrap();
+        let broker = Broker::connect_one(&amqp_url(), "vpd-test-forger").await.unwrap();
         let publisher = broker.publisher().await.unwrap();
         let reply_to = t.reply(id.as_str());
         for index in 0..20 {

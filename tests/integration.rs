@@ -12,6 +12,7 @@ mod logs;
 mod media;
 mod ops;
 mod preview;
+mod rabbit;
 mod resume;
 mod run;
 mod segments;

@@ -14,6 +14,8 @@
 //! broker restart loses, so writing frames to the broker's disk would only cost time. Tasks are
 //! published with confirms: a frame counts as dispatched once the broker has it.
 
+mod urls;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +35,8 @@ use lapin::{
 
 use crate::protocol::event::JobEvent;
 use crate::protocol::task::Correlation;
+
+pub use urls::{BrokerUrls, MAX_BROKER_URLS, QueueType};
 
 /// Header carrying how many times a task has been re-published (re-dispatch or retry).
 pub const ATTEMPT_HEADER: &str = "x-vpd-attempt";
@@ -131,17 +135,35 @@ enum Kind {
     Event = 3,
 }
 
+/// A role's `--queue-type` is not what the namespace's queues are on the broker: a setting to
+/// fix, not a fault that reconnecting cures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QueueTypeMismatch(String);
+
 /// The names of one namespace's queues and exchanges, and the cluster's key, if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     ns: String,
     key: Option<ClusterKey>,
+    queue_type: QueueType,
 }
 
 impl Topology {
-    /// The topology of namespace `ns`.
+    /// The topology of namespace `ns`, with classic queues.
     pub fn new(ns: impl Into<String>) -> Self {
-        Topology { ns: ns.into(), key: None }
+        Topology { ns: ns.into(), key: None, queue_type: QueueType::Classic }
+    }
+
+    /// Its work queues (`NS.tasks`, `NS.tasks.dead`) of type `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
     }
 
     /// Messages signed and checked with `key`.
@@ -157,6 +179,41 @@ impl Topology {
             headers.insert(MAC_HEADER.into(), AMQPValue::ByteArray(tag.as_ref().to_vec().into()));
         }
         headers
+    }
+
+    /// The arguments every work queue is declared with: its type, where it is not the default
+    /// (so that queues declared before the setting existed stay equivalent).
+    fn work_queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.queue_type != QueueType::Classic {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(long(self.queue_type.as_str())));
+        }
+        args
+    }
+
+    /// A failed declaration of a work queue, in one line where it is a type that differs from
+    /// the queue's on the broker (RabbitMQ's PRECONDITION_FAILED).
+    fn declare_error(&self, e: lapin::Error) -> anyhow::Error {
+        let text = e.to_string();
+        if text.contains("x-queue-type") {
+            // "… received 'quorum' but current is 'classic'", or "… current is the value 'quorum' …".
+            // "… but current is 'classic'", "… current is the value 'quorum' …", or "… current is
+            // none" (a queue declared without the argument: classic).
+            let after = text.split("current is").nth(1).unwrap_or_default();
+            let current = if after.trim_start().starts_with("none") {
+                "classic"
+            } else {
+                after.split('\'').nth(1).unwrap_or("another type")
+            };
+            return anyhow::Error::new(QueueTypeMismatch(format!(
+                "the queues of namespace '{}' are {current} queues on this broker, not {}: pass --queue-type {current}, \
+                 or another --namespace for {} queues",
+                self.ns,
+                self.queue_type.as_str(),
+                self.queue_type.as_str()
+            )));
+        }
+        anyhow::Error::new(e).context("declaring the work queues")
     }
 
     /// The work queue.
@@ -248,8 +305,27 @@ where
 }
 
 impl Broker {
-    /// Connects, naming the connection `name` in RabbitMQ's management views.
-    pub async fn connect(url: &str, name: &str) -> anyhow::Result<Broker> {
+    /// Connects to the first of `urls` that answers, trying them in order, naming the
+    /// connection `name` in RabbitMQ's management views. The error names every node tried.
+    pub async fn connect(urls: &BrokerUrls, name: &str) -> anyhow::Result<Broker> {
+        let mut failures = Vec::new();
+        for url in urls.iter() {
+            match Broker::connect_one(url, name).await {
+                Ok(broker) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(broker = broker.url(), passed_over = %failures.join("; "), "connected to a later RabbitMQ node");
+                    }
+                    return Ok(broker);
+                }
+                Err(e) if urls.iter().count() == 1 => return Err(e),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        Err(anyhow!("no RabbitMQ node answered: {}", failures.join("; ")))
+    }
+
+    /// Connects to `url`, naming the connection `name` in RabbitMQ's management views.
+    pub async fn connect_one(url: &str, name: &str) -> anyhow::Result<Broker> {
         let shown = redact(url);
         let props = ConnectionProperties::default().with_connection_name(name.into());
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
@@ -279,10 +355,10 @@ impl Broker {
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
         let exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
         ch.exchange_declare(t.dlx().into(), ExchangeKind::Direct, exchange, FieldTable::default()).await?;
-        let mut dead_args = FieldTable::default();
+        let mut dead_args = t.work_queue_args();
         dead_args.insert("x-max-length".into(), AMQPValue::LongInt(DEAD_MAX_MESSAGES));
         dead_args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(DEAD_MAX_BYTES));
-        ch.queue_declare(t.dead().into(), durable, dead_args).await?;
+        ch.queue_declare(t.dead().into(), durable, dead_args).await.map_err(|e| t.declare_error(e))?;
         ch.queue_bind(
             t.dead().into(),
             t.dlx().into(),
@@ -291,10 +367,10 @@ impl Broker {
             FieldTable::default(),
         )
         .await?;
-        let mut task_args = FieldTable::default();
+        let mut task_args = t.work_queue_args();
         task_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(long(&t.dlx())));
         task_args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(long(&t.dead())));
-        ch.queue_declare(t.tasks().into(), durable, task_args).await?;
+        ch.queue_declare(t.tasks().into(), durable, task_args).await.map_err(|e| t.declare_error(e))?;
         ch.exchange_declare(t.events().into(), ExchangeKind::Fanout, exchange, FieldTable::default()).await?;
         ch.close(200, "declared".into()).await.ok();
         Ok(())

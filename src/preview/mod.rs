@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::board::{Board, Link, QUEUE_POLL};
-use crate::broker::{Broker, Topology};
+use crate::broker::{Broker, BrokerUrls, Topology};
 use crate::http;
 use crate::metrics::WorkerId;
 use crate::protocol::event::JobEvent;
@@ -34,7 +34,7 @@ const SILENCE: Duration = Duration::from_secs(crate::pipeline::DEFAULT_STALL_TIM
 #[derive(Debug, Clone)]
 pub struct PreviewConfig {
     /// The broker.
-    pub amqp_url: String,
+    pub amqp_url: BrokerUrls,
     /// Queue and exchange names.
     pub topology: Topology,
     /// A server's state directory, whose job store the dashboard lists too.
@@ -50,6 +50,8 @@ pub struct PreviewConfig {
 pub async fn run(cfg: PreviewConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let name = format!("vpd-preview {}", WorkerId::this_process());
     let broker = Broker::connect(&cfg.amqp_url, &name).await?;
+    // A namespace whose queues are of another type than --queue-type says is an error now.
+    broker.declare(&cfg.topology).await?;
     let board = Arc::new(Board::new());
     if let Some(dir) = &cfg.state_dir {
         // Yesterday's jobs too, read once: what happens from now on comes as events. A store

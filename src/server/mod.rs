@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, info, warn};
 
 use crate::board::{Board, Link, QUEUE_POLL};
-use crate::broker::Topology;
+use crate::broker::{BrokerUrls, Topology};
 use crate::filters::FilterEnv;
 use crate::http::{self, Site};
 use crate::metrics::WorkerId;
@@ -88,7 +88,7 @@ pub enum Backend {
     /// `vpd worker`s behind RabbitMQ.
     Amqp {
         /// The broker.
-        url: String,
+        url: BrokerUrls,
         /// Queue and exchange names.
         topology: Topology,
         /// Re-dispatch a frame without a result for this long (while others come back).

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::{JobContext, Transport, WireBytes};
-use crate::broker::{Broker, Consumer, Publisher, Topology};
+use crate::broker::{Broker, BrokerUrls, Consumer, Publisher, Topology};
 use crate::protocol::task::{Correlation, Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
 use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
 
@@ -104,7 +104,7 @@ impl Window {
 
 /// The server's link to RabbitMQ: one connection shared by its jobs, re-opened on demand.
 pub struct BrokerLink {
-    url: String,
+    urls: BrokerUrls,
     name: String,
     topology: Topology,
     current: Mutex<Option<Broker>>,
@@ -116,11 +116,11 @@ pub struct BrokerLink {
 impl BrokerLink {
     /// Connects to `url` and declares the topology: an unreachable broker is an error here, at
     /// start-up, not on the first job.
-    pub async fn connect(url: &str, name: &str, topology: Topology) -> anyhow::Result<Self> {
-        let broker = Broker::connect(url, name).await?;
+    pub async fn connect(urls: &BrokerUrls, name: &str, topology: Topology) -> anyhow::Result<Self> {
+        let broker = Broker::connect(urls, name).await?;
         broker.declare(&topology).await.with_context(|| format!("declaring queues on {}", broker.url()))?;
         Ok(BrokerLink {
-            url: url.to_string(),
+            urls: urls.clone(),
             name: name.to_string(),
             topology,
             current: Mutex::new(Some(broker)),
@@ -139,7 +139,7 @@ impl BrokerLink {
         if let Some(b) = current.as_ref().filter(|b| b.is_connected()) {
             return Ok(b.clone());
         }
-        let broker = Broker::connect(&self.url, &self.name).await?;
+        let broker = Broker::connect(&self.urls, &self.name).await?;
         broker.declare(&self.topology).await?;
         info!(broker = broker.url(), "connected to RabbitMQ");
         *current = Some(broker.clone());

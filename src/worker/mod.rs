@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, Message, Publisher, Topology};
+use crate::broker::{Broker, BrokerUrls, Message, Publisher, QueueTypeMismatch, Topology};
 use crate::filters::FilterEnv;
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::JobId;
@@ -52,7 +52,7 @@ const CANCEL_RECHECK: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// The broker.
-    pub amqp_url: String,
+    pub amqp_url: BrokerUrls,
     /// Filter threads, and tasks held at once (prefetch).
     pub threads: NonZeroUsize,
     /// Queue and exchange namespace.
@@ -125,6 +125,7 @@ pub async fn run(
                 warn!(error = %format!("{e:#}"), "stopping with the broker gone");
                 break;
             }
+            Err(e) if e.downcast_ref::<QueueTypeMismatch>().is_some() => return Err(e),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "lost RabbitMQ; reconnecting (tasks in hand go back to the queue)");
                 stats.set_connected(false);

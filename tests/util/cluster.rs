@@ -30,16 +30,28 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// A fresh namespace named after `test`.
+    /// A fresh namespace named after `test`, declared with classic queues.
     pub fn new(test: &str) -> Self {
+        Self::of(test, Some(Topology::new))
+    }
+
+    /// A fresh namespace named after `test` that nothing has declared yet (whatever a role
+    /// declares in it is deleted all the same).
+    pub fn undeclared(test: &str) -> Self {
+        Self::of(test, None)
+    }
+
+    fn of(test: &str, declare: Option<fn(String) -> Topology>) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!("vpdtest-{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         // Fail early and clearly when there is no broker.
         runtime().block_on(async {
-            let b = Broker::connect(&amqp_url(), "vpd-test").await.unwrap_or_else(|e| {
+            let b = Broker::connect_one(&amqp_url(), "vpd-test").await.unwrap_or_else(|e| {
                 panic!("{e:#}\n(the distributed tests need RabbitMQ: `make test` starts one, or set VPD_TEST_AMQP_URL)")
             });
-            b.declare(&Topology::new(&name)).await.unwrap();
+            if let Some(topology) = declare {
+                b.declare(&topology(name.clone())).await.unwrap();
+            }
             b.close().await;
         });
         Namespace { name }
@@ -53,7 +65,7 @@ impl Namespace {
     /// Messages waiting in one of the namespace's queues, and its consumers.
     pub fn stats(&self, queue: &str) -> (u32, u32) {
         runtime().block_on(async {
-            let b = Broker::connect(&amqp_url(), "vpd-test").await.unwrap();
+            let b = Broker::connect_one(&amqp_url(), "vpd-test").await.unwrap();
             let n = b.queue_stats(queue).await.unwrap();
             b.close().await;
             n
@@ -63,7 +75,16 @@ impl Namespace {
     /// Waits until `n` workers consume the namespace's task queue.
     pub fn wait_for_workers(&self, n: u32) {
         let tasks = self.topology().tasks();
-        let ready = super::wait_for(Duration::from_secs(60), || self.stats(&tasks).1 >= n);
+        // The queue may not be there yet: a server declares it after it starts listening.
+        let consumers = || {
+            runtime().block_on(async {
+                let b = Broker::connect_one(&amqp_url(), "vpd-test").await.unwrap();
+                let n = b.queue_stats(&tasks).await.map_or(0, |(_, consumers)| consumers);
+                b.close().await;
+                n
+            })
+        };
+        let ready = super::wait_for(Duration::from_secs(60), || consumers() >= n);
         assert!(ready, "{n} workers did not start consuming within a minute");
     }
 }
@@ -72,7 +93,7 @@ impl Drop for Namespace {
     fn drop(&mut self) {
         let t = self.topology();
         runtime().block_on(async {
-            if let Ok(b) = Broker::connect(&amqp_url(), "vpd-test").await {
+            if let Ok(b) = Broker::connect_one(&amqp_url(), "vpd-test").await {
                 let _ = b.delete(&t).await;
                 b.close().await;
             }
@@ -187,6 +208,17 @@ impl Worker {
         let mut cmd = vpd();
         cmd.args(["worker", "--amqp", &amqp_url(), "--namespace", &ns.name, "--threads", &concurrency.to_string()]);
         cmd
+    }
+
+    /// Starts a worker in `ns` with one thread and `args`, which may give its own `--amqp`.
+    pub fn start_with(ns: &Namespace, args: &[&str]) -> Worker {
+        let mut cmd = vpd();
+        cmd.args(["worker", "--namespace", &ns.name, "--threads", "1"]).args(args);
+        if !args.contains(&"--amqp") {
+            cmd.args(["--amqp", &amqp_url()]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting vpd worker");
+        Worker { child: ChildGuard(child) }
     }
 
     /// Starts a worker in `ns` with `concurrency` threads.
@@ -365,7 +397,7 @@ impl Events {
         let t = ns.topology();
         std::thread::spawn(move || {
             runtime().block_on(async move {
-                let b = Broker::connect(&amqp_url(), "vpd-test-events").await.unwrap();
+                let b = Broker::connect_one(&amqp_url(), "vpd-test-events").await.unwrap();
                 let mut consumer = b.consume_events(&t, "test-events").await.unwrap();
                 ready_tx.send(()).unwrap();
                 while let Some(Ok(m)) = consumer.next().await {

@@ -1,0 +1,76 @@
+//! RabbitMQ past one node: `--amqp` lists a cluster's nodes, tried in order; `--queue-type`
+//! picks classic or quorum work queues, and a role that disagrees with the broker says so in
+//! one line.
+
+use crate::util::cluster::*;
+use crate::util::*;
+
+/// A RabbitMQ URL nothing answers at (nothing listens on port 1).
+const DEAD_NODE: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+
+#[test]
+fn roles_given_a_list_of_nodes_pass_over_the_dead_one() {
+    let ns = Namespace::new("nodes");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
+    let nodes = format!("{DEAD_NODE},{}", amqp_url());
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &nodes, "--namespace", &ns.name]);
+    let _worker = Worker::start_with(&ns, &["--amqp", &nodes]);
+    ns.wait_for_workers(1);
+    let output = dir.path().join("out.mkv");
+    let s = summary(&client(&server.addr(), &input, "edges", &output, &[]));
+    assert_eq!((s.frames, s.failed_frames), (20, 0));
+    assert_same_frames(&output, &reference(&input, "edges", &dir.path().join("run.mkv")), "through the second node");
+}
+
+#[test]
+fn a_job_runs_through_quorum_queues_and_a_classic_role_is_told_in_one_line() {
+    let ns = Namespace::undeclared("quorum");
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
+    let quorum = ["--queue-type", "quorum"];
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp_url(),
+        "--namespace",
+        &ns.name,
+        "--queue-type",
+        "quorum",
+    ]);
+    let _worker = Worker::start_with(&ns, &quorum);
+    ns.wait_for_workers(1);
+    let output = dir.path().join("out.mkv");
+    let s = summary(&client(&server.addr(), &input, "blur,edges", &output, &[]));
+    assert_eq!((s.frames, s.failed_frames), (20, 0));
+    assert_same_frames(&output, &reference(&input, "blur,edges", &dir.path().join("run.mkv")), "through quorum queues");
+
+    // A worker that expects classic queues there fails at once, naming the fix.
+    let mut classic = Worker::start_with(&ns, &[]);
+    let (code, stderr) = wait_output(&mut classic.child.0);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "vpd: the queues of namespace '{}' are quorum queues on this broker, not classic: pass --queue-type quorum, or another --namespace for classic queues",
+            ns.name
+        ),
+        "one line, without RabbitMQ's PRECONDITION_FAILED"
+    );
+}
+
+#[test]
+fn a_quorum_role_in_a_classic_namespace_is_told_too() {
+    let ns = Namespace::new("classic");
+    let mut worker = Worker::start_with(&ns, &["--queue-type", "quorum"]);
+    let (code, stderr) = wait_output(&mut worker.child.0);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "vpd: the queues of namespace '{}' are classic queues on this broker, not quorum: pass --queue-type classic, or another --namespace for quorum queues",
+            ns.name
+        )
+    );
+}
