@@ -39,16 +39,23 @@ for i in 1 2; do
 done
 
 start=$(date +%s.%N)
-"$vpd" client "$work/in.mp4" --server "$addr" -f "$chain" -o "$work/out.mkv" --json >"$work/summary.json" 2>"$work/client.log" &
+# A job that has not ended long after vpd run's time is stuck: that is a failure too.
+timeout $((seconds * 4 + 60)) "$vpd" client "$work/in.mp4" --server "$addr" -f "$chain" -o "$work/out.mkv" --json \
+  >"$work/summary.json" 2>"$work/client.log" &
 client=$!
 # Under way: a quarter of the job's frames at the rate vpd run reached, or 5 s.
 sleep 5
 scripts/rabbitmq-cluster.sh stop-node 1
 stopped=$(echo "$(date +%s.%N) - $start" | bc)
 echo "cluster-failover: stopped rabbit1@localhost ${stopped%.*} s into the job"
+keep_logs() {
+  mkdir -p "${VPD_FAILOVER_LOGS:-/tmp/vpd-failover-logs}"
+  cp "$work"/*.log "$work/summary.json" "${VPD_FAILOVER_LOGS:-/tmp/vpd-failover-logs}/"
+  echo "cluster-failover: the logs are in ${VPD_FAILOVER_LOGS:-/tmp/vpd-failover-logs}" >&2
+}
 if ! wait "$client"; then
   echo "cluster-failover: FAILED: the job did not complete" >&2
-  tail -5 "$work/client.log" "$work/server.log" >&2
+  keep_logs
   exit 1
 fi
 took=$(echo "$(date +%s.%N) - $start" | bc)
@@ -60,9 +67,7 @@ if ! cmp -s <(cut -d, -f6 "$work/ref.md5") <(cut -d, -f6 "$work/out.md5"); then
   echo "cluster-failover: FAILED: the frames differ from vpd run's ($done frames, $failed failed," \
     "$(wc -l <"$work/ref.md5") and $(wc -l <"$work/out.md5") decoded; first differing:" \
     "$(diff <(cut -d, -f6 "$work/ref.md5") <(cut -d, -f6 "$work/out.md5") | head -1))" >&2
-  mkdir -p "${VPD_FAILOVER_LOGS:-/tmp/vpd-failover-logs}"
-  cp "$work"/*.log "$work/summary.json" "${VPD_FAILOVER_LOGS:-/tmp/vpd-failover-logs}/"
-  echo "cluster-failover: the logs are in ${VPD_FAILOVER_LOGS:-/tmp/vpd-failover-logs}" >&2
+  keep_logs
   exit 1
 fi
 echo "cluster-failover: the job completed in ${took%.*} s: $done frames, $failed failed, $retries redelivered; every frame is vpd run's"

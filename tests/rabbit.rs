@@ -74,3 +74,48 @@ fn a_quorum_role_in_a_classic_namespace_is_told_too() {
         )
     );
 }
+
+/// A RabbitMQ policy on one namespace's task queue, cleared when dropped.
+struct Policy(String);
+
+impl Policy {
+    fn set(ns: &Namespace, definition: &str) -> Policy {
+        let name = format!("{}-policy", ns.name);
+        let pattern = format!("^{}\\.tasks$", ns.name.replace('.', "\\."));
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "set_policy", "--apply-to", "queues", "--priority", "10", &name, &pattern, definition])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Policy(name)
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl").args(["-q", "clear_policy", &self.0]).output();
+    }
+}
+
+#[test]
+fn tasks_the_broker_refuses_are_sent_again_and_never_counted_as_tries() {
+    // A task queue that takes one waiting message and refuses the rest (publisher nacks), as a
+    // quorum queue does while it elects a leader after its node is lost.
+    let ns = Namespace::new("refused");
+    let _policy = Policy::set(&ns, r#"{"max-length": 1, "overflow": "reject-publish"}"#);
+    let dir = tempfile::tempdir().unwrap();
+    // Frames slow enough, and a window wide enough, that most of the window waits refused for
+    // several of the server's re-send ticks.
+    let input = clip(dir.path(), ClipSpec { frames: 30, width: 640, height: 480, fps: 25.0, face: false });
+    let chain = "blur:ksize=151,edges";
+    let server =
+        Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name, "--window", "12"]);
+    let _worker = Worker::start(&ns, 1);
+    ns.wait_for_workers(1);
+    let output = dir.path().join("out.mkv");
+    let s = summary(&client(&server.addr(), &input, chain, &output, &[]));
+    assert_eq!((s.frames, s.failed_frames), (30, 0), "{s:?}");
+    // The refused publishes were not tries: nothing was redelivered or re-dispatched.
+    assert_eq!(s.retries, 0, "{s:?}");
+    assert_same_frames(&output, &reference(&input, chain, &dir.path().join("run.mkv")), "through a refusing queue");
+}

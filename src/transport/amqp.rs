@@ -338,6 +338,7 @@ fn decode(
 struct Outstanding {
     body: Arc<Vec<u8>>,
     last_dispatch: Instant,
+    /// Publishes a worker may have seen: one the broker refused is taken back.
     dispatches: u32,
     /// Send again at the next tick: the broker refused it, or the connection it went out on
     /// died.
@@ -459,10 +460,13 @@ impl Session<'_> {
                     let (index, accepted) = confirmed.map_err(|e| Interrupted::Fatal(anyhow!(e)))?;
                     match accepted {
                         Ok(true) => {}
-                        // The broker refused it (out of resources): try again on the next tick.
+                        // The broker refused it (out of resources, a full queue, a quorum queue
+                        // electing its leader): try again on the next tick. No worker saw it, so
+                        // it is not one of the frame's tries (MAX_DISPATCHES counts those).
                         Ok(false) => {
                             if let Some(e) = self.outstanding.get_mut(&index) {
                                 e.resend = true;
+                                e.dispatches = e.dispatches.saturating_sub(1);
                             }
                         }
                         Err(e) => return Err(conn(e)),
