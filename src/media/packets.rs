@@ -19,7 +19,7 @@ use super::convert::Colour;
 use super::encoder::{Container, Frames, VideoEncoder};
 use super::index::{Cut, VideoIndex};
 use super::segment::{write_header, write_packet};
-use super::source::{Converter, quarter, upright_turn};
+use super::source::{Converter, turn_degrees, turn_of, upright_aspect, upright_turn};
 use super::stream::VideoParams;
 use super::{MediaError, OutputOptions};
 
@@ -57,13 +57,6 @@ pub struct SegmentInput {
     pub previous: Option<i64>,
     /// The packets, in decoding order.
     pub packets: Vec<RawPacket>,
-}
-
-impl SegmentInput {
-    /// Bytes of packet data it carries.
-    pub fn packet_bytes(&self) -> usize {
-        self.packets.iter().map(|p| p.data.len()).sum()
-    }
 }
 
 /// The frames of a [`SegmentInput`], decoded and upright.
@@ -121,12 +114,7 @@ impl Cutter {
         let codec = context.id().name().to_string();
         let decoder =
             context.decoder().video().map_err(|_| MediaError::Undecodable { path: path.to_path_buf(), codec })?;
-        let turn = match upright_turn(&stream) {
-            Some(RotateFlags::ROTATE_90_CLOCKWISE) => 90,
-            Some(RotateFlags::ROTATE_180) => 180,
-            Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE) => 270,
-            None => 0,
-        };
+        let turn = turn_degrees(upright_turn(&stream));
         let rate = stream.avg_frame_rate();
         let params = VideoParams::of_input(&par, &decoder, stream.time_base());
         Ok(Cutter {
@@ -208,8 +196,12 @@ impl Cutter {
     }
 }
 
-/// A decoder for `input`'s stream, and the conversion of its frames; `shown` names it in errors.
-fn open_decoder(input: &SegmentInput, shown: &Path) -> Result<(decoder::Video, Converter), MediaError> {
+/// A decoder for `input`'s stream, the conversion of its frames, and their turn; `shown` names
+/// it in errors.
+fn open_decoder(
+    input: &SegmentInput,
+    shown: &Path,
+) -> Result<(decoder::Video, Converter, Option<RotateFlags>), MediaError> {
     super::init();
     let bad = |why: String| MediaError::Uncuttable { path: shown.to_path_buf(), why };
     let par = input.stream.to_codec().map_err(bad)?;
@@ -223,21 +215,15 @@ fn open_decoder(input: &SegmentInput, shown: &Path) -> Result<(decoder::Video, C
         .decoder()
         .video()
         .map_err(|_| MediaError::Undecodable { path: shown.to_path_buf(), codec: input.stream.codec.clone() })?;
-    let turn = match input.turn {
-        0 => None,
-        90 => Some(RotateFlags::ROTATE_90_CLOCKWISE),
-        180 => Some(RotateFlags::ROTATE_180),
-        270 => Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE),
-        other => return Err(bad(format!("a turn of {other} degrees"))),
-    };
+    let turn = turn_of(input.turn).map_err(bad)?;
     let colour = Colour { space: decoder.color_space(), range: decoder.color_range() };
     let converter = Converter::new((decoder.width(), decoder.height()), turn, colour);
-    Ok((decoder, converter))
+    Ok((decoder, converter, turn))
 }
 
 /// Decodes `input`'s frames; `shown` names it in errors. Every frame it lists must come out.
 pub fn decode(input: &SegmentInput, shown: &Path) -> Result<Decoded, MediaError> {
-    let (mut decoder, mut converter) = open_decoder(input, shown)?;
+    let (mut decoder, mut converter, _) = open_decoder(input, shown)?;
     let wanted = |pts: i64| input.previous == Some(pts) || input.frames.binary_search(&pts).is_ok();
     let mut got: Vec<(i64, Mat)> = Vec::with_capacity(input.frames.len() + 1);
     let mut decoded = frame::Video::empty();
@@ -288,19 +274,11 @@ pub fn decode(input: &SegmentInput, shown: &Path) -> Result<Decoded, MediaError>
 /// for a segment written locally, at `size` where the filters change it.
 fn frames_of(
     input: &SegmentInput,
-    decoder: &decoder::Video,
-    converter: &Converter,
+    (decoder, converter, turn): &(decoder::Video, Converter, Option<RotateFlags>),
     size: Option<(u32, u32)>,
 ) -> Frames {
     let (width, height) = size.unwrap_or_else(|| converter.upright_size());
-    let sar = decoder.aspect_ratio();
-    let turned = quarter(match input.turn {
-        90 => Some(RotateFlags::ROTATE_90_CLOCKWISE),
-        270 => Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE),
-        _ => None,
-    });
-    let aspect_ratio =
-        if turned && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
+    let aspect_ratio = upright_aspect(decoder.aspect_ratio(), *turn);
     Frames {
         width,
         height,
@@ -324,8 +302,9 @@ pub fn encode(
     options: &OutputOptions,
     size: Option<(u32, u32)>,
 ) -> Result<Vec<u8>, MediaError> {
-    let (decoder, converter) = open_decoder(input, target)?;
-    let described = frames_of(input, &decoder, &converter, size);
+    // A decoder opened for its description of the frames (colour, aspect): what the source
+    // tells a local segment's encoder.
+    let described = frames_of(input, &open_decoder(input, target)?, size);
     let container = Container::of(target, options)?;
     let mut encoder = VideoEncoder::open(&described, options, container, target)?;
     let mut out = Vec::new();

@@ -414,8 +414,8 @@ pub fn join(
         path: segment_path(dir, number),
         cause: std::io::Error::other(why),
     };
-    let mut sink = None;
-    let mut params_of_first = None;
+    // The sink, opened with the first segment's parameters, which every other must equal.
+    let mut opened: Option<(VideoParams, MediaSink)> = None;
     // Per input stream, the latest timestamp written: what a resumed job read twice is passed over.
     let mut written: HashMap<usize, i64> = HashMap::new();
     for (expected, record) in segments.iter().enumerate() {
@@ -430,18 +430,14 @@ pub fn join(
                 format!("damaged segment: {video} frames where {} were committed", record.frames),
             ));
         }
-        let sink = match &mut sink {
-            Some(sink) => {
-                if params_of_first.as_ref() != Some(&file.params) {
-                    return Err(bad(record.number, "encoded with other settings than the first segment".into()));
-                }
-                sink
-            }
+        let sink = match &mut opened {
+            Some((first, sink)) if *first == file.params => sink,
+            Some(_) => return Err(bad(record.number, "encoded with other settings than the first segment".into())),
             None => {
                 let parameters =
                     file.params.to_codec().map_err(|why| bad(record.number, format!("damaged segment: {why}")))?;
-                params_of_first = Some(file.params.clone());
-                sink.insert(MediaSink::join(source, target, options, &parameters, file.params.time_base(), size)?)
+                let sink = MediaSink::join(source, target, options, &parameters, file.params.time_base(), size)?;
+                &mut opened.insert((file.params.clone(), sink)).1
             }
         };
         let mut seen: HashMap<usize, i64> = HashMap::new();
@@ -461,5 +457,5 @@ pub fn join(
         }
         written.extend(seen);
     }
-    sink.ok_or_else(|| MediaError::NoFrames(target.to_path_buf()))?.finish()
+    opened.ok_or_else(|| MediaError::NoFrames(target.to_path_buf()))?.1.finish()
 }

@@ -151,8 +151,34 @@ impl Converter {
 }
 
 /// Whether `turn` is a quarter turn (width and height swap).
-pub(super) fn quarter(turn: Option<RotateFlags>) -> bool {
+fn quarter(turn: Option<RotateFlags>) -> bool {
     matches!(turn, Some(RotateFlags::ROTATE_90_CLOCKWISE | RotateFlags::ROTATE_90_COUNTERCLOCKWISE))
+}
+
+/// The sample aspect ratio `sar` of stored frames, for the frames turned upright by `turn`.
+pub(super) fn upright_aspect(sar: Rational, turn: Option<RotateFlags>) -> Rational {
+    if quarter(turn) && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar }
+}
+
+/// `turn` as clockwise degrees, for a task to carry.
+pub(super) fn turn_degrees(turn: Option<RotateFlags>) -> u16 {
+    match turn {
+        Some(RotateFlags::ROTATE_90_CLOCKWISE) => 90,
+        Some(RotateFlags::ROTATE_180) => 180,
+        Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE) => 270,
+        None => 0,
+    }
+}
+
+/// The turn of `degrees` clockwise; `None` inside for none, an error for what is not a quarter.
+pub(super) fn turn_of(degrees: u16) -> Result<Option<RotateFlags>, String> {
+    match degrees {
+        0 => Ok(None),
+        90 => Ok(Some(RotateFlags::ROTATE_90_CLOCKWISE)),
+        180 => Ok(Some(RotateFlags::ROTATE_180)),
+        270 => Ok(Some(RotateFlags::ROTATE_90_COUNTERCLOCKWISE)),
+        other => Err(format!("a turn of {other} degrees")),
+    }
 }
 
 impl MediaSource {
@@ -212,9 +238,7 @@ impl MediaSource {
         let turn = upright_turn(&stream);
         let converter = Converter::new((decoder.width(), decoder.height()), turn, colour);
         let (width, height) = converter.upright_size();
-        let sar = decoder.aspect_ratio();
-        let aspect_ratio =
-            if quarter(turn) && sar.numerator() > 0 { Rational::new(sar.denominator(), sar.numerator()) } else { sar };
+        let aspect_ratio = upright_aspect(decoder.aspect_ratio(), turn);
         let info = VideoInfo { width, height, fps, frame_count };
         if info.width == 0 || info.height == 0 {
             return Err(MediaError::NoFrames(path.to_path_buf()));
