@@ -74,17 +74,33 @@ impl Serialize for BrokerUrls {
 
 impl<'de> Deserialize<'de> for BrokerUrls {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Given {
-            One(String),
-            Many(Vec<String>),
+        struct Given;
+        impl<'de> serde::de::Visitor<'de> for Given {
+            type Value = BrokerUrls;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a RabbitMQ URL, or a list of them (a cluster's nodes)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<BrokerUrls, E> {
+                s.parse().map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<BrokerUrls, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    // Counted as they come: a hostile list is refused before it is all read.
+                    if urls.len() == MAX_BROKER_URLS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_BROKER_URLS} RabbitMQ URLs is over the limit"
+                        )));
+                    }
+                    urls.push(url);
+                }
+                urls.try_into().map_err(serde::de::Error::custom)
+            }
         }
-        match Given::deserialize(d)? {
-            Given::One(s) => s.parse(),
-            Given::Many(v) => v.try_into(),
-        }
-        .map_err(serde::de::Error::custom)
+        d.deserialize_any(Given)
     }
 }
 
@@ -127,6 +143,13 @@ mod tests {
         assert_eq!(one.amqp.iter().count(), 1);
         let many: File = toml::from_str("amqp = [\"amqp://a:5672\", \"amqp://b:5672\"]").unwrap();
         assert_eq!(many.amqp.iter().collect::<Vec<_>>(), ["amqp://a:5672", "amqp://b:5672"]);
+        // A file's mistakes say what was wanted.
+        let err = toml::from_str::<File>("amqp = [\"amqp://a\", 5]").err().unwrap().to_string();
+        assert!(err.contains("expected a string"), "{err}");
+        let err = toml::from_str::<File>("amqp = 5").err().unwrap().to_string();
+        assert!(err.contains("expected a RabbitMQ URL, or a list of them"), "{err}");
+        let err = toml::from_str::<File>("amqp = [\"http://x\"]").err().unwrap().to_string();
+        assert!(err.contains("'http://x' is not a RabbitMQ URL"), "{err}");
     }
 
     #[test]
