@@ -16,6 +16,7 @@ use crate::filters::Chain;
 use crate::media::VideoCodec;
 use crate::net::ServerAddr;
 use crate::protocol::job::{JobControl, JobId};
+use crate::protocol::segment::Split;
 use crate::protocol::wire::TransportEncoding;
 
 /// vpd: split a video into frames, filter them in parallel, reassemble the result in order.
@@ -335,6 +336,16 @@ pub struct ServerSettings {
     #[arg(long, value_name = "SECONDS")]
     pub redispatch_after: Option<f64>,
 
+    /// What a client's --split auto means here: auto (segments when the video has 3 or more
+    /// and can be cut as packets), frames or segments [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub split: Option<Split>,
+
+    /// The largest segment task put on the broker, in bytes; a larger segment is done frame by
+    /// frame [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message: Option<usize>,
+
     /// Frames in flight per job, fixed [default: from the frame size; with --amqp, as many on
     /// the broker as keep every worker fed without flooding the queue].
     #[arg(long, value_name = "N")]
@@ -572,6 +583,13 @@ pub struct ClientSettings {
     /// lz4, or jpeg:QUALITY (lossy, smaller) [default: auto].
     #[arg(long, value_name = "ENCODING")]
     pub transport: Option<TransportEncoding>,
+
+    /// How the server spreads the job over its workers: segments (workers decode, filter and
+    /// encode whole segments of compressed video), frames (the server decodes and sends every
+    /// frame), or auto (segments when the video has 3 or more and can be cut as packets)
+    /// [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub split: Option<Split>,
 
     /// Read the server's token from this file (its first line; keep it mode 0600).
     #[arg(long, env = "VPD_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]

@@ -269,6 +269,14 @@ impl FileConfig {
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("vpd-server-{}", std::process::id()))),
             state_dir: s.state_dir.map_or_else(default_state_dir, Ok)?,
             segment_seconds: segment_seconds(s.segment_seconds)?,
+            split: s.split.unwrap_or_default(),
+            max_message: match s.max_message {
+                None => crate::split::DEFAULT_MAX_MESSAGE,
+                Some(n) if (64 << 10..=crate::protocol::segment::MAX_TASK_BYTES).contains(&n) => n,
+                Some(_) => {
+                    return Err(usage(ErrorKind::ValueValidation, "--max-message must be between 65536 and 134217728"));
+                }
+            },
             keep_results: s.keep_results.unwrap_or(DEFAULT_KEEP_RESULTS),
             max_stored: s.max_stored.unwrap_or(DEFAULT_MAX_STORED),
             window: s.window.map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
@@ -377,6 +385,7 @@ impl FileConfig {
             server: s.server.unwrap_or_else(default_server),
             output_options: s.encoding.options(a.result.format)?,
             transport: s.transport.unwrap_or(TransportEncoding::Auto),
+            split: s.split.unwrap_or_default(),
             token: token(a.token, s.token_file.as_deref())?,
             tls: client_tls(s.tls)?,
             quiet: a.result.quiet,

@@ -220,7 +220,7 @@ pub struct Finished {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn summarise(
+pub(crate) fn summarise(
     input: &Path,
     output: &Path,
     job: &JobContext,
@@ -252,6 +252,8 @@ fn summarise(
         wire_bytes_sent: report.wire.sent,
         wire_bytes_received: report.wire.received,
         resumed_at_frame: None,
+        split: None,
+        split_why: None,
     }
 }
 

@@ -48,6 +48,7 @@ pub mod protocol;
 pub mod run;
 pub mod server;
 pub mod service;
+pub mod split;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -90,6 +90,9 @@ fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
         "{}: {} frames, {} failed, {:.2} s, {:.1} fps ({}x{} @ {:.2} fps, {})",
         s.output, s.frames, s.failed_frames, s.wall_seconds, s.fps, s.width, s.height, s.video_fps, s.codec
     )?;
+    if let (Some(split), Some(why)) = (&s.split, &s.split_why) {
+        writeln!(w, "  split            {split} ({why})")?;
+    }
     if s.retries > 0 || s.duplicates > 0 {
         writeln!(w, "  retries {}, duplicate results dropped {}", s.retries, s.duplicates)?;
     }

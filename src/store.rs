@@ -450,6 +450,7 @@ mod tests {
             output: crate::media::OutputOptions::default(),
             container: "mp4".into(),
             transport: crate::protocol::wire::TransportEncoding::Auto,
+            split: crate::protocol::segment::Split::Auto,
             input_name: "in.mp4".into(),
             input_bytes: 1234,
             client: "alice".into(),

@@ -341,7 +341,7 @@ fn a_worker_that_loses_the_broker_reconnects_and_finishes_the_job() {
 #[test]
 fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
     use opencv::core::{CV_8UC3, Mat, Scalar};
-    use vpd::broker::Broker;
+    use vpd::broker::{Broker, MessageKind};
     use vpd::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta, TransportEncoding};
 
     let ns = Namespace::new("poison");
@@ -369,7 +369,7 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
         let body = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
         assert!(
             publisher
-                .task(&t, &body, &reply_to, &Correlation::new("jpoison", 3), 0)
+                .task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jpoison", 3), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -389,7 +389,7 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
         let body = wire::encode_task(&meta, &frame, Some(&other), &mut Encoder::new(TransportEncoding::Raw)).unwrap();
         assert!(
             publisher
-                .task(&t, &body, &reply_to, &Correlation::new("jpoison", 4), 0)
+                .task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jpoison", 4), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -403,7 +403,7 @@ fn a_poison_task_is_retried_then_dead_lettered_and_reported() {
         // Bytes that are no task at all go straight to the dead letters.
         assert!(
             publisher
-                .task(&t, b"garbage", &reply_to, &Correlation::new("jpoison", 5), 0)
+                .task(&t, MessageKind::Task, b"garbage", &reply_to, &Correlation::new("jpoison", 5), 0)
                 .await
                 .unwrap()
                 .accepted()

@@ -251,6 +251,7 @@ fn write_seed_corpus() {
         output: OutputOptions::default(),
         container: "mp4".into(),
         transport: TransportEncoding::Auto,
+        split: vpd::protocol::segment::Split::Auto,
         input_name: "in.mp4".into(),
         input_bytes: 12,
         client: String::new(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vpd::broker::Broker;
+use vpd::broker::{Broker, MessageKind};
 use vpd::protocol::event::JobEvent;
 use vpd::protocol::job::{JobId, JobSpec};
 use vpd::protocol::message::{ClientMessage, ErrorCode, ServerMessage};
@@ -243,6 +243,7 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
         output: vpd::media::OutputOptions { codec: "ffv1".parse().unwrap(), ..Default::default() },
         container: "mkv".into(),
         transport: vpd::protocol::wire::TransportEncoding::Auto,
+        split: vpd::protocol::segment::Split::Auto,
         input_name: "noisy.mkv".into(),
         input_bytes: bytes.len() as u64,
         client: String::new(),
@@ -344,7 +345,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let body = forged_task("jforged", &[blur(3)], small, &bomb);
         assert!(
             publisher
-                .task(&t, &body, &reply_to, &Correlation::new("jforged", 0), 0)
+                .task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jforged", 0), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -357,7 +358,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let huge_kernel = forged_task("jforged", &[blur(100_001)], hd, &raw);
         assert!(
             publisher
-                .task(&t, &huge_kernel, &reply_to, &Correlation::new("jforged", 1), 0)
+                .task(&t, MessageKind::Task, &huge_kernel, &reply_to, &Correlation::new("jforged", 1), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -367,7 +368,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let many = forged_task("jforged", &vec![blur(255); 3000], hd, &raw);
         assert!(
             publisher
-                .task(&t, &many, &reply_to, &Correlation::new("jforged", 2), 0)
+                .task(&t, MessageKind::Task, &many, &reply_to, &Correlation::new("jforged", 2), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -380,7 +381,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let body = forged_task("jforged", &[blur(3)], tiny, &[0u8; 51]);
         assert!(
             publisher
-                .task(&t, &body, &reply_to, &Correlation::new("jforged", 4), 0)
+                .task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jforged", 4), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -392,7 +393,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let body = forged_task("jforged", &[blur(3)], eight_k, &bomb);
         assert!(
             publisher
-                .task(&t, &body, &reply_to, &Correlation::new("jforged", 5), 0)
+                .task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jforged", 5), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -412,7 +413,7 @@ fn forged_tasks_cannot_exhaust_a_workers_memory_or_pin_its_threads() {
         let honest = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
         assert!(
             publisher
-                .task(&t, &honest, &reply_to, &Correlation::new("jforged", 3), 0)
+                .task(&t, MessageKind::Task, &honest, &reply_to, &Correlation::new("jforged", 3), 0)
                 .await
                 .unwrap()
                 .accepted()
@@ -497,7 +498,7 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
         body.extend_from_slice(&bomb);
         let publisher = broker.publisher().await.unwrap();
         for _ in 0..2 {
-            assert!(publisher.result(&t, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
+            assert!(publisher.result(&t, MessageKind::Result, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
         }
         task.ack().await.unwrap();
         tasks.cancel().await.unwrap();
@@ -783,7 +784,7 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
         let meta = TaskMeta { job: "jstranger", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
         let body = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
         let publisher = broker.publisher().await.unwrap();
-        let sent = publisher.task(&t, &body, &reply_to, &Correlation::new("jstranger", 0), 0).await.unwrap();
+        let sent = publisher.task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jstranger", 0), 0).await.unwrap();
         assert!(sent.accepted().await.unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while broker.queue_stats(&t.dead()).await.unwrap().0 != 1 {
@@ -807,7 +808,7 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
             let meta = ResultMeta { job: id.as_str(), index, worker: "forger", filter_us: 1, retries: 0 };
             let body = wire::encode_result(&meta, Ok(&frame), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
             let correlation = Correlation::new(id.as_str(), index);
-            assert!(publisher.result(&t, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
+            assert!(publisher.result(&t, MessageKind::Result, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
         }
         publisher.event(&t, &JobEvent::Cancelled { job: id.clone() }).await.unwrap();
         broker.close().await;

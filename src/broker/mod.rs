@@ -102,7 +102,7 @@ impl ClusterKey {
 
     /// The MAC a task body gets, as [`Publisher::task`] sends it (for the benchmarks).
     pub fn task_mac(&self, correlation: &str, body: &[u8]) -> Vec<u8> {
-        self.sign(Kind::Task as u8, correlation, body).as_ref().to_vec()
+        self.sign(MessageKind::Task as u8, correlation, body).as_ref().to_vec()
     }
 
     /// Whether `mac` is this key's over the message (compared in constant time).
@@ -126,13 +126,49 @@ impl PartialEq for ClusterKey {
 
 impl Eq for ClusterKey {}
 
-/// What a signed message is: part of what its MAC covers, so that one kind cannot pass for
-/// another.
+/// What a message is, in its AMQP `type` property: part of what its MAC covers, so that one
+/// kind cannot pass for another. A message without the property is the first kind its queue
+/// carries (a frame task on the task queue, a frame result on a reply queue), as vpd sent
+/// them before segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum MessageKind {
+    /// A frame to filter.
     Task = 1,
+    /// A filtered frame.
     Result = 2,
+    /// A job event.
     Event = 3,
+    /// A segment to decode, filter and encode.
+    SegmentTask = 4,
+    /// An encoded segment.
+    SegmentResult = 5,
+    /// How far a worker is into a segment.
+    SegmentProgress = 6,
+}
+
+/// The kinds a task queue carries.
+const TASK_KINDS: &[MessageKind] = &[MessageKind::Task, MessageKind::SegmentTask];
+/// The kinds a reply queue carries.
+const REPLY_KINDS: &[MessageKind] = &[MessageKind::Result, MessageKind::SegmentResult, MessageKind::SegmentProgress];
+
+impl MessageKind {
+    /// Its name in the `type` property.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Task => "task",
+            MessageKind::Result => "result",
+            MessageKind::Event => "event",
+            MessageKind::SegmentTask => "segment-task",
+            MessageKind::SegmentResult => "segment-result",
+            MessageKind::SegmentProgress => "segment-progress",
+        }
+    }
+
+    fn of(name: &str) -> Option<MessageKind> {
+        [Self::Task, Self::Result, Self::Event, Self::SegmentTask, Self::SegmentResult, Self::SegmentProgress]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
 }
 
 /// A role's `--queue-type` is not what the namespace's queues are on the broker: a setting to
@@ -173,7 +209,7 @@ impl Topology {
     }
 
     /// The headers that sign a message of `kind`, when there is a key.
-    fn signed(&self, kind: Kind, correlation: &str, body: &[u8], mut headers: FieldTable) -> FieldTable {
+    fn signed(&self, kind: MessageKind, correlation: &str, body: &[u8], mut headers: FieldTable) -> FieldTable {
         if let Some(key) = &self.key {
             let tag = key.sign(kind as u8, correlation, body);
             headers.insert(MAC_HEADER.into(), AMQPValue::ByteArray(tag.as_ref().to_vec().into()));
@@ -439,7 +475,7 @@ impl Broker {
         let inner = ch
             .basic_consume(t.tasks().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        Ok(Consumer { inner, ch, tag: tag.to_string(), check: t.key.clone().map(|k| (k, Kind::Task)), acked: true })
+        Ok(Consumer { inner, ch, tag: tag.to_string(), key: t.key.clone(), kinds: TASK_KINDS, acked: true })
     }
 
     /// Declares job `job`'s reply queue and consumes it (no acks: a result lost with the
@@ -464,7 +500,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok((queue, Consumer { inner, ch, tag, check: t.key.clone().map(|k| (k, Kind::Result)), acked: false }))
+        Ok((queue, Consumer { inner, ch, tag, key: t.key.clone(), kinds: REPLY_KINDS, acked: false }))
     }
 
     /// Consumes every event on the events exchange through a fresh exclusive queue.
@@ -491,7 +527,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        Ok(Consumer { inner, ch, tag: tag.to_string(), check: t.key.clone().map(|k| (k, Kind::Event)), acked: false })
+        Ok(Consumer { inner, ch, tag: tag.to_string(), key: t.key.clone(), kinds: &[MessageKind::Event], acked: false })
     }
 
     /// Closes the connection.
@@ -520,10 +556,12 @@ impl Confirm {
 }
 
 impl Publisher {
-    /// Publishes a task body to the work queue.
+    /// Publishes a task body of `kind` ([`MessageKind::Task`] or [`MessageKind::SegmentTask`])
+    /// to the work queue.
     pub async fn task(
         &self,
         t: &Topology,
+        kind: MessageKind,
         body: &[u8],
         reply_to: &str,
         correlation: &Correlation,
@@ -531,8 +569,9 @@ impl Publisher {
     ) -> anyhow::Result<Confirm> {
         let mut headers = FieldTable::default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
-        let headers = t.signed(Kind::Task, &correlation.to_string(), body, headers);
+        let headers = t.signed(kind, &correlation.to_string(), body, headers);
         let props = BasicProperties::default()
+            .with_type(kind.as_str().into())
             .with_reply_to(reply_to.into())
             .with_correlation_id(correlation.to_string().into())
             .with_headers(headers);
@@ -541,17 +580,21 @@ impl Publisher {
         Ok(Confirm(confirm))
     }
 
-    /// Publishes a result body to a job's reply queue.
+    /// Publishes a body of `kind` (a frame's or a segment's result, or a segment's progress) to
+    /// a job's reply queue.
     pub async fn result(
         &self,
         t: &Topology,
+        kind: MessageKind,
         reply_to: &str,
         correlation: &Correlation,
         body: &[u8],
     ) -> anyhow::Result<Confirm> {
-        let headers = t.signed(Kind::Result, &correlation.to_string(), body, FieldTable::default());
-        let props =
-            BasicProperties::default().with_correlation_id(correlation.to_string().into()).with_headers(headers);
+        let headers = t.signed(kind, &correlation.to_string(), body, FieldTable::default());
+        let props = BasicProperties::default()
+            .with_type(kind.as_str().into())
+            .with_correlation_id(correlation.to_string().into())
+            .with_headers(headers);
         let confirm =
             self.ch.basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), body, props).await?;
         Ok(Confirm(confirm))
@@ -560,7 +603,7 @@ impl Publisher {
     /// Publishes an event; does not wait for the broker's confirm.
     pub async fn event(&self, t: &Topology, event: &JobEvent) -> anyhow::Result<()> {
         let body = serde_json::to_vec(event)?;
-        let headers = t.signed(Kind::Event, "", &body, FieldTable::default());
+        let headers = t.signed(MessageKind::Event, "", &body, FieldTable::default());
         let props = BasicProperties::default().with_content_type("application/json".into()).with_headers(headers);
         self.ch.basic_publish(t.events().into(), "".into(), BasicPublishOptions::default(), &body, props).await?;
         Ok(())
@@ -577,8 +620,10 @@ pub struct Message {
     pub attempt: u32,
     /// The `reply_to` property.
     pub reply_to: Option<String>,
-    /// The `correlation_id` property, when it names a frame of a job.
+    /// The `correlation_id` property, when it names a frame (or segment) of a job.
     pub correlation: Option<Correlation>,
+    /// What it is.
+    pub kind: MessageKind,
     acker: Acker,
 }
 
@@ -601,8 +646,10 @@ pub struct Consumer {
     inner: lapin::Consumer,
     ch: Channel,
     tag: String,
-    /// The key messages must be signed with, and the kind they must be.
-    check: Option<(ClusterKey, Kind)>,
+    /// The key messages must be signed with.
+    key: Option<ClusterKey>,
+    /// The kinds the queue carries; the first is a message's that does not say.
+    kinds: &'static [MessageKind],
     /// Whether deliveries are acknowledged (a forged one is then rejected, not requeued).
     acked: bool,
 }
@@ -611,21 +658,35 @@ impl Consumer {
     /// The next message; `None` once the subscription is cancelled; an error when the
     /// connection broke.
     pub async fn next(&mut self) -> Option<anyhow::Result<Message>> {
-        let delivery = loop {
+        let (delivery, kind) = loop {
             let delivery = match self.inner.next().await? {
                 Ok(d) => d,
                 Err(e) => return Some(Err(anyhow!(e).context("RabbitMQ connection lost"))),
             };
-            let Some((key, kind)) = &self.check else { break delivery };
-            let mac = match delivery.properties.headers().as_ref().and_then(|h| h.inner().get(MAC_HEADER).cloned()) {
-                Some(AMQPValue::ByteArray(b)) => b.as_slice().to_vec(),
-                _ => Vec::new(),
-            };
             let correlation = delivery.properties.correlation_id().as_ref().map_or("", |c| c.as_str());
-            if key.verify(*kind as u8, correlation, &delivery.data, &mac) {
-                break delivery;
+            let kind = match delivery.properties.kind().as_ref() {
+                None => Some(self.kinds[0]),
+                Some(name) => MessageKind::of(name.as_str()).filter(|k| self.kinds.contains(k)),
+            };
+            let verified = |key: &ClusterKey, kind: MessageKind| {
+                let mac = match delivery.properties.headers().as_ref().and_then(|h| h.inner().get(MAC_HEADER).cloned())
+                {
+                    Some(AMQPValue::ByteArray(b)) => b.as_slice().to_vec(),
+                    _ => Vec::new(),
+                };
+                key.verify(kind as u8, correlation, &delivery.data, &mac)
+            };
+            match (kind, &self.key) {
+                (Some(kind), None) => break (delivery, kind),
+                (Some(kind), Some(key)) if verified(key, kind) => break (delivery, kind),
+                (Some(kind), Some(_)) => {
+                    tracing::warn!(?kind, correlation, bytes = delivery.data.len(), "dropped a message without a valid signature");
+                }
+                (None, _) => {
+                    let kind = delivery.properties.kind().as_ref().map(|k| k.to_string());
+                    tracing::warn!(?kind, correlation, "dropped a message of a kind this queue does not carry");
+                }
             }
-            tracing::warn!(kind = ?kind, correlation, bytes = delivery.data.len(), "dropped a message without a valid signature");
             if self.acked {
                 // To the dead-letter queue, where an operator can see what was forged.
                 delivery.acker.reject(BasicRejectOptions { requeue: false }).await.ok();
@@ -642,6 +703,7 @@ impl Consumer {
             attempt,
             reply_to: text(delivery.properties.reply_to()),
             correlation: delivery.properties.correlation_id().as_ref().and_then(|c| c.as_str().parse().ok()),
+            kind,
             body: delivery.data,
             acker: delivery.acker,
         }))
@@ -668,15 +730,15 @@ mod tests {
     #[test]
     fn a_mac_covers_the_kind_the_correlation_and_every_byte() {
         let key = ClusterKey::new(b"0123456789abcdef0123456789abcdef\n").unwrap();
-        let tag = key.sign(Kind::Task as u8, "j1:3", b"frame bytes");
-        assert!(key.verify(Kind::Task as u8, "j1:3", b"frame bytes", tag.as_ref()));
-        assert!(!key.verify(Kind::Result as u8, "j1:3", b"frame bytes", tag.as_ref()), "another kind");
-        assert!(!key.verify(Kind::Task as u8, "j1:4", b"frame bytes", tag.as_ref()), "another frame");
-        assert!(!key.verify(Kind::Task as u8, "j1:3", b"frame bytez", tag.as_ref()), "another body");
-        assert!(!key.verify(Kind::Task as u8, "j1:3", b"frame bytes", &tag.as_ref()[..31]), "a cut tag");
-        assert!(!key.verify(Kind::Task as u8, "j1:3", b"frame bytes", &[]), "no tag");
+        let tag = key.sign(MessageKind::Task as u8, "j1:3", b"frame bytes");
+        assert!(key.verify(MessageKind::Task as u8, "j1:3", b"frame bytes", tag.as_ref()));
+        assert!(!key.verify(MessageKind::Result as u8, "j1:3", b"frame bytes", tag.as_ref()), "another kind");
+        assert!(!key.verify(MessageKind::Task as u8, "j1:4", b"frame bytes", tag.as_ref()), "another frame");
+        assert!(!key.verify(MessageKind::Task as u8, "j1:3", b"frame bytez", tag.as_ref()), "another body");
+        assert!(!key.verify(MessageKind::Task as u8, "j1:3", b"frame bytes", &tag.as_ref()[..31]), "a cut tag");
+        assert!(!key.verify(MessageKind::Task as u8, "j1:3", b"frame bytes", &[]), "no tag");
         let other = ClusterKey::new(b"0123456789abcdef0123456789abcdeX").unwrap();
-        assert!(!other.verify(Kind::Task as u8, "j1:3", b"frame bytes", tag.as_ref()), "another key");
+        assert!(!other.verify(MessageKind::Task as u8, "j1:3", b"frame bytes", tag.as_ref()), "another key");
         let short = ClusterKey::new(b"too short").unwrap_err().to_string();
         assert!(short.contains("9 bytes; it needs 32 or more"), "{short}");
         assert!(!format!("{key:?}").contains("0123"), "the key never prints");

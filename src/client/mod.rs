@@ -75,6 +75,8 @@ pub struct ClientConfig {
     pub output_options: OutputOptions,
     /// How frames travel to workers.
     pub transport: TransportEncoding,
+    /// Frames or segments to the workers.
+    pub split: crate::protocol::segment::Split,
     /// The server's token, if it wants one.
     pub token: Option<Token>,
     /// TLS to the server, when it speaks it.
@@ -203,6 +205,7 @@ async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u
         output: cfg.output_options.clone(),
         container: container_of(cfg),
         transport: cfg.transport,
+        split: cfg.split,
         input_name: input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         input_bytes: upload_bytes,
         // The server names the job's client from the token.

@@ -215,9 +215,50 @@ pub fn i420_into_planes(i420: &Mat, frame: &mut ffmpeg_next::frame::Video) {
     }
 }
 
+/// Thumbnails are at most this wide.
+pub const THUMBNAIL_WIDTH: i32 = 320;
+
+/// JPEG quality of thumbnails.
+pub const THUMBNAIL_QUALITY: i32 = 75;
+
+/// `frame` scaled down to at most [`THUMBNAIL_WIDTH`] pixels wide, as a JPEG.
+pub fn thumbnail(frame: &Mat) -> opencv::Result<Vec<u8>> {
+    use opencv::core::{Size, Vector};
+    use opencv::imgcodecs::{IMWRITE_JPEG_QUALITY, imencode};
+    use opencv::imgproc::{INTER_AREA, resize};
+    use opencv::prelude::*;
+
+    let (w, h) = (frame.cols().max(1), frame.rows().max(1));
+    let mut small = Mat::default();
+    let scaled = if w > THUMBNAIL_WIDTH {
+        let height = (i64::from(h) * i64::from(THUMBNAIL_WIDTH) / i64::from(w)).max(1) as i32;
+        resize(frame, &mut small, Size::new(THUMBNAIL_WIDTH, height), 0.0, 0.0, INTER_AREA)?;
+        &small
+    } else {
+        frame
+    };
+    let mut jpeg = Vector::<u8>::new();
+    imencode(".jpg", scaled, &mut jpeg, &Vector::from_slice(&[IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY]))?;
+    Ok(jpeg.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbnails_are_small_jpegs_of_the_same_aspect() {
+        use opencv::core::{CV_8UC3, Scalar};
+        use opencv::prelude::*;
+        let frame = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::new(10.0, 200.0, 30.0, 0.0)).unwrap();
+        let jpeg = thumbnail(&frame).unwrap();
+        assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff]);
+        let back =
+            opencv::imgcodecs::imdecode(&opencv::core::Vector::from_slice(&jpeg), opencv::imgcodecs::IMREAD_COLOR)
+                .unwrap();
+        assert_eq!((back.cols(), back.rows()), (320, 180));
+    }
+
     use opencv::core::{Scalar, Vec3b};
 
     fn colour() -> Colour {

@@ -91,6 +91,12 @@ impl VideoIndex {
         self.order.len() as u64
     }
 
+    /// Frame `frame`'s presentation timestamp (in presentation order, from 0).
+    pub fn frame_pts(&self, frame: u64) -> Option<i64> {
+        let at = *self.order.get(usize::try_from(frame).ok()?)?;
+        self.entries[at].pts
+    }
+
     /// The packets, in decoding order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries

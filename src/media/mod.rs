@@ -38,8 +38,12 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 pub use codec::{OutputOptions, VideoCodec, check_output};
+pub use convert::thumbnail;
 pub use output::{check_output_path, is_stream_target, temp_path};
-pub use segment::{OnCommit, SegmentRecord, SegmentSink, frames_per_segment, join as join_segments, segment_path};
+pub use segment::{
+    OnCommit, SegmentRecord, SegmentSink, SideFiles, check_segment_bytes, commit_segment_bytes, frames_per_segment,
+    join as join_segments, segment_path, side_path,
+};
 pub use sink::MediaSink;
 pub use source::{MediaSource, check_input};
 pub use stream::VideoParams;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::convert::Colour;
 use super::encoder::{Container, Frames, VideoEncoder};
 use super::index::{Cut, VideoIndex};
-use super::segment::{write_header, write_packet};
+use super::segment::{SideFiles, write_header, write_packet};
 use super::source::{Converter, turn_degrees, turn_of, upright_aspect, upright_turn};
 use super::stream::VideoParams;
 use super::{MediaError, OutputOptions};
@@ -84,6 +84,8 @@ pub struct Cutter {
     turn: u16,
     fps: f64,
     rate: (i32, i32),
+    /// Where the other streams' packets go, when they are kept.
+    side: Option<SideFiles>,
 }
 
 impl Cutter {
@@ -131,7 +133,33 @@ impl Cutter {
             turn,
             fps,
             rate: (rate.numerator(), rate.denominator()),
+            side: None,
         })
+    }
+
+    /// Keeps the input's other streams (audio, subtitles, …) in side files in `dir`, one per
+    /// segment, which [`Cutter::finish`] puts in place.
+    pub fn with_side_files(mut self, dir: &Path) -> Self {
+        let starts = (0..self.segments()).filter_map(|n| self.index.frame_pts(n * self.per_segment)).collect();
+        let bases = self.input.streams().map(|s| s.time_base()).collect();
+        self.side = Some(SideFiles::new(dir, starts, self.stream.time_base(), bases));
+        self
+    }
+
+    /// Reads the input to its end, for the other streams' last packets, and puts the side files
+    /// in place.
+    pub fn finish(mut self) -> Result<(), MediaError> {
+        let Some(mut side) = self.side.take() else { return Ok(()) };
+        loop {
+            let mut packet = Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) if packet.stream() != self.video => side.push(&packet)?,
+                Ok(()) => {}
+                Err(ffmpeg_next::Error::Eof) => break,
+                Err(_) => continue,
+            }
+        }
+        side.finish()
     }
 
     /// Segments in the video.
@@ -162,6 +190,9 @@ impl Cutter {
                 Err(_) => continue,
             }
             if packet.stream() != self.video {
+                if let Some(side) = &mut self.side {
+                    side.push(&packet)?;
+                }
                 continue;
             }
             let raw = RawPacket {
@@ -223,15 +254,67 @@ fn open_decoder(
 
 /// Decodes `input`'s frames; `shown` names it in errors. Every frame it lists must come out.
 pub fn decode(input: &SegmentInput, shown: &Path) -> Result<Decoded, MediaError> {
+    let mut decoded = Decoded { previous: None, frames: Vec::with_capacity(input.frames.len()) };
+    decode_each(input, shown, |frame| {
+        match frame {
+            SegmentFrame::Previous(m) => decoded.previous = Some(m),
+            SegmentFrame::Frame(pts, m) => decoded.frames.push((pts, m)),
+        }
+        Ok(())
+    })
+    .map_err(|e| match e.downcast::<MediaError>() {
+        Ok(e) => e,
+        Err(e) => MediaError::Uncuttable { path: shown.to_path_buf(), why: format!("{e:#}") },
+    })?;
+    Ok(decoded)
+}
+
+/// A frame [`decode_each`] hands on.
+pub enum SegmentFrame {
+    /// The frame before the segment's first, where it was asked for: first of all.
+    Previous(Mat),
+    /// One of the segment's frames, in order, with its timestamp.
+    Frame(i64, Mat),
+}
+
+/// Decodes `input`'s frames and hands each to `each` in presentation order as it comes out of
+/// the decoder, so that a segment is never held decoded whole; `shown` names it in errors.
+/// Every frame it lists must come out, in order, and nothing else: otherwise an error, which
+/// also stops at the first frame out of place.
+pub fn decode_each(
+    input: &SegmentInput,
+    shown: &Path,
+    mut each: impl FnMut(SegmentFrame) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let (mut decoder, mut converter, _) = open_decoder(input, shown)?;
-    let wanted = |pts: i64| input.previous == Some(pts) || input.frames.binary_search(&pts).is_ok();
-    let mut got: Vec<(i64, Mat)> = Vec::with_capacity(input.frames.len() + 1);
+    // What comes next: the previous frame (where asked for), then the frames in order.
+    let expected: Vec<i64> = input.previous.iter().chain(&input.frames).copied().collect();
+    let mut next = 0usize;
+    let missing = |got: usize| MediaError::Uncuttable {
+        path: shown.to_path_buf(),
+        why: format!(
+            "segment {}: its packets gave {} of its {} frames",
+            input.number,
+            got.saturating_sub(usize::from(input.previous.is_some())),
+            input.frames.len()
+        ),
+    };
     let mut decoded = frame::Video::empty();
-    let mut take = |decoder: &mut decoder::Video, got: &mut Vec<(i64, Mat)>| -> Result<(), MediaError> {
+    let mut take = |decoder: &mut decoder::Video, next: &mut usize| -> anyhow::Result<()> {
         while decoder.receive_frame(&mut decoded).is_ok() {
-            if let Some(pts) = decoded.timestamp().filter(|&p| wanted(p)) {
-                got.push((pts, converter.convert(&decoded, shown)?));
+            let Some(pts) = decoded.timestamp() else { continue };
+            // Frames before the first wanted (the GOP's start) and after the last (a reference
+            // decoded before it) are passed over.
+            if *next == expected.len() || (*next == 0 && expected.first().is_some_and(|&first| pts < first)) {
+                continue;
             }
+            if expected.get(*next) != Some(&pts) {
+                return Err(missing(*next).into());
+            }
+            let mat = converter.convert(&decoded, shown)?;
+            let is_previous = *next == 0 && input.previous.is_some();
+            *next += 1;
+            each(if is_previous { SegmentFrame::Previous(mat) } else { SegmentFrame::Frame(pts, mat) })?;
         }
         Ok(())
     };
@@ -243,31 +326,18 @@ pub fn decode(input: &SegmentInput, shown: &Path) -> Result<Decoded, MediaError>
         packet.set_flags(ffmpeg_next::packet::Flags::from_bits_truncate(raw.flags));
         // A damaged packet is passed over, as the source does; a frame it held shows missing.
         if decoder.send_packet(&packet).is_ok() {
-            take(&mut decoder, &mut got)?;
+            take(&mut decoder, &mut next)?;
+        }
+        if next == expected.len() {
+            return Ok(());
         }
     }
     let _ = decoder.send_eof();
-    take(&mut decoder, &mut got)?;
-    got.sort_by_key(|(pts, _)| *pts);
-    got.dedup_by_key(|(pts, _)| *pts);
-    let previous = match input.previous {
-        Some(p) if got.first().is_some_and(|(q, _)| *q == p) => Some(got.remove(0).1),
-        Some(_) => None,
-        None => None,
-    };
-    let times: Vec<i64> = got.iter().map(|(p, _)| *p).collect();
-    if times != input.frames || previous.is_none() != input.previous.is_none() {
-        return Err(MediaError::Uncuttable {
-            path: shown.to_path_buf(),
-            why: format!(
-                "segment {}: its packets gave {} of its {} frames",
-                input.number,
-                times.iter().filter(|p| input.frames.contains(p)).count(),
-                input.frames.len()
-            ),
-        });
+    take(&mut decoder, &mut next)?;
+    if next != expected.len() {
+        return Err(missing(next).into());
     }
-    Ok(Decoded { previous, frames: got })
+    Ok(())
 }
 
 /// What the encoder of a segment of `input` is told of its frames: as [`super::MediaSource`] tells it
@@ -302,24 +372,77 @@ pub fn encode(
     options: &OutputOptions,
     size: Option<(u32, u32)>,
 ) -> Result<Vec<u8>, MediaError> {
-    // A decoder opened for its description of the frames (colour, aspect): what the source
-    // tells a local segment's encoder.
-    let described = frames_of(input, &open_decoder(input, target)?, size);
-    let container = Container::of(target, options)?;
-    let mut encoder = VideoEncoder::open(&described, options, container, target)?;
-    let mut out = Vec::new();
-    let io = |cause| MediaError::Io { path: target.to_path_buf(), cause };
-    write_header(&mut out, &VideoParams::of(&encoder)).map_err(io)?;
-    let mut packets = Vec::new();
-    for (mat, pts) in frames.iter().zip(&input.frames) {
-        encoder.encode(mat, Some(*pts), &mut packets).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-        for p in packets.drain(..) {
-            write_packet(&mut out, None, &p).map_err(io)?;
+    let mut encoder = SegmentEncoder::open(input, target, options, size)?;
+    for mat in frames {
+        encoder.write(mat)?;
+    }
+    encoder.finish()
+}
+
+/// The filtered frames of one [`SegmentInput`] into the bytes of a segment file, one at a time,
+/// with a fresh encoder for the target's container and the job's options.
+pub struct SegmentEncoder {
+    encoder: VideoEncoder,
+    out: Vec<u8>,
+    packets: Vec<Packet>,
+    /// The timestamps of the segment's frames; the next one is `written`'s.
+    times: Vec<i64>,
+    written: usize,
+    target: PathBuf,
+}
+
+impl SegmentEncoder {
+    /// An encoder for `input`'s frames, told of them what the source tells a local segment's
+    /// encoder, at `size` where the filters change it.
+    pub fn open(
+        input: &SegmentInput,
+        target: &Path,
+        options: &OutputOptions,
+        size: Option<(u32, u32)>,
+    ) -> Result<Self, MediaError> {
+        // A decoder opened for its description of the frames (colour, aspect).
+        let described = frames_of(input, &open_decoder(input, target)?, size);
+        let container = Container::of(target, options)?;
+        let encoder = VideoEncoder::open(&described, options, container, target)?;
+        let mut out = Vec::new();
+        write_header(&mut out, &VideoParams::of(&encoder)).map_err(|cause| Self::io(target, cause))?;
+        Ok(SegmentEncoder {
+            encoder,
+            out,
+            packets: Vec::new(),
+            times: input.frames.clone(),
+            written: 0,
+            target: target.to_path_buf(),
+        })
+    }
+
+    fn io(target: &Path, cause: std::io::Error) -> MediaError {
+        MediaError::Io { path: target.to_path_buf(), cause }
+    }
+
+    fn drain(&mut self) -> Result<(), MediaError> {
+        for p in self.packets.drain(..) {
+            write_packet(&mut self.out, None, &p).map_err(|cause| Self::io(&self.target, cause))?;
         }
+        Ok(())
     }
-    encoder.flush(&mut packets).map_err(|e| io(std::io::Error::other(e)))?;
-    for p in packets.drain(..) {
-        write_packet(&mut out, None, &p).map_err(io)?;
+
+    /// Encodes the segment's next frame.
+    pub fn write(&mut self, mat: &Mat) -> Result<(), MediaError> {
+        let Some(&pts) = self.times.get(self.written) else {
+            return Err(Self::io(&self.target, std::io::Error::other("more frames than the segment has")));
+        };
+        self.encoder
+            .encode(mat, Some(pts), &mut self.packets)
+            .map_err(|e| Self::io(&self.target, std::io::Error::other(e.to_string())))?;
+        self.written += 1;
+        self.drain()
     }
-    Ok(out)
+
+    /// Flushes the encoder; the segment file's bytes.
+    pub fn finish(mut self) -> Result<Vec<u8>, MediaError> {
+        self.encoder.flush(&mut self.packets).map_err(|e| Self::io(&self.target, std::io::Error::other(e)))?;
+        self.drain()?;
+        Ok(self.out)
+    }
 }

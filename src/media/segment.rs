@@ -294,68 +294,241 @@ struct SegmentFile {
     packets: Vec<(Option<usize>, Packet)>,
 }
 
-/// Reads segment `number`.
+/// Reads segment `number`, with the packets of its side file after its own where it has one.
 fn read_segment(dir: &Path, number: u64) -> Result<SegmentFile, MediaError> {
     let path = segment_path(dir, number);
-    let damaged = |why: &str| MediaError::Io {
+    let damaged = |why: String| MediaError::Io {
         path: path.clone(),
         cause: std::io::Error::other(format!("damaged segment: {why}")),
     };
     let file = File::open(&path).map_err(|cause| MediaError::Io { path: path.clone(), cause })?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut segment = parse_segment(BufReader::with_capacity(1 << 20, file)).map_err(damaged)?;
+    let side = side_path(dir, number);
+    match File::open(&side) {
+        Ok(file) => {
+            let mut r = BufReader::with_capacity(1 << 20, file);
+            let damaged = |why: &str| MediaError::Io {
+                path: side.clone(),
+                cause: std::io::Error::other(format!("damaged side file: {why}")),
+            };
+            let mut magic = [0u8; 8];
+            r.read_exact(&mut magic).map_err(|_| damaged("too short"))?;
+            if &magic != SIDE_MAGIC {
+                return Err(damaged("not a vpd side file"));
+            }
+            segment.packets.extend(read_packets(&mut r).map_err(|e| damaged(&e))?);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(cause) => return Err(MediaError::Io { path: side, cause }),
+    }
+    Ok(segment)
+}
+
+/// A segment file's contents, or what is wrong with them.
+fn parse_segment(mut r: impl Read) -> Result<SegmentFile, String> {
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).map_err(|_| damaged("too short"))?;
+    r.read_exact(&mut magic).map_err(|_| "too short")?;
     if &magic == MAGIC_1 {
-        return Err(damaged("written by an older vpd; run the job afresh"));
+        return Err("written by an older vpd; run the job afresh".into());
     }
     if &magic != MAGIC {
-        return Err(damaged("not a vpd segment"));
+        return Err("not a vpd segment".into());
     }
-    let params = read_record(&mut r, MAX_PARAMS_BYTES).map_err(&damaged)?.ok_or_else(|| damaged("cut short"))?;
-    let params: VideoParams = postcard::from_bytes(&params).map_err(|_| damaged("bad stream parameters"))?;
+    let params = read_record(&mut r, MAX_PARAMS_BYTES)?.ok_or("cut short")?;
+    let params: VideoParams = postcard::from_bytes(&params).map_err(|_| "bad stream parameters")?;
+    Ok(SegmentFile { params, packets: read_packets(&mut r)? })
+}
+
+/// The packets of a segment or side file, to its end.
+fn read_packets(r: &mut impl Read) -> Result<Vec<(Option<usize>, Packet)>, String> {
     let mut packets = Vec::new();
-    while let Some(header) = read_record(&mut r, 64 << 10).map_err(&damaged)? {
-        let header: PacketHeader = postcard::from_bytes(&header).map_err(|_| damaged("a bad packet header"))?;
+    while let Some(header) = read_record(r, 64 << 10)? {
+        let header: PacketHeader = postcard::from_bytes(&header).map_err(|_| "a bad packet header")?;
         if header.size > MAX_PACKET_BYTES {
-            return Err(damaged("a packet is too large"));
+            return Err("a packet is too large".into());
         }
         let mut packet = Packet::new(header.size as usize);
         if let Some(data) = packet.data_mut() {
-            r.read_exact(data).map_err(|_| damaged("cut short"))?;
+            r.read_exact(data).map_err(|_| "cut short")?;
         }
         packet.set_pts(header.pts);
         packet.set_dts(header.dts);
         packet.set_duration(header.duration);
         packet.set_flags(ffmpeg_next::packet::Flags::from_bits_truncate(header.flags));
         for (kind, bytes) in &header.side {
-            add_side_data(&mut packet, *kind, bytes).map_err(&damaged)?;
+            add_side_data(&mut packet, *kind, bytes)?;
         }
         packets.push((header.stream.map(|s| s as usize), packet));
     }
-    Ok(SegmentFile { params, packets })
+    Ok(packets)
+}
+
+/// Checks the bytes of a segment file made elsewhere (a worker's): it parses, its parameters
+/// make a codec, and it holds exactly the video frames of `frames` (presentation timestamps,
+/// in order) and nothing else. Returns what is wrong.
+pub fn check_segment_bytes(bytes: &[u8], frames: &[i64]) -> Result<VideoParams, String> {
+    let file = parse_segment(bytes)?;
+    file.params.to_codec()?;
+    if file.packets.iter().any(|(stream, _)| stream.is_some()) {
+        return Err("packets of other streams in a worker's segment".into());
+    }
+    let mut times: Vec<Option<i64>> = file.packets.iter().map(|(_, p)| p.pts()).collect();
+    times.sort_unstable();
+    if times.len() != frames.len() || times.iter().zip(frames).any(|(t, f)| *t != Some(*f)) {
+        return Err(format!("{} frames with other timestamps where {} were sent", times.len(), frames.len()));
+    }
+    Ok(file.params)
+}
+
+/// Commits a segment file's `bytes` as segment `number` of `dir`: written under a partial
+/// name, synced, renamed into place, the directory synced. Returns its size.
+pub fn commit_segment_bytes(dir: &Path, number: u64, bytes: &[u8]) -> Result<u64, MediaError> {
+    let path = segment_path(dir, number);
+    let partial = RemoveOnDrop::new(path.with_extension("partial"));
+    let fail = |cause| io_error(partial.path(), 0, cause);
+    let mut file = File::create(partial.path()).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(partial.path(), &path).map_err(|cause| MediaError::Io { path: path.clone(), cause })?;
+    partial.keep();
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|cause| MediaError::Io { path: dir.to_path_buf(), cause })?;
+    Ok(bytes.len() as u64)
+}
+
+/// Segment `number`'s side file in `dir`: the input's other streams' packets for it, where its
+/// segment file is a worker's (which holds video only).
+pub fn side_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("seg-{number:06}.side"))
+}
+
+/// The first bytes of a side file.
+const SIDE_MAGIC: &[u8; 8] = b"VPDSIDE1";
+
+/// Writes the input's other streams' packets into side files, one per segment, each packet in
+/// the segment whose frames' time it falls in (before the first frame: the first; after the
+/// last: the last). Files are written under partial names and put in place by
+/// [`SideFiles::finish`], once the whole input has been read.
+pub struct SideFiles {
+    dir: PathBuf,
+    /// Each segment's first frame's time, in the video's time base.
+    starts: Vec<i64>,
+    video_base: ffmpeg_next::Rational,
+    /// Each input stream's time base.
+    bases: Vec<ffmpeg_next::Rational>,
+    /// Files open for appending, most recently used last; a few at a time.
+    open: Vec<(u64, BufWriter<File>)>,
+    /// Segments whose file this run has started.
+    started: std::collections::BTreeSet<u64>,
+    /// The segment of the last packet with a time: where one without goes.
+    last: u64,
+}
+
+/// Side files open at once.
+const SIDE_OPEN: usize = 4;
+
+impl SideFiles {
+    /// Side files in `dir` for segments starting at `starts` (video time base `video_base`),
+    /// for an input whose streams have time bases `bases`.
+    pub fn new(dir: &Path, starts: Vec<i64>, video_base: ffmpeg_next::Rational, bases: Vec<ffmpeg_next::Rational>) -> Self {
+        SideFiles {
+            dir: dir.to_path_buf(),
+            starts,
+            video_base,
+            bases,
+            open: Vec::new(),
+            started: Default::default(),
+            last: 0,
+        }
+    }
+
+    fn partial(&self, number: u64) -> PathBuf {
+        side_path(&self.dir, number).with_extension("side-partial")
+    }
+
+    /// Appends `packet` (of another stream than the video) to its segment's file.
+    pub fn push(&mut self, packet: &Packet) -> Result<(), MediaError> {
+        use ffmpeg_next::Rescale as _;
+        let base = self.bases.get(packet.stream()).copied().unwrap_or(self.video_base);
+        let number = match packet.pts().or(packet.dts()) {
+            Some(ts) => {
+                let ts = ts.rescale(base, self.video_base);
+                let n = self.starts.partition_point(|&s| s <= ts).saturating_sub(1) as u64;
+                self.last = n;
+                n
+            }
+            None => self.last,
+        };
+        let stream = packet.stream() as u32;
+        let w = self.writer(number)?;
+        write_packet(w, Some(stream), packet).map_err(|cause| io_error(&side_path(&self.dir, number), 0, cause))
+    }
+
+    fn writer(&mut self, number: u64) -> Result<&mut BufWriter<File>, MediaError> {
+        if let Some(i) = self.open.iter().position(|(n, _)| *n == number) {
+            let entry = self.open.remove(i);
+            self.open.push(entry);
+        } else {
+            if self.open.len() == SIDE_OPEN {
+                let (n, mut w) = self.open.remove(0);
+                w.flush().map_err(|cause| io_error(&self.partial(n), 0, cause))?;
+            }
+            let path = self.partial(number);
+            let fail = |cause| io_error(&path, 0, cause);
+            let file = if self.started.insert(number) {
+                let mut f = File::create(&path).map_err(fail)?;
+                f.write_all(SIDE_MAGIC).map_err(fail)?;
+                f
+            } else {
+                std::fs::OpenOptions::new().append(true).open(&path).map_err(fail)?
+            };
+            self.open.push((number, BufWriter::with_capacity(64 << 10, file)));
+        }
+        Ok(&mut self.open.last_mut().expect("just pushed").1)
+    }
+
+    /// Flushes, syncs and puts in place every segment's side file (an empty one where a segment
+    /// has no other packets).
+    pub fn finish(mut self) -> Result<(), MediaError> {
+        for (n, mut w) in std::mem::take(&mut self.open) {
+            w.flush().map_err(|cause| io_error(&self.partial(n), 0, cause))?;
+        }
+        for number in 0..self.starts.len() as u64 {
+            let path = self.partial(number);
+            let fail = |cause| io_error(&path, 0, cause);
+            if self.started.insert(number) {
+                File::create(&path).and_then(|mut f| f.write_all(SIDE_MAGIC)).map_err(fail)?;
+            }
+            File::open(&path).and_then(|f| f.sync_all()).map_err(fail)?;
+            let side = side_path(&self.dir, number);
+            std::fs::rename(&path, &side).map_err(|cause| MediaError::Io { path: side, cause })?;
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|cause| MediaError::Io { path: self.dir.clone(), cause })
+    }
 }
 
 /// The next length-prefixed record of at most `max` bytes; `None` at the end of the file.
-fn read_record(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, &'static str> {
+fn read_record(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, String> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(_) => return Err("unreadable"),
+        Err(_) => return Err("unreadable".into()),
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
-        return Err("a header is too long");
+        return Err("a header is too long".into());
     }
     let mut record = vec![0u8; len];
-    r.read_exact(&mut record).map_err(|_| "cut short")?;
+    r.read_exact(&mut record).map_err(|_| "cut short".to_string())?;
     Ok(Some(record))
 }
 
 /// Gives `packet` side data of FFmpeg's type number `kind`.
-fn add_side_data(packet: &mut Packet, kind: u32, bytes: &[u8]) -> Result<(), &'static str> {
+fn add_side_data(packet: &mut Packet, kind: u32, bytes: &[u8]) -> Result<(), String> {
     if kind >= ffi::AVPacketSideDataType::AV_PKT_DATA_NB as u32 {
-        return Err("unknown packet side data");
+        return Err("unknown packet side data".into());
     }
     // SAFETY: the side data types are FFmpeg's contiguous enumeration from 0 to
     // AV_PKT_DATA_NB (excluded), so `kind`, below it, is one of them; av_packet_new_side_data
@@ -364,7 +537,7 @@ fn add_side_data(packet: &mut Packet, kind: u32, bytes: &[u8]) -> Result<(), &'s
         let kind: ffi::AVPacketSideDataType = std::mem::transmute(kind);
         let data = ffi::av_packet_new_side_data(packet.as_mut_ptr(), kind, bytes.len());
         if data.is_null() {
-            return Err("no memory for packet side data");
+            return Err("no memory for packet side data".into());
         }
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
     }
@@ -410,6 +583,10 @@ pub fn join(
     if segments.is_empty() {
         return Err(MediaError::NoFrames(target.to_path_buf()));
     }
+    // The other streams' packets are the segments'. What the source demuxed of them since (or
+    // while it opened: the packets before its first frame, when no frame was read from it, as
+    // in segment mode or a resume with every segment committed) is dropped, not written twice.
+    source.side.take_rest(&mut Vec::new());
     let bad = |number: u64, why: String| MediaError::Io {
         path: segment_path(dir, number),
         cause: std::io::Error::other(why),

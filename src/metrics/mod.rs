@@ -234,6 +234,12 @@ pub struct JobSummary {
     /// decoded, filtered or encoded again (`frames` counts them too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_at_frame: Option<u64>,
+    /// How the frames reached the workers (`frames` or `segments`), where a server chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// Why it chose that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_why: Option<String>,
 }
 
 impl JobSummary {

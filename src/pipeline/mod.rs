@@ -50,6 +50,10 @@ pub trait Observer: Sync {
 
     /// The last frame of a job that wrote every frame, after [`Observer::on_frame`] saw it.
     fn on_last_frame(&self, _index: u64, _frame: &Mat) {}
+
+    /// A segment of `frames` frames, ending at frame `last`, committed in segment mode, with a
+    /// small JPEG of its last frame (empty when there is none); from the job's checker thread.
+    fn on_segment(&self, _last: u64, _frames: u64, _thumbnail: &[u8]) {}
 }
 
 /// An observer that ignores everything.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::filters::Chain;
 use crate::media::OutputOptions;
 use crate::metrics::JobSummary;
+use crate::protocol::segment::Split;
 use crate::protocol::wire::TransportEncoding;
 
 /// A job's id: `j` and 12 hex digits for the jobs a server makes; any 1 to 64 ASCII letters,
@@ -96,6 +97,9 @@ pub struct JobSpec {
     pub container: String,
     /// How frames travel to remote workers (`auto`, `raw`, `lz4`, `jpeg:90`).
     pub transport: TransportEncoding,
+    /// Frames or segments to the workers (`auto`: the server picks).
+    #[serde(default)]
+    pub split: Split,
     /// The input file's name, as the client gave it: for logs, messages and as a container hint.
     pub input_name: String,
     /// The upload's exact size, in bytes.
@@ -300,6 +304,7 @@ mod tests {
             output: OutputOptions::default(),
             container: "mp4".into(),
             transport: TransportEncoding::Auto,
+            split: Split::Auto,
             input_name: "in.mp4".into(),
             input_bytes: 12,
             client: "alice".into(),

@@ -11,4 +11,5 @@ pub mod event;
 pub mod job;
 pub mod message;
 pub mod task;
+pub mod segment;
 pub mod wire;

@@ -19,8 +19,11 @@ use super::refusal::Scrub;
 use super::shared::Shared;
 use crate::cancel::Stop;
 use crate::job::{Finished, OpenedJob, Writing};
-use crate::media::{SegmentRecord, VideoInfo, segment_path};
-use crate::pipeline::{JobError, Progress};
+use crate::media::{SegmentRecord, VideoInfo, frames_per_segment, segment_path};
+use crate::pipeline::{JobError, Observer, Progress};
+use crate::protocol::segment::Split;
+use crate::split::{self, Plan, SegmentJob, SegmentPlace};
+use crate::transport::Transport;
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::{JobId, JobSpec, JobState};
 use crate::protocol::message::ErrorCode;
@@ -237,25 +240,60 @@ pub(super) async fn run_once(
     Ok(End::Done(Box::new(summary)))
 }
 
-/// Opens the job's upload and output (off the runtime's threads), with the segments the store
-/// records as committed and whose files are there, in order from 0.
+/// A job opened to run: frame by frame (and why not in segments), or in segments.
+pub(super) enum Opened {
+    Frames(Box<OpenedJob>, String),
+    Segments(Box<SegmentJob>),
+}
+
+impl Opened {
+    fn info(&self) -> VideoInfo {
+        match self {
+            Opened::Frames(j, _) => j.info(),
+            Opened::Segments(j) => j.info(),
+        }
+    }
+
+    fn resumed_at(&self) -> u64 {
+        match self {
+            Opened::Frames(j, _) => j.resumed_at(),
+            Opened::Segments(j) => j.resumed_at(),
+        }
+    }
+
+    fn run(
+        self,
+        ctx: &JobContext,
+        transport: &dyn Transport,
+        window: std::num::NonZeroUsize,
+        observer: &dyn Observer,
+    ) -> Result<Finished, JobError> {
+        match self {
+            Opened::Frames(job, why) => {
+                let mut finished = job.run(ctx, transport, window, observer)?;
+                finished.summary.split = Some(Split::Frames.to_string());
+                finished.summary.split_why = Some(why);
+                Ok(finished)
+            }
+            Opened::Segments(job) => job.run(ctx, transport, observer),
+        }
+    }
+}
+
+/// Opens the job's upload and output (off the runtime's threads), in segment mode or frame
+/// mode as its split and its video say, with the segments the store records as committed and
+/// whose files are there (in frame mode, those in order from 0).
 async fn open(
     shared: &Arc<Shared>,
     Driven { id, spec }: &Driven,
     (input, result): (&Path, &Path),
-) -> Result<OpenedJob, (ErrorCode, anyhow::Error)> {
+) -> Result<Opened, (ErrorCode, anyhow::Error)> {
     let dir = shared.jobs.segments_of(id);
     let committed: Vec<SegmentRecord> = {
         let (shared, id, dir) = (shared.clone(), id.clone(), dir.clone());
         tokio::task::spawn_blocking(move || {
             let all = shared.store.segments(&id)?;
-            Ok::<_, anyhow::Error>(
-                all.into_iter()
-                    .enumerate()
-                    .take_while(|(i, r)| r.number == *i as u64 && segment_path(&dir, r.number).is_file())
-                    .map(|(_, r)| r)
-                    .collect(),
-            )
+            Ok::<_, anyhow::Error>(all.into_iter().filter(|r| segment_path(&dir, r.number).is_file()).collect())
         })
         .await
         .map_err(|e| (ErrorCode::Internal, anyhow::anyhow!("{e}")))?
@@ -265,13 +303,40 @@ async fn open(
         let (shared, id) = (shared.clone(), id.clone());
         Box::new(move |r: &SegmentRecord| shared.store.commit_segment(&id, r))
     };
-    let writing = Writing::Segmented { dir, seconds: shared.jobs.segment_seconds(), committed, on_commit };
+    let seconds = shared.jobs.segment_seconds();
+    let asked = if spec.split == Split::Auto { shared.split } else { spec.split };
+    let remote = shared.transport.segments().is_some();
+    let max_message = shared.max_message;
     let cascade = shared.local_face_cascade.clone();
-    let (chain, options) = (spec.chain.clone(), spec.output.clone());
+    let spec = spec.clone();
     let (input, result) = (input.to_path_buf(), result.to_path_buf());
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
-        span.in_scope(|| crate::job::open(&input, &result, &chain, &options, cascade.as_deref(), writing))
+        span.in_scope(|| {
+            let fps = crate::media::MediaSource::open(&input)?.info().fps;
+            let plan = split::plan(asked, &input, frames_per_segment(fps, seconds), remote);
+            info!(split = %plan.split(), why = plan.why(), "split");
+            match plan {
+                Plan::Segments { index, why } => {
+                    let place = SegmentPlace { dir, seconds, committed, on_commit };
+                    let (chain, options, container) = (&spec.chain, &spec.output, &spec.container);
+                    split::open(&input, &result, chain, options, container, (index, why), place, max_message)
+                        .map(|j| Opened::Segments(Box::new(j)))
+                }
+                Plan::Frames { why } => {
+                    // Frame mode resumes after the committed segments in order from 0.
+                    let committed = committed
+                        .into_iter()
+                        .enumerate()
+                        .take_while(|(i, r)| r.number == *i as u64)
+                        .map(|(_, r)| r)
+                        .collect();
+                    let writing = Writing::Segmented { dir, seconds, committed, on_commit };
+                    crate::job::open(&input, &result, &spec.chain, &spec.output, cascade.as_deref(), writing)
+                        .map(|j| Opened::Frames(Box::new(j), why))
+                }
+            }
+        })
     })
     .await
     .map_err(|e| (ErrorCode::Internal, anyhow::anyhow!("{e}")))?
@@ -304,7 +369,7 @@ impl Run<'_> {
 
     /// Runs the pipeline on its threads and passes on its progress and thumbnails until it
     /// ends; a pause, a cancel or the server's shutdown stops it.
-    async fn follow(&self, opened: OpenedJob, spec: &JobSpec, pause: &mut watch::Receiver<bool>) -> Followed {
+    async fn follow(&self, opened: Opened, spec: &JobSpec, pause: &mut watch::Receiver<bool>) -> Followed {
         let (shared, job, id) = (self.shared, self.job, self.id);
         let info = opened.info();
         let job_token = CancellationToken::new();

@@ -119,6 +119,10 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Seconds of video per committed segment.
     pub segment_seconds: f64,
+    /// What a client's `--split auto` means here.
+    pub split: crate::protocol::segment::Split,
+    /// The largest segment task put on the broker.
+    pub max_message: usize,
     /// How long an ended job's upload and result are kept.
     pub keep_results: Duration,
     /// Most bytes the kept jobs may take; the oldest ended ones go first.
@@ -215,6 +219,8 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         keep_partial: cfg.keep_results.min(KEEP_PARTIAL_UPLOADS),
         admission: Admission::default(),
         window: cfg.window,
+        split: cfg.split,
+        max_message: cfg.max_message,
         parallelism,
         local_face_cascade,
         events,

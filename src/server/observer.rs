@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::clients::Pace;
+use crate::media::thumbnail;
 use crate::pipeline::{Observer, Progress};
 
 /// Shortest time between two progress messages or events of a job.
@@ -16,12 +17,6 @@ pub(super) const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Shortest time between two thumbnails of a job.
 pub(super) const THUMBNAIL_INTERVAL: Duration = Duration::from_millis(400);
-
-/// Thumbnails are at most this wide.
-pub(super) const THUMBNAIL_WIDTH: i32 = 320;
-
-/// JPEG quality of thumbnails.
-pub(super) const THUMBNAIL_QUALITY: i32 = 75;
 
 /// Passes the pipeline's progress and a thumbnail now and then to the driver. Called from
 /// pipeline threads: keeps only the latest progress, drops thumbnails nobody took yet.
@@ -87,6 +82,18 @@ impl Observer for JobObserver {
         }
     }
 
+    fn on_segment(&self, last: u64, frames: u64, jpeg: &[u8]) {
+        // The client's frames per second hold in segment mode too: its segments' commits wait,
+        // and with them the segments sent after them.
+        if let Some(pace) = &self.pace {
+            let wait: Duration = (0..frames).map(|_| pace.next_slot()).max().unwrap_or_default();
+            std::thread::sleep(wait);
+        }
+        if !jpeg.is_empty() && self.thumbnails.try_send((last, jpeg.to_vec())).is_ok() {
+            *self.last_index.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
+        }
+    }
+
     fn on_last_frame(&self, index: u64, frame: &Mat) {
         // The dashboard of a finished job shows its last frame.
         if *self.last_index.lock().unwrap_or_else(|p| p.into_inner()) != Some(index) {
@@ -95,43 +102,9 @@ impl Observer for JobObserver {
     }
 }
 
-/// `frame` scaled down to at most [`THUMBNAIL_WIDTH`] pixels wide, as a JPEG.
-pub(super) fn thumbnail(frame: &Mat) -> opencv::Result<Vec<u8>> {
-    use opencv::core::{Size, Vector};
-    use opencv::imgcodecs::{IMWRITE_JPEG_QUALITY, imencode};
-    use opencv::imgproc::{INTER_AREA, resize};
-    use opencv::prelude::*;
-
-    let (w, h) = (frame.cols().max(1), frame.rows().max(1));
-    let mut small = Mat::default();
-    let scaled = if w > THUMBNAIL_WIDTH {
-        let height = (i64::from(h) * i64::from(THUMBNAIL_WIDTH) / i64::from(w)).max(1) as i32;
-        resize(frame, &mut small, Size::new(THUMBNAIL_WIDTH, height), 0.0, 0.0, INTER_AREA)?;
-        &small
-    } else {
-        frame
-    };
-    let mut jpeg = Vector::<u8>::new();
-    imencode(".jpg", scaled, &mut jpeg, &Vector::from_slice(&[IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY]))?;
-    Ok(jpeg.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thumbnails_are_small_jpegs_of_the_same_aspect() {
-        use opencv::core::{CV_8UC3, Scalar};
-        use opencv::prelude::*;
-        let frame = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::new(10.0, 200.0, 30.0, 0.0)).unwrap();
-        let jpeg = thumbnail(&frame).unwrap();
-        assert_eq!(&jpeg[..3], &[0xff, 0xd8, 0xff]);
-        let back =
-            opencv::imgcodecs::imdecode(&opencv::core::Vector::from_slice(&jpeg), opencv::imgcodecs::IMREAD_COLOR)
-                .unwrap();
-        assert_eq!((back.cols(), back.rows()), (320, 180));
-    }
 
     #[test]
     fn rate_limits_let_one_through_per_interval() {

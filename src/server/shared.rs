@@ -35,6 +35,10 @@ pub struct Shared {
     pub(super) keep_partial: Duration,
     pub(super) admission: Admission,
     pub(super) window: Option<NonZeroUsize>,
+    /// What a client's `--split auto` means here.
+    pub(super) split: crate::protocol::segment::Split,
+    /// The largest segment task put on the broker.
+    pub(super) max_message: usize,
     pub(super) parallelism: NonZeroUsize,
     /// The face cascade, checked before a job starts, when filters run in this process.
     pub(super) local_face_cascade: Option<PathBuf>,

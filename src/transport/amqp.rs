@@ -32,8 +32,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::{JobContext, Transport, WireBytes};
-use crate::broker::{Broker, BrokerUrls, Consumer, Publisher, Topology};
+use super::{JobContext, SegmentLink, SegmentReply, SegmentTransport, Transport, Verdict, WireBytes};
+use crate::broker::{Broker, BrokerUrls, Consumer, MessageKind, Publisher, Topology};
 use crate::protocol::task::{Correlation, Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
 use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
 
@@ -41,6 +41,8 @@ use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
 pub const MAX_DISPATCHES: u32 = 5;
 /// How long a job keeps trying to reconnect after losing the broker.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// The largest segment progress body read.
+const MAX_PROGRESS_BYTES: usize = 4 << 10;
 /// Threads decoding results for one job.
 const DECODERS: usize = 2;
 /// How often an adaptive window looks at the task queue.
@@ -191,6 +193,10 @@ impl AmqpTransport {
 }
 
 impl Transport for AmqpTransport {
+    fn segments(&self) -> Option<&dyn SegmentTransport> {
+        Some(self)
+    }
+
     fn serve(
         &self,
         job: &JobContext,
@@ -220,15 +226,28 @@ impl Transport for AmqpTransport {
                 });
             }
             drop((reply_rx, verdict_tx));
+            let give_up = |index: u64| {
+                let failed = FrameResult {
+                    index,
+                    outcome: FrameOutcome::Failed(format!("no worker finished it after {MAX_DISPATCHES} dispatches")),
+                    filter_time: Duration::ZERO,
+                    worker: WorkerId::new("none"),
+                    retries: MAX_DISPATCHES - 1,
+                };
+                results.send(failed).is_ok()
+            };
+            let result_limit = || frame_size.get().map(|&(w, h)| wire::max_result_body(w, h)).unwrap_or(0);
+            let redispatch_after = || self.redispatch_after;
             let session = Session {
                 link: &self.link,
                 job,
-                redispatch_after: self.redispatch_after,
+                kind: MessageKind::Task,
+                redispatch_after: &redispatch_after,
                 outstanding: HashMap::new(),
                 last_result: None,
-                replies: reply_tx,
-                results: results.clone(),
-                frame_size: &frame_size,
+                replies: Replies::Frames(reply_tx),
+                give_up: &give_up,
+                result_limit: &result_limit,
                 wire: WireBytes::default(),
                 window,
             };
@@ -239,17 +258,30 @@ impl Transport for AmqpTransport {
     }
 }
 
+impl SegmentTransport for AmqpTransport {
+    fn serve_segments(&self, job: &JobContext, link: SegmentLink<'_>) -> anyhow::Result<WireBytes> {
+        let SegmentLink { tasks, replies, verdicts, redispatch_after, result_limit, window } = link;
+        let give_up = |index: u64| replies.send(SegmentReply::GaveUp(index)).is_ok();
+        let limit = || result_limit;
+        let session = Session {
+            link: &self.link,
+            job,
+            kind: MessageKind::SegmentTask,
+            redispatch_after,
+            outstanding: HashMap::new(),
+            last_result: None,
+            replies: Replies::Segments(replies.clone()),
+            give_up: &give_up,
+            result_limit: &limit,
+            wire: WireBytes::default(),
+            window: Window::adaptive(window),
+        };
+        self.runtime.block_on(session.run(tasks, verdicts))
+    }
+}
+
 /// Source frames of outstanding tasks, by index.
 type Sources = StdMutex<HashMap<u64, Frame>>;
-
-/// What the decoders made of a result body, for the session.
-#[derive(Debug)]
-enum Verdict {
-    /// The frame has its result.
-    Settled(u64),
-    /// The body did not decode to a frame of the job: the frame stays outstanding.
-    Bad(u64),
-}
 
 /// Encodes tasks into message bodies (CPU work, off the async runtime). Records the job's
 /// frame size, which every result must have.
@@ -338,6 +370,8 @@ fn decode(
 struct Outstanding {
     body: Arc<Vec<u8>>,
     last_dispatch: Instant,
+    /// The last word of it from a worker (a segment's progress), or its dispatch.
+    last_heard: Instant,
     /// Publishes a worker may have seen: one the broker refused is taken back.
     dispatches: u32,
     /// Send again at the next tick: the broker refused it, or the connection it went out on
@@ -348,18 +382,31 @@ struct Outstanding {
 struct Session<'a> {
     link: &'a BrokerLink,
     job: &'a JobContext,
-    redispatch_after: Duration,
+    /// What its tasks are: frames or segments.
+    kind: MessageKind,
+    /// How long a task may go unheard of before it is re-dispatched.
+    redispatch_after: &'a (dyn Fn() -> Duration + Sync),
     outstanding: HashMap<u64, Outstanding>,
     /// When the last result arrived: evidence that workers are alive.
     last_result: Option<Instant>,
-    /// Result bodies, with the frame their correlation id names, to the decoders.
-    replies: Sender<(u64, Vec<u8>)>,
-    results: Sender<FrameResult>,
-    /// The job's frame size, once its first task is encoded.
-    frame_size: &'a OnceLock<(u32, u32)>,
+    /// Where reply bodies go.
+    replies: Replies,
+    /// Reports a task that no worker finished after [`MAX_DISPATCHES`]; `false` once nobody
+    /// listens.
+    give_up: &'a (dyn Fn(u64) -> bool + Sync),
+    /// The largest reply body worth reading.
+    result_limit: &'a (dyn Fn() -> usize + Sync),
     wire: WireBytes,
-    /// How many of its frames may be on the broker now.
+    /// How many of its tasks may be on the broker now.
     window: Window,
+}
+
+/// Where a session's reply bodies go, with the frame or segment their correlation id names.
+enum Replies {
+    /// Frame results, to the decoder threads.
+    Frames(Sender<(u64, Vec<u8>)>),
+    /// Segment results and progress, to the segment job.
+    Segments(Sender<SegmentReply>),
 }
 
 /// Why a connected stretch of the session ended.
@@ -437,7 +484,7 @@ impl Session<'_> {
             }
             tokio::select! {
                 message = replies.next() => match message {
-                    Some(Ok(m)) => self.on_result(m.correlation, m.body)?,
+                    Some(Ok(m)) => self.on_result(m.kind, m.correlation, m.body)?,
                     Some(Err(e)) => return Err(conn(e)),
                     None => return Err(conn(anyhow!("the reply queue's consumer was cancelled"))),
                 },
@@ -449,7 +496,8 @@ impl Session<'_> {
                 },
                 body = bodies.recv(), if more_tasks && self.outstanding.len() < self.window.current() => match body {
                     Some((index, body)) => {
-                        let entry = Outstanding { body: Arc::new(body), last_dispatch: Instant::now(), dispatches: 1, resend: false };
+                        let now = Instant::now();
+                        let entry = Outstanding { body: Arc::new(body), last_dispatch: now, last_heard: now, dispatches: 1, resend: false };
                         let body = entry.body.clone();
                         self.outstanding.insert(index, entry);
                         self.publish(t, &publisher, reply_to, index, &body, 0, &mut confirms).await?;
@@ -494,7 +542,7 @@ impl Session<'_> {
     }
 
     fn tick_period(&self) -> Duration {
-        (self.redispatch_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        ((self.redispatch_after)() / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -510,29 +558,58 @@ impl Session<'_> {
     ) -> Result<(), Interrupted> {
         let correlation = Correlation::new(self.job.id.as_str(), index);
         let confirm =
-            publisher.task(t, body, reply_to, &correlation, attempt).await.map_err(Interrupted::Connection)?;
+            publisher.task(t, self.kind, body, reply_to, &correlation, attempt).await.map_err(Interrupted::Connection)?;
         self.wire.sent += body.len() as u64;
         confirms.spawn(async move { (index, confirm.accepted().await) });
         Ok(())
     }
 
-    fn on_result(&mut self, correlation: Option<Correlation>, body: Vec<u8>) -> Result<(), Interrupted> {
+    fn on_result(
+        &mut self,
+        kind: MessageKind,
+        correlation: Option<Correlation>,
+        body: Vec<u8>,
+    ) -> Result<(), Interrupted> {
         let Some(Correlation { index, .. }) = correlation.filter(|c| c.job == self.job.id.as_str()) else {
             warn!(job = %self.job.id, "dropping a result with a foreign correlation id");
             return Ok(());
         };
         self.wire.received += body.len() as u64;
+        let now = Instant::now();
+        if kind == MessageKind::SegmentProgress {
+            // A worker is on it: the segment is not overdue, and workers are alive.
+            if let Some(e) = self.outstanding.get_mut(&index) {
+                e.last_heard = now;
+            }
+            self.last_result = Some(now);
+            return match &self.replies {
+                Replies::Segments(replies) if body.len() <= MAX_PROGRESS_BYTES => {
+                    replies.send(SegmentReply::Progress(index, body)).map_err(|_| Interrupted::PipelineGone)
+                }
+                _ => Ok(()),
+            };
+        }
         // Larger than any honest encoding of this job's frames: not worth decoding.
-        let limit = self.frame_size.get().map(|&(w, h)| wire::max_result_body(w, h)).unwrap_or(0);
+        let limit = (self.result_limit)();
         if body.len() > limit {
             warn!(job = %self.job.id, frame = index, bytes = body.len(), limit, "dropping an oversized result");
             self.refused(index);
             return Ok(());
         }
-        self.last_result = Some(Instant::now());
-        // The frame stays outstanding until a decoder says the result decodes; every result,
-        // duplicates included, goes on for the pipeline to count.
-        self.replies.send((index, body)).map_err(|_| Interrupted::PipelineGone)
+        self.last_result = Some(now);
+        // The task stays outstanding until the receiving side says the result is good; every
+        // result, duplicates included, goes on to be counted.
+        let sent = match (&self.replies, kind) {
+            (Replies::Frames(replies), MessageKind::Result) => replies.send((index, body)).is_ok(),
+            (Replies::Segments(replies), MessageKind::SegmentResult) => {
+                replies.send(SegmentReply::Result(index, body)).is_ok()
+            }
+            _ => {
+                warn!(job = %self.job.id, ?kind, "dropping a reply of another kind than the job's tasks");
+                return Ok(());
+            }
+        };
+        if sent { Ok(()) } else { Err(Interrupted::PipelineGone) }
     }
 
     /// A result for `index` was refused: send the frame again at the next tick (counted
@@ -557,33 +634,26 @@ impl Session<'_> {
         // stuck. With no results at all, more copies would only pile up in the queue (the
         // pipeline's stall timeout is the limit then).
         let alive_since = |e: &Outstanding| self.last_result.is_some_and(|r| r > e.last_dispatch);
+        let after = (self.redispatch_after)();
         let overdue: Vec<u64> = self
             .outstanding
             .iter()
-            .filter(|(_, e)| {
-                e.resend || (now.duration_since(e.last_dispatch) >= self.redispatch_after && alive_since(e))
-            })
+            .filter(|(_, e)| e.resend || (now.duration_since(e.last_heard) >= after && alive_since(e)))
             .map(|(i, _)| *i)
             .collect();
         for index in overdue {
             let Some(entry) = self.outstanding.get_mut(&index) else { continue };
             if entry.dispatches >= MAX_DISPATCHES {
                 self.outstanding.remove(&index);
-                warn!(job = %self.job.id, frame = index, "no worker finished the frame after {MAX_DISPATCHES} dispatches");
-                let failed = FrameResult {
-                    index,
-                    outcome: FrameOutcome::Failed(format!("no worker finished it after {MAX_DISPATCHES} dispatches")),
-                    filter_time: Duration::ZERO,
-                    worker: WorkerId::new("none"),
-                    retries: MAX_DISPATCHES - 1,
-                };
-                if self.results.send(failed).is_err() {
+                warn!(job = %self.job.id, task = index, "no worker finished the task after {MAX_DISPATCHES} dispatches");
+                if !(self.give_up)(index) {
                     return Err(Interrupted::PipelineGone);
                 }
                 continue;
             }
             entry.dispatches += 1;
             entry.last_dispatch = now;
+            entry.last_heard = now;
             entry.resend = false;
             let (attempt, body) = (entry.dispatches - 1, entry.body.clone());
             self.publish(t, publisher, reply_to, index, &body, attempt, confirms).await?;

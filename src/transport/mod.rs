@@ -40,6 +40,12 @@ pub struct JobContext {
 /// or the job's stop fires. `serve` returns once `tasks` is closed, having handed every task
 /// on; results may still arrive until every clone of `results` is dropped.
 pub trait Transport: Sync {
+    /// The same workers, given whole segments to decode, filter and encode, where this
+    /// transport can carry them.
+    fn segments(&self) -> Option<&dyn SegmentTransport> {
+        None
+    }
+
     /// Serves one job; returns the bytes it moved (none in-process).
     fn serve(
         &self,
@@ -47,6 +53,52 @@ pub trait Transport: Sync {
         tasks: Receiver<FrameTask>,
         results: Sender<FrameResult>,
     ) -> anyhow::Result<WireBytes>;
+}
+
+/// Carries one job's segment tasks (message bodies) to workers and their replies back, with
+/// the same guarantees as frames: confirmed publishes, re-dispatch of what is overdue while
+/// other replies come, a reconnect that sends everything outstanding again, and a give-up
+/// after too many dispatches.
+pub trait SegmentTransport: Sync {
+    /// Serves one job until `link.tasks` is closed and every task is settled (or the job's
+    /// stop fires); returns the bytes it moved.
+    fn serve_segments(&self, job: &JobContext, link: SegmentLink<'_>) -> anyhow::Result<WireBytes>;
+}
+
+/// What a segment job and its transport exchange.
+pub struct SegmentLink<'a> {
+    /// Task bodies, by segment number.
+    pub tasks: tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    /// Replies from workers, and the segments given up on.
+    pub replies: Sender<SegmentReply>,
+    /// The job's word on each result: a segment stays outstanding until it is settled.
+    pub verdicts: tokio::sync::mpsc::UnboundedReceiver<Verdict>,
+    /// How long a segment may go unheard of (no progress, no result) before it is sent again.
+    pub redispatch_after: &'a (dyn Fn() -> std::time::Duration + Sync),
+    /// The largest result body read.
+    pub result_limit: usize,
+    /// The most segments on the broker at once.
+    pub window: usize,
+}
+
+/// A reply about a segment task.
+#[derive(Debug)]
+pub enum SegmentReply {
+    /// A result body.
+    Result(u64, Vec<u8>),
+    /// A progress body.
+    Progress(u64, Vec<u8>),
+    /// No worker finished it after every dispatch.
+    GaveUp(u64),
+}
+
+/// What the receiving side made of a result, for the transport.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The task has its result.
+    Settled(u64),
+    /// The result was refused: the task stays outstanding and is sent again.
+    Bad(u64),
 }
 
 /// Message bytes a transport moved for one job.

@@ -30,10 +30,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerUrls, Message, Publisher, QueueTypeMismatch, Topology};
+use crate::broker::{Broker, BrokerUrls, Message, MessageKind, Publisher, QueueTypeMismatch, Topology};
 use crate::filters::FilterEnv;
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::JobId;
+use crate::protocol::segment::{self, SEGMENT_VERSION, SegmentOutcome, SegmentProgress, SegmentResult, SegmentTask};
 use crate::protocol::task::{Correlation, FrameOutcome};
 use crate::protocol::wire::{self, Encoder, TransportEncoding};
 use crate::transport::{ProcessorCache, execute};
@@ -71,6 +72,8 @@ pub struct WorkerConfig {
 /// A task handed to a filter thread.
 struct Work {
     seq: u64,
+    /// A frame's task or a segment's.
+    kind: MessageKind,
     body: Vec<u8>,
     retries: u32,
 }
@@ -79,6 +82,8 @@ struct Work {
 enum Done {
     /// The result body to publish.
     Result { seq: u64, body: Vec<u8> },
+    /// How far into a segment task the thread is: published as it is, never waited for.
+    Progress { seq: u64, body: Vec<u8> },
     /// The filters failed; the task body comes back for a retry.
     Failed { seq: u64, reason: String, task: Vec<u8> },
     /// The body does not decode: no retry can help.
@@ -279,9 +284,10 @@ async fn session(
                 if m.redelivered {
                     stats.redelivered();
                 }
+                let kind = m.kind;
                 in_hand.insert(seq, m);
                 // Never blocks: at most `prefetch` tasks are in hand, and the channel holds that many.
-                work.send(Work { seq, body, retries }).context("the filter threads stopped")?;
+                work.send(Work { seq, kind, body, retries }).context("the filter threads stopped")?;
             }
             event = events.next() => match event {
                 Some(Ok(m)) => {
@@ -293,7 +299,19 @@ async fn session(
                 None => anyhow::bail!("the events subscription was cancelled"),
             },
             Some(d) = done.recv() => {
-                let seq = match &d { Done::Result { seq, .. } | Done::Failed { seq, .. } | Done::Malformed { seq, .. } => *seq };
+                let seq = match &d {
+                    Done::Progress { seq, body } => {
+                        // Best effort, unconfirmed: a lost word on progress only makes a bar
+                        // wait for the result.
+                        if let Some(m) = in_hand.get(seq)
+                            && let (Some(reply_to), Some(correlation)) = (&m.reply_to, &m.correlation)
+                        {
+                            drop(publisher.result(t, MessageKind::SegmentProgress, reply_to, correlation, body).await?);
+                        }
+                        continue;
+                    }
+                    Done::Result { seq, .. } | Done::Failed { seq, .. } | Done::Malformed { seq, .. } => *seq,
+                };
                 // A task from before a reconnect: the broker already took it back.
                 let Some(m) = in_hand.remove(&seq) else { continue };
                 let (publisher, topology, stats) = (publisher.clone(), t.clone(), stats.clone());
@@ -316,9 +334,12 @@ async fn finish(
     let Some(correlation) = m.correlation.clone() else {
         return m.reject(false).await; // never taken in hand without one
     };
+    let result_kind = if m.kind == MessageKind::SegmentTask { MessageKind::SegmentResult } else { MessageKind::Result };
     match done {
+        // Progress never comes here: the session publishes it and keeps the task in hand.
+        Done::Progress { .. } => Ok(()),
         Done::Result { body, .. } => {
-            if !publisher.result(t, &reply_to, &correlation, &body).await?.accepted().await? {
+            if !publisher.result(t, result_kind, &reply_to, &correlation, &body).await?.accepted().await? {
                 m.reject(true).await?; // the broker refused the result: let another try
                 return Ok(());
             }
@@ -328,7 +349,7 @@ async fn finish(
         }
         Done::Failed { reason, task, .. } if m.attempt + 1 < MAX_ATTEMPTS => {
             warn!(%correlation, %reason, attempt = m.attempt + 1, "filter failed; retrying the task");
-            if !publisher.task(t, &task, &reply_to, &correlation, m.attempt + 1).await?.accepted().await? {
+            if !publisher.task(t, m.kind, &task, &reply_to, &correlation, m.attempt + 1).await?.accepted().await? {
                 m.reject(true).await?;
                 return Ok(());
             }
@@ -362,12 +383,24 @@ async fn report_failure(
     reason: &str,
 ) -> anyhow::Result<()> {
     let (job, index) = (correlation.job.as_str(), correlation.index);
-    let mut enc = Encoder::new(TransportEncoding::Raw);
     let retries = m.attempt + u32::from(m.redelivered);
     let worker = crate::metrics::WorkerId::this_process().to_string();
-    let meta = wire::ResultMeta { job, index, worker: &worker, filter_us: 0, retries };
-    let body = wire::encode_result(&meta, Err(reason), None, &mut enc)?;
-    publisher.result(t, reply_to, correlation, &body).await?.accepted().await?;
+    let (kind, body) = if m.kind == MessageKind::SegmentTask {
+        let result = SegmentResult {
+            version: SEGMENT_VERSION,
+            job: job.to_string(),
+            number: index,
+            worker,
+            retries,
+            outcome: SegmentOutcome::Failed(reason.to_string()),
+        };
+        (MessageKind::SegmentResult, segment::encode(&result))
+    } else {
+        let mut enc = Encoder::new(TransportEncoding::Raw);
+        let meta = wire::ResultMeta { job, index, worker: &worker, filter_us: 0, retries };
+        (MessageKind::Result, wire::encode_result(&meta, Err(reason), None, &mut enc)?)
+    };
+    publisher.result(t, kind, reply_to, correlation, &body).await?.accepted().await?;
     Ok(())
 }
 
@@ -381,34 +414,90 @@ fn filter_thread(
 ) {
     let mut cache = ProcessorCache::new(env);
     let mut encoders: HashMap<String, Encoder> = HashMap::new();
-    for Work { seq, body, retries } in work {
-        let outcome = match wire::decode_task(&body, max_pixels) {
-            Err(e) => Done::Malformed { seq, error: e.to_string() },
-            Ok((h, frame, previous)) => {
-                // Lines about this task name its job and frame, whichever job the thread serves next.
-                let _task = tracing::info_span!("task", job = %h.job, frame = h.index).entered();
-                let (outcome, time) = match cache.get(&h.chain) {
-                    Ok(p) => execute(p, &frame, previous.as_ref()),
-                    Err(e) => (FrameOutcome::Failed(e.to_string()), Duration::ZERO),
-                };
-                let encoder = encoders.entry(h.encoding.to_string()).or_insert_with(|| Encoder::new(h.encoding));
-                let filter_us = time.as_micros() as u64;
-                stats.filter_time(time);
-                match outcome {
-                    FrameOutcome::Processed(out) => {
-                        let meta = wire::ResultMeta { job: &h.job, index: h.index, worker: id, filter_us, retries };
-                        // Against the task's frame: a result that is mostly its source travels as a delta.
-                        match wire::encode_result(&meta, Ok(&out), Some(&frame), encoder) {
-                            Ok(body) => Done::Result { seq, body },
-                            Err(e) => Done::Failed { seq, reason: e.to_string(), task: body },
-                        }
-                    }
-                    FrameOutcome::Failed(reason) => Done::Failed { seq, reason, task: body },
-                }
-            }
+    for Work { seq, kind, body, retries } in work {
+        let outcome = if kind == MessageKind::SegmentTask {
+            segment_task(seq, body, retries, &mut cache, (id, max_pixels), &done, stats)
+        } else {
+            frame_task(seq, body, retries, &mut cache, &mut encoders, id, max_pixels, stats)
         };
         if done.blocking_send(outcome).is_err() {
             return;
         }
+    }
+}
+
+/// Decodes, filters and encodes one frame task.
+#[allow(clippy::too_many_arguments)]
+fn frame_task(
+    seq: u64,
+    body: Vec<u8>,
+    retries: u32,
+    cache: &mut ProcessorCache,
+    encoders: &mut HashMap<String, Encoder>,
+    id: &str,
+    max_pixels: u64,
+    stats: &WorkerStats,
+) -> Done {
+    match wire::decode_task(&body, max_pixels) {
+        Err(e) => Done::Malformed { seq, error: e.to_string() },
+        Ok((h, frame, previous)) => {
+            // Lines about this task name its job and frame, whichever job the thread serves next.
+            let _task = tracing::info_span!("task", job = %h.job, frame = h.index).entered();
+            let (outcome, time) = match cache.get(&h.chain) {
+                Ok(p) => execute(p, &frame, previous.as_ref()),
+                Err(e) => (FrameOutcome::Failed(e.to_string()), Duration::ZERO),
+            };
+            let encoder = encoders.entry(h.encoding.to_string()).or_insert_with(|| Encoder::new(h.encoding));
+            let filter_us = time.as_micros() as u64;
+            stats.filter_time(time);
+            match outcome {
+                FrameOutcome::Processed(out) => {
+                    let meta = wire::ResultMeta { job: &h.job, index: h.index, worker: id, filter_us, retries };
+                    // Against the task's frame: a result that is mostly its source travels as a delta.
+                    match wire::encode_result(&meta, Ok(&out), Some(&frame), encoder) {
+                        Ok(body) => Done::Result { seq, body },
+                        Err(e) => Done::Failed { seq, reason: e.to_string(), task: body },
+                    }
+                }
+                FrameOutcome::Failed(reason) => Done::Failed { seq, reason, task: body },
+            }
+        }
+    }
+}
+
+/// Decodes, filters and encodes one segment task, telling the session how far it is.
+fn segment_task(
+    seq: u64,
+    body: Vec<u8>,
+    retries: u32,
+    cache: &mut ProcessorCache,
+    (id, max_pixels): (&str, u64),
+    done: &mpsc::Sender<Done>,
+    stats: &WorkerStats,
+) -> Done {
+    let task: SegmentTask = match segment::decode(&body, segment::MAX_TASK_BYTES) {
+        Ok(task) => task,
+        Err(e) => return Done::Malformed { seq, error: e.to_string() },
+    };
+    let (w, h) = (task.input.stream.width, task.input.stream.height);
+    if u64::from(w) * u64::from(h) > max_pixels {
+        let error = wire::WireError::OverWorkerLimit(w, h, max_pixels).to_string();
+        return Done::Malformed { seq, error };
+    }
+    let _task = tracing::info_span!("segment", job = %task.job, segment = task.input.number).entered();
+    let (result, time) = crate::split::work::process(&task, cache, id, retries, |frames| {
+        let progress = SegmentProgress {
+            version: SEGMENT_VERSION,
+            job: task.job.clone(),
+            number: task.input.number,
+            worker: id.to_string(),
+            done: frames,
+        };
+        let _ = done.blocking_send(Done::Progress { seq, body: segment::encode(&progress) });
+    });
+    stats.filter_time(time);
+    match result.outcome {
+        SegmentOutcome::Failed(reason) => Done::Failed { seq, reason, task: body },
+        SegmentOutcome::Encoded { .. } => Done::Result { seq, body: segment::encode(&result) },
     }
 }
