@@ -16,5 +16,6 @@ mod rabbit;
 mod resume;
 mod run;
 mod segments;
+mod split;
 mod tls;
 mod util;

@@ -78,6 +78,8 @@ pub(super) struct VideoEncoder {
     /// One frame's duration in the encoder's time base, for frames without a timestamp.
     frame_step: i64,
     last_pts: Option<i64>,
+    /// The timestamp of a first frame without one (see [`VideoEncoder::starts_at_frame`]).
+    untimed_from: i64,
 }
 
 /// What a segment's encoder must agree on with the output it will be joined into.
@@ -190,7 +192,15 @@ impl VideoEncoder {
             time_base: encoder_tb,
             frame_step,
             last_pts: None,
+            untimed_from: 0,
         })
+    }
+
+    /// The first frame it encodes is frame `index` of the video: one without a timestamp (a raw
+    /// H.264 stream's) gets the time it has in the whole video, so that a segment's frames
+    /// follow the segment before it's.
+    pub fn starts_at_frame(&mut self, index: u64) {
+        self.untimed_from = (index as i64).saturating_mul(self.frame_step);
     }
 
     /// Encodes `mat`, whose timestamp is `pts` in the input's time base, and appends the packets
@@ -208,7 +218,7 @@ impl VideoEncoder {
         // require (a frame without one follows the last by a frame's duration).
         let mut pts = match pts {
             Some(p) => p.rescale(self.input_tb, self.time_base),
-            None => self.last_pts.map_or(0, |l| l + self.frame_step),
+            None => self.last_pts.map_or(self.untimed_from, |l| l + self.frame_step),
         };
         if let Some(last) = self.last_pts
             && pts <= last

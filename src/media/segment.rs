@@ -179,7 +179,8 @@ impl SegmentSink {
         let number = self.next_frame / self.per_segment;
         let path = segment_path(&self.dir, number);
         let partial = RemoveOnDrop::new(path.with_extension("partial"));
-        let encoder = VideoEncoder::open(&self.frames, &self.options, self.container, &self.shown)?;
+        let mut encoder = VideoEncoder::open(&self.frames, &self.options, self.container, &self.shown)?;
+        encoder.starts_at_frame(self.next_frame);
         let fail = |cause| io_error(partial.path(), 0, cause);
         let file = File::create(partial.path()).map_err(fail)?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
