@@ -9,7 +9,7 @@
 //! segment progress: version, job, number, worker, frames done so far
 //! ```
 //!
-//! The correlation id is `job:number`, with the message's kind ([`crate::broker::MessageKind`])
+//! The correlation id is `job:number`, with the message's kind (its AMQP `type`)
 //! telling a segment from a frame. Every body's length is checked against a bound before it is
 //! parsed, and postcard allocates nothing its input does not hold.
 
