@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Frame-mode throughput through classic against quorum work queues, on the three-node cluster
-# of scripts/rabbitmq-cluster.sh (start it first): for each type, a server and two workers of
-# one thread in a namespace of their own; ROUNDS interleaved jobs of FRAMES 720p frames through
-# CHAIN; prints each type's median fps.
+# Throughput through classic against quorum work queues, on the three-node cluster of
+# scripts/rabbitmq-cluster.sh (start it first): for each type, a server (2 s segments) and two
+# workers of one thread in a namespace of their own; ROUNDS interleaved jobs of FRAMES 720p
+# frames through CHAIN, split as SPLIT (frames or segments); prints each type's median fps.
 #
-#   scripts/bench-queue-types.sh [VPD] [ROUNDS] [FRAMES] [CHAIN]
+#   scripts/bench-queue-types.sh [VPD] [ROUNDS] [FRAMES] [CHAIN] [SPLIT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,7 @@ vpd=${1:-target/release/vpd}
 rounds=${2:-5}
 frames=${3:-300}
 chain=${4:-edges}
+split=${5:-frames}
 urls=$(scripts/rabbitmq-cluster.sh urls)
 work=$(mktemp -d)
 pids=()
@@ -31,7 +32,7 @@ declare -A addr
 for t in "${types[@]}"; do
   mkfifo "$work/announce-$t"
   "$vpd" server --listen 127.0.0.1:0 --amqp "$urls" --namespace "bench-$t-$$" --queue-type "$t" \
-    --state-dir "$work/state-$t" >"$work/announce-$t" 2>"$work/server-$t.log" &
+    --segment-seconds 2 --state-dir "$work/state-$t" >"$work/announce-$t" 2>"$work/server-$t.log" &
   pids+=($!)
   read -r _ _ a <"$work/announce-$t"
   addr[$t]=$a
@@ -44,7 +45,7 @@ declare -A fps
 for ((r = 0; r < rounds; r++)); do
   for t in "${types[@]}"; do
     start=$(date +%s.%N)
-    "$vpd" client "$work/in.mp4" --server "${addr[$t]}" -f "$chain" -o "$work/out-$t.mkv" --quiet >/dev/null
+    "$vpd" client "$work/in.mp4" --server "${addr[$t]}" -f "$chain" -o "$work/out-$t.mkv" --split "$split" --quiet >/dev/null
     fps[$t]+="$(echo "$frames / ($(date +%s.%N) - $start)" | bc -l) "
     rm -f "$work/out-$t.mkv"
   done

@@ -4,7 +4,7 @@
 //! segments too large for a message, and inputs that cannot be cut.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::util::cluster::*;
 use crate::util::*;
@@ -182,4 +182,121 @@ fn a_segment_over_the_message_limit_is_done_frame_by_frame() {
     // Frame tasks: the raw frames went over the wire.
     assert!(s.wire_bytes_sent > 75 * 640 * 480, "sent {} bytes", s.wire_bytes_sent);
     same(&output, &want, "segments done frame by frame");
+}
+
+/// Two network namespaces, each joined to this one by a veth pair with addresses private to
+/// the test, and a broker user of the test's own; all removed when dropped.
+struct Hosts {
+    names: Vec<String>,
+    user: String,
+}
+
+impl Hosts {
+    /// `None` where namespaces cannot be made here (no CAP_NET_ADMIN, no `ip`, no `rabbitmqctl`).
+    fn make(count: usize) -> Option<Hosts> {
+        let tag = std::process::id() % 100_000;
+        let probe = format!("vpdp{tag}");
+        let made = Command::new("ip").args(["netns", "add", &probe]).output().ok()?;
+        if !made.status.success() {
+            return None;
+        }
+        let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+        let user = format!("vpdtest{tag}");
+        let ctl = |args: &[&str]| Command::new("rabbitmqctl").args(args).output().ok().filter(|o| o.status.success());
+        ctl(&["add_user", &user, "not-guest"])?;
+        let mut hosts = Hosts { names: Vec::new(), user };
+        ctl(&["set_permissions", "-p", "/", &hosts.user, ".*", ".*", ".*"])?;
+        let net = 200 + tag % 50;
+        for k in 0..count {
+            let name = format!("vpdn{tag}{k}");
+            let (outside, inside) = (format!("vpdo{tag}{k}"), format!("vpdi{tag}{k}"));
+            let (host_ip, ns_ip) = (format!("10.{net}.{k}.1"), format!("10.{net}.{k}.2"));
+            hosts.names.push(name.clone());
+            let steps: Vec<Vec<String>> = vec![
+                vec!["netns".into(), "add".into(), name.clone()],
+                vec!["link".into(), "add".into(), outside.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), inside.clone()],
+                vec!["link".into(), "set".into(), inside.clone(), "netns".into(), name.clone()],
+                vec!["addr".into(), "add".into(), format!("{host_ip}/30"), "dev".into(), outside.clone()],
+                vec!["link".into(), "set".into(), outside.clone(), "up".into()],
+                vec!["-n".into(), name.clone(), "addr".into(), "add".into(), format!("{ns_ip}/30"), "dev".into(), inside.clone()],
+                vec!["-n".into(), name.clone(), "link".into(), "set".into(), inside.clone(), "up".into()],
+            ];
+            for step in steps {
+                let out = Command::new("ip").args(&step).output().unwrap();
+                assert!(out.status.success(), "ip {step:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            // RabbitMQ here listens on loopback only: a relay on this side of the veth carries the
+            // namespace's connections to it. The workers reach it only across the veth (their own
+            // loopback is down), as a broker's address.
+            forward(&format!("{host_ip}:5672"), "127.0.0.1:5672");
+        }
+        Some(hosts)
+    }
+
+    /// The broker's URL from namespace `k`, as the test's user.
+    fn amqp(&self, k: usize) -> String {
+        let net = 200 + (std::process::id() % 100_000) % 50;
+        format!("amqp://{}:not-guest@10.{net}.{k}.1:5672/%2f", self.user)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth inside it, and so its peer.
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+        let _ = Command::new("rabbitmqctl").args(["delete_user", &self.user]).output();
+    }
+}
+
+/// Relays every connection to `from` to `to`, for as long as the test runs.
+fn forward(from: &str, to: &str) {
+    let listener = std::net::TcpListener::bind(from).unwrap_or_else(|e| panic!("binding {from}: {e}"));
+    let to = to.to_string();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming().flatten() {
+            let Ok(outbound) = std::net::TcpStream::connect(&to) else { continue };
+            relay(inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+            relay(outbound, inbound);
+        }
+    });
+}
+
+/// Copies what `from` reads to `to` on a thread of its own, until `from` ends.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+#[test]
+fn workers_on_hosts_of_their_own_give_the_same_frames() {
+    let Some(hosts) = Hosts::make(2) else {
+        eprintln!("skipped: making network namespaces needs CAP_NET_ADMIN, `ip` and `rabbitmqctl`");
+        return;
+    };
+    let ns = Namespace::new("seghosts");
+    let dir = tempfile::tempdir().unwrap();
+    let input = h264_with_audio(dir.path(), 100, (320, 240));
+    let chain = "motion,edges";
+    let want = run_reference(&input, chain, &dir.path().join("run.mkv"), "ffv1");
+    let server = segment_server(&ns, &[]);
+    let workers: Vec<ChildGuard> = (0..2)
+        .map(|k| {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &hosts.names[k]]).arg(vpd().get_program());
+            cmd.args(["worker", "--amqp", &hosts.amqp(k), "--namespace", &ns.name, "--threads", "1"]);
+            cmd.env_remove("VPD_CONFIG").env_remove("RUST_LOG").stdin(Stdio::null());
+            ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting a worker in a namespace"))
+        })
+        .collect();
+    ns.wait_for_workers(2);
+    let output = dir.path().join("out.mkv");
+    let s = summary(&client(&server.addr(), &input, chain, &output, &["--split", "segments"]));
+    assert_eq!((s.frames, s.failed_frames, s.split.as_deref()), (100, 0, Some("segments")));
+    assert_eq!(s.workers.len(), 2, "both workers took segments: {:?}", s.workers);
+    drop(workers);
+    same(&output, &want, "workers in network namespaces");
 }

@@ -181,7 +181,30 @@ pub(super) fn turn_of(degrees: u16) -> Result<Option<RotateFlags>, String> {
     }
 }
 
+/// The rate a video stream is read at: its average rate, else its base rate, else
+/// [`FALLBACK_FPS`] (said in a warning).
+fn stream_fps(stream: &ffmpeg_next::format::stream::Stream<'_>, path: &Path) -> f64 {
+    [stream.avg_frame_rate(), stream.rate()]
+        .into_iter()
+        .map(f64::from)
+        .find(|f| f.is_finite() && (0.1..=1000.0).contains(f))
+        .unwrap_or_else(|| {
+            warn!(path = %path.display(), "the container gives no usable frame rate; assuming {FALLBACK_FPS} fps");
+            FALLBACK_FPS
+        })
+}
+
 impl MediaSource {
+    /// The rate `open` would read `path`'s video at, from its container alone (nothing decoded).
+    pub fn rate_of(path: &Path) -> Result<f64, MediaError> {
+        super::init();
+        check_input(path)?;
+        let input = format::input(&path).map_err(|_| MediaError::NotAVideo(path.to_path_buf()))?;
+        let stream =
+            input.streams().best(media::Type::Video).ok_or_else(|| MediaError::NoVideoStream(path.to_path_buf()))?;
+        Ok(stream_fps(&stream, path))
+    }
+
     /// Opens `path` (`-` for standard input) and decodes its first frame, so that an input with
     /// no usable video fails here, before any work starts.
     pub fn open(path: &Path) -> Result<Self, MediaError> {
@@ -203,14 +226,7 @@ impl MediaSource {
             .decoder()
             .video()
             .map_err(|_| MediaError::Undecodable { path: path.to_path_buf(), codec: codec_name })?;
-        let fps = [stream.avg_frame_rate(), stream.rate()]
-            .into_iter()
-            .map(f64::from)
-            .find(|f| f.is_finite() && (0.1..=1000.0).contains(f))
-            .unwrap_or_else(|| {
-                warn!(path = %path.display(), "the container gives no usable frame rate; assuming {FALLBACK_FPS} fps");
-                FALLBACK_FPS
-            });
+        let fps = stream_fps(&stream, path);
         // Where the video should end, for telling a truncated file: the stream's duration, or
         // the container's. (Frame counts can be estimates; durations hold for variable rates.)
         let expected_end = if stream.duration() > 0 {

@@ -313,7 +313,7 @@ async fn open(
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let fps = crate::media::MediaSource::open(&input)?.info().fps;
+            let fps = crate::media::MediaSource::rate_of(&input)?;
             let plan = split::plan(asked, &input, frames_per_segment(fps, seconds), remote);
             info!(split = %plan.split(), why = plan.why(), "split");
             match plan {
