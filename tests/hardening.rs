@@ -498,7 +498,15 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
         body.extend_from_slice(&bomb);
         let publisher = broker.publisher().await.unwrap();
         for _ in 0..2 {
-            assert!(publisher.result(&t, MessageKind::Result, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
+            assert!(
+                publisher
+                    .result(&t, MessageKind::Result, &reply_to, &correlation, &body)
+                    .await
+                    .unwrap()
+                    .accepted()
+                    .await
+                    .unwrap()
+            );
         }
         task.ack().await.unwrap();
         tasks.cancel().await.unwrap();
@@ -784,7 +792,10 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
         let meta = TaskMeta { job: "jstranger", index: 0, chain: &chain, encoding: TransportEncoding::Raw };
         let body = wire::encode_task(&meta, &frame, None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
         let publisher = broker.publisher().await.unwrap();
-        let sent = publisher.task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jstranger", 0), 0).await.unwrap();
+        let sent = publisher
+            .task(&t, MessageKind::Task, &body, &reply_to, &Correlation::new("jstranger", 0), 0)
+            .await
+            .unwrap();
         assert!(sent.accepted().await.unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while broker.queue_stats(&t.dead()).await.unwrap().0 != 1 {
@@ -808,7 +819,15 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
             let meta = ResultMeta { job: id.as_str(), index, worker: "forger", filter_us: 1, retries: 0 };
             let body = wire::encode_result(&meta, Ok(&frame), None, &mut Encoder::new(TransportEncoding::Raw)).unwrap();
             let correlation = Correlation::new(id.as_str(), index);
-            assert!(publisher.result(&t, MessageKind::Result, &reply_to, &correlation, &body).await.unwrap().accepted().await.unwrap());
+            assert!(
+                publisher
+                    .result(&t, MessageKind::Result, &reply_to, &correlation, &body)
+                    .await
+                    .unwrap()
+                    .accepted()
+                    .await
+                    .unwrap()
+            );
         }
         publisher.event(&t, &JobEvent::Cancelled { job: id.clone() }).await.unwrap();
         broker.close().await;

@@ -94,7 +94,8 @@ fn segment_mode_gives_the_frames_and_audio_of_vpd_run() {
         let output = dir.path().join(format!("seg.{container}"));
         // (`client` asks for FFV1 in .mkv.)
         let codec_args: &[&str] = if container == "mp4" { &["--codec", "h264"] } else { &[] };
-        let s = summary(&client(&server.addr(), &input, chain, &output, &[&["--split", "segments"], codec_args].concat()));
+        let s =
+            summary(&client(&server.addr(), &input, chain, &output, &[&["--split", "segments"], codec_args].concat()));
         assert_eq!((s.frames, s.failed_frames), (90, 0), "{chain}");
         assert_eq!(s.split.as_deref(), Some("segments"), "{chain}");
         assert_eq!(s.split_why.as_deref(), Some("--split segments: 4 segments of 25 frames"));
@@ -104,14 +105,15 @@ fn segment_mode_gives_the_frames_and_audio_of_vpd_run() {
         // Compressed packets, not pixels: about the input's size (`motion` also takes the
         // frames from a keyframe to each segment's previous one), far below the raw frames.
         let (raw, file) = (90 * 320 * 240 * 3, std::fs::metadata(&input).unwrap().len());
-        assert!(s.wire_bytes_sent < 2 * file && 4 * file < raw, "sent {} bytes of a {file}-byte input", s.wire_bytes_sent);
+        assert!(
+            s.wire_bytes_sent < 2 * file && 4 * file < raw,
+            "sent {} bytes of a {file}-byte input",
+            s.wire_bytes_sent
+        );
     }
     // `auto` (the default) takes segments for 4 of them, frames for fewer than 3.
     let s = summary(&client(&server.addr(), &input, "edges", &dir.path().join("auto.mp4"), &[]));
-    assert_eq!(
-        (s.split.as_deref(), s.split_why.as_deref()),
-        (Some("segments"), Some("auto: 4 segments of 25 frames"))
-    );
+    assert_eq!((s.split.as_deref(), s.split_why.as_deref()), (Some("segments"), Some("auto: 4 segments of 25 frames")));
     let short = h264_with_audio(dir.path(), 40, (320, 240));
     let s = summary(&client(&server.addr(), &short, "edges", &dir.path().join("short.mp4"), &[]));
     assert_eq!(
@@ -179,8 +181,9 @@ fn a_segment_over_the_message_limit_is_done_frame_by_frame() {
     let output = dir.path().join("out.mkv");
     let s = summary(&client(&server.addr(), &input, chain, &output, &["--split", "segments"]));
     assert_eq!((s.frames, s.failed_frames, s.split.as_deref()), (75, 0, Some("segments")));
-    // Frame tasks: the raw frames went over the wire.
+    // Frame tasks: the raw frames went over the wire, and their times count.
     assert!(s.wire_bytes_sent > 75 * 640 * 480, "sent {} bytes", s.wire_bytes_sent);
+    assert!(s.filter_latency_ms.p50 > 0.0 && s.latency_ms.p50 > 0.0, "{s:?}");
     same(&output, &want, "segments done frame by frame");
 }
 
@@ -214,11 +217,28 @@ impl Hosts {
             hosts.names.push(name.clone());
             let steps: Vec<Vec<String>> = vec![
                 vec!["netns".into(), "add".into(), name.clone()],
-                vec!["link".into(), "add".into(), outside.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), inside.clone()],
+                vec![
+                    "link".into(),
+                    "add".into(),
+                    outside.clone(),
+                    "type".into(),
+                    "veth".into(),
+                    "peer".into(),
+                    "name".into(),
+                    inside.clone(),
+                ],
                 vec!["link".into(), "set".into(), inside.clone(), "netns".into(), name.clone()],
                 vec!["addr".into(), "add".into(), format!("{host_ip}/30"), "dev".into(), outside.clone()],
                 vec!["link".into(), "set".into(), outside.clone(), "up".into()],
-                vec!["-n".into(), name.clone(), "addr".into(), "add".into(), format!("{ns_ip}/30"), "dev".into(), inside.clone()],
+                vec![
+                    "-n".into(),
+                    name.clone(),
+                    "addr".into(),
+                    "add".into(),
+                    format!("{ns_ip}/30"),
+                    "dev".into(),
+                    inside.clone(),
+                ],
                 vec!["-n".into(), name.clone(), "link".into(), "set".into(), inside.clone(), "up".into()],
             ];
             for step in steps {
@@ -289,7 +309,9 @@ fn workers_on_hosts_of_their_own_give_the_same_frames() {
             cmd.args(["netns", "exec", &hosts.names[k]]).arg(vpd().get_program());
             cmd.args(["worker", "--amqp", &hosts.amqp(k), "--namespace", &ns.name, "--threads", "1"]);
             cmd.env_remove("VPD_CONFIG").env_remove("RUST_LOG").stdin(Stdio::null());
-            ChildGuard(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting a worker in a namespace"))
+            ChildGuard(
+                cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting a worker in a namespace"),
+            )
         })
         .collect();
     ns.wait_for_workers(2);

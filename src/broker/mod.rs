@@ -680,7 +680,12 @@ impl Consumer {
                 (Some(kind), None) => break (delivery, kind),
                 (Some(kind), Some(key)) if verified(key, kind) => break (delivery, kind),
                 (Some(kind), Some(_)) => {
-                    tracing::warn!(?kind, correlation, bytes = delivery.data.len(), "dropped a message without a valid signature");
+                    tracing::warn!(
+                        ?kind,
+                        correlation,
+                        bytes = delivery.data.len(),
+                        "dropped a message without a valid signature"
+                    );
                 }
                 (None, _) => {
                     let kind = delivery.properties.kind().as_ref().map(|k| k.to_string());

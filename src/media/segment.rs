@@ -430,7 +430,12 @@ const SIDE_OPEN: usize = 4;
 impl SideFiles {
     /// Side files in `dir` for segments starting at `starts` (video time base `video_base`),
     /// for an input whose streams have time bases `bases`.
-    pub fn new(dir: &Path, starts: Vec<i64>, video_base: ffmpeg_next::Rational, bases: Vec<ffmpeg_next::Rational>) -> Self {
+    pub fn new(
+        dir: &Path,
+        starts: Vec<i64>,
+        video_base: ffmpeg_next::Rational,
+        bases: Vec<ffmpeg_next::Rational>,
+    ) -> Self {
         SideFiles {
             dir: dir.to_path_buf(),
             starts,

@@ -34,6 +34,12 @@ impl LatencyHistogram {
         self.0.saturating_record(micros);
     }
 
+    /// Adds every latency `other` recorded.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        // Both have the same bounds, so nothing is out of range.
+        let _ = self.0.add(&other.0);
+    }
+
     /// How many latencies were recorded.
     pub fn count(&self) -> u64 {
         self.0.len()

@@ -10,6 +10,6 @@ pub mod codec;
 pub mod event;
 pub mod job;
 pub mod message;
-pub mod task;
 pub mod segment;
+pub mod task;
 pub mod wire;

@@ -21,13 +21,13 @@ use crate::cancel::Stop;
 use crate::job::{Finished, OpenedJob, Writing};
 use crate::media::{SegmentRecord, VideoInfo, frames_per_segment, segment_path};
 use crate::pipeline::{JobError, Observer, Progress};
-use crate::protocol::segment::Split;
-use crate::split::{self, Plan, SegmentJob, SegmentPlace};
-use crate::transport::Transport;
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::{JobId, JobSpec, JobState};
 use crate::protocol::message::ErrorCode;
+use crate::protocol::segment::Split;
+use crate::split::{self, Plan, SegmentJob, SegmentPlace};
 use crate::transport::JobContext;
+use crate::transport::Transport;
 
 /// Starts driving the job `spec`, whose upload is in place; `paused` holds it until it
 /// is resumed. Returns it.

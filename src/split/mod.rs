@@ -289,7 +289,11 @@ impl SegmentJob {
         let count = self.parts.index.frames().div_ceil(self.parts.per_segment);
         let resumed = self.resumed_at();
         if resumed > 0 {
-            info!(segments = self.parts.committed.len(), frames = resumed, "resuming: sending only the missing segments");
+            info!(
+                segments = self.parts.committed.len(),
+                frames = resumed,
+                "resuming: sending only the missing segments"
+            );
         }
         let on_commit = std::mem::replace(&mut self.on_commit, Box::new(|_| Ok(())));
         let state = State {
@@ -376,17 +380,26 @@ impl SegmentJob {
             )));
         }
         let joining = Instant::now();
-        join_segments(&self.source, &self.parts.dir, &records, &self.parts.target, &self.parts.options, self.parts.size)
-            .map_err(anyhow::Error::from)?;
+        join_segments(
+            &self.source,
+            &self.parts.dir,
+            &records,
+            &self.parts.target,
+            &self.parts.options,
+            self.parts.size,
+        )
+        .map_err(anyhow::Error::from)?;
         tracing::debug!(segments = records.len(), ms = joining.elapsed().as_millis() as u64, "segments joined");
         let frames = records.iter().map(|r| r.frames).sum::<u64>() - resumed;
-        let wire = WireBytes { sent: wire.sent + state.fallback.sent, received: wire.received + state.fallback.received };
+        let wire =
+            WireBytes { sent: wire.sent + state.fallback.sent, received: wire.received + state.fallback.received };
         let report = JobReport { frames, stats: state.stats, wire };
         let info = self.source.info();
         let size = self.parts.size.unwrap_or((info.width, info.height));
         let codec = self.parts.options.codec.to_string();
         let wall = self.started.elapsed().as_secs_f64();
-        let mut summary = crate::job::summarise(&self.parts.input, &self.output, ctx, &codec, &info, size, &report, wall);
+        let mut summary =
+            crate::job::summarise(&self.parts.input, &self.output, ctx, &codec, &info, size, &report, wall);
         if resumed > 0 {
             summary.frames += resumed;
             summary.resumed_at_frame = Some(resumed);
@@ -572,14 +585,20 @@ impl Shared<'_> {
 
     /// Does each segment it is given frame by frame through the transport's frame side, where a
     /// frame that fails alone is written as it was, and commits it.
-    fn fallback(&self, ctx: &JobContext, transport: &dyn Transport, inputs: Receiver<SegmentInput>) -> anyhow::Result<()> {
+    fn fallback(
+        &self,
+        ctx: &JobContext,
+        transport: &dyn Transport,
+        inputs: Receiver<SegmentInput>,
+    ) -> anyhow::Result<()> {
         for input in inputs {
             if ctx.stop.is_stopped() {
                 return Ok(());
             }
             let number = input.number;
             let (file, report) = self.frame_by_frame(ctx, transport, &input)?;
-            check_segment_bytes(&file, &input.frames).map_err(|why| anyhow!("segment {number} frame by frame: {why}"))?;
+            check_segment_bytes(&file, &input.frames)
+                .map_err(|why| anyhow!("segment {number} frame by frame: {why}"))?;
             let bytes = commit_segment_bytes(&self.job.dir, number, &file)?;
             let first_frame = number * self.job.per_segment;
             let frames = input.frames.len() as u64;
@@ -594,6 +613,8 @@ impl Shared<'_> {
             s.failed += report.stats.failed;
             s.retries += report.stats.retries;
             s.duplicates += report.stats.duplicates;
+            s.filter_latency.merge(&report.stats.filter_latency);
+            s.latency.merge(&report.stats.latency);
             for (w, n) in report.stats.per_worker {
                 *s.per_worker.entry(w).or_default() += n;
             }

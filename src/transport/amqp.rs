@@ -557,8 +557,10 @@ impl Session<'_> {
         confirms: &mut JoinSet<(u64, anyhow::Result<bool>)>,
     ) -> Result<(), Interrupted> {
         let correlation = Correlation::new(self.job.id.as_str(), index);
-        let confirm =
-            publisher.task(t, self.kind, body, reply_to, &correlation, attempt).await.map_err(Interrupted::Connection)?;
+        let confirm = publisher
+            .task(t, self.kind, body, reply_to, &correlation, attempt)
+            .await
+            .map_err(Interrupted::Connection)?;
         self.wire.sent += body.len() as u64;
         confirms.spawn(async move { (index, confirm.accepted().await) });
         Ok(())
