@@ -26,37 +26,6 @@ fn h264_with_audio(dir: &Path, frames: u32, (w, h): (u32, u32)) -> PathBuf {
     path
 }
 
-/// `vpd run` with 1 s segments, as the reference.
-fn run_reference(input: &Path, chain: &str, output: &Path, codec: &str) -> Vec<opencv::core::Mat> {
-    let out = run_vpd(&[
-        "run",
-        input.to_str().unwrap(),
-        "-f",
-        chain,
-        "-o",
-        output.to_str().unwrap(),
-        "--codec",
-        codec,
-        "--segment-seconds",
-        "1",
-        "-q",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    decode_all(output)
-}
-
-/// The MD5 of `path`'s audio stream's packets as FFmpeg demuxes them.
-fn audio_md5(path: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-map", "0:a", "-c", "copy", "-f", "md5", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn same(got: &Path, want: &[opencv::core::Mat], what: &str) {
     let got = decode_all(got);
     assert_eq!(got.len(), want.len(), "{what}: frame count");
@@ -89,7 +58,7 @@ fn segment_mode_gives_the_frames_and_audio_of_vpd_run() {
     // `motion` needs the true previous frame at every boundary; FFV1 keeps what the filters made.
     for (chain, codec, container) in [("motion,edges", "h264", "mp4"), ("motion", "ffv1", "mkv")] {
         let reference = dir.path().join(format!("run.{container}"));
-        let want = run_reference(&input, chain, &reference, codec);
+        let want = reference_in_segments(&input, chain, &reference, codec);
         assert_eq!(want.len(), 90);
         let output = dir.path().join(format!("seg.{container}"));
         // (`client` asks for FFV1 in .mkv.)
@@ -144,7 +113,7 @@ fn killing_a_worker_mid_segment_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let input = h264_with_audio(dir.path(), 125, (640, 480));
     let chain = "blur:ksize=51,motion";
-    let want = run_reference(&input, chain, &dir.path().join("run.mkv"), "ffv1");
+    let want = reference_in_segments(&input, chain, &dir.path().join("run.mkv"), "ffv1");
     let server = segment_server(&ns, &[]);
     let mut doomed = Worker::start(&ns, 1);
     ns.wait_for_workers(1);
@@ -173,7 +142,7 @@ fn a_segment_over_the_message_limit_is_done_frame_by_frame() {
     let dir = tempfile::tempdir().unwrap();
     let input = h264_with_audio(dir.path(), 75, (640, 480));
     let chain = "motion,edges";
-    let want = run_reference(&input, chain, &dir.path().join("run.mkv"), "ffv1");
+    let want = reference_in_segments(&input, chain, &dir.path().join("run.mkv"), "ffv1");
     // 64 KiB: every segment of this noisy 640x480 video is larger.
     let server = segment_server(&ns, &["--max-message", "65536"]);
     let _worker = Worker::start(&ns, 2);
@@ -301,7 +270,7 @@ fn workers_on_hosts_of_their_own_give_the_same_frames() {
     let dir = tempfile::tempdir().unwrap();
     let input = h264_with_audio(dir.path(), 100, (320, 240));
     let chain = "motion,edges";
-    let want = run_reference(&input, chain, &dir.path().join("run.mkv"), "ffv1");
+    let want = reference_in_segments(&input, chain, &dir.path().join("run.mkv"), "ffv1");
     let server = segment_server(&ns, &[]);
     let workers: Vec<ChildGuard> = (0..2)
         .map(|k| {

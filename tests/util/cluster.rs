@@ -490,17 +490,19 @@ pub fn client_cmd(addr: &str, input: &Path, chain: &str, output: &Path, extra: &
 
 /// `vpd run` on the same input: the reference every other path must equal.
 pub fn reference(input: &Path, chain: &str, output: &Path) -> Vec<opencv::core::Mat> {
-    let out = run_vpd(&[
-        "run",
-        input.to_str().unwrap(),
-        "-f",
-        chain,
-        "-o",
-        output.to_str().unwrap(),
-        "--codec",
-        "ffv1",
-        "-q",
-    ]);
+    vpd_run(input, chain, output, &["--codec", "ffv1"])
+}
+
+/// `vpd run` with 1 s segments in `codec`: the reference of jobs in 1 s segments.
+pub fn reference_in_segments(input: &Path, chain: &str, output: &Path, codec: &str) -> Vec<opencv::core::Mat> {
+    vpd_run(input, chain, output, &["--codec", codec, "--segment-seconds", "1"])
+}
+
+/// `vpd run INPUT -f CHAIN -o OUTPUT ARGS -q`, decoded.
+fn vpd_run(input: &Path, chain: &str, output: &Path, args: &[&str]) -> Vec<opencv::core::Mat> {
+    let mut all = vec!["run", input.to_str().unwrap(), "-f", chain, "-o", output.to_str().unwrap(), "-q"];
+    all.extend_from_slice(args);
+    let out = run_vpd(&all);
     assert!(out.status.success(), "{}", stderr(&out));
     decode_all(output)
 }
