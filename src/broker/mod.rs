@@ -50,6 +50,10 @@ const REPLY_QUEUE_EXPIRES_MS: i32 = 60_000;
 const DEAD_MAX_MESSAGES: i32 = 1000;
 /// Most bytes kept in `NS.tasks.dead` (each holds one or two frames).
 const DEAD_MAX_BYTES: i64 = 256 << 20;
+/// How long a segment's stream keeps its bytes should its server never delete it.
+const BLOB_MAX_AGE: &str = "1h";
+/// A segment stream's files on the broker's disk: small, so that an expired one is dropped soon.
+const BLOB_SEGMENT_BYTES: i32 = 16 << 20;
 /// How long connecting may take before it is an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -144,10 +148,12 @@ pub enum MessageKind {
     SegmentResult = 5,
     /// How far a worker is into a segment.
     SegmentProgress = 6,
+    /// A segment task too large for one message: where its parts are.
+    SegmentRef = 7,
 }
 
 /// The kinds a task queue carries.
-const TASK_KINDS: &[MessageKind] = &[MessageKind::Task, MessageKind::SegmentTask];
+const TASK_KINDS: &[MessageKind] = &[MessageKind::Task, MessageKind::SegmentTask, MessageKind::SegmentRef];
 /// The kinds a reply queue carries.
 const REPLY_KINDS: &[MessageKind] = &[MessageKind::Result, MessageKind::SegmentResult, MessageKind::SegmentProgress];
 
@@ -161,13 +167,22 @@ impl MessageKind {
             MessageKind::SegmentTask => "segment-task",
             MessageKind::SegmentResult => "segment-result",
             MessageKind::SegmentProgress => "segment-progress",
+            MessageKind::SegmentRef => "segment-ref",
         }
     }
 
     fn of(name: &str) -> Option<MessageKind> {
-        [Self::Task, Self::Result, Self::Event, Self::SegmentTask, Self::SegmentResult, Self::SegmentProgress]
-            .into_iter()
-            .find(|k| k.as_str() == name)
+        [
+            Self::Task,
+            Self::Result,
+            Self::Event,
+            Self::SegmentTask,
+            Self::SegmentResult,
+            Self::SegmentProgress,
+            Self::SegmentRef,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
     }
 }
 
@@ -276,6 +291,12 @@ impl Topology {
     pub fn reply(&self, job: &str) -> String {
         format!("{}.reply.{job}", self.ns)
     }
+
+    /// The stream that holds segment `number` of `job` when its task is too large for one
+    /// message.
+    pub fn blob(&self, job: &str, number: u64) -> String {
+        format!("{}.blob.{job}.{number}", self.ns)
+    }
 }
 
 /// A connection to RabbitMQ.
@@ -383,6 +404,72 @@ impl Broker {
 
     async fn channel(&self) -> anyhow::Result<Channel> {
         self.conn.create_channel().await.context("opening a RabbitMQ channel")
+    }
+
+    /// Puts `body` on a stream of its own named `name`, in confirmed messages of at most `part`
+    /// bytes, replacing what a stream of that name held (a resumed job's, say).
+    pub async fn put_blob(&self, name: &str, body: &[u8], part: usize) -> anyhow::Result<usize> {
+        let ch = self.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        ch.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(long("stream")));
+        // A server that dies before deleting it leaves an empty stream, not its bytes.
+        args.insert("x-max-age".into(), AMQPValue::LongString(long(BLOB_MAX_AGE)));
+        args.insert("x-stream-max-segment-size-bytes".into(), AMQPValue::LongInt(BLOB_SEGMENT_BYTES));
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(name.into(), durable, args).await?;
+        let mut confirms = Vec::new();
+        let parts = body.chunks(part.max(1));
+        let count = parts.len();
+        for chunk in parts {
+            let props = BasicProperties::default();
+            confirms
+                .push(ch.basic_publish("".into(), name.into(), BasicPublishOptions::default(), chunk, props).await?);
+        }
+        for confirm in confirms {
+            anyhow::ensure!(matches!(confirm.await?, Confirmation::Ack(_)), "RabbitMQ refused a part of {name}");
+        }
+        ch.close(200, "put".into()).await.ok();
+        Ok(count)
+    }
+
+    /// Reads the first `parts` messages of stream `name`, at most `limit` bytes in all, within
+    /// `patience`.
+    pub async fn get_blob(
+        &self,
+        name: &str,
+        parts: usize,
+        limit: usize,
+        patience: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let ch = self.channel().await?;
+        let read = async {
+            ch.basic_qos(u16::try_from(parts.clamp(1, 64)).unwrap_or(64), BasicQosOptions::default()).await?;
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), AMQPValue::LongString(long("first")));
+            let mut consumer =
+                ch.basic_consume(name.into(), "blob".into(), BasicConsumeOptions::default(), args).await?;
+            let mut body = Vec::new();
+            for _ in 0..parts {
+                let delivery = consumer.next().await.ok_or_else(|| anyhow!("{name} ended early"))??;
+                anyhow::ensure!(body.len() + delivery.data.len() <= limit, "{name} is over {limit} bytes");
+                body.extend_from_slice(&delivery.data);
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Ok::<_, anyhow::Error>(body)
+        };
+        let body = tokio::time::timeout(patience, read).await;
+        ch.close(200, "read".into()).await.ok();
+        body.map_err(|_| anyhow!("{name}: not read in {} s", patience.as_secs()))?
+    }
+
+    /// Deletes stream (or queue) `name`.
+    pub async fn delete_queue(&self, name: &str) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        ch.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
+        ch.close(200, "deleted".into()).await.ok();
+        Ok(())
     }
 
     /// Declares the namespace's queues and exchanges (idempotent; every role does it).

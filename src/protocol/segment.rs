@@ -95,6 +95,33 @@ pub struct SegmentTask {
     pub input: SegmentInput,
 }
 
+/// A segment task too large for one message: it lies in `parts` messages on the stream
+/// `blob`, and the worker reads it from there. The reference is signed like every task, and
+/// carries the task's SHA-256, so the parts need no signature of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// [`SEGMENT_VERSION`].
+    pub version: u8,
+    /// The job.
+    pub job: String,
+    /// The segment's number.
+    pub number: u64,
+    /// The stream.
+    pub blob: String,
+    /// Its messages.
+    pub parts: u32,
+    /// The task's length in bytes.
+    pub len: u64,
+    /// The task's SHA-256.
+    pub sha256: [u8; 32],
+}
+
+impl Versioned for SegmentRef {
+    fn version(&self) -> u8 {
+        self.version
+    }
+}
+
 /// What became of a segment task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SegmentOutcome {

@@ -222,6 +222,8 @@ struct Shared<'a> {
     ctx: &'a JobContext,
     count: u64,
     state: Mutex<State>,
+    /// Signalled when a pending segment goes: the cutter may have room for the next.
+    freed: std::sync::Condvar,
     observer: &'a dyn Observer,
     /// Frames this run works on.
     remaining: u64,
@@ -256,6 +258,8 @@ impl State {
 /// A segment sent and not yet committed.
 struct Pending {
     input: SegmentInput,
+    /// Its task's size.
+    bytes: usize,
     dispatched: Instant,
     /// Frames its worker says it has done.
     done: u64,
@@ -309,6 +313,7 @@ impl SegmentJob {
             ctx,
             count,
             state: Mutex::new(state),
+            freed: std::sync::Condvar::new(),
             observer,
             remaining: self.parts.index.frames() - resumed,
         };
@@ -319,7 +324,8 @@ impl SegmentJob {
         let (task_tx, task_rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(LOOKAHEAD);
         let (reply_tx, reply_rx) = bounded::<SegmentReply>(16);
         let (verdict_tx, verdict_rx) = tokio::sync::mpsc::unbounded_channel::<Verdict>();
-        let (fallback_tx, fallback_rx) = crossbeam_channel::unbounded::<SegmentInput>();
+        // Bounded: segments waiting for the fallback are not counted as pending.
+        let (fallback_tx, fallback_rx) = bounded::<SegmentInput>(2);
         let (ended_tx, ended_rx) = bounded::<()>(0);
         let redispatch_after = || shared.deadline();
         let span = tracing::Span::current();
@@ -342,6 +348,7 @@ impl SegmentJob {
                 redispatch_after: &redispatch_after,
                 result_limit: self.max_result(),
                 window: (WINDOW_BYTES / self.parts.max_message.max(1)).max(2),
+                max_message: self.parts.max_message,
             };
             let served = s.spawn(move || span.in_scope(|| segments.serve_segments(local, link)));
             let checked = s.spawn(move || span.in_scope(|| shared.check(reply_rx, verdict_tx, fallback_tx)));
@@ -372,6 +379,17 @@ impl SegmentJob {
         checked?;
         fell_back?;
         let state = std::mem::replace(&mut *shared.lock(), State::empty());
+        self.join(ctx, state, wire, (resumed, count))
+    }
+
+    /// Joins the committed segments into the output, once every one is there; the summary.
+    fn join(
+        &self,
+        ctx: &JobContext,
+        state: State,
+        wire: WireBytes,
+        (resumed, count): (u64, u64),
+    ) -> Result<Finished, JobError> {
         let records: Vec<SegmentRecord> = state.committed.values().copied().collect();
         if records.len() as u64 != count || records.iter().enumerate().any(|(i, r)| r.number != i as u64) {
             return Err(JobError::Failed(anyhow!(
@@ -459,17 +477,28 @@ impl Shared<'_> {
                 input,
             };
             let body = segment::encode(&task);
-            let pending = Pending { input: task.input, dispatched: Instant::now(), done: 0 };
-            if body.len() > job.max_message {
+            let pending = Pending { input: task.input, bytes: body.len(), dispatched: Instant::now(), done: 0 };
+            if body.len() > segment::MAX_TASK_BYTES {
                 warn!(
                     segment = number,
                     mib = format!("{:.1}", body.len() as f64 / (1 << 20) as f64),
-                    "the segment is over --max-message; it goes frame by frame"
+                    "the segment is over what a worker reads; it goes frame by frame"
                 );
                 fallback.send(pending.input).map_err(|_| anyhow!("the fallback stopped"))?;
                 continue;
             }
-            self.lock().pending.insert(number, pending);
+            // Pending segments are kept whole (for the fallback): at most WINDOW_BYTES of them.
+            let mut state = self.lock();
+            while !state.pending.is_empty()
+                && state.pending.values().map(|p| p.bytes).sum::<usize>() + pending.bytes > WINDOW_BYTES
+            {
+                if ctx.stop.is_stopped() {
+                    return Ok(());
+                }
+                state = self.freed.wait_timeout(state, Duration::from_millis(200)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            state.pending.insert(number, pending);
+            drop(state);
             if tasks.blocking_send((number, body)).is_err() {
                 return Ok(()); // the session ended; it or the job's stop says why
             }
@@ -500,7 +529,9 @@ impl Shared<'_> {
                     }
                 }
                 SegmentReply::GaveUp(number) => {
-                    if let Some(p) = self.lock().pending.remove(&number) {
+                    let gone = self.lock().pending.remove(&number);
+                    self.freed.notify_all();
+                    if let Some(p) = gone {
                         warn!(segment = number, "no worker finished the segment; doing it frame by frame");
                         fallback.send(p.input).map_err(|_| anyhow!("the fallback stopped"))?;
                     }
@@ -550,6 +581,8 @@ impl Shared<'_> {
             SegmentOutcome::Failed(reason) => {
                 warn!(segment = number, worker = %result.worker, %reason, "the segment failed on a worker; doing it frame by frame");
                 let p = state.pending.remove(&number).expect("looked up above");
+                drop(state);
+                self.freed.notify_all();
                 fallback.send(p.input).map_err(|_| anyhow!("the fallback stopped"))?;
                 return Ok(Verdict::Settled(number));
             }
@@ -571,6 +604,7 @@ impl Shared<'_> {
         let mut state = self.lock();
         (state.on_commit)(&record)?;
         state.pending.remove(&number);
+        self.freed.notify_all();
         state.committed.insert(number, record);
         state.longest = state.longest.max(latency);
         let worker = WorkerId::new(result.worker);

@@ -34,8 +34,10 @@ use tracing::{debug, info, warn};
 
 use super::{JobContext, SegmentLink, SegmentReply, SegmentTransport, Transport, Verdict, WireBytes};
 use crate::broker::{Broker, BrokerUrls, Consumer, MessageKind, Publisher, Topology};
+use crate::protocol::segment::{self, SEGMENT_VERSION, SegmentRef};
 use crate::protocol::task::{Correlation, Frame, FrameOutcome, FrameResult, FrameTask, WorkerId};
 use crate::protocol::wire::{self, Encoder, ResultOutcome, TaskMeta};
+use sha2::Digest as _;
 
 /// A frame dispatched this many times without a result is reported failed.
 pub const MAX_DISPATCHES: u32 = 5;
@@ -203,7 +205,7 @@ impl Transport for AmqpTransport {
         tasks: Receiver<FrameTask>,
         results: Sender<FrameResult>,
     ) -> anyhow::Result<WireBytes> {
-        let (body_tx, body_rx) = mpsc::channel::<(u64, Vec<u8>)>(8);
+        let (body_tx, body_rx) = mpsc::channel::<TaskBody>(8);
         let (reply_tx, reply_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(16);
         // At most one verdict per reply body, and the session drains them as it forwards bodies.
         let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Verdict>();
@@ -241,7 +243,6 @@ impl Transport for AmqpTransport {
             let session = Session {
                 link: &self.link,
                 job,
-                kind: MessageKind::Task,
                 redispatch_after: &redispatch_after,
                 outstanding: HashMap::new(),
                 last_result: None,
@@ -260,13 +261,12 @@ impl Transport for AmqpTransport {
 
 impl SegmentTransport for AmqpTransport {
     fn serve_segments(&self, job: &JobContext, link: SegmentLink<'_>) -> anyhow::Result<WireBytes> {
-        let SegmentLink { tasks, replies, verdicts, redispatch_after, result_limit, window } = link;
+        let SegmentLink { mut tasks, replies, verdicts, redispatch_after, result_limit, window, max_message } = link;
         let give_up = |index: u64| replies.send(SegmentReply::GaveUp(index)).is_ok();
         let limit = || result_limit;
         let session = Session {
             link: &self.link,
             job,
-            kind: MessageKind::SegmentTask,
             redispatch_after,
             outstanding: HashMap::new(),
             last_result: None,
@@ -276,8 +276,100 @@ impl SegmentTransport for AmqpTransport {
             wire: WireBytes::default(),
             window: Window::adaptive(window),
         };
-        self.runtime.block_on(session.run(tasks, verdicts))
+        let (body_tx, body_rx) = mpsc::channel::<TaskBody>(1);
+        let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Verdict>();
+        // Segments whose task is on a stream of its own, until they are settled.
+        let blobs = StdMutex::new(std::collections::HashSet::new());
+        // Bytes put on streams: sent to the workers as much as the tasks are.
+        let streamed = std::sync::atomic::AtomicU64::new(0);
+        let link = &self.link;
+        let t = link.topology();
+        let relay_tasks = async {
+            while let Some((index, body)) = tasks.recv().await {
+                let task = if body.len() <= max_message {
+                    TaskBody { index, body, kind: MessageKind::SegmentTask }
+                } else {
+                    let name = t.blob(job.id.as_str(), index);
+                    let broker = link.reconnect(RECONNECT_FOR).await?;
+                    let parts = broker.put_blob(&name, &body, max_message).await?;
+                    streamed.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    debug!(segment = index, parts, bytes = body.len(), "a segment task by reference");
+                    blobs.lock().expect("blobs lock").insert(index);
+                    let reference = SegmentRef {
+                        version: SEGMENT_VERSION,
+                        job: job.id.to_string(),
+                        number: index,
+                        blob: name,
+                        parts: u32::try_from(parts)?,
+                        len: body.len() as u64,
+                        sha256: sha2::Sha256::digest(&body).into(),
+                    };
+                    TaskBody { index, body: segment::encode(&reference), kind: MessageKind::SegmentRef }
+                };
+                if body_tx.send(task).await.is_err() {
+                    break; // the session ended; it says why
+                }
+            }
+            drop(body_tx);
+            Ok::<_, anyhow::Error>(())
+        };
+        let relay_verdicts = async {
+            let mut verdicts = verdicts;
+            while let Some(v) = verdicts.recv().await {
+                if let Verdict::Settled(index) = v
+                    && blobs.lock().expect("blobs lock").remove(&index)
+                {
+                    drop_blob(link, t.blob(job.id.as_str(), index)).await;
+                }
+                if verdict_tx.send(v).is_err() {
+                    break;
+                }
+            }
+        };
+        let (relayed, served) = self.runtime.block_on(async {
+            let session = session.run(body_rx, verdict_rx);
+            tokio::pin!(session);
+            let mut relay_tasks = std::pin::pin!(relay_tasks);
+            let mut relay_verdicts = std::pin::pin!(relay_verdicts);
+            let (mut relayed, mut verdicts_done) = (None, false);
+            let served = loop {
+                tokio::select! {
+                    r = &mut relay_tasks, if relayed.is_none() => relayed = Some(r),
+                    () = &mut relay_verdicts, if !verdicts_done => verdicts_done = true,
+                    served = &mut session => break served,
+                }
+            };
+            (relayed.unwrap_or(Ok(())), served)
+        });
+        let left: Vec<u64> = blobs.lock().expect("blobs lock").drain().collect();
+        self.runtime.block_on(async {
+            for index in left {
+                drop_blob(link, t.blob(job.id.as_str(), index)).await;
+            }
+        });
+        relayed?;
+        let mut wire = served?;
+        wire.sent += streamed.into_inner();
+        Ok(wire)
     }
+}
+
+/// Deletes a segment's stream, saying so should it fail (its bytes expire on the broker).
+async fn drop_blob(link: &BrokerLink, name: String) {
+    let deleted = match link.get().await {
+        Ok(broker) => broker.delete_queue(&name).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = deleted {
+        warn!(stream = name, error = %format!("{e:#}"), "cannot delete a segment's stream; RabbitMQ drops its bytes within the hour");
+    }
+}
+
+/// A task's body on its way to the session.
+struct TaskBody {
+    index: u64,
+    body: Vec<u8>,
+    kind: MessageKind,
 }
 
 /// Source frames of outstanding tasks, by index.
@@ -288,7 +380,7 @@ type Sources = StdMutex<HashMap<u64, Frame>>;
 fn encode(
     job: &JobContext,
     tasks: Receiver<FrameTask>,
-    bodies: mpsc::Sender<(u64, Vec<u8>)>,
+    bodies: mpsc::Sender<TaskBody>,
     sources: &Sources,
     frame_size: &OnceLock<(u32, u32)>,
 ) -> anyhow::Result<()> {
@@ -301,7 +393,7 @@ fn encode(
         let body = wire::encode_task(&meta, &task.frame, task.previous.as_deref(), &mut encoder)?;
         sources.lock().expect("sources lock").insert(task.index, task.frame.clone());
         drop(task);
-        if bodies.blocking_send((meta.index, body)).is_err() {
+        if bodies.blocking_send(TaskBody { index: meta.index, body, kind: MessageKind::Task }).is_err() {
             break; // the session ended (cancelled or failed); it reports why
         }
     }
@@ -369,6 +461,8 @@ fn decode(
 /// A frame on the broker, not yet answered.
 struct Outstanding {
     body: Arc<Vec<u8>>,
+    /// What it is.
+    kind: MessageKind,
     last_dispatch: Instant,
     /// The last word of it from a worker (a segment's progress), or its dispatch.
     last_heard: Instant,
@@ -382,8 +476,6 @@ struct Outstanding {
 struct Session<'a> {
     link: &'a BrokerLink,
     job: &'a JobContext,
-    /// What its tasks are: frames or segments.
-    kind: MessageKind,
     /// How long a task may go unheard of before it is re-dispatched.
     redispatch_after: &'a (dyn Fn() -> Duration + Sync),
     outstanding: HashMap<u64, Outstanding>,
@@ -423,7 +515,7 @@ enum Interrupted {
 impl Session<'_> {
     async fn run(
         mut self,
-        mut bodies: mpsc::Receiver<(u64, Vec<u8>)>,
+        mut bodies: mpsc::Receiver<TaskBody>,
         mut verdicts: mpsc::UnboundedReceiver<Verdict>,
     ) -> anyhow::Result<WireBytes> {
         let mut broker = self.link.get().await?;
@@ -449,7 +541,7 @@ impl Session<'_> {
     async fn connected(
         &mut self,
         broker: &Broker,
-        bodies: &mut mpsc::Receiver<(u64, Vec<u8>)>,
+        bodies: &mut mpsc::Receiver<TaskBody>,
         verdicts: &mut mpsc::UnboundedReceiver<Verdict>,
     ) -> Result<(), Interrupted> {
         let t = self.link.topology();
@@ -465,7 +557,7 @@ impl Session<'_> {
         broker: &Broker,
         reply_to: &str,
         replies: &mut Consumer,
-        bodies: &mut mpsc::Receiver<(u64, Vec<u8>)>,
+        bodies: &mut mpsc::Receiver<TaskBody>,
         verdicts: &mut mpsc::UnboundedReceiver<Verdict>,
     ) -> Result<(), Interrupted> {
         let t = self.link.topology();
@@ -495,12 +587,12 @@ impl Session<'_> {
                     Verdict::Bad(index) => self.refused(index),
                 },
                 body = bodies.recv(), if more_tasks && self.outstanding.len() < self.window.current() => match body {
-                    Some((index, body)) => {
+                    Some(TaskBody { index, body, kind }) => {
                         let now = Instant::now();
-                        let entry = Outstanding { body: Arc::new(body), last_dispatch: now, last_heard: now, dispatches: 1, resend: false };
+                        let entry = Outstanding { body: Arc::new(body), kind, last_dispatch: now, last_heard: now, dispatches: 1, resend: false };
                         let body = entry.body.clone();
                         self.outstanding.insert(index, entry);
-                        self.publish(t, &publisher, reply_to, index, &body, 0, &mut confirms).await?;
+                        self.publish(t, &publisher, reply_to, (index, kind), &body, 0, &mut confirms).await?;
                     }
                     None => more_tasks = false,
                 },
@@ -551,16 +643,14 @@ impl Session<'_> {
         t: &Topology,
         publisher: &Publisher,
         reply_to: &str,
-        index: u64,
+        (index, kind): (u64, MessageKind),
         body: &[u8],
         attempt: u32,
         confirms: &mut JoinSet<(u64, anyhow::Result<bool>)>,
     ) -> Result<(), Interrupted> {
         let correlation = Correlation::new(self.job.id.as_str(), index);
-        let confirm = publisher
-            .task(t, self.kind, body, reply_to, &correlation, attempt)
-            .await
-            .map_err(Interrupted::Connection)?;
+        let confirm =
+            publisher.task(t, kind, body, reply_to, &correlation, attempt).await.map_err(Interrupted::Connection)?;
         self.wire.sent += body.len() as u64;
         confirms.spawn(async move { (index, confirm.accepted().await) });
         Ok(())
@@ -657,8 +747,8 @@ impl Session<'_> {
             entry.last_dispatch = now;
             entry.last_heard = now;
             entry.resend = false;
-            let (attempt, body) = (entry.dispatches - 1, entry.body.clone());
-            self.publish(t, publisher, reply_to, index, &body, attempt, confirms).await?;
+            let (attempt, body, kind) = (entry.dispatches - 1, entry.body.clone(), entry.kind);
+            self.publish(t, publisher, reply_to, (index, kind), &body, attempt, confirms).await?;
         }
         Ok(())
     }

@@ -79,6 +79,9 @@ pub struct SegmentLink<'a> {
     pub result_limit: usize,
     /// The most segments on the broker at once.
     pub window: usize,
+    /// The largest task body put in one message: a larger one goes on a stream of its own, in
+    /// parts this large, and its task says where.
+    pub max_message: usize,
 }
 
 /// A reply about a segment task.

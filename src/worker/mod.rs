@@ -34,7 +34,9 @@ use crate::broker::{Broker, BrokerUrls, Message, MessageKind, Publisher, QueueTy
 use crate::filters::FilterEnv;
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::JobId;
-use crate::protocol::segment::{self, SEGMENT_VERSION, SegmentOutcome, SegmentProgress, SegmentResult, SegmentTask};
+use crate::protocol::segment::{
+    self, SEGMENT_VERSION, SegmentOutcome, SegmentProgress, SegmentRef, SegmentResult, SegmentTask,
+};
 use crate::protocol::task::{Correlation, FrameOutcome};
 use crate::protocol::wire::{self, Encoder, TransportEncoding};
 use crate::transport::{ProcessorCache, execute};
@@ -46,6 +48,8 @@ pub const MAX_ATTEMPTS: u32 = 3;
 const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 /// Cancelled job ids remembered (oldest forgotten first).
 const CANCELLED_MEMORY: usize = 4096;
+/// How long reading a segment task from its stream may take.
+const FETCH_PATIENCE: Duration = Duration::from_secs(120);
 /// How often a claimed, unconfirmed cancel is checked against the job's reply queue.
 const CANCEL_RECHECK: Duration = Duration::from_secs(1);
 
@@ -237,6 +241,8 @@ async fn session(
     let publisher = std::sync::Arc::new(broker.publisher().await?);
     let mut in_hand: HashMap<u64, Message> = HashMap::new();
     let mut acking: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    // Segment tasks being read from their streams.
+    let mut fetching: JoinSet<(u64, u32, anyhow::Result<Vec<u8>>)> = JoinSet::new();
     let mut seq = 0u64;
     let mut draining = false;
     // Deliveries can still come after the cancel: those the broker sent before it. They are
@@ -244,7 +250,7 @@ async fn session(
     let mut consuming = true;
     let mut drain_deadline = tokio::time::Instant::now();
     loop {
-        if draining && !consuming && in_hand.is_empty() && acking.is_empty() {
+        if draining && !consuming && in_hand.is_empty() && acking.is_empty() && fetching.is_empty() {
             return Ok(());
         }
         stats.set_in_hand(in_hand.len() + acking.len());
@@ -285,9 +291,33 @@ async fn session(
                     stats.redelivered();
                 }
                 let kind = m.kind;
+                if kind == MessageKind::SegmentRef {
+                    // The task is on a stream: read it there (the reference stays in hand, to be
+                    // published again should the segment fail).
+                    m.body.clone_from(&body);
+                    in_hand.insert(seq, m);
+                    let broker = broker.clone();
+                    fetching.spawn(async move { (seq, retries, fetch_segment(&broker, &body).await) });
+                    continue;
+                }
                 in_hand.insert(seq, m);
                 // Never blocks: at most `prefetch` tasks are in hand, and the channel holds that many.
                 work.send(Work { seq, kind, body, retries }).context("the filter threads stopped")?;
+            }
+            Some(fetched) = fetching.join_next() => {
+                let (seq, retries, fetched) = fetched?;
+                match fetched {
+                    Ok(body) => {
+                        work.send(Work { seq, kind: MessageKind::SegmentTask, body, retries })
+                            .context("the filter threads stopped")?;
+                    }
+                    Err(e) => {
+                        let Some(m) = in_hand.remove(&seq) else { continue };
+                        let d = Done::Failed { seq, reason: format!("{e:#}"), task: Vec::new() };
+                        let (publisher, topology, stats) = (publisher.clone(), t.clone(), stats.clone());
+                        acking.spawn(async move { finish(&publisher, &topology, m, d, &stats).await });
+                    }
+                }
             }
             event = events.next() => match event {
                 Some(Ok(m)) => {
@@ -334,7 +364,10 @@ async fn finish(
     let Some(correlation) = m.correlation.clone() else {
         return m.reject(false).await; // never taken in hand without one
     };
-    let result_kind = if m.kind == MessageKind::SegmentTask { MessageKind::SegmentResult } else { MessageKind::Result };
+    let segment = matches!(m.kind, MessageKind::SegmentTask | MessageKind::SegmentRef);
+    let result_kind = if segment { MessageKind::SegmentResult } else { MessageKind::Result };
+    // A segment read from a stream is published again as its reference.
+    let task_of = |task: Vec<u8>| if m.kind == MessageKind::SegmentRef { m.body.clone() } else { task };
     match done {
         // Progress never comes here: the session publishes it and keeps the task in hand.
         Done::Progress { .. } => Ok(()),
@@ -348,6 +381,7 @@ async fn finish(
             Ok(())
         }
         Done::Failed { reason, task, .. } if m.attempt + 1 < MAX_ATTEMPTS => {
+            let task = task_of(task);
             warn!(%correlation, %reason, attempt = m.attempt + 1, "filter failed; retrying the task");
             if !publisher.task(t, m.kind, &task, &reply_to, &correlation, m.attempt + 1).await?.accepted().await? {
                 m.reject(true).await?;
@@ -385,7 +419,7 @@ async fn report_failure(
     let (job, index) = (correlation.job.as_str(), correlation.index);
     let retries = m.attempt + u32::from(m.redelivered);
     let worker = crate::metrics::WorkerId::this_process().to_string();
-    let (kind, body) = if m.kind == MessageKind::SegmentTask {
+    let (kind, body) = if matches!(m.kind, MessageKind::SegmentTask | MessageKind::SegmentRef) {
         let result = SegmentResult {
             version: SEGMENT_VERSION,
             job: job.to_string(),
@@ -424,6 +458,21 @@ fn filter_thread(
             return;
         }
     }
+}
+
+/// Reads the segment task a reference body points to, checking its length and its SHA-256.
+async fn fetch_segment(broker: &Broker, reference: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let r: SegmentRef = segment::decode(reference, 4096)?;
+    let len = usize::try_from(r.len).ok().filter(|&n| n <= segment::MAX_TASK_BYTES);
+    let len = len.ok_or_else(|| anyhow::anyhow!("a {}-byte segment task is over what a worker reads", r.len))?;
+    let body = broker.get_blob(&r.blob, r.parts as usize, len, FETCH_PATIENCE).await?;
+    anyhow::ensure!(
+        body.len() == len && <[u8; 32]>::from(sha2::Sha256::digest(&body)) == r.sha256,
+        "{}: not the segment task its reference describes",
+        r.blob
+    );
+    Ok(body)
 }
 
 /// Decodes, filters and encodes one frame task.
