@@ -155,7 +155,8 @@ pub enum MessageKind {
 /// The kinds a task queue carries.
 const TASK_KINDS: &[MessageKind] = &[MessageKind::Task, MessageKind::SegmentTask, MessageKind::SegmentRef];
 /// The kinds a reply queue carries.
-const REPLY_KINDS: &[MessageKind] = &[MessageKind::Result, MessageKind::SegmentResult, MessageKind::SegmentProgress];
+const REPLY_KINDS: &[MessageKind] =
+    &[MessageKind::Result, MessageKind::SegmentResult, MessageKind::SegmentProgress, MessageKind::SegmentRef];
 
 impl MessageKind {
     /// Its name in the `type` property.
@@ -296,6 +297,12 @@ impl Topology {
     /// message.
     pub fn blob(&self, job: &str, number: u64) -> String {
         format!("{}.blob.{job}.{number}", self.ns)
+    }
+
+    /// A stream of its own for one result of segment `number` of `job` too large for one
+    /// message, `unique` to the worker and the try.
+    pub fn result_blob(&self, job: &str, number: u64, unique: &str) -> String {
+        format!("{}.result.{unique}", self.blob(job, number))
     }
 }
 

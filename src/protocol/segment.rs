@@ -91,6 +91,9 @@ pub struct SegmentTask {
     pub container: String,
     /// The frames' size after the filters, where they change it.
     pub size: Option<(u32, u32)>,
+    /// The largest result to put in one message: a larger one goes on a stream of its own,
+    /// and a [`SegmentRef`] to it is the reply.
+    pub max_message: u64,
     /// The segment's packets and how to decode them.
     pub input: SegmentInput,
 }

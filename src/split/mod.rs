@@ -474,6 +474,7 @@ impl Shared<'_> {
                 output: job.options.clone(),
                 container: job.container.clone(),
                 size: job.size,
+                max_message: job.max_message as u64,
                 input,
             };
             let body = segment::encode(&task);

@@ -43,6 +43,8 @@ use sha2::Digest as _;
 pub const MAX_DISPATCHES: u32 = 5;
 /// How long a job keeps trying to reconnect after losing the broker.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// How long reading a segment's result from its stream may take.
+const RESULT_FETCH_PATIENCE: Duration = Duration::from_secs(120);
 /// The largest segment progress body read.
 const MAX_PROGRESS_BYTES: usize = 4 << 10;
 /// Threads decoding results for one job.
@@ -354,6 +356,23 @@ impl SegmentTransport for AmqpTransport {
     }
 }
 
+/// Reads the segment result a worker put on a stream, checks it against its reference, and
+/// deletes the stream.
+async fn fetch_result(broker: &Broker, r: SegmentRef) -> anyhow::Result<Vec<u8>> {
+    let len = usize::try_from(r.len)?;
+    let body = broker.get_blob(&r.blob, r.parts as usize, len, RESULT_FETCH_PATIENCE).await;
+    if let Err(e) = broker.delete_queue(&r.blob).await {
+        warn!(stream = r.blob, error = %format!("{e:#}"), "cannot delete a result's stream; RabbitMQ drops its bytes within the hour");
+    }
+    let body = body?;
+    anyhow::ensure!(
+        body.len() == len && <[u8; 32]>::from(sha2::Sha256::digest(&body)) == r.sha256,
+        "{}: not the result its reference describes",
+        r.blob
+    );
+    Ok(body)
+}
+
 /// Deletes a segment's stream, saying so should it fail (its bytes expire on the broker).
 async fn drop_blob(link: &BrokerLink, name: String) {
     let deleted = match link.get().await {
@@ -564,6 +583,8 @@ impl Session<'_> {
         let conn = |e: anyhow::Error| Interrupted::Connection(e);
         let publisher = broker.publisher().await.map_err(conn)?;
         let mut confirms: JoinSet<(u64, anyhow::Result<bool>)> = JoinSet::new();
+        // Segment results being read from their streams.
+        let mut fetches: JoinSet<(u64, anyhow::Result<Vec<u8>>)> = JoinSet::new();
         let mut tick = tokio::time::interval(self.tick_period());
         let mut window_tick = tokio::time::interval(WINDOW_TICK);
         let adaptive = matches!(self.window, Window::Adaptive(..));
@@ -576,6 +597,12 @@ impl Session<'_> {
             }
             tokio::select! {
                 message = replies.next() => match message {
+                    Some(Ok(m)) if m.kind == MessageKind::SegmentRef => {
+                        if let Some((index, r)) = self.result_reference(m.correlation, &m.body) {
+                            let broker = broker.clone();
+                            fetches.spawn(async move { (index, fetch_result(&broker, r).await) });
+                        }
+                    }
                     Some(Ok(m)) => self.on_result(m.kind, m.correlation, m.body)?,
                     Some(Err(e)) => return Err(conn(e)),
                     None => return Err(conn(anyhow!("the reply queue's consumer was cancelled"))),
@@ -596,6 +623,16 @@ impl Session<'_> {
                     }
                     None => more_tasks = false,
                 },
+                Some(fetched) = fetches.join_next() => {
+                    let (index, fetched) = fetched.map_err(|e| Interrupted::Fatal(anyhow!(e)))?;
+                    match fetched {
+                        Ok(body) => self.on_result(MessageKind::SegmentResult, Some(Correlation::new(self.job.id.as_str(), index)), body)?,
+                        Err(e) => {
+                            warn!(job = %self.job.id, segment = index, error = %format!("{e:#}"), "cannot read a result from its stream; sending the segment again");
+                            self.refused(index);
+                        }
+                    }
+                }
                 Some(confirmed) = confirms.join_next() => {
                     let (index, accepted) = confirmed.map_err(|e| Interrupted::Fatal(anyhow!(e)))?;
                     match accepted {
@@ -702,6 +739,24 @@ impl Session<'_> {
             }
         };
         if sent { Ok(()) } else { Err(Interrupted::PipelineGone) }
+    }
+
+    /// The stream a reference reply points to, when it is one of this job's segments' and no
+    /// larger than a result may be.
+    fn result_reference(&mut self, correlation: Option<Correlation>, body: &[u8]) -> Option<(u64, SegmentRef)> {
+        let Some(Correlation { index, .. }) = correlation.filter(|c| c.job == self.job.id.as_str()) else {
+            warn!(job = %self.job.id, "dropping a result with a foreign correlation id");
+            return None;
+        };
+        self.wire.received += body.len() as u64;
+        let r = segment::decode::<SegmentRef>(body, 4096)
+            .ok()
+            .filter(|r| r.job == self.job.id.as_str() && r.number == index && r.len <= (self.result_limit)() as u64);
+        if r.is_none() {
+            warn!(job = %self.job.id, segment = index, "dropping a bad result reference");
+            self.refused(index);
+        }
+        r.map(|r| (index, r))
     }
 
     /// A result for `index` was refused: send the frame again at the next tick (counted

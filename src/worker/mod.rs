@@ -85,7 +85,12 @@ struct Work {
 /// What a filter thread made of a task.
 enum Done {
     /// The result body to publish.
-    Result { seq: u64, body: Vec<u8> },
+    Result {
+        seq: u64,
+        body: Vec<u8>,
+        /// The largest body to publish as it is; a larger one goes on a stream (segments).
+        limit: Option<usize>,
+    },
     /// How far into a segment task the thread is: published as it is, never waited for.
     Progress { seq: u64, body: Vec<u8> },
     /// The filters failed; the task body comes back for a retry.
@@ -314,8 +319,8 @@ async fn session(
                     Err(e) => {
                         let Some(m) = in_hand.remove(&seq) else { continue };
                         let d = Done::Failed { seq, reason: format!("{e:#}"), task: Vec::new() };
-                        let (publisher, topology, stats) = (publisher.clone(), t.clone(), stats.clone());
-                        acking.spawn(async move { finish(&publisher, &topology, m, d, &stats).await });
+                        let (publisher, topology, stats, broker) = (publisher.clone(), t.clone(), stats.clone(), broker.clone());
+                        acking.spawn(async move { finish(&broker, &publisher, &topology, m, d, &stats).await });
                     }
                 }
             }
@@ -344,8 +349,8 @@ async fn session(
                 };
                 // A task from before a reconnect: the broker already took it back.
                 let Some(m) = in_hand.remove(&seq) else { continue };
-                let (publisher, topology, stats) = (publisher.clone(), t.clone(), stats.clone());
-                acking.spawn(async move { finish(&publisher, &topology, m, d, &stats).await });
+                let (publisher, topology, stats, broker) = (publisher.clone(), t.clone(), stats.clone(), broker.clone());
+                acking.spawn(async move { finish(&broker, &publisher, &topology, m, d, &stats).await });
             }
             Some(finished) = acking.join_next() => finished??,
         }
@@ -354,6 +359,7 @@ async fn session(
 
 /// Publishes what became of a task, then acks (or dead-letters) it.
 async fn finish(
+    broker: &Broker,
     publisher: &Publisher,
     t: &Topology,
     m: Message,
@@ -371,8 +377,14 @@ async fn finish(
     match done {
         // Progress never comes here: the session publishes it and keeps the task in hand.
         Done::Progress { .. } => Ok(()),
-        Done::Result { body, .. } => {
-            if !publisher.result(t, result_kind, &reply_to, &correlation, &body).await?.accepted().await? {
+        Done::Result { body, limit, .. } => {
+            let (kind, body) = match limit {
+                Some(limit) if body.len() > limit => {
+                    (MessageKind::SegmentRef, result_on_stream(broker, t, &correlation, &body, limit).await?)
+                }
+                _ => (result_kind, body),
+            };
+            if !publisher.result(t, kind, &reply_to, &correlation, &body).await?.accepted().await? {
                 m.reject(true).await?; // the broker refused the result: let another try
                 return Ok(());
             }
@@ -460,6 +472,35 @@ fn filter_thread(
     }
 }
 
+/// Puts a segment result too large for one message on a stream of its own; the reference to it.
+async fn result_on_stream(
+    broker: &Broker,
+    t: &Topology,
+    correlation: &Correlation,
+    body: &[u8],
+    limit: usize,
+) -> anyhow::Result<Vec<u8>> {
+    use sha2::Digest as _;
+    static TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = format!(
+        "{}.{}",
+        crate::metrics::WorkerId::this_process(),
+        TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let name = t.result_blob(&correlation.job, correlation.index, &unique);
+    let parts = broker.put_blob(&name, body, limit).await?;
+    let reference = SegmentRef {
+        version: SEGMENT_VERSION,
+        job: correlation.job.clone(),
+        number: correlation.index,
+        blob: name,
+        parts: u32::try_from(parts)?,
+        len: body.len() as u64,
+        sha256: sha2::Sha256::digest(body).into(),
+    };
+    Ok(segment::encode(&reference))
+}
+
 /// Reads the segment task a reference body points to, checking its length and its SHA-256.
 async fn fetch_segment(broker: &Broker, reference: &[u8]) -> anyhow::Result<Vec<u8>> {
     use sha2::Digest as _;
@@ -504,7 +545,7 @@ fn frame_task(
                     let meta = wire::ResultMeta { job: &h.job, index: h.index, worker: id, filter_us, retries };
                     // Against the task's frame: a result that is mostly its source travels as a delta.
                     match wire::encode_result(&meta, Ok(&out), Some(&frame), encoder) {
-                        Ok(body) => Done::Result { seq, body },
+                        Ok(body) => Done::Result { seq, body, limit: None },
                         Err(e) => Done::Failed { seq, reason: e.to_string(), task: body },
                     }
                 }
@@ -547,6 +588,9 @@ fn segment_task(
     stats.filter_time(time);
     match result.outcome {
         SegmentOutcome::Failed(reason) => Done::Failed { seq, reason, task: body },
-        SegmentOutcome::Encoded { .. } => Done::Result { seq, body: segment::encode(&result) },
+        SegmentOutcome::Encoded { .. } => {
+            let limit = usize::try_from(task.max_message).ok();
+            Done::Result { seq, body: segment::encode(&result), limit }
+        }
     }
 }
