@@ -341,8 +341,8 @@ pub struct ServerSettings {
     #[arg(long, value_name = "MODE")]
     pub split: Option<Split>,
 
-    /// The largest segment task put on the broker, in bytes; a larger segment is done frame by
-    /// frame [default: 8388608].
+    /// The largest segment message put on the broker, in bytes; a larger task or result goes on
+    /// a RabbitMQ stream of its own, in parts [default: 8388608].
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
 

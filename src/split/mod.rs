@@ -15,7 +15,8 @@
 //! Segment *n* is frames `n·L … n·L+L−1`, the segments the job store commits in frame mode, so
 //! a job can resume in either mode from what the other committed. A resume sends only the
 //! segments not committed. Other streams are read once, by the cutter, into a side file per
-//! segment, which the join reads after the segment's video.
+//! segment, which the join reads after the segment's video. A task or result too large for one
+//! message goes on a RabbitMQ stream of its own, and its message says where.
 
 pub mod work;
 
@@ -162,8 +163,8 @@ pub struct SegmentPlace {
 }
 
 /// Opens `input` for segment mode with `index` (from [`plan`], whose reason is `why`), to be
-/// written to `output` in `container` with `options`; task bodies over `max_message` bytes are
-/// done frame by frame.
+/// written to `output` in `container` with `options`; task and result bodies over `max_message`
+/// bytes go by reference (see [`crate::transport::SegmentLink::max_message`]).
 #[allow(clippy::too_many_arguments)]
 pub fn open(
     input: &Path,
