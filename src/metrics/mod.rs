@@ -153,6 +153,19 @@ pub struct JobStats {
 }
 
 impl JobStats {
+    /// Adds what `other` counted (a part of the job run on its own).
+    pub fn merge(&mut self, other: JobStats) {
+        self.done += other.done;
+        self.failed += other.failed;
+        self.duplicates += other.duplicates;
+        self.retries += other.retries;
+        self.filter_latency.merge(&other.filter_latency);
+        self.latency.merge(&other.latency);
+        for (worker, n) in other.per_worker {
+            *self.per_worker.entry(worker).or_default() += n;
+        }
+    }
+
     /// The job's numbers now, as the progress bar, the protocol, job events and the dashboard
     /// carry them: `total` frames if known, `in_flight` not yet back, `elapsed` since the start.
     pub fn progress(&self, total: Option<u64>, in_flight: u64, elapsed: Duration) -> Progress {

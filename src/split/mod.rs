@@ -277,11 +277,6 @@ impl SegmentJob {
         crate::media::VideoInfo { frame_count: Some(self.parts.index.frames()), ..self.source.info() }
     }
 
-    /// Why segment mode.
-    pub fn why(&self) -> &str {
-        &self.why
-    }
-
     /// Runs the job's missing segments through `transport`'s segment side (and a segment that
     /// fails there through its frame side), then joins them into the output.
     pub fn run(
@@ -301,14 +296,7 @@ impl SegmentJob {
             );
         }
         let on_commit = std::mem::replace(&mut self.on_commit, Box::new(|_| Ok(())));
-        let state = State {
-            pending: HashMap::new(),
-            committed: self.parts.committed.clone(),
-            on_commit,
-            stats: JobStats::default(),
-            longest: Duration::ZERO,
-            fallback: WireBytes::default(),
-        };
+        let state = State { committed: self.parts.committed.clone(), on_commit, ..State::empty() };
         let shared = Shared {
             job: &self.parts,
             ctx,
@@ -589,25 +577,19 @@ impl Shared<'_> {
                 return Ok(Verdict::Settled(number));
             }
         };
-        let checked = match check_segment_bytes(&file, &pending.input.frames) {
-            Ok(_) if frames != pending.input.frames.len() as u64 => Err("a wrong frame count".to_string()),
+        let (expected, latency) = (pending.input.frames.clone(), pending.dispatched.elapsed());
+        // The file is parsed without the lock: progress and the cutter do not wait for it.
+        drop(state);
+        let checked = match check_segment_bytes(&file, &expected) {
+            Ok(_) if frames != expected.len() as u64 => Err("a wrong frame count".to_string()),
             other => other.map(|_| ()),
         };
         if let Err(why) = checked {
             warn!(segment = number, worker = %result.worker, %why, "a bad segment; sending it again");
             return Ok(Verdict::Bad(number));
         }
-        let latency = pending.dispatched.elapsed();
-        let last_pts = pending.input.frames.last().copied();
-        drop(state);
-        let bytes = commit_segment_bytes(&self.job.dir, number, &file)?;
-        let first_frame = number * self.job.per_segment;
-        let record = SegmentRecord { number, first_frame, frames, last_pts, bytes, last: number + 1 == self.count };
+        let first_frame = self.commit(number, &file, &expected)?;
         let mut state = self.lock();
-        (state.on_commit)(&record)?;
-        state.pending.remove(&number);
-        self.freed.notify_all();
-        state.committed.insert(number, record);
         state.longest = state.longest.max(latency);
         let worker = WorkerId::new(result.worker);
         let per_frame = Duration::from_micros(filter_us / frames.max(1));
@@ -617,6 +599,28 @@ impl Shared<'_> {
         drop(state);
         self.observer.on_segment((first_frame + frames).saturating_sub(1), frames, &thumbnail);
         Ok(Verdict::Settled(number))
+    }
+
+    /// Commits segment `number`, checked, whose frames have timestamps `frames`: its file in
+    /// place, its record in the job's, no longer pending. Returns its first frame's index.
+    fn commit(&self, number: u64, file: &[u8], frames: &[i64]) -> anyhow::Result<u64> {
+        let bytes = commit_segment_bytes(&self.job.dir, number, file)?;
+        let first_frame = number * self.job.per_segment;
+        let record = SegmentRecord {
+            number,
+            first_frame,
+            frames: frames.len() as u64,
+            last_pts: frames.last().copied(),
+            bytes,
+            last: number + 1 == self.count,
+        };
+        let mut state = self.lock();
+        (state.on_commit)(&record)?;
+        state.pending.remove(&number);
+        state.committed.insert(number, record);
+        drop(state);
+        self.freed.notify_all();
+        Ok(first_frame)
     }
 
     /// Does each segment it is given frame by frame through the transport's frame side, where a
@@ -635,29 +639,14 @@ impl Shared<'_> {
             let (file, report) = self.frame_by_frame(ctx, transport, &input)?;
             check_segment_bytes(&file, &input.frames)
                 .map_err(|why| anyhow!("segment {number} frame by frame: {why}"))?;
-            let bytes = commit_segment_bytes(&self.job.dir, number, &file)?;
-            let first_frame = number * self.job.per_segment;
-            let frames = input.frames.len() as u64;
-            let last_pts = input.frames.last().copied();
-            let record = SegmentRecord { number, first_frame, frames, last_pts, bytes, last: number + 1 == self.count };
+            self.commit(number, &file, &input.frames)?;
+            let failed = report.stats.failed;
             let mut state = self.lock();
-            (state.on_commit)(&record)?;
-            state.pending.remove(&number);
-            state.committed.insert(number, record);
-            let s = &mut state.stats;
-            s.done += report.stats.done;
-            s.failed += report.stats.failed;
-            s.retries += report.stats.retries;
-            s.duplicates += report.stats.duplicates;
-            s.filter_latency.merge(&report.stats.filter_latency);
-            s.latency.merge(&report.stats.latency);
-            for (w, n) in report.stats.per_worker {
-                *s.per_worker.entry(w).or_default() += n;
-            }
+            state.stats.merge(report.stats);
             state.fallback.sent += report.wire.sent;
             state.fallback.received += report.wire.received;
             drop(state);
-            info!(segment = number, failed = report.stats.failed, "segment done frame by frame");
+            info!(segment = number, failed, "segment done frame by frame");
         }
         Ok(())
     }

@@ -361,9 +361,7 @@ impl SegmentTransport for AmqpTransport {
 async fn fetch_result(broker: &Broker, r: SegmentRef) -> anyhow::Result<Vec<u8>> {
     let len = usize::try_from(r.len)?;
     let body = broker.get_blob(&r.blob, r.parts as usize, len, RESULT_FETCH_PATIENCE).await;
-    if let Err(e) = broker.delete_queue(&r.blob).await {
-        warn!(stream = r.blob, error = %format!("{e:#}"), "cannot delete a result's stream; RabbitMQ drops its bytes within the hour");
-    }
+    drop_stream(broker, &r.blob).await;
     let body = body?;
     anyhow::ensure!(
         body.len() == len && <[u8; 32]>::from(sha2::Sha256::digest(&body)) == r.sha256,
@@ -375,11 +373,17 @@ async fn fetch_result(broker: &Broker, r: SegmentRef) -> anyhow::Result<Vec<u8>>
 
 /// Deletes a segment's stream, saying so should it fail (its bytes expire on the broker).
 async fn drop_blob(link: &BrokerLink, name: String) {
-    let deleted = match link.get().await {
-        Ok(broker) => broker.delete_queue(&name).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = deleted {
+    match link.get().await {
+        Ok(broker) => drop_stream(&broker, &name).await,
+        Err(e) => {
+            warn!(stream = name, error = %format!("{e:#}"), "cannot delete a segment's stream; RabbitMQ drops its bytes within the hour")
+        }
+    }
+}
+
+/// Deletes stream `name`, saying so should it fail (its bytes expire on the broker).
+async fn drop_stream(broker: &Broker, name: &str) {
+    if let Err(e) = broker.delete_queue(name).await {
         warn!(stream = name, error = %format!("{e:#}"), "cannot delete a segment's stream; RabbitMQ drops its bytes within the hour");
     }
 }
@@ -584,7 +588,8 @@ impl Session<'_> {
         let publisher = broker.publisher().await.map_err(conn)?;
         let mut confirms: JoinSet<(u64, anyhow::Result<bool>)> = JoinSet::new();
         // Segment results being read from their streams.
-        let mut fetches: JoinSet<(u64, anyhow::Result<Vec<u8>>)> = JoinSet::new();
+        let mut fetches: JoinSet<(u64, Option<anyhow::Result<Vec<u8>>>)> = JoinSet::new();
+        let mut fetching = std::collections::HashSet::new();
         let mut tick = tokio::time::interval(self.tick_period());
         let mut window_tick = tokio::time::interval(WINDOW_TICK);
         let adaptive = matches!(self.window, Window::Adaptive(..));
@@ -600,7 +605,16 @@ impl Session<'_> {
                     Some(Ok(m)) if m.kind == MessageKind::SegmentRef => {
                         if let Some((index, r)) = self.result_reference(m.correlation, &m.body) {
                             let broker = broker.clone();
-                            fetches.spawn(async move { (index, fetch_result(&broker, r).await) });
+                            // One read per outstanding segment at a time: a duplicate's stream
+                            // is deleted unread.
+                            if self.outstanding.contains_key(&index) && fetching.insert(index) {
+                                fetches.spawn(async move { (index, Some(fetch_result(&broker, r).await)) });
+                            } else {
+                                fetches.spawn(async move {
+                                    drop_stream(&broker, &r.blob).await;
+                                    (index, None)
+                                });
+                            }
                         }
                     }
                     Some(Ok(m)) => self.on_result(m.kind, m.correlation, m.body)?,
@@ -625,6 +639,8 @@ impl Session<'_> {
                 },
                 Some(fetched) = fetches.join_next() => {
                     let (index, fetched) = fetched.map_err(|e| Interrupted::Fatal(anyhow!(e)))?;
+                    let Some(fetched) = fetched else { continue };
+                    fetching.remove(&index);
                     match fetched {
                         Ok(body) => self.on_result(MessageKind::SegmentResult, Some(Correlation::new(self.job.id.as_str(), index)), body)?,
                         Err(e) => {
