@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::media::VideoInfo;
 use crate::metrics::exposition::{Exposition, Kind};
-use crate::metrics::{Buckets, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS, Progress};
+use crate::metrics::{Buckets, Charts, DURATION_BOUNDS, JobSummary, LATENCY_BOUNDS, Progress};
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::{JobId, JobRecord, JobState};
 
@@ -102,6 +102,8 @@ struct Entry {
     last: Option<Progress>,
     /// When the job's last event came.
     heard: Instant,
+    /// Its throughput samples (the rest of its charts is in its view).
+    samples: Charts,
     /// Whether /metrics counts it: false for a job from the job store, which an earlier
     /// process counted.
     counted: bool,
@@ -224,7 +226,14 @@ impl Board {
             s.order.push_front(r.id.clone());
             s.jobs.insert(
                 r.id.clone(),
-                Entry { view, thumbnail: None, last: None, heard: Instant::now(), counted: false },
+                Entry {
+                    view,
+                    thumbnail: None,
+                    last: None,
+                    heard: Instant::now(),
+                    samples: Charts::default(),
+                    counted: false,
+                },
             );
             s.evict();
         }
@@ -233,6 +242,19 @@ impl Board {
     /// One job.
     pub fn job(&self, id: &str) -> Option<JobView> {
         self.state().jobs.get(id).map(|e| e.view.clone())
+    }
+
+    /// What job `id`'s charts show now: its throughput samples, latency bars and frames per
+    /// worker.
+    pub fn charts(&self, id: &str) -> Option<Charts> {
+        let s = self.state();
+        let e = s.jobs.get(id)?;
+        Some(Charts {
+            throughput: e.samples.throughput.clone(),
+            latency: e.view.progress.latency.clone(),
+            latency_bounds: LATENCY_BOUNDS.to_vec(),
+            workers: e.view.workers.iter().map(|(w, v)| (w.clone(), v.frames)).collect(),
+        })
     }
 
     /// A job's latest thumbnail (JPEG).
@@ -318,8 +340,14 @@ impl State {
     fn entry(&mut self, id: &JobId) -> &mut Entry {
         if !self.jobs.contains_key(id) {
             self.order.push_back(id.clone());
-            let entry =
-                Entry { view: JobView::new(id), thumbnail: None, last: None, heard: Instant::now(), counted: true };
+            let entry = Entry {
+                view: JobView::new(id),
+                thumbnail: None,
+                last: None,
+                heard: Instant::now(),
+                samples: Charts::default(),
+                counted: true,
+            };
             self.jobs.insert(id.clone(), entry);
             self.evict();
         }
@@ -420,6 +448,8 @@ impl State {
         };
         e.thumbnail = None;
         e.last = None;
+        // The charts show this run: a resumed job's times start again from 0.
+        e.samples = Charts::default();
     }
 
     /// Job `id`'s numbers now: its speed and each worker's from the last snapshot.
@@ -448,6 +478,14 @@ impl State {
         for (w, n) in &p.workers {
             v.workers.entry(w.to_string()).or_default().frames = *n;
         }
+        if p.latency.is_empty() {
+            // A snapshot without latencies (an older sender's) keeps the bars known so far.
+            v.progress.latency = std::mem::take(&mut e.samples.latency);
+        }
+        e.samples.latency = v.progress.latency.clone();
+        if e.last.as_ref().is_none_or(|l| p.elapsed_ms > l.elapsed_ms) && v.fps > 0.0 {
+            e.samples.sample(p.elapsed_ms as f64 / 1000.0, v.fps);
+        }
         v.percent = percent(done, total);
         v.eta_seconds = match (total, v.fps > 0.0) {
             (Some(total), true) => Some(total.saturating_sub(done) as f64 / v.fps),
@@ -465,12 +503,15 @@ impl State {
         for w in summary.workers.keys() {
             self.workers_seen.insert(w.clone(), now);
         }
-        let v = &mut self.entry(id).view;
+        let e = self.entry(id);
+        e.samples.latency = latency.bars();
+        let v = &mut e.view;
         v.status = JobState::Done;
         // A job resumed from committed segments: this run processed what came after
         // them, in the same terms as its Started and Progress events.
         let resumed = summary.resumed_at_frame.unwrap_or(0);
         v.progress = summary.progress();
+        v.progress.latency = latency.bars();
         v.progress.done = v.progress.done.saturating_sub(resumed);
         v.progress.total = v.progress.total.map(|t| t.saturating_sub(resumed));
         v.percent = 100.0;

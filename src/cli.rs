@@ -351,9 +351,15 @@ pub struct ServerSettings {
     #[arg(long, value_name = "N")]
     pub window: Option<NonZeroUsize>,
 
-    /// Serve the dashboard of this server's jobs (and /metrics) on this address, e.g. [::]:8080.
+    /// Serve the web application (sign in, upload, watch, play, download, history), the
+    /// dashboard of this server's jobs and /metrics on this address, e.g. [::]:8080.
     #[arg(long, value_name = "ADDR")]
     pub preview: Option<SocketAddr>,
+
+    /// With no token configured, let browsers beyond this host upload and control jobs from
+    /// the web application (without it, only loopback peers may).
+    #[arg(long)]
+    pub web_open: bool,
 
     /// Serve Prometheus /metrics and /healthz on this address, e.g. [::]:9100.
     #[arg(long, value_name = "ADDR")]

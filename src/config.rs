@@ -281,6 +281,8 @@ impl FileConfig {
             max_stored: s.max_stored.unwrap_or(DEFAULT_MAX_STORED),
             window: s.window.map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,
             preview: s.preview,
+            web_open: s.web_open,
+            presets: self.presets()?,
             metrics: s.metrics,
             tls: server_tls(s.tls_cert, s.tls_key)?,
         })

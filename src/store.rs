@@ -15,7 +15,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::media::SegmentRecord;
-use crate::metrics::JobSummary;
+use crate::metrics::{Charts, JobSummary};
 pub use crate::protocol::job::{JobId, JobRecord, JobSpec, JobState, Transition};
 
 /// The file in the state directory.
@@ -88,6 +88,9 @@ const MIGRATIONS: &[&str] = &[
     // forgotten and their jobs start afresh (their files are overwritten).
     "ALTER TABLE segments ADD COLUMN last INTEGER NOT NULL DEFAULT 0;
     DELETE FROM segments;",
+    // 5: what a job's charts showed (throughput samples, latency bars, frames per worker), as
+    // JSON, so that history draws them again.
+    "ALTER TABLE jobs ADD COLUMN charts TEXT;",
 ];
 
 impl ToSql for JobId {
@@ -358,6 +361,44 @@ impl Store {
         )?;
         let kept = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         Ok(kept)
+    }
+
+    /// Keeps what job `id`'s charts showed.
+    pub fn set_charts(&self, id: &JobId, charts: &Charts) -> anyhow::Result<()> {
+        let json = serde_json::to_string(charts)?;
+        self.conn().execute("UPDATE jobs SET charts = ?2 WHERE id = ?1", params![id, json])?;
+        Ok(())
+    }
+
+    /// What job `id`'s charts showed when it ended, if it was kept.
+    pub fn charts(&self, id: &JobId) -> anyhow::Result<Option<Charts>> {
+        let json: Option<Option<String>> =
+            self.conn().query_row("SELECT charts FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        Ok(json.flatten().and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// A page of history: the newest `limit` jobs created before job `before` (from the
+    /// newest when `None`), newest first. A `before` the store does not have gives nothing.
+    pub fn page(&self, before: Option<&JobId>, limit: usize) -> anyhow::Result<Vec<JobRecord>> {
+        let ids: Vec<JobId> = {
+            let conn = self.conn();
+            match before {
+                None => {
+                    let mut stmt = conn.prepare("SELECT id FROM jobs ORDER BY created_ms DESC, rowid DESC LIMIT ?1")?;
+                    stmt.query_map([limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
+                }
+                Some(before) => {
+                    // The cursor is a job: the page goes on below it in the same order.
+                    let mut stmt = conn.prepare(
+                        "SELECT j.id FROM jobs j, jobs c WHERE c.id = ?1
+                           AND (j.created_ms < c.created_ms OR (j.created_ms = c.created_ms AND j.rowid < c.rowid))
+                         ORDER BY j.created_ms DESC, j.rowid DESC LIMIT ?2",
+                    )?;
+                    stmt.query_map(params![before, limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
+                }
+            }
+        };
+        ids.iter().filter_map(|id| self.get(id).transpose()).collect()
     }
 
     /// The newest `limit` jobs, newest first.

@@ -105,6 +105,23 @@ impl Buckets {
         self.count += other.count;
     }
 
+    /// Observations in each bucket alone, not cumulative, and a last bar for those above
+    /// every bound: what a bar chart shows (see [`LATENCY_BARS`]).
+    pub fn bars(&self) -> Vec<u64> {
+        let mut below = 0;
+        let mut bars: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|&c| {
+                let n = c.saturating_sub(below);
+                below = below.max(c);
+                n
+            })
+            .collect();
+        bars.push(self.count.saturating_sub(below));
+        bars
+    }
+
     /// Adds one observation.
     pub fn observe(&mut self, bounds: &[f64], value: f64) {
         if self.counts.len() < bounds.len() {
@@ -150,6 +167,18 @@ pub struct JobStats {
     pub latency: LatencyHistogram,
     /// Frames per worker.
     pub per_worker: BTreeMap<WorkerId, u64>,
+    /// [`JobStats::latency`] as frames per bucket of [`LATENCY_BOUNDS`] and one over them all,
+    /// kept apart so that each progress snapshot carries it without walking the histogram.
+    pub latency_bars: [u64; LATENCY_BARS],
+}
+
+/// Bars of a latency chart: one per bound of [`LATENCY_BOUNDS`], and one over them all.
+pub const LATENCY_BARS: usize = LATENCY_BOUNDS.len() + 1;
+
+/// The bar of [`LATENCY_BOUNDS`] that `latency` falls in.
+pub fn latency_bar(latency: Duration) -> usize {
+    let s = latency.as_secs_f64();
+    LATENCY_BOUNDS.iter().position(|&b| s <= b).unwrap_or(LATENCY_BOUNDS.len())
 }
 
 impl JobStats {
@@ -161,6 +190,9 @@ impl JobStats {
         self.retries += other.retries;
         self.filter_latency.merge(&other.filter_latency);
         self.latency.merge(&other.latency);
+        for (bar, n) in self.latency_bars.iter_mut().zip(other.latency_bars) {
+            *bar += n;
+        }
         for (worker, n) in other.per_worker {
             *self.per_worker.entry(worker).or_default() += n;
         }
@@ -177,6 +209,7 @@ impl JobStats {
             in_flight,
             elapsed_ms: elapsed.as_millis() as u64,
             workers: self.per_worker.clone(),
+            latency: self.latency_bars.to_vec(),
         }
     }
 
@@ -186,6 +219,7 @@ impl JobStats {
         self.failed += u64::from(failed);
         self.filter_latency.record(filter_time);
         self.latency.record(latency);
+        self.latency_bars[latency_bar(latency)] += 1;
         *self.per_worker.entry(worker.clone()).or_default() += 1;
     }
 }
@@ -208,6 +242,41 @@ pub struct Progress {
     pub elapsed_ms: u64,
     /// Frames done per worker.
     pub workers: BTreeMap<WorkerId, u64>,
+    /// Dispatch-to-result latencies so far: frames per bucket of [`LATENCY_BOUNDS`], each
+    /// counted once (not cumulative), the last one holding those over every bound. Empty where
+    /// nobody measured them (a finished job's view from its summary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
+}
+
+/// Throughput samples kept per job: past it, every other one goes, so that the chart still
+/// spans the whole job at half the detail.
+pub const MAX_SAMPLES: usize = 600;
+
+/// What a job's charts are drawn from, live on the board and kept in the job store after.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Charts {
+    /// Throughput over time: `[seconds since the start, frames per second]`, at most
+    /// [`MAX_SAMPLES`].
+    pub throughput: Vec<[f64; 2]>,
+    /// Frames per latency bar ([`crate::metrics::LATENCY_BARS`]: one per bound of
+    /// [`LATENCY_BOUNDS`], then those above them all).
+    pub latency: Vec<u64>,
+    /// The bars' upper bounds, in seconds.
+    pub latency_bounds: Vec<f64>,
+    /// Frames per worker.
+    pub workers: BTreeMap<String, u64>,
+}
+
+impl Charts {
+    /// Adds a throughput sample, halving the detail when the samples are full.
+    pub fn sample(&mut self, seconds: f64, fps: f64) {
+        if self.throughput.len() >= MAX_SAMPLES {
+            let kept: Vec<[f64; 2]> = self.throughput.iter().copied().step_by(2).collect();
+            self.throughput = kept;
+        }
+        self.throughput.push([seconds, fps]);
+    }
 }
 
 /// The end-of-job report: printed by `vpd run`, sent to clients, stored with the job.
@@ -273,6 +342,7 @@ impl JobSummary {
             in_flight: 0,
             elapsed_ms: (self.wall_seconds * 1000.0) as u64,
             workers: self.workers.iter().map(|(w, n)| (WorkerId::new(w.as_str()), *n)).collect(),
+            latency: Vec::new(),
         }
     }
 }

@@ -50,20 +50,27 @@ pub(super) fn launch(shared: &Arc<Shared>, id: JobId, spec: JobSpec, paused: boo
 pub(super) async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, driven: Driven) {
     let end = drive_to_end(&shared, &job, &driven).await;
     let Driven { id, spec } = driven;
+    // What its charts showed, kept with its record so that history draws them again.
+    let charts = shared.board.charts(id.as_str());
     let recorded = {
         let (end, id) = (end.clone(), id.clone());
         shared
-            .off(move |s| match &end {
-                End::Done(summary) => {
-                    let result = s.jobs.result_of(&id, &spec.container);
-                    let output_bytes = std::fs::metadata(result).map_or(0, |m| m.len());
-                    s.store.finished(&id, summary, output_bytes)?;
-                    let _ = std::fs::remove_dir_all(s.jobs.segments_of(&id));
-                    s.store.drop_segments(&id)
+            .off(move |s| {
+                if let (Some(charts), false) = (&charts, matches!(end, End::Interrupted)) {
+                    s.store.set_charts(&id, charts)?;
                 }
-                End::Failed(_, message) => s.store.transition(&id, JobState::Failed, Some(message)),
-                End::Cancelled => s.store.transition(&id, JobState::Cancelled, None),
-                End::Interrupted => Ok(()),
+                match &end {
+                    End::Done(summary) => {
+                        let result = s.jobs.result_of(&id, &spec.container);
+                        let output_bytes = std::fs::metadata(result).map_or(0, |m| m.len());
+                        s.store.finished(&id, summary, output_bytes)?;
+                        let _ = std::fs::remove_dir_all(s.jobs.segments_of(&id));
+                        s.store.drop_segments(&id)
+                    }
+                    End::Failed(_, message) => s.store.transition(&id, JobState::Failed, Some(message)),
+                    End::Cancelled => s.store.transition(&id, JobState::Cancelled, None),
+                    End::Interrupted => Ok(()),
+                }
             })
             .await
     };

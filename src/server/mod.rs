@@ -31,6 +31,7 @@ mod refusal;
 mod session;
 mod shared;
 mod upload;
+mod web;
 mod workdir;
 
 use std::net::SocketAddr;
@@ -129,8 +130,12 @@ pub struct ServerConfig {
     pub max_stored: u64,
     /// Frames in flight per job; `None` picks from the frame size.
     pub window: Option<NonZeroUsize>,
-    /// Serve the dashboard of this server's jobs here.
+    /// Serve the web application and the dashboard of this server's jobs here.
     pub preview: Option<SocketAddr>,
+    /// With no token configured, peers beyond loopback may change things from the web.
+    pub web_open: bool,
+    /// The presets the web application offers: the built-in ones and the config file's.
+    pub presets: crate::filters::presets::Presets,
     /// Serve `/metrics` and `/healthz` here.
     pub metrics: Option<SocketAddr>,
     /// TLS on the TCP listener and the HTTP ports.
@@ -241,8 +246,11 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
     }
     let tracker = TaskTracker::new();
     if let Some(l) = preview {
-        let site =
-            Site::dashboard(shared.board.clone()).with_tls(cfg.tls.as_ref()).with_auth(dashboard_auth(&registry));
+        let app = web::WebSide::new(shared.clone(), registry.clone(), cfg.presets.clone(), cfg.web_open);
+        let site = Site::dashboard(shared.board.clone())
+            .with_tls(cfg.tls.as_ref())
+            .with_auth(dashboard_auth(&registry))
+            .with_app(Arc::new(app));
         tracker.spawn(http::serve(l, site, shutdown.clone()));
     }
     if let Some(l) = metrics {
@@ -266,6 +274,13 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
             "clients send their token in clear text over TCP on a non-loopback address: anyone on the path can \
              read it; give --tls-cert and --tls-key"
         );
+    }
+    if let (Some(web), false) = (cfg.preview, requires_token) {
+        if cfg.web_open {
+            warn!(%web, "no token is configured and --web-open is given: anyone who reaches the web application may upload and control jobs");
+        } else {
+            warn!(%web, "no token is configured: only browsers on this host may upload and control jobs from the web application (--web-open lets everyone)");
+        }
     }
     // Its sockets listen (bound before this) and its broker link is up (connected above).
     crate::service::ready("accepting jobs");

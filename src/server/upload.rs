@@ -59,6 +59,102 @@ pub(super) struct Caller<'a> {
     pub(super) seat: &'a Seat,
 }
 
+/// Where an upload's bytes come from: the protocol's chunks, or an HTTP request's body.
+pub(super) trait ChunkSource {
+    /// The bytes read from the peer so far, which the rate floor watches.
+    fn count(&self) -> Arc<AtomicU64>;
+
+    /// The next piece of the upload: `Ok(None)` when the peer ended it (early, if the size
+    /// is not reached), a refusal for anything else it sent.
+    fn chunk(&mut self) -> impl std::future::Future<Output = Result<Option<bytes::Bytes>, Refusal>> + Send;
+}
+
+impl<R: AsyncRead + Unpin + Send> ChunkSource for PacketReader<Counting<R>> {
+    fn count(&self) -> Arc<AtomicU64> {
+        self.get_ref().count.clone()
+    }
+
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, Refusal> {
+        match read_within(self, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
+            Some(Packet::Chunk(data)) => Ok(Some(data.into())),
+            Some(Packet::Message(ClientMessage::Cancel)) => Err(refuse(ErrorCode::Cancelled, "job cancelled")),
+            Some(Packet::Message(_)) => Err(refuse(ErrorCode::BadRequest, "expected upload data")),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A submitted job admitted to upload: its place among the uploads, its charge against its
+/// client's hourly limit, its record (state `uploading`) and its claim on the id.
+pub(super) struct Admitted<'a> {
+    /// The job's id.
+    pub(super) id: JobId,
+    spec: JobSpec,
+    charge: UploadCharge<'a>,
+    _place: super::places::Place,
+    claim: super::places::Claim,
+}
+
+/// The one intake every upload goes through, the protocol's and the web's: the limits on
+/// jobs (all of them, and its client's), its client's hourly upload limit, a place among the
+/// uploads within its peer's share, the free disk; then the job's record. The spec has been
+/// checked ([`validate`]).
+pub(super) async fn admit<'a>(
+    shared: &'a Arc<Shared>,
+    shutdown: &CancellationToken,
+    caller: &Caller<'_>,
+    spec: JobSpec,
+) -> Result<Admitted<'a>, Refusal> {
+    let limit = shared.max_jobs * QUEUED_PER_SLOT;
+    if shared.jobs.live_count() >= limit {
+        return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
+    }
+    let Caller { peer, software, who, seat } = *caller;
+    within_jobs_limit(shared, who)?;
+    let charge = shared.clients.take_upload(who, spec.input_bytes)?;
+    // A place among the uploads, within this peer's share of them.
+    let place = tokio::select! {
+        place = seat.place(&shared.uploads) => place,
+        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
+    };
+    // The disk: what is free must hold this upload.
+    check_disk(shared, spec.input_bytes)?;
+    let id = JobId::new();
+    info!(%peer, job = %id, filters = %spec.chain, upload = spec.input_bytes, software, "job accepted");
+    // Claimed before it is recorded: the janitor never takes it for an upload left behind.
+    let claim =
+        shared.uploads_under_way.claim(&id).ok_or_else(|| refuse(ErrorCode::Internal, "a new job's id in use"))?;
+    // The job is the client's its token names, whatever the client said.
+    let spec = JobSpec { client: who.name.clone(), ..spec };
+    {
+        let (id, peer, software, spec) = (id.clone(), peer.to_string(), software.to_string(), spec.clone());
+        shared.off(move |s| s.store.create(&id, &peer, &software, &spec)).await.map_err(internal_error)?;
+    }
+    Ok(Admitted { id, spec, charge, _place: place, claim })
+}
+
+impl Admitted<'_> {
+    /// Takes the upload from `source` into the job's directory and starts the job. A cut-off
+    /// upload fails it, unless `resumable` and enough of it is safely stored to be worth
+    /// resuming (see [`upload_ended`]).
+    pub(super) async fn receive<S: ChunkSource>(
+        mut self,
+        shared: &Arc<Shared>,
+        source: &mut S,
+        resumable: bool,
+    ) -> Result<JobId, Refusal> {
+        let (id, spec) = (self.id.clone(), self.spec.clone());
+        let mut received =
+            receive(source, shared, (&id, &spec.input_name, spec.input_bytes), 0, &mut self.charge).await;
+        if let Err(r) = &mut received {
+            r.resumable &= resumable;
+        }
+        drop(self.claim);
+        upload_ended(shared, id.clone(), spec, received).await?;
+        Ok(id)
+    }
+}
+
 /// Takes a submitted job's upload into its directory and starts it; returns its id. Until
 /// the upload is whole the job is the connection's: a cut-off upload fails it, unless enough
 /// of it is safely stored to be worth resuming (see [`upload_ended`]).
@@ -71,39 +167,12 @@ pub(super) async fn submit<R, W>(
     spec: JobSpec,
 ) -> Result<JobId, Refusal>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin,
 {
-    let limit = shared.max_jobs * QUEUED_PER_SLOT;
-    if shared.jobs.live_count() >= limit {
-        return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
-    }
-    let Caller { peer, software, who, seat } = *caller;
-    within_jobs_limit(shared, who)?;
-    let mut charge = shared.clients.take_upload(who, spec.input_bytes)?;
-    // A place among the uploads, within this peer's share of them.
-    let _upload = tokio::select! {
-        place = seat.place(&shared.uploads) => place,
-        _ = shutdown.cancelled() => return Err(refuse(ErrorCode::Cancelled, "server shutting down")),
-    };
-    // The disk: what is free must hold this upload.
-    check_disk(shared, spec.input_bytes)?;
-    let id = JobId::new();
-    info!(%peer, job = %id, filters = %spec.chain, upload = spec.input_bytes, "job accepted");
-    // Claimed before it is recorded: the janitor never takes it for an upload left behind.
-    let claim =
-        shared.uploads_under_way.claim(&id).ok_or_else(|| refuse(ErrorCode::Internal, "a new job's id in use"))?;
-    // The job is the client's its token names, whatever the client said.
-    let spec = JobSpec { client: who.name.clone(), ..spec };
-    {
-        let (id, peer, software, spec) = (id.clone(), peer.to_string(), software.to_string(), spec.clone());
-        shared.off(move |s| s.store.create(&id, &peer, &software, &spec)).await.map_err(internal_error)?;
-    }
-    writer.send(&ServerMessage::Accepted { job: id.clone() }).await?;
-    let received = receive(reader, shared, (&id, &spec.input_name, spec.input_bytes), 0, &mut charge).await;
-    drop(claim);
-    upload_ended(shared, id.clone(), spec, received).await?;
-    Ok(id)
+    let admitted = admit(shared, shutdown, caller, spec).await?;
+    writer.send(&ServerMessage::Accepted { job: admitted.id.clone() }).await?;
+    admitted.receive(shared, reader, true).await
 }
 
 /// Checks what deserialising a spec could not (the chain and the transport encoding were
@@ -196,7 +265,7 @@ pub(super) async fn resume_upload<R, W>(
     upload_bytes: u64,
 ) -> Result<JobId, Refusal>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin,
 {
     let not_found = || refuse(ErrorCode::NotFound, format!("no upload of job {job} to resume on this server"));
@@ -252,16 +321,13 @@ where
 }
 
 /// The upload from `offset` into the job's directory, then kept as its input.
-pub(super) async fn receive<R>(
-    reader: &mut PacketReader<Counting<R>>,
+pub(super) async fn receive<S: ChunkSource>(
+    source: &mut S,
     shared: &Arc<Shared>,
     (id, input_name, size): (&JobId, &str, u64),
     offset: u64,
     charge: &mut UploadCharge<'_>,
-) -> Result<(), Refusal>
-where
-    R: AsyncRead + Unpin,
-{
+) -> Result<(), Refusal> {
     let jobs = &shared.jobs;
     let internal = |e: std::io::Error| refuse(ErrorCode::Internal, format!("keeping the upload: {e}"));
     let partial = jobs.partial_of(id);
@@ -269,7 +335,7 @@ where
     let scrub = Scrub::new(&jobs.dir_of(id), &partial, input_name, &partial);
     let mut arrived = 0;
     let target = Upload { path: &partial, synced: &jobs.synced_of(id), size, offset };
-    let uploaded = upload(reader, &target, &scrub, &mut arrived).await;
+    let uploaded = upload(source, &target, &scrub, &mut arrived).await;
     // The hourly limit counts what crossed the wire: all of it, or what came before a cut-off.
     charge.arrived(arrived);
     let sha256 = uploaded?;
@@ -303,17 +369,17 @@ pub(super) struct Upload<'a> {
 
 /// The upload, against a deadline from what is left of it and the rate floor; returns the
 /// whole file's sha256.
-pub(super) async fn upload<R: AsyncRead + Unpin>(
-    reader: &mut PacketReader<Counting<R>>,
+pub(super) async fn upload<S: ChunkSource>(
+    source: &mut S,
     target: &Upload<'_>,
     scrub: &Scrub,
     arrived: &mut u64,
 ) -> Result<String, Refusal> {
     let left = target.size - target.offset;
     let deadline = upload_deadline(left);
-    let count = reader.get_ref().count.clone();
+    let count = source.count();
     let received = tokio::select! {
-        received = tokio::time::timeout(deadline, receive_upload(reader, target, arrived)) => received,
+        received = tokio::time::timeout(deadline, receive_upload(source, target, arrived)) => received,
         too_slow = rate_floor(&count) => return Err(too_slow),
     };
     match received {
@@ -360,7 +426,7 @@ pub(super) async fn rate_floor(count: &AtomicU64) -> Refusal {
 /// wire, not whole chunks, so a slow link sending large chunks is not mistaken for a stall.
 pub(super) struct Counting<R> {
     inner: R,
-    count: Arc<AtomicU64>,
+    pub(super) count: Arc<AtomicU64>,
 }
 
 impl<R> Counting<R> {
@@ -391,8 +457,8 @@ pub(super) fn upload_deadline(size: u64) -> Duration {
 /// Receives the upload's chunks into its file from its offset, counting this connection's bytes
 /// in `received`; fsyncs every [`SYNC_EVERY`] and records how far. Returns the whole file's
 /// sha256.
-pub(super) async fn receive_upload<R: AsyncRead + Unpin>(
-    reader: &mut PacketReader<R>,
+pub(super) async fn receive_upload<S: ChunkSource>(
+    source: &mut S,
     target: &Upload<'_>,
     received: &mut u64,
 ) -> Result<String, Refusal> {
@@ -425,8 +491,8 @@ pub(super) async fn receive_upload<R: AsyncRead + Unpin>(
     let mut total = offset;
     let mut since_sync = 0;
     while total < size {
-        match read_within(reader, UPLOAD_IDLE_TIMEOUT, "upload data").await? {
-            Some(Packet::Chunk(data)) => {
+        match source.chunk().await? {
+            Some(data) => {
                 *received += data.len() as u64;
                 total += data.len() as u64;
                 if total > size {
@@ -444,8 +510,6 @@ pub(super) async fn receive_upload<R: AsyncRead + Unpin>(
                     since_sync = 0;
                 }
             }
-            Some(Packet::Message(ClientMessage::Cancel)) => return Err(refuse(ErrorCode::Cancelled, "job cancelled")),
-            Some(Packet::Message(_)) => return Err(refuse(ErrorCode::BadRequest, "expected upload data")),
             None => return Err(lost(ErrorCode::BadRequest, format!("upload ended after {total} of {size} bytes"))),
         }
     }

@@ -20,6 +20,7 @@
 //! process shuts down, so a graceful stop never waits on an open browser tab.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,9 +41,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub mod files;
+pub mod web;
+
 use crate::board::{Board, JobView, Link, Update};
 use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
-use crate::net::gate::{Gate, Limits};
+use crate::net::gate::{Gate, Limits, canonical as net_canonical};
 
 /// Connections served at once; past it, a newcomer is closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -67,9 +71,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time open requests get to finish after a shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
-const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
-const APP_JS: &str = include_str!("../assets/dashboard/app.js");
-const STYLE_CSS: &str = include_str!("../assets/dashboard/style.css");
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 
 type Reply = Response<BoxBody<Bytes, Infallible>>;
 
@@ -80,6 +84,8 @@ pub struct Site {
     streams: Arc<Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Option<Auth>,
+    app: Option<Arc<dyn web::WebApp>>,
+    sessions: web::Sessions,
 }
 
 /// Checks a token presented to the dashboard: whether its holder may see it.
@@ -98,12 +104,22 @@ impl Site {
             streams: event_streams(),
             tls: None,
             auth: None,
+            app: None,
+            sessions: web::Sessions::default(),
         }
     }
 
     /// `/metrics` (rendered by `metrics` on each scrape) and `/healthz` only.
     pub fn metrics_only(metrics: impl Fn() -> String + Send + Sync + 'static) -> Self {
-        Site { board: None, metrics: Box::new(metrics), streams: event_streams(), tls: None, auth: None }
+        Site {
+            board: None,
+            metrics: Box::new(metrics),
+            streams: event_streams(),
+            tls: None,
+            auth: None,
+            app: None,
+            sessions: web::Sessions::default(),
+        }
     }
 
     /// The dashboard only for those `auth` lets in (`/healthz` and `/metrics` stay open), when
@@ -112,6 +128,34 @@ impl Site {
     pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
         self.auth = auth;
         self
+    }
+
+    /// The web application too (`/api/`): sign-in, uploads, controls, history and files,
+    /// which `app` serves.
+    pub fn with_app(mut self, app: Arc<dyn web::WebApp>) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// Who a session's name is now: the web application's tokens file says; a dashboard
+    /// without one has only its one token, so a session stays whoever signed in.
+    fn recheck(&self, name: &str) -> Option<web::Identity> {
+        match &self.app {
+            Some(app) => app.recheck(name),
+            None => Some(web::Identity { name: name.to_string(), may_change: false }),
+        }
+    }
+
+    /// Whether `token` lets its holder see the dashboard, and who it is.
+    fn token_identity(&self, token: &str) -> Option<web::Identity> {
+        match &self.app {
+            Some(app) => app.identify(token),
+            None => self
+                .auth
+                .as_ref()
+                .is_some_and(|auth| auth(token))
+                .then(|| web::Identity { name: "dashboard".to_string(), may_change: false }),
+        }
     }
 
     /// Served over TLS with `tls`, when given.
@@ -145,18 +189,23 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
                 }
             },
         };
-        // Over its address's share, or with every place held by connections that have each
-        // sent a request: closed at once (the pending ones make room for it instead).
+        // Over its address's share: closed at once. Otherwise the gate has made room among
+        // the pending connections, and the newcomer takes the place of the one it evicted.
         let Ok(pass) = gate.admit(Some(peer.ip())) else { continue };
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
         let evicted = pass.evicted();
+        let slots = slots.clone();
         let pass = Arc::new(std::sync::Mutex::new(pass));
         let (tls, site, stop) = (site.tls.clone(), site.clone(), shutdown.clone());
+        let peer = SocketAddr::new(net_canonical(peer.ip()), peer.port());
         let service = service_fn(move |request| {
-            // A whole request: no newcomer may evict this connection any more.
+            // A whole request's headers: no newcomer may evict this connection any more.
             pass.lock().unwrap_or_else(|p| p.into_inner()).proven();
-            let reply = route(&site, &request, &stop);
-            async move { Ok::<_, Infallible>(reply) }
+            let (site, stop) = (site.clone(), stop.clone());
+            async move {
+                let mut reply = handle(&site, request, &stop, peer).await;
+                guard(reply.headers_mut());
+                Ok::<_, Infallible>(reply)
+            }
         });
         let builder = {
             let mut b = http1::Builder::new();
@@ -165,6 +214,18 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
         };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            tokio::pin!(evicted);
+            // The evicted connection's task gives its slot back when it next runs, which under
+            // a flood of newcomers can be after this one asks: so this one waits for a slot
+            // (at most as long as a request's headers may take), pending and evictable like
+            // any other, rather than being closed because a task had not yet run.
+            let permit = tokio::select! {
+                permit = tokio::time::timeout(HEADER_TIMEOUT, slots.acquire_owned()) => match permit {
+                    Ok(Ok(permit)) => permit,
+                    _ => return debug!("an HTTP connection found no free place in time"),
+                },
+                () = &mut evicted => return debug!("an HTTP connection waiting for a place was closed to make room"),
+            };
             let serve = async move {
                 match tls {
                     None => {
@@ -189,7 +250,7 @@ pub async fn serve(listener: TcpListener, site: Site, shutdown: CancellationToke
             };
             tokio::select! {
                 () = serve => {}
-                () = evicted => debug!("an HTTP connection that sent no request was closed to make room"),
+                () = &mut evicted => debug!("an HTTP connection that sent no request was closed to make room"),
             }
             drop(permit);
         });
@@ -252,27 +313,75 @@ impl<'a> Route<'a> {
     }
 }
 
+/// What every answer carries: the page loads nothing from elsewhere and is framed nowhere.
+fn guard(headers: &mut hyper::HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+/// Answers one request: the web application's under `/api/`, the dashboard's otherwise.
+async fn handle(site: &Site, request: Request<Incoming>, shutdown: &CancellationToken, peer: SocketAddr) -> Reply {
+    if let Some(app) = &site.app
+        && request.uri().path().starts_with("/api/")
+    {
+        return web::handle(site, app, request, peer).await;
+    }
+    route(site, &request, shutdown)
+}
+
+/// Whether a request may see the dashboard: no token is needed, or it holds a live session,
+/// or it presents a good token (which, in the address, is exchanged for a session).
+enum Access {
+    Granted,
+    Refused,
+    SignedIn(String),
+}
+
+fn access(site: &Site, request: &Request<Incoming>) -> Access {
+    let open = site.auth.is_none() && site.app.as_ref().is_none_or(|app| !app.tokens_required());
+    if open {
+        return Access::Granted;
+    }
+    if let Some(cookie) = web::session_cookie(request.headers())
+        && site.sessions.check(cookie, |name| site.recheck(name)).is_some()
+    {
+        return Access::Granted;
+    }
+    match presented_token(request) {
+        Some((token, in_address)) => match site.token_identity(&token) {
+            // A browser given the token in the address gets a session for it, and the
+            // address loses it.
+            Some(who) if in_address => Access::SignedIn(site.sessions.start(&who)),
+            Some(_) => Access::Granted,
+            None => Access::Refused,
+        },
+        None => Access::Refused,
+    }
+}
+
 fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken) -> Reply {
     let path = request.uri().path();
     let found = |view: Option<Reply>| view.unwrap_or_else(|| not_found(path));
     let route = Route::resolve(request.method(), path, site.board.is_some());
-    if let Some(auth) = &site.auth
-        && !matches!(route, Route::Health | Route::Metrics | Route::MethodNotAllowed | Route::NotFound)
-    {
-        match presented_token(request) {
-            Some((token, _)) if !auth(&token) => return unauthorized(),
-            None => return unauthorized(),
-            // A browser given the token in the address keeps it in a cookie, and the address
-            // loses it.
-            Some((token, true)) => {
+    // The page itself is open where the web application can sign a browser in.
+    let page = matches!(route, Route::Asset(..)) && site.app.is_some();
+    if !page && !matches!(route, Route::Health | Route::Metrics | Route::MethodNotAllowed | Route::NotFound) {
+        match access(site, request) {
+            Access::Granted => {}
+            Access::Refused => return unauthorized(),
+            Access::SignedIn(cookie) => {
                 let mut reply = text(StatusCode::SEE_OTHER, "signed in\n");
-                if let Ok(v) = HeaderValue::from_str(&token_cookie(&token, site.tls.is_some())) {
+                let cookie = web::set_session_cookie(&cookie, site.tls.is_some());
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
                     reply.headers_mut().insert(header::SET_COOKIE, v);
                 }
                 reply.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
                 return reply;
             }
-            Some((_, false)) => {}
         }
     }
     match (route, &site.board) {
@@ -321,8 +430,10 @@ fn token_in_query(query: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
 }
 
-/// The cookie that keeps `token` in a browser: percent-encoded, so that any token fits a
+/// The cookie that kept `token` in a browser before sessions (browsers may still hold one,
+/// which is still read): percent-encoded, so that any token fits a
 /// cookie's value (no `;`, `,`, space or quote).
+#[cfg(test)]
 fn token_cookie(token: &str, secure: bool) -> String {
     let value = percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC);
     let secure = if secure { "; Secure" } else { "" };
