@@ -19,3 +19,4 @@ mod segments;
 mod split;
 mod tls;
 mod util;
+mod web;

@@ -371,8 +371,9 @@ fn the_dashboard_renders_the_job_in_a_real_browser() {
     eprintln!("screenshots in {}", artifacts.display());
 }
 
-/// Behind a token, a browser is turned away until it opens `/?token=…` once; then the page, its
-/// API and its event stream work from the cookie, and the address no longer shows the token.
+/// Behind a token, a browser gets the sign-in form and nothing else until it signs in, here by
+/// opening `/?token=…` once; then the page, its API and its event stream work from the session
+/// cookie, and the address no longer shows the token.
 /// The token is base64's kind (`+`, `/`, `=`), which the address carries percent-encoded.
 #[test]
 fn a_browser_signs_in_to_a_dashboard_behind_a_token() {
@@ -384,8 +385,11 @@ fn a_browser_signs_in_to_a_dashboard_behind_a_token() {
     let dash = server.preview.clone().unwrap();
     let mut browser = Browser::launch();
     browser.navigate(&dash);
-    let refused = "document.body.innerText.includes('a token is needed')";
-    assert!(browser.wait_until(Duration::from_secs(30), refused), "the page is refused without the token");
+    // Without the token: the sign-in form, and no event stream (it wants the token too).
+    let refused = "document.querySelector('#signin')?.hidden === false && document.querySelector('#stream').dataset.state === 'connecting'";
+    assert!(browser.wait_until(Duration::from_secs(30), refused), "the page asks for the token");
+    let (status, _, _) = get(&format!("{dash}events"));
+    assert_eq!(status, 401, "the event stream wants the token");
     let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
     assert_ne!(encoded, token);
     browser.navigate(&format!("{dash}?token={encoded}"));

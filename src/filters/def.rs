@@ -54,7 +54,10 @@ pub enum Range {
         max: f64,
     },
     /// One of these words.
-    Choice(&'static [&'static str]),
+    Choice {
+        /// The words.
+        words: &'static [&'static str],
+    },
 }
 
 impl Range {
@@ -65,7 +68,7 @@ impl Range {
                 .parse::<i64>()
                 .is_ok_and(|n| (or_zero && n == 0) || ((min..=max).contains(&n) && (!odd || n % 2 == 1))),
             Range::Number { min, max } => raw.parse::<f64>().is_ok_and(|n| n.is_finite() && (min..=max).contains(&n)),
-            Range::Choice(words) => words.contains(&raw),
+            Range::Choice { words } => words.contains(&raw),
         }
     }
 }

@@ -65,7 +65,7 @@ impl FilterParams for FacesParams {
             ParamDef {
                 key: "mode",
                 default: "box",
-                range: Range::Choice(&["box", "blur"]),
+                range: Range::Choice { words: &["box", "blur"] },
                 expected: "box or blur",
                 note: "box|blur",
             },

@@ -116,6 +116,23 @@ mod tests {
         let err = Processor::new(&chain, &env).err().expect("must fail");
         assert!(err.to_string().contains("/nonexistent/cascade.xml"), "{err}");
     }
+
+    #[test]
+    fn the_catalogue_a_form_reads_is_every_filter_and_parameter_as_json() {
+        let json = serde_json::to_value(FILTERS).expect("every definition serialises");
+        let filters = json.as_array().unwrap();
+        assert_eq!(filters.len(), FILTERS.len());
+        for (def, value) in FILTERS.iter().zip(filters) {
+            assert_eq!(value["name"], def.name);
+            assert_eq!(value["params"].as_array().unwrap().len(), def.params.len());
+        }
+        let faces = filters.iter().find(|f| f["name"] == "faces").unwrap();
+        let mode = faces["params"].as_array().unwrap().iter().find(|p| p["key"] == "mode").unwrap();
+        assert_eq!(mode["range"], serde_json::json!({ "kind": "choice", "words": ["box", "blur"] }));
+        let blur = filters.iter().find(|f| f["name"] == "blur").unwrap();
+        assert_eq!(blur["params"][0]["range"]["kind"], "int");
+        assert_eq!(blur["params"][0]["range"]["odd"], true);
+    }
 }
 
 #[cfg(test)]

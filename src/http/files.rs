@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{EventBody, Reply, body};
+use super::reply::{ChannelBody, Reply, body};
 
 /// Bytes read at a time.
 const CHUNK: usize = 256 << 10;
@@ -173,7 +173,7 @@ pub fn serve(file: ServedFile, request: &Request<Incoming>) -> Reply {
 
 /// `count` bytes of `file` from `first`, read on a blocking thread a few chunks ahead; the
 /// reading stops when the connection goes.
-fn read(mut file: std::fs::File, first: u64, count: u64) -> EventBody {
+fn read(mut file: std::fs::File, first: u64, count: u64) -> ChannelBody {
     let (tx, rx) = mpsc::channel(AHEAD);
     tokio::task::spawn_blocking(move || {
         if file.seek(SeekFrom::Start(first)).is_err() {
@@ -194,7 +194,7 @@ fn read(mut file: std::fs::File, first: u64, count: u64) -> EventBody {
             }
         }
     });
-    EventBody(rx)
+    ChannelBody(rx)
 }
 
 #[cfg(test)]

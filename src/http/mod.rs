@@ -21,14 +21,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Body, Bytes, Frame, Incoming};
+use http_body_util::BodyExt as _;
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -42,8 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 pub mod files;
+mod reply;
+pub mod sessions;
 pub mod web;
 
+use self::reply::{ChannelBody, Reply, body, json, not_found, text};
+use self::sessions::presented_token;
 use crate::board::{Board, JobView, Link, Update};
 use crate::metrics::exposition::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use crate::net::gate::{Gate, Limits, canonical as net_canonical};
@@ -75,8 +76,6 @@ const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 
-type Reply = Response<BoxBody<Bytes, Infallible>>;
-
 /// What a listener serves.
 pub struct Site {
     board: Option<Arc<Board>>,
@@ -85,14 +84,11 @@ pub struct Site {
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Option<Auth>,
     app: Option<Arc<dyn web::WebApp>>,
-    sessions: web::Sessions,
+    sessions: sessions::Sessions,
 }
 
 /// Checks a token presented to the dashboard: whether its holder may see it.
 pub type Auth = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// The cookie a browser keeps the dashboard's token in, once given `/?token=…`.
-const TOKEN_COOKIE: &str = "vpd_token";
 
 impl Site {
     /// The dashboard, its API and event stream, and `/metrics`, all from `board`.
@@ -105,7 +101,7 @@ impl Site {
             tls: None,
             auth: None,
             app: None,
-            sessions: web::Sessions::default(),
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -118,7 +114,7 @@ impl Site {
             tls: None,
             auth: None,
             app: None,
-            sessions: web::Sessions::default(),
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -139,22 +135,22 @@ impl Site {
 
     /// Who a session's name is now: the web application's tokens file says; a dashboard
     /// without one has only its one token, so a session stays whoever signed in.
-    fn recheck(&self, name: &str) -> Option<web::Identity> {
+    fn recheck(&self, name: &str) -> Option<sessions::Identity> {
         match &self.app {
             Some(app) => app.recheck(name),
-            None => Some(web::Identity { name: name.to_string(), may_change: false }),
+            None => Some(sessions::Identity { name: name.to_string(), may_change: false }),
         }
     }
 
     /// Whether `token` lets its holder see the dashboard, and who it is.
-    fn token_identity(&self, token: &str) -> Option<web::Identity> {
+    fn token_identity(&self, token: &str) -> Option<sessions::Identity> {
         match &self.app {
             Some(app) => app.identify(token),
             None => self
                 .auth
                 .as_ref()
                 .is_some_and(|auth| auth(token))
-                .then(|| web::Identity { name: "dashboard".to_string(), may_change: false }),
+                .then(|| sessions::Identity { name: "dashboard".to_string(), may_change: false }),
         }
     }
 
@@ -328,7 +324,7 @@ async fn handle(site: &Site, request: Request<Incoming>, shutdown: &Cancellation
     if let Some(app) = &site.app
         && request.uri().path().starts_with("/api/")
     {
-        return web::handle(site, app, request, peer).await;
+        return web::handle((&site.sessions, site.tls.is_some()), app, request, peer).await;
     }
     route(site, &request, shutdown)
 }
@@ -346,7 +342,7 @@ fn access(site: &Site, request: &Request<Incoming>) -> Access {
     if open {
         return Access::Granted;
     }
-    if let Some(cookie) = web::session_cookie(request.headers())
+    if let Some(cookie) = sessions::session_cookie(request.headers())
         && site.sessions.check(cookie, |name| site.recheck(name)).is_some()
     {
         return Access::Granted;
@@ -367,15 +363,17 @@ fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken)
     let path = request.uri().path();
     let found = |view: Option<Reply>| view.unwrap_or_else(|| not_found(path));
     let route = Route::resolve(request.method(), path, site.board.is_some());
-    // The page itself is open where the web application can sign a browser in.
+    // The page itself is open where the web application can sign a browser in (a token in
+    // its address still signs in; a wrong one leaves the sign-in form to say so).
     let page = matches!(route, Route::Asset(..)) && site.app.is_some();
-    if !page && !matches!(route, Route::Health | Route::Metrics | Route::MethodNotAllowed | Route::NotFound) {
+    if !matches!(route, Route::Health | Route::Metrics | Route::MethodNotAllowed | Route::NotFound) {
         match access(site, request) {
             Access::Granted => {}
+            Access::Refused if page => {}
             Access::Refused => return unauthorized(),
             Access::SignedIn(cookie) => {
                 let mut reply = text(StatusCode::SEE_OTHER, "signed in\n");
-                let cookie = web::set_session_cookie(&cookie, site.tls.is_some());
+                let cookie = sessions::set_session_cookie(&cookie, site.tls.is_some());
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     reply.headers_mut().insert(header::SET_COOKIE, v);
                 }
@@ -410,74 +408,11 @@ fn route(site: &Site, request: &Request<Incoming>, shutdown: &CancellationToken)
     }
 }
 
-/// The token a request presents, and whether it came in the address (`/?token=…`).
-fn presented_token(request: &Request<Incoming>) -> Option<(String, bool)> {
-    let headers = request.headers();
-    if let Some(bearer) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()?.strip_prefix("Bearer ")) {
-        return Some((bearer.trim().to_string(), false));
-    }
-    if request.uri().path() == "/"
-        && let Some(token) = request.uri().query().and_then(token_in_query)
-    {
-        return Some((token, true));
-    }
-    token_in_cookies(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok())).map(|t| (t, false))
-}
-
-/// The `token` in a query string, decoded as a form: a token with `+`, `/` or `=` in it (as
-/// base64 makes them) arrives percent-encoded from a link or a browser.
-fn token_in_query(query: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "token").map(|(_, value)| value.into_owned())
-}
-
-/// The cookie that kept `token` in a browser before sessions (browsers may still hold one,
-/// which is still read): percent-encoded, so that any token fits a
-/// cookie's value (no `;`, `,`, space or quote).
-#[cfg(test)]
-fn token_cookie(token: &str, secure: bool) -> String {
-    let value = percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC);
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{TOKEN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}")
-}
-
-/// The token in the `Cookie` headers' values, as `token_cookie` wrote it.
-fn token_in_cookies<'a>(headers: impl Iterator<Item = &'a str>) -> Option<String> {
-    let value =
-        headers.flat_map(|v| v.split(';')).find_map(|kv| kv.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))?;
-    percent_encoding::percent_decode_str(value).decode_utf8().ok().map(|t| t.into_owned())
-}
-
 fn unauthorized() -> Reply {
     let mut reply =
         text(StatusCode::UNAUTHORIZED, "a token is needed: open /?token=TOKEN, or send Authorization: Bearer TOKEN\n");
     reply.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vpd\""));
     reply
-}
-
-fn body(status: StatusCode, content_type: &'static str, content: impl Into<Bytes>) -> Reply {
-    let mut reply = Response::new(Full::new(content.into()).boxed());
-    *reply.status_mut() = status;
-    let headers = reply.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // Everything here changes while a job runs, the page included when vpd is upgraded.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    reply
-}
-
-fn text(status: StatusCode, content: &'static str) -> Reply {
-    body(status, "text/plain; charset=utf-8", content)
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => body(status, "application/json", bytes),
-        Err(e) => body(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", e.to_string()),
-    }
-}
-
-fn not_found(path: &str) -> Reply {
-    let message = serde_json::json!({ "error": format!("nothing at {path}") });
-    json(StatusCode::NOT_FOUND, &message)
 }
 
 /// `/events`: a snapshot of the board, then every change, as Server-Sent Events. The stream
@@ -488,7 +423,7 @@ fn events(board: Arc<Board>, permit: OwnedSemaphorePermit, shutdown: Cancellatio
         stream_events(board, tx, shutdown).await;
         drop(permit);
     });
-    let mut reply = Response::new(EventBody(rx).boxed());
+    let mut reply = Response::new(ChannelBody(rx).boxed());
     let headers = reply.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -557,18 +492,6 @@ fn push_event<T: Serialize>(chunk: &mut String, name: &str, data: &T) {
     chunk.push_str("\n\n");
 }
 
-/// A response body fed from a channel: ends when the sender goes.
-struct EventBody(mpsc::Receiver<Bytes>);
-
-impl Body for EventBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,22 +504,5 @@ mod tests {
         let snap = String::from_utf8(snapshot(&board).to_vec()).unwrap();
         assert!(snap.starts_with("retry: 2000\nevent: snapshot\ndata: {\"jobs\":[],\"link\":"), "{snap}");
         assert_eq!(snap.matches('\n').count(), 4, "retry, event, data, blank line: {snap}");
-    }
-
-    #[test]
-    fn any_token_survives_the_address_and_the_cookie() {
-        for token in ["plain-token-0123456789", "b64+token/with==", "semi;colon, space \"quote\" 100% é"] {
-            let query = format!("x=1&token={}", form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>());
-            assert_eq!(token_in_query(&query).as_deref(), Some(token), "{query}");
-            let cookie = token_cookie(token, true);
-            assert!(HeaderValue::from_str(&cookie).is_ok(), "{cookie}");
-            let value = cookie.split(';').next().unwrap();
-            assert!(!value.contains([' ', ',', '"', '\\']), "{cookie}");
-            let sent = format!("theme=dark; {value}");
-            assert_eq!(token_in_cookies([sent.as_str()].into_iter()).as_deref(), Some(token), "{sent}");
-        }
-        assert_eq!(token_in_query("token=a+b").as_deref(), Some("a b"), "a form's + is a space");
-        assert_eq!(token_in_query("tokens=x&other=y"), None);
-        assert_eq!(token_in_cookies(["vpd_token=%ZZ%FF"].into_iter()), None, "not UTF-8 once decoded: no token");
     }
 }

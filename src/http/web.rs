@@ -16,49 +16,32 @@
 //! | `POST /api/jobs/{id}/{cancel,pause,resume,rerun}` | the controls |
 //! | `GET`/`HEAD /api/jobs/{id}/result`, `…/source` | the result and the original, with `Range` |
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
 use super::files::{self, ServedFile};
-use super::{Reply, Site, json, text};
+use super::reply::{Reply, json, text};
+pub use super::sessions::Identity;
+use super::sessions::{
+    CSRF_HEADER, Sessions, Signed, presented_token, same_origin, session_cookie, set_session_cookie,
+};
 use crate::metrics::Charts;
 use crate::protocol::job::{JobControl, JobId, JobRecord, JobState};
 
-/// The cookie a signed-in browser holds: a random 256-bit session id, never the token.
-pub const SESSION_COOKIE: &str = "vpd_session";
-/// A session unused for this long ends.
-pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
-/// A session ends this long after sign-in, however much it is used.
-pub const SESSION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Sessions held at once; past it, the least recently used one ends.
-const MAX_SESSIONS: usize = 4096;
-/// The header a state-changing request carries its session's anti-CSRF token in.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The largest sign-in form read.
 const MAX_LOGIN_BYTES: usize = 4096;
 /// Most jobs one page of history holds.
 const MAX_PAGE: usize = 100;
-
-/// Who a request comes from: a client of the tokens file (or `anonymous` where none is
-/// needed), and whether its role lets it change anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The client's name.
-    pub name: String,
-    /// Whether it may upload and control jobs (the `submit` role), not only look.
-    pub may_change: bool,
-}
 
 /// A refusal, as the server words it: the HTTP status, one line, and when to retry.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,124 +163,6 @@ impl UploadBody {
     }
 }
 
-/// One signed-in browser.
-struct Session {
-    name: String,
-    csrf: String,
-    may_change: bool,
-    started: Instant,
-    used: Instant,
-}
-
-/// The sessions of one listener, by the SHA-256 of their cookie (a leaked table holds no
-/// cookie).
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<[u8; 32], Session>>);
-
-/// The session a request presented, as checked.
-#[derive(Debug, Clone)]
-pub struct Signed {
-    /// Who.
-    pub who: Identity,
-    /// Its anti-CSRF token.
-    pub csrf: String,
-}
-
-fn random_hex() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system's random source");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn digest(cookie: &str) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(cookie.as_bytes()).into()
-}
-
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Starts a session for `who`; returns its cookie's value.
-    pub fn start(&self, who: &Identity) -> String {
-        let cookie = random_hex();
-        let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, s| live(s, now));
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        let session =
-            Session { name: who.name.clone(), csrf: random_hex(), may_change: who.may_change, started: now, used: now };
-        map.insert(digest(&cookie), session);
-        cookie
-    }
-
-    /// The live session `cookie` names, checked against the tokens file through `recheck`
-    /// (a client removed from it is signed out at once), and marked used.
-    pub fn check(&self, cookie: &str, recheck: impl Fn(&str) -> Option<Identity>) -> Option<Signed> {
-        let key = digest(cookie);
-        let now = Instant::now();
-        let mut map = self.lock();
-        let session = map.get_mut(&key)?;
-        let who = if live(session, now) { recheck(&session.name) } else { None };
-        let Some(who) = who else {
-            map.remove(&key);
-            return None;
-        };
-        session.used = now;
-        session.may_change = who.may_change;
-        Some(Signed { who, csrf: session.csrf.clone() })
-    }
-
-    /// Ends the session `cookie` names.
-    pub fn end(&self, cookie: &str) {
-        self.lock().remove(&digest(cookie));
-    }
-}
-
-fn live(s: &Session, now: Instant) -> bool {
-    now.duration_since(s.used) < SESSION_IDLE && now.duration_since(s.started) < SESSION_MAX
-}
-
-/// The session cookie's value in a request's `Cookie` headers.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-}
-
-/// The `Set-Cookie` of a new session (or, with an empty value, of its end).
-pub fn set_session_cookie(cookie: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    let age = if cookie.is_empty() { 0 } else { SESSION_MAX.as_secs() };
-    format!("{SESSION_COOKIE}={cookie}; Path=/; Max-Age={age}; HttpOnly; SameSite=Strict{secure}")
-}
-
-/// Whether a request comes from a page of this origin: `Sec-Fetch-Site: same-origin` where
-/// the browser sends it, else an `Origin` naming this host. A request with neither is not
-/// taken for one.
-pub fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        return site == "same-origin";
-    }
-    let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) else {
-        return false;
-    };
-    let scheme = if tls { "https" } else { "http" };
-    origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
-}
-
 /// What an `/api/` path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRoute<'a> {
@@ -394,21 +259,26 @@ fn param(request: &Request<Incoming>, key: &str) -> Option<String> {
 /// Who the request is from, and its session if it presented one: a session cookie, else a
 /// token (`Authorization: Bearer`, the older `vpd_token` cookie); with no token required,
 /// everyone is `anonymous` (and gets a session from `/api/me`).
-fn identify(site: &Site, app: &dyn WebApp, request: &Request<Incoming>) -> (Option<Identity>, Option<Signed>) {
+fn identify(sessions: &Sessions, app: &dyn WebApp, request: &Request<Incoming>) -> (Option<Identity>, Option<Signed>) {
     if let Some(cookie) = session_cookie(request.headers())
-        && let Some(signed) = site.sessions.check(cookie, |name| app.recheck(name))
+        && let Some(signed) = sessions.check(cookie, |name| app.recheck(name))
     {
         return (Some(signed.who.clone()), Some(signed));
     }
     if !app.tokens_required() {
         return (app.identify(""), None);
     }
-    let who = super::presented_token(request).and_then(|(token, _)| app.identify(&token));
+    let who = presented_token(request).and_then(|(token, _)| app.identify(&token));
     (who, None)
 }
 
-/// Serves an `/api/` request.
-pub async fn handle(site: &Site, app: &Arc<dyn WebApp>, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+/// Serves an `/api/` request with `sessions`, on a listener with TLS when `tls`.
+pub async fn handle(
+    (sessions, tls): (&Sessions, bool),
+    app: &Arc<dyn WebApp>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Reply {
     let path = request.uri().path().to_string();
     let route = ApiRoute::resolve(request.method(), &path);
     if let ApiRoute::MethodNotAllowed(allow) = route {
@@ -419,13 +289,12 @@ pub async fn handle(site: &Site, app: &Arc<dyn WebApp>, request: Request<Incomin
     if route == ApiRoute::NotFound {
         return refused(StatusCode::NOT_FOUND, &format!("nothing at {path}"));
     }
-    let tls = site.tls.is_some();
     if route == ApiRoute::Login {
-        return login(site, app.as_ref(), request, peer).await;
+        return login((sessions, tls), app.as_ref(), request, peer).await;
     }
-    let (who, signed) = identify(site, app.as_ref(), &request);
+    let (who, signed) = identify(sessions, app.as_ref(), &request);
     if route == ApiRoute::Me {
-        return me(site, app.as_ref(), who, signed, peer);
+        return me((sessions, tls), app.as_ref(), who, signed, peer);
     }
     let Some(who) = who else {
         return refused(StatusCode::UNAUTHORIZED, "sign in first: a token is needed");
@@ -444,7 +313,7 @@ pub async fn handle(site: &Site, app: &Arc<dyn WebApp>, request: Request<Incomin
         }
         if route == ApiRoute::Logout {
             if let Some(cookie) = session_cookie(request.headers()) {
-                site.sessions.end(cookie);
+                sessions.end(cookie);
             }
             return with_cookie(text(StatusCode::OK, "signed out\n"), &set_session_cookie("", tls));
         }
@@ -510,7 +379,13 @@ fn with_cookie(mut reply: Reply, cookie: &str) -> Reply {
 
 /// `/api/me`: who this is, with its anti-CSRF token. Where no token is needed, a browser
 /// without a session gets one here.
-fn me(site: &Site, app: &dyn WebApp, who: Option<Identity>, signed: Option<Signed>, peer: SocketAddr) -> Reply {
+fn me(
+    (sessions, tls): (&Sessions, bool),
+    app: &dyn WebApp,
+    who: Option<Identity>,
+    signed: Option<Signed>,
+    peer: SocketAddr,
+) -> Reply {
     let changes_here = app.tokens_required() || app.open_to_all() || peer.ip().is_loopback();
     let answer = |who: &Option<Identity>, csrf: Option<&str>| {
         serde_json::json!({
@@ -524,23 +399,24 @@ fn me(site: &Site, app: &dyn WebApp, who: Option<Identity>, signed: Option<Signe
     };
     match (&who, &signed) {
         (Some(w), None) if !app.tokens_required() => {
-            let cookie = site.sessions.start(w);
-            let signed = session_cookie_signed(site, app, &cookie);
+            let cookie = sessions.start(w);
+            let signed = sessions.check(&cookie, |name| app.recheck(name));
             let reply = json(StatusCode::OK, &answer(&who, signed.as_ref().map(|s| s.csrf.as_str())));
-            with_cookie(reply, &set_session_cookie(&cookie, site.tls.is_some()))
+            with_cookie(reply, &set_session_cookie(&cookie, tls))
         }
         _ => json(StatusCode::OK, &answer(&who, signed.as_ref().map(|s| s.csrf.as_str()))),
     }
 }
 
-fn session_cookie_signed(site: &Site, app: &dyn WebApp, cookie: &str) -> Option<Signed> {
-    site.sessions.check(cookie, |name| app.recheck(name))
-}
-
 /// `POST /api/login`: a token, as the form field `token`, for a session cookie. A wrong token
 /// waits longer each time from the same address, as the protocol's handshake does.
-async fn login(site: &Site, app: &dyn WebApp, request: Request<Incoming>, peer: SocketAddr) -> Reply {
-    if !same_origin(request.headers(), site.tls.is_some()) {
+async fn login(
+    (sessions, tls): (&Sessions, bool),
+    app: &dyn WebApp,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Reply {
+    if !same_origin(request.headers(), tls) {
         return refused(StatusCode::FORBIDDEN, "refused: the request did not come from this site's pages");
     }
     let body = http_body_util::Limited::new(request.into_body(), MAX_LOGIN_BYTES);
@@ -556,13 +432,13 @@ async fn login(site: &Site, app: &dyn WebApp, request: Request<Incoming>, peer: 
         tokio::time::sleep(app.failed_login(peer.ip())).await;
         return refused(StatusCode::UNAUTHORIZED, "wrong token");
     };
-    let cookie = site.sessions.start(&who);
-    let csrf = site.sessions.check(&cookie, |name| app.recheck(name)).map(|s| s.csrf);
+    let cookie = sessions.start(&who);
+    let csrf = sessions.check(&cookie, |name| app.recheck(name)).map(|s| s.csrf);
     let reply = json(
         StatusCode::OK,
         &serde_json::json!({ "signed_in": true, "name": who.name, "may_change": who.may_change, "csrf": csrf }),
     );
-    with_cookie(reply, &set_session_cookie(&cookie, site.tls.is_some()))
+    with_cookie(reply, &set_session_cookie(&cookie, tls))
 }
 
 /// `POST /api/jobs`: the raw body is the video. Its size must be announced (411 without
@@ -616,51 +492,5 @@ mod tests {
         assert_eq!(ApiRoute::resolve(&Method::GET, "/api/jobs//result"), NotFound);
         assert!(Upload.changes() && Control("j", JobControl::Cancel).changes() && Logout.changes());
         assert!(!History.changes() && !File("j", FileKind::Source).changes() && !Login.changes());
-    }
-
-    #[test]
-    fn sessions_end_when_idle_removed_or_signed_out() {
-        let sessions = Sessions::default();
-        let alice = Identity { name: "alice".into(), may_change: true };
-        let cookie = sessions.start(&alice);
-        assert_eq!(cookie.len(), 64, "256 random bits");
-        let signed = sessions.check(&cookie, |n| Some(Identity { name: n.into(), may_change: true })).unwrap();
-        assert_eq!(signed.who, alice);
-        assert_eq!(signed.csrf.len(), 64);
-        assert_ne!(signed.csrf, cookie);
-        assert!(sessions.check("not-a-session", |_| None).is_none());
-        // Removed from the tokens file: signed out, for good.
-        assert!(sessions.check(&cookie, |_| None).is_none());
-        assert!(sessions.check(&cookie, |n| Some(Identity { name: n.into(), may_change: true })).is_none());
-        // A role changed on reload is the session's now.
-        let cookie = sessions.start(&alice);
-        let read = sessions.check(&cookie, |n| Some(Identity { name: n.into(), may_change: false })).unwrap();
-        assert!(!read.who.may_change);
-        sessions.end(&cookie);
-        assert!(sessions.check(&cookie, |n| Some(Identity { name: n.into(), may_change: true })).is_none());
-        // Idle too long.
-        let cookie = sessions.start(&alice);
-        sessions.lock().values_mut().for_each(|s| s.used -= SESSION_IDLE);
-        assert!(sessions.check(&cookie, |n| Some(Identity { name: n.into(), may_change: true })).is_none());
-    }
-
-    #[test]
-    fn only_this_origin_counts_as_the_same() {
-        let headers = |pairs: &[(&'static str, &'static str)]| {
-            let mut h = HeaderMap::new();
-            for (k, v) in pairs {
-                h.insert(*k, HeaderValue::from_static(v));
-            }
-            h
-        };
-        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")]), false));
-        assert!(!same_origin(
-            &headers(&[("sec-fetch-site", "cross-site"), ("origin", "http://h:1"), ("host", "h:1")]),
-            false
-        ));
-        assert!(same_origin(&headers(&[("origin", "http://h:1"), ("host", "h:1")]), false));
-        assert!(!same_origin(&headers(&[("origin", "http://h:1"), ("host", "h:1")]), true), "the scheme counts");
-        assert!(!same_origin(&headers(&[("origin", "http://evil:1"), ("host", "h:1")]), false));
-        assert!(!same_origin(&headers(&[("host", "h:1")]), false), "no origin at all is not the same");
     }
 }

@@ -213,6 +213,41 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
+    /// Evaluates `expression`, awaiting it if it is a promise, and returns its value.
+    pub fn eval_async(&mut self, expression: &str) -> Value {
+        let params = json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        let result = self.call("Runtime.evaluate", params);
+        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        result["result"]["value"].clone()
+    }
+
+    /// Puts `files` in the file input `selector`, as a user picking them would.
+    pub fn set_files(&mut self, selector: &str, files: &[&Path]) {
+        let found =
+            self.call("Runtime.evaluate", json!({ "expression": format!("document.querySelector('{selector}')") }));
+        let object = found["result"]["objectId"].as_str().unwrap_or_else(|| panic!("no {selector}")).to_string();
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        self.call("DOM.setFileInputFiles", json!({ "files": files, "objectId": object }));
+    }
+
+    /// Types `text` into the focused element, then presses Enter if `enter`: the keyboard's way.
+    pub fn type_text(&mut self, text: &str, enter: bool) {
+        self.call("Input.insertText", json!({ "text": text }));
+        if enter {
+            for kind in ["keyDown", "keyUp"] {
+                let key =
+                    json!({ "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r" });
+                self.call("Input.dispatchKeyEvent", key);
+            }
+        }
+    }
+
+    /// Lays the page out at `width` × `height` CSS pixels (a phone's when `mobile`).
+    pub fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        let metrics = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile });
+        self.call("Emulation.setDeviceMetricsOverride", metrics);
+    }
+
     /// Evaluates `expression` until it is `true`; returns whether it became so within `timeout`.
     pub fn wait_until(&mut self, timeout: Duration, expression: &str) -> bool {
         let deadline = Instant::now() + timeout;
