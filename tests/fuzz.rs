@@ -226,6 +226,22 @@ fn http_routes() {
                 _ => {}
             }
         }
+        // The web application's routes: a job's id is one a store could hold, never a path.
+        use vpd::http::web::ApiRoute;
+        match ApiRoute::resolve(&method, path) {
+            ApiRoute::Detail(id) | ApiRoute::Control(id, _) | ApiRoute::File(id, _) => {
+                assert!(id.parse::<vpd::protocol::job::JobId>().is_ok(), "{path:?} routed to job {id:?}");
+                assert!(!id.contains(['/', '.']), "{path:?} routed to job {id:?}");
+            }
+            route if route.changes() => assert_eq!(method, Method::POST, "{path:?}: a change by {method}"),
+            _ => {}
+        }
+        // A Range header's part always lies inside the file.
+        for len in [0u64, 1, 100, 1 << 40] {
+            if let vpd::http::files::Ranged::Part(first, last) = vpd::http::files::range(Some(&text), len) {
+                assert!(first <= last && last < len, "{text:?} on {len} bytes gave {first}-{last}");
+            }
+        }
     });
 }
 
