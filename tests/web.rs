@@ -242,6 +242,8 @@ fn a_browser_signs_in_uploads_watches_plays_downloads_and_reruns() {
     assert!(charts[0].as_u64().unwrap() > 0, "throughput points: {charts}");
     assert_eq!(charts[1].as_u64(), Some(frames), "every frame in the latency chart: {charts}");
     assert!(charts[2].as_u64().unwrap() >= 1, "frames per worker: {charts}");
+    let marked = "performance.getEntriesByName('vpd:first-chart-point').length";
+    assert_eq!(browser.eval(marked).as_u64(), Some(1), "the page marks its first chart point once");
 
     // The page's player has the result's duration, within a frame; the download is the bytes
     // `vpd jobs fetch` gives.
@@ -300,6 +302,74 @@ fn a_browser_signs_in_uploads_watches_plays_downloads_and_reruns() {
     eprintln!("screenshots in {}", shots.display());
     let (code, log) = server.stop();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// Not a test but a measurement (`scripts/bench-web.sh`, BENCHMARKS.md): with a job running,
+/// the page is loaded `VPD_BENCH_LOADS` times (default 5), each time timing its first chart
+/// point from the navigation's start and from the end of its load event.
+#[test]
+#[ignore = "a benchmark: scripts/bench-web.sh runs it"]
+fn first_chart_point_after_page_load() {
+    let loads: usize = std::env::var("VPD_BENCH_LOADS").ok().and_then(|n| n.parse().ok()).unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    tokens_file(&tokens, true);
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--preview",
+        "127.0.0.1:0",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let base = server.preview.clone().unwrap();
+    // 900 frames of 720p through `faces`: long enough to load the page several times.
+    let input = dir.path().join("in.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-frames:v", "900"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast"])
+        .arg(&input)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let _job =
+        spawn_piped(client_cmd(&server.addr(), &input, "faces", &dir.path().join("out.mp4"), &["--token", ALICE]));
+    let mut browser = Browser::launch();
+    browser.viewport(1280, 900, false);
+    browser.navigate(&format!("{base}?token={ALICE}"));
+    let running = "(() => { const r = document.querySelector('#jobs tbody tr'); return !!r && r.dataset.status === 'running' \
+                   && +r.dataset.percent > 0; })()";
+    assert!(browser.wait_until(Duration::from_secs(60), running), "a job runs");
+    let mark = "performance.getEntriesByName('vpd:first-chart-point').length > 0";
+    let (mut from_start, mut from_load) = (Vec::new(), Vec::new());
+    for _ in 0..loads {
+        browser.navigate(&base);
+        assert!(browser.wait_until(Duration::from_secs(30), mark), "a chart point");
+        let t = browser.eval(
+            "[performance.getEntriesByName('vpd:first-chart-point')[0].startTime, \
+              performance.getEntriesByType('navigation')[0].loadEventEnd]",
+        );
+        let (point, load) = (t[0].as_f64().unwrap(), t[1].as_f64().unwrap());
+        from_start.push(point);
+        from_load.push(point - load);
+        assert_eq!(browser.eval("document.querySelector('#jobs tbody tr').dataset.status"), "running");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let show = |v: &[f64]| v.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(" ");
+    println!(
+        "first chart point, {loads} loads: from navigation start median {:.0} ms ({} ms); after the load event median {:.0} ms ({} ms)",
+        median(&mut from_start.clone()),
+        show(&from_start),
+        median(&mut from_load.clone()),
+        show(&from_load)
+    );
+    drop(browser);
+    let _ = server.stop();
 }
 
 #[test]

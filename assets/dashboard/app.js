@@ -486,6 +486,8 @@ function lineChart(chart, points) {
   const yMax = Math.max(1, ...points.map((p) => p[1])) * 1.1;
   axes(chart, yMax, `${fmt(tMax)} s`);
   if (!points.length) return;
+  // The first point drawn since the page loaded, for anyone timing the page (BENCHMARKS.md).
+  if (!performance.getEntriesByName('vpd:first-chart-point').length) performance.mark('vpd:first-chart-point');
   const x = (t) => L + (t / tMax) * (W - L);
   const y = (v) => H - B - (v / yMax) * (H - B - T);
   const d = points.map((p, i) => `${i ? 'L' : 'M'}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(' ');

@@ -378,12 +378,19 @@ pub(super) async fn upload<S: ChunkSource>(
     let left = target.size - target.offset;
     let deadline = upload_deadline(left);
     let count = source.count();
+    let started = std::time::Instant::now();
     let received = tokio::select! {
         received = tokio::time::timeout(deadline, receive_upload(source, target, arrived)) => received,
         too_slow = rate_floor(&count) => return Err(too_slow),
     };
     match received {
-        Ok(received) => received.map_err(|r| scrub.refusal(r)),
+        Ok(Ok(sha256)) => {
+            let seconds = started.elapsed().as_secs_f64();
+            let mb_per_s = (*arrived as f64 / 1e6 / seconds.max(1e-9) * 10.0).round() / 10.0;
+            info!(bytes = *arrived, seconds = (seconds * 1e3).round() / 1e3, mb_per_s, "upload received");
+            Ok(sha256)
+        }
+        Ok(Err(r)) => Err(scrub.refusal(r)),
         Err(_) => Err(lost(
             ErrorCode::Timeout,
             format!(
