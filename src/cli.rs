@@ -760,6 +760,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: bool,
 
+    /// Read the input live, as it comes, until Ctrl-C or its end: frames are dropped before
+    /// dispatch when the filters fall behind. Inferred for rtsp://, srt://, udp://, rtmp://,
+    /// http(s):// and other network URLs, and for /dev/video* devices.
+    #[arg(long, conflicts_with = "resume")]
+    pub live: bool,
+
+    /// The latency a live job is to stay under, in seconds, from a frame's packet being read to
+    /// its encoded packet being written [default: 1].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_latency: Option<f64>,
+
     /// The result's container, and how the job is reported.
     #[command(flatten)]
     pub result: ResultArgs,

@@ -211,6 +211,7 @@ impl FileConfig {
     /// One `vpd run` job of `input`.
     fn run_one(&self, args: RunArgs, input: PathBuf) -> anyhow::Result<RunConfig> {
         let s = layered(args.settings, &self.run)?;
+        let live = args.live || crate::media::live::is_live_input(&input);
         Ok(RunConfig {
             input,
             output: args.output,
@@ -223,6 +224,17 @@ impl FileConfig {
             segment_seconds: segment_seconds(s.segment_seconds)?,
             quiet: args.result.quiet,
             json: args.result.json,
+            live,
+            max_latency: match args.max_latency {
+                Some(s) if s.is_finite() && s > 0.0 && s <= 60.0 => std::time::Duration::from_secs_f64(s),
+                Some(s) => {
+                    return Err(usage(
+                        ErrorKind::ValueValidation,
+                        &format!("--max-latency {s} is out of range (more than 0, at most 60 seconds)"),
+                    ));
+                }
+                None => crate::pipeline::live::DEFAULT_MAX_LATENCY,
+            },
         })
     }
 
@@ -608,6 +620,10 @@ pub struct RunConfig {
     pub quiet: bool,
     /// Summary as JSON on stdout.
     pub json: bool,
+    /// Read the input live: as it comes, until Ctrl-C or its end, dropping frames to keep up.
+    pub live: bool,
+    /// The latency a live job is to stay under; it is warned about when it does not.
+    pub max_latency: std::time::Duration,
 }
 
 /// Default for `--segment-seconds`: a resume redoes at most this much video. Each segment

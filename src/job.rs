@@ -18,6 +18,7 @@ use crate::media::{
     check_output_path, frames_per_segment, join_segments,
 };
 use crate::metrics::{Buckets, JobSummary};
+use crate::pipeline::live::{LiveFeed, LiveSink};
 use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobError, JobOptions, JobReport, Observer, Start, run_job};
 use crate::protocol::wire::MAX_FRAME_PIXELS;
 use crate::transport::{JobContext, Transport};
@@ -68,6 +69,7 @@ pub struct OpenedJob {
     /// The frames' size after the filters, when they change it.
     size: Option<(u32, u32)>,
     started: Instant,
+    live: Option<Live>,
 }
 
 /// Opens `input` and prepares `output`. `face_cascade` is checked when the chain needs it and
@@ -79,6 +81,7 @@ pub fn open(
     options: &OutputOptions,
     face_cascade: Option<&Path>,
     writing: Writing,
+    live: Option<Live>,
 ) -> anyhow::Result<OpenedJob> {
     let started = Instant::now();
     // The file really written: the output itself, or what it links to.
@@ -87,7 +90,10 @@ pub fn open(
     if let Some(cascade) = face_cascade {
         chain.check_env(&FilterEnv { face_cascade: cascade.to_path_buf() })?;
     }
-    let mut source = MediaSource::open(input)?;
+    let mut source = match &live {
+        Some(_) => MediaSource::open_live(input, Arc::default())?,
+        None => MediaSource::open(input)?,
+    };
     let info = source.info();
     if u64::from(info.width) * u64::from(info.height) > MAX_FRAME_PIXELS {
         bail!("{}: {}x{} frames are over the 8192x8192 limit", input.display(), info.width, info.height);
@@ -142,7 +148,18 @@ pub fn open(
         start,
         size,
         started,
+        live,
     })
+}
+
+/// A live job: read as it comes until `stop` (the user's Ctrl-C: the job then ends cleanly,
+/// its output whole), frames dropped before dispatch when the filters fall behind.
+#[derive(Clone)]
+pub struct Live {
+    /// Ends the input, not the job: what is in flight is still written.
+    pub stop: crate::cancel::Stop,
+    /// What the job counts, for its views.
+    pub stats: Arc<crate::pipeline::live::LiveStats>,
 }
 
 impl OpenedJob {
@@ -173,6 +190,22 @@ impl OpenedJob {
             start: self.start.clone(),
         };
         let (report, size) = match self.sink {
+            Output::Direct(mut sink) if self.live.is_some() => {
+                let live = self.live.clone().expect("a live job");
+                let mut feed = LiveFeed::start(self.source, live.stop.clone(), live.stats.clone())?;
+                let report = {
+                    let mut measured = LiveSink::new(&mut sink, live.stats.clone());
+                    run_job(job, &mut feed, &mut measured, transport, &opts, observer)?
+                };
+                drop(feed);
+                let size = sink.size().unwrap_or(self.size.unwrap_or((info.width, info.height)));
+                sink.finish().map_err(anyhow::Error::from)?;
+                let wall = self.started.elapsed().as_secs_f64();
+                let codec = self.options.codec.to_string();
+                let mut summary = summarise(&self.input, &self.output, job, &codec, &info, size, &report, wall);
+                summary.live = Some(live.stats.summary());
+                return Ok(Finished { summary, latency: report.stats.latency.buckets() });
+            }
             Output::Direct(mut sink) => {
                 let report = run_job(job, &mut self.source, &mut sink, transport, &opts, observer)?;
                 let size = sink.size().unwrap_or(self.size.unwrap_or((info.width, info.height)));
@@ -254,6 +287,7 @@ pub(crate) fn summarise(
         resumed_at_frame: None,
         split: None,
         split_why: None,
+        live: None,
     }
 }
 

@@ -66,6 +66,46 @@ impl Observer for ProgressView {
     }
 }
 
+/// A live job's line on stderr: frames, fps, latency from read to written, drops and
+/// reconnects, instead of a bar and an ETA. Hidden when stderr is not a terminal.
+pub struct LiveView {
+    bar: ProgressView,
+    stats: std::sync::Arc<crate::pipeline::live::LiveStats>,
+}
+
+impl LiveView {
+    /// A line fed from `stats`; `visible: false` draws nothing.
+    pub fn new(stats: std::sync::Arc<crate::pipeline::live::LiveStats>, visible: bool) -> Self {
+        LiveView { bar: ProgressView::new(None, visible), stats }
+    }
+
+    /// Removes the line from the terminal.
+    pub fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+impl Observer for LiveView {
+    fn on_progress(&self, p: &Progress) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bar.0.set_position(p.done);
+        if p.done % 8 == 0 {
+            let latency = self.stats.latency();
+            let mut message = format!(
+                "live · latency p50 {:.0} ms p99 {:.0} ms · {} dropped",
+                latency.p50,
+                latency.p99,
+                self.stats.dropped.load(Relaxed)
+            );
+            let reconnects = self.stats.reconnects.load(Relaxed);
+            if reconnects > 0 {
+                message.push_str(&format!(" · input lost and back {reconnects}×"));
+            }
+            self.bar.0.set_message(message);
+        }
+    }
+}
+
 /// Prints `summary`: as text on stderr unless `quiet`, as one JSON line on stdout if `json`.
 pub fn print_summary(summary: &JobSummary, quiet: bool, json: bool) -> io::Result<()> {
     if !quiet {
@@ -98,6 +138,14 @@ fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
     }
     writeln!(w, "  filter latency   {}", percentiles(&s.filter_latency_ms))?;
     writeln!(w, "  frame latency    {}  (dispatch to result)", percentiles(&s.latency_ms))?;
+    if let Some(live) = &s.live {
+        writeln!(w, "  live latency     {}  (packet read to encoded packet written)", percentiles(&live.latency_ms))?;
+        writeln!(
+            w,
+            "  live             {} frames read, {} dropped to keep up, input lost and back {} times",
+            live.read, live.dropped, live.reconnects
+        )?;
+    }
     if s.wire_bytes_sent + s.wire_bytes_received > 0 {
         let per_frame = |b: u64| b as f64 / s.frames.max(1) as f64 / 1e3;
         writeln!(

@@ -30,6 +30,9 @@ use crate::transport::local::LocalTransport;
 
 /// Processes `cfg.input` into `cfg.output` and reports what it did.
 pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
+    if cfg.live {
+        return run_live(cfg, stop);
+    }
     // Held until the job has opened the pipe itself: the writer's first bytes wait in it.
     let _fifo = wait_for_writer(&cfg.input, &stop, cfg.quiet)?;
     let checkpoint = Checkpoint::for_run(cfg)?;
@@ -124,6 +127,7 @@ fn process(
         &cfg.output_options,
         Some(&cfg.filter_env.face_cascade),
         writing,
+        None,
     )?;
     if let Some(c) = checkpoint {
         c.describe()?;
@@ -137,6 +141,50 @@ fn process(
     let finished = opened.run(&job, &transport, window, &progress);
     progress.finish();
     finished
+}
+
+/// A live input, read as it comes until `stop` (Ctrl-C) or its end: no checkpoint and no
+/// resume; the job ends cleanly on the stop, writing what is in flight, so the output is whole.
+/// The window is the filter threads and one more, the fewest frames that keep every thread
+/// busy: a frame waits behind at most one other for its thread.
+fn run_live(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
+    if cfg.resume {
+        return Err(JobError::Failed(anyhow::anyhow!("--resume does not apply to a live input")));
+    }
+    let stats = std::sync::Arc::new(crate::pipeline::live::LiveStats::default());
+    let live = crate::job::Live { stop, stats: stats.clone() };
+    let opened = crate::job::open(
+        &cfg.input,
+        &cfg.output,
+        &cfg.chain,
+        &cfg.output_options,
+        Some(&cfg.filter_env.face_cascade),
+        Writing::Direct,
+        Some(live),
+    )?;
+    let window =
+        cfg.window.unwrap_or_else(|| std::num::NonZeroUsize::new(cfg.threads.get() + 1).expect("threads + 1 is not 0"));
+    // The job itself is not stopped by the user's stop: that ends the input.
+    let job = JobContext {
+        id: JobId::new(),
+        chain: cfg.chain.clone(),
+        stop: Stop::never(),
+        encoding: TransportEncoding::Raw,
+    };
+    let transport = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
+    let progress = crate::progress::LiveView::new(stats, !cfg.quiet);
+    let finished = opened.run(&job, &transport, window, &progress);
+    progress.finish();
+    let summary = finished?.summary;
+    if let Some(live) = &summary.live
+        && live.latency_ms.p99 > cfg.max_latency.as_secs_f64() * 1e3
+    {
+        warn!(
+            p99_ms = live.latency_ms.p99,
+            "latency went over --max-latency: the filter chain alone takes longer than that per frame here"
+        );
+    }
+    Ok(summary)
 }
 
 /// What a checkpoint is of: a resume must be of the same run.

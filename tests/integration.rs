@@ -8,6 +8,7 @@ mod durable;
 mod hardening;
 mod jobs;
 mod layers;
+mod live;
 mod logs;
 mod media;
 mod ops;

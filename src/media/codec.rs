@@ -300,6 +300,10 @@ pub fn check_output(path: &Path, options: &OutputOptions) -> Result<ffmpeg_next:
     super::init();
     let output = match &options.format {
         Some(name) => find_muxer(Some(name), None).ok_or_else(|| MediaError::UnknownContainer(name.clone()))?,
+        None if super::live::implied_format(path).is_some() => {
+            let name = super::live::implied_format(path).unwrap_or_default();
+            find_muxer(Some(name), None).ok_or_else(|| MediaError::UnknownContainer(name.into()))?
+        }
         None => {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
             if ext.is_empty() {

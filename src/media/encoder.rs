@@ -36,6 +36,9 @@ pub(super) struct Frames {
     pub transfer: color::TransferCharacteristic,
     /// Their sample aspect ratio.
     pub aspect_ratio: Rational,
+    /// A live stream: encoded for latency (x264 and x265 `zerolatency`: no B-frames, no
+    /// look-ahead; a keyframe a second unless `--keyint` says otherwise).
+    pub live: bool,
 }
 
 impl Frames {
@@ -54,6 +57,7 @@ impl Frames {
             primaries: source.primaries,
             transfer: source.transfer,
             aspect_ratio: source.aspect_ratio,
+            live: source.is_live(),
         }
     }
 }
@@ -148,6 +152,8 @@ impl VideoEncoder {
         }
         if let Some(keyint) = options.keyint {
             video.set_gop(keyint);
+        } else if f.live {
+            video.set_gop((f.fps.round() as u32).max(1));
         }
         let mut flags = codec::Flags::empty();
         if let Some(q) = options.qscale() {
@@ -161,6 +167,9 @@ impl VideoEncoder {
         let mut dict = Dictionary::new();
         for (key, value) in options.encoder_options()? {
             dict.set(key, &value);
+        }
+        if f.live && matches!(options.codec.encoder_name(), "libx264" | "libx265") {
+            dict.set("tune", "zerolatency");
         }
         if options.codec.encoder_name() == "ffv1" {
             dict.set("slices", &ffv1_slices(pix_fmt, size).to_string());

@@ -26,6 +26,7 @@ mod codec;
 pub mod convert;
 mod encoder;
 pub mod index;
+pub mod live;
 mod output;
 pub mod packets;
 mod segment;

@@ -22,7 +22,7 @@ const MAX_LINKS: usize = 40;
 /// An output that is a symbolic link is written *through*: the file it points to is
 /// replaced (or created) and the link stays, as `cp` and shell redirection do.
 pub fn check_output_path(input: &Path, output: &Path) -> Result<PathBuf, MediaError> {
-    if output == Path::new(STDIO) {
+    if output == Path::new(STDIO) || super::live::is_url(output) {
         return Ok(output.to_path_buf());
     }
     let target = follow_links(output)?;
@@ -86,13 +86,15 @@ fn follow_links(path: &Path) -> Result<PathBuf, MediaError> {
     })
 }
 
-/// Whether `target` is a device, a pipe or a socket: written to in place, as a stream, never
-/// through a file beside it renamed over it (that would replace `/dev/null` itself).
+/// Whether `target` is a network URL, a device, a pipe or a socket: written to in place, as a
+/// stream, never through a file beside it renamed over it (that would replace `/dev/null`
+/// itself).
 pub fn is_stream_target(target: &Path) -> bool {
-    std::fs::metadata(target).is_ok_and(|m| {
-        let t = m.file_type();
-        t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
-    })
+    super::live::is_url(target)
+        || std::fs::metadata(target).is_ok_and(|m| {
+            let t = m.file_type();
+            t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
+        })
 }
 
 /// Whether this process may create files in `dir`.

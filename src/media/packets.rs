@@ -359,6 +359,7 @@ fn frames_of(
         primaries: decoder.color_primaries(),
         transfer: decoder.color_transfer_characteristic(),
         aspect_ratio,
+        live: false,
     }
 }
 

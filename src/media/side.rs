@@ -18,8 +18,8 @@ pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 /// One entry, in demux order.
 pub enum Item {
     /// A video frame was decoded, with this presentation timestamp (in the input stream's
-    /// time base), if it had one.
-    Frame(Option<i64>),
+    /// time base), if it had one; the second is its place among the frames pushed, from 0.
+    Frame(Option<i64>, u64),
     /// A packet of a copied stream (its `stream()` is the input stream's index).
     Packet(Packet),
 }
@@ -34,6 +34,8 @@ pub struct SideQueue {
 struct Inner {
     items: VecDeque<Item>,
     bytes: usize,
+    /// Frames pushed so far.
+    frames: u64,
 }
 
 /// The queue is over [`MAX_QUEUED_BYTES`].
@@ -48,7 +50,19 @@ impl SideQueue {
 
     /// Records a decoded frame's timestamp.
     pub fn push_frame(&self, pts: Option<i64>) {
-        self.lock().items.push_back(Item::Frame(pts));
+        let mut inner = self.lock();
+        let seq = inner.frames;
+        inner.frames += 1;
+        inner.items.push_back(Item::Frame(pts, seq));
+    }
+
+    /// Forgets the frame pushed `seq`th (from 0), which a live input dropped before dispatch:
+    /// the packets queued around it stay, in order.
+    pub fn drop_frame(&self, seq: u64) {
+        let mut inner = self.lock();
+        if let Some(at) = inner.items.iter().position(|item| matches!(item, Item::Frame(_, s) if *s == seq)) {
+            inner.items.remove(at);
+        }
     }
 
     /// Queues a packet of a copied stream.
@@ -68,7 +82,7 @@ impl SideQueue {
         let mut inner = self.lock();
         while let Some(item) = inner.items.pop_front() {
             match item {
-                Item::Frame(pts) => return Some(pts),
+                Item::Frame(pts, _) => return Some(pts),
                 Item::Packet(p) => {
                     inner.bytes -= p.size();
                     packets.push(p);
@@ -88,7 +102,7 @@ impl SideQueue {
     /// The next frame's timestamp, left queued; `None` when no frame is queued.
     pub fn next_frame(&self) -> Option<Option<i64>> {
         self.lock().items.iter().find_map(|item| match item {
-            Item::Frame(pts) => Some(*pts),
+            Item::Frame(pts, _) => Some(*pts),
             Item::Packet(_) => None,
         })
     }
@@ -98,7 +112,7 @@ impl SideQueue {
     /// is sorted out at the join).
     pub fn skip_frame(&self) {
         let mut inner = self.lock();
-        if let Some(at) = inner.items.iter().position(|item| matches!(item, Item::Frame(_))) {
+        if let Some(at) = inner.items.iter().position(|item| matches!(item, Item::Frame(..))) {
             inner.items.remove(at);
         }
     }

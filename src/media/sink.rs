@@ -194,6 +194,7 @@ impl MediaSink {
             primaries: color::Primaries::BT709,
             transfer: color::TransferCharacteristic::BT709,
             aspect_ratio: Rational::new(1, 1),
+            live: false,
         };
         Self::open(frames, None, target, options, Video::Encode)
     }
@@ -207,7 +208,9 @@ impl MediaSink {
     ) -> Result<Self, MediaError> {
         let muxer = check_output(target, options)?;
         let stdout = target == Path::new(STDIO);
-        let pipe = stdout || is_stream_target(target);
+        // An HLS playlist is rewritten in place as its segments come, beside it.
+        let playlist = target.extension().is_some_and(|e| e.eq_ignore_ascii_case("m3u8"));
+        let pipe = stdout || playlist || is_stream_target(target);
         let (url, files) = if stdout {
             (PathBuf::from("pipe:1"), None)
         } else if pipe {
@@ -267,6 +270,13 @@ impl MediaSink {
             // A file: the index goes to the front, so a browser plays it while it downloads. A
             // pipe cannot be rewritten: fragments instead.
             header.set("movflags", if pipe { "frag_keyframe+empty_moov+default_base_moof" } else { "+faststart" });
+        }
+        if muxer.name() == "hls" {
+            // A rolling playlist: six segments of about two seconds (one keyframe interval each
+            // in a live job), the older ones removed as they leave it.
+            header.set("hls_time", "2");
+            header.set("hls_list_size", "6");
+            header.set("hls_flags", "delete_segments+independent_segments");
         }
         output.write_header_with(header).map_err(|e| write_error(&shown, e, 0))?;
         let video_tb = output.stream(0).expect("the video stream").time_base();

@@ -6,10 +6,12 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::color;
-use ffmpeg_next::{Packet, Rational, decoder, ffi, format, frame, media};
+use ffmpeg_next::{Packet, Rational, Rescale, decoder, ffi, format, frame, media};
 use opencv::core::{self as cv, Mat, RotateFlags};
 use tracing::warn;
 
@@ -96,6 +98,40 @@ pub struct MediaSource {
     first_pts: Option<i64>,
     ended: bool,
     warned_resize: bool,
+    /// Set to end a blocking read of a live input at once (FFmpeg's interrupt callback).
+    interrupt: Arc<AtomicBool>,
+    /// A live input: read as it comes, opened again when lost.
+    live: Option<Live>,
+    /// When the packet last sent to the decoder was read, and for each ready frame the read
+    /// time of the packet that let it out.
+    packet_read_at: Option<Instant>,
+    ready_read_at: VecDeque<Instant>,
+    handed_read_at: Option<Instant>,
+}
+
+/// How a live input was opened, to open it again, and how its timestamps run on across
+/// openings: from 0 at the first frame, in the first opening's time base, never backwards.
+#[derive(Clone)]
+struct Live {
+    /// The time base the output's timestamps are in: the first opening's.
+    out_tb: Rational,
+    /// Added to this opening's timestamps (rescaled); set at its first frame.
+    shift: Option<i64>,
+    /// Where this opening's first frame goes: just after the last frame of the one before.
+    next: i64,
+    /// The last timestamp handed out.
+    last: Option<i64>,
+}
+
+impl Live {
+    /// `pts` (in `tb`) on the output's timeline.
+    fn place(&mut self, pts: i64, tb: Rational) -> i64 {
+        let p = pts.rescale(tb, self.out_tb);
+        let shift = *self.shift.get_or_insert(self.next - p);
+        let placed = self.last.map_or(p + shift, |l| (p + shift).max(l + 1));
+        self.last = Some(placed);
+        placed
+    }
 }
 
 /// Decoded frames to upright 8-bit BGR: libswscale with the stream's matrix and range, at the
@@ -212,6 +248,81 @@ impl MediaSource {
         check_input(path)?;
         let url = if path == Path::new(STDIO) { PathBuf::from("pipe:0") } else { path.to_path_buf() };
         let input = format::input(&url).map_err(|_| MediaError::NotAVideo(path.to_path_buf()))?;
+        Self::from_input(path, input, None, Arc::default(), None)
+    }
+
+    /// Opens a live input (a network URL, a capture device, or a file or pipe read as one):
+    /// its video only. Setting `interrupt` ends a read blocked on the network at once (FFmpeg's
+    /// interrupt callback), and any read after it. Its first frame is decoded, as
+    /// [`MediaSource::open`] does.
+    pub fn open_live(path: &Path, interrupt: Arc<AtomicBool>) -> Result<Self, MediaError> {
+        Self::open_live_after(path, interrupt, None)
+    }
+
+    /// [`MediaSource::open_live`], going on from `before` (the opening that was lost): its side
+    /// queue and its timeline.
+    fn open_live_after(
+        path: &Path,
+        interrupt: Arc<AtomicBool>,
+        before: Option<&MediaSource>,
+    ) -> Result<Self, MediaError> {
+        super::init();
+        if !super::live::is_url(path) && !super::live::is_capture_device(path) {
+            check_input(path)?;
+        }
+        let url = if path == Path::new(STDIO) { PathBuf::from("pipe:0") } else { path.to_path_buf() };
+        let mut options = ffmpeg_next::Dictionary::new();
+        for (k, v) in super::live::input_options(path) {
+            options.set(k, &v);
+        }
+        let flag = interrupt.clone();
+        let input = format::input_with_interrupt_and_dictionary(&url, move || flag.load(Ordering::Relaxed), options)
+            .map_err(|e| match e {
+                _ if interrupt.load(Ordering::Relaxed) => MediaError::Io {
+                    path: path.to_path_buf(),
+                    cause: std::io::Error::new(ErrorKind::Interrupted, "stopped while opening"),
+                },
+                ffmpeg_next::Error::Other { errno } if errno != 0 => {
+                    MediaError::Io { path: path.to_path_buf(), cause: std::io::Error::from_raw_os_error(errno) }
+                }
+                error => MediaError::Ffmpeg { path: path.to_path_buf(), what: "opening the live input", error },
+            })?;
+        let live = match before.and_then(|b| b.live.as_ref().map(|l| (b, l))) {
+            Some((b, l)) => {
+                let frame = 1i64.rescale(Rational::from(b.info.fps).invert(), l.out_tb).max(1);
+                Live { out_tb: l.out_tb, shift: None, next: l.last.map_or(0, |t| t + frame), last: l.last }
+            }
+            None => Live { out_tb: Rational::new(0, 1), shift: None, next: 0, last: None },
+        };
+        Self::from_input(path, input, Some(live), interrupt, before.map(|b| b.side.clone()))
+    }
+
+    /// The same live input opened again (after it was lost), with the same side queue.
+    pub fn reopen(&self) -> Result<Self, MediaError> {
+        if self.live.is_none() {
+            return Err(MediaError::Io {
+                path: self.path.clone(),
+                cause: std::io::Error::other("only a live input is opened again"),
+            });
+        }
+        let fresh = Self::open_live_after(&self.path, self.interrupt.clone(), Some(self))?;
+        if fresh.info.width != self.info.width || fresh.info.height != self.info.height {
+            warn!(
+                input = %self.path.display(),
+                "the live input came back at {}x{}; scaling it to {}x{}",
+                fresh.info.width, fresh.info.height, self.info.width, self.info.height
+            );
+        }
+        Ok(fresh)
+    }
+
+    fn from_input(
+        path: &Path,
+        input: format::context::Input,
+        mut live: Option<Live>,
+        interrupt: Arc<AtomicBool>,
+        side: Option<Arc<SideQueue>>,
+    ) -> Result<Self, MediaError> {
         let stream =
             input.streams().best(media::Type::Video).ok_or_else(|| MediaError::NoVideoStream(path.to_path_buf()))?;
         let video = stream.index();
@@ -259,7 +370,16 @@ impl MediaSource {
         if info.width == 0 || info.height == 0 {
             return Err(MediaError::NoFrames(path.to_path_buf()));
         }
-        let copied = input.streams().map(|s| s.index() != video && copyable(s.parameters().medium())).collect();
+        // A live job carries its video only: what it drops would tear the other streams.
+        let copied = input
+            .streams()
+            .map(|s| live.is_none() && s.index() != video && copyable(s.parameters().medium()))
+            .collect();
+        let expected_end = if live.is_some() { None } else { expected_end };
+        if let Some(l) = live.as_mut().filter(|l| l.out_tb.numerator() == 0) {
+            l.out_tb = time_base;
+        }
+        let time_base = live.as_ref().map_or(time_base, |l| l.out_tb);
         let mut source = MediaSource {
             path: path.to_path_buf(),
             input,
@@ -272,7 +392,7 @@ impl MediaSource {
             transfer,
             aspect_ratio,
             copied,
-            side: Arc::new(SideQueue::default()),
+            side: side.unwrap_or_default(),
             converter,
             ready: VecDeque::new(),
             decoded: 0,
@@ -281,6 +401,11 @@ impl MediaSource {
             first_pts: None,
             ended: false,
             warned_resize: false,
+            interrupt,
+            live,
+            packet_read_at: None,
+            ready_read_at: VecDeque::new(),
+            handed_read_at: None,
         };
         source.fill()?;
         if source.ready.is_empty() {
@@ -300,7 +425,16 @@ impl MediaSource {
             // A fresh packet each time: av_read_frame does not release what a packet held.
             let mut packet = Packet::empty();
             match packet.read(&mut self.input) {
-                Ok(()) => {}
+                Ok(()) => self.packet_read_at = Some(Instant::now()),
+                // A live input that broke or was stopped: its reader decides what comes next.
+                Err(e) if self.live.is_some() && !matches!(e, ffmpeg_next::Error::Eof) => {
+                    self.ended = true;
+                    return Err(MediaError::Ffmpeg {
+                        path: self.path.clone(),
+                        what: "reading the live input",
+                        error: e,
+                    });
+                }
                 Err(ffmpeg_next::Error::Eof) => {
                     let _ = self.decoder.send_eof();
                     self.receive()?;
@@ -329,13 +463,18 @@ impl MediaSource {
         let mut decoded = frame::Video::empty();
         while self.decoder.receive_frame(&mut decoded).is_ok() {
             let mat = self.convert(&decoded)?;
-            let pts = decoded.timestamp();
+            let stream_tb = self.input.stream(self.video).map_or(self.time_base, |s| s.time_base());
+            let pts = match &mut self.live {
+                Some(live) => decoded.timestamp().map(|p| live.place(p, stream_tb)),
+                None => decoded.timestamp(),
+            };
             if let Some(p) = pts {
                 self.first_pts.get_or_insert(p);
                 self.last_pts = Some(self.last_pts.map_or(p, |l| l.max(p)));
             }
             self.side.push_frame(pts);
             self.ready.push_back(mat);
+            self.ready_read_at.push_back(self.packet_read_at.unwrap_or_else(Instant::now));
         }
         Ok(())
     }
@@ -367,6 +506,38 @@ impl MediaSource {
 }
 
 impl MediaSource {
+    /// The input as the user named it.
+    pub fn shown(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the input is read live ([`MediaSource::open_live`]).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Whether the input is live and was opened over the network or from a device: lost, it
+    /// is opened again rather than ended.
+    pub fn is_network(&self) -> bool {
+        self.live.is_some() && (super::live::is_url(&self.path) || super::live::is_capture_device(&self.path))
+    }
+
+    /// Set to end a blocking read at once.
+    pub fn interrupt(&self) -> Arc<AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    /// When the packet that let the frame last handed out of the decoder was read.
+    pub fn last_read_at(&self) -> Option<Instant> {
+        self.handed_read_at
+    }
+
+    /// Forgets the `seq`th frame handed out (from 0, across openings), which a live job
+    /// dropped before dispatch: the sink will not wait for it.
+    pub fn drop_frame(&self, seq: u64) {
+        self.side.drop_frame(seq);
+    }
+
     /// Skips the first `committed` frames, which a resumed job already wrote, so that the next
     /// frame is frame `committed`; returns frame `committed - 1` when `keep_previous` (the true
     /// previous source frame, for `motion`). `last_pts` is that frame's timestamp: the input is
@@ -402,6 +573,7 @@ impl MediaSource {
         }
         self.decoder.flush();
         self.ready.clear();
+        self.ready_read_at.clear();
         self.side.clear();
         self.ended = false;
         let mut reached = false;
@@ -409,6 +581,7 @@ impl MediaSource {
             if self.ready.is_empty() {
                 self.fill()?;
             }
+            let read_at = self.ready_read_at.pop_front();
             let Some(frame) = self.ready.pop_front() else {
                 // Every frame was committed: nothing is left to do but the join.
                 if reached {
@@ -421,6 +594,9 @@ impl MediaSource {
             match self.side.next_frame().flatten() {
                 Some(p) if p > last => {
                     self.ready.push_front(frame);
+                    if let Some(at) = read_at {
+                        self.ready_read_at.push_front(at);
+                    }
                     break;
                 }
                 Some(p) if p == last => {
@@ -465,6 +641,7 @@ impl FrameSource for MediaSource {
         match self.ready.pop_front() {
             Some(frame) => {
                 self.decoded += 1;
+                self.handed_read_at = self.ready_read_at.pop_front();
                 Ok(Some(frame))
             }
             None => {

@@ -274,6 +274,7 @@ mod tests {
             primaries,
             transfer,
             aspect_ratio: Rational::new(1, 1),
+            live: false,
         };
         let options = OutputOptions { codec: codec.parse().unwrap(), ..OutputOptions::default() };
         let container = Container { constant_rate: false, global_header: true };

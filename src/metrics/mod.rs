@@ -328,6 +328,9 @@ pub struct JobSummary {
     /// Why it chose that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_why: Option<String>,
+    /// A live job's reads, drops, reconnects and latency from read to written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveSummary>,
 }
 
 impl JobSummary {
@@ -453,4 +456,17 @@ mod tests {
         assert_eq!(s.per_worker[&a], 2);
         assert_eq!(s.per_worker[&b], 1);
     }
+}
+
+/// A live job's counts, in its summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveSummary {
+    /// Frames read from the input.
+    pub read: u64,
+    /// Frames dropped before dispatch because the filters could not keep up.
+    pub dropped: u64,
+    /// Times the input was lost and opened again.
+    pub reconnects: u64,
+    /// From a frame's packet being read to its encoded packet being written.
+    pub latency_ms: Percentiles,
 }

@@ -17,6 +17,7 @@
 //! filter failed is written as the original, and so that it can tell a first result from a
 //! duplicate.
 
+pub mod live;
 pub mod reorder;
 
 use std::collections::HashMap;

@@ -339,7 +339,7 @@ async fn open(
                         .map(|(_, r)| r)
                         .collect();
                     let writing = Writing::Segmented { dir, seconds, committed, on_commit };
-                    crate::job::open(&input, &result, &spec.chain, &spec.output, cascade.as_deref(), writing)
+                    crate::job::open(&input, &result, &spec.chain, &spec.output, cascade.as_deref(), writing, None)
                         .map(|j| Opened::Frames(Box::new(j), why))
                 }
             }

@@ -1,0 +1,162 @@
+//! Live streams (issue 23): ffmpeg as the live source (`-re`, `testsrc2`, MPEG-TS over UDP and
+//! SRT), `vpd run` reading it as it comes, and ffprobe or ffmpeg as the receiver.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::cluster::*;
+use crate::util::*;
+
+/// A free UDP port on loopback (bound, read, released).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `ffmpeg -re` sending `seconds` of `testsrc2` at `size` and `rate`, H.264 in MPEG-TS, to `url`.
+fn live_source(url: &str, size: &str, rate: u32, seconds: u32) -> ChildGuard {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate={rate}"))
+        .args(["-t", &seconds.to_string(), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
+        .args(["-g", &rate.to_string(), "-f", "mpegts", url]);
+    ChildGuard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
+}
+
+/// Waits for `child` to exit by itself (at most `limit`).
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let mut status = None;
+    assert!(
+        wait_for(limit, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "did not exit within {limit:?}"
+    );
+    status.unwrap()
+}
+
+/// The video packets' presentation timestamps in `path`, in file order.
+fn video_pts(path: &Path) -> Vec<i64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect()
+}
+
+/// `vpd run INPUT ARGS --json` started, its output piped.
+fn vpd_live(input: &str, args: &[&str]) -> ChildGuard {
+    let mut cmd = vpd();
+    cmd.arg("run").arg(input).args(args).arg("--json");
+    spawn_piped(cmd)
+}
+
+/// Ends a live `vpd run` with SIGINT, as Ctrl-C does, and returns its summary.
+fn interrupt(mut run: ChildGuard) -> Value {
+    signal(&run.0, libc::SIGINT);
+    let mut stdout = run.0.stdout.take().unwrap();
+    let (code, err) = wait_output(&mut run.0);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    assert_eq!(code, Some(0), "a live job ended by Ctrl-C ends cleanly: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out} {err}"))
+}
+
+#[test]
+fn a_udp_stream_is_filtered_as_it_comes_and_ctrl_c_leaves_a_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live.mp4");
+    let url = format!("udp://127.0.0.1:{}", free_udp_port());
+    let run = vpd_live(&url, &["-f", "edges", "-o", out.to_str().unwrap()]);
+    // 4 s at 25 fps, sent in real time.
+    let mut source = live_source(&format!("{url}?pkt_size=1316"), "320x240", 25, 4);
+    assert!(wait_exit(&mut source.0, Duration::from_secs(30)).success());
+    assert!(!out.exists(), "the output appears only once whole");
+    let summary = interrupt(run);
+
+    let live = &summary["live"];
+    let frames = summary["frames"].as_u64().unwrap();
+    // What came before the job had opened the input is lost, as on any live stream.
+    assert!(frames >= 50, "frames of the 100 sent were processed: {summary}");
+    assert_eq!(live["read"].as_u64().unwrap(), frames + live["dropped"].as_u64().unwrap(), "{summary}");
+    assert!(live["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "latency is measured: {summary}");
+    assert_eq!(ffprobe(&out).frames, frames, "the file holds every frame written, and plays");
+    let pts = video_pts(&out);
+    assert_eq!(pts.len() as u64, frames);
+    let mut sorted = pts.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), pts.len(), "presentation timestamps are distinct: {pts:?}");
+    assert!(sorted[0] >= 0, "they start at the stream's start, not before: {pts:?}");
+}
+
+#[test]
+fn an_srt_source_in_caller_mode_goes_out_as_mpeg_ts_over_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let srt_port = free_udp_port();
+    // ffmpeg listens; vpd calls it.
+    let mut source = live_source(&format!("srt://127.0.0.1:{srt_port}?mode=listener"), "320x240", 25, 5);
+    // The receiver: every datagram that arrives, kept as it came, for ffprobe to read.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let out_port = socket.local_addr().unwrap().port();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let received = dir.path().join("received.ts");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let receiver = std::thread::spawn({
+        let (done, received) = (done.clone(), received.clone());
+        move || {
+            let (mut bytes, mut buf) = (Vec::new(), vec![0u8; 65536]);
+            loop {
+                match socket.recv(&mut buf) {
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                    Err(_) if done.load(std::sync::atomic::Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            std::fs::write(&received, bytes).unwrap();
+        }
+    });
+    let run = vpd_live(
+        &format!("srt://127.0.0.1:{srt_port}?mode=caller"),
+        &["-f", "blur", "-o", &format!("udp://127.0.0.1:{out_port}?pkt_size=1316")],
+    );
+    assert!(wait_exit(&mut source.0, Duration::from_secs(30)).success());
+    let summary = interrupt(run);
+    let frames = summary["frames"].as_u64().unwrap();
+    assert!(frames >= 50, "{summary}");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    receiver.join().unwrap();
+    let probe = ffprobe(&received);
+    assert!(probe.frames >= frames / 2, "the receiver got {} of {frames} frames", probe.frames);
+    let pts = video_pts(&received);
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "monotonic timestamps on the wire: {pts:?}");
+}
+
+#[test]
+fn a_chain_slower_than_the_stream_drops_frames_before_dispatch_and_keeps_latency_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("overload.mkv");
+    let url = format!("udp://127.0.0.1:{}", free_udp_port());
+    // 720p60 through a chain far slower than 60 fps on one thread.
+    let run = vpd_live(
+        &url,
+        &["-f", "denoise,blur:ksize=31,sharpen", "--threads", "1", "--max-latency", "1", "-o", out.to_str().unwrap()],
+    );
+    let mut source = live_source(&format!("{url}?pkt_size=1316"), "1280x720", 60, 5);
+    assert!(wait_exit(&mut source.0, Duration::from_secs(60)).success());
+    let summary = interrupt(run);
+    let live = &summary["live"];
+    let (read, dropped) = (live["read"].as_u64().unwrap(), live["dropped"].as_u64().unwrap());
+    assert!(dropped > 0 && dropped * 4 > read, "most frames are dropped, not queued: {summary}");
+    let p99 = live["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(p99 <= 1000.0, "latency p99 {p99} ms stays under --max-latency: {summary}");
+    let frames = summary["frames"].as_u64().unwrap();
+    assert_eq!(ffprobe(&out).frames, frames);
+    let pts = video_pts(&out);
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "monotonic, with gaps where frames were dropped: {pts:?}");
+}
