@@ -160,6 +160,8 @@ pub struct Live {
     pub stop: crate::cancel::Stop,
     /// What the job counts, for its views.
     pub stats: Arc<crate::pipeline::live::LiveStats>,
+    /// How long a frame may wait for dispatch while a newer one is there.
+    pub max_wait: std::time::Duration,
 }
 
 impl OpenedJob {
@@ -192,7 +194,7 @@ impl OpenedJob {
         let (report, size) = match self.sink {
             Output::Direct(mut sink) if self.live.is_some() => {
                 let live = self.live.clone().expect("a live job");
-                let mut feed = LiveFeed::start(self.source, live.stop.clone(), live.stats.clone())?;
+                let mut feed = LiveFeed::start(self.source, live.stop.clone(), live.stats.clone(), live.max_wait)?;
                 let report = {
                     let mut measured = LiveSink::new(&mut sink, live.stats.clone());
                     run_job(job, &mut feed, &mut measured, transport, &opts, observer)?

@@ -140,6 +140,7 @@ fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
     writeln!(w, "  frame latency    {}  (dispatch to result)", percentiles(&s.latency_ms))?;
     if let Some(live) = &s.live {
         writeln!(w, "  live latency     {}  (packet read to encoded packet written)", percentiles(&live.latency_ms))?;
+        writeln!(w, "  of which encode  {}", percentiles(&live.encode_ms))?;
         writeln!(
             w,
             "  live             {} frames read, {} dropped to keep up, input lost and back {} times",

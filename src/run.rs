@@ -146,13 +146,16 @@ fn process(
 /// A live input, read as it comes until `stop` (Ctrl-C) or its end: no checkpoint and no
 /// resume; the job ends cleanly on the stop, writing what is in flight, so the output is whole.
 /// The window is the filter threads and one more, the fewest frames that keep every thread
-/// busy: a frame waits behind at most one other for its thread.
+/// busy: a frame waits behind at most one other for its thread. Frames wait for dispatch at
+/// most a quarter of `--max-latency` while a newer one is there.
 fn run_live(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
     if cfg.resume {
         return Err(JobError::Failed(anyhow::anyhow!("--resume does not apply to a live input")));
     }
     let stats = std::sync::Arc::new(crate::pipeline::live::LiveStats::default());
-    let live = crate::job::Live { stop, stats: stats.clone() };
+    // A quarter of the latency allowed goes to waiting for dispatch (a burst of frames from
+    // the network is taken in, a backlog is not); the rest is the filters' and the encoder's.
+    let live = crate::job::Live { stop, stats: stats.clone(), max_wait: cfg.max_latency / 4 };
     let opened = crate::job::open(
         &cfg.input,
         &cfg.output,

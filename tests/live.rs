@@ -25,6 +25,17 @@ fn live_source(url: &str, size: &str, rate: u32, seconds: u32) -> ChildGuard {
     ChildGuard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
 }
 
+/// Waits until something listens on UDP `port` on this host (an SRT listener is up).
+fn wait_udp_bound(port: u16) {
+    let hex = format!(":{port:04X} ");
+    let bound = || {
+        ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .any(|t| std::fs::read_to_string(t).is_ok_and(|text| text.lines().skip(1).any(|l| l.contains(&hex))))
+    };
+    assert!(wait_for(Duration::from_secs(20), bound), "nothing listens on UDP port {port}");
+}
+
 /// Waits for `child` to exit by itself (at most `limit`).
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let mut status = None;
@@ -42,6 +53,17 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 fn video_pts(path: &Path) -> Vec<i64> {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect()
+}
+
+/// The video frames' presentation times in `path`, in seconds, in presentation order.
+fn video_times(path: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0"])
         .arg(path)
         .output()
         .unwrap();
@@ -101,6 +123,7 @@ fn an_srt_source_in_caller_mode_goes_out_as_mpeg_ts_over_udp() {
     let srt_port = free_udp_port();
     // ffmpeg listens; vpd calls it.
     let mut source = live_source(&format!("srt://127.0.0.1:{srt_port}?mode=listener"), "320x240", 25, 5);
+    wait_udp_bound(srt_port);
     // The receiver: every datagram that arrives, kept as it came, for ffprobe to read.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let out_port = socket.local_addr().unwrap().port();
@@ -159,4 +182,32 @@ fn a_chain_slower_than_the_stream_drops_frames_before_dispatch_and_keeps_latency
     assert_eq!(ffprobe(&out).frames, frames);
     let pts = video_pts(&out);
     assert!(pts.windows(2).all(|w| w[0] < w[1]), "monotonic, with gaps where frames were dropped: {pts:?}");
+}
+
+#[test]
+fn a_lost_source_is_opened_again_and_the_same_output_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("resumed.mp4");
+    let port = free_udp_port();
+    let listen = format!("srt://127.0.0.1:{port}?mode=listener");
+    // The first sender: 3 s, then it is gone; vpd, calling it, loses its input.
+    let mut first = live_source(&listen, "320x240", 25, 3);
+    wait_udp_bound(port);
+    let run = vpd_live(&format!("srt://127.0.0.1:{port}?mode=caller"), &["-f", "edges", "-o", out.to_str().unwrap()]);
+    assert!(wait_exit(&mut first.0, Duration::from_secs(30)).success());
+    // The second: vpd finds it again and writes on into the same output.
+    let mut second = live_source(&listen, "320x240", 25, 4);
+    assert!(wait_exit(&mut second.0, Duration::from_secs(30)).success());
+    let summary = interrupt(run);
+    let live = &summary["live"];
+    assert!(live["reconnects"].as_u64().unwrap() >= 1, "the input was opened again: {summary}");
+    let frames = summary["frames"].as_u64().unwrap();
+    assert!(frames > 75 + 20, "frames from both senders (75, then 100): {summary}");
+    let times = video_times(&out);
+    assert_eq!(times.len() as u64, frames, "{summary}");
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "one timeline, never back: {times:?}");
+    // The second sender's clock starts again; its frames go on after the first's, a frame
+    // apart, not piled on one instant.
+    let span = times[times.len() - 1] - times[0];
+    assert!(span >= (frames - 1) as f64 / 25.0 * 0.9, "{frames} frames span {span} s: {times:?}");
 }

@@ -105,8 +105,8 @@ pub struct MediaSource {
     /// When the packet last sent to the decoder was read, and for each ready frame the read
     /// time of the packet that let it out.
     packet_read_at: Option<Instant>,
-    ready_read_at: VecDeque<Instant>,
-    handed_read_at: Option<Instant>,
+    ready_read_at: VecDeque<(Instant, Option<i64>)>,
+    handed_read_at: Option<(Instant, Option<i64>)>,
 }
 
 /// How a live input was opened, to open it again, and how its timestamps run on across
@@ -123,12 +123,29 @@ struct Live {
     last: Option<i64>,
 }
 
+/// A jump in a live input's timestamps larger than this is a discontinuity (a sender that
+/// restarted, a wrapped clock), not a gap in the stream.
+const LIVE_JUMP_SECONDS: i64 = 10;
+
 impl Live {
-    /// `pts` (in `tb`) on the output's timeline.
-    fn place(&mut self, pts: i64, tb: Rational) -> i64 {
+    /// `pts` (in `tb`) on the output's timeline, `frame` (one frame's duration in the output's
+    /// time base) after the last when the input's own timestamps went back or jumped ahead.
+    fn place(&mut self, pts: i64, tb: Rational, frame: i64) -> i64 {
         let p = pts.rescale(tb, self.out_tb);
         let shift = *self.shift.get_or_insert(self.next - p);
-        let placed = self.last.map_or(p + shift, |l| (p + shift).max(l + 1));
+        let Some(last) = self.last else {
+            self.last = Some(p + shift);
+            return p + shift;
+        };
+        let jump = LIVE_JUMP_SECONDS.rescale(Rational::new(1, 1), self.out_tb);
+        let placed = if p + shift <= last || p + shift > last + jump {
+            // A discontinuity: the timeline goes on one frame after the last frame.
+            tracing::info!("the live input's timestamps jumped; going on from the last frame");
+            self.shift = Some(last + frame - p);
+            last + frame
+        } else {
+            p + shift
+        };
         self.last = Some(placed);
         placed
     }
@@ -464,8 +481,9 @@ impl MediaSource {
         while self.decoder.receive_frame(&mut decoded).is_ok() {
             let mat = self.convert(&decoded)?;
             let stream_tb = self.input.stream(self.video).map_or(self.time_base, |s| s.time_base());
+            let frame = 1i64.rescale(Rational::from(self.info.fps).invert(), self.time_base).max(1);
             let pts = match &mut self.live {
-                Some(live) => decoded.timestamp().map(|p| live.place(p, stream_tb)),
+                Some(live) => decoded.timestamp().map(|p| live.place(p, stream_tb, frame)),
                 None => decoded.timestamp(),
             };
             if let Some(p) = pts {
@@ -474,7 +492,7 @@ impl MediaSource {
             }
             self.side.push_frame(pts);
             self.ready.push_back(mat);
-            self.ready_read_at.push_back(self.packet_read_at.unwrap_or_else(Instant::now));
+            self.ready_read_at.push_back((self.packet_read_at.unwrap_or_else(Instant::now), pts));
         }
         Ok(())
     }
@@ -529,13 +547,20 @@ impl MediaSource {
 
     /// When the packet that let the frame last handed out of the decoder was read.
     pub fn last_read_at(&self) -> Option<Instant> {
-        self.handed_read_at
+        self.handed_read_at.map(|(at, _)| at)
+    }
+
+    /// The presentation time of the frame last handed out, in seconds, where it has one.
+    pub fn last_time(&self) -> Option<f64> {
+        self.handed_read_at.and_then(|(_, pts)| pts).map(|p| p as f64 * f64::from(self.time_base))
     }
 
     /// Forgets the `seq`th frame handed out (from 0, across openings), which a live job
-    /// dropped before dispatch: the sink will not wait for it.
-    pub fn drop_frame(&self, seq: u64) {
-        self.side.drop_frame(seq);
+    /// dropped before dispatch, so that the sink does not take its timestamp: callable from any
+    /// thread, for as long as the job runs.
+    pub fn frame_forgetter(&self) -> Box<dyn Fn(u64) + Send + Sync> {
+        let side = self.side.clone();
+        Box::new(move |seq| side.drop_frame(seq))
     }
 
     /// Skips the first `committed` frames, which a resumed job already wrote, so that the next

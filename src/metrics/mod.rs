@@ -469,4 +469,8 @@ pub struct LiveSummary {
     pub reconnects: u64,
     /// From a frame's packet being read to its encoded packet being written.
     pub latency_ms: Percentiles,
+    /// Of that, the encoder's and the muxer's own part: from a filtered frame going to the
+    /// encoder to its packet being written.
+    #[serde(default)]
+    pub encode_ms: Percentiles,
 }

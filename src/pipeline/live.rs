@@ -10,11 +10,11 @@
 //! packet was written ([`LiveSink`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TrySendError, bounded, select};
+use crossbeam_channel::{bounded, select};
 use opencv::core::Mat;
 use tracing::{info, warn};
 
@@ -36,6 +36,8 @@ pub struct LiveStats {
     /// Times the input was lost and opened again.
     pub reconnects: AtomicU64,
     latency: Mutex<LatencyHistogram>,
+    /// Each frame's encode and write: the encoder's own part of the latency.
+    encode: Mutex<LatencyHistogram>,
     /// Each dispatched frame's read time, oldest first, until its encoded packet is written.
     in_flight: Mutex<std::collections::VecDeque<Instant>>,
 }
@@ -53,21 +55,40 @@ impl LiveStats {
             dropped: self.dropped.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             latency_ms: self.latency(),
+            encode_ms: self.encode.lock().unwrap_or_else(|p| p.into_inner()).percentiles(),
         }
     }
 }
 
-/// A frame read, with when its packet was read and its place in the side queue.
+/// A frame read, with when its packet was read, its presentation time in seconds, and its
+/// place in the side queue.
 struct Read {
     frame: Mat,
     at: Instant,
+    time: Option<f64>,
     seq: u64,
 }
 
-/// The newest frame of a live input, for the pipeline to take as it can.
+/// Bytes of decoded frames a live feed holds waiting for dispatch, at most.
+const WAITING_BYTES: usize = 128 << 20;
+
+/// Frames read and not yet dispatched, oldest first.
+#[derive(Default)]
+struct Waiting {
+    frames: std::collections::VecDeque<Read>,
+    /// The reader has ended: nothing more will come.
+    ended: bool,
+}
+
+/// The frames of a live input as they come, for the pipeline to take as it can; those that
+/// waited too long go.
 pub struct LiveFeed {
-    frames: Receiver<Read>,
+    waiting: Arc<(Mutex<Waiting>, Condvar)>,
     stats: Arc<LiveStats>,
+    /// How long a frame may wait for dispatch before a newer one takes its place.
+    max_wait: Duration,
+    /// Forgets a dropped frame's entry in the sink's side queue.
+    forget: Box<dyn Fn(u64) + Send + Sync>,
     reader: Option<thread::JoinHandle<anyhow::Result<()>>>,
     done: Arc<AtomicBool>,
     /// Ends the reader's blocking read at once.
@@ -79,8 +100,14 @@ pub struct LiveFeed {
 impl LiveFeed {
     /// Starts reading `source` (its first frame is already decoded) on a thread of its own,
     /// until `stop` fires or the input ends; a network input or a device that is lost is
-    /// opened again, with backoff, for as long as the job runs.
-    pub fn start(mut source: MediaSource, stop: Stop, stats: Arc<LiveStats>) -> anyhow::Result<Self> {
+    /// opened again, with backoff, for as long as the job runs. A frame waits for dispatch at
+    /// most `max_wait` while a newer one is there: bursts are taken in, a backlog is not.
+    pub fn start(
+        mut source: MediaSource,
+        stop: Stop,
+        stats: Arc<LiveStats>,
+        max_wait: Duration,
+    ) -> anyhow::Result<Self> {
         // The stop (or the feed's end) interrupts a read blocked on the network at once.
         let interrupt = source.interrupt();
         let (ended_tx, ended_rx) = bounded::<()>(0);
@@ -93,76 +120,22 @@ impl LiveFeed {
             }
             flag.store(true, Ordering::Relaxed);
         })?;
-        // One frame waits at most: a newer one replaces it.
-        let (tx, rx) = bounded::<Read>(1);
-        let take_back = rx.clone();
+        let info = source.info();
+        // Enough frames for a burst of `max_wait`, within WAITING_BYTES.
+        let by_time = (info.fps * max_wait.as_secs_f64()).ceil() as usize + 2;
+        let cap = by_time.min(WAITING_BYTES / info.frame_bytes().max(1)).max(2);
+        let waiting = Arc::new((Mutex::new(Waiting::default()), Condvar::new()));
+        let forget = source.frame_forgetter();
         let done = Arc::new(AtomicBool::new(false));
-        let reader_done = done.clone();
-        let reader_stats = stats.clone();
+        let (reader_done, reader_stats, queue) = (done.clone(), stats.clone(), waiting.clone());
         let reader = thread::Builder::new().name("vpd-live-read".into()).spawn(move || {
-            let stats = reader_stats;
-            let mut seq = 0u64;
-            let mut backoff = Duration::from_millis(250);
-            loop {
-                if stop.is_stopped() || reader_done.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                let next = source.next_frame();
-                let frame = match next {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) if !source.is_network() => return Ok(()),
-                    // A device or a stream that ended or broke: open it again, with backoff.
-                    lost => {
-                        if stop.is_stopped() || reader_done.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let why = match lost {
-                            Err(e) => format!("{e:#}"),
-                            _ => "the stream ended".into(),
-                        };
-                        warn!(input = %source.shown().display(), %why, "the live input was lost; opening it again");
-                        loop {
-                            if stop.receiver().recv_timeout(backoff).is_ok() || stop.is_stopped() {
-                                return Ok(());
-                            }
-                            match source.reopen() {
-                                Ok(fresh) => {
-                                    source = fresh;
-                                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                                    backoff = Duration::from_millis(250);
-                                    info!(input = %source.shown().display(), "the live input is back");
-                                    break;
-                                }
-                                Err(e) => {
-                                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                                    tracing::debug!(error = %e, "reopening the live input failed");
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                };
-                stats.read.fetch_add(1, Ordering::Relaxed);
-                let read = Read { frame, at: source.last_read_at().unwrap_or_else(Instant::now), seq };
-                seq += 1;
-                let mut read = read;
-                loop {
-                    match tx.try_send(read) {
-                        Ok(()) => break,
-                        Err(TrySendError::Disconnected(_)) => return Ok(()),
-                        Err(TrySendError::Full(back)) => {
-                            read = back;
-                            // The one waiting is older: it goes, and its timestamp with it.
-                            if let Ok(old) = take_back.try_recv() {
-                                source.drop_frame(old.seq);
-                                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            }
+            let read = read_live(&mut source, &stop, &reader_done, &reader_stats, &queue, (cap, max_wait));
+            let (lock, ready) = &*queue;
+            lock.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
+            ready.notify_all();
+            read
         })?;
-        Ok(LiveFeed { frames: rx, stats, reader: Some(reader), done, interrupt, _ended: ended_tx })
+        Ok(LiveFeed { waiting, stats, max_wait, forget, reader: Some(reader), done, interrupt, _ended: ended_tx })
     }
 
     /// What the feed counts.
@@ -177,17 +150,119 @@ impl LiveFeed {
             None => Ok(()),
         }
     }
+
+    /// Counts frame `read` as dropped, and forgets it.
+    fn drop_read(&self, read: Read) {
+        (self.forget)(read.seq);
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The reader: frames from `source` into `queue`, a lost input opened again, until the stop,
+/// the feed's end, or the end of a file or pipe. The queue holds at most `cap` frames and
+/// `max_wait` of the stream's time: a burst (FFmpeg hands over what it read while probing the
+/// stream all at once) keeps its newest frames.
+fn read_live(
+    source: &mut MediaSource,
+    stop: &Stop,
+    done: &AtomicBool,
+    stats: &LiveStats,
+    queue: &(Mutex<Waiting>, Condvar),
+    (cap, max_wait): (usize, Duration),
+) -> anyhow::Result<()> {
+    let forget = source.frame_forgetter();
+    let mut seq = 0u64;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if stop.is_stopped() || done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let frame = match source.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) if !source.is_network() => return Ok(()),
+            // A device or a stream that ended or broke: open it again, with backoff.
+            lost => {
+                if stop.is_stopped() || done.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let why = match lost {
+                    Err(e) => format!("{e:#}"),
+                    _ => "the stream ended".into(),
+                };
+                warn!(input = %source.shown().display(), %why, "the live input was lost; opening it again");
+                loop {
+                    if stop.receiver().recv_timeout(backoff).is_ok()
+                        || stop.is_stopped()
+                        || done.load(Ordering::Relaxed)
+                    {
+                        return Ok(());
+                    }
+                    match source.reopen() {
+                        Ok(fresh) => {
+                            *source = fresh;
+                            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                            backoff = Duration::from_millis(250);
+                            info!(input = %source.shown().display(), "the live input is back");
+                            break;
+                        }
+                        Err(e) => {
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            tracing::debug!(error = %e, "reopening the live input failed");
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        stats.read.fetch_add(1, Ordering::Relaxed);
+        let time = source.last_time();
+        let read = Read { frame, at: source.last_read_at().unwrap_or_else(Instant::now), time, seq };
+        seq += 1;
+        let (lock, ready) = queue;
+        let mut waiting = lock.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.frames.push_back(read);
+        let behind = |w: &Waiting| match (w.frames.front().and_then(|r| r.time), time) {
+            (Some(oldest), Some(newest)) => newest - oldest > max_wait.as_secs_f64(),
+            _ => false,
+        };
+        while waiting.frames.len() > cap || (waiting.frames.len() > 1 && behind(&waiting)) {
+            if let Some(old) = waiting.frames.pop_front() {
+                forget(old.seq);
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(waiting);
+        ready.notify_one();
+    }
 }
 
 impl FrameSource for LiveFeed {
     fn next_frame(&mut self) -> anyhow::Result<Option<Mat>> {
-        match self.frames.recv() {
-            Ok(read) => {
+        let next = {
+            let (lock, ready) = &*self.waiting;
+            let mut waiting = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while waiting.frames.is_empty() && !waiting.ended {
+                waiting = ready.wait(waiting).unwrap_or_else(|p| p.into_inner());
+            }
+            // Frames that waited too long go while a newer one is there: the newest is taken.
+            let mut stale = Vec::new();
+            while waiting.frames.len() > 1 && waiting.frames.front().is_some_and(|r| r.at.elapsed() > self.max_wait) {
+                stale.extend(waiting.frames.pop_front());
+            }
+            let next = waiting.frames.pop_front();
+            drop(waiting);
+            for read in stale {
+                self.drop_read(read);
+            }
+            next
+        };
+        match next {
+            Some(read) => {
                 self.stats.in_flight.lock().unwrap_or_else(|p| p.into_inner()).push_back(read.at);
                 Ok(Some(read.frame))
             }
             // The reader ended: a stop, the end of the input, or a failure it reports.
-            Err(_) => {
+            None => {
                 self.finish_reader()?;
                 Ok(None)
             }
@@ -199,8 +274,6 @@ impl Drop for LiveFeed {
     fn drop(&mut self) {
         self.done.store(true, Ordering::Relaxed);
         self.interrupt.store(true, Ordering::Relaxed);
-        // Unblocks a reader handing a frame over.
-        while self.frames.try_recv().is_ok() {}
         let _ = self.finish_reader();
     }
 }
@@ -220,7 +293,9 @@ impl<'a> LiveSink<'a> {
 
 impl FrameSink for LiveSink<'_> {
     fn write(&mut self, frame: &Mat) -> anyhow::Result<()> {
+        let writing = Instant::now();
         self.inner.write(frame)?;
+        self.stats.encode.lock().unwrap_or_else(|p| p.into_inner()).record(writing.elapsed());
         let read = self.stats.in_flight.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         if let Some(at) = read {
             self.stats.latency.lock().unwrap_or_else(|p| p.into_inner()).record(at.elapsed());
