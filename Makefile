@@ -42,7 +42,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets --quiet -- -D warnings
 
 ## Criterion benchmarks of each filter and codec, vpd run against ffmpeg, distributed against vpd run,
-## a server's memory across jobs per allocator, uploads through the web application and its first chart point.
+## a server's memory across jobs per allocator, web uploads and the first chart point, live latency and overload.
 bench: deps rabbitmq
 	$(CARGO) bench --locked --bench filters --bench codecs --bench convert
 	scripts/bench-e2e.sh 5 sample 720
@@ -51,6 +51,7 @@ bench: deps rabbitmq
 	scripts/bench-distributed.sh 3
 	scripts/bench-server-memory.sh 24 3
 	scripts/bench-web.sh 1024 3
+	scripts/bench-live.sh 20 3
 
 ## Fuzz every decoder: FUZZ_CASES mutations of fuzz/corpus/TARGET each (default 10 million), in
 ## release mode, with inputs per second; a failure is shrunk and saved into the corpus.

@@ -170,9 +170,19 @@ fn a_chain_slower_than_the_stream_drops_frames_before_dispatch_and_keeps_latency
         &url,
         &["-f", "denoise,blur:ksize=31,sharpen", "--threads", "1", "--max-latency", "1", "-o", out.to_str().unwrap()],
     );
-    let mut source = live_source(&format!("{url}?pkt_size=1316"), "1280x720", 60, 5);
-    assert!(wait_exit(&mut source.0, Duration::from_secs(60)).success());
+    let mut source = live_source(&format!("{url}?pkt_size=1316"), "1280x720", 60, 6);
+    // Memory, sampled until the sender is done: flat, not growing with the backlog.
+    let mut rss = Vec::new();
+    let sent = wait_for(Duration::from_secs(60), || {
+        rss.push(memory(run.0.id()).0);
+        source.0.try_wait().unwrap().is_some()
+    });
+    assert!(sent);
     let summary = interrupt(run);
+    let third = rss.len() / 3;
+    assert!(third > 3, "samples of memory: {rss:?}");
+    let (middle, last) = (rss[third..2 * third].iter().max().unwrap(), rss[2 * third..].iter().max().unwrap());
+    assert!(*last <= middle + (32 << 20), "memory grows under overload: {middle} then {last} bytes");
     let live = &summary["live"];
     let (read, dropped) = (live["read"].as_u64().unwrap(), live["dropped"].as_u64().unwrap());
     assert!(dropped > 0 && dropped * 4 > read, "most frames are dropped, not queued: {summary}");
