@@ -766,11 +766,6 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     pub live: bool,
 
-    /// The latency a live job is to stay under, in seconds, from a frame's packet being read to
-    /// its encoded packet being written [default: 1].
-    #[arg(long, value_name = "SECONDS")]
-    pub max_latency: Option<f64>,
-
     /// The result's container, and how the job is reported.
     #[command(flatten)]
     pub result: ResultArgs,
@@ -802,6 +797,12 @@ pub struct RunSettings {
     /// (a resume redoes at most one) [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub segment_seconds: Option<f64>,
+
+    /// The latency a live job is to stay under, in seconds, from a frame's packet being read to
+    /// its encoded packet being written; a frame waits for dispatch at most a quarter of it
+    /// [default: 1].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_latency: Option<f64>,
 }
 
 /// The filter reference appended to `--help`, from the filters' definitions

@@ -225,7 +225,7 @@ impl FileConfig {
             quiet: args.result.quiet,
             json: args.result.json,
             live,
-            max_latency: match args.max_latency {
+            max_latency: match s.max_latency {
                 Some(s) if s.is_finite() && s > 0.0 && s <= 60.0 => std::time::Duration::from_secs_f64(s),
                 Some(s) => {
                     return Err(usage(
@@ -870,6 +870,7 @@ mod tests {
         ("run", "filter"),
         ("run", "format"),
         ("run", "resume"),
+        ("run", "live"),
         ("run", "json"),
         ("run", "quiet"),
         ("client", "output"),
