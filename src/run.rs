@@ -120,15 +120,7 @@ fn process(
     writing: Writing,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Finished, JobError> {
-    let opened = crate::job::open(
-        &cfg.input,
-        &cfg.output,
-        &cfg.chain,
-        &cfg.output_options,
-        Some(&cfg.filter_env.face_cascade),
-        writing,
-        None,
-    )?;
+    let opened = open_job(cfg, writing, None)?;
     if let Some(c) = checkpoint {
         c.describe()?;
     }
@@ -141,6 +133,23 @@ fn process(
     let finished = opened.run(&job, &transport, window, &progress);
     progress.finish();
     finished
+}
+
+/// `cfg`'s job, opened to write as `writing` says, live or not.
+fn open_job(
+    cfg: &RunConfig,
+    writing: Writing,
+    live: Option<crate::job::Live>,
+) -> anyhow::Result<crate::job::OpenedJob> {
+    crate::job::open(
+        &cfg.input,
+        &cfg.output,
+        &cfg.chain,
+        &cfg.output_options,
+        Some(&cfg.filter_env.face_cascade),
+        writing,
+        live,
+    )
 }
 
 /// A live input, read as it comes until `stop` (Ctrl-C) or its end: no checkpoint and no
@@ -156,15 +165,7 @@ fn run_live(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
     // A quarter of the latency allowed goes to waiting for dispatch (a burst of frames from
     // the network is taken in, a backlog is not); the rest is the filters' and the encoder's.
     let live = crate::job::Live { stop, stats: stats.clone(), max_wait: cfg.max_latency / 4 };
-    let opened = crate::job::open(
-        &cfg.input,
-        &cfg.output,
-        &cfg.chain,
-        &cfg.output_options,
-        Some(&cfg.filter_env.face_cascade),
-        Writing::Direct,
-        Some(live),
-    )?;
+    let opened = open_job(cfg, Writing::Direct, Some(live))?;
     let window =
         cfg.window.unwrap_or_else(|| std::num::NonZeroUsize::new(cfg.threads.get() + 1).expect("threads + 1 is not 0"));
     // The job itself is not stopped by the user's stop: that ends the input.

@@ -49,10 +49,11 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     status.unwrap()
 }
 
-/// The video packets' presentation timestamps in `path`, in file order.
-fn video_pts(path: &Path) -> Vec<i64> {
+/// ffprobe's `entry` (`packet=pts`, `frame=pts_time`, …) for each of the video's packets or
+/// frames in `path`, in the order ffprobe reads them.
+fn video_entries<T: std::str::FromStr>(path: &Path, entry: &str) -> Vec<T> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts", "-of", "csv=p=0"])
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", entry, "-of", "csv=p=0"])
         .arg(path)
         .output()
         .unwrap();
@@ -60,15 +61,14 @@ fn video_pts(path: &Path) -> Vec<i64> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect()
 }
 
+/// The video packets' presentation timestamps in `path`, in file order.
+fn video_pts(path: &Path) -> Vec<i64> {
+    video_entries(path, "packet=pts")
+}
+
 /// The video frames' presentation times in `path`, in seconds, in presentation order.
 fn video_times(path: &Path) -> Vec<f64> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect()
+    video_entries(path, "frame=pts_time")
 }
 
 /// `vpd run INPUT ARGS --json` started, its output piped.

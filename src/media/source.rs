@@ -480,10 +480,12 @@ impl MediaSource {
         let mut decoded = frame::Video::empty();
         while self.decoder.receive_frame(&mut decoded).is_ok() {
             let mat = self.convert(&decoded)?;
-            let stream_tb = self.input.stream(self.video).map_or(self.time_base, |s| s.time_base());
-            let frame = 1i64.rescale(Rational::from(self.info.fps).invert(), self.time_base).max(1);
             let pts = match &mut self.live {
-                Some(live) => decoded.timestamp().map(|p| live.place(p, stream_tb, frame)),
+                Some(live) => {
+                    let stream_tb = self.input.stream(self.video).map_or(self.time_base, |s| s.time_base());
+                    let frame = 1i64.rescale(Rational::from(self.info.fps).invert(), self.time_base).max(1);
+                    decoded.timestamp().map(|p| live.place(p, stream_tb, frame))
+                }
                 None => decoded.timestamp(),
             };
             if let Some(p) = pts {

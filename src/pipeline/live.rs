@@ -20,8 +20,7 @@ use tracing::{info, warn};
 
 use crate::cancel::Stop;
 use crate::media::{FrameSink, FrameSource, MediaSource};
-pub use crate::metrics::LiveSummary;
-use crate::metrics::{LatencyHistogram, Percentiles};
+use crate::metrics::{LatencyHistogram, LiveSummary, Percentiles};
 
 /// The most latency allowed when none is asked for (`--max-latency`).
 pub const DEFAULT_MAX_LATENCY: Duration = Duration::from_secs(1);
@@ -136,11 +135,6 @@ impl LiveFeed {
             read
         })?;
         Ok(LiveFeed { waiting, stats, max_wait, forget, reader: Some(reader), done, interrupt, _ended: ended_tx })
-    }
-
-    /// What the feed counts.
-    pub fn stats(&self) -> &Arc<LiveStats> {
-        &self.stats
     }
 
     fn finish_reader(&mut self) -> anyhow::Result<()> {
