@@ -8,6 +8,7 @@ packages=(
   opencv-data                                 # the Haar cascade used by the faces filter
   libavcodec-dev libavformat-dev libavutil-dev # FFmpeg 5.1's libraries: every decode, encode and mux
   libswscale-dev libswresample-dev            #   (ffmpeg-next binds them through bindgen)
+  libavdevice-dev                             #   V4L2 cameras (/dev/video*) as live inputs
   ffmpeg                                      # ffprobe checks outputs in the tests; ffmpeg is the benchmark baseline
   chromium                                    # the dashboard test renders the page in headless Chromium
   prometheus                                  # promtool checks /metrics and the alert rules in the tests

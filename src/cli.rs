@@ -766,6 +766,12 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     pub live: bool,
 
+    /// Of a live input, write clips only while this detector fires, each with --pre-roll and
+    /// --post-roll around it; -o is then the clips' name with strftime fields
+    /// (`cam-%Y%m%d-%H%M%S.mp4`), and each clip is recorded in the job store (--state-dir).
+    #[arg(long, value_name = "DETECTOR", conflicts_with = "resume")]
+    pub record_on: Option<crate::pipeline::trigger::RecordOn>,
+
     /// The result's container, and how the job is reported.
     #[command(flatten)]
     pub result: ResultArgs,
@@ -803,6 +809,20 @@ pub struct RunSettings {
     /// [default: 1].
     #[arg(long, value_name = "SECONDS")]
     pub max_latency: Option<f64>,
+
+    /// Seconds a --record-on clip keeps before the detector first fires (it starts at the
+    /// keyframe before them) [default: 2].
+    #[arg(long, value_name = "SECONDS")]
+    pub pre_roll: Option<f64>,
+
+    /// Seconds a --record-on clip goes on after the detector last fires [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub post_roll: Option<f64>,
+
+    /// Where --record-on keeps its job store (vpd.db), which records each clip [default: the
+    /// clips' directory].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The filter reference appended to `--help`, from the filters' definitions

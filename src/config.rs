@@ -172,6 +172,12 @@ impl FileConfig {
     /// or an output that is a directory).
     pub fn run(&self, mut args: RunArgs) -> anyhow::Result<RunPlan> {
         let dir_output = args.output.is_dir() || args.output.to_string_lossy().ends_with('/');
+        if args.input.len() > 1 && (args.live || args.input.iter().any(|i| crate::media::live::is_live_input(i))) {
+            return Err(usage(
+                ErrorKind::ArgumentConflict,
+                "a live input runs alone: it never ends on its own, so the inputs after it would never start",
+            ));
+        }
         if args.input.len() == 1 && !dir_output {
             let input = args.input.remove(0);
             return Ok(RunPlan::One(Box::new(self.run_one(args, input)?)));
@@ -212,6 +218,31 @@ impl FileConfig {
     fn run_one(&self, args: RunArgs, input: PathBuf) -> anyhow::Result<RunConfig> {
         let s = layered(args.settings, &self.run)?;
         let live = args.live || crate::media::live::is_live_input(&input);
+        let record = match args.record_on {
+            None => None,
+            Some(_) if !live => {
+                return Err(usage(
+                    ErrorKind::ArgumentConflict,
+                    "--record-on is for a live input: a network URL, a /dev/video device, or --live",
+                ));
+            }
+            Some(_)
+                if args.output == Path::new(crate::media::STDIO)
+                    || crate::media::is_stream_target(&args.output)
+                    || args.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("m3u8")) =>
+            {
+                return Err(usage(
+                    ErrorKind::ValueValidation,
+                    "--record-on writes clip files: -o names them, with strftime fields (cam-%Y%m%d-%H%M%S.mp4)",
+                ));
+            }
+            Some(on) => Some(RecordConfig {
+                on,
+                pre_roll: seconds("--pre-roll", s.pre_roll, 2.0, 0.0..=60.0)?,
+                post_roll: seconds("--post-roll", s.post_roll, 5.0, 0.0..=600.0)?,
+                state_dir: s.state_dir.clone().unwrap_or_else(|| clips_dir(&args.output)),
+            }),
+        };
         Ok(RunConfig {
             input,
             output: args.output,
@@ -225,6 +256,7 @@ impl FileConfig {
             quiet: args.result.quiet,
             json: args.result.json,
             live,
+            record,
             max_latency: match s.max_latency {
                 Some(s) if s.is_finite() && s > 0.0 && s <= 60.0 => std::time::Duration::from_secs_f64(s),
                 Some(s) => {
@@ -624,6 +656,46 @@ pub struct RunConfig {
     pub live: bool,
     /// The latency a live job is to stay under; it is warned about when it does not.
     pub max_latency: std::time::Duration,
+    /// Clips only while a detector fires (`--record-on`), the output being their name.
+    pub record: Option<RecordConfig>,
+}
+
+/// What `--record-on` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    /// The detector.
+    pub on: crate::pipeline::trigger::RecordOn,
+    /// Kept before the detector first fires.
+    pub pre_roll: Duration,
+    /// Kept after it last fires.
+    pub post_roll: Duration,
+    /// Where the job store that records the clips is.
+    pub state_dir: PathBuf,
+}
+
+/// `flag`'s value in seconds, `default` when not given, within `range`.
+fn seconds(
+    flag: &str,
+    value: Option<f64>,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> anyhow::Result<Duration> {
+    let v = value.unwrap_or(default);
+    if !(v.is_finite() && range.contains(&v)) {
+        return Err(usage(
+            ErrorKind::ValueValidation,
+            &format!("{flag} {v} is out of range ({} to {} seconds)", range.start(), range.end()),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The directory of a clip name pattern: its leading components without strftime fields
+/// (`clips/%Y-%m-%d/cam-%H%M%S.mp4` → `clips`), `.` when there are none.
+fn clips_dir(pattern: &Path) -> PathBuf {
+    let parent = pattern.parent().unwrap_or(Path::new(""));
+    let fixed: PathBuf = parent.components().take_while(|c| !c.as_os_str().to_string_lossy().contains('%')).collect();
+    if fixed.as_os_str().is_empty() { PathBuf::from(".") } else { fixed }
 }
 
 /// Default for `--segment-seconds`: a resume redoes at most this much video. Each segment
@@ -871,6 +943,7 @@ mod tests {
         ("run", "format"),
         ("run", "resume"),
         ("run", "live"),
+        ("run", "record-on"),
         ("run", "json"),
         ("run", "quiet"),
         ("client", "output"),

@@ -13,12 +13,14 @@ use std::time::Instant;
 use anyhow::bail;
 
 use crate::filters::{Chain, FilterEnv};
+use crate::media::clips::{ClipSettings, ClipSink, Marks, OnClip};
 use crate::media::{
     MediaSink, MediaSource, OnCommit, OutputOptions, SegmentRecord, SegmentSink, VideoInfo, check_output,
     check_output_path, frames_per_segment, join_segments,
 };
 use crate::metrics::{Buckets, JobSummary};
 use crate::pipeline::live::{LiveFeed, LiveSink};
+use crate::pipeline::trigger::{RecordOn, Trigger};
 use crate::pipeline::{DEFAULT_STALL_TIMEOUT, JobError, JobOptions, JobReport, Observer, Start, run_job};
 use crate::protocol::wire::MAX_FRAME_PIXELS;
 use crate::transport::{JobContext, Transport};
@@ -46,6 +48,8 @@ pub enum Writing {
 #[allow(clippy::large_enum_variant)]
 enum Output {
     Direct(MediaSink),
+    /// A live job's clips, recorded while its trigger fires.
+    Clips(ClipSink),
     Segmented {
         sink: SegmentSink,
         dir: PathBuf,
@@ -70,6 +74,8 @@ pub struct OpenedJob {
     size: Option<(u32, u32)>,
     started: Instant,
     live: Option<Live>,
+    /// Marks the frames of a live job with `--record-on`.
+    trigger: Option<Trigger>,
 }
 
 /// Opens `input` and prepares `output`. `face_cascade` is checked when the chain needs it and
@@ -81,7 +87,7 @@ pub fn open(
     options: &OutputOptions,
     face_cascade: Option<&Path>,
     writing: Writing,
-    live: Option<Live>,
+    mut live: Option<Live>,
 ) -> anyhow::Result<OpenedJob> {
     let started = Instant::now();
     // The file really written: the output itself, or what it links to.
@@ -101,7 +107,16 @@ pub fn open(
     // A chain that resizes frames makes the encoder's size.
     let out = chain.output_size(info.width, info.height);
     let size = (out != (info.width, info.height)).then_some(out);
+    let mut trigger = None;
+    let record = live.as_mut().and_then(|l| l.record.take());
     let (sink, start) = match writing {
+        Writing::Direct if record.is_some() => {
+            let Record { on, pre_roll, post_roll, filter_env, on_clip } = record.expect("a recording");
+            let marks = Arc::new(Marks::default());
+            trigger = Some(Trigger::new(on, &filter_env, marks.clone())?);
+            let settings = ClipSettings { pattern: output.to_path_buf(), pre_roll, post_roll };
+            (Output::Clips(ClipSink::create(&source, settings, options, size, marks, on_clip)?), Start::default())
+        }
         Writing::Direct => (Output::Direct(MediaSink::create(&source, &target, options, size)?), Start::default()),
         Writing::Segmented { dir, seconds, committed, mut on_commit } => {
             let per_segment = frames_per_segment(info.fps, seconds);
@@ -149,12 +164,12 @@ pub fn open(
         size,
         started,
         live,
+        trigger,
     })
 }
 
 /// A live job: read as it comes until `stop` (the user's Ctrl-C: the job then ends cleanly,
 /// its output whole), frames dropped before dispatch when the filters fall behind.
-#[derive(Clone)]
 pub struct Live {
     /// Ends the input, not the job: what is in flight is still written.
     pub stop: crate::cancel::Stop,
@@ -162,6 +177,23 @@ pub struct Live {
     pub stats: Arc<crate::pipeline::live::LiveStats>,
     /// How long a frame may wait for dispatch while a newer one is there.
     pub max_wait: std::time::Duration,
+    /// Clips only while a detector fires, instead of one output (`--record-on`): the output
+    /// path is then the clips' `strftime` pattern.
+    pub record: Option<Record>,
+}
+
+/// What `--record-on` records.
+pub struct Record {
+    /// The detector.
+    pub on: RecordOn,
+    /// Kept before the detector first fires.
+    pub pre_roll: std::time::Duration,
+    /// Kept after it last fires.
+    pub post_roll: std::time::Duration,
+    /// What the detector needs (the face cascade).
+    pub filter_env: FilterEnv,
+    /// Told of each clip written.
+    pub on_clip: OnClip,
 }
 
 impl OpenedJob {
@@ -191,23 +223,46 @@ impl OpenedJob {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             start: self.start.clone(),
         };
+        if let Some(live) = self.live.take() {
+            let size = self.size.unwrap_or((info.width, info.height));
+            let mut feed = LiveFeed::start(self.source, live.stop, live.stats.clone(), live.max_wait, self.trigger)?;
+            let (report, size, clips) = match self.sink {
+                Output::Direct(mut sink) => {
+                    let report = run_job(
+                        job,
+                        &mut feed,
+                        &mut LiveSink::new(&mut sink, live.stats.clone()),
+                        transport,
+                        &opts,
+                        observer,
+                    )?;
+                    drop(feed);
+                    let size = sink.size().unwrap_or(size);
+                    sink.finish().map_err(anyhow::Error::from)?;
+                    (report, size, None)
+                }
+                Output::Clips(mut sink) => {
+                    let report = run_job(
+                        job,
+                        &mut feed,
+                        &mut LiveSink::new(&mut sink, live.stats.clone()),
+                        transport,
+                        &opts,
+                        observer,
+                    )?;
+                    drop(feed);
+                    (report, size, Some(sink.finish()?))
+                }
+                Output::Segmented { .. } => return Err(anyhow::anyhow!("a live job writes directly").into()),
+            };
+            let wall = self.started.elapsed().as_secs_f64();
+            let codec = self.options.codec.to_string();
+            let mut summary = summarise(&self.input, &self.output, job, &codec, &info, size, &report, wall);
+            summary.live = Some(crate::metrics::LiveSummary { clips, ..live.stats.summary() });
+            return Ok(Finished { summary, latency: report.stats.latency.buckets() });
+        }
         let (report, size) = match self.sink {
-            Output::Direct(mut sink) if self.live.is_some() => {
-                let live = self.live.clone().expect("a live job");
-                let mut feed = LiveFeed::start(self.source, live.stop.clone(), live.stats.clone(), live.max_wait)?;
-                let report = {
-                    let mut measured = LiveSink::new(&mut sink, live.stats.clone());
-                    run_job(job, &mut feed, &mut measured, transport, &opts, observer)?
-                };
-                drop(feed);
-                let size = sink.size().unwrap_or(self.size.unwrap_or((info.width, info.height)));
-                sink.finish().map_err(anyhow::Error::from)?;
-                let wall = self.started.elapsed().as_secs_f64();
-                let codec = self.options.codec.to_string();
-                let mut summary = summarise(&self.input, &self.output, job, &codec, &info, size, &report, wall);
-                summary.live = Some(live.stats.summary());
-                return Ok(Finished { summary, latency: report.stats.latency.buckets() });
-            }
+            Output::Clips(_) => return Err(anyhow::anyhow!("clips are of a live job").into()),
             Output::Direct(mut sink) => {
                 let report = run_job(job, &mut self.source, &mut sink, transport, &opts, observer)?;
                 let size = sink.size().unwrap_or(self.size.unwrap_or((info.width, info.height)));

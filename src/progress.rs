@@ -146,6 +146,9 @@ fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
             "  live             {} frames read, {} dropped to keep up, input lost and back {} times",
             live.read, live.dropped, live.reconnects
         )?;
+        if let Some(clips) = live.clips {
+            writeln!(w, "  clips            {clips} written (--record-on)")?;
+        }
     }
     if s.wire_bytes_sent + s.wire_bytes_received > 0 {
         let per_frame = |b: u64| b as f64 / s.frames.max(1) as f64 / 1e3;

@@ -162,19 +162,44 @@ fn run_live(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
         return Err(JobError::Failed(anyhow::anyhow!("--resume does not apply to a live input")));
     }
     let stats = std::sync::Arc::new(crate::pipeline::live::LiveStats::default());
+    let id = JobId::new();
+    let recorded = match &cfg.record {
+        Some(r) => Some(Recorded::open(cfg, r, &id)?),
+        None => None,
+    };
+    let record = match (&cfg.record, &recorded) {
+        (Some(r), Some(rec)) => Some(crate::job::Record {
+            on: r.on,
+            pre_roll: r.pre_roll,
+            post_roll: r.post_roll,
+            filter_env: cfg.filter_env.clone(),
+            on_clip: rec.on_clip(),
+        }),
+        _ => None,
+    };
     // A quarter of the latency allowed goes to waiting for dispatch (a burst of frames from
     // the network is taken in, a backlog is not); the rest is the filters' and the encoder's.
-    let live = crate::job::Live { stop, stats: stats.clone(), max_wait: cfg.max_latency / 4 };
+    let live = crate::job::Live { stop, stats: stats.clone(), max_wait: cfg.max_latency / 4, record };
+    let finished = run_live_job(cfg, &id, stats, live);
+    if let Some(rec) = &recorded {
+        rec.ended(&finished);
+    }
+    finished
+}
+
+/// The live job `id` itself: opened, run, its latency checked.
+fn run_live_job(
+    cfg: &RunConfig,
+    id: &JobId,
+    stats: std::sync::Arc<crate::pipeline::live::LiveStats>,
+    live: crate::job::Live,
+) -> Result<JobSummary, JobError> {
     let opened = open_job(cfg, Writing::Direct, Some(live))?;
     let window =
         cfg.window.unwrap_or_else(|| std::num::NonZeroUsize::new(cfg.threads.get() + 1).expect("threads + 1 is not 0"));
     // The job itself is not stopped by the user's stop: that ends the input.
-    let job = JobContext {
-        id: JobId::new(),
-        chain: cfg.chain.clone(),
-        stop: Stop::never(),
-        encoding: TransportEncoding::Raw,
-    };
+    let job =
+        JobContext { id: id.clone(), chain: cfg.chain.clone(), stop: Stop::never(), encoding: TransportEncoding::Raw };
     let transport = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
     let progress = crate::progress::LiveView::new(stats, !cfg.quiet);
     let finished = opened.run(&job, &transport, window, &progress);
@@ -189,6 +214,58 @@ fn run_live(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
         );
     }
     Ok(summary)
+}
+
+/// A `--record-on` job in its job store: recorded as running when it starts, each clip as it
+/// is written, and how it ended.
+struct Recorded {
+    store: std::sync::Arc<crate::store::Store>,
+    id: JobId,
+}
+
+impl Recorded {
+    fn open(cfg: &RunConfig, record: &crate::config::RecordConfig, id: &JobId) -> anyhow::Result<Recorded> {
+        fs::create_dir_all(&record.state_dir)
+            .with_context(|| format!("cannot create the state directory {}", record.state_dir.display()))?;
+        let store = crate::store::Store::open(&record.state_dir)?;
+        let spec = crate::protocol::job::JobSpec {
+            chain: cfg.chain.clone(),
+            output: cfg.output_options.clone(),
+            container: cfg.output.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default(),
+            transport: TransportEncoding::Raw,
+            split: Default::default(),
+            input_name: cfg.input.display().to_string(),
+            input_bytes: 0,
+            client: "local".into(),
+        };
+        let software = format!("vpd run {} --record-on", env!("CARGO_PKG_VERSION"));
+        store.create(id, "local", &software, &spec)?;
+        store.transition(id, crate::store::JobState::Running, None)?;
+        Ok(Recorded { store: std::sync::Arc::new(store), id: id.clone() })
+    }
+
+    /// Records each clip as it is in place.
+    fn on_clip(&self) -> crate::media::clips::OnClip {
+        let (store, id) = (self.store.clone(), self.id.clone());
+        Box::new(move |clip| store.add_clip(&id, clip))
+    }
+
+    /// Records how the job ended; a store that cannot be written is warned about, the job's
+    /// own result stands.
+    fn ended(&self, finished: &Result<JobSummary, JobError>) {
+        use crate::store::JobState;
+        let recorded = match finished {
+            Ok(summary) => {
+                let bytes = self.store.clips(&self.id).map(|c| c.iter().map(|c| c.bytes).sum()).unwrap_or(0);
+                self.store.finished(&self.id, summary, bytes)
+            }
+            Err(JobError::Cancelled) => self.store.transition(&self.id, JobState::Cancelled, None),
+            Err(JobError::Failed(e)) => self.store.transition(&self.id, JobState::Failed, Some(&format!("{e:#}"))),
+        };
+        if let Err(e) = recorded {
+            warn!(store = %self.store.path().display(), "cannot record the job's end: {e:#}");
+        }
+    }
 }
 
 /// What a checkpoint is of: a resume must be of the same run.

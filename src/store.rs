@@ -15,6 +15,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::media::SegmentRecord;
+use crate::media::clips::ClipRecord;
 use crate::metrics::{Charts, JobSummary};
 pub use crate::protocol::job::{JobId, JobRecord, JobSpec, JobState, Transition};
 
@@ -91,6 +92,17 @@ const MIGRATIONS: &[&str] = &[
     // 5: what a job's charts showed (throughput samples, latency bars, frames per worker), as
     // JSON, so that history draws them again.
     "ALTER TABLE jobs ADD COLUMN charts TEXT;",
+    // 6: the clips a live job recorded under `--record-on`, each once it is in place.
+    "CREATE TABLE clips (
+        job TEXT NOT NULL REFERENCES jobs (id),
+        number INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        frames INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (job, number)
+    );",
 ];
 
 impl ToSql for JobId {
@@ -318,6 +330,45 @@ impl Store {
         Ok(segments)
     }
 
+    /// Records a clip `id` wrote.
+    pub fn add_clip(&self, id: &JobId, c: &ClipRecord) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO clips (job, number, path, started_ms, seconds, frames, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                c.number as i64,
+                c.path.to_string_lossy(),
+                c.started_ms,
+                c.seconds,
+                c.frames as i64,
+                c.bytes as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The clips `id` wrote, in order.
+    pub fn clips(&self, id: &JobId) -> anyhow::Result<Vec<ClipRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT number, path, started_ms, seconds, frames, bytes FROM clips WHERE job = ?1 ORDER BY number",
+        )?;
+        let clips = stmt
+            .query_map([id], |r| {
+                Ok(ClipRecord {
+                    number: r.get::<_, i64>(0)? as u64,
+                    path: PathBuf::from(r.get::<_, String>(1)?),
+                    started_ms: r.get(2)?,
+                    seconds: r.get(3)?,
+                    frames: r.get::<_, i64>(4)? as u64,
+                    bytes: r.get::<_, i64>(5)? as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(clips)
+    }
+
     /// Forgets `id`'s segments (joined into its result, or their files gone).
     pub fn drop_segments(&self, id: &JobId) -> anyhow::Result<()> {
         self.conn().execute("DELETE FROM segments WHERE job = ?1", [id])?;
@@ -500,6 +551,28 @@ mod tests {
 
     fn create(store: &Store, job: &str) {
         store.create(&id(job), "127.0.0.1:5000", "vpd/0.1.0", &spec()).unwrap();
+    }
+
+    #[test]
+    fn clips_are_recorded_in_order_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        create(&store, "j1");
+        let clip = |n: u64| ClipRecord {
+            number: n,
+            path: format!("/clips/cam-{n}.mp4").into(),
+            started_ms: 1_000 * n as i64,
+            seconds: 9.5,
+            frames: 238,
+            bytes: 4096,
+        };
+        store.add_clip(&id("j1"), &clip(1)).unwrap();
+        store.add_clip(&id("j1"), &clip(0)).unwrap();
+        assert!(store.add_clip(&id("j1"), &clip(0)).is_err(), "a clip's number is recorded once");
+        drop(store);
+        let store = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(store.clips(&id("j1")).unwrap(), vec![clip(0), clip(1)]);
+        assert!(store.clips(&id("j2")).unwrap().is_empty());
     }
 
     #[test]

@@ -221,3 +221,129 @@ fn a_lost_source_is_opened_again_and_the_same_output_goes_on() {
     let span = times[times.len() - 1] - times[0];
     assert!(span >= (frames - 1) as f64 / 25.0 * 0.9, "{frames} frames span {span} s: {times:?}");
 }
+
+/// The length of `path`'s video stream, in seconds, as ffprobe reads it.
+fn video_seconds(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn record_on_motion_writes_one_clip_of_the_moving_span_with_its_pre_and_post_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    let pattern = clips.join("cam-%Y%m%d-%H%M%S.mp4");
+    let url = format!("udp://127.0.0.1:{}", free_udp_port());
+    let run = vpd_live(&url, &["-f", "blur:ksize=3", "-o", pattern.to_str().unwrap(), "--record-on", "motion"]);
+    // 16 s of a grey picture with a white square: still, moving from 5 s to 7 s, still again.
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i", "color=c=gray:s=320x240:r=25:d=16"])
+        .args(["-f", "lavfi", "-i", "color=c=white:s=48x48:r=25"])
+        .args(["-filter_complex", "[0][1]overlay=x='if(lt(t,5),40,if(lt(t,7),40+(t-5)*100,240))':y=96:shortest=1"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-f", "mpegts"])
+        .arg(format!("{url}?pkt_size=1316"));
+    let mut source = ChildGuard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    assert!(wait_exit(&mut source.0, Duration::from_secs(40)).success());
+    let summary = interrupt(run);
+    assert_eq!(summary["live"]["clips"].as_u64(), Some(1), "one clip: {summary}");
+
+    let names: Vec<String> =
+        std::fs::read_dir(&clips).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let clip_names: Vec<&String> = names.iter().filter(|n| n.starts_with("cam-") && n.ends_with(".mp4")).collect();
+    assert_eq!(clip_names.len(), 1, "one clip, named by its pattern: {names:?}");
+    assert!(partial_files(&clips).is_empty(), "no partial clip is left: {names:?}");
+    let name = clip_names[0];
+    assert_eq!(name.len(), "cam-20261203-200000.mp4".len(), "strftime fields filled in: {name}");
+    assert!(name[4..12].chars().chain(name[13..19].chars()).all(|c| c.is_ascii_digit()), "{name}");
+
+    // The moving span (2 s) plus the pre-roll (2 s) and the post-roll (5 s); the clip starts at
+    // the keyframe at or before the pre-roll's start, so up to a keyframe interval (1 s) more.
+    let clip = clips.join(name);
+    let seconds = video_seconds(&clip);
+    assert!((8.8..=10.2).contains(&seconds), "the clip is {seconds} s, not 9 to 10 s");
+    let frames = ffprobe(&clip).frames;
+    assert!(frames.abs_diff((seconds * 25.0).round() as u64) <= 2, "{frames} frames in {seconds} s");
+    let times = video_times(&clip);
+    assert!(times[0].abs() < 0.001, "the clip starts at 0: {:?}", &times[..3]);
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "its timestamps go forward");
+
+    // The job store beside the clips records the job and its clip.
+    let store = vpd::store::Store::open_read_only(&clips).unwrap();
+    let jobs = store.list(10).unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, vpd::store::JobState::Done);
+    let recorded = store.clips(&jobs[0].id).unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].path, clip);
+    assert_eq!(recorded[0].frames, frames);
+    assert!((recorded[0].seconds - seconds).abs() < 0.1, "{recorded:?} against {seconds} s");
+    assert_eq!(recorded[0].bytes, std::fs::metadata(&clip).unwrap().len());
+}
+
+#[test]
+fn a_v4l2_camera_is_read_live_and_a_missing_one_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("camera.mp4");
+    let missing = vpd().args(["run", "/dev/video-vpd-none", "-f", "edges", "-o"]).arg(&out).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/dev/video-vpd-none") && err.contains("No such file"), "{err}");
+
+    // A camera, where this machine has one (a V4L2 loopback device will do).
+    let Some(camera) = (0..4).map(|n| format!("/dev/video{n}")).find(|d| Path::new(d).exists()) else {
+        eprintln!("skipped: no V4L2 device (/dev/video0..3) on this machine");
+        return;
+    };
+    let run = vpd_live(&camera, &["-f", "edges", "-o", out.to_str().unwrap()]);
+    // Frames are being written: the partial output grows past its header.
+    let written =
+        || std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()?.metadata().ok()).any(|m| m.len() > 64 * 1024);
+    assert!(wait_for(Duration::from_secs(30), written), "nothing of the camera was written");
+    let summary = interrupt(run);
+    assert!(summary["frames"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(ffprobe(&out).frames, summary["frames"].as_u64().unwrap());
+}
+
+#[test]
+fn live_usage_mistakes_are_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let sample = asset("sample.mp4");
+    let s = sample.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["run", "udp://127.0.0.1:9", s, "-f", "edges", "-o", d], "a live input runs alone"),
+        (&["run", s, "-f", "edges", "-o", &format!("{d}/x-%H.mp4"), "--record-on", "motion"], "for a live input"),
+        (
+            &["run", "udp://127.0.0.1:9", "-f", "edges", "-o", "udp://127.0.0.1:10", "--record-on", "motion"],
+            "clip files",
+        ),
+        (
+            &[
+                "run",
+                "udp://127.0.0.1:9",
+                "-f",
+                "edges",
+                "-o",
+                &format!("{d}/x.mp4"),
+                "--record-on",
+                "faces",
+                "--pre-roll",
+                "99",
+            ],
+            "--pre-roll 99 is out of range",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run_vpd(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+}

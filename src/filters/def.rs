@@ -158,6 +158,15 @@ pub trait FilterParams: Filter + Sized {
     /// Reads the parameters from a chain's `key=value` pairs; each [`Params::get`] applies the
     /// definition's default and range.
     fn read(p: &mut Params<'_>) -> Result<Self, ParamError>;
+
+    /// Every parameter at its default.
+    fn defaults() -> Self
+    where
+        Self: Sized,
+    {
+        let mut none = Params { def: &Self::DEF, pairs: Vec::new() };
+        Self::read(&mut none).expect("a filter's defaults are within its ranges")
+    }
 }
 
 /// A filter with its parameters: what [`super::FilterSpec`] dispatches to.

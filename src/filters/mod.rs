@@ -22,7 +22,8 @@ pub use def::{
     DEFAULT_FACE_CASCADE, Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, ParamDef, Params, Range, Stage,
 };
 pub use error::{FilterError, ParamError};
-pub use faces::FaceMode;
+pub use faces::{FaceDetector, FaceMode};
+pub use motion::{MotionScratch, detect as detect_motion};
 pub use spec::{Chain, MAX_CHAIN_LEN, SpecError, filter_def};
 
 // Every filter vpd knows, in the order `--help` lists them and the wire format numbers them:

@@ -246,6 +246,11 @@ impl VideoEncoder {
         Ok(())
     }
 
+    /// The timestamp of the last frame encoded, in the encoder's time base.
+    pub fn last_pts(&self) -> Option<i64> {
+        self.last_pts
+    }
+
     /// Flushes the encoder: what it still holds goes to `out`.
     pub fn flush(&mut self, out: &mut Vec<Packet>) -> Result<(), ffmpeg_next::Error> {
         self.encoder.send_eof()?;

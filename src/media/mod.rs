@@ -22,6 +22,7 @@
 //! and FFmpeg show it, so filters see it the right way up and the output needs no matrix.
 
 mod audio;
+pub mod clips;
 mod codec;
 pub mod convert;
 mod encoder;

@@ -173,6 +173,18 @@ impl MediaSink {
         Self::open(frames, Some(source), target, options, Video::Copy { parameters, time_base })
     }
 
+    /// A sink for video already encoded into `parameters` (in `time_base`), alone: a clip of a
+    /// live stream, its packets through [`MediaSink::write_video`].
+    pub(super) fn for_packets(
+        target: &Path,
+        options: &OutputOptions,
+        frames: Frames,
+        parameters: &codec::Parameters,
+        time_base: Rational,
+    ) -> Result<Self, MediaError> {
+        Self::open(frames, None, target, options, Video::Copy { parameters, time_base })
+    }
+
     /// A sink for frames made rather than decoded (`width`x`height` BGR at `fps`): no other
     /// streams, timestamps one frame apart.
     pub fn for_frames(

@@ -293,17 +293,21 @@ impl MediaSource {
             options.set(k, &v);
         }
         let flag = interrupt.clone();
-        let input = format::input_with_interrupt_and_dictionary(&url, move || flag.load(Ordering::Relaxed), options)
-            .map_err(|e| match e {
-                _ if interrupt.load(Ordering::Relaxed) => MediaError::Io {
-                    path: path.to_path_buf(),
-                    cause: std::io::Error::new(ErrorKind::Interrupted, "stopped while opening"),
-                },
-                ffmpeg_next::Error::Other { errno } if errno != 0 => {
-                    MediaError::Io { path: path.to_path_buf(), cause: std::io::Error::from_raw_os_error(errno) }
-                }
-                error => MediaError::Ffmpeg { path: path.to_path_buf(), what: "opening the live input", error },
-            })?;
+        let opened = if super::live::is_capture_device(path) {
+            open_capture_device(&url, options)
+        } else {
+            format::input_with_interrupt_and_dictionary(&url, move || flag.load(Ordering::Relaxed), options)
+        };
+        let input = opened.map_err(|e| match e {
+            _ if interrupt.load(Ordering::Relaxed) => MediaError::Io {
+                path: path.to_path_buf(),
+                cause: std::io::Error::new(ErrorKind::Interrupted, "stopped while opening"),
+            },
+            ffmpeg_next::Error::Other { errno } if errno != 0 => {
+                MediaError::Io { path: path.to_path_buf(), cause: std::io::Error::from_raw_os_error(errno) }
+            }
+            error => MediaError::Ffmpeg { path: path.to_path_buf(), what: "opening the live input", error },
+        })?;
         let live = match before.and_then(|b| b.live.as_ref().map(|l| (b, l))) {
             Some((b, l)) => {
                 let frame = 1i64.rescale(Rational::from(b.info.fps).invert(), l.out_tb).max(1);
@@ -676,5 +680,25 @@ impl FrameSource for MediaSource {
                 Ok(None)
             }
         }
+    }
+}
+
+/// A V4L2 capture device, through libavdevice's `video4linux2` input: FFmpeg does not guess
+/// it from the path. A device's reads wait at most a frame, so no interrupt is needed.
+fn open_capture_device(
+    url: &Path,
+    options: ffmpeg_next::Dictionary,
+) -> Result<format::context::Input, ffmpeg_next::Error> {
+    // SAFETY: av_find_input_format reads a NUL-terminated name and returns a static format,
+    // or null when this FFmpeg has no such input.
+    let v4l2 = unsafe { ffmpeg_next::ffi::av_find_input_format(c"video4linux2".as_ptr()) };
+    if v4l2.is_null() {
+        return Err(ffmpeg_next::Error::DemuxerNotFound);
+    }
+    // SAFETY: the pointer is FFmpeg's own static input format, checked above.
+    let v4l2 = ffmpeg_next::Format::Input(unsafe { format::Input::wrap(v4l2 as *mut _) });
+    match format::open_with(url, &v4l2, options)? {
+        format::context::Context::Input(input) => Ok(input),
+        format::context::Context::Output(_) => Err(ffmpeg_next::Error::Bug),
     }
 }

@@ -473,4 +473,7 @@ pub struct LiveSummary {
     /// encoder to its packet being written.
     #[serde(default)]
     pub encode_ms: Percentiles,
+    /// Clips written under `--record-on` (none without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clips: Option<u64>,
 }

@@ -55,6 +55,7 @@ impl LiveStats {
             reconnects: self.reconnects.load(Ordering::Relaxed),
             latency_ms: self.latency(),
             encode_ms: self.encode.lock().unwrap_or_else(|p| p.into_inner()).percentiles(),
+            clips: None,
         }
     }
 }
@@ -89,6 +90,8 @@ pub struct LiveFeed {
     /// Forgets a dropped frame's entry in the sink's side queue.
     forget: Box<dyn Fn(u64) + Send + Sync>,
     reader: Option<thread::JoinHandle<anyhow::Result<()>>>,
+    /// Marks each frame dispatched for `--record-on`.
+    trigger: Option<super::trigger::Trigger>,
     done: Arc<AtomicBool>,
     /// Ends the reader's blocking read at once.
     interrupt: Arc<AtomicBool>,
@@ -101,11 +104,13 @@ impl LiveFeed {
     /// until `stop` fires or the input ends; a network input or a device that is lost is
     /// opened again, with backoff, for as long as the job runs. A frame waits for dispatch at
     /// most `max_wait` while a newer one is there: bursts are taken in, a backlog is not.
+    /// A `trigger` looks at each frame as it is dispatched.
     pub fn start(
         mut source: MediaSource,
         stop: Stop,
         stats: Arc<LiveStats>,
         max_wait: Duration,
+        trigger: Option<super::trigger::Trigger>,
     ) -> anyhow::Result<Self> {
         // The stop (or the feed's end) interrupts a read blocked on the network at once.
         let interrupt = source.interrupt();
@@ -134,7 +139,17 @@ impl LiveFeed {
             ready.notify_all();
             read
         })?;
-        Ok(LiveFeed { waiting, stats, max_wait, forget, reader: Some(reader), done, interrupt, _ended: ended_tx })
+        Ok(LiveFeed {
+            waiting,
+            stats,
+            max_wait,
+            forget,
+            reader: Some(reader),
+            trigger,
+            done,
+            interrupt,
+            _ended: ended_tx,
+        })
     }
 
     fn finish_reader(&mut self) -> anyhow::Result<()> {
@@ -252,6 +267,9 @@ impl FrameSource for LiveFeed {
         };
         match next {
             Some(read) => {
+                if let Some(trigger) = self.trigger.as_mut() {
+                    trigger.observe(&read.frame, read.time)?;
+                }
                 self.stats.in_flight.lock().unwrap_or_else(|p| p.into_inner()).push_back(read.at);
                 Ok(Some(read.frame))
             }

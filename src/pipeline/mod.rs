@@ -19,6 +19,7 @@
 
 pub mod live;
 pub mod reorder;
+pub mod trigger;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
