@@ -47,8 +47,8 @@ pub const LOSS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// FFmpeg's options for opening a live input: reads that give up after [`LOSS_TIMEOUT`] (the
 /// input is then lost, and opened again; a stop ends them at once through the interrupt
-/// callback), no probing of more than a second, and for UDP a receive buffer that rides out a
-/// scheduling hiccup.
+/// callback), no probing of more than a second and none of the probe's packets kept, and for
+/// UDP a receive buffer that rides out a scheduling hiccup.
 pub(super) fn input_options(input: &Path) -> Vec<(&'static str, String)> {
     let mut options = vec![("probesize", "5000000".into()), ("analyzeduration", "1000000".into())];
     match scheme(input).as_deref() {
@@ -62,6 +62,12 @@ pub(super) fn input_options(input: &Path) -> Vec<(&'static str, String)> {
     }
     if is_url(input) {
         options.push(("rw_timeout", LOSS_TIMEOUT.as_micros().to_string()));
+    }
+    if is_live_input(input) {
+        // What was read while probing the stream is not handed over afterwards: as a burst,
+        // those frames were a second old before the first was dispatched. Decoding starts at
+        // the first keyframe after the probe instead (BENCHMARKS.md, "Live streams").
+        options.push(("fflags", "nobuffer".into()));
     }
     options
 }
