@@ -169,7 +169,10 @@ fn a_chain_slower_than_the_stream_drops_frames_before_dispatch_and_keeps_latency
     // 720p60 through a chain far slower than 60 fps on one thread: about 9 fps on a 2-core
     // EPYC, where `denoise,blur:ksize=31,sharpen` (50 fps there) was not slow enough.
     let chain = "denoise:size=9,blur:ksize=61,sharpen";
-    let run = vpd_live(&url, &["-f", chain, "--threads", "1", "--max-latency", "1", "-o", out.to_str().unwrap()]);
+    // The bound holds for a chain that takes a fraction of it per frame: under a full test run
+    // this one takes up to half a second, so the bound asked for is 2 s (a queue that grew
+    // with the backlog would reach 5 s in the 6 s sent).
+    let run = vpd_live(&url, &["-f", chain, "--threads", "1", "--max-latency", "2", "-o", out.to_str().unwrap()]);
     let mut source = live_source(&format!("{url}?pkt_size=1316"), "1280x720", 60, 6);
     // Memory, sampled until the sender is done: flat, not growing with the backlog.
     let mut rss = Vec::new();
@@ -187,7 +190,7 @@ fn a_chain_slower_than_the_stream_drops_frames_before_dispatch_and_keeps_latency
     let (read, dropped) = (live["read"].as_u64().unwrap(), live["dropped"].as_u64().unwrap());
     assert!(dropped > 0 && dropped * 4 > read, "most frames are dropped, not queued: {summary}");
     let p99 = live["latency_ms"]["p99"].as_f64().unwrap();
-    assert!(p99 <= 1000.0, "latency p99 {p99} ms stays under --max-latency: {summary}");
+    assert!(p99 <= 2000.0, "latency p99 {p99} ms stays under --max-latency: {summary}");
     let frames = summary["frames"].as_u64().unwrap();
     assert_eq!(ffprobe(&out).frames, frames);
     let pts = video_pts(&out);
