@@ -2,9 +2,9 @@
 //! the filter chain, on a small copy of the source frame.
 //!
 //! Motion compares a frame with the one dispatched before it (not the frame before it in the
-//! stream: a dropped frame is never seen), downscaled to at most [`WIDTH`] pixels across, with
+//! stream: a dropped frame is never seen), downscaled to at most 320 pixels across, with
 //! the `motion` filter's own detector and defaults. Faces run the `faces` filter's detector at
-//! most [`FACES_PER_SECOND`] times a second of stream time; a frame between two looks keeps the
+//! most 5 times a second of stream time; a frame between two looks keeps the
 //! last answer.
 
 use std::sync::Arc;
