@@ -225,32 +225,16 @@ impl OpenedJob {
         };
         if let Some(live) = self.live.take() {
             let size = self.size.unwrap_or((info.width, info.height));
-            let mut feed = LiveFeed::start(self.source, live.stop, live.stats.clone(), live.max_wait, self.trigger)?;
+            let feed = LiveFeed::start(self.source, live.stop, live.stats.clone(), live.max_wait, self.trigger)?;
             let (report, size, clips) = match self.sink {
                 Output::Direct(mut sink) => {
-                    let report = run_job(
-                        job,
-                        &mut feed,
-                        &mut LiveSink::new(&mut sink, live.stats.clone()),
-                        transport,
-                        &opts,
-                        observer,
-                    )?;
-                    drop(feed);
+                    let report = run_live(job, feed, &mut sink, &live.stats, transport, &opts, observer)?;
                     let size = sink.size().unwrap_or(size);
                     sink.finish().map_err(anyhow::Error::from)?;
                     (report, size, None)
                 }
                 Output::Clips(mut sink) => {
-                    let report = run_job(
-                        job,
-                        &mut feed,
-                        &mut LiveSink::new(&mut sink, live.stats.clone()),
-                        transport,
-                        &opts,
-                        observer,
-                    )?;
-                    drop(feed);
+                    let report = run_live(job, feed, &mut sink, &live.stats, transport, &opts, observer)?;
                     (report, size, Some(sink.finish()?))
                 }
                 Output::Segmented { .. } => return Err(anyhow::anyhow!("a live job writes directly").into()),
@@ -298,6 +282,20 @@ impl OpenedJob {
         }
         Ok(Finished { summary, latency: report.stats.latency.buckets() })
     }
+}
+
+/// Runs a live job's pipeline from `feed` into `sink`, measuring each frame's latency, and
+/// stops the feed's reader.
+fn run_live(
+    job: &JobContext,
+    mut feed: LiveFeed,
+    sink: &mut dyn crate::media::FrameSink,
+    stats: &Arc<crate::pipeline::live::LiveStats>,
+    transport: &dyn Transport,
+    opts: &JobOptions,
+    observer: &dyn Observer,
+) -> Result<JobReport, JobError> {
+    run_job(job, &mut feed, &mut LiveSink::new(sink, stats.clone()), transport, opts, observer)
 }
 
 /// A finished job's report.
