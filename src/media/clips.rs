@@ -107,6 +107,8 @@ pub struct ClipSink {
     clips: u64,
     /// The newest frame's timestamp and when it was written.
     newest: Option<(i64, SystemTime)>,
+    /// Packets the encoder gave so far.
+    encoded: u64,
 }
 
 impl ClipSink {
@@ -146,6 +148,7 @@ impl ClipSink {
             last_mark: None,
             clips: 0,
             newest: None,
+            encoded: 0,
         })
     }
 
@@ -272,6 +275,7 @@ impl FrameSink for ClipSink {
         let at = self.encoder.last_pts().unwrap_or(0);
         self.newest = Some((at, SystemTime::now()));
         for packet in packets {
+            self.encoded += 1;
             self.take(packet)?;
         }
         if fired {
@@ -285,6 +289,10 @@ impl FrameSink for ClipSink {
             self.close_clip()?;
         }
         Ok(())
+    }
+
+    fn packets_out(&self) -> Option<u64> {
+        Some(self.encoded)
     }
 }
 

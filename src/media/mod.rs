@@ -30,6 +30,7 @@ pub mod index;
 pub mod live;
 mod output;
 pub mod packets;
+pub mod relay;
 mod segment;
 mod side;
 mod sink;
@@ -60,6 +61,13 @@ pub trait FrameSource: Send {
 pub trait FrameSink: Send {
     /// Writes the next frame.
     fn write(&mut self, frame: &opencv::core::Mat) -> anyhow::Result<()>;
+
+    /// Encoded video packets out so far, where the sink encodes: an encoder may hold frames
+    /// back, and a live job's latency ends when its frame's packet is out, not when the frame
+    /// went in.
+    fn packets_out(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// `-` as an input or output path: standard input or output.

@@ -56,6 +56,7 @@ impl LiveStats {
             latency_ms: self.latency(),
             encode_ms: self.encode.lock().unwrap_or_else(|p| p.into_inner()).percentiles(),
             clips: None,
+            end_to_end_ms: None,
         }
     }
 }
@@ -306,11 +307,22 @@ impl<'a> LiveSink<'a> {
 impl FrameSink for LiveSink<'_> {
     fn write(&mut self, frame: &Mat) -> anyhow::Result<()> {
         let writing = Instant::now();
+        let before = self.inner.packets_out();
         self.inner.write(frame)?;
-        self.stats.encode.lock().unwrap_or_else(|p| p.into_inner()).record(writing.elapsed());
-        let read = self.stats.in_flight.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-        if let Some(at) = read {
-            self.stats.latency.lock().unwrap_or_else(|p| p.into_inner()).record(at.elapsed());
+        // The frames whose packets came out: in order (a live encoder reorders nothing), the
+        // oldest first. A sink that does not count takes its frame in as written.
+        let out = match (before, self.inner.packets_out()) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            _ => 1,
+        };
+        if out > 0 {
+            self.stats.encode.lock().unwrap_or_else(|p| p.into_inner()).record(writing.elapsed());
+        }
+        for _ in 0..out {
+            let read = self.stats.in_flight.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            if let Some(at) = read {
+                self.stats.latency.lock().unwrap_or_else(|p| p.into_inner()).record(at.elapsed());
+            }
         }
         Ok(())
     }
