@@ -114,6 +114,25 @@ struct Totals {
     done: u64,
     failed: u64,
     retries: u64,
+    /// Live jobs' frames read, dropped to keep up, and input losses.
+    live: [u64; 3],
+}
+
+impl Totals {
+    /// Adds a job's counts, which it no longer holds.
+    fn retire(&mut self, p: &Progress) {
+        self.done += p.done;
+        self.failed += p.failed;
+        self.retries += p.retries;
+        for (total, n) in self.live.iter_mut().zip(live_counts(p)) {
+            *total += n;
+        }
+    }
+}
+
+/// A live job's frames read, dropped and input losses (none for another job).
+fn live_counts(p: &Progress) -> [u64; 3] {
+    p.live.as_ref().map_or([0; 3], |l| [l.read, l.dropped, l.reconnects])
 }
 
 struct State {
@@ -314,6 +333,39 @@ impl Board {
             "Frames dispatched and not yet back, over running jobs.",
             running.iter().map(|v| v.progress.in_flight).sum::<u64>() as f64,
         );
+        let live = |i: usize| {
+            s.retired.live[i]
+                + s.jobs.values().filter(|e| e.counted).map(|e| live_counts(&e.view.progress)[i]).sum::<u64>()
+        };
+        e.single(Kind::Counter, "vpd_live_frames_read_total", "Frames read from live inputs.", live(0) as f64);
+        e.single(
+            Kind::Counter,
+            "vpd_live_frames_dropped_total",
+            "Frames of live inputs dropped before dispatch to keep their latency bounded.",
+            live(1) as f64,
+        );
+        e.single(
+            Kind::Counter,
+            "vpd_live_input_losses_total",
+            "Times a live input was lost and opened again.",
+            live(2) as f64,
+        );
+        let running_live: Vec<(&str, &crate::metrics::LiveSummary)> = s
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.view.status == JobState::Running)
+            .filter_map(|(id, e)| Some((id.as_str(), e.view.progress.live.as_deref()?)))
+            .collect();
+        for (name, quantile, pick) in [
+            ("vpd_live_latency_p50_seconds", "median", (|p: &crate::metrics::Percentiles| p.p50) as fn(&_) -> f64),
+            ("vpd_live_latency_p99_seconds", "99th percentile", |p| p.p99),
+        ] {
+            let samples: Vec<(&str, f64)> =
+                running_live.iter().map(|(id, l)| (*id, pick(&l.latency_ms) / 1e3)).collect();
+            let help =
+                format!("Running live jobs' {quantile} latency, from a packet read to its frame's packet written.");
+            e.labelled(Kind::Gauge, name, &help, "job", &samples);
+        }
         let seen = s.workers_seen.values().filter(|t| t.elapsed() < WORKER_SEEN_FOR).count();
         e.single(Kind::Gauge, "vpd_workers_seen", "Workers that processed a frame in the last 5 minutes.", seen as f64);
         if let Some(depth) = s.link.queue_depth {
@@ -364,9 +416,7 @@ impl State {
             };
             let id = self.order.remove(pos).expect("position just found");
             if let Some(e) = self.jobs.remove(&id).filter(|e| e.counted) {
-                self.retired.done += e.view.progress.done;
-                self.retired.failed += e.view.progress.failed;
-                self.retired.retries += e.view.progress.retries;
+                self.retired.retire(&e.view.progress);
             }
         }
     }
@@ -433,9 +483,7 @@ impl State {
         // counters; one this process resumes from the store is counted from here.
         let before = std::mem::replace(&mut e.counted, true).then(|| e.view.progress.clone());
         if let Some(p) = before {
-            self.retired.done += p.done;
-            self.retired.failed += p.failed;
-            self.retired.retries += p.retries;
+            self.retired.retire(&p);
         }
         let e = self.entry(id);
         e.view = JobView {

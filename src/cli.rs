@@ -558,6 +558,12 @@ pub struct ClientArgs {
     #[arg(long, value_name = "JOB", conflicts_with_all = ["input", "filter", "preset"])]
     pub attach: Option<JobId>,
 
+    /// Send the input live, as it comes, until Ctrl-C or its end: the server filters it and the
+    /// result comes back as it is encoded, into -o (a file, a stream URL or an HLS playlist).
+    /// Inferred for network URLs and /dev/video* devices.
+    #[arg(long, conflicts_with = "attach")]
+    pub live: bool,
+
     /// The server's token (prefer --token-file or the environment: a command line is visible to
     /// every user of the host).
     #[arg(long, env = "VPD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
@@ -605,6 +611,12 @@ pub struct ClientSettings {
     #[command(flatten)]
     #[serde(flatten)]
     pub tls: TlsClientArgs,
+
+    /// Of a live input: the latency to stay under, in seconds, from a frame's packet being read
+    /// to its encoded packet being written; the server drops frames before dispatch to keep it
+    /// [default: 1].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_latency: Option<f64>,
 
     /// How long to keep trying, with growing pauses, while the server says it is busy or the
     /// client is over its limits, in seconds (0: give up at once) [default: 300].

@@ -257,16 +257,7 @@ impl FileConfig {
             json: args.result.json,
             live,
             record,
-            max_latency: match s.max_latency {
-                Some(s) if s.is_finite() && s > 0.0 && s <= 60.0 => std::time::Duration::from_secs_f64(s),
-                Some(s) => {
-                    return Err(usage(
-                        ErrorKind::ValueValidation,
-                        &format!("--max-latency {s} is out of range (more than 0, at most 60 seconds)"),
-                    ));
-                }
-                None => crate::pipeline::live::DEFAULT_MAX_LATENCY,
-            },
+            max_latency: max_latency(s.max_latency)?,
         })
     }
 
@@ -379,6 +370,19 @@ impl FileConfig {
     /// The validated configuration of `vpd client`, and whether to print JSON.
     pub fn client(&self, mut a: ClientArgs) -> anyhow::Result<(ClientPlan, bool)> {
         let json = a.result.json;
+        let live = a.live || a.input.iter().any(|i| crate::media::live::is_live_input(i));
+        if live && a.input.len() > 1 {
+            return Err(usage(
+                ErrorKind::ArgumentConflict,
+                "a live input runs alone: it never ends on its own, so the inputs after it would never start",
+            ));
+        }
+        if live && a.detach {
+            return Err(usage(
+                ErrorKind::ArgumentConflict,
+                "--detach is for an upload: a live stream goes through its client as long as it runs",
+            ));
+        }
         let batch = a.input.len() > 1 || (a.attach.is_none() && a.output.as_deref().is_some_and(Path::is_dir));
         if !batch {
             let input = a.input.pop();
@@ -419,7 +423,13 @@ impl FileConfig {
         let job = match (a.attach, input, a.filter) {
             (Some(id), _, _) => ClientJob::Attach(id),
             (None, Some(input), filter) if filter.is_some() || a.preset.is_some() => {
-                ClientJob::Submit { input, chain: self.chain(filter, a.preset.as_deref())?, detach: a.detach }
+                let live = a.live || crate::media::live::is_live_input(&input);
+                ClientJob::Submit {
+                    chain: self.chain(filter, a.preset.as_deref())?,
+                    detach: a.detach,
+                    live: live.then(|| max_latency(s.max_latency)).transpose()?,
+                    input,
+                }
             }
             _ => return Err(usage(ErrorKind::MissingRequiredArgument, "give an input and --filter, or --attach JOB")),
         };
@@ -745,6 +755,18 @@ pub const DEFAULT_KEEP_RESULTS: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_STORED: u64 = 20 << 30;
 
 /// A segment length from the command line or the config file, checked.
+/// `--max-latency`: more than 0, at most 60 s, 1 s when not given.
+fn max_latency(seconds: Option<f64>) -> anyhow::Result<Duration> {
+    match seconds {
+        Some(s) if s.is_finite() && s > 0.0 && s <= 60.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(usage(
+            ErrorKind::ValueValidation,
+            &format!("--max-latency {s} is out of range (more than 0, at most 60 seconds)"),
+        )),
+        None => Ok(crate::pipeline::live::DEFAULT_MAX_LATENCY),
+    }
+}
+
 fn segment_seconds(value: Option<f64>) -> anyhow::Result<f64> {
     let seconds = value.unwrap_or(DEFAULT_SEGMENT_SECONDS);
     if !(seconds.is_finite() && (0.1..=3600.0).contains(&seconds)) {
@@ -943,6 +965,7 @@ mod tests {
         ("run", "format"),
         ("run", "resume"),
         ("run", "live"),
+        ("client", "live"),
         ("run", "record-on"),
         ("run", "json"),
         ("run", "quiet"),

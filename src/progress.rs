@@ -87,23 +87,35 @@ impl LiveView {
 
 impl Observer for LiveView {
     fn on_progress(&self, p: &Progress) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.bar.0.set_position(p.done);
         if p.done % 8 == 0 {
-            let latency = self.stats.latency();
-            let mut message = format!(
-                "live · latency p50 {:.0} ms p99 {:.0} ms · {} dropped",
-                latency.p50,
-                latency.p99,
-                self.stats.dropped.load(Relaxed)
-            );
-            let reconnects = self.stats.reconnects.load(Relaxed);
-            if reconnects > 0 {
-                message.push_str(&format!(" · input lost and back {reconnects}×"));
-            }
-            self.bar.0.set_message(message);
+            self.bar.0.set_message(live_line(&self.stats.summary(), 0));
         }
     }
+}
+
+impl ProgressView {
+    /// A live job's numbers, as a server reports them: frames, and the live line (its client's
+    /// own input losses, `reconnects`, added).
+    pub fn update_live(&self, p: &Progress, reconnects: u64) {
+        self.0.set_position(p.done);
+        if let Some(live) = &p.live {
+            self.0.set_message(live_line(live, reconnects));
+        }
+    }
+}
+
+/// The live part of a progress line: latency, drops, input losses.
+fn live_line(live: &crate::metrics::LiveSummary, more_reconnects: u64) -> String {
+    let mut message = format!(
+        "live · latency p50 {:.0} ms p99 {:.0} ms · {} dropped",
+        live.latency_ms.p50, live.latency_ms.p99, live.dropped
+    );
+    let reconnects = live.reconnects + more_reconnects;
+    if reconnects > 0 {
+        message.push_str(&format!(" · input lost and back {reconnects}×"));
+    }
+    message
 }
 
 /// Prints `summary`: as text on stderr unless `quiet`, as one JSON line on stdout if `json`.
@@ -146,6 +158,9 @@ fn write_human(w: &mut impl Write, s: &JobSummary) -> io::Result<()> {
             "  live             {} frames read, {} dropped to keep up, input lost and back {} times",
             live.read, live.dropped, live.reconnects
         )?;
+        if let Some(e2e) = &live.end_to_end_ms {
+            writeln!(w, "  end to end       {}  (read by this client to written by it)", percentiles(e2e))?;
+        }
         if let Some(clips) = live.clips {
             writeln!(w, "  clips            {clips} written (--record-on)")?;
         }

@@ -237,6 +237,7 @@ impl Recorded {
             input_name: cfg.input.display().to_string(),
             input_bytes: 0,
             client: "local".into(),
+            live: None,
         };
         let software = format!("vpd run {} --record-on", env!("CARGO_PKG_VERSION"));
         store.create(id, "local", &software, &spec)?;

@@ -546,6 +546,7 @@ mod tests {
             input_name: "in.mp4".into(),
             input_bytes: 1234,
             client: "alice".into(),
+            live: None,
         }
     }
 

@@ -271,6 +271,7 @@ fn write_seed_corpus() {
         input_name: "in.mp4".into(),
         input_bytes: 12,
         client: String::new(),
+        live: None,
     }));
     let mut session = encode_control(&hello).unwrap();
     session.extend(encode_control(&submit).unwrap());

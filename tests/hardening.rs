@@ -247,6 +247,7 @@ fn slow_uploaders_and_clients_that_never_read_hold_no_job_slot() {
         input_name: "noisy.mkv".into(),
         input_bytes: bytes.len() as u64,
         client: String::new(),
+        live: None,
     })));
     assert!(matches!(deaf.recv(), Some(ServerMessage::Accepted { .. })));
     for chunk in bytes.chunks(1 << 20) {

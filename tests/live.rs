@@ -319,7 +319,12 @@ fn live_usage_mistakes_are_one_line_each() {
     let d = dir.path().to_str().unwrap();
     let sample = asset("sample.mp4");
     let s = sample.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
+        (&["client", "udp://127.0.0.1:9", s, "-f", "edges", "-o", d], "a live input runs alone"),
+        (
+            &["client", "udp://127.0.0.1:9", "-f", "edges", "-o", &format!("{d}/x.mp4"), "--detach"],
+            "--detach is for an upload",
+        ),
         (&["run", "udp://127.0.0.1:9", s, "-f", "edges", "-o", d], "a live input runs alone"),
         (&["run", s, "-f", "edges", "-o", &format!("{d}/x-%H.mp4"), "--record-on", "motion"], "for a live input"),
         (
@@ -349,4 +354,102 @@ fn live_usage_mistakes_are_one_line_each() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+}
+
+/// The one running live job's id, from the server's `/metrics` (its latency gauge's label).
+fn running_live_job(metrics: &str) -> Option<String> {
+    let (_, text, body) = crate::util::web::get(&format!("{metrics}metrics"));
+    assert!(text.starts_with("text/plain"), "{text}");
+    let body = String::from_utf8(body).unwrap();
+    let line = body.lines().find(|l| l.starts_with("vpd_live_latency_p99_seconds{job=\""))?;
+    Some(line.split('"').nth(1)?.to_string())
+}
+
+/// A metric's value in `/metrics`.
+fn metric(metrics: &str, name: &str) -> f64 {
+    let (_, _, body) = crate::util::web::get(&format!("{metrics}metrics"));
+    let body = String::from_utf8(body).unwrap();
+    let line = body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_live_stream_through_a_server_and_two_workers_comes_back_as_it_is_encoded() {
+    let ns = Namespace::new("live_relay");
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp_url(),
+        "--namespace",
+        &ns.name,
+        "--preview",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
+    ns.wait_for_workers(2);
+    let (metrics, preview) = (server.metrics.clone().unwrap(), server.preview.clone().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live.mp4");
+    let url = format!("udp://127.0.0.1:{}", free_udp_port());
+    // Blurred 640x360 test frames are large enough for the result to reach its file while the
+    // stream runs: the MP4 muxer writes a quarter of a megabyte at a time.
+    let client = spawn_piped(client_cmd(&server.addr(), Path::new(&url), "blur", &out, &[]));
+    // 8 s at 25 fps, sent in real time.
+    let mut source = live_source(&format!("{url}?pkt_size=1316"), "640x360", 25, 8);
+
+    // While it streams: the job runs on the server, its live counts are in /metrics, the
+    // dashboard has its live frame, and the result comes back as it is encoded (the output's
+    // hidden file grows), though the output itself appears only once whole.
+    let mut job = None;
+    assert!(wait_for(Duration::from_secs(20), || {
+        job = running_live_job(&metrics);
+        job.is_some()
+    }));
+    let job = job.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let (status, kind, jpeg) = crate::util::web::get(&format!("{preview}jobs/{job}/frame.jpg"));
+            status == 200 && kind == "image/jpeg" && jpeg.starts_with(&[0xFF, 0xD8])
+        }),
+        "the dashboard shows the live job's frame"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with('.') && e.metadata().is_ok_and(|m| m.len() > 10_000)
+            })
+        }),
+        "the result comes back while the stream runs: {:?}",
+        partial_files(dir.path())
+    );
+    assert!(!out.exists(), "the output appears only once whole");
+    assert!(wait_exit(&mut source.0, Duration::from_secs(30)).success());
+    let summary = interrupt(client);
+
+    let live = &summary["live"];
+    let frames = summary["frames"].as_u64().unwrap();
+    assert!(frames >= 100, "frames of the 200 sent were processed: {summary}");
+    assert_eq!(live["read"].as_u64().unwrap(), frames + live["dropped"].as_u64().unwrap(), "{summary}");
+    let workers = summary["workers"].as_object().unwrap();
+    assert_eq!(workers.len(), 2, "both workers filtered frames: {summary}");
+    assert!(workers.values().all(|n| n.as_u64().unwrap() > 0), "{summary}");
+    // Measured both ways: on the server, and by the client from its read to its write.
+    let e2e = live["end_to_end_ms"]["p99"].as_f64().unwrap();
+    assert!(live["latency_ms"]["p99"].as_f64().unwrap() > 0.0 && e2e > 0.0, "{summary}");
+    // Not a speed target (BENCHMARKS.md has those): a queue that grew with the stream would
+    // reach seconds.
+    assert!(e2e < 2000.0, "the end-to-end latency stays bounded: {summary}");
+    assert_eq!(ffprobe(&out).frames, frames, "the file holds every frame that came back, and plays");
+    let pts = video_pts(&out);
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "timestamps go forward: {pts:?}");
+    assert!(partial_files(dir.path()).is_empty(), "no partial file left: {:?}", partial_files(dir.path()));
+    // The job's counts stay in /metrics after it ends.
+    assert!(metric(&metrics, "vpd_live_frames_read_total") >= frames as f64);
+    assert_eq!(running_live_job(&metrics), None, "it no longer runs");
+    let (code, err) = server.stop();
+    assert_eq!(code, Some(0), "{err}");
 }

@@ -35,6 +35,8 @@ use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Serve
 use crate::protocol::wire::TransportEncoding;
 use crate::tls::ClientTls;
 
+mod live;
+
 /// Time to connect and to hear the server's welcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a cancel, time to wait for the server to confirm.
@@ -57,6 +59,9 @@ pub enum ClientJob {
         chain: Chain,
         /// Leave once the job is the server's.
         detach: bool,
+        /// A live input, read as it comes and relayed (`--live`, or inferred): the latency it
+        /// is to stay under.
+        live: Option<Duration>,
     },
     /// Follow this job to its result.
     Attach(JobId),
@@ -106,6 +111,9 @@ pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<Foll
     // container cannot hold, found after the server processed the whole video, wastes all of it.
     if cfg.output == Path::new(STDIO) {
         return Err(anyhow!("the client writes its result to a file (-o FILE); `vpd run` writes to a pipe").into());
+    }
+    if let ClientJob::Submit { input, chain, live: Some(max_latency), .. } = &cfg.job {
+        return live::run(cfg, input, chain, *max_latency, shutdown).await;
     }
     let (input, detach) = match &cfg.job {
         ClientJob::Submit { input, detach, .. } => (input.as_path(), *detach),
@@ -210,6 +218,7 @@ async fn submit(cfg: &ClientConfig, input: &Path, chain: &Chain, upload_bytes: u
         input_bytes: upload_bytes,
         // The server names the job's client from the token.
         client: String::new(),
+        live: None,
     };
     writer.send(&ClientMessage::Submit(Box::new(request))).await.context("submitting the job")?;
     let (start, cancel) = (oneshot::channel(), oneshot::channel());

@@ -26,6 +26,20 @@ pub fn is_live_input(input: &Path) -> bool {
     is_url(input) || is_capture_device(input)
 }
 
+/// Whether `path` is `pipe:N`: a pipe this process holds open as descriptor `N`, as FFmpeg's
+/// `pipe` protocol names it. A server's live job reads its client's stream from one and writes
+/// its result into another (see [`super::relay`]).
+pub fn is_pipe_url(path: &Path) -> bool {
+    path.to_str()
+        .and_then(|t| t.strip_prefix("pipe:"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The `pipe:N` URL of descriptor `fd`.
+pub fn pipe_url(fd: std::os::fd::RawFd) -> std::path::PathBuf {
+    format!("pipe:{fd}").into()
+}
+
 /// Whether `input` is a video capture device (`/dev/video*`).
 pub fn is_capture_device(input: &Path) -> bool {
     input.starts_with("/dev") && input.file_name().is_some_and(|n| n.to_string_lossy().starts_with("video"))
@@ -62,6 +76,16 @@ pub(super) fn input_options(input: &Path) -> Vec<(&'static str, String)> {
     }
     if is_url(input) {
         options.push(("rw_timeout", LOSS_TIMEOUT.as_micros().to_string()));
+    }
+    if is_pipe_url(input) {
+        // A relayed stream (NUT: every stream's parameters are in its header): only its rate
+        // is left to find, from half a second of frames, and those are not handed over (they
+        // are that old by the time the probe ends), as for any live input below.
+        return vec![
+            ("probesize", "1000000".into()),
+            ("analyzeduration", "500000".into()),
+            ("fflags", "nobuffer".into()),
+        ];
     }
     if is_live_input(input) {
         // What was read while probing the stream is not handed over afterwards: as a burst,

@@ -22,7 +22,7 @@ const MAX_LINKS: usize = 40;
 /// An output that is a symbolic link is written *through*: the file it points to is
 /// replaced (or created) and the link stays, as `cp` and shell redirection do.
 pub fn check_output_path(input: &Path, output: &Path) -> Result<PathBuf, MediaError> {
-    if output == Path::new(STDIO) || super::live::is_url(output) {
+    if output == Path::new(STDIO) || super::live::is_url(output) || super::live::is_pipe_url(output) {
         return Ok(output.to_path_buf());
     }
     let target = follow_links(output)?;
@@ -91,6 +91,7 @@ fn follow_links(path: &Path) -> Result<PathBuf, MediaError> {
 /// itself).
 pub fn is_stream_target(target: &Path) -> bool {
     super::live::is_url(target)
+        || super::live::is_pipe_url(target)
         || std::fs::metadata(target).is_ok_and(|m| {
             let t = m.file_type();
             t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()

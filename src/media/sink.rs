@@ -283,6 +283,11 @@ impl MediaSink {
             // pipe cannot be rewritten: fragments instead.
             header.set("movflags", if pipe { "frag_keyframe+empty_moov+default_base_moof" } else { "+faststart" });
         }
+        if stdout || is_stream_target(target) {
+            // A reader waits on the other end: each packet goes out as it is written, not when
+            // FFmpeg's 32 KiB buffer fills (several frames of a live stream).
+            header.set("flush_packets", "1");
+        }
         if muxer.name() == "hls" {
             // A rolling playlist: six segments of about two seconds (one keyframe interval each
             // in a live job), the older ones removed as they leave it.
@@ -434,6 +439,10 @@ impl FrameSink for MediaSink {
         self.written += 1;
         self.write_video(packets)?;
         Ok(())
+    }
+
+    fn packets_out(&self) -> Option<u64> {
+        Some(self.packets)
     }
 }
 

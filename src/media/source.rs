@@ -44,6 +44,9 @@ pub(super) fn upright_turn(stream: &format::stream::Stream<'_>) -> Option<Rotate
     }
 }
 
+/// Video packets of a live input whose read time is kept until their frame is decoded.
+const MAX_PACKET_READS: usize = 256;
+
 /// Frame rate assumed when the container gives none (or nonsense).
 const FALLBACK_FPS: f64 = 25.0;
 
@@ -105,6 +108,9 @@ pub struct MediaSource {
     /// When the packet last sent to the decoder was read, and for each ready frame the read
     /// time of the packet that let it out.
     packet_read_at: Option<Instant>,
+    /// The video packets read and not yet decoded, by presentation time: a frame's latency
+    /// counts from its own packet's read, whatever the decoder held back.
+    packet_reads: VecDeque<(Option<i64>, Instant)>,
     ready_read_at: VecDeque<(Instant, Option<i64>)>,
     handed_read_at: Option<(Instant, Option<i64>)>,
 }
@@ -284,34 +290,16 @@ impl MediaSource {
         before: Option<&MediaSource>,
     ) -> Result<Self, MediaError> {
         super::init();
-        if !super::live::is_url(path) && !super::live::is_capture_device(path) {
-            check_input(path)?;
-        }
-        let url = if path == Path::new(STDIO) { PathBuf::from("pipe:0") } else { path.to_path_buf() };
-        let mut options = ffmpeg_next::Dictionary::new();
-        for (k, v) in super::live::input_options(path) {
-            options.set(k, &v);
-        }
-        let flag = interrupt.clone();
-        let opened = if super::live::is_capture_device(path) {
-            open_capture_device(&url, options)
-        } else {
-            format::input_with_interrupt_and_dictionary(&url, move || flag.load(Ordering::Relaxed), options)
-        };
-        let input = opened.map_err(|e| match e {
-            _ if interrupt.load(Ordering::Relaxed) => MediaError::Io {
-                path: path.to_path_buf(),
-                cause: std::io::Error::new(ErrorKind::Interrupted, "stopped while opening"),
-            },
-            ffmpeg_next::Error::Other { errno } if errno != 0 => {
-                MediaError::Io { path: path.to_path_buf(), cause: std::io::Error::from_raw_os_error(errno) }
-            }
-            error => MediaError::Ffmpeg { path: path.to_path_buf(), what: "opening the live input", error },
-        })?;
+        let input = open_live_input(path, &interrupt)?;
         let live = match before.and_then(|b| b.live.as_ref().map(|l| (b, l))) {
             Some((b, l)) => {
                 let frame = 1i64.rescale(Rational::from(b.info.fps).invert(), l.out_tb).max(1);
                 Live { out_tb: l.out_tb, shift: None, next: l.last.map_or(0, |t| t + frame), last: l.last }
+            }
+            // A relayed stream keeps its sender's timeline (from 0 at its first packet): the
+            // sender knows each frame that comes back by its time.
+            None if super::live::is_pipe_url(path) => {
+                Live { out_tb: Rational::new(0, 1), shift: Some(0), next: 0, last: None }
             }
             None => Live { out_tb: Rational::new(0, 1), shift: None, next: 0, last: None },
         };
@@ -353,6 +341,12 @@ impl MediaSource {
                 MediaError::Ffmpeg { path: path.to_path_buf(), what: "reading the video stream", error }
             })?;
         super::all_threads(&mut context);
+        if live.is_some() {
+            // Frame threads hold a frame per thread before the first comes out: latency a
+            // live stream does not have to spare. Slices still decode in parallel.
+            // SAFETY: sets a plain field of a codec context that is not open yet.
+            unsafe { (*context.as_mut_ptr()).thread_type = ffmpeg_next::ffi::FF_THREAD_SLICE };
+        }
         let codec_name = context.id().name().to_string();
         let decoder = context
             .decoder()
@@ -425,6 +419,7 @@ impl MediaSource {
             interrupt,
             live,
             packet_read_at: None,
+            packet_reads: VecDeque::new(),
             ready_read_at: VecDeque::new(),
             handed_read_at: None,
         };
@@ -467,6 +462,12 @@ impl MediaSource {
             }
             let index = packet.stream();
             if index == self.video {
+                if self.live.is_some() {
+                    self.packet_reads.push_back((packet.pts(), self.packet_read_at.unwrap_or_else(Instant::now)));
+                    if self.packet_reads.len() > MAX_PACKET_READS {
+                        self.packet_reads.pop_front();
+                    }
+                }
                 if self.decoder.send_packet(&packet).is_ok() {
                     self.receive()?;
                 }
@@ -484,6 +485,11 @@ impl MediaSource {
         let mut decoded = frame::Video::empty();
         while self.decoder.receive_frame(&mut decoded).is_ok() {
             let mat = self.convert(&decoded)?;
+            let own = decoded.timestamp().and_then(|t| self.packet_reads.iter().position(|(p, _)| *p == Some(t)));
+            let read_at = match own {
+                Some(i) => self.packet_reads.remove(i).map(|(_, at)| at),
+                None => self.packet_read_at,
+            };
             let pts = match &mut self.live {
                 Some(live) => {
                     let stream_tb = self.input.stream(self.video).map_or(self.time_base, |s| s.time_base());
@@ -498,7 +504,7 @@ impl MediaSource {
             }
             self.side.push_frame(pts);
             self.ready.push_back(mat);
-            self.ready_read_at.push_back((self.packet_read_at.unwrap_or_else(Instant::now), pts));
+            self.ready_read_at.push_back((read_at.unwrap_or_else(Instant::now), pts));
         }
         Ok(())
     }
@@ -685,6 +691,38 @@ impl FrameSource for MediaSource {
 
 /// A V4L2 capture device, through libavdevice's `video4linux2` input: FFmpeg does not guess
 /// it from the path. A device's reads wait at most a frame, so no interrupt is needed.
+/// Opens `path` to read live, with the options of [`super::live::input_options`]: a network
+/// URL, a capture device, a relayed `pipe:N`, or a file or named pipe read as one. Setting
+/// `interrupt` ends a read blocked on the network at once.
+pub(super) fn open_live_input(path: &Path, interrupt: &Arc<AtomicBool>) -> Result<format::context::Input, MediaError> {
+    super::init();
+    let live = super::live::is_url(path) || super::live::is_capture_device(path) || super::live::is_pipe_url(path);
+    if !live {
+        check_input(path)?;
+    }
+    let url = if path == Path::new(STDIO) { PathBuf::from("pipe:0") } else { path.to_path_buf() };
+    let mut options = ffmpeg_next::Dictionary::new();
+    for (k, v) in super::live::input_options(path) {
+        options.set(k, &v);
+    }
+    let flag = interrupt.clone();
+    let opened = if super::live::is_capture_device(path) {
+        open_capture_device(&url, options)
+    } else {
+        format::input_with_interrupt_and_dictionary(&url, move || flag.load(Ordering::Relaxed), options)
+    };
+    opened.map_err(|e| match e {
+        _ if interrupt.load(Ordering::Relaxed) => MediaError::Io {
+            path: path.to_path_buf(),
+            cause: std::io::Error::new(ErrorKind::Interrupted, "stopped while opening"),
+        },
+        ffmpeg_next::Error::Other { errno } if errno != 0 => {
+            MediaError::Io { path: path.to_path_buf(), cause: std::io::Error::from_raw_os_error(errno) }
+        }
+        error => MediaError::Ffmpeg { path: path.to_path_buf(), what: "opening the live input", error },
+    })
+}
+
 fn open_capture_device(
     url: &Path,
     options: ffmpeg_next::Dictionary,

@@ -210,6 +210,7 @@ impl JobStats {
             elapsed_ms: elapsed.as_millis() as u64,
             workers: self.per_worker.clone(),
             latency: self.latency_bars.to_vec(),
+            live: None,
         }
     }
 
@@ -226,7 +227,7 @@ impl JobStats {
 
 /// A running job's numbers at one moment: what the observer is told, what the protocol's
 /// progress message and the progress event carry, and what the dashboard's job view holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// Frames collected so far (processed or failed).
     pub done: u64,
@@ -247,6 +248,10 @@ pub struct Progress {
     /// nobody measured them (a finished job's view from its summary).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency: Vec<u64>,
+    /// A live job's counts so far: frames read and dropped, input losses, latency from read
+    /// to written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Box<LiveSummary>>,
 }
 
 /// Throughput samples kept per job: past it, every other one goes, so that the chart still
@@ -346,6 +351,7 @@ impl JobSummary {
             elapsed_ms: (self.wall_seconds * 1000.0) as u64,
             workers: self.workers.iter().map(|(w, n)| (WorkerId::new(w.as_str()), *n)).collect(),
             latency: Vec::new(),
+            live: self.live.clone().map(Box::new),
         }
     }
 }
@@ -476,4 +482,9 @@ pub struct LiveSummary {
     /// Clips written under `--record-on` (none without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clips: Option<u64>,
+    /// Through a server (`vpd client`): from a packet being read by the client to the
+    /// server's packet of the same frame being written by the client, both ways over the
+    /// network included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_to_end_ms: Option<Percentiles>,
 }

@@ -108,6 +108,17 @@ pub struct JobSpec {
     /// tokens). Set by the server from the token, never taken from the client.
     #[serde(default)]
     pub client: String,
+    /// A live stream, relayed as it comes (`input_bytes` is then 0: no size is announced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveSpec>,
+}
+
+/// What a live job asks for beyond a file's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveSpec {
+    /// The most a frame may wait, from its packet read to its encoded packet written, before
+    /// newer frames take its place (`--max-latency`), in milliseconds.
+    pub max_latency_ms: u64,
 }
 
 /// What a client may do to a job, from `vpd jobs ACTION JOB` to the server's handler.
@@ -308,6 +319,7 @@ mod tests {
             input_name: "in.mp4".into(),
             input_bytes: 12,
             client: "alice".into(),
+            live: None,
         };
         let record = JobRecord {
             id: "j1".parse().unwrap(),

@@ -13,6 +13,19 @@
 //!   Cancel (any time after Submit) ──▶     Error {code: cancelled}
 //! ```
 //!
+//! A live job (`Submit` with a spec's `live`) has no upload of known size: its stream goes
+//! both ways at once, and its connection is the job's, for as long as it runs.
+//!
+//! ```text
+//!   Submit {live, …}               ──▶
+//!                                  ◀──     Accepted {job}, State {queued}…, State {running}
+//!   chunk, chunk, … (as it comes)  ──▶     (from running on)
+//!                                  ◀──     Started, then Progress and the result's chunks
+//!                                          as they are encoded
+//!   End (the input ended)          ──▶
+//!                                  ◀──     the last chunks, then Done {summary, result_bytes: 0}
+//! ```
+//!
 //! An upload cut off (the server killed, the connection lost) is kept: `ResumeUpload {job}`
 //! from the same client is answered `UploadFrom {job, offset}`, and the chunks from that
 //! offset on complete it, as after `Accepted`.
@@ -38,8 +51,9 @@ use crate::protocol::job::{JobControl, JobId, JobRecord, JobSpec, JobState};
 /// snapshot in `Progress`; 4: `List`, `Show` and `CancelJob`, the job history; 5: durable
 /// jobs: `Attach`, `Fetch`, `PauseJob`, `ResumeJob`, `RerunJob`, `State`, `expired`; 6: the
 /// `rate_limited` code and an error's `retry_after_s`; 7: `ResumeUpload` and `UploadFrom`; 8: one
-/// job model: `Submit` carries a [`JobSpec`], one `Control` message for every job control).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// job model: `Submit` carries a [`JobSpec`], one `Control` message for every job control; 9:
+/// live jobs: a spec's `live`, `End`, a progress snapshot's live counts).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// A shared secret presented in the handshake. Never printed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +133,9 @@ pub enum ClientMessage {
     },
     /// Stops the job; the server answers with an `Error` coded `cancelled`.
     Cancel,
+    /// A live job's input ended (its client's Ctrl-C, or the stream's end): what is in flight
+    /// is still processed and sent, then `Done`.
+    End,
 }
 
 /// Why the server refused or ended something.

@@ -34,7 +34,16 @@ pub(super) async fn apply(
         }
     };
     let ended = |r: &JobRecord| refuse(ErrorCode::Conflict, format!("job {job} has ended ({})", r.state.as_str()));
+    let streamed = |what: &str| {
+        refuse(ErrorCode::Conflict, format!("job {job} is a live stream: it cannot {what}; its client starts it again"))
+    };
     match (control, live, record) {
+        (JobControl::Pause | JobControl::Resume | JobControl::Rerun, Some(live), _) if live.streaming => {
+            Err(streamed("pause, resume or rerun"))
+        }
+        (JobControl::Resume | JobControl::Rerun, None, Some(r)) if r.spec.live.is_some() => {
+            Err(streamed("resume or rerun"))
+        }
         (JobControl::Cancel, Some(live), _) => {
             info!(%job, "cancelling the job, as asked");
             live.cancel();

@@ -5,9 +5,10 @@
 //! queued, running or paused when the last one stopped. A shutdown stops drivers without
 //! recording an end: the next start resumes them.
 
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,10 @@ use super::refusal::Scrub;
 use super::shared::Shared;
 use crate::cancel::Stop;
 use crate::job::{Finished, OpenedJob, Writing};
-use crate::media::{SegmentRecord, VideoInfo, frames_per_segment, segment_path};
+use crate::media::live::pipe_url;
+use crate::media::relay::RELAY_FORMAT;
+use crate::media::{OutputOptions, SegmentRecord, VideoInfo, frames_per_segment, segment_path};
+use crate::pipeline::live::LiveStats;
 use crate::pipeline::{JobError, Observer, Progress};
 use crate::protocol::event::JobEvent;
 use crate::protocol::job::{JobId, JobSpec, JobState};
@@ -32,6 +36,15 @@ use crate::transport::Transport;
 /// Starts driving the job `spec`, whose upload is in place; `paused` holds it until it
 /// is resumed. Returns it.
 pub(super) fn launch(shared: &Arc<Shared>, id: JobId, spec: JobSpec, paused: bool) -> Arc<LiveJob> {
+    start(shared, id, spec, paused, None)
+}
+
+/// Starts driving the live job `spec`, whose stream comes and goes through `relay`.
+pub(super) fn launch_live(shared: &Arc<Shared>, id: JobId, spec: JobSpec, relay: Relay) -> Arc<LiveJob> {
+    start(shared, id, spec, false, Some(relay))
+}
+
+fn start(shared: &Arc<Shared>, id: JobId, spec: JobSpec, paused: bool, relay: Option<Relay>) -> Arc<LiveJob> {
     let state = if paused { JobState::Paused } else { JobState::Queued };
     let status = Status { state, video: None, progress: Progress::default(), end: None };
     let job = Arc::new(LiveJob {
@@ -39,17 +52,35 @@ pub(super) fn launch(shared: &Arc<Shared>, id: JobId, spec: JobSpec, paused: boo
         status: watch::Sender::new(status),
         cancel: CancellationToken::new(),
         pause: watch::Sender::new(paused),
+        streaming: relay.is_some(),
     });
     let span = tracing::info_span!("drive", job = %id);
-    let driver = drive(shared.clone(), job.clone(), Driven { id: id.clone(), spec }).instrument(span);
+    let driven = Driven { id: id.clone(), spec, relay: std::sync::Mutex::new(relay) };
+    let driver = drive(shared.clone(), job.clone(), driven).instrument(span);
     shared.jobs.start(&id, job.clone(), driver);
     job
+}
+
+/// A live job's two pipes, which its connection feeds and drains (see
+/// [`crate::media::relay`]), and its counts.
+pub(super) struct Relay {
+    /// The read end of the pipe its client's stream is written into.
+    pub(super) input: OwnedFd,
+    /// The write end of the pipe its result is read from. Closed once the job's output is
+    /// (the job ended, or never opened): its connection then has the whole result.
+    pub(super) output: OwnedFd,
+    /// What the live feed counts: drops, input losses, latency.
+    pub(super) stats: Arc<LiveStats>,
+    /// How long a frame may wait for dispatch while a newer one is there.
+    pub(super) max_wait: Duration,
 }
 
 /// Drives one job to its end (or to the server's shutdown), then records how it ended.
 pub(super) async fn drive(shared: Arc<Shared>, job: Arc<LiveJob>, driven: Driven) {
     let end = drive_to_end(&shared, &job, &driven).await;
-    let Driven { id, spec } = driven;
+    // A relay never opened (a job cancelled while queued) ends its connection's stream here.
+    let Driven { id, spec, relay } = driven;
+    drop(relay);
     // What its charts showed, kept with its record so that history draws them again.
     let charts = shared.board.charts(id.as_str());
     let recorded = {
@@ -176,6 +207,8 @@ pub(super) struct Driven {
     pub(super) id: JobId,
     /// What it is.
     pub(super) spec: JobSpec,
+    /// A live job's pipes, until its run takes them.
+    pub(super) relay: std::sync::Mutex<Option<Relay>>,
 }
 
 /// Opens the job from its committed segments and runs it until it ends or is paused.
@@ -185,11 +218,25 @@ pub(super) async fn run_once(
     driven: &Driven,
     pause: &mut watch::Receiver<bool>,
 ) -> Result<End, Stopped> {
-    let Driven { id, spec } = driven;
+    let Driven { id, spec, .. } = driven;
     let jobs = &shared.jobs;
-    let (input, result) = (jobs.input_of(id, &spec.input_name), jobs.result_of(id, &spec.container));
+    // A live job reads and writes its connection's pipes, held until its run ends.
+    let relay = driven.relay.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if spec.live.is_some() && relay.is_none() {
+        return Ok(End::Failed(ErrorCode::Internal, "a live job's stream runs once".into()));
+    }
+    let (input, result) = match &relay {
+        Some(r) => (pipe_url(r.input.as_raw_fd()), pipe_url(r.output.as_raw_fd())),
+        None => (jobs.input_of(id, &spec.input_name), jobs.result_of(id, &spec.container)),
+    };
     let scrub = Scrub::new(jobs.dir(), &input, &spec.input_name, &result);
-    let opened = match open(shared, driven, (&input, &result)).await {
+    let live = relay.as_ref().map(|r| crate::job::Live {
+        stop: Stop::never(),
+        stats: r.stats.clone(),
+        max_wait: r.max_wait,
+        record: None,
+    });
+    let opened = match open(shared, driven, (&input, &result), live).await {
         Ok(opened) => opened,
         Err((code, e)) => return Ok(End::Failed(code, scrub.text(&format!("{e:#}")))),
     };
@@ -206,7 +253,8 @@ pub(super) async fn run_once(
     let remaining = VideoInfo { frame_count: info.frame_count.map(|n| n.saturating_sub(resumed)), ..info };
     let filters = spec.chain.to_string();
     shared.publish(JobEvent::Started { job: id.clone(), filters, video: remaining }).await;
-    let run = Run { shared, job, id, resumed, total: info.frame_count };
+    let stats = relay.as_ref().map(|r| r.stats.clone());
+    let run = Run { shared, job, id, resumed, total: info.frame_count, live: stats };
     let (outcome, paused, progress, thumbnails) = run.follow(opened, spec, pause).await;
     let mut thumbnails = thumbnails;
     let Finished { mut summary, latency } = match outcome {
@@ -244,6 +292,7 @@ pub(super) async fn run_once(
     shared.publish(JobEvent::Done { job: id.clone(), summary: Box::new(summary.clone()), latency }).await;
     job.status.send_modify(|s| s.progress = summary.progress());
     info!(frames = summary.frames, fps = format!("{:.1}", summary.fps), "job done");
+    drop(relay);
     Ok(End::Done(Box::new(summary)))
 }
 
@@ -292,9 +341,27 @@ impl Opened {
 /// whose files are there (in frame mode, those in order from 0).
 async fn open(
     shared: &Arc<Shared>,
-    Driven { id, spec }: &Driven,
+    Driven { id, spec, .. }: &Driven,
     (input, result): (&Path, &Path),
+    live: Option<crate::job::Live>,
 ) -> Result<Opened, (ErrorCode, anyhow::Error)> {
+    if let Some(live) = live {
+        // A stream as it comes: frame by frame, written straight into the relay.
+        let options = OutputOptions { format: Some(RELAY_FORMAT.into()), ..spec.output.clone() };
+        let (chain, cascade) = (spec.chain.clone(), shared.local_face_cascade.clone());
+        let (input, result) = (input.to_path_buf(), result.to_path_buf());
+        let span = tracing::Span::current();
+        return tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                let writing = Writing::Direct;
+                crate::job::open(&input, &result, &chain, &options, cascade.as_deref(), writing, Some(live))
+                    .map(|j| Opened::Frames(Box::new(j), "a live stream goes frame by frame".into()))
+            })
+        })
+        .await
+        .map_err(|e| (ErrorCode::Internal, anyhow::anyhow!("{e}")))?
+        .map_err(|e| (ErrorCode::BadInput, e));
+    }
     let dir = shared.jobs.segments_of(id);
     let committed: Vec<SegmentRecord> = {
         let (shared, id, dir) = (shared.clone(), id.clone(), dir.clone());
@@ -359,6 +426,8 @@ struct Run<'a> {
     resumed: u64,
     /// Frames the whole video has.
     total: Option<u64>,
+    /// A live job's counts, which its progress carries.
+    live: Option<Arc<LiveStats>>,
 }
 
 /// What a run ended with, whether it was paused, its last progress and the thumbnails not yet
@@ -404,7 +473,8 @@ impl Run<'_> {
                     if changed.is_err() {
                         continue;
                     }
-                    let p = progress_rx.borrow_and_update().clone();
+                    let mut p = progress_rx.borrow_and_update().clone();
+                    p.live = self.live.as_ref().map(|s| Box::new(s.summary()));
                     if first && p.done > 0 {
                         first = false;
                         info!(frame = self.resumed, ms = first_frame.elapsed().as_millis() as u64, "first new frame");

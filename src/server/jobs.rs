@@ -66,6 +66,9 @@ pub struct LiveJob {
     pub(super) cancel: CancellationToken,
     /// Whether it is held paused.
     pub(super) pause: watch::Sender<bool>,
+    /// A live stream relayed over its client's connection: it cannot pause (its stream would
+    /// not wait) nor resume after its server stops.
+    pub(super) streaming: bool,
 }
 
 impl LiveJob {

@@ -25,6 +25,7 @@ mod control;
 mod drive;
 mod follow;
 mod jobs;
+mod live;
 mod observer;
 mod places;
 mod refusal;
@@ -399,6 +400,9 @@ async fn resume(shared: &Arc<Shared>, id: JobId) -> anyhow::Result<()> {
         shared
             .off(move |s| {
                 let why = match s.store.get(&id) {
+                    Ok(Some(record)) if record.spec.live.is_some() => {
+                        "a live job's stream ended with the server that ran it".to_string()
+                    }
                     Ok(Some(record)) if s.jobs.input_of(&id, &record.spec.input_name).is_file() => {
                         if record.state != JobState::Paused {
                             s.store.resumed(&id)?;

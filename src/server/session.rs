@@ -86,6 +86,10 @@ where
         return Err(refuse(ErrorCode::Unauthorized, format!("{} has a read-only token", who.name)));
     }
     match request {
+        ClientMessage::Submit(spec) if spec.live.is_some() => {
+            let caller = Caller { peer, software: &software, who: &who, seat: &seat };
+            super::live::live(reader, writer, shared, shutdown, &caller, *spec).await
+        }
         ClientMessage::Submit(spec) => {
             let caller = Caller { peer, software: &software, who: &who, seat: &seat };
             let id = submit(reader, writer, shared, shutdown, &caller, *spec).await?;
@@ -96,6 +100,10 @@ where
             let id = resume_upload(reader, writer, shared, shutdown, &caller, &job, upload_bytes).await?;
             attach(reader, writer, shared, &seat, &id).await
         }
+        ClientMessage::Attach { job } if shared.jobs.get(&job).is_some_and(|j| j.streaming) => Err(refuse(
+            ErrorCode::Conflict,
+            format!("job {job} is a live stream: its result goes to the client that sends it"),
+        )),
         ClientMessage::Attach { job } => {
             writer.send(&ServerMessage::Accepted { job: job.clone() }).await?;
             attach(reader, writer, shared, &seat, &job).await
@@ -127,7 +135,7 @@ where
             Some(record) => Ok(writer.send(&ServerMessage::Job(Box::new(record))).await?),
             None => Err(refuse(ErrorCode::NotFound, format!("no job {job} on this server"))),
         },
-        ClientMessage::Hello { .. } | ClientMessage::Cancel => Err(unexpected()),
+        ClientMessage::Hello { .. } | ClientMessage::Cancel | ClientMessage::End => Err(unexpected()),
     }
 }
 
@@ -194,7 +202,11 @@ pub(super) async fn first_request<R: AsyncRead + Unpin>(
             validate(&mut spec, shared)?;
             Ok(ClientMessage::Submit(spec))
         }
-        Some(Packet::Message(m)) if !matches!(m, ClientMessage::Hello { .. } | ClientMessage::Cancel) => Ok(m),
+        Some(Packet::Message(m))
+            if !matches!(m, ClientMessage::Hello { .. } | ClientMessage::Cancel | ClientMessage::End) =>
+        {
+            Ok(m)
+        }
         _ => Err(unexpected()),
     }
 }

@@ -186,6 +186,14 @@ pub(super) fn validate(r: &mut JobSpec, shared: &Shared) -> Result<(), Refusal> 
     // fit the container.
     check_output(Path::new(&format!("output.{container}")), &r.output)
         .map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+    if let Some(live) = r.live {
+        // No upload to size: the stream comes as it comes.
+        if !(1..=60_000).contains(&live.max_latency_ms) {
+            return Err(refuse(ErrorCode::BadRequest, "a live job's latency bound is 1 ms to 60 s"));
+        }
+        r.container = container;
+        return Ok(());
+    }
     if r.input_bytes == 0 {
         return Err(refuse(ErrorCode::BadInput, "the upload is empty"));
     }

@@ -87,6 +87,7 @@ impl WebSide {
             input_name: if name.is_empty() { "upload".into() } else { name },
             input_bytes: form.bytes,
             client: String::new(),
+            live: None,
         };
         validate(&mut spec, &self.shared).map_err(web_error)?;
         Ok(spec)
