@@ -131,7 +131,13 @@ pub fn launch(cli: Cli) -> anyhow::Result<ExitCode> {
                         return Ok(batch_exit(&report));
                     }
                 };
-                match crate::client::run(&cfg, shutdown).await {
+                let followed = match &cfg.job {
+                    crate::client::ClientJob::Submit { live: Some(_), .. } => {
+                        crate::client::live::run(&cfg, shutdown).await
+                    }
+                    _ => crate::client::run(&cfg, shutdown).await,
+                };
+                match followed {
                     Ok(crate::client::Followed::Detached(job)) => {
                         detached(&job, &cfg)?;
                         Ok(ExitCode::SUCCESS)

@@ -391,7 +391,7 @@ fn cases() -> Vec<Case> {
             c.send(&ClientMessage::Hello { protocol: PROTOCOL_VERSION + 1, client: "future".into(), token: None });
             Some(c.expect_error())
         }),
-        Code(ErrorCode::VersionMismatch, "this server speaks 8"),
+        Code(ErrorCode::VersionMismatch, "this server speaks 9"),
     ));
     cases.push(c(
         "a chunk before any submit",

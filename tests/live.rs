@@ -394,15 +394,12 @@ fn a_live_stream_through_a_server_and_two_workers_comes_back_as_it_is_encoded() 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("live.mp4");
     let url = format!("udp://127.0.0.1:{}", free_udp_port());
-    // Blurred 640x360 test frames are large enough for the result to reach its file while the
-    // stream runs: the MP4 muxer writes a quarter of a megabyte at a time.
     let client = spawn_piped(client_cmd(&server.addr(), Path::new(&url), "blur", &out, &[]));
     // 8 s at 25 fps, sent in real time.
-    let mut source = live_source(&format!("{url}?pkt_size=1316"), "640x360", 25, 8);
+    let mut source = live_source(&format!("{url}?pkt_size=1316"), "320x240", 25, 8);
 
     // While it streams: the job runs on the server, its live counts are in /metrics, the
-    // dashboard has its live frame, and the result comes back as it is encoded (the output's
-    // hidden file grows), though the output itself appears only once whole.
+    // dashboard has its live frame; the output appears only once whole.
     let mut job = None;
     assert!(wait_for(Duration::from_secs(20), || {
         job = running_live_job(&metrics);
@@ -415,16 +412,6 @@ fn a_live_stream_through_a_server_and_two_workers_comes_back_as_it_is_encoded() 
             status == 200 && kind == "image/jpeg" && jpeg.starts_with(&[0xFF, 0xD8])
         }),
         "the dashboard shows the live job's frame"
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with('.') && e.metadata().is_ok_and(|m| m.len() > 10_000)
-            })
-        }),
-        "the result comes back while the stream runs: {:?}",
-        partial_files(dir.path())
     );
     assert!(!out.exists(), "the output appears only once whole");
     assert!(wait_exit(&mut source.0, Duration::from_secs(30)).success());
@@ -440,8 +427,10 @@ fn a_live_stream_through_a_server_and_two_workers_comes_back_as_it_is_encoded() 
     // Measured both ways: on the server, and by the client from its read to its write.
     let e2e = live["end_to_end_ms"]["p99"].as_f64().unwrap();
     assert!(live["latency_ms"]["p99"].as_f64().unwrap() > 0.0 && e2e > 0.0, "{summary}");
-    // Not a speed target (BENCHMARKS.md has those): a queue that grew with the stream would
-    // reach seconds.
+    // Not a speed target (BENCHMARKS.md has those): the result came back as it was encoded,
+    // frame by frame, not at the end (8 s of stream would make that seconds a frame), and no
+    // queue grew with the stream.
+    assert!(live["end_to_end_ms"]["p50"].as_f64().unwrap() < 1000.0, "{summary}");
     assert!(e2e < 2000.0, "the end-to-end latency stays bounded: {summary}");
     assert_eq!(ffprobe(&out).frames, frames, "the file holds every frame that came back, and plays");
     let pts = video_pts(&out);

@@ -319,9 +319,14 @@ function renderDetail() {
   const p = job.progress;
   const size = job.width ? `${job.width}×${job.height} at ${job.video_fps.toFixed(2)} fps · ` : '';
   const name = detail ? `${detail.record.input_name} · ` : '';
+  // A live stream: what it read, dropped to keep up and lost, and its latency, as it runs.
+  const live = p.live
+    ? ` · live: ${p.live.read} read, ${p.live.dropped} dropped, latency p50 ${p.live.latency_ms.p50.toFixed(0)} ms ` +
+      `p99 ${p.live.latency_ms.p99.toFixed(0)} ms` + (p.live.reconnects ? `, input lost ${p.live.reconnects}×` : '')
+    : '';
   $('#detail-line').textContent =
     `${name}${size}${job.filters || 'filters unknown'} · ${(p.elapsed_ms / 1000).toFixed(1)} s · ` +
-    `${p.in_flight} ${p.in_flight === 1 ? 'frame' : 'frames'} in flight`;
+    `${p.in_flight} ${p.in_flight === 1 ? 'frame' : 'frames'} in flight${live}`;
   const workers = Object.entries(job.workers).map(([id, w]) => {
     const tr = document.createElement('tr');
     cells(tr, [[id, ''], [String(w.frames), 'num'], [w.fps.toFixed(1), 'num']]);
@@ -349,6 +354,11 @@ function renderSummary(job) {
     ['Latency p50 / p95 / p99', `${s.latency_ms.p50.toFixed(1)} / ${s.latency_ms.p95.toFixed(1)} / ${s.latency_ms.p99.toFixed(1)} ms`],
     ['Filter time p50 / p95', `${s.filter_latency_ms.p50.toFixed(1)} / ${s.filter_latency_ms.p95.toFixed(1)} ms`],
   ];
+  if (s.live) {
+    const l = s.live.latency_ms;
+    items.push(['Live', `${s.live.read} read, ${s.live.dropped} dropped, input lost ${s.live.reconnects}×`]);
+    items.push(['Read to written p50 / p99', `${l.p50.toFixed(1)} / ${l.p99.toFixed(1)} ms`]);
+  }
   dl.replaceChildren(...items.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: v })]));
 }
 

@@ -16,7 +16,7 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{ClientConfig, ClientError, Followed, Stream, open, server_error};
+use super::{ClientConfig, ClientError, ClientJob, Followed, Stream, open, server_error};
 use crate::filters::Chain;
 use crate::media::relay::{LiveSender, RELAY_FORMAT, ReadTimes, pipe as os_pipe, receive_live};
 use crate::media::{check_output, check_output_path};
@@ -35,13 +35,11 @@ type Writer = crate::protocol::codec::PacketWriter<tokio::io::WriteHalf<Box<dyn 
 const END_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs `input` live through the server until Ctrl-C or its end; returns the job's summary.
-pub(super) async fn run(
-    cfg: &ClientConfig,
-    input: &Path,
-    chain: &Chain,
-    max_latency: Duration,
-    shutdown: CancellationToken,
-) -> Result<Followed, ClientError> {
+pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<Followed, ClientError> {
+    let ClientJob::Submit { input, chain, live: Some(max_latency), .. } = &cfg.job else {
+        return Err(anyhow!("not a live job").into());
+    };
+    let (input, max_latency) = (input.as_path(), *max_latency);
     let target = check_output_path(input, &cfg.output).map_err(anyhow::Error::from)?;
     check_output(&cfg.output, &cfg.output_options).map_err(anyhow::Error::from)?;
     // The input opens before anything is asked of the server: one that does not is an error now.
@@ -63,7 +61,10 @@ pub(super) async fn run(
     let receiving = {
         let (target, options) = (target.clone(), cfg.output_options.clone());
         let (times, latency, abandon) = (times.clone(), latency.clone(), abandon.clone());
-        tokio::task::spawn_blocking(move || receive_live(result_out, &target, &options, &times, &latency, &abandon))
+        tokio::task::spawn_blocking(move || {
+            let mut back = |t| latency.lock().unwrap_or_else(|p| p.into_inner()).record(t);
+            receive_live(result_out, &target, &options, &times, &mut back, &abandon)
+        })
     };
     let mut stream_out = pipe::Receiver::from_owned_fd(stream_out).context("a pipe")?;
     let mut result_in = Some(pipe::Sender::from_owned_fd(result_in).context("a pipe")?);

@@ -9,7 +9,8 @@
 //! Once the upload is whole the job is the server's: a lost connection (a server restarting,
 //! a network that drops, a laptop asleep) is followed by reconnecting with backoff and
 //! attaching to the job again, for up to [`RECONNECT_FOR`]. `--detach` leaves once the job
-//! is queued; `--attach ID` follows a job from wherever it is.
+//! is queued; `--attach ID` follows a job from wherever it is. A live input goes through
+//! [`live::run`] instead.
 
 use std::io::Write as _;
 use std::num::NonZeroUsize;
@@ -35,7 +36,7 @@ use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Serve
 use crate::protocol::wire::TransportEncoding;
 use crate::tls::ClientTls;
 
-mod live;
+pub mod live;
 
 /// Time to connect and to hear the server's welcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,8 +113,8 @@ pub async fn run(cfg: &ClientConfig, shutdown: CancellationToken) -> Result<Foll
     if cfg.output == Path::new(STDIO) {
         return Err(anyhow!("the client writes its result to a file (-o FILE); `vpd run` writes to a pipe").into());
     }
-    if let ClientJob::Submit { input, chain, live: Some(max_latency), .. } = &cfg.job {
-        return live::run(cfg, input, chain, *max_latency, shutdown).await;
+    if let ClientJob::Submit { live: Some(_), .. } = &cfg.job {
+        return Err(anyhow!("a live input goes through the server with `client::live::run`").into());
     }
     let (input, detach) = match &cfg.job {
         ClientJob::Submit { input, detach, .. } => (input.as_path(), *detach),

@@ -32,7 +32,6 @@ use super::convert::Colour;
 use super::encoder::Frames;
 use super::sink::MediaSink;
 use super::source::open_live_input;
-use crate::metrics::LatencyHistogram;
 
 /// The container of both directions.
 pub const RELAY_FORMAT: &str = "nut";
@@ -206,14 +205,14 @@ fn reopen(input: &Path, stop: &Arc<AtomicBool>) -> Option<format::context::Input
 /// Copies the relayed stream that arrives on `from` (a pipe's read end) into `target`, as
 /// [`MediaSink`] writes any output: a file appears whole when the stream ends, a stream URL or
 /// an HLS playlist is written as it comes. Each packet's time from its read at the sender
-/// (`times`) to its write here goes into `latency`. Set, `abandon` leaves a file output
-/// unwritten when the stream ends (the job failed). Returns the packets written.
+/// (`times`) to its write here goes to `back`. Set, `abandon` leaves a file output unwritten
+/// when the stream ends (the job failed). Returns the packets written.
 pub fn receive_live(
     from: OwnedFd,
     target: &Path,
     options: &OutputOptions,
     times: &ReadTimes,
-    latency: &Mutex<LatencyHistogram>,
+    back: &mut dyn FnMut(Duration),
     abandon: &AtomicBool,
 ) -> Result<u64, MediaError> {
     super::init();
@@ -261,8 +260,8 @@ pub fn receive_live(
                 let pts = packet.pts().map(|t| t.rescale(time_base, Rational::new(1, 1_000_000)));
                 sink.write_video(vec![packet])?;
                 written += 1;
-                if let Some(back) = pts.and_then(|t| times.back(t)) {
-                    latency.lock().unwrap_or_else(|p| p.into_inner()).record(back);
+                if let Some(latency) = pts.and_then(|t| times.back(t)) {
+                    back(latency);
                 }
             }
             Ok(()) => {}
