@@ -822,6 +822,13 @@ pub struct RunSettings {
     #[arg(long, value_name = "SECONDS")]
     pub max_latency: Option<f64>,
 
+    /// Cut large frames into tiles filtered at once, each with the margin its filters need,
+    /// so the result is the untiled one exactly: auto (frames of 3840x2160 and more), off, or
+    /// COLSxROWS (e.g. 2x2). A chain with a step that needs the whole frame (edges, faces,
+    /// motion, scale) is not tiled, and says which and why [default: auto].
+    #[arg(long, value_name = "GRID")]
+    pub tiles: Option<crate::filters::tiles::Tiles>,
+
     /// Seconds a --record-on clip keeps before the detector first fires (it starts at the
     /// keyframe before them) [default: 2].
     #[arg(long, value_name = "SECONDS")]

@@ -258,6 +258,7 @@ impl FileConfig {
             live,
             record,
             max_latency: max_latency(s.max_latency)?,
+            tiles: s.tiles.unwrap_or_default(),
         })
     }
 
@@ -666,6 +667,8 @@ pub struct RunConfig {
     pub live: bool,
     /// The latency a live job is to stay under; it is warned about when it does not.
     pub max_latency: std::time::Duration,
+    /// How frames are cut into tiles (`--tiles`).
+    pub tiles: crate::filters::tiles::Tiles,
     /// Clips only while a detector fires (`--record-on`), the output being their name.
     pub record: Option<RecordConfig>,
 }

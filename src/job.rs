@@ -342,6 +342,7 @@ pub(crate) fn summarise(
         resumed_at_frame: None,
         split: None,
         split_why: None,
+        tiles: None,
         live: None,
     }
 }

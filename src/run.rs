@@ -127,12 +127,57 @@ fn process(
     let info = opened.info();
     let window = cfg.window.unwrap_or_else(|| JobOptions::default_window(cfg.threads, info.frame_bytes()));
     let job = JobContext { id: JobId::new(), chain: cfg.chain.clone(), stop, encoding: TransportEncoding::Raw };
-    let transport = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
+    let threads = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
+    let (transport, tiles) = filtering(cfg, &threads, (info.width, info.height));
     let remaining = info.frame_count.map(|n| n.saturating_sub(opened.resumed_at()));
     let progress = ProgressView::new(remaining, !cfg.quiet);
-    let finished = opened.run(&job, &transport, window, &progress);
+    let finished = opened.run(&job, &*transport, window, &progress);
     progress.finish();
-    finished
+    finished.map(|mut f| {
+        f.summary.tiles = tiles;
+        f
+    })
+}
+
+/// The most bytes of BGR a tile holds, its margin included, where `--tiles auto` picks the
+/// grid: a task's frame of at most what a RabbitMQ message holds by default.
+pub const TILE_BYTES: u64 = 8 << 20;
+
+/// Where `cfg`'s frames of `size` are filtered: on the filter `threads`, over tiles where
+/// `--tiles` asks for them or the frames are large and the chain allows it. Returns it, and
+/// how the frames were tiled or why not (said on stderr too, when tiles were asked for).
+fn filtering<'a>(
+    cfg: &RunConfig,
+    threads: &'a LocalTransport,
+    size: (u32, u32),
+) -> (Box<dyn crate::transport::Transport + 'a>, Option<String>) {
+    match crate::filters::tiles::plan(cfg.tiles, &cfg.chain, size, TILE_BYTES) {
+        Ok(None) => (Box::new(Passing(threads)), None),
+        Ok(Some(layout)) => {
+            let how = format!("{}, a margin of {} px", layout.grid(), layout.halo());
+            (Box::new(crate::transport::tiled::TiledTransport::new(threads, layout)), Some(how))
+        }
+        Err(why) => {
+            if !cfg.quiet {
+                eprintln!("vpd: frames are not cut into tiles: {why}");
+            }
+            (Box::new(Passing(threads)), Some(format!("none: {why}")))
+        }
+    }
+}
+
+/// A transport as it is, behind a box like a tiled one.
+struct Passing<'a>(&'a LocalTransport);
+
+impl crate::transport::Transport for Passing<'_> {
+    fn serve(
+        &self,
+        job: &JobContext,
+        tasks: crossbeam_channel::Receiver<crate::protocol::task::FrameTask>,
+        results: crossbeam_channel::Sender<crate::protocol::task::FrameResult>,
+    ) -> anyhow::Result<crate::transport::WireBytes> {
+        self.0.serve(job, tasks, results)
+    }
 }
 
 /// `cfg`'s job, opened to write as `writing` says, live or not.
@@ -200,11 +245,14 @@ fn run_live_job(
     // The job itself is not stopped by the user's stop: that ends the input.
     let job =
         JobContext { id: id.clone(), chain: cfg.chain.clone(), stop: Stop::never(), encoding: TransportEncoding::Raw };
-    let transport = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
+    let threads = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
+    let info = opened.info();
+    let (transport, tiles) = filtering(cfg, &threads, (info.width, info.height));
     let progress = crate::progress::LiveView::new(stats, !cfg.quiet);
-    let finished = opened.run(&job, &transport, window, &progress);
+    let finished = opened.run(&job, &*transport, window, &progress);
     progress.finish();
-    let summary = finished?.summary;
+    let mut summary = finished?.summary;
+    summary.tiles = tiles;
     if let Some(live) = &summary.live
         && live.latency_ms.p99 > cfg.max_latency.as_secs_f64() * 1e3
     {

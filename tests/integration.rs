@@ -18,6 +18,7 @@ mod resume;
 mod run;
 mod segments;
 mod split;
+mod tiles;
 mod tls;
 mod util;
 mod web;

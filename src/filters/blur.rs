@@ -4,7 +4,7 @@ use opencv::core::{BORDER_DEFAULT, Mat, Size};
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, Params, Stage, Stateless, numbers, odds, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, Params, Stage, Stateless, numbers, odds, param};
 use super::{FilterError, ParamError};
 
 /// Gaussian blur.
@@ -41,6 +41,11 @@ impl FilterParams for BlurParams {
 impl Filter for BlurParams {
     fn values(&self) -> Vec<String> {
         vec![self.ksize.to_string(), self.sigma.to_string()]
+    }
+
+    fn reach(&self) -> Reach {
+        // A ksize×ksize kernel: half of it each way.
+        Reach::Pixels(self.ksize / 2)
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

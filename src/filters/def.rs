@@ -191,8 +191,22 @@ pub trait Filter {
         Ok(())
     }
 
+    /// How far around an output pixel the input pixels it depends on lie: what a tile of the
+    /// frame needs around it for the filter to give the same pixels on the tile as on the whole
+    /// frame (see [`super::tiles`]).
+    fn reach(&self) -> Reach;
+
     /// The filter ready to run on one thread, with its own state and scratch buffers.
     fn stage(&self, env: &FilterEnv) -> Result<Box<dyn Stage>, FilterError>;
+}
+
+/// How far an output pixel's inputs lie from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Within this many pixels, in every direction.
+    Pixels(u32),
+    /// Anywhere in the frame: the filter runs on the whole frame, for this reason.
+    Whole(&'static str),
 }
 
 /// One filter running on one thread.

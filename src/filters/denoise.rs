@@ -6,7 +6,7 @@ use opencv::core::Mat;
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, Params, Stage, Stateless, odds, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, Params, Stage, Stateless, odds, param};
 use super::{FilterError, ParamError};
 
 /// Edge-preserving noise removal: a median filter (measured against bilateral and non-local
@@ -33,6 +33,11 @@ impl FilterParams for DenoiseParams {
 impl Filter for DenoiseParams {
     fn values(&self) -> Vec<String> {
         vec![self.size.to_string()]
+    }
+
+    fn reach(&self) -> Reach {
+        // The median of a size×size window.
+        Reach::Pixels(self.size / 2)
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

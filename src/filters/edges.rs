@@ -5,7 +5,7 @@ use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
 use super::canny::Canny;
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, Params, Range, Stage, numbers, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
 use super::{FilterError, ParamError};
 
 /// Canny edge detection on the grey image, returned as a 3-channel frame.
@@ -42,6 +42,10 @@ impl Filter for EdgesParams {
 
     fn conflict(&self) -> Option<String> {
         (self.low > self.high).then(|| format!("low={} must not exceed high={}", self.low, self.high))
+    }
+
+    fn reach(&self) -> Reach {
+        Reach::Whole("Canny's hysteresis follows an edge across the whole frame: no margin makes a tile's edges the frame's")
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

@@ -13,7 +13,7 @@ use opencv::objdetect::CascadeClassifier;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, ParamDef, Params, Range, Stage, ints, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, ParamDef, Params, Range, Stage, ints, param};
 use super::{FilterError, ParamError};
 
 /// What `faces` does with each detected face.
@@ -87,6 +87,10 @@ impl Filter for FacesParams {
 
     fn check_env(&self, env: &FilterEnv) -> Result<(), FilterError> {
         load_cascade(&env.face_cascade).map(|_| ())
+    }
+
+    fn reach(&self) -> Reach {
+        Reach::Whole("a detector looks at the whole frame (a face across two tiles would be missed)")
     }
 
     fn stage(&self, env: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

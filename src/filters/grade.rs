@@ -5,7 +5,7 @@ use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, Params, Range, Stage, numbers, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
 use super::{FilterError, ParamError};
 
 /// Colour grading through per-channel lookup tables (built once per chain), then saturation.
@@ -54,6 +54,11 @@ impl FilterParams for GradeParams {
 impl Filter for GradeParams {
     fn values(&self) -> Vec<String> {
         [self.contrast, self.brightness, self.saturation, self.gamma, self.warmth].map(|v| v.to_string()).into()
+    }
+
+    fn reach(&self) -> Reach {
+        // Each pixel from itself.
+        Reach::Pixels(0)
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

@@ -14,12 +14,14 @@ mod canny;
 mod error;
 pub mod presets;
 mod spec;
+pub mod tiles;
 
 use opencv::core::{CV_8UC3, Mat, Size};
 use opencv::prelude::*;
 
 pub use def::{
-    DEFAULT_FACE_CASCADE, Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, ParamDef, Params, Range, Stage,
+    DEFAULT_FACE_CASCADE, Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, ParamDef, Params, Range, Reach,
+    Stage,
 };
 pub use error::{FilterError, ParamError};
 pub use faces::{FaceDetector, FaceMode};

@@ -8,7 +8,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Image, Kind, Params, Stage, ints, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Stage, ints, param};
 use super::{FilterError, ParamError};
 
 /// Motion detection against the previous source frame.
@@ -42,6 +42,10 @@ impl FilterParams for MotionParams {
 impl Filter for MotionParams {
     fn values(&self) -> Vec<String> {
         vec![self.threshold.to_string(), self.min_area.to_string(), self.dilate.to_string()]
+    }
+
+    fn reach(&self) -> Reach {
+        Reach::Whole("a detector looks at the whole frame (its boxes and its threshold are the frame's)")
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

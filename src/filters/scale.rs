@@ -5,7 +5,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, ParamDef, Params, Range, Stage, Stateless};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, ParamDef, Params, Range, Stage, Stateless};
 use super::{FilterError, ParamError};
 
 /// Resizing to a width and/or a height; a dimension left 0 follows from the other, keeping the
@@ -65,6 +65,10 @@ impl Filter for ScaleParams {
 
     fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
         self.size_of(width, height)
+    }
+
+    fn reach(&self) -> Reach {
+        Reach::Whole("resizing maps each output pixel through the whole frame's size")
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {

@@ -4,7 +4,7 @@ use opencv::core::{self, BORDER_DEFAULT, Mat, Size};
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Kind, Params, Stage, Stateless, numbers, param};
+use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, Params, Stage, Stateless, numbers, param};
 use super::{FilterError, ParamError};
 
 /// Unsharp mask: the frame plus `amount` times its difference from a Gaussian blur of it.
@@ -37,6 +37,11 @@ impl Filter for SharpenParams {
         vec![self.amount.to_string(), self.radius.to_string()]
     }
 
+    fn reach(&self) -> Reach {
+        // OpenCV's kernel for a sigma and 8-bit pixels: round(6 sigma + 1), made odd.
+        Reach::Pixels(gaussian_ksize(self.radius) / 2)
+    }
+
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
         Ok(Box::new(*self))
     }
@@ -46,6 +51,12 @@ impl Stateless for SharpenParams {
     fn apply(&self, input: &Mat) -> opencv::Result<Mat> {
         apply(input, self)
     }
+}
+
+/// The size of the Gaussian kernel OpenCV derives from `sigma` for 8-bit images
+/// (`createGaussianKernels`: `cvRound(sigma * 3 * 2 + 1) | 1`).
+fn gaussian_ksize(sigma: f64) -> u32 {
+    ((sigma * 6.0 + 1.0).round() as u32) | 1
 }
 
 /// Adds `amount` times the detail finer than `radius` back to `input`.

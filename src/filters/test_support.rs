@@ -38,3 +38,10 @@ pub fn astronaut() -> Mat {
     assert!(!m.empty(), "cannot read {path}");
     m
 }
+
+/// The astronaut resized to `w`×`h`: a photograph of any size.
+pub fn astronaut_sized(w: i32, h: i32) -> Mat {
+    let mut out = Mat::default();
+    imgproc::resize(&astronaut(), &mut out, core::Size::new(w, h), 0.0, 0.0, imgproc::INTER_LINEAR).unwrap();
+    out
+}

@@ -333,6 +333,10 @@ pub struct JobSummary {
     /// Why it chose that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_why: Option<String>,
+    /// How its frames were cut into tiles (`2x2, a margin of 12 px`), or why not, where it
+    /// asked for tiles or its frames are large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<String>,
     /// A live job's reads, drops, reconnects and latency from read to written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveSummary>,

@@ -8,6 +8,7 @@
 
 pub mod amqp;
 pub mod local;
+pub mod tiled;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};

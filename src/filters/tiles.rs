@@ -1,0 +1,354 @@
+//! Tiles: a large frame cut into a grid, each tile with a margin as wide as the chain's reach
+//! around it, so that the chain gives the tile's own part exactly the pixels it gives on the
+//! whole frame. The tiles are filtered apart (on several threads or workers) and their parts
+//! put back together.
+//!
+//! Why it is exact: a filter's output pixel depends on the input pixels within its reach
+//! ([`Reach::Pixels`]); a chain's reach is the sum of its filters'. A tile's margin of the
+//! chain's reach holds every pixel its part depends on. Where a tile meets the frame's edge it
+//! has no margin, and the filters extend its edge just as they extend the frame's (the same
+//! border rule on the same pixels). Filters whose output depends on the whole frame
+//! ([`Reach::Whole`]: detectors, Canny's hysteresis, resizing) are not tiled.
+
+use std::fmt;
+use std::str::FromStr;
+
+use opencv::core::{CV_8UC3, Mat, Rect, Scalar};
+use opencv::prelude::*;
+
+use super::{Chain, Reach};
+
+/// The smallest frame `--tiles auto` tiles: 4K UHD.
+pub const AUTO_FROM: (u32, u32) = (3840, 2160);
+
+/// The most tiles along either side.
+pub const MAX_SIDE: u32 = 16;
+
+/// How frames are tiled (`--tiles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tiles {
+    /// Frames of [`AUTO_FROM`] and larger, into the fewest square grid whose tiles fit.
+    #[default]
+    Auto,
+    /// Never.
+    Off,
+    /// Always into this grid.
+    Grid(Grid),
+}
+
+/// A grid of `cols` × `rows` tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// Tiles across.
+    pub cols: u32,
+    /// Tiles down.
+    pub rows: u32,
+}
+
+impl Grid {
+    /// Tiles in all.
+    pub fn count(&self) -> usize {
+        (self.cols * self.rows) as usize
+    }
+}
+
+impl fmt::Display for Grid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.cols, self.rows)
+    }
+}
+
+impl fmt::Display for Tiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tiles::Auto => f.write_str("auto"),
+            Tiles::Off => f.write_str("off"),
+            Tiles::Grid(g) => g.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Tiles {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let grid = || {
+            let (c, r) = s.split_once(['x', 'X'])?;
+            let (cols, rows) = (c.trim().parse::<u32>().ok()?, r.trim().parse::<u32>().ok()?);
+            ((1..=MAX_SIDE).contains(&cols) && (1..=MAX_SIDE).contains(&rows)).then_some(Grid { cols, rows })
+        };
+        match s {
+            "auto" => Ok(Tiles::Auto),
+            "off" => Ok(Tiles::Off),
+            _ => grid()
+                .map(Tiles::Grid)
+                .ok_or_else(|| format!("'{s}': use auto, off or COLSxROWS (each 1 to {MAX_SIDE}, e.g. 2x2)")),
+        }
+    }
+}
+
+impl serde::Serialize for Tiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Tiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Chain {
+    /// How far around an output pixel the chain's inputs lie: the sum of its filters' reaches;
+    /// or the first filter that needs the whole frame, and why.
+    pub fn reach(&self) -> Result<u32, (&'static str, &'static str)> {
+        let mut total = 0u32;
+        for spec in self.specs() {
+            match spec.filter().reach() {
+                Reach::Pixels(n) => total += n,
+                Reach::Whole(why) => return Err((spec.name(), why)),
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Whether and how `chain` tiles a `width`×`height` frame as `tiles` asks, its tiles at most
+/// `max_tile_bytes` of BGR each (margins included): the layout, or why not (`None` where
+/// nothing was asked: `off`, or `auto` on a smaller frame).
+pub fn plan(
+    tiles: Tiles,
+    chain: &Chain,
+    (width, height): (u32, u32),
+    max_tile_bytes: u64,
+) -> Result<Option<Layout>, String> {
+    let large = u64::from(width) * u64::from(height) >= u64::from(AUTO_FROM.0) * u64::from(AUTO_FROM.1);
+    if tiles == Tiles::Off || (tiles == Tiles::Auto && !large) {
+        return Ok(None);
+    }
+    let halo = chain.reach().map_err(|(name, why)| format!("{name} runs on the whole frame: {why}"))?;
+    let grid = match tiles {
+        Tiles::Grid(g) => g,
+        _ => {
+            // The fewest square grid (2x2 at least) whose tiles, margins included, fit.
+            let fits = |n: u32| {
+                let side = |len: u32| u64::from(len.div_ceil(n) + 2 * halo.min(len));
+                side(width) * side(height) * 3 <= max_tile_bytes
+            };
+            let n = (2..=MAX_SIDE).find(|n| fits(*n)).unwrap_or(MAX_SIDE);
+            Grid { cols: n, rows: n }
+        }
+    };
+    if grid.cols > width || grid.rows > height {
+        return Err(format!("a {grid} grid does not fit a {width}x{height} frame"));
+    }
+    Ok(Some(Layout::new(width, height, grid, halo)))
+}
+
+/// One tile: its part of the frame, and that part with its margin (both in frame pixels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tile {
+    /// The pixels this tile gives the frame.
+    pub core: Rect,
+    /// What is cut from the frame for it: the core and its margin, within the frame.
+    pub padded: Rect,
+}
+
+/// A frame's tiles, row by row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    width: i32,
+    height: i32,
+    grid: Grid,
+    halo: u32,
+    tiles: Vec<Tile>,
+}
+
+impl Layout {
+    /// `grid` over a `width`×`height` frame, each tile's margin `halo` pixels (less at the
+    /// frame's edges). The cores split each side as evenly as whole pixels allow.
+    pub fn new(width: u32, height: u32, grid: Grid, halo: u32) -> Self {
+        let (w, h, m) = (width as i32, height as i32, halo.min(width.max(height)) as i32);
+        let cut = |len: i32, parts: u32, i: u32| (i64::from(len) * i64::from(i) / i64::from(parts)) as i32;
+        let mut tiles = Vec::with_capacity(grid.count());
+        for r in 0..grid.rows {
+            let (y0, y1) = (cut(h, grid.rows, r), cut(h, grid.rows, r + 1));
+            for c in 0..grid.cols {
+                let (x0, x1) = (cut(w, grid.cols, c), cut(w, grid.cols, c + 1));
+                let (px0, py0) = ((x0 - m).max(0), (y0 - m).max(0));
+                let (px1, py1) = ((x1 + m).min(w), (y1 + m).min(h));
+                tiles.push(Tile {
+                    core: Rect::new(x0, y0, x1 - x0, y1 - y0),
+                    padded: Rect::new(px0, py0, px1 - px0, py1 - py0),
+                });
+            }
+        }
+        Layout { width: w, height: h, grid, halo, tiles }
+    }
+
+    /// The grid.
+    pub fn grid(&self) -> Grid {
+        self.grid
+    }
+
+    /// The margin around each tile.
+    pub fn halo(&self) -> u32 {
+        self.halo
+    }
+
+    /// The tiles, row by row.
+    pub fn tiles(&self) -> &[Tile] {
+        &self.tiles
+    }
+
+    /// The frame size it is for.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width as u32, self.height as u32)
+    }
+
+    /// Tile `i` of `frame`, with its margin, as a frame of its own.
+    pub fn cut(&self, frame: &Mat, i: usize) -> opencv::Result<Mat> {
+        Mat::roi(frame, self.tiles[i].padded)?.try_clone()
+    }
+
+    /// The frame made of `parts` (each tile as filtered, margin included), row by row.
+    pub fn join(&self, parts: &[Mat]) -> opencv::Result<Mat> {
+        let mut frame = Mat::new_rows_cols_with_default(self.height, self.width, CV_8UC3, Scalar::all(0.0))?;
+        for (tile, part) in self.tiles.iter().zip(parts) {
+            if part.size()? != tile.padded.size() || part.typ() != CV_8UC3 {
+                return Err(opencv::Error::new(
+                    opencv::core::StsBadSize,
+                    format!("a tile of {:?} came back as {:?}", tile.padded.size(), part.size()?),
+                ));
+            }
+            let inner =
+                Rect::new(tile.core.x - tile.padded.x, tile.core.y - tile.padded.y, tile.core.width, tile.core.height);
+            let from = Mat::roi(part, inner)?;
+            let mut to = Mat::roi_mut(&mut frame, tile.core)?;
+            from.copy_to(&mut to)?;
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filters::test_support::*;
+    use crate::filters::{FilterEnv, Processor};
+    use opencv::core;
+
+    /// A frame of noise over gradients, `w`×`h`: every filter has something to do everywhere.
+    fn busy_frame(w: i32, h: i32) -> Mat {
+        let mut noise = Mat::new_rows_cols_with_default(h, w, CV_8UC3, Scalar::all(0.0)).unwrap();
+        core::set_rng_seed(7).unwrap();
+        core::randu(&mut noise, &Scalar::all(0.0), &Scalar::all(255.0)).unwrap();
+        let photo = astronaut_sized(w, h);
+        let mut out = Mat::default();
+        core::add_weighted(&photo, 0.8, &noise, 0.2, 0.0, &mut out, -1).unwrap();
+        out
+    }
+
+    fn apply(chain: &Chain, frame: &Mat) -> Mat {
+        Processor::new(chain, &FilterEnv::default()).unwrap().apply(frame, None).unwrap()
+    }
+
+    fn tiled(chain: &Chain, frame: &Mat, grid: Grid) -> Mat {
+        let layout = Layout::new(frame.cols() as u32, frame.rows() as u32, grid, chain.reach().unwrap());
+        let parts: Vec<Mat> = (0..layout.tiles().len()).map(|i| apply(chain, &layout.cut(frame, i).unwrap())).collect();
+        layout.join(&parts).unwrap()
+    }
+
+    fn identical(a: &Mat, b: &Mat) -> bool {
+        let mut diff = Mat::default();
+        core::absdiff(a, b, &mut diff).unwrap();
+        diff.reshape(1, 0).and_then(|d| core::count_non_zero(&d)).unwrap() == 0
+    }
+
+    #[test]
+    fn every_tileable_filter_and_chain_gives_the_untiled_frame_byte_for_byte() {
+        // Odd sizes, so no side splits evenly; margins from 0 (grade) to 127 (blur:ksize=255).
+        let frame = busy_frame(1281, 723);
+        let chains = [
+            "blur",
+            "blur:ksize=3",
+            "blur:ksize=255",
+            "blur:ksize=9:sigma=7",
+            "denoise",
+            "denoise:size=9",
+            "sharpen",
+            "sharpen:radius=20",
+            "grade:contrast=1.3:gamma=0.8:warmth=0.3",
+            "blur,sharpen",
+            "denoise,blur:ksize=7,grade:saturation=0",
+        ];
+        for chain in chains {
+            let chain: Chain = chain.parse().unwrap();
+            let whole = apply(&chain, &frame);
+            for grid in [Grid { cols: 1, rows: 2 }, Grid { cols: 2, rows: 2 }, Grid { cols: 3, rows: 3 }] {
+                assert!(identical(&whole, &tiled(&chain, &frame, grid)), "{chain} in a {grid} grid");
+            }
+        }
+    }
+
+    #[test]
+    fn a_margin_short_of_the_reach_is_caught() {
+        // The test above would pass with any margin if tiles never differed: with a third of
+        // the reach, they do. (One pixel short often does not show: the kernels' last taps
+        // weigh too little to change an 8-bit value.)
+        let frame = busy_frame(641, 361);
+        let chain: Chain = "blur:ksize=9,sharpen".parse().unwrap();
+        let reach = chain.reach().unwrap();
+        let layout = Layout::new(641, 361, Grid { cols: 2, rows: 2 }, reach / 3);
+        let parts: Vec<Mat> = (0..4).map(|i| apply(&chain, &layout.cut(&frame, i).unwrap())).collect();
+        assert!(!identical(&apply(&chain, &frame), &layout.join(&parts).unwrap()));
+    }
+
+    #[test]
+    fn reaches_are_the_filters_kernels_and_whole_frame_steps_say_why() {
+        let reach = |c: &str| c.parse::<Chain>().unwrap().reach();
+        assert_eq!(reach("blur:ksize=15"), Ok(7));
+        assert_eq!(reach("denoise:size=9"), Ok(4));
+        // OpenCV's kernel for sigma 1.5 on 8-bit pixels: round(6 × 1.5 + 1) | 1 = 11.
+        assert_eq!(reach("sharpen:radius=1.5"), Ok(5));
+        assert_eq!(reach("grade"), Ok(0));
+        assert_eq!(reach("blur:ksize=15,denoise:size=9,grade"), Ok(11));
+        for (chain, step) in
+            [("blur,edges", "edges"), ("faces", "faces"), ("motion", "motion"), ("scale:width=64", "scale")]
+        {
+            let (name, why) = reach(chain).unwrap_err();
+            assert_eq!(name, step);
+            assert!(!why.is_empty());
+        }
+    }
+
+    #[test]
+    fn auto_tiles_large_frames_into_the_fewest_grid_that_fits() {
+        let chain: Chain = "blur".parse().unwrap();
+        assert_eq!(plan(Tiles::Auto, &chain, (1920, 1080), 8 << 20), Ok(None), "1080p is not tiled");
+        let k4 = plan(Tiles::Auto, &chain, (3840, 2160), 8 << 20).unwrap().unwrap();
+        assert_eq!(k4.grid(), Grid { cols: 2, rows: 2 });
+        let k8 = plan(Tiles::Auto, &chain, (7680, 4320), 8 << 20).unwrap().unwrap();
+        for t in k8.tiles() {
+            assert!(t.padded.width as u64 * t.padded.height as u64 * 3 <= 8 << 20, "{t:?}");
+        }
+        assert_eq!(plan(Tiles::Off, &chain, (7680, 4320), 8 << 20), Ok(None));
+        let edges: Chain = "blur,edges".parse().unwrap();
+        let why = plan(Tiles::Grid(Grid { cols: 2, rows: 2 }), &edges, (640, 360), 8 << 20).unwrap_err();
+        assert!(why.contains("edges runs on the whole frame"), "{why}");
+        assert_eq!("3x2".parse::<Tiles>(), Ok(Tiles::Grid(Grid { cols: 3, rows: 2 })));
+        assert!("0x2".parse::<Tiles>().is_err() && "17x1".parse::<Tiles>().is_err() && "big".parse::<Tiles>().is_err());
+    }
+
+    #[test]
+    fn the_cores_cover_the_frame_once() {
+        let layout = Layout::new(3841, 2161, Grid { cols: 3, rows: 3 }, 5);
+        let area: i64 = layout.tiles().iter().map(|t| i64::from(t.core.width) * i64::from(t.core.height)).sum();
+        assert_eq!(area, 3841 * 2161);
+        for t in layout.tiles() {
+            assert!(t.padded.x >= 0 && t.padded.y >= 0 && t.padded.x + t.padded.width <= 3841);
+            assert!(t.padded.contains(t.core.tl()) && t.padded.y + t.padded.height <= 2161);
+        }
+    }
+}

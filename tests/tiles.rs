@@ -1,0 +1,95 @@
+//! Tiles (issue 24): large frames cut into tiles with the margins their filters need, filtered
+//! at once and put back together, give the untiled frames byte for byte.
+
+use serde_json::Value;
+
+use crate::util::cluster::*;
+use crate::util::*;
+
+/// Each decoded frame's MD5, as FFmpeg computes it: equal lists are byte-identical frames.
+fn frame_md5s(path: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.rsplit(',').next().unwrap().trim().to_string())
+        .collect()
+}
+
+/// `vpd run` of `input` through `chain` with `--tiles tiles`, lossless: its frames' MD5s, its
+/// summary and its stderr.
+fn run_tiled(input: &std::path::Path, chain: &str, tiles: &str, dir: &std::path::Path) -> (Vec<String>, Value, String) {
+    let out = dir.join(format!("{}-{tiles}.mkv", chain.replace([':', ',', '='], "_")));
+    let o = out.to_str().unwrap();
+    let run = run_vpd(&[
+        "run",
+        input.to_str().unwrap(),
+        "-f",
+        chain,
+        "-o",
+        o,
+        "--codec",
+        "ffv1",
+        "--tiles",
+        tiles,
+        "--json",
+        "--threads",
+        "2",
+    ]);
+    assert!(run.status.success(), "{chain} --tiles {tiles}: {}", stderr(&run));
+    let summary: Value = serde_json::from_slice(&run.stdout).unwrap();
+    (frame_md5s(&out), summary, stderr(&run))
+}
+
+#[test]
+fn tiled_frames_equal_untiled_ones_byte_for_byte_at_an_odd_4k_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3841x2161: no side splits evenly, and every tile's margin meets the frame's edge somewhere.
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 4, width: 3841, height: 2161, fps: 25.0, face: false }, "ffv1");
+    for chain in
+        ["blur:ksize=31", "denoise:size=9", "sharpen:radius=3", "grade:contrast=1.4:warmth=0.4", "blur,sharpen"]
+    {
+        let (whole, summary, _) = run_tiled(&input, chain, "off", dir.path());
+        assert!(summary.get("tiles").is_none(), "off: {summary}");
+        for grid in ["1x2", "2x2", "3x3"] {
+            let (tiled, summary, _) = run_tiled(&input, chain, grid, dir.path());
+            assert!(summary["tiles"].as_str().unwrap().starts_with(&format!("{grid}, a margin of ")), "{summary}");
+            assert_eq!(tiled.len(), 4, "{chain} in {grid} tiles");
+            assert_eq!(tiled, whole, "{chain} in {grid} tiles: the frames differ");
+        }
+    }
+}
+
+#[test]
+fn auto_tiles_4k_and_a_whole_frame_step_is_explained_not_tiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 4, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
+    let (auto, summary, _) = run_tiled(&input, "blur", "auto", dir.path());
+    assert_eq!(summary["tiles"], "2x2, a margin of 7 px", "{summary}");
+    let (off, _, _) = run_tiled(&input, "blur", "off", dir.path());
+    assert_eq!(auto, off);
+    assert_eq!(auto.len(), 4);
+    // edges runs on the whole frame: said on stderr and in the summary, and the frames are
+    // the untiled ones.
+    let (edges, summary, err) = run_tiled(&input, "blur,edges", "2x2", dir.path());
+    assert!(err.contains("not cut into tiles: edges runs on the whole frame"), "{err}");
+    assert!(summary["tiles"].as_str().unwrap().starts_with("none: edges runs on the whole frame"), "{summary}");
+    let (plain, _, _) = run_tiled(&input, "blur,edges", "off", dir.path());
+    assert_eq!(edges, plain);
+    // A small frame is not tiled by auto, and a grid finer than the frame is refused clearly.
+    let small = dir.path().join("small.mkv");
+    write_clip(&small, &ClipSpec { frames: 6, width: 64, height: 48, fps: 25.0, face: false }, "ffv1");
+    let (_, summary, _) = run_tiled(&small, "blur", "auto", dir.path());
+    assert!(summary.get("tiles").is_none(), "{summary}");
+    let bad = run_vpd(&["run", small.to_str().unwrap(), "-f", "blur", "-o", "/tmp/x.mkv", "--tiles", "0x2"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("use auto, off or COLSxROWS"), "{}", stderr(&bad));
+}
