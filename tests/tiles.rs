@@ -93,3 +93,32 @@ fn auto_tiles_4k_and_a_whole_frame_step_is_explained_not_tiled() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("use auto, off or COLSxROWS"), "{}", stderr(&bad));
 }
+
+#[test]
+fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_identical() {
+    let ns = Namespace::new("tiles_workers");
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let (_a, a) = Worker::with_metrics(&ns, 1);
+    let (_b, b) = Worker::with_metrics(&ns, 1);
+    ns.wait_for_workers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 4, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
+    let (whole, _, _) = run_tiled(&input, "blur,sharpen", "off", dir.path());
+    let out = dir.path().join("through-workers.mkv");
+    let summary = summary(&client(&server.addr(), &input, "blur,sharpen", &out, &["--split", "frames"]));
+    // 4K is tiled 2x2, with the chain's margin (blur 7 + sharpen 5).
+    assert_eq!(summary.tiles.as_deref(), Some("2x2, a margin of 12 px"), "{summary:?}");
+    // Each tile is a task: the workers took 16 between them, both some.
+    let tasks = |url: &str| {
+        let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));
+        let body = String::from_utf8(body).unwrap();
+        let line = body.lines().find(|l| l.starts_with("vpd_worker_frames_processed_total ")).unwrap().to_string();
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    };
+    let (ta, tb) = (tasks(&a), tasks(&b));
+    assert!(ta > 0 && tb > 0 && ta + tb >= 16, "tiles per worker: {ta} and {tb}");
+    assert_eq!(frame_md5s(&out), whole, "the frames through the workers are vpd run's, byte for byte");
+    let (code, err) = server.stop();
+    assert_eq!(code, Some(0), "{err}");
+}

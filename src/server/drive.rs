@@ -19,6 +19,7 @@ use super::observer::JobObserver;
 use super::refusal::Scrub;
 use super::shared::Shared;
 use crate::cancel::Stop;
+use crate::filters::tiles::{self, Tiles};
 use crate::job::{Finished, OpenedJob, Writing};
 use crate::media::live::pipe_url;
 use crate::media::relay::RELAY_FORMAT;
@@ -30,8 +31,8 @@ use crate::protocol::job::{JobId, JobSpec, JobState};
 use crate::protocol::message::ErrorCode;
 use crate::protocol::segment::Split;
 use crate::split::{self, Plan, SegmentJob, SegmentPlace};
-use crate::transport::JobContext;
-use crate::transport::Transport;
+use crate::transport::tiled::TiledTransport;
+use crate::transport::{JobContext, Transport};
 
 /// Starts driving the job `spec`, whose upload is in place; `paused` holds it until it
 /// is resumed. Returns it.
@@ -317,18 +318,34 @@ impl Opened {
         }
     }
 
+    /// Runs the job; in frame mode, frames of 4K and more go out as tiles of at most
+    /// `max_tile_bytes` each, where the chain allows it.
     fn run(
         self,
         ctx: &JobContext,
         transport: &dyn Transport,
-        window: std::num::NonZeroUsize,
+        (window, max_tile_bytes): (std::num::NonZeroUsize, u64),
         observer: &dyn Observer,
     ) -> Result<Finished, JobError> {
         match self {
             Opened::Frames(job, why) => {
-                let mut finished = job.run(ctx, transport, window, observer)?;
+                let info = job.info();
+                let size = (info.width, info.height);
+                let (mut finished, tiles) = match tiles::plan(Tiles::Auto, &ctx.chain, size, max_tile_bytes) {
+                    Ok(Some(layout)) => {
+                        let how = format!("{}, a margin of {} px", layout.grid(), layout.halo());
+                        info!(tiles = %how, "frames go out in tiles");
+                        (job.run(ctx, &TiledTransport::new(transport, layout), window, observer)?, Some(how))
+                    }
+                    Ok(None) => (job.run(ctx, transport, window, observer)?, None),
+                    Err(why) => {
+                        info!(why = %why, "large frames, not cut into tiles");
+                        (job.run(ctx, transport, window, observer)?, Some(format!("none: {why}")))
+                    }
+                };
                 finished.summary.split = Some(Split::Frames.to_string());
                 finished.summary.split_why = Some(why);
+                finished.summary.tiles = tiles;
                 Ok(finished)
             }
             Opened::Segments(job) => job.run(ctx, transport, observer),
@@ -455,7 +472,7 @@ impl Run<'_> {
             stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
             encoding: spec.transport,
         };
-        let window = shared.window(info.frame_bytes());
+        let window = (shared.window(info.frame_bytes()), shared.max_message as u64);
         let remaining = info.frame_count.map(|n| n.saturating_sub(self.resumed));
         let (progress_tx, mut progress_rx) = watch::channel(Progress { total: remaining, ..Progress::default() });
         let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
