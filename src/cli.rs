@@ -824,8 +824,8 @@ pub struct RunSettings {
 
     /// Cut large frames into tiles filtered at once, each with the margin its filters need,
     /// so the result is the untiled one exactly: auto (frames of 3840x2160 and more), off, or
-    /// COLSxROWS (e.g. 2x2). A chain with a step that needs the whole frame (edges, faces,
-    /// motion, scale) is not tiled, and says which and why [default: auto].
+    /// COLSxROWS (e.g. 2x2). From a chain's first step that needs the whole frame (edges,
+    /// faces, motion, scale) on, its steps run on the joined frame [default: auto].
     #[arg(long, value_name = "GRID")]
     pub tiles: Option<crate::filters::tiles::Tiles>,
 

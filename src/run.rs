@@ -153,9 +153,10 @@ fn filtering<'a>(
 ) -> (Box<dyn crate::transport::Transport + 'a>, Option<String>) {
     match crate::filters::tiles::plan(cfg.tiles, &cfg.chain, size, TILE_BYTES) {
         Ok(None) => (Box::new(Passing(threads)), None),
-        Ok(Some(layout)) => {
-            let how = format!("{}, a margin of {} px", layout.grid(), layout.halo());
-            (Box::new(crate::transport::tiled::TiledTransport::new(threads, layout)), Some(how))
+        Ok(Some(plan)) => {
+            let how = plan.describe();
+            let tiled = crate::transport::tiled::TiledTransport::new(threads, plan, cfg.filter_env.clone());
+            (Box::new(tiled), Some(how))
         }
         Err(why) => {
             if !cfg.quiet {

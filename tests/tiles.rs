@@ -68,7 +68,7 @@ fn tiled_frames_equal_untiled_ones_byte_for_byte_at_an_odd_4k_size() {
 }
 
 #[test]
-fn auto_tiles_4k_and_a_whole_frame_step_is_explained_not_tiled() {
+fn auto_tiles_4k_and_whole_frame_steps_run_on_the_joined_frame() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mkv");
     write_clip(&input, &ClipSpec { frames: 4, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
@@ -77,13 +77,19 @@ fn auto_tiles_4k_and_a_whole_frame_step_is_explained_not_tiled() {
     let (off, _, _) = run_tiled(&input, "blur", "off", dir.path());
     assert_eq!(auto, off);
     assert_eq!(auto.len(), 4);
-    // edges runs on the whole frame: said on stderr and in the summary, and the frames are
-    // the untiled ones.
-    let (edges, summary, err) = run_tiled(&input, "blur,edges", "2x2", dir.path());
+    // edges needs the whole frame: blur runs in tiles, edges on the joined frame, and the
+    // summary says so; frames are the untiled ones.
+    let (split, summary, _) = run_tiled(&input, "blur,edges", "2x2", dir.path());
+    let how = summary["tiles"].as_str().unwrap();
+    assert!(how.starts_with("2x2, a margin of 7 px; edges:low=50:high=150 on the whole frame (Canny"), "{summary}");
+    let (plain, _, _) = run_tiled(&input, "blur,edges", "off", dir.path());
+    assert_eq!(split, plain);
+    // A chain that starts with a whole-frame step is not tiled, and says which and why.
+    let (first, summary, err) = run_tiled(&input, "edges,blur", "2x2", dir.path());
     assert!(err.contains("not cut into tiles: edges runs on the whole frame"), "{err}");
     assert!(summary["tiles"].as_str().unwrap().starts_with("none: edges runs on the whole frame"), "{summary}");
-    let (plain, _, _) = run_tiled(&input, "blur,edges", "off", dir.path());
-    assert_eq!(edges, plain);
+    let (plain, _, _) = run_tiled(&input, "edges,blur", "off", dir.path());
+    assert_eq!(first, plain);
     // A small frame is not tiled by auto, and a grid finer than the frame is refused clearly.
     let small = dir.path().join("small.mkv");
     write_clip(&small, &ClipSpec { frames: 6, width: 64, height: 48, fps: 25.0, face: false }, "ffv1");

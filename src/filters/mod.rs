@@ -59,10 +59,20 @@ impl Processor {
 
     /// Applies the chain to `frame`; `previous` is the source frame before it, if any.
     pub fn apply(&mut self, frame: &Mat, previous: Option<&Mat>) -> Result<Mat, FilterError> {
-        if frame.typ() != CV_8UC3 {
+        self.run(Image::Source(frame), frame, previous)
+    }
+
+    /// Applies the chain to `current`, what earlier steps made of `source` (the frame as
+    /// decoded, which detectors look at); `previous` is the source frame before it, if any.
+    pub fn apply_after(&mut self, current: Mat, source: &Mat, previous: Option<&Mat>) -> Result<Mat, FilterError> {
+        self.run(Image::Owned(current), source, previous)
+    }
+
+    fn run(&mut self, image: Image<'_>, frame: &Mat, previous: Option<&Mat>) -> Result<Mat, FilterError> {
+        if frame.typ() != CV_8UC3 || image.as_mat().typ() != CV_8UC3 {
             return Err(FilterError::BadInput(frame.typ()));
         }
-        let mut current = Image::Source(frame);
+        let mut current = image;
         for (spec, stage) in &mut self.stages {
             let size_in = current.as_mat().size()?;
             let out = stage.run(current, frame, previous)?;

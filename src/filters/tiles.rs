@@ -103,31 +103,71 @@ impl Chain {
     /// How far around an output pixel the chain's inputs lie: the sum of its filters' reaches;
     /// or the first filter that needs the whole frame, and why.
     pub fn reach(&self) -> Result<u32, (&'static str, &'static str)> {
+        let (steps, reach, whole) = self.tileable();
+        match whole {
+            Some(w) if steps < self.specs().len() => Err(w),
+            _ => Ok(reach),
+        }
+    }
+
+    /// The chain's leading steps that tile: how many, their reach, and the first step that
+    /// needs the whole frame (and why), if any.
+    fn tileable(&self) -> (usize, u32, Option<(&'static str, &'static str)>) {
         let mut total = 0u32;
-        for spec in self.specs() {
+        for (i, spec) in self.specs().iter().enumerate() {
             match spec.filter().reach() {
                 Reach::Pixels(n) => total += n,
-                Reach::Whole(why) => return Err((spec.name(), why)),
+                Reach::Whole(why) => return (i, total, Some((spec.name(), why))),
             }
         }
-        Ok(total)
+        (self.specs().len(), total, None)
+    }
+}
+
+/// How a chain runs over tiles: its leading steps in tiles, the rest on the joined frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TilePlan {
+    /// The tiles, with the margin the tiled steps reach.
+    pub layout: Layout,
+    /// The steps run in tiles.
+    pub tiled: Chain,
+    /// The steps from the first that needs the whole frame on, run on the joined frame.
+    pub whole: Option<Chain>,
+    /// Why they do.
+    why_whole: Option<String>,
+}
+
+impl TilePlan {
+    /// How the frames are cut, in words (a summary's `tiles`).
+    pub fn describe(&self) -> String {
+        let mut how = format!("{}, a margin of {} px", self.layout.grid(), self.layout.halo());
+        if let (Some(whole), Some(why)) = (&self.whole, &self.why_whole) {
+            how.push_str(&format!("; {whole} on the whole frame ({why})"));
+        }
+        how
     }
 }
 
 /// Whether and how `chain` tiles a `width`×`height` frame as `tiles` asks, its tiles at most
-/// `max_tile_bytes` of BGR each (margins included): the layout, or why not (`None` where
-/// nothing was asked: `off`, or `auto` on a smaller frame).
+/// `max_tile_bytes` of BGR each (margins included): the plan, or why not (`None` where nothing
+/// was asked: `off`, or `auto` on a smaller frame). The chain's leading steps that tile run in
+/// tiles, the rest on the joined frame; a chain whose first step needs the whole frame is not
+/// tiled.
 pub fn plan(
     tiles: Tiles,
     chain: &Chain,
     (width, height): (u32, u32),
     max_tile_bytes: u64,
-) -> Result<Option<Layout>, String> {
+) -> Result<Option<TilePlan>, String> {
     let large = u64::from(width) * u64::from(height) >= u64::from(AUTO_FROM.0) * u64::from(AUTO_FROM.1);
     if tiles == Tiles::Off || (tiles == Tiles::Auto && !large) {
         return Ok(None);
     }
-    let halo = chain.reach().map_err(|(name, why)| format!("{name} runs on the whole frame: {why}"))?;
+    let (steps, halo, whole) = chain.tileable();
+    if steps == 0 {
+        let (name, why) = whole.expect("a step that does not tile");
+        return Err(format!("{name} runs on the whole frame: {why}"));
+    }
     let grid = match tiles {
         Tiles::Grid(g) => g,
         _ => {
@@ -143,7 +183,14 @@ pub fn plan(
     if grid.cols > width || grid.rows > height {
         return Err(format!("a {grid} grid does not fit a {width}x{height} frame"));
     }
-    Ok(Some(Layout::new(width, height, grid, halo)))
+    let specs = chain.specs();
+    let part = |s: &[_]| Chain::new(s.to_vec()).map_err(|e| e.to_string());
+    Ok(Some(TilePlan {
+        layout: Layout::new(width, height, grid, halo),
+        tiled: part(&specs[..steps])?,
+        whole: (steps < specs.len()).then(|| part(&specs[steps..])).transpose()?,
+        why_whole: whole.map(|(_, why)| why.to_string()),
+    }))
 }
 
 /// One tile: its part of the frame, and that part with its margin (both in frame pixels).
@@ -328,14 +375,21 @@ mod tests {
         let chain: Chain = "blur".parse().unwrap();
         assert_eq!(plan(Tiles::Auto, &chain, (1920, 1080), 8 << 20), Ok(None), "1080p is not tiled");
         let k4 = plan(Tiles::Auto, &chain, (3840, 2160), 8 << 20).unwrap().unwrap();
-        assert_eq!(k4.grid(), Grid { cols: 2, rows: 2 });
+        assert_eq!(k4.layout.grid(), Grid { cols: 2, rows: 2 });
+        assert_eq!(k4.whole, None);
         let k8 = plan(Tiles::Auto, &chain, (7680, 4320), 8 << 20).unwrap().unwrap();
-        for t in k8.tiles() {
+        for t in k8.layout.tiles() {
             assert!(t.padded.width as u64 * t.padded.height as u64 * 3 <= 8 << 20, "{t:?}");
         }
         assert_eq!(plan(Tiles::Off, &chain, (7680, 4320), 8 << 20), Ok(None));
-        let edges: Chain = "blur,edges".parse().unwrap();
-        let why = plan(Tiles::Grid(Grid { cols: 2, rows: 2 }), &edges, (640, 360), 8 << 20).unwrap_err();
+        // A whole-frame step and what follows it run on the joined frame; a chain that starts
+        // with one is not tiled.
+        let two = Tiles::Grid(Grid { cols: 2, rows: 2 });
+        let split = plan(two, &"blur,sharpen,edges,grade".parse().unwrap(), (640, 360), 8 << 20).unwrap().unwrap();
+        assert_eq!(split.tiled.to_string(), "blur:ksize=15:sigma=0,sharpen:amount=1:radius=1.5");
+        assert_eq!(split.whole.as_ref().map(|c| c.specs().len()), Some(2));
+        assert!(split.describe().starts_with("2x2, a margin of 12 px; edges"), "{}", split.describe());
+        let why = plan(two, &"edges,blur".parse().unwrap(), (640, 360), 8 << 20).unwrap_err();
         assert!(why.contains("edges runs on the whole frame"), "{why}");
         assert_eq!("3x2".parse::<Tiles>(), Ok(Tiles::Grid(Grid { cols: 3, rows: 2 })));
         assert!("0x2".parse::<Tiles>().is_err() && "17x1".parse::<Tiles>().is_err() && "big".parse::<Tiles>().is_err());

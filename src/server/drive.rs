@@ -324,7 +324,7 @@ impl Opened {
         self,
         ctx: &JobContext,
         transport: &dyn Transport,
-        (window, max_tile_bytes): (std::num::NonZeroUsize, u64),
+        (window, max_tile_bytes, env): (std::num::NonZeroUsize, u64, &crate::filters::FilterEnv),
         observer: &dyn Observer,
     ) -> Result<Finished, JobError> {
         match self {
@@ -332,10 +332,17 @@ impl Opened {
                 let info = job.info();
                 let size = (info.width, info.height);
                 let (mut finished, tiles) = match tiles::plan(Tiles::Auto, &ctx.chain, size, max_tile_bytes) {
-                    Ok(Some(layout)) => {
-                        let how = format!("{}, a margin of {} px", layout.grid(), layout.halo());
+                    // Steps on the whole frame run here: they need what this host has.
+                    Ok(Some(plan)) if plan.whole.as_ref().is_some_and(|w| w.check_env(env).is_err()) => {
+                        let why = "its whole-frame steps would run on the server, which has no face cascade";
+                        info!(why, "large frames, not cut into tiles");
+                        (job.run(ctx, transport, window, observer)?, Some(format!("none: {why}")))
+                    }
+                    Ok(Some(plan)) => {
+                        let how = plan.describe();
                         info!(tiles = %how, "frames go out in tiles");
-                        (job.run(ctx, &TiledTransport::new(transport, layout), window, observer)?, Some(how))
+                        let tiled = TiledTransport::new(transport, plan, env.clone());
+                        (job.run(ctx, &tiled, window, observer)?, Some(how))
                     }
                     Ok(None) => (job.run(ctx, transport, window, observer)?, None),
                     Err(why) => {
@@ -473,6 +480,12 @@ impl Run<'_> {
             encoding: spec.transport,
         };
         let window = (shared.window(info.frame_bytes()), shared.max_message as u64);
+        // The face cascade of this host, for steps run here on tiles' joined frames.
+        let env = shared
+            .local_face_cascade
+            .clone()
+            .map(|face_cascade| crate::filters::FilterEnv { face_cascade })
+            .unwrap_or_default();
         let remaining = info.frame_count.map(|n| n.saturating_sub(self.resumed));
         let (progress_tx, mut progress_rx) = watch::channel(Progress { total: remaining, ..Progress::default() });
         let (thumb_tx, mut thumb_rx) = mpsc::channel(3);
@@ -480,8 +493,9 @@ impl Run<'_> {
         let transport = shared.transport.clone();
         let span = tracing::Span::current();
         let first_frame = Instant::now();
-        let mut running =
-            tokio::task::spawn_blocking(move || span.in_scope(|| opened.run(&ctx, &*transport, window, &observer)));
+        let mut running = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| opened.run(&ctx, &*transport, (window.0, window.1, &env), &observer))
+        });
         let (mut first, mut paused) = (true, false);
         let outcome = loop {
             tokio::select! {

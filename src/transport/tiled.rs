@@ -4,7 +4,8 @@
 //! together once all its tiles are in. Whatever the inner transport does for a frame it does
 //! for a tile: redelivery, re-dispatch, retries. A tile whose filters fail fails its frame (the
 //! pipeline then writes the original frame, as for any failed frame); a tile that comes twice
-//! counts once.
+//! counts once. A chain's steps from the first that needs the whole frame run on the joined
+//! frame, on the assembler's thread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,19 +16,26 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use opencv::prelude::*;
 
 use super::{JobContext, Transport, WireBytes};
-use crate::filters::tiles::Layout;
+use crate::filters::tiles::{Layout, TilePlan};
+use crate::filters::{Chain, FilterEnv, Processor};
 use crate::protocol::task::{FrameOutcome, FrameResult, FrameTask};
 
 /// Tasks of a job are frames cut into `layout`'s tiles, carried by `inner`.
 pub struct TiledTransport<'a> {
     inner: &'a dyn Transport,
     layout: Arc<Layout>,
+    /// The steps the tiles go through.
+    tiled: Chain,
+    /// The steps run on the joined frame, and what they need from the host.
+    whole: Option<(Chain, FilterEnv)>,
 }
 
 impl<'a> TiledTransport<'a> {
-    /// Tiles every frame into `layout` (made for the frames' size) over `inner`.
-    pub fn new(inner: &'a dyn Transport, layout: Layout) -> Self {
-        TiledTransport { inner, layout: Arc::new(layout) }
+    /// Runs every frame as `plan` says (its layout made for the frames' size) over `inner`;
+    /// `env` is for the steps run on the joined frame.
+    pub fn new(inner: &'a dyn Transport, plan: TilePlan, env: FilterEnv) -> Self {
+        let TilePlan { layout, tiled, whole, .. } = plan;
+        TiledTransport { inner, layout: Arc::new(layout), tiled, whole: whole.map(|w| (w, env)) }
     }
 }
 
@@ -38,6 +46,9 @@ struct Pending {
     filter_time: Duration,
     retries: u32,
     failed: Option<String>,
+    /// The frame as decoded, and the one before it, for the steps run on the joined frame.
+    source: crate::protocol::task::Frame,
+    previous: Option<crate::protocol::task::Frame>,
 }
 
 impl Transport for TiledTransport<'_> {
@@ -54,11 +65,16 @@ impl Transport for TiledTransport<'_> {
         let (back_tx, back_rx) = unbounded::<FrameResult>();
         {
             let (layout, pending, results) = (self.layout.clone(), pending.clone(), results.clone());
+            let whole = self.whole.clone();
             std::thread::Builder::new()
                 .name("vpd-tiles".into())
-                .spawn(move || assemble(&layout, &pending, back_rx, &results))
+                .spawn(move || {
+                    let mut whole = whole.map(|(chain, env)| Processor::new(&chain, &env).map_err(|e| e.to_string()));
+                    assemble(&layout, &pending, back_rx, &results, whole.as_mut())
+                })
                 .map_err(|e| anyhow!("starting the tiles' assembler: {e}"))?;
         }
+        let job = JobContext { chain: self.tiled.clone(), ..job.clone() };
         std::thread::scope(|s| {
             let layout = &self.layout;
             let cutter = s.spawn(move || -> anyhow::Result<()> {
@@ -71,6 +87,8 @@ impl Transport for TiledTransport<'_> {
                         filter_time: Duration::ZERO,
                         retries: 0,
                         failed: None,
+                        source: task.frame.clone(),
+                        previous: task.previous.clone(),
                     };
                     pending.lock().unwrap_or_else(|p| p.into_inner()).insert(task.index, entry);
                     for (i, part) in parts.into_iter().enumerate() {
@@ -83,19 +101,21 @@ impl Transport for TiledTransport<'_> {
                 }
                 Ok(())
             });
-            let served = self.inner.serve(job, tile_rx, back_tx);
+            let served = self.inner.serve(&job, tile_rx, back_tx);
             let cut = cutter.join().map_err(|_| anyhow!("the tiles' cutter panicked"))?;
             cut.and(served)
         })
     }
 }
 
-/// Takes the tiles' results as they come; sends each frame once all its tiles are in.
+/// Takes the tiles' results as they come; sends each frame once all its tiles are in, joined,
+/// and through the steps that run on the whole frame (`whole`), if any.
 fn assemble(
     layout: &Layout,
     pending: &Mutex<HashMap<u64, Pending>>,
     back: Receiver<FrameResult>,
     results: &Sender<FrameResult>,
+    mut whole: Option<&mut Result<Processor, String>>,
 ) {
     let n = layout.tiles().len() as u64;
     for r in back {
@@ -120,18 +140,24 @@ fn assemble(
         }
         let done = all.remove(&index).expect("the entry just read");
         drop(all);
+        let started = std::time::Instant::now();
         let outcome = match done.failed {
             Some(why) => FrameOutcome::Failed(why),
             None => {
                 let parts: Vec<_> = done.parts.into_iter().flatten().collect();
-                match layout.join(&parts) {
-                    Ok(m) => FrameOutcome::Processed(m),
-                    Err(e) => FrameOutcome::Failed(format!("putting the tiles together: {e}")),
+                match (layout.join(&parts), whole.as_deref_mut()) {
+                    (Err(e), _) => FrameOutcome::Failed(format!("putting the tiles together: {e}")),
+                    (Ok(m), None) => FrameOutcome::Processed(m),
+                    (Ok(_), Some(Err(e))) => FrameOutcome::Failed(e.clone()),
+                    (Ok(m), Some(Ok(p))) => match p.apply_after(m, &done.source, done.previous.as_deref()) {
+                        Ok(m) => FrameOutcome::Processed(m),
+                        Err(e) => FrameOutcome::Failed(e.to_string()),
+                    },
                 }
             }
         };
-        let result =
-            FrameResult { index, outcome, filter_time: done.filter_time, worker: r.worker, retries: done.retries };
+        let filter_time = done.filter_time + started.elapsed();
+        let result = FrameResult { index, outcome, filter_time, worker: r.worker, retries: done.retries };
         if results.send(result).is_err() {
             return; // the job is over
         }
