@@ -128,3 +128,59 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
     let (code, err) = server.stop();
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_worker_killed_while_it_holds_tiles_loses_nothing_and_the_frames_are_identical() {
+    let ns = Namespace::new("tiles_kill");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 8, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
+    let chain = "blur:ksize=51";
+    let (whole, _, _) = run_tiled(&input, chain, "off", dir.path());
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    // Alone at first, it always holds tiles it has not acked while the job runs.
+    let mut doomed = Worker::start(&ns, 2);
+    ns.wait_for_workers(1);
+    let events = Events::subscribe(&ns);
+    let output = dir.path().join("out.mkv");
+    let mut survivor = None;
+    let job = std::thread::scope(|s| {
+        let job = s.spawn(|| client(&server.addr(), &input, chain, &output, &["--split", "frames"]));
+        events.wait_for_progress(1);
+        signal(&doomed.child.0, libc::SIGKILL);
+        let _ = doomed.child.0.wait();
+        survivor = Some(Worker::start(&ns, 2));
+        job.join().unwrap()
+    });
+    let s = summary(&job);
+    assert_eq!((s.frames, s.failed_frames), (8, 0), "{s:?}");
+    assert!(s.tiles.as_deref().is_some_and(|t| t.starts_with("2x2")), "{s:?}");
+    assert!(s.retries >= 1, "the tiles the killed worker held were redelivered and counted: {s:?}");
+    drop(survivor);
+    assert_eq!(frame_md5s(&output), whole, "after kill -9, the frames are vpd run's untiled ones");
+}
+
+#[test]
+fn an_8k_frame_goes_through_rabbitmq_in_tiles_of_under_16_mib() {
+    let ns = Namespace::new("tiles_8k");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 4, width: 7680, height: 4320, fps: 25.0, face: false }, "ffv1");
+    let (whole, _, _) = run_tiled(&input, "grade:contrast=1.2", "off", dir.path());
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
+    ns.wait_for_workers(2);
+    let output = dir.path().join("out.mkv");
+    let s = summary(&client(
+        &server.addr(),
+        &input,
+        "grade:contrast=1.2",
+        &output,
+        &["--split", "frames", "--transport", "raw"],
+    ));
+    // An 8K frame is 99.5 MB of BGR; in tiles of at most 8 MiB (--max-message), 4x4.
+    assert!(s.tiles.as_deref().is_some_and(|t| t.starts_with("4x4")), "{s:?}");
+    let per_task = s.wire_bytes_sent as f64 / (s.frames * 16) as f64;
+    assert!(per_task < 8.5 * 1024.0 * 1024.0, "each tile task is a tile's raw bytes and a header: {per_task} bytes");
+    assert_eq!(frame_md5s(&output), whole, "the 8K frames are vpd run's, byte for byte");
+}
