@@ -27,6 +27,7 @@ use crate::protocol::job::JobId;
 use crate::protocol::wire::TransportEncoding;
 use crate::transport::JobContext;
 use crate::transport::local::LocalTransport;
+use crate::transport::tiled::Tiling;
 
 /// Processes `cfg.input` into `cfg.output` and reports what it did.
 pub fn run(cfg: &RunConfig, stop: Stop) -> Result<JobSummary, JobError> {
@@ -128,13 +129,13 @@ fn process(
     let window = cfg.window.unwrap_or_else(|| JobOptions::default_window(cfg.threads, info.frame_bytes()));
     let job = JobContext { id: JobId::new(), chain: cfg.chain.clone(), stop, encoding: TransportEncoding::Raw };
     let threads = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
-    let (transport, tiles) = filtering(cfg, &threads, (info.width, info.height));
+    let tiling = tiling(cfg, &threads, (info.width, info.height));
     let remaining = info.frame_count.map(|n| n.saturating_sub(opened.resumed_at()));
     let progress = ProgressView::new(remaining, !cfg.quiet);
-    let finished = opened.run(&job, &*transport, window, &progress);
+    let finished = opened.run(&job, tiling.transport(&threads), window, &progress);
     progress.finish();
     finished.map(|mut f| {
-        f.summary.tiles = tiles;
+        f.summary.tiles = tiling.summary;
         f
     })
 }
@@ -143,42 +144,14 @@ fn process(
 /// grid: a task's frame of at most what a RabbitMQ message holds by default.
 pub const TILE_BYTES: u64 = 8 << 20;
 
-/// Where `cfg`'s frames of `size` are filtered: on the filter `threads`, over tiles where
-/// `--tiles` asks for them or the frames are large and the chain allows it. Returns it, and
-/// how the frames were tiled or why not (said on stderr too, when tiles were asked for).
-fn filtering<'a>(
-    cfg: &RunConfig,
-    threads: &'a LocalTransport,
-    size: (u32, u32),
-) -> (Box<dyn crate::transport::Transport + 'a>, Option<String>) {
-    match crate::filters::tiles::plan(cfg.tiles, &cfg.chain, size, TILE_BYTES) {
-        Ok(None) => (Box::new(Passing(threads)), None),
-        Ok(Some(plan)) => {
-            let how = plan.describe();
-            let tiled = crate::transport::tiled::TiledTransport::new(threads, plan, cfg.filter_env.clone());
-            (Box::new(tiled), Some(how))
-        }
-        Err(why) => {
-            if !cfg.quiet {
-                eprintln!("vpd: frames are not cut into tiles: {why}");
-            }
-            (Box::new(Passing(threads)), Some(format!("none: {why}")))
-        }
+/// How `cfg`'s frames of `size` go to the filter `threads`: in tiles where `--tiles` asks for
+/// them or the frames are large and the chain allows it; why not is said on stderr.
+fn tiling<'a>(cfg: &RunConfig, threads: &'a LocalTransport, size: (u32, u32)) -> Tiling<'a> {
+    let tiling = crate::transport::tiled::tiling(threads, cfg.tiles, &cfg.chain, size, TILE_BYTES, &cfg.filter_env);
+    if let (Some(why), false) = (tiling.why_not(), cfg.quiet) {
+        eprintln!("vpd: frames are not cut into tiles: {why}");
     }
-}
-
-/// A transport as it is, behind a box like a tiled one.
-struct Passing<'a>(&'a LocalTransport);
-
-impl crate::transport::Transport for Passing<'_> {
-    fn serve(
-        &self,
-        job: &JobContext,
-        tasks: crossbeam_channel::Receiver<crate::protocol::task::FrameTask>,
-        results: crossbeam_channel::Sender<crate::protocol::task::FrameResult>,
-    ) -> anyhow::Result<crate::transport::WireBytes> {
-        self.0.serve(job, tasks, results)
-    }
+    tiling
 }
 
 /// `cfg`'s job, opened to write as `writing` says, live or not.
@@ -248,12 +221,12 @@ fn run_live_job(
         JobContext { id: id.clone(), chain: cfg.chain.clone(), stop: Stop::never(), encoding: TransportEncoding::Raw };
     let threads = LocalTransport::new(cfg.threads, cfg.filter_env.clone())?;
     let info = opened.info();
-    let (transport, tiles) = filtering(cfg, &threads, (info.width, info.height));
+    let tiling = tiling(cfg, &threads, (info.width, info.height));
     let progress = crate::progress::LiveView::new(stats, !cfg.quiet);
-    let finished = opened.run(&job, &*transport, window, &progress);
+    let finished = opened.run(&job, tiling.transport(&threads), window, &progress);
     progress.finish();
     let mut summary = finished?.summary;
-    summary.tiles = tiles;
+    summary.tiles = tiling.summary;
     if let Some(live) = &summary.live
         && live.latency_ms.p99 > cfg.max_latency.as_secs_f64() * 1e3
     {

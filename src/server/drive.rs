@@ -19,7 +19,7 @@ use super::observer::JobObserver;
 use super::refusal::Scrub;
 use super::shared::Shared;
 use crate::cancel::Stop;
-use crate::filters::tiles::{self, Tiles};
+use crate::filters::tiles::Tiles;
 use crate::job::{Finished, OpenedJob, Writing};
 use crate::media::live::pipe_url;
 use crate::media::relay::RELAY_FORMAT;
@@ -31,7 +31,7 @@ use crate::protocol::job::{JobId, JobSpec, JobState};
 use crate::protocol::message::ErrorCode;
 use crate::protocol::segment::Split;
 use crate::split::{self, Plan, SegmentJob, SegmentPlace};
-use crate::transport::tiled::TiledTransport;
+use crate::transport::tiled::tiling;
 use crate::transport::{JobContext, Transport};
 
 /// Starts driving the job `spec`, whose upload is in place; `paused` holds it until it
@@ -331,28 +331,16 @@ impl Opened {
             Opened::Frames(job, why) => {
                 let info = job.info();
                 let size = (info.width, info.height);
-                let (mut finished, tiles) = match tiles::plan(Tiles::Auto, &ctx.chain, size, max_tile_bytes) {
-                    // Steps on the whole frame run here: they need what this host has.
-                    Ok(Some(plan)) if plan.whole.as_ref().is_some_and(|w| w.check_env(env).is_err()) => {
-                        let why = "its whole-frame steps would run on the server, which has no face cascade";
-                        info!(why, "large frames, not cut into tiles");
-                        (job.run(ctx, transport, window, observer)?, Some(format!("none: {why}")))
-                    }
-                    Ok(Some(plan)) => {
-                        let how = plan.describe();
-                        info!(tiles = %how, "frames go out in tiles");
-                        let tiled = TiledTransport::new(transport, plan, env.clone());
-                        (job.run(ctx, &tiled, window, observer)?, Some(how))
-                    }
-                    Ok(None) => (job.run(ctx, transport, window, observer)?, None),
-                    Err(why) => {
-                        info!(why = %why, "large frames, not cut into tiles");
-                        (job.run(ctx, transport, window, observer)?, Some(format!("none: {why}")))
-                    }
-                };
+                let tiling = tiling(transport, Tiles::Auto, &ctx.chain, size, max_tile_bytes, env);
+                match (&tiling.summary, tiling.why_not()) {
+                    (_, Some(why)) => info!(why, "large frames, not cut into tiles"),
+                    (Some(how), None) => info!(tiles = %how, "frames go out in tiles"),
+                    (None, None) => {}
+                }
+                let mut finished = job.run(ctx, tiling.transport(transport), window, observer)?;
                 finished.summary.split = Some(Split::Frames.to_string());
                 finished.summary.split_why = Some(why);
-                finished.summary.tiles = tiles;
+                finished.summary.tiles = tiling.summary;
                 Ok(finished)
             }
             Opened::Segments(job) => job.run(ctx, transport, observer),

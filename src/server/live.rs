@@ -19,12 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::clients::UploadCharge;
-use super::control::within_jobs_limit;
 use super::drive::{Relay, launch_live};
 use super::jobs::{End, LiveJob};
 use super::refusal::{Refusal, internal_error, read_within, refuse};
 use super::shared::Shared;
-use super::upload::{Caller, Counting, QUEUED_PER_SLOT, UPLOAD_IDLE_TIMEOUT};
+use super::upload::{Caller, Counting, UPLOAD_IDLE_TIMEOUT, room_for_a_job};
 use crate::media::relay::pipe as os_pipe;
 use crate::pipeline::live::LiveStats;
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter};
@@ -52,14 +51,16 @@ where
 {
     let Caller { peer, software, who, .. } = *caller;
     let Some(asked) = spec.live else { return Err(refuse(ErrorCode::BadRequest, "not a live job")) };
-    let limit = shared.max_jobs * QUEUED_PER_SLOT;
-    if shared.jobs.live_count() >= limit {
-        return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
-    }
-    within_jobs_limit(shared, who)?;
+    room_for_a_job(shared, who)?;
     if shutdown.is_cancelled() {
         return Err(refuse(ErrorCode::Unavailable, "server shutting down"));
     }
+    // The pipes first: a job is recorded only once it can run.
+    let pipe_error = |e: std::io::Error| refuse(ErrorCode::Internal, format!("a pipe: {e}"));
+    let (input, feed) = os_pipe().map_err(pipe_error)?;
+    let (result, output) = os_pipe().map_err(pipe_error)?;
+    let feed = pipe::Sender::from_owned_fd(feed).map_err(pipe_error)?;
+    let result = pipe::Receiver::from_owned_fd(result).map_err(pipe_error)?;
     let id = JobId::new();
     let spec = JobSpec { client: who.name.clone(), input_bytes: 0, ..spec };
     info!(%peer, job = %id, filters = %spec.chain, software, "live job accepted");
@@ -67,11 +68,6 @@ where
         let (id, peer, software, spec) = (id.clone(), peer.to_string(), software.to_string(), spec.clone());
         shared.off(move |s| s.store.create(&id, &peer, &software, &spec)).await.map_err(internal_error)?;
     }
-    let pipes = os_pipe().and_then(|(input, feed)| Ok((input, feed, os_pipe()?)));
-    let (input, feed, (result, output)) = pipes.map_err(|e| refuse(ErrorCode::Internal, format!("a pipe: {e}")))?;
-    let as_async = |e: std::io::Error| refuse(ErrorCode::Internal, format!("a pipe: {e}"));
-    let feed = pipe::Sender::from_owned_fd(feed).map_err(as_async)?;
-    let result = pipe::Receiver::from_owned_fd(result).map_err(as_async)?;
     let stats = Arc::new(LiveStats::default());
     // As in `vpd run`: a frame waits for dispatch a quarter of the latency allowed.
     let max_wait = Duration::from_millis(asked.max_latency_ms) / 4;

@@ -105,12 +105,8 @@ pub(super) async fn admit<'a>(
     caller: &Caller<'_>,
     spec: JobSpec,
 ) -> Result<Admitted<'a>, Refusal> {
-    let limit = shared.max_jobs * QUEUED_PER_SLOT;
-    if shared.jobs.live_count() >= limit {
-        return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
-    }
     let Caller { peer, software, who, seat } = *caller;
-    within_jobs_limit(shared, who)?;
+    room_for_a_job(shared, who)?;
     let charge = shared.clients.take_upload(who, spec.input_bytes)?;
     // A place among the uploads, within this peer's share of them.
     let place = tokio::select! {
@@ -131,6 +127,15 @@ pub(super) async fn admit<'a>(
         shared.off(move |s| s.store.create(&id, &peer, &software, &spec)).await.map_err(internal_error)?;
     }
     Ok(Admitted { id, spec, charge, _place: place, claim })
+}
+
+/// Whether the server, and `who` within its own limit, may take one more job.
+pub(super) fn room_for_a_job(shared: &Shared, who: &Client) -> Result<(), Refusal> {
+    let limit = shared.max_jobs * QUEUED_PER_SLOT;
+    if shared.jobs.live_count() >= limit {
+        return Err(refuse(ErrorCode::Busy, format!("{limit} jobs are queued or running; try later")));
+    }
+    within_jobs_limit(shared, who)
 }
 
 impl Admitted<'_> {

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use opencv::prelude::*;
 
 use super::{JobContext, Transport, WireBytes};
-use crate::filters::tiles::{Layout, TilePlan};
+use crate::filters::tiles::{self, Layout, TilePlan, Tiles};
 use crate::filters::{Chain, FilterEnv, Processor};
 use crate::protocol::task::{FrameOutcome, FrameResult, FrameTask};
 
@@ -36,6 +36,55 @@ impl<'a> TiledTransport<'a> {
     pub fn new(inner: &'a dyn Transport, plan: TilePlan, env: FilterEnv) -> Self {
         let TilePlan { layout, tiled, whole, .. } = plan;
         TiledTransport { inner, layout: Arc::new(layout), tiled, whole: whole.map(|w| (w, env)) }
+    }
+}
+
+/// How a job's frames go to a transport: in tiles or not, and how, for its summary.
+pub struct Tiling<'a> {
+    /// The tiled transport, where the frames are tiled.
+    pub tiled: Option<TiledTransport<'a>>,
+    /// The summary's `tiles`: how the frames are cut, or why not (`none: …`); `None` where
+    /// nothing was asked (`off`, or `auto` on smaller frames).
+    pub summary: Option<String>,
+}
+
+impl<'a> Tiling<'a> {
+    /// What the frames go through: the tiled transport, or `inner` as it is.
+    pub fn transport<'b>(&'b self, inner: &'b dyn Transport) -> &'b dyn Transport {
+        match &self.tiled {
+            Some(tiled) => tiled,
+            None => inner,
+        }
+    }
+
+    /// Why the frames are not tiled, where tiles were asked for or the frames are large.
+    pub fn why_not(&self) -> Option<&str> {
+        self.summary.as_deref().and_then(|s| s.strip_prefix("none: "))
+    }
+}
+
+/// Whether `chain` runs on frames of `size` over `inner` in tiles, as `tiles` asks, each tile
+/// at most `max_tile_bytes`; the steps run on the joined frame use `env`, which must hold what
+/// they need (the face cascade), or the frames are not tiled.
+pub fn tiling<'a>(
+    inner: &'a dyn Transport,
+    tiles: Tiles,
+    chain: &Chain,
+    size: (u32, u32),
+    max_tile_bytes: u64,
+    env: &FilterEnv,
+) -> Tiling<'a> {
+    let not = |why: &str| Tiling { tiled: None, summary: Some(format!("none: {why}")) };
+    match tiles::plan(tiles, chain, size, max_tile_bytes) {
+        Ok(None) => Tiling { tiled: None, summary: None },
+        Err(why) => not(&why),
+        Ok(Some(plan)) if plan.whole.as_ref().is_some_and(|w| w.check_env(env).is_err()) => {
+            not("its whole-frame steps would run where there is no face cascade")
+        }
+        Ok(Some(plan)) => {
+            let summary = Some(plan.describe());
+            Tiling { tiled: Some(TiledTransport::new(inner, plan, env.clone())), summary }
+        }
     }
 }
 
