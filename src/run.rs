@@ -147,7 +147,9 @@ pub const TILE_BYTES: u64 = 8 << 20;
 /// How `cfg`'s frames of `size` go to the filter `threads`: in tiles where `--tiles` asks for
 /// them or the frames are large and the chain allows it; why not is said on stderr.
 fn tiling<'a>(cfg: &RunConfig, threads: &'a LocalTransport, size: (u32, u32)) -> Tiling<'a> {
-    let tiling = crate::transport::tiled::tiling(threads, cfg.tiles, &cfg.chain, size, TILE_BYTES, &cfg.filter_env);
+    // In-process tiles come back as filtered: lossless.
+    let tiling =
+        crate::transport::tiled::tiling(threads, cfg.tiles, &cfg.chain, (size, TILE_BYTES), true, &cfg.filter_env);
     if let (Some(why), false) = (tiling.why_not(), cfg.quiet) {
         eprintln!("vpd: frames are not cut into tiles: {why}");
     }

@@ -53,9 +53,16 @@ fn tiled_frames_equal_untiled_ones_byte_for_byte_at_an_odd_4k_size() {
     // 3841x2161: no side splits evenly, and every tile's margin meets the frame's edge somewhere.
     let input = dir.path().join("in.mkv");
     write_clip(&input, &ClipSpec { frames: 4, width: 3841, height: 2161, fps: 25.0, face: false }, "ffv1");
-    for chain in
-        ["blur:ksize=31", "denoise:size=9", "sharpen:radius=3", "grade:contrast=1.4:warmth=0.4", "blur,sharpen"]
-    {
+    for chain in [
+        "blur:ksize=31",
+        "denoise:size=9",
+        "sharpen:radius=3",
+        "grade:contrast=1.4:warmth=0.4",
+        "blur,sharpen",
+        // Canny's edge map in the tiles, its hysteresis on the joined frame.
+        "edges:low=20:high=60",
+        "blur,sharpen,edges",
+    ] {
         let (whole, summary, _) = run_tiled(&input, chain, "off", dir.path());
         assert!(summary.get("tiles").is_none(), "off: {summary}");
         for grid in ["1x2", "2x2", "3x3"] {
@@ -77,18 +84,23 @@ fn auto_tiles_4k_and_whole_frame_steps_run_on_the_joined_frame() {
     let (off, _, _) = run_tiled(&input, "blur", "off", dir.path());
     assert_eq!(auto, off);
     assert_eq!(auto.len(), 4);
-    // edges needs the whole frame: blur runs in tiles, edges on the joined frame, and the
+    // edges needs the whole frame for its hysteresis only: blur and edges' map run in tiles
+    // (a margin of 7 + 2), the hysteresis and what follows on the joined frame, and the
     // summary says so; frames are the untiled ones.
-    let (split, summary, _) = run_tiled(&input, "blur,edges", "2x2", dir.path());
+    let (split, summary, _) = run_tiled(&input, "blur,edges,grade:gamma=0.7", "2x2", dir.path());
     let how = summary["tiles"].as_str().unwrap();
-    assert!(how.starts_with("2x2, a margin of 7 px; edges:low=50:high=150 on the whole frame (Canny"), "{summary}");
-    let (plain, _, _) = run_tiled(&input, "blur,edges", "off", dir.path());
+    assert!(
+        how.starts_with("2x2, a margin of 9 px; edges in tiles but its hysteresis on the whole frame, then grade:"),
+        "{summary}"
+    );
+    let (plain, _, _) = run_tiled(&input, "blur,edges,grade:gamma=0.7", "off", dir.path());
     assert_eq!(split, plain);
-    // A chain that starts with a whole-frame step is not tiled, and says which and why.
-    let (first, summary, err) = run_tiled(&input, "edges,blur", "2x2", dir.path());
-    assert!(err.contains("not cut into tiles: edges runs on the whole frame"), "{err}");
-    assert!(summary["tiles"].as_str().unwrap().starts_with("none: edges runs on the whole frame"), "{summary}");
-    let (plain, _, _) = run_tiled(&input, "edges,blur", "off", dir.path());
+    // A chain that starts with a whole-frame step that does not split is not tiled, and says
+    // which and why.
+    let (first, summary, err) = run_tiled(&input, "scale:width=3840,blur", "2x2", dir.path());
+    assert!(err.contains("not cut into tiles: scale runs on the whole frame"), "{err}");
+    assert!(summary["tiles"].as_str().unwrap().starts_with("none: scale runs on the whole frame"), "{summary}");
+    let (plain, _, _) = run_tiled(&input, "scale:width=3840,blur", "off", dir.path());
     assert_eq!(first, plain);
     // A small frame is not tiled by auto, and a grid finer than the frame is refused clearly.
     let small = dir.path().join("small.mkv");
@@ -110,11 +122,14 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.mkv");
     write_clip(&input, &ClipSpec { frames: 4, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
-    let (whole, _, _) = run_tiled(&input, "blur,sharpen", "off", dir.path());
+    let chain = "blur,sharpen,edges";
+    let (whole, _, _) = run_tiled(&input, chain, "off", dir.path());
     let out = dir.path().join("through-workers.mkv");
-    let summary = summary(&client(&server.addr(), &input, "blur,sharpen", &out, &["--split", "frames"]));
-    // 4K is tiled 2x2, with the chain's margin (blur 7 + sharpen 5).
-    assert_eq!(summary.tiles.as_deref(), Some("2x2, a margin of 12 px"), "{summary:?}");
+    let summary = summary(&client(&server.addr(), &input, chain, &out, &["--split", "frames"]));
+    // 4K is tiled 2x2, with the chain's margin (blur 7 + sharpen 5 + edges' map 2); the
+    // workers make the edge map, the server follows the edges on the joined frame.
+    let how = summary.tiles.as_deref().unwrap_or_default();
+    assert!(how.starts_with("2x2, a margin of 14 px; edges in tiles but its hysteresis"), "{summary:?}");
     // Each tile is a task: the workers took 16 between them, both some.
     let tasks = |url: &str| {
         let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));

@@ -7,8 +7,12 @@
 //! come from OpenCV's Sobel; suppression is branch-free arithmetic over whole rows, which LLVM
 //! vectorises (AVX2 when the CPU has it, chosen at run time); hysteresis is a flood fill from
 //! the strong pixels. Tests compare the result with `cv::Canny` on real and random images.
+//!
+//! For tiles, Canny also runs in two parts: [`Canny::map`] classifies each pixel from the grey
+//! pixels within [`MAP_REACH`] of it (local: it tiles), and [`Canny::link`] follows the edges
+//! through the joined map (hysteresis, which can cross the whole frame).
 
-use opencv::core::{BORDER_REPLICATE, CV_8UC1, CV_16S, Mat, Scalar, ToInputArray};
+use opencv::core::{BORDER_REPLICATE, CV_8UC1, CV_8UC3, CV_16S, Mat, Scalar, ToInputArray};
 use opencv::imgproc;
 use opencv::prelude::*;
 
@@ -45,12 +49,88 @@ impl Canny {
         high: f64,
         edges: &mut Mat,
     ) -> opencv::Result<()> {
+        let (w, h) = self.suppress(grey, low, high, true)?;
+        self.follow(w);
+        sized(edges, w, h, CV_8UC1)?;
+        let out = edges.data_bytes_mut()?;
+        for (i, row) in out.chunks_exact_mut(w.max(1)).enumerate() {
+            for (o, m) in row.iter_mut().zip(self.map_row(i, w)) {
+                *o = if *m == EDGE { 255 } else { 0 };
+            }
+        }
+        Ok(())
+    }
+
+    /// The first of Canny's two parts: the edge map of `grey` before hysteresis, as a 3-channel
+    /// image (each pixel [`MAP_PIXEL`] of its class). Each pixel's class depends only on the
+    /// grey pixels within [`MAP_REACH`] of it, so the map of a tile with that margin is the
+    /// frame's map on the tile's part.
+    pub fn map(
+        &mut self,
+        grey: &(impl MatTraitConst + ToInputArray),
+        low: f64,
+        high: f64,
+        out: &mut Mat,
+    ) -> opencv::Result<()> {
+        let (w, h) = self.suppress(grey, low, high, false)?;
+        sized(out, w, h, CV_8UC3)?;
+        let bytes = out.data_bytes_mut()?;
+        for (i, row) in bytes.chunks_exact_mut(3 * w.max(1)).enumerate() {
+            for (o, m) in row.chunks_exact_mut(3).zip(self.map_row(i, w)) {
+                o.fill(MAP_PIXEL[usize::from(*m)]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The second part: hysteresis over a whole frame's edge map as [`Canny::map`] makes it
+    /// (or as the maps of its tiles joined), giving the edges as a 3-channel image of 0 and
+    /// 255: the same pixels as [`Canny::detect`] on the frame.
+    pub fn link(&mut self, map: &Mat, edges: &mut Mat) -> opencv::Result<()> {
+        let owned;
+        let map = if map.is_continuous() {
+            map
+        } else {
+            owned = map.try_clone()?;
+            &owned
+        };
+        let (w, h) = (map.cols() as usize, map.rows() as usize);
+        let stride = w + 2;
+        self.map.clear();
+        self.map.resize((h + 2) * stride, NONE);
+        self.stack.clear();
+        let pixels = map.data_bytes()?;
+        for (i, row) in pixels.chunks_exact(3 * w.max(1)).enumerate() {
+            let base = (i + 1) * stride + 1;
+            let to = &mut self.map[base..base + w];
+            for (m, px) in to.iter_mut().zip(row.chunks_exact(3)) {
+                *m = class_of(px[0]);
+            }
+            push_edges(to, base, &mut self.stack);
+        }
+        self.follow(w);
+        sized(edges, w, h, CV_8UC3)?;
+        let out = edges.data_bytes_mut()?;
+        for (i, row) in out.chunks_exact_mut(3 * w.max(1)).enumerate() {
+            for (o, m) in row.chunks_exact_mut(3).zip(self.map_row(i, w)) {
+                o.fill(if *m == EDGE { 255 } else { 0 });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gradients and non-maximum suppression of `grey` into `self.map`; where `edges`, the
+    /// stack gets every edge for hysteresis. Returns the image's width and height.
+    fn suppress(
+        &mut self,
+        grey: &(impl MatTraitConst + ToInputArray),
+        low: f64,
+        high: f64,
+        edges: bool,
+    ) -> opencv::Result<(usize, usize)> {
         let (w, h) = (grey.cols() as usize, grey.rows() as usize);
         imgproc::sobel(grey, &mut self.dx, CV_16S, 1, 0, 3, 1.0, 0.0, BORDER_REPLICATE)?;
         imgproc::sobel(grey, &mut self.dy, CV_16S, 0, 1, 3, 1.0, 0.0, BORDER_REPLICATE)?;
-        if edges.rows() != h as i32 || edges.cols() != w as i32 || edges.typ() != CV_8UC1 {
-            *edges = Mat::new_rows_cols_with_default(h as i32, w as i32, CV_8UC1, Scalar::all(0.0))?;
-        }
         let (low, high) = (low.min(high).floor() as i32, low.max(high).floor() as i32);
         let (dx, dy) = (self.dx.data_typed::<i16>()?, self.dy.data_typed::<i16>()?);
         let avx2 = std::arch::is_x86_feature_detected!("avx2");
@@ -78,11 +158,17 @@ impl Canny {
             let row = &mut self.map[base..base + w];
             let r = i * w..(i + 1) * w;
             suppress(avx2, &dx[r.clone()], &dy[r], [above, here, below], low, high, row);
-            push_edges(row, base, &mut self.stack);
+            if edges {
+                push_edges(row, base, &mut self.stack);
+            }
         }
+        Ok((w, h))
+    }
 
-        // Hysteresis: every weak candidate connected to an edge becomes an edge. The border of
-        // NONE keeps every neighbour index inside the map.
+    /// Hysteresis: every weak candidate connected to an edge on the stack becomes an edge.
+    /// The border of `NONE` keeps every neighbour index inside the map.
+    fn follow(&mut self, w: usize) {
+        let stride = w + 2;
         while let Some(p) = self.stack.pop() {
             for q in
                 [p - stride - 1, p - stride, p - stride + 1, p - 1, p + 1, p + stride - 1, p + stride, p + stride + 1]
@@ -93,15 +179,38 @@ impl Canny {
                 }
             }
         }
-        let out = edges.data_bytes_mut()?;
-        for (i, row) in out.chunks_exact_mut(w).enumerate() {
-            let base = (i + 1) * stride + 1;
-            for (o, m) in row.iter_mut().zip(&self.map[base..base + w]) {
-                *o = if *m == EDGE { 255 } else { 0 };
-            }
-        }
-        Ok(())
     }
+
+    /// Row `i` of the map, without its border.
+    fn map_row(&self, i: usize, w: usize) -> &[u8] {
+        let base = (i + 1) * (w + 2) + 1;
+        &self.map[base..base + w]
+    }
+}
+
+/// How far from a pixel the grey pixels its class in the edge map depends on lie: Sobel's
+/// 3x3 aperture for the gradients, and the neighbours' magnitudes for the suppression.
+pub const MAP_REACH: u32 = 2;
+
+/// The edge map's classes as pixels: a weak candidate grey, not an edge black, an edge white
+/// (indexed by `WEAK`, `NONE`, `EDGE`), so that a map looks like the edges it holds.
+const MAP_PIXEL: [u8; 3] = [128, 0, 255];
+
+/// The class of a map pixel: the nearest of [`MAP_PIXEL`].
+fn class_of(v: u8) -> u8 {
+    match v {
+        0..64 => NONE,
+        64..192 => WEAK,
+        _ => EDGE,
+    }
+}
+
+/// Makes `m` an `h`×`w` matrix of `typ`, keeping its buffer where it is one already.
+fn sized(m: &mut Mat, w: usize, h: usize, typ: i32) -> opencv::Result<()> {
+    if m.rows() != h as i32 || m.cols() != w as i32 || m.typ() != typ {
+        *m = Mat::new_rows_cols_with_default(h as i32, w as i32, typ, Scalar::all(0.0))?;
+    }
+    Ok(())
 }
 
 /// Pushes the map index of every `EDGE` in `row` (which starts at map index `base`).
@@ -246,6 +355,44 @@ mod tests {
             for (low, high) in [(50.0, 150.0), (200.0, 400.0), (0.0, 1000.0)] {
                 let edges = assert_same_as_opencv(&m, low, high, &format!("noise {rows}x{cols}"));
                 assert!(rows * cols < 100 || edges > 0, "noise {rows}x{cols} has edges");
+            }
+        }
+    }
+
+    #[test]
+    fn the_map_then_its_hysteresis_give_opencvs_edges() {
+        let mut noise = Mat::new_rows_cols_with_default(97, 131, CV_8UC1, Scalar::all(0.0)).unwrap();
+        core::randu(&mut noise, &Scalar::all(0.0), &Scalar::all(256.0)).unwrap();
+        for (g, what) in [(grey(&astronaut()), "astronaut"), (noise, "noise")] {
+            for (low, high) in [(50.0, 150.0), (10.0, 30.0), (200.0, 400.0)] {
+                let mut want = Mat::default();
+                imgproc::canny(&g, &mut want, low, high, 3, false).unwrap();
+                let (mut map, mut got) = (Mat::default(), Mat::default());
+                let mut canny = Canny::default();
+                canny.map(&g, low, high, &mut map).unwrap();
+                assert_eq!(map.typ(), CV_8UC3);
+                // The map holds three classes only.
+                let count = |v: f64| {
+                    let mut eq = Mat::default();
+                    core::compare(&map, &Scalar::all(v), &mut eq, core::CMP_EQ).unwrap();
+                    core::count_non_zero(&eq.reshape(1, 0).unwrap()).unwrap() / 3
+                };
+                let (none, weak, edge) = (count(0.0), count(128.0), count(255.0));
+                assert_eq!(none + weak + edge, g.rows() * g.cols(), "{what}: only three classes");
+                // A photo has weak candidates at every threshold here (noise at 10/30 has none).
+                assert!(
+                    edge > 0 && (weak > 0 || what == "noise"),
+                    "{what} at {low}/{high}: {weak} weak, {edge} strong"
+                );
+                canny.link(&map, &mut got).unwrap();
+                let mut first = Mat::default();
+                core::extract_channel(&got, &mut first, 0).unwrap();
+                let mut diff = Mat::default();
+                core::compare(&want, &first, &mut diff, core::CMP_NE).unwrap();
+                assert_eq!(core::count_non_zero(&diff).unwrap(), 0, "{what} at {low}/{high}");
+                if what == "astronaut" {
+                    assert!(core::count_non_zero(&first).unwrap() > edge, "{what}: hysteresis adds the weak that join");
+                }
             }
         }
     }

@@ -196,6 +196,13 @@ pub trait Filter {
     /// frame (see [`super::tiles`]).
     fn reach(&self) -> Reach;
 
+    /// For a filter that needs the whole frame but whose first part is local: that part
+    /// (which tiles), the part run on the joined frame after it, and what the latter is, in
+    /// words. Canny splits so: its edge map is local, its hysteresis is not.
+    fn halves(&self) -> Option<(super::FilterSpec, super::FilterSpec, &'static str)> {
+        None
+    }
+
     /// The filter ready to run on one thread, with its own state and scratch buffers.
     fn stage(&self, env: &FilterEnv) -> Result<Box<dyn Stage>, FilterError>;
 }

@@ -1,10 +1,12 @@
-//! `edges`: Canny on the grey image, returned as a 3-channel frame.
+//! `edges`: Canny on the grey image, returned as a 3-channel frame. On tiles it runs in two
+//! parts ([`EdgesPart`]): the edge map in the tiles, its hysteresis on the joined frame.
 
 use opencv::core::Mat;
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::canny::Canny;
+use super::FilterSpec;
+use super::canny::{Canny, MAP_REACH};
 use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
 use super::{FilterError, ParamError};
 
@@ -15,7 +17,26 @@ pub struct EdgesParams {
     pub low: f64,
     /// Upper hysteresis threshold, at least `low`.
     pub high: f64,
+    /// Which of Canny's parts the step runs: [`EdgesPart::All`] for every chain a user
+    /// writes; the plan for tiles makes the other two.
+    pub part: EdgesPart,
 }
+
+/// Which part of Canny an `edges` step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EdgesPart {
+    /// The whole detector.
+    #[default]
+    All,
+    /// The edge map before hysteresis (each pixel's class as grey levels: local, it tiles).
+    Map,
+    /// Hysteresis over an edge map of the whole frame (from `Map`), giving the edges.
+    Link,
+}
+
+/// Why Canny's last part needs the whole frame.
+const HYSTERESIS: &str =
+    "Canny's hysteresis follows an edge across the whole frame: no margin makes a tile's edges the frame's";
 
 const THRESHOLD: Range = numbers(0.0, 10_000.0);
 
@@ -31,7 +52,7 @@ impl FilterParams for EdgesParams {
     };
 
     fn read(p: &mut Params<'_>) -> Result<Self, ParamError> {
-        Ok(EdgesParams { low: p.get("low")?, high: p.get("high")? })
+        Ok(EdgesParams { low: p.get("low")?, high: p.get("high")?, part: EdgesPart::All })
     }
 }
 
@@ -45,7 +66,15 @@ impl Filter for EdgesParams {
     }
 
     fn reach(&self) -> Reach {
-        Reach::Whole("Canny's hysteresis follows an edge across the whole frame: no margin makes a tile's edges the frame's")
+        match self.part {
+            EdgesPart::Map => Reach::Pixels(MAP_REACH),
+            EdgesPart::All | EdgesPart::Link => Reach::Whole(HYSTERESIS),
+        }
+    }
+
+    fn halves(&self) -> Option<(FilterSpec, FilterSpec, &'static str)> {
+        let part = |part| FilterSpec::Edges(EdgesParams { part, ..*self });
+        (self.part == EdgesPart::All).then(|| (part(EdgesPart::Map), part(EdgesPart::Link), "its hysteresis"))
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
@@ -73,11 +102,20 @@ impl Edges {
     }
 
     pub(super) fn apply(&mut self, input: &Mat) -> opencv::Result<Mat> {
+        let (low, high) = (self.params.low, self.params.high);
+        let mut out = Mat::default();
+        if self.params.part == EdgesPart::Link {
+            self.canny.link(input, &mut out)?;
+            return Ok(out);
+        }
         imgproc::cvt_color(input, &mut self.grey, imgproc::COLOR_BGR2GRAY, 0)?;
         // Aperture 3 and the L1 gradient, as cv::Canny by default: see canny.rs for why it is ours.
-        self.canny.detect(&self.grey, self.params.low, self.params.high, &mut self.edges)?;
-        let mut out = Mat::default();
-        imgproc::cvt_color(&self.edges, &mut out, imgproc::COLOR_GRAY2BGR, 0)?;
+        if self.params.part == EdgesPart::Map {
+            self.canny.map(&self.grey, low, high, &mut out)?;
+        } else {
+            self.canny.detect(&self.grey, low, high, &mut self.edges)?;
+            imgproc::cvt_color(&self.edges, &mut out, imgproc::COLOR_GRAY2BGR, 0)?;
+        }
         Ok(out)
     }
 }
@@ -94,7 +132,7 @@ mod tests {
         let rect = Rect::new(60, 50, 150, 90);
         imgproc::rectangle(&mut frame, rect, Scalar::all(255.0), imgproc::FILLED, imgproc::LINE_8, 0).unwrap();
 
-        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0 }).apply(&frame).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(&frame).unwrap();
         assert_eq!(out.typ(), CV_8UC3);
         assert_eq!(out.size().unwrap(), frame.size().unwrap());
 
@@ -130,7 +168,7 @@ mod tests {
     #[test]
     fn flat_frame_has_no_edges() {
         let frame = Mat::new_rows_cols_with_default(64, 64, CV_8UC3, Scalar::all(128.0)).unwrap();
-        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0 }).apply(&frame).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(&frame).unwrap();
         let mut grey = Mat::default();
         imgproc::cvt_color(&out, &mut grey, imgproc::COLOR_BGR2GRAY, 0).unwrap();
         assert_eq!(core::count_non_zero(&grey).unwrap(), 0);

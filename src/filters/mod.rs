@@ -23,6 +23,7 @@ pub use def::{
     DEFAULT_FACE_CASCADE, Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, ParamDef, Params, Range, Reach,
     Stage,
 };
+pub use edges::EdgesPart;
 pub use error::{FilterError, ParamError};
 pub use faces::{FaceDetector, FaceMode};
 pub use motion::{MotionScratch, detect as detect_motion};

@@ -212,7 +212,7 @@ impl fmt::Display for FilterSpec {
 mod tests {
     use super::*;
     use crate::filters::def::Range;
-    use crate::filters::{BlurParams, EdgesParams, FaceMode, FacesParams, GradeParams, MotionParams};
+    use crate::filters::{BlurParams, EdgesParams, EdgesPart, FaceMode, FacesParams, GradeParams, MotionParams};
 
     fn parse(s: &str) -> Result<Chain, SpecError> {
         s.parse()
@@ -295,7 +295,7 @@ mod tests {
             chain.specs(),
             &[
                 FilterSpec::Blur(BlurParams { ksize: 15, sigma: 0.0 }),
-                FilterSpec::Edges(EdgesParams { low: 50.0, high: 150.0 }),
+                FilterSpec::Edges(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }),
             ]
         );
         assert!(!chain.needs_previous());
@@ -307,7 +307,7 @@ mod tests {
             parse(" blur:ksize=21:sigma=3.5 , edges:low=10:high=20,faces:mode=blur,motion:threshold=40").unwrap();
         let specs = chain.specs();
         assert_eq!(specs[0], FilterSpec::Blur(BlurParams { ksize: 21, sigma: 3.5 }));
-        assert_eq!(specs[1], FilterSpec::Edges(EdgesParams { low: 10.0, high: 20.0 }));
+        assert_eq!(specs[1], FilterSpec::Edges(EdgesParams { low: 10.0, high: 20.0, part: EdgesPart::All }));
         assert!(matches!(specs[2], FilterSpec::Faces(FacesParams { mode: FaceMode::Blur, .. })));
         assert!(matches!(specs[3], FilterSpec::Motion(MotionParams { threshold: 40, .. })));
         assert!(chain.needs_previous());
@@ -341,7 +341,7 @@ mod tests {
         let long = vec![FilterSpec::Blur(BlurParams { ksize: 3, sigma: 0.0 }); 3000];
         assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&long).unwrap()).is_err());
         assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&Vec::<FilterSpec>::new()).unwrap()).is_err());
-        let inverted = vec![FilterSpec::Edges(EdgesParams { low: 200.0, high: 100.0 })];
+        let inverted = vec![FilterSpec::Edges(EdgesParams { low: 200.0, high: 100.0, part: EdgesPart::All })];
         assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&inverted).unwrap()).is_err());
         let nan = vec![FilterSpec::Blur(BlurParams { ksize: 3, sigma: f64::NAN })];
         assert!(postcard::from_bytes::<Chain>(&postcard::to_stdvec(&nan).unwrap()).is_err());

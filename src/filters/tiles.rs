@@ -8,7 +8,9 @@
 //! chain's reach holds every pixel its part depends on. Where a tile meets the frame's edge it
 //! has no margin, and the filters extend its edge just as they extend the frame's (the same
 //! border rule on the same pixels). Filters whose output depends on the whole frame
-//! ([`Reach::Whole`]: detectors, Canny's hysteresis, resizing) are not tiled.
+//! ([`Reach::Whole`]: detectors, Canny's hysteresis, resizing) are not tiled, but where such a
+//! filter's first part is local ([`super::Filter::halves`]: Canny's edge map), that part runs
+//! in the tiles and the rest on the joined frame.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,7 +18,7 @@ use std::str::FromStr;
 use opencv::core::{CV_8UC3, Mat, Rect, Scalar};
 use opencv::prelude::*;
 
-use super::{Chain, Reach};
+use super::{Chain, FilterSpec, Reach};
 
 /// The smallest frame `--tiles auto` tiles: 4K UHD.
 pub const AUTO_FROM: (u32, u32) = (3840, 2160);
@@ -103,25 +105,51 @@ impl Chain {
     /// How far around an output pixel the chain's inputs lie: the sum of its filters' reaches;
     /// or the first filter that needs the whole frame, and why.
     pub fn reach(&self) -> Result<u32, (&'static str, &'static str)> {
-        let (steps, reach, whole) = self.tileable();
-        match whole {
-            Some(w) if steps < self.specs().len() => Err(w),
-            _ => Ok(reach),
+        let t = self.tileable(false);
+        match t.whole {
+            Some(w) if t.steps < self.specs().len() => Err((w.name, w.why)),
+            _ => Ok(t.reach),
         }
     }
 
-    /// The chain's leading steps that tile: how many, their reach, and the first step that
-    /// needs the whole frame (and why), if any.
-    fn tileable(&self) -> (usize, u32, Option<(&'static str, &'static str)>) {
-        let mut total = 0u32;
-        for (i, spec) in self.specs().iter().enumerate() {
+    /// The chain's leading steps that tile, and the first that needs the whole frame; where
+    /// `split`, that step's local half (Canny's edge map) tiles too.
+    fn tileable(&self, split: bool) -> Tileable {
+        let mut reach = 0u32;
+        for (steps, spec) in self.specs().iter().enumerate() {
             match spec.filter().reach() {
-                Reach::Pixels(n) => total += n,
-                Reach::Whole(why) => return (i, total, Some((spec.name(), why))),
+                Reach::Pixels(n) => reach += n,
+                Reach::Whole(why) => {
+                    let halves = spec.filter().halves().filter(|_| split);
+                    if let Some((local, ..)) = &halves
+                        && let Reach::Pixels(n) = local.filter().reach()
+                    {
+                        reach += n;
+                    }
+                    return Tileable { steps, reach, whole: Some(WholeStep { name: spec.name(), why, halves }) };
+                }
             }
         }
-        (self.specs().len(), total, None)
+        Tileable { steps: self.specs().len(), reach, whole: None }
     }
+}
+
+/// What of a chain tiles.
+struct Tileable {
+    /// How many leading steps tile.
+    steps: usize,
+    /// How far their inputs lie, with those of the next step's local half, where it has one.
+    reach: u32,
+    /// The first step that needs the whole frame, if any.
+    whole: Option<WholeStep>,
+}
+
+/// A step that needs the whole frame.
+struct WholeStep {
+    name: &'static str,
+    why: &'static str,
+    /// Its local half, its half run on the whole frame, and what the latter is, where it splits.
+    halves: Option<(FilterSpec, FilterSpec, &'static str)>,
 }
 
 /// How a chain runs over tiles: its leading steps in tiles, the rest on the joined frame.
@@ -131,18 +159,20 @@ pub struct TilePlan {
     pub layout: Layout,
     /// The steps run in tiles.
     pub tiled: Chain,
-    /// The steps from the first that needs the whole frame on, run on the joined frame.
+    /// The steps from the first that needs the whole frame on (or from its half that does),
+    /// run on the joined frame.
     pub whole: Option<Chain>,
-    /// Why they do.
-    why_whole: Option<String>,
+    /// What runs on the whole frame and why, in words.
+    whole_how: Option<String>,
 }
 
 impl TilePlan {
     /// How the frames are cut, in words (a summary's `tiles`).
     pub fn describe(&self) -> String {
         let mut how = format!("{}, a margin of {} px", self.layout.grid(), self.layout.halo());
-        if let (Some(whole), Some(why)) = (&self.whole, &self.why_whole) {
-            how.push_str(&format!("; {whole} on the whole frame ({why})"));
+        if let Some(whole) = &self.whole_how {
+            how.push_str("; ");
+            how.push_str(whole);
         }
         how
     }
@@ -150,23 +180,28 @@ impl TilePlan {
 
 /// Whether and how `chain` tiles a `width`×`height` frame as `tiles` asks, its tiles at most
 /// `max_tile_bytes` of BGR each (margins included): the plan, or why not (`None` where nothing
-/// was asked: `off`, or `auto` on a smaller frame). The chain's leading steps that tile run in
-/// tiles, the rest on the joined frame; a chain whose first step needs the whole frame is not
-/// tiled.
+/// was asked: `off`, or `auto` on smaller frames). The chain's leading steps that tile run in
+/// tiles, the rest on the joined frame. Where `lossless` (tiles come back exactly as filtered),
+/// the first step that needs the whole frame may run its local half in the tiles too
+/// (`edges`: its edge map, whose classes a lossy encoding would blur). A chain whose first
+/// step needs the whole frame and does not split is not tiled.
 pub fn plan(
     tiles: Tiles,
     chain: &Chain,
     (width, height): (u32, u32),
     max_tile_bytes: u64,
+    lossless: bool,
 ) -> Result<Option<TilePlan>, String> {
     let large = u64::from(width) * u64::from(height) >= u64::from(AUTO_FROM.0) * u64::from(AUTO_FROM.1);
     if tiles == Tiles::Off || (tiles == Tiles::Auto && !large) {
         return Ok(None);
     }
-    let (steps, halo, whole) = chain.tileable();
-    if steps == 0 {
-        let (name, why) = whole.expect("a step that does not tile");
-        return Err(format!("{name} runs on the whole frame: {why}"));
+    let Tileable { steps, reach: halo, whole } = chain.tileable(lossless);
+    if let Some(w) = &whole
+        && steps == 0
+        && w.halves.is_none()
+    {
+        return Err(format!("{} runs on the whole frame: {}", w.name, w.why));
     }
     let grid = match tiles {
         Tiles::Grid(g) => g,
@@ -183,14 +218,28 @@ pub fn plan(
     if grid.cols > width || grid.rows > height {
         return Err(format!("a {grid} grid does not fit a {width}x{height} frame"));
     }
-    let specs = chain.specs();
-    let part = |s: &[_]| Chain::new(s.to_vec()).map_err(|e| e.to_string());
+    let (mut tiled, mut rest) = (chain.specs()[..steps].to_vec(), chain.specs()[steps..].to_vec());
+    let whole_how = whole.map(|w| match w.halves {
+        Some((local, after, what)) => {
+            tiled.push(local);
+            rest[0] = after;
+            let then = (rest.len() > 1).then(|| format!(", then {}", text(&rest[1..])));
+            format!("{} in tiles but {what} on the whole frame{} ({})", w.name, then.unwrap_or_default(), w.why)
+        }
+        None => format!("{} on the whole frame ({})", text(&rest), w.why),
+    });
+    let part = |s: Vec<FilterSpec>| Chain::new(s).map_err(|e| e.to_string());
     Ok(Some(TilePlan {
         layout: Layout::new(width, height, grid, halo),
-        tiled: part(&specs[..steps])?,
-        whole: (steps < specs.len()).then(|| part(&specs[steps..])).transpose()?,
-        why_whole: whole.map(|(_, why)| why.to_string()),
+        tiled: part(tiled)?,
+        whole: (!rest.is_empty()).then(|| part(rest)).transpose()?,
+        whole_how,
     }))
+}
+
+/// Steps as a chain writes them.
+fn text(specs: &[FilterSpec]) -> String {
+    specs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// One tile: its part of the frame, and that part with its margin (both in frame pixels).
@@ -301,10 +350,21 @@ mod tests {
         Processor::new(chain, &FilterEnv::default()).unwrap().apply(frame, None).unwrap()
     }
 
+    /// `frame` through `chain` as its plan for `grid` says: the tiled steps on each tile, the
+    /// rest on the joined frame.
     fn tiled(chain: &Chain, frame: &Mat, grid: Grid) -> Mat {
-        let layout = Layout::new(frame.cols() as u32, frame.rows() as u32, grid, chain.reach().unwrap());
-        let parts: Vec<Mat> = (0..layout.tiles().len()).map(|i| apply(chain, &layout.cut(frame, i).unwrap())).collect();
-        layout.join(&parts).unwrap()
+        let size = (frame.cols() as u32, frame.rows() as u32);
+        let plan = plan(Tiles::Grid(grid), chain, size, u64::MAX, true).unwrap().unwrap();
+        let layout = &plan.layout;
+        let parts: Vec<Mat> =
+            (0..layout.tiles().len()).map(|i| apply(&plan.tiled, &layout.cut(frame, i).unwrap())).collect();
+        let joined = layout.join(&parts).unwrap();
+        match &plan.whole {
+            Some(whole) => {
+                Processor::new(whole, &FilterEnv::default()).unwrap().apply_after(joined, frame, None).unwrap()
+            }
+            None => joined,
+        }
     }
 
     fn identical(a: &Mat, b: &Mat) -> bool {
@@ -329,6 +389,12 @@ mod tests {
             "grade:contrast=1.3:gamma=0.8:warmth=0.3",
             "blur,sharpen",
             "denoise,blur:ksize=7,grade:saturation=0",
+            // Canny's edge map in tiles, its hysteresis on the joined frame.
+            "edges",
+            "edges:low=10:high=30",
+            "edges:low=200:high=400",
+            "blur,sharpen,edges",
+            "edges,blur:ksize=5",
         ];
         for chain in chains {
             let chain: Chain = chain.parse().unwrap();
@@ -350,6 +416,18 @@ mod tests {
         let layout = Layout::new(641, 361, Grid { cols: 2, rows: 2 }, reach / 3);
         let parts: Vec<Mat> = (0..4).map(|i| apply(&chain, &layout.cut(&frame, i).unwrap())).collect();
         assert!(!identical(&apply(&chain, &frame), &layout.join(&parts).unwrap()));
+        // Canny's edge map reaches 2 pixels (Sobel's aperture, then the neighbours'
+        // magnitudes): with 1 the maps differ along the tiles' seams.
+        let map = plan(Tiles::Grid(Grid { cols: 2, rows: 2 }), &"edges".parse().unwrap(), (641, 361), u64::MAX, true)
+            .unwrap()
+            .unwrap()
+            .tiled;
+        assert_eq!(map.reach(), Ok(2));
+        for (margin, same) in [(1, false), (2, true)] {
+            let layout = Layout::new(641, 361, Grid { cols: 2, rows: 2 }, margin);
+            let parts: Vec<Mat> = (0..4).map(|i| apply(&map, &layout.cut(&frame, i).unwrap())).collect();
+            assert_eq!(identical(&apply(&map, &frame), &layout.join(&parts).unwrap()), same, "a margin of {margin}");
+        }
     }
 
     #[test]
@@ -373,24 +451,46 @@ mod tests {
     #[test]
     fn auto_tiles_large_frames_into_the_fewest_grid_that_fits() {
         let chain: Chain = "blur".parse().unwrap();
-        assert_eq!(plan(Tiles::Auto, &chain, (1920, 1080), 8 << 20), Ok(None), "1080p is not tiled");
-        let k4 = plan(Tiles::Auto, &chain, (3840, 2160), 8 << 20).unwrap().unwrap();
+        assert_eq!(plan(Tiles::Auto, &chain, (1920, 1080), 8 << 20, true), Ok(None), "1080p is not tiled");
+        let k4 = plan(Tiles::Auto, &chain, (3840, 2160), 8 << 20, true).unwrap().unwrap();
         assert_eq!(k4.layout.grid(), Grid { cols: 2, rows: 2 });
         assert_eq!(k4.whole, None);
-        let k8 = plan(Tiles::Auto, &chain, (7680, 4320), 8 << 20).unwrap().unwrap();
+        let k8 = plan(Tiles::Auto, &chain, (7680, 4320), 8 << 20, true).unwrap().unwrap();
         for t in k8.layout.tiles() {
             assert!(t.padded.width as u64 * t.padded.height as u64 * 3 <= 8 << 20, "{t:?}");
         }
-        assert_eq!(plan(Tiles::Off, &chain, (7680, 4320), 8 << 20), Ok(None));
-        // A whole-frame step and what follows it run on the joined frame; a chain that starts
-        // with one is not tiled.
+        assert_eq!(plan(Tiles::Off, &chain, (7680, 4320), 8 << 20, true), Ok(None));
+        // Over a lossless transport, edges runs its map in the tiles and its hysteresis (and
+        // what follows) on the joined frame, even first in the chain.
         let two = Tiles::Grid(Grid { cols: 2, rows: 2 });
-        let split = plan(two, &"blur,sharpen,edges,grade".parse().unwrap(), (640, 360), 8 << 20).unwrap().unwrap();
-        assert_eq!(split.tiled.to_string(), "blur:ksize=15:sigma=0,sharpen:amount=1:radius=1.5");
-        assert_eq!(split.whole.as_ref().map(|c| c.specs().len()), Some(2));
-        assert!(split.describe().starts_with("2x2, a margin of 12 px; edges"), "{}", split.describe());
-        let why = plan(two, &"edges,blur".parse().unwrap(), (640, 360), 8 << 20).unwrap_err();
+        let chain: Chain = "blur,sharpen,edges,grade".parse().unwrap();
+        let split = plan(two, &chain, (640, 360), 8 << 20, true).unwrap().unwrap();
+        assert_eq!(split.tiled.to_string(), "blur:ksize=15:sigma=0,sharpen:amount=1:radius=1.5,edges:low=50:high=150");
+        let parts = |c: &Chain| c.specs().iter().map(|s| s.filter().reach()).collect::<Vec<_>>();
+        assert_eq!(parts(&split.tiled)[2], Reach::Pixels(2));
+        let whole = split.whole.as_ref().unwrap();
+        assert_eq!((whole.specs().len(), whole.specs()[0].name()), (2, "edges"));
+        assert_eq!(
+            split.describe(),
+            "2x2, a margin of 14 px; edges in tiles but its hysteresis on the whole frame, then \
+             grade:contrast=1:brightness=0:saturation=1:gamma=1:warmth=0 (Canny's hysteresis follows an edge \
+             across the whole frame: no margin makes a tile's edges the frame's)"
+        );
+        let first = plan(two, &"edges,blur".parse().unwrap(), (640, 360), 8 << 20, true).unwrap().unwrap();
+        assert_eq!((first.layout.halo(), first.whole.unwrap().specs().len()), (2, 2));
+        // Over a lossy one (JPEG) the map's classes would not survive: edges runs whole, and
+        // a chain that starts with a step that needs the whole frame is not tiled.
+        let lossy = plan(two, &chain, (640, 360), 8 << 20, false).unwrap().unwrap();
+        assert_eq!(lossy.tiled.to_string(), "blur:ksize=15:sigma=0,sharpen:amount=1:radius=1.5");
+        assert!(
+            lossy.describe().starts_with("2x2, a margin of 12 px; edges:low=50:high=150,grade"),
+            "{}",
+            lossy.describe()
+        );
+        let why = plan(two, &"edges,blur".parse().unwrap(), (640, 360), 8 << 20, false).unwrap_err();
         assert!(why.contains("edges runs on the whole frame"), "{why}");
+        let why = plan(two, &"scale:width=320,blur".parse().unwrap(), (640, 360), 8 << 20, true).unwrap_err();
+        assert!(why.contains("scale runs on the whole frame"), "{why}");
         assert_eq!("3x2".parse::<Tiles>(), Ok(Tiles::Grid(Grid { cols: 3, rows: 2 })));
         assert!("0x2".parse::<Tiles>().is_err() && "17x1".parse::<Tiles>().is_err() && "big".parse::<Tiles>().is_err());
     }

@@ -22,8 +22,9 @@ use crate::filters::Chain;
 use crate::media::OutputOptions;
 use crate::media::packets::SegmentInput;
 
-/// Version of the segment bodies; a worker refuses bodies of another.
-pub const SEGMENT_VERSION: u8 = 1;
+/// Version of the segment bodies; a worker refuses bodies of another (2: the part of Canny an
+/// `edges` step runs, in the chain).
+pub const SEGMENT_VERSION: u8 = 2;
 
 /// The largest segment task a worker reads: RabbitMQ 3's default `max_message_size`. The
 /// server keeps its tasks under its own `--max-message`, 8 MiB unless set.
@@ -253,7 +254,7 @@ mod tests {
         other[0] = 9;
         assert_eq!(
             decode::<SegmentProgress>(&other, 1024).unwrap_err().to_string(),
-            "segment message version 9, this vpd reads version 1"
+            "segment message version 9, this vpd reads version 2"
         );
         assert!(decode::<SegmentProgress>(&body[..body.len() - 1], 1024).is_err(), "cut short");
         assert!(decode::<SegmentResult>(&[], 1024).is_err());

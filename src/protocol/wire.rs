@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::filters::Chain;
 
 /// Version of the body layout; a worker refuses bodies of another (2: the transport encoding
-/// as its text; 3: the denoise, sharpen, grade and scale filters in a task's chain).
-pub const WIRE_VERSION: u8 = 3;
+/// as its text; 3: the denoise, sharpen, grade and scale filters in a task's chain; 4: the part
+/// of Canny an `edges` step runs, for tiles).
+pub const WIRE_VERSION: u8 = 4;
 /// Largest frame accepted anywhere, in pixels (8192 × 8192: 8K video with room to spare).
 pub const MAX_FRAME_PIXELS: u64 = 8192 * 8192;
 /// Largest header, in bytes.
@@ -51,6 +52,13 @@ pub enum TransportEncoding {
     Lz4,
     /// Lossy JPEG at the given quality (1–100).
     Jpeg(u8),
+}
+
+impl TransportEncoding {
+    /// Whether frames arrive exactly as sent.
+    pub fn is_lossless(self) -> bool {
+        !matches!(self, TransportEncoding::Jpeg(_))
+    }
 }
 
 impl FromStr for TransportEncoding {

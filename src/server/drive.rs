@@ -331,7 +331,8 @@ impl Opened {
             Opened::Frames(job, why) => {
                 let info = job.info();
                 let size = (info.width, info.height);
-                let tiling = tiling(transport, Tiles::Auto, &ctx.chain, size, max_tile_bytes, env);
+                let lossless = ctx.encoding.is_lossless();
+                let tiling = tiling(transport, Tiles::Auto, &ctx.chain, (size, max_tile_bytes), lossless, env);
                 match (&tiling.summary, tiling.why_not()) {
                     (_, Some(why)) => info!(why, "large frames, not cut into tiles"),
                     (Some(how), None) => info!(tiles = %how, "frames go out in tiles"),

@@ -64,18 +64,19 @@ impl<'a> Tiling<'a> {
 }
 
 /// Whether `chain` runs on frames of `size` over `inner` in tiles, as `tiles` asks, each tile
-/// at most `max_tile_bytes`; the steps run on the joined frame use `env`, which must hold what
+/// at most `max_tile_bytes`; `lossless` where `inner` brings tiles back exactly as filtered
+/// (see [`tiles::plan`]). The steps run on the joined frame use `env`, which must hold what
 /// they need (the face cascade), or the frames are not tiled.
 pub fn tiling<'a>(
     inner: &'a dyn Transport,
     tiles: Tiles,
     chain: &Chain,
-    size: (u32, u32),
-    max_tile_bytes: u64,
+    (size, max_tile_bytes): ((u32, u32), u64),
+    lossless: bool,
     env: &FilterEnv,
 ) -> Tiling<'a> {
     let not = |why: &str| Tiling { tiled: None, summary: Some(format!("none: {why}")) };
-    match tiles::plan(tiles, chain, size, max_tile_bytes) {
+    match tiles::plan(tiles, chain, size, max_tile_bytes, lossless) {
         Ok(None) => Tiling { tiled: None, summary: None },
         Err(why) => not(&why),
         Ok(Some(plan)) if plan.whole.as_ref().is_some_and(|w| w.check_env(env).is_err()) => {
