@@ -42,9 +42,10 @@ lint:
 	$(CARGO) clippy --locked --all-targets --quiet -- -D warnings
 
 ## Criterion benchmarks of each filter and codec, vpd run against ffmpeg, distributed against vpd run,
-## a server's memory across jobs per allocator, web uploads and the first chart point, live latency and overload.
+## a server's memory across jobs per allocator, web uploads and the first chart point, live latency and overload,
+## live streams through a server, and 4K frames in tiles.
 bench: deps rabbitmq
-	$(CARGO) bench --locked --bench filters --bench codecs --bench convert
+	$(CARGO) bench --locked --bench filters --bench codecs --bench convert --bench tiles
 	scripts/bench-e2e.sh 5 sample 720
 	scripts/bench-e2e.sh 5 testsrc2 720
 	scripts/bench-e2e.sh 3 sample 1080
@@ -52,6 +53,8 @@ bench: deps rabbitmq
 	scripts/bench-server-memory.sh 24 3
 	scripts/bench-web.sh 1024 3
 	scripts/bench-live.sh 20 3
+	scripts/bench-live-relay.sh 20 3
+	scripts/bench-tiles.sh 3
 
 ## Fuzz every decoder: FUZZ_CASES mutations of fuzz/corpus/TARGET each (default 10 million), in
 ## release mode, with inputs per second; a failure is shrunk and saved into the corpus.

@@ -84,13 +84,13 @@ fn auto_tiles_4k_and_whole_frame_steps_run_on_the_joined_frame() {
     let (off, _, _) = run_tiled(&input, "blur", "off", dir.path());
     assert_eq!(auto, off);
     assert_eq!(auto.len(), 4);
-    // edges needs the whole frame for its hysteresis only: blur and edges' map run in tiles
-    // (a margin of 7 + 2), the hysteresis and what follows on the joined frame, and the
-    // summary says so; frames are the untiled ones.
+    // edges needs the whole frame for its hysteresis only: blur and edges run in tiles (a
+    // margin of 7 + 2), the hysteresis across the seams and what follows on the joined frame,
+    // and the summary says so; frames are the untiled ones.
     let (split, summary, _) = run_tiled(&input, "blur,edges,grade:gamma=0.7", "2x2", dir.path());
     let how = summary["tiles"].as_str().unwrap();
     assert!(
-        how.starts_with("2x2, a margin of 9 px; edges in tiles but its hysteresis on the whole frame, then grade:"),
+        how.starts_with("2x2, a margin of 9 px; edges in tiles, but its hysteresis across the seams on the joined frame, then grade:"),
         "{summary}"
     );
     let (plain, _, _) = run_tiled(&input, "blur,edges,grade:gamma=0.7", "off", dir.path());
@@ -126,10 +126,10 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
     let (whole, _, _) = run_tiled(&input, chain, "off", dir.path());
     let out = dir.path().join("through-workers.mkv");
     let summary = summary(&client(&server.addr(), &input, chain, &out, &["--split", "frames"]));
-    // 4K is tiled 2x2, with the chain's margin (blur 7 + sharpen 5 + edges' map 2); the
-    // workers make the edge map, the server follows the edges on the joined frame.
+    // 4K is tiled 2x2, with the chain's margin (blur 7 + sharpen 5 + edges 2); the workers
+    // find the edges within their tiles, the server follows them across the seams.
     let how = summary.tiles.as_deref().unwrap_or_default();
-    assert!(how.starts_with("2x2, a margin of 14 px; edges in tiles but its hysteresis"), "{summary:?}");
+    assert!(how.starts_with("2x2, a margin of 14 px; edges in tiles, but its hysteresis"), "{summary:?}");
     // Each tile is a task: the workers took 16 between them, both some.
     let tasks = |url: &str| {
         let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));

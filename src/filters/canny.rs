@@ -8,11 +8,13 @@
 //! vectorises (AVX2 when the CPU has it, chosen at run time); hysteresis is a flood fill from
 //! the strong pixels. Tests compare the result with `cv::Canny` on real and random images.
 //!
-//! For tiles, Canny also runs in two parts: [`Canny::map`] classifies each pixel from the grey
-//! pixels within [`MAP_REACH`] of it (local: it tiles), and [`Canny::link`] follows the edges
-//! through the joined map (hysteresis, which can cross the whole frame).
+//! For tiles, Canny also runs in two parts. A pixel's class (candidate, not an edge, edge)
+//! depends on the grey pixels within [`MAP_REACH`] of it, so a tile with that margin classes
+//! its pixels as the frame does; hysteresis can follow an edge across the frame, so a tile
+//! ([`Canny::tile`]) settles the candidates it can and leaves those joined to its sides to the
+//! joined frame ([`Canny::seams`]), which only looks along the tiles' sides.
 
-use opencv::core::{BORDER_REPLICATE, CV_8UC1, CV_8UC3, CV_16S, Mat, Scalar, ToInputArray};
+use opencv::core::{BORDER_REPLICATE, CV_8UC1, CV_16S, Mat, Rect, Scalar, ToInputArray};
 use opencv::imgproc;
 use opencv::prelude::*;
 
@@ -21,10 +23,12 @@ const TG22: i32 = 13573;
 /// The fixed-point shift of [`TG22`].
 const SHIFT: i32 = 15;
 
-/// Map values, as in OpenCV: a weak candidate, not an edge, an edge.
+/// Map values, as in OpenCV: a weak candidate, not an edge, an edge; and for a tile, a weak
+/// candidate that only the whole frame decides.
 const WEAK: u8 = 0;
 const NONE: u8 = 1;
 const EDGE: u8 = 2;
+const UNDECIDED: u8 = 3;
 
 /// Canny with buffers reused from frame to frame.
 #[derive(Default)]
@@ -37,6 +41,12 @@ pub struct Canny {
     /// The edge map with a one-pixel border of `NONE` around the image.
     map: Vec<u8>,
     stack: Vec<usize>,
+    /// A tile's inner part of `map`, with a border of `NONE`.
+    inner: Vec<u8>,
+    /// A tile's result, one channel.
+    levels: Mat,
+    /// The pixels of a joined frame its tiles left open.
+    open: Vec<(i32, i32)>,
 }
 
 impl Canny {
@@ -50,7 +60,7 @@ impl Canny {
         edges: &mut Mat,
     ) -> opencv::Result<()> {
         let (w, h) = self.suppress(grey, low, high, true)?;
-        self.follow(w);
+        follow(&mut self.map, w + 2, &mut self.stack, WEAK, EDGE);
         sized(edges, w, h, CV_8UC1)?;
         let out = edges.data_bytes_mut()?;
         for (i, row) in out.chunks_exact_mut(w.max(1)).enumerate() {
@@ -61,59 +71,109 @@ impl Canny {
         Ok(())
     }
 
-    /// The first of Canny's two parts: the edge map of `grey` before hysteresis, as a 3-channel
-    /// image (each pixel [`MAP_PIXEL`] of its class). Each pixel's class depends only on the
-    /// grey pixels within [`MAP_REACH`] of it, so the map of a tile with that margin is the
-    /// frame's map on the tile's part.
-    pub fn map(
+    /// Canny on one tile of a frame, all but what only the whole frame decides: each pixel as
+    /// a grey level, 255 an edge, 0 not, and 128 undecided, for [`Canny::seams`] to settle
+    /// once the tiles are joined. Only the pixels at least `margin` from the tile's sides (its
+    /// inner part) are decided here, since only there is the whole neighbourhood the tile's
+    /// own: a weak candidate there is an edge if it joins an edge within the inner part, not
+    /// if its candidates never reach the inner part's rim, and undecided if they do. Nearer
+    /// the sides each pixel keeps its class: 255 strong, 128 weak, 0 neither.
+    pub fn tile(
         &mut self,
         grey: &(impl MatTraitConst + ToInputArray),
-        low: f64,
-        high: f64,
+        (low, high): (f64, f64),
+        margin: usize,
         out: &mut Mat,
     ) -> opencv::Result<()> {
         let (w, h) = self.suppress(grey, low, high, false)?;
-        sized(out, w, h, CV_8UC3)?;
-        let bytes = out.data_bytes_mut()?;
-        for (i, row) in bytes.chunks_exact_mut(3 * w.max(1)).enumerate() {
-            for (o, m) in row.chunks_exact_mut(3).zip(self.map_row(i, w)) {
-                o.fill(MAP_PIXEL[usize::from(*m)]);
+        let stride = w + 2;
+        // The inner part, with a border of NONE that keeps the hysteresis inside it.
+        let (iw, ih) = (w.saturating_sub(2 * margin), h.saturating_sub(2 * margin));
+        let (iw, ih) = if iw == 0 || ih == 0 { (0, 0) } else { (iw, ih) };
+        let istride = iw + 2;
+        self.inner.clear();
+        self.inner.resize((ih + 2) * istride, NONE);
+        self.stack.clear();
+        for y in 0..ih {
+            let (from, to) = ((y + margin + 1) * stride + margin + 1, (y + 1) * istride + 1);
+            self.inner[to..to + iw].copy_from_slice(&self.map[from..from + iw]);
+            push_edges(&self.inner[to..to + iw], to, &mut self.stack);
+        }
+        follow(&mut self.inner, istride, &mut self.stack, WEAK, EDGE);
+        // Candidates joined to the rim may yet join an edge beyond it.
+        if ih > 0 {
+            let rim = (1..=iw).flat_map(|x| [istride + x, ih * istride + x]);
+            let sides = (1..=ih).flat_map(|y| [y * istride + 1, y * istride + iw]);
+            for p in rim.chain(sides) {
+                if self.inner[p] == WEAK {
+                    self.inner[p] = UNDECIDED;
+                    self.stack.push(p);
+                }
+            }
+            follow(&mut self.inner, istride, &mut self.stack, WEAK, UNDECIDED);
+        }
+        sized(&mut self.levels, w, h, CV_8UC1)?;
+        let levels = self.levels.data_bytes_mut()?;
+        for (y, row) in levels.chunks_exact_mut(w.max(1)).enumerate() {
+            let classes = &self.map[(y + 1) * stride + 1..][..w];
+            if (margin..margin + ih).contains(&y) {
+                let inner = &self.inner[(y - margin + 1) * istride + 1..][..iw];
+                let (near, rest) = row.split_at_mut(margin);
+                let (decided, far) = rest.split_at_mut(iw);
+                class_levels(&classes[..margin], near);
+                decided_levels(inner, decided);
+                class_levels(&classes[margin + iw..], far);
+            } else {
+                class_levels(classes, row);
             }
         }
-        Ok(())
+        imgproc::cvt_color(&self.levels, out, imgproc::COLOR_GRAY2BGR, 0)
     }
 
-    /// The second part: hysteresis over a whole frame's edge map as [`Canny::map`] makes it
-    /// (or as the maps of its tiles joined), giving the edges as a 3-channel image of 0 and
-    /// 255: the same pixels as [`Canny::detect`] on the frame.
-    pub fn link(&mut self, map: &Mat, edges: &mut Mat) -> opencv::Result<()> {
-        let owned;
-        let map = if map.is_continuous() {
-            map
-        } else {
-            owned = map.try_clone()?;
-            &owned
-        };
-        let (w, h) = (map.cols() as usize, map.rows() as usize);
-        let stride = w + 2;
-        self.map.clear();
-        self.map.resize((h + 2) * stride, NONE);
-        self.stack.clear();
-        let pixels = map.data_bytes()?;
-        for (i, row) in pixels.chunks_exact(3 * w.max(1)).enumerate() {
-            let base = (i + 1) * stride + 1;
-            let to = &mut self.map[base..base + w];
-            for (m, px) in to.iter_mut().zip(row.chunks_exact(3)) {
-                *m = class_of(px[0]);
-            }
-            push_edges(to, base, &mut self.stack);
+    /// The last part, on the frame joined from tiles made by [`Canny::tile`]: follows the edges
+    /// across the tiles' seams, so that the frame holds the edges [`Canny::detect`] finds on it
+    /// (255) and nothing else (0). `tiles` gives each tile's core (its part of the frame) and
+    /// its inner part, which the tile decided; only the pixels outside an inner part or on its
+    /// rim are looked at, and the candidates joined to them.
+    pub fn seams(&mut self, frame: &mut Mat, tiles: impl Iterator<Item = (Rect, Rect)>) -> opencv::Result<()> {
+        if !frame.is_continuous() {
+            *frame = frame.try_clone()?;
         }
-        self.follow(w);
-        sized(edges, w, h, CV_8UC3)?;
-        let out = edges.data_bytes_mut()?;
-        for (i, row) in out.chunks_exact_mut(3 * w.max(1)).enumerate() {
-            for (o, m) in row.chunks_exact_mut(3).zip(self.map_row(i, w)) {
-                o.fill(if *m == EDGE { 255 } else { 0 });
+        let (w, h) = (frame.cols(), frame.rows());
+        self.open.clear();
+        for (core, inner) in tiles {
+            // The inner part less its rim: all its neighbours are the tile's, decided.
+            let (ix0, iy0) = (inner.x + 1, inner.y + 1);
+            let (ix1, iy1) = (inner.x + inner.width - 1, inner.y + inner.height - 1);
+            for y in core.y..core.y + core.height {
+                if y >= iy0 && y < iy1 && ix0 < ix1 {
+                    self.open.extend((core.x..ix0).chain(ix1..core.x + core.width).map(|x| (x, y)));
+                } else {
+                    self.open.extend((core.x..core.x + core.width).map(|x| (x, y)));
+                }
+            }
+        }
+        let px = frame.data_bytes_mut()?;
+        let at = |x: i32, y: i32| 3 * (y as usize * w as usize + x as usize);
+        let mut stack = Vec::new();
+        // Undecided candidates joined to an edge are edges; the rest are not.
+        for (seed, to) in [(255, 255), (128, 0)] {
+            for &(x, y) in &self.open {
+                let i = at(x, y);
+                if px[i] == seed {
+                    px[i..i + 3].fill(to);
+                    stack.push((x, y));
+                }
+            }
+            while let Some((x, y)) = stack.pop() {
+                for (dx, dy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                    let (qx, qy) = (x + dx, y + dy);
+                    if qx >= 0 && qy >= 0 && qx < w && qy < h && px[at(qx, qy)] == 128 {
+                        let i = at(qx, qy);
+                        px[i..i + 3].fill(to);
+                        stack.push((qx, qy));
+                    }
+                }
             }
         }
         Ok(())
@@ -165,22 +225,6 @@ impl Canny {
         Ok((w, h))
     }
 
-    /// Hysteresis: every weak candidate connected to an edge on the stack becomes an edge.
-    /// The border of `NONE` keeps every neighbour index inside the map.
-    fn follow(&mut self, w: usize) {
-        let stride = w + 2;
-        while let Some(p) = self.stack.pop() {
-            for q in
-                [p - stride - 1, p - stride, p - stride + 1, p - 1, p + 1, p + stride - 1, p + stride, p + stride + 1]
-            {
-                if self.map[q] == WEAK {
-                    self.map[q] = EDGE;
-                    self.stack.push(q);
-                }
-            }
-        }
-    }
-
     /// Row `i` of the map, without its border.
     fn map_row(&self, i: usize, w: usize) -> &[u8] {
         let base = (i + 1) * (w + 2) + 1;
@@ -188,20 +232,50 @@ impl Canny {
     }
 }
 
-/// How far from a pixel the grey pixels its class in the edge map depends on lie: Sobel's
-/// 3x3 aperture for the gradients, and the neighbours' magnitudes for the suppression.
+/// How far from a pixel the grey pixels its class (candidate, not an edge, edge) depends on
+/// lie: Sobel's 3x3 aperture for the gradients, and the neighbours' magnitudes for the
+/// suppression. Only the hysteresis after it looks further.
 pub const MAP_REACH: u32 = 2;
 
-/// The edge map's classes as pixels: a weak candidate grey, not an edge black, an edge white
-/// (indexed by `WEAK`, `NONE`, `EDGE`), so that a map looks like the edges it holds.
-const MAP_PIXEL: [u8; 3] = [128, 0, 255];
+/// A tile's grey levels for classes near its sides: a candidate 128, not an edge 0, an edge
+/// 255. (Selects, not a table: the loop vectorises.)
+fn class_levels(classes: &[u8], levels: &mut [u8]) {
+    for (o, c) in levels.iter_mut().zip(classes) {
+        *o = if *c == NONE {
+            0
+        } else if *c == EDGE {
+            255
+        } else {
+            128
+        };
+    }
+}
 
-/// The class of a map pixel: the nearest of [`MAP_PIXEL`].
-fn class_of(v: u8) -> u8 {
-    match v {
-        0..64 => NONE,
-        64..192 => WEAK,
-        _ => EDGE,
+/// A tile's grey levels for classes in its inner part, after its hysteresis: an edge 255,
+/// undecided 128, and a candidate left alone is not an edge, 0.
+fn decided_levels(classes: &[u8], levels: &mut [u8]) {
+    for (o, c) in levels.iter_mut().zip(classes) {
+        *o = if *c == EDGE {
+            255
+        } else if *c == UNDECIDED {
+            128
+        } else {
+            0
+        };
+    }
+}
+
+/// Hysteresis over a map with a border of `NONE` (rows of `stride`): every `from` pixel
+/// connected to one on the stack becomes `to`, and so on from it.
+fn follow(map: &mut [u8], stride: usize, stack: &mut Vec<usize>, from: u8, to: u8) {
+    while let Some(p) = stack.pop() {
+        for q in [p - stride - 1, p - stride, p - stride + 1, p - 1, p + 1, p + stride - 1, p + stride, p + stride + 1]
+        {
+            if map[q] == from {
+                map[q] = to;
+                stack.push(q);
+            }
+        }
     }
 }
 
@@ -313,6 +387,7 @@ fn suppress_row(dx: &[i16], dy: &[i16], mag: [&[i32]; 3], low: i32, high: i32, m
 mod tests {
     use super::*;
     use crate::filters::test_support::{astronaut, checkerboard};
+    use crate::filters::tiles::{Grid, Layout};
     use opencv::core::{self, Rect, Size};
 
     fn grey(m: &Mat) -> Mat {
@@ -359,42 +434,66 @@ mod tests {
         }
     }
 
+    /// `g` cut as `layout` says, each tile through [`Canny::tile`], joined, and through
+    /// [`Canny::seams`]: the edges, one channel.
+    fn in_tiles(g: &Mat, (low, high): (f64, f64), layout: &Layout) -> Mat {
+        let mut canny = Canny::default();
+        let parts: Vec<Mat> = (0..layout.tiles().len())
+            .map(|i| {
+                let mut out = Mat::default();
+                canny.tile(&layout.cut(g, i).unwrap(), (low, high), layout.halo() as usize, &mut out).unwrap();
+                out
+            })
+            .collect();
+        let mut joined = layout.join(&parts).unwrap();
+        let tiles = (0..parts.len()).map(|i| (layout.tiles()[i].core, layout.inner(i)));
+        canny.seams(&mut joined, tiles).unwrap();
+        let mut first = Mat::default();
+        core::extract_channel(&joined, &mut first, 0).unwrap();
+        first
+    }
+
+    fn differing(a: &Mat, b: &Mat) -> i32 {
+        let mut diff = Mat::default();
+        core::compare(a, b, &mut diff, core::CMP_NE).unwrap();
+        core::count_non_zero(&diff).unwrap()
+    }
+
     #[test]
-    fn the_map_then_its_hysteresis_give_opencvs_edges() {
+    fn tiles_then_their_seams_give_opencvs_edges() {
         let mut noise = Mat::new_rows_cols_with_default(97, 131, CV_8UC1, Scalar::all(0.0)).unwrap();
         core::randu(&mut noise, &Scalar::all(0.0), &Scalar::all(256.0)).unwrap();
-        for (g, what) in [(grey(&astronaut()), "astronaut"), (noise, "noise")] {
+        let mut big = Mat::default();
+        imgproc::resize(&grey(&astronaut()), &mut big, Size::new(1281, 723), 0.0, 0.0, imgproc::INTER_CUBIC).unwrap();
+        // Edges that cross many seams: a fine grid over long contours, with low thresholds.
+        for (g, what) in [(grey(&astronaut()), "astronaut"), (big, "astronaut 1281x723"), (noise, "noise")] {
+            let (w, h) = (g.cols() as u32, g.rows() as u32);
             for (low, high) in [(50.0, 150.0), (10.0, 30.0), (200.0, 400.0)] {
                 let mut want = Mat::default();
                 imgproc::canny(&g, &mut want, low, high, 3, false).unwrap();
-                let (mut map, mut got) = (Mat::default(), Mat::default());
-                let mut canny = Canny::default();
-                canny.map(&g, low, high, &mut map).unwrap();
-                assert_eq!(map.typ(), CV_8UC3);
-                // The map holds three classes only.
-                let count = |v: f64| {
-                    let mut eq = Mat::default();
-                    core::compare(&map, &Scalar::all(v), &mut eq, core::CMP_EQ).unwrap();
-                    core::count_non_zero(&eq.reshape(1, 0).unwrap()).unwrap() / 3
-                };
-                let (none, weak, edge) = (count(0.0), count(128.0), count(255.0));
-                assert_eq!(none + weak + edge, g.rows() * g.cols(), "{what}: only three classes");
-                // A photo has weak candidates at every threshold here (noise at 10/30 has none).
-                assert!(
-                    edge > 0 && (weak > 0 || what == "noise"),
-                    "{what} at {low}/{high}: {weak} weak, {edge} strong"
-                );
-                canny.link(&map, &mut got).unwrap();
-                let mut first = Mat::default();
-                core::extract_channel(&got, &mut first, 0).unwrap();
-                let mut diff = Mat::default();
-                core::compare(&want, &first, &mut diff, core::CMP_NE).unwrap();
-                assert_eq!(core::count_non_zero(&diff).unwrap(), 0, "{what} at {low}/{high}");
-                if what == "astronaut" {
-                    assert!(core::count_non_zero(&first).unwrap() > edge, "{what}: hysteresis adds the weak that join");
+                for (cols, rows, margin) in [(1, 2, 2), (2, 2, 2), (3, 3, 2), (4, 3, 9), (16, 16, 2), (2, 2, 60)] {
+                    let layout = Layout::new(w, h, Grid { cols, rows }, margin);
+                    let got = in_tiles(&g, (low, high), &layout);
+                    let n = differing(&want, &got);
+                    assert_eq!(
+                        n, 0,
+                        "{what} at {low}/{high} in {cols}x{rows} tiles, margin {margin}: {n} pixels differ"
+                    );
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_tile_margin_of_one_is_caught() {
+        // The classes need 2 pixels around: with 1, the tiles' edges differ along the seams.
+        let mut g = Mat::new_rows_cols_with_default(200, 300, CV_8UC1, Scalar::all(0.0)).unwrap();
+        core::randu(&mut g, &Scalar::all(0.0), &Scalar::all(256.0)).unwrap();
+        let mut want = Mat::default();
+        imgproc::canny(&g, &mut want, 50.0, 150.0, 3, false).unwrap();
+        let layout = |m| Layout::new(300, 200, Grid { cols: 2, rows: 2 }, m);
+        assert!(differing(&want, &in_tiles(&g, (50.0, 150.0), &layout(1))) > 0);
+        assert_eq!(differing(&want, &in_tiles(&g, (50.0, 150.0), &layout(2))), 0);
     }
 
     #[test]

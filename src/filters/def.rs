@@ -196,10 +196,16 @@ pub trait Filter {
     /// frame (see [`super::tiles`]).
     fn reach(&self) -> Reach;
 
-    /// For a filter that needs the whole frame but whose first part is local: that part
-    /// (which tiles), the part run on the joined frame after it, and what the latter is, in
-    /// words. Canny splits so: its edge map is local, its hysteresis is not.
-    fn halves(&self) -> Option<(super::FilterSpec, super::FilterSpec, &'static str)> {
+    /// For a filter that needs the whole frame but does most of its work locally (Canny: a
+    /// pixel's class is local, the hysteresis is not): the reach of its part run in tiles, and
+    /// what it leaves to the joined frame, in words.
+    fn split(&self) -> Option<(u32, &'static str)> {
+        None
+    }
+
+    /// Where [`Filter::split`] says it splits: its part run on the tiles of `grid`, cut with
+    /// `margin`, and its part run on the frame joined from them.
+    fn halves(&self, _grid: super::tiles::Grid, _margin: u32) -> Option<(super::FilterSpec, super::FilterSpec)> {
         None
     }
 

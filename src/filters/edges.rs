@@ -2,11 +2,13 @@
 //! parts ([`EdgesPart`]): the edge map in the tiles, its hysteresis on the joined frame.
 
 use opencv::core::Mat;
+use opencv::prelude::*;
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
 use super::FilterSpec;
 use super::canny::{Canny, MAP_REACH};
+use super::tiles::{self, Grid, Layout};
 use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
 use super::{FilterError, ParamError};
 
@@ -28,11 +30,26 @@ pub enum EdgesPart {
     /// The whole detector.
     #[default]
     All,
-    /// The edge map before hysteresis (each pixel's class as grey levels: local, it tiles).
-    Map,
-    /// Hysteresis over an edge map of the whole frame (from `Map`), giving the edges.
-    Link,
+    /// On a tile cut with `margin` around it: all the tile can decide (see
+    /// [`super::canny::Canny::tile`]).
+    Tile {
+        /// The tiles' margin.
+        margin: u32,
+    },
+    /// On the frame joined from such tiles, of a `cols`×`rows` grid: the edges across their
+    /// seams.
+    Seams {
+        /// Tiles across.
+        cols: u32,
+        /// Tiles down.
+        rows: u32,
+        /// The tiles' margin.
+        margin: u32,
+    },
 }
+
+/// The widest tile margin a part of edges takes: more than any chain reaches (16 blurs of 255).
+const MAX_MARGIN: u32 = 1 << 16;
 
 /// Why Canny's last part needs the whole frame.
 const HYSTERESIS: &str =
@@ -62,19 +79,38 @@ impl Filter for EdgesParams {
     }
 
     fn conflict(&self) -> Option<String> {
-        (self.low > self.high).then(|| format!("low={} must not exceed high={}", self.low, self.high))
+        if self.low > self.high {
+            return Some(format!("low={} must not exceed high={}", self.low, self.high));
+        }
+        let side = 1..=tiles::MAX_SIDE;
+        match self.part {
+            EdgesPart::All => None,
+            EdgesPart::Tile { margin } | EdgesPart::Seams { margin, .. } if margin > MAX_MARGIN => {
+                Some(format!("a margin of {margin} is over {MAX_MARGIN}"))
+            }
+            EdgesPart::Seams { cols, rows, .. } if !side.contains(&cols) || !side.contains(&rows) => {
+                Some(format!("a {cols}x{rows} grid of tiles"))
+            }
+            EdgesPart::Tile { .. } | EdgesPart::Seams { .. } => None,
+        }
     }
 
     fn reach(&self) -> Reach {
         match self.part {
-            EdgesPart::Map => Reach::Pixels(MAP_REACH),
-            EdgesPart::All | EdgesPart::Link => Reach::Whole(HYSTERESIS),
+            // A pixel's class is local; what the tile cannot decide, the seams do.
+            EdgesPart::Tile { .. } => Reach::Pixels(MAP_REACH),
+            EdgesPart::All | EdgesPart::Seams { .. } => Reach::Whole(HYSTERESIS),
         }
     }
 
-    fn halves(&self) -> Option<(FilterSpec, FilterSpec, &'static str)> {
+    fn split(&self) -> Option<(u32, &'static str)> {
+        (self.part == EdgesPart::All).then_some((MAP_REACH, "its hysteresis across the seams"))
+    }
+
+    fn halves(&self, grid: Grid, margin: u32) -> Option<(FilterSpec, FilterSpec)> {
         let part = |part| FilterSpec::Edges(EdgesParams { part, ..*self });
-        (self.part == EdgesPart::All).then(|| (part(EdgesPart::Map), part(EdgesPart::Link), "its hysteresis"))
+        let seams = EdgesPart::Seams { cols: grid.cols, rows: grid.rows, margin };
+        (self.part == EdgesPart::All).then(|| (part(EdgesPart::Tile { margin }), part(seams)))
     }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
@@ -84,7 +120,7 @@ impl Filter for EdgesParams {
 
 impl Stage for Edges {
     fn run(&mut self, image: Image<'_>, _: &Mat, _: Option<&Mat>) -> Result<Mat, FilterError> {
-        Ok(self.apply(image.as_mat())?)
+        Ok(self.apply(image)?)
     }
 }
 
@@ -101,17 +137,20 @@ impl Edges {
         Edges { params, canny: Canny::default(), grey: Mat::default(), edges: Mat::default() }
     }
 
-    pub(super) fn apply(&mut self, input: &Mat) -> opencv::Result<Mat> {
+    pub(super) fn apply(&mut self, input: Image<'_>) -> opencv::Result<Mat> {
         let (low, high) = (self.params.low, self.params.high);
-        let mut out = Mat::default();
-        if self.params.part == EdgesPart::Link {
-            self.canny.link(input, &mut out)?;
-            return Ok(out);
+        if let EdgesPart::Seams { cols, rows, margin } = self.params.part {
+            let mut frame = input.into_owned()?;
+            let layout = Layout::new(frame.cols() as u32, frame.rows() as u32, Grid { cols, rows }, margin);
+            let tiles = (0..layout.tiles().len()).map(|i| (layout.tiles()[i].core, layout.inner(i)));
+            self.canny.seams(&mut frame, tiles)?;
+            return Ok(frame);
         }
-        imgproc::cvt_color(input, &mut self.grey, imgproc::COLOR_BGR2GRAY, 0)?;
+        imgproc::cvt_color(input.as_mat(), &mut self.grey, imgproc::COLOR_BGR2GRAY, 0)?;
+        let mut out = Mat::default();
         // Aperture 3 and the L1 gradient, as cv::Canny by default: see canny.rs for why it is ours.
-        if self.params.part == EdgesPart::Map {
-            self.canny.map(&self.grey, low, high, &mut out)?;
+        if let EdgesPart::Tile { margin } = self.params.part {
+            self.canny.tile(&self.grey, (low, high), margin as usize, &mut out)?;
         } else {
             self.canny.detect(&self.grey, low, high, &mut self.edges)?;
             imgproc::cvt_color(&self.edges, &mut out, imgproc::COLOR_GRAY2BGR, 0)?;
@@ -124,7 +163,6 @@ impl Edges {
 mod tests {
     use super::*;
     use opencv::core::{self, CV_8UC3, Rect, Scalar, Vec3b};
-    use opencv::prelude::*;
 
     #[test]
     fn edges_of_a_rectangle_are_on_its_sides() {
@@ -132,7 +170,7 @@ mod tests {
         let rect = Rect::new(60, 50, 150, 90);
         imgproc::rectangle(&mut frame, rect, Scalar::all(255.0), imgproc::FILLED, imgproc::LINE_8, 0).unwrap();
 
-        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(&frame).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(Image::Source(&frame)).unwrap();
         assert_eq!(out.typ(), CV_8UC3);
         assert_eq!(out.size().unwrap(), frame.size().unwrap());
 
@@ -168,7 +206,7 @@ mod tests {
     #[test]
     fn flat_frame_has_no_edges() {
         let frame = Mat::new_rows_cols_with_default(64, 64, CV_8UC3, Scalar::all(128.0)).unwrap();
-        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(&frame).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(Image::Source(&frame)).unwrap();
         let mut grey = Mat::default();
         imgproc::cvt_color(&out, &mut grey, imgproc::COLOR_BGR2GRAY, 0).unwrap();
         assert_eq!(core::count_non_zero(&grey).unwrap(), 0);
