@@ -5,9 +5,10 @@
 //! for a tile: redelivery, re-dispatch, retries. A tile whose filters fail fails its frame (the
 //! pipeline then writes the original frame, as for any failed frame); a tile that comes twice
 //! counts once. A chain's steps from the first that needs the whole frame run on the joined
-//! frame, on the assembler's thread.
+//! frame, on the assembler's thread. A frame counts for one of the workers that filtered its
+//! tiles, so that each worker's count follows its share of the tiles.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use opencv::prelude::*;
 use super::{JobContext, Transport, WireBytes};
 use crate::filters::tiles::{self, Layout, TilePlan, Tiles};
 use crate::filters::{Chain, FilterEnv, Processor};
-use crate::protocol::task::{FrameOutcome, FrameResult, FrameTask};
+use crate::protocol::task::{FrameOutcome, FrameResult, FrameTask, WorkerId};
 
 /// Tasks of a job are frames cut into `layout`'s tiles, carried by `inner`.
 pub struct TiledTransport<'a> {
@@ -93,6 +94,8 @@ pub fn tiling<'a>(
 struct Pending {
     /// Each tile as filtered, once it is in.
     parts: Vec<Option<opencv::core::Mat>>,
+    /// Who filtered the tiles in so far.
+    workers: Vec<WorkerId>,
     filter_time: Duration,
     retries: u32,
     failed: Option<String>,
@@ -134,6 +137,7 @@ impl Transport for TiledTransport<'_> {
                     let parts = (0..n as usize).map(|i| layout.cut(&task.frame, i)).collect::<Result<Vec<_>, _>>()?;
                     let entry = Pending {
                         parts: (0..n).map(|_| None).collect(),
+                        workers: Vec::with_capacity(n as usize),
                         filter_time: Duration::ZERO,
                         retries: 0,
                         failed: None,
@@ -158,6 +162,29 @@ impl Transport for TiledTransport<'_> {
     }
 }
 
+/// Credits each frame to one of the workers that filtered its tiles, so that over a job each
+/// worker's frames follow its share of the tiles (the counts per worker the dashboard and the
+/// summary show): a worker earns a credit for each tile it filters, and a frame goes to its
+/// worker with the most, who spends a frame's worth of tiles.
+#[derive(Default)]
+struct Credit(BTreeMap<WorkerId, i64>);
+
+impl Credit {
+    /// Who is credited with a frame whose tiles these workers filtered (one entry a tile).
+    fn frame(&mut self, tiles: &[WorkerId]) -> WorkerId {
+        for w in tiles {
+            *self.0.entry(w.clone()).or_default() += 1;
+        }
+        let best = tiles
+            .iter()
+            .max_by(|a, b| self.0[*a].cmp(&self.0[*b]).then_with(|| b.cmp(a)))
+            .expect("a frame has tiles")
+            .clone();
+        *self.0.get_mut(&best).expect("credited above") -= tiles.len() as i64;
+        best
+    }
+}
+
 /// Takes the tiles' results as they come; sends each frame once all its tiles are in, joined,
 /// and through the steps that run on the whole frame (`whole`), if any.
 fn assemble(
@@ -168,6 +195,7 @@ fn assemble(
     mut whole: Option<&mut Result<Processor, String>>,
 ) {
     let n = layout.tiles().len() as u64;
+    let mut credit = Credit::default();
     for r in back {
         let (index, tile) = (r.index / n, (r.index % n) as usize);
         let mut all = pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,6 +206,7 @@ fn assemble(
         // The frame's filtering took as long as its slowest tile: they run at once.
         frame.filter_time = frame.filter_time.max(r.filter_time);
         frame.retries += r.retries;
+        frame.workers.push(r.worker);
         frame.parts[tile] = Some(match r.outcome {
             FrameOutcome::Processed(m) => m,
             FrameOutcome::Failed(why) => {
@@ -207,9 +236,33 @@ fn assemble(
             }
         };
         let filter_time = done.filter_time + started.elapsed();
-        let result = FrameResult { index, outcome, filter_time, worker: r.worker, retries: done.retries };
+        let worker = credit.frame(&done.workers);
+        let result = FrameResult { index, outcome, filter_time, worker, retries: done.retries };
         if results.send(result).is_err() {
             return; // the job is over
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_credited_by_each_workers_share_of_their_tiles() {
+        let (a, b, c) = (WorkerId::new("a:1"), WorkerId::new("b:1"), WorkerId::new("c:1"));
+        let mut credit = Credit::default();
+        let mut frames = BTreeMap::<WorkerId, u32>::new();
+        // Of each frame's four tiles, a filters 3 and b 1, and every tenth frame c does them all.
+        for i in 0..100 {
+            let tiles = if i % 10 == 9 { vec![c.clone(); 4] } else { vec![a.clone(), b.clone(), a.clone(), a.clone()] };
+            *frames.entry(credit.frame(&tiles)).or_default() += 1;
+        }
+        // 90 frames shared 3:1 give a 67 or 68 and b 22 or 23; c, alone on its 10, 10.
+        assert_eq!(frames.values().sum::<u32>(), 100);
+        assert!((67..=68).contains(&frames[&a]) && (22..=23).contains(&frames[&b]), "{frames:?}");
+        assert_eq!(frames[&c], 10);
+        // A frame goes to one of its own workers, even one who earned less elsewhere.
+        assert_eq!(credit.frame(std::slice::from_ref(&c)), c);
     }
 }
