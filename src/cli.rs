@@ -346,6 +346,13 @@ pub struct ServerSettings {
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
 
+    /// How a job's frames go out in frame mode: auto (frames of 3840x2160 and more in tiles,
+    /// each a task within --max-message, filtered at once by any workers and put back together
+    /// exactly), off (each frame one task), or COLSxROWS (every frame in that grid)
+    /// [default: auto].
+    #[arg(long, value_name = "GRID")]
+    pub tiles: Option<crate::filters::tiles::Tiles>,
+
     /// Frames in flight per job, fixed [default: from the frame size; with --amqp, as many on
     /// the broker as keep every worker fed without flooding the queue].
     #[arg(long, value_name = "N")]

@@ -313,6 +313,7 @@ impl FileConfig {
                     return Err(usage(ErrorKind::ValueValidation, "--max-message must be between 65536 and 134217728"));
                 }
             },
+            tiles: s.tiles.unwrap_or_default(),
             keep_results: s.keep_results.unwrap_or(DEFAULT_KEEP_RESULTS),
             max_stored: s.max_stored.unwrap_or(DEFAULT_MAX_STORED),
             window: s.window.map(|w| bounded("--window", w, MAX_WINDOW)).transpose()?,

@@ -140,6 +140,44 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
     let (ta, tb) = (tasks(&a), tasks(&b));
     assert!(ta > 0 && tb > 0 && ta + tb >= 16, "tiles per worker: {ta} and {tb}");
     assert_eq!(frame_md5s(&out), whole, "the frames through the workers are vpd run's, byte for byte");
+    // Each frame counts once, for a worker that filtered tiles of it.
+    assert_eq!(summary.workers.values().sum::<u64>(), 4, "{summary:?}");
+    let (code, err) = server.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_server_with_tiles_off_sends_4k_frames_whole() {
+    let ns = Namespace::new("tiles_off");
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--amqp",
+        &amqp_url(),
+        "--namespace",
+        &ns.name,
+        "--tiles",
+        "off",
+        "--max-message",
+        "134217728",
+    ]);
+    let (_w, url) = Worker::with_metrics(&ns, 1);
+    ns.wait_for_workers(1);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.mkv");
+    write_clip(&input, &ClipSpec { frames: 4, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
+    let (whole, _, _) = run_tiled(&input, "blur,edges", "off", dir.path());
+    let out = dir.path().join("whole.mkv");
+    let summary = summary(&client(&server.addr(), &input, "blur,edges", &out, &["--split", "frames"]));
+    assert_eq!(summary.tiles, None, "{summary:?}");
+    let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.lines().any(|l| l == "vpd_worker_frames_processed_total 4"), "one task a frame:\n{body}");
+    assert_eq!(frame_md5s(&out), whole);
+    // A bad grid is a usage error, said at once.
+    let bad = run_vpd(&["server", "--listen", "127.0.0.1:0", "--tiles", "2y2"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("use auto, off or COLSxROWS"), "{}", stderr(&bad));
     let (code, err) = server.stop();
     assert_eq!(code, Some(0), "{err}");
 }

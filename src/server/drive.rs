@@ -318,13 +318,13 @@ impl Opened {
         }
     }
 
-    /// Runs the job; in frame mode, frames of 4K and more go out as tiles of at most
-    /// `max_tile_bytes` each, where the chain allows it.
+    /// Runs the job; in frame mode, frames go out in tiles of at most `max_tile_bytes` each as
+    /// `tiles` says (by default those of 4K and more), where the chain allows it.
     fn run(
         self,
         ctx: &JobContext,
         transport: &dyn Transport,
-        (window, max_tile_bytes, env): (std::num::NonZeroUsize, u64, &crate::filters::FilterEnv),
+        (window, (tiles, max_tile_bytes), env): (std::num::NonZeroUsize, (Tiles, u64), &crate::filters::FilterEnv),
         observer: &dyn Observer,
     ) -> Result<Finished, JobError> {
         match self {
@@ -332,7 +332,7 @@ impl Opened {
                 let info = job.info();
                 let size = (info.width, info.height);
                 let lossless = ctx.encoding.is_lossless();
-                let tiling = tiling(transport, Tiles::Auto, &ctx.chain, (size, max_tile_bytes), lossless, env);
+                let tiling = tiling(transport, tiles, &ctx.chain, (size, max_tile_bytes), lossless, env);
                 match (&tiling.summary, tiling.why_not()) {
                     (_, Some(why)) => info!(why, "large frames, not cut into tiles"),
                     (Some(how), None) => info!(tiles = %how, "frames go out in tiles"),
@@ -468,7 +468,7 @@ impl Run<'_> {
             stop: Stop::on_cancel(job_token.clone(), &tokio::runtime::Handle::current()),
             encoding: spec.transport,
         };
-        let window = (shared.window(info.frame_bytes()), shared.max_message as u64);
+        let window = (shared.window(info.frame_bytes()), (shared.tiles, shared.max_message as u64));
         // The face cascade of this host, for steps run here on tiles' joined frames.
         let env = shared
             .local_face_cascade

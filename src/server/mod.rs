@@ -125,6 +125,8 @@ pub struct ServerConfig {
     pub split: crate::protocol::segment::Split,
     /// The largest segment task put on the broker.
     pub max_message: usize,
+    /// How frame mode cuts large frames into tiles (`--tiles`).
+    pub tiles: crate::filters::tiles::Tiles,
     /// How long an ended job's upload and result are kept.
     pub keep_results: Duration,
     /// Most bytes the kept jobs may take; the oldest ended ones go first.
@@ -227,6 +229,7 @@ pub async fn run(cfg: ServerConfig, listeners: Listeners, shutdown: Cancellation
         window: cfg.window,
         split: cfg.split,
         max_message: cfg.max_message,
+        tiles: cfg.tiles,
         parallelism,
         local_face_cascade,
         events,

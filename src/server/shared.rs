@@ -39,6 +39,8 @@ pub struct Shared {
     pub(super) split: crate::protocol::segment::Split,
     /// The largest segment task put on the broker.
     pub(super) max_message: usize,
+    /// How frame mode cuts large frames into tiles.
+    pub(super) tiles: crate::filters::tiles::Tiles,
     pub(super) parallelism: NonZeroUsize,
     /// The face cascade, checked before a job starts, when filters run in this process.
     pub(super) local_face_cascade: Option<PathBuf>,
