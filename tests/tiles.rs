@@ -115,7 +115,9 @@ fn auto_tiles_4k_and_whole_frame_steps_run_on_the_joined_frame() {
 #[test]
 fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_identical() {
     let ns = Namespace::new("tiles_workers");
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    // 3x3: tiles of three sizes (margins on two, three or four sides), each checked as its own.
+    let server =
+        Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name, "--tiles", "3x3"]);
     let (_a, a) = Worker::with_metrics(&ns, 1);
     let (_b, b) = Worker::with_metrics(&ns, 1);
     ns.wait_for_workers(2);
@@ -126,11 +128,12 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
     let (whole, _, _) = run_tiled(&input, chain, "off", dir.path());
     let out = dir.path().join("through-workers.mkv");
     let summary = summary(&client(&server.addr(), &input, chain, &out, &["--split", "frames"]));
-    // 4K is tiled 2x2, with the chain's margin (blur 7 + sharpen 5 + edges 2); the workers
+    // 4K is tiled 3x3, with the chain's margin (blur 7 + sharpen 5 + edges 2); the workers
     // find the edges within their tiles, the server follows them across the seams.
     let how = summary.tiles.as_deref().unwrap_or_default();
-    assert!(how.starts_with("2x2, a margin of 14 px; edges in tiles, but its hysteresis"), "{summary:?}");
-    // Each tile is a task: the workers took 16 between them, both some.
+    assert!(how.starts_with("3x3, a margin of 14 px; edges in tiles, but its hysteresis"), "{summary:?}");
+    assert_eq!((summary.failed_frames, summary.retries), (0, 0), "{summary:?}");
+    // Each tile is a task: the workers took 36 between them, both some.
     let tasks = |url: &str| {
         let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));
         let body = String::from_utf8(body).unwrap();
@@ -138,7 +141,7 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
         line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
     };
     let (ta, tb) = (tasks(&a), tasks(&b));
-    assert!(ta > 0 && tb > 0 && ta + tb >= 16, "tiles per worker: {ta} and {tb}");
+    assert!(ta > 0 && tb > 0 && ta + tb >= 36, "tiles per worker: {ta} and {tb}");
     assert_eq!(frame_md5s(&out), whole, "the frames through the workers are vpd run's, byte for byte");
     // Each frame counts once, for a worker that filtered tiles of it.
     assert_eq!(summary.workers.values().sum::<u64>(), 4, "{summary:?}");

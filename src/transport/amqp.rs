@@ -23,7 +23,7 @@
 //! the job's frame size.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -213,7 +213,8 @@ impl Transport for AmqpTransport {
         let (verdict_tx, verdict_rx) = mpsc::unbounded_channel::<Verdict>();
         // Source frames of outstanding tasks (shared, not copied): results may be deltas of them.
         let sources = StdMutex::new(HashMap::new());
-        let frame_size = OnceLock::new();
+        // The largest result any task may have: the bound on a result's body.
+        let largest = StdMutex::new((0, 0));
         let window = match self.fixed_window {
             Some(n) => Window::Fixed(n),
             None => Window::adaptive(WINDOW_MAX),
@@ -221,13 +222,11 @@ impl Transport for AmqpTransport {
         // The job's span (entered by the pipeline's transport thread) goes to these threads too.
         let span = tracing::Span::current();
         std::thread::scope(|s| {
-            let encoder = s.spawn(|| span.in_scope(|| encode(job, tasks, body_tx, &sources, &frame_size)));
+            let encoder = s.spawn(|| span.in_scope(|| encode(job, tasks, body_tx, &sources, &largest)));
             for _ in 0..DECODERS {
                 let (reply_rx, results, verdicts) = (reply_rx.clone(), results.clone(), verdict_tx.clone());
-                let (sources, frame_size, span) = (&sources, &frame_size, span.clone());
-                s.spawn(move || {
-                    span.in_scope(|| decode(job.id.as_str(), reply_rx, results, verdicts, sources, frame_size))
-                });
+                let (sources, largest, span) = (&sources, &largest, span.clone());
+                s.spawn(move || span.in_scope(|| decode(job, reply_rx, results, verdicts, sources, largest)));
             }
             drop((reply_rx, verdict_tx));
             let give_up = |index: u64| {
@@ -240,7 +239,10 @@ impl Transport for AmqpTransport {
                 };
                 results.send(failed).is_ok()
             };
-            let result_limit = || frame_size.get().map(|&(w, h)| wire::max_result_body(w, h)).unwrap_or(0);
+            let result_limit = || {
+                let (w, h) = *largest.lock().expect("sizes lock");
+                if w == 0 { 0 } else { wire::max_result_body(w, h) }
+            };
             let redispatch_after = || self.redispatch_after;
             let session = Session {
                 link: &self.link,
@@ -398,20 +400,28 @@ struct TaskBody {
 /// Source frames of outstanding tasks, by index.
 type Sources = StdMutex<HashMap<u64, Frame>>;
 
-/// Encodes tasks into message bodies (CPU work, off the async runtime). Records the job's
-/// frame size, which every result must have.
+/// The size of the result of `frame` through `chain` (a scale changes it).
+fn result_size(chain: &crate::filters::Chain, frame: &opencv::core::Mat) -> (u32, u32) {
+    use opencv::prelude::MatTraitConst as _;
+    chain.output_size(frame.cols() as u32, frame.rows() as u32)
+}
+
+/// Encodes tasks into message bodies (CPU work, off the async runtime). Records the largest
+/// result a task may have (tiles of one frame differ in size), the bound on a result's body.
 fn encode(
     job: &JobContext,
     tasks: Receiver<FrameTask>,
     bodies: mpsc::Sender<TaskBody>,
     sources: &Sources,
-    frame_size: &OnceLock<(u32, u32)>,
+    largest: &StdMutex<(u32, u32)>,
 ) -> anyhow::Result<()> {
-    use opencv::prelude::MatTraitConst as _;
     let mut encoder = Encoder::new(job.encoding);
     for task in tasks {
-        // Results have the chain's output size (a scale changes it).
-        frame_size.get_or_init(|| job.chain.output_size(task.frame.cols() as u32, task.frame.rows() as u32));
+        let (w, h) = result_size(&job.chain, &task.frame);
+        {
+            let mut l = largest.lock().expect("sizes lock");
+            *l = (l.0.max(w), l.1.max(h));
+        }
         let meta = TaskMeta { job: job.id.as_str(), index: task.index, chain: &job.chain, encoding: job.encoding };
         let body = wire::encode_task(&meta, &task.frame, task.previous.as_deref(), &mut encoder)?;
         sources.lock().expect("sources lock").insert(task.index, task.frame.clone());
@@ -424,17 +434,24 @@ fn encode(
 }
 
 /// Decodes result bodies for the pipeline, and tells the session which frames they settle.
+/// Each result must have its task's result size; one whose task is settled, at most the
+/// largest.
 fn decode(
-    job_id: &str,
+    job: &JobContext,
     replies: Receiver<(u64, Vec<u8>)>,
     results: Sender<FrameResult>,
     verdicts: mpsc::UnboundedSender<Verdict>,
     sources: &Sources,
-    frame_size: &OnceLock<(u32, u32)>,
+    largest: &StdMutex<(u32, u32)>,
 ) {
+    let job_id = job.id.as_str();
     for (index, body) in replies {
         let source = sources.lock().expect("sources lock").get(&index).cloned();
-        let decoded = wire::decode_result(&body, source.as_deref(), frame_size.get().copied())
+        let size = match &source {
+            Some(frame) => result_size(&job.chain, frame),
+            None => *largest.lock().expect("sizes lock"),
+        };
+        let decoded = wire::decode_result(&body, source.as_deref(), Some(size).filter(|s| s.0 > 0))
             .map_err(|e| e.to_string())
             .and_then(|(header, frame)| {
                 if header.index == index && header.job == job_id {
