@@ -198,14 +198,8 @@ pub trait Filter {
 
     /// For a filter that needs the whole frame but does most of its work locally (Canny: a
     /// pixel's class is local, the hysteresis is not): the reach of its part run in tiles, and
-    /// what it leaves to the joined frame, in words.
+    /// what it leaves to the joined frame, in words. `FilterSpec::halves` makes the two parts.
     fn split(&self) -> Option<(u32, &'static str)> {
-        None
-    }
-
-    /// Where [`Filter::split`] says it splits: its part run on the tiles of `grid`, cut with
-    /// `margin`, and its part run on the frame joined from them.
-    fn halves(&self, _grid: super::tiles::Grid, _margin: u32) -> Option<(super::FilterSpec, super::FilterSpec)> {
         None
     }
 

@@ -6,9 +6,8 @@ use opencv::prelude::*;
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::FilterSpec;
 use super::canny::{Canny, MAP_REACH};
-use super::tiles::{self, Grid, Layout};
+use super::layout::{Grid, Layout, MAX_SIDE};
 use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
 use super::{FilterError, ParamError};
 
@@ -31,7 +30,7 @@ pub enum EdgesPart {
     #[default]
     All,
     /// On a tile cut with `margin` around it: all the tile can decide (see
-    /// [`super::canny::Canny::tile`]).
+    /// `Canny::tile` in canny.rs).
     Tile {
         /// The tiles' margin.
         margin: u32,
@@ -82,7 +81,7 @@ impl Filter for EdgesParams {
         if self.low > self.high {
             return Some(format!("low={} must not exceed high={}", self.low, self.high));
         }
-        let side = 1..=tiles::MAX_SIDE;
+        let side = 1..=MAX_SIDE;
         match self.part {
             EdgesPart::All => None,
             EdgesPart::Tile { margin } | EdgesPart::Seams { margin, .. } if margin > MAX_MARGIN => {
@@ -107,11 +106,6 @@ impl Filter for EdgesParams {
         (self.part == EdgesPart::All).then_some((MAP_REACH, "its hysteresis across the seams"))
     }
 
-    fn halves(&self, grid: Grid, margin: u32) -> Option<(FilterSpec, FilterSpec)> {
-        let part = |part| FilterSpec::Edges(EdgesParams { part, ..*self });
-        let seams = EdgesPart::Seams { cols: grid.cols, rows: grid.rows, margin };
-        (self.part == EdgesPart::All).then(|| (part(EdgesPart::Tile { margin }), part(seams)))
-    }
 
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
         Ok(Box::new(Edges::new(*self)))
@@ -121,6 +115,16 @@ impl Filter for EdgesParams {
 impl Stage for Edges {
     fn run(&mut self, image: Image<'_>, _: &Mat, _: Option<&Mat>) -> Result<Mat, FilterError> {
         Ok(self.apply(image)?)
+    }
+}
+
+impl EdgesParams {
+    /// Where [`Filter::split`] says it splits: the part run on the tiles of `grid`, cut with
+    /// `margin`, and the part run on the frame joined from them.
+    pub(super) fn halves(&self, grid: Grid, margin: u32) -> Option<(Self, Self)> {
+        let part = |part| EdgesParams { part, ..*self };
+        let seams = EdgesPart::Seams { cols: grid.cols, rows: grid.rows, margin };
+        (self.part == EdgesPart::All).then(|| (part(EdgesPart::Tile { margin }), part(seams)))
     }
 }
 

@@ -12,6 +12,7 @@
 mod def;
 mod canny;
 mod error;
+mod layout;
 pub mod presets;
 mod spec;
 pub mod tiles;

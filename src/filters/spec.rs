@@ -12,6 +12,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::def::{FilterDef, Kind, Params};
+use super::layout::Grid;
 use super::{FILTERS, FilterEnv, FilterError, FilterSpec, ParamError};
 
 /// The filter called `name`.
@@ -155,6 +156,15 @@ impl fmt::Display for Chain {
 }
 
 impl FilterSpec {
+    /// Where the filter splits for tiles ([`super::Filter::split`]): its part run on the tiles
+    /// of `grid`, cut with `margin`, and its part run on the frame joined from them.
+    pub fn halves(&self, grid: Grid, margin: u32) -> Option<(FilterSpec, FilterSpec)> {
+        match self {
+            FilterSpec::Edges(p) => p.halves(grid, margin).map(|(a, b)| (FilterSpec::Edges(a), FilterSpec::Edges(b))),
+            _ => None,
+        }
+    }
+
     /// The filter's name as written in a chain.
     pub fn name(&self) -> &'static str {
         self.def().name
