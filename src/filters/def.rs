@@ -196,13 +196,6 @@ pub trait Filter {
     /// frame (see [`super::tiles`]).
     fn reach(&self) -> Reach;
 
-    /// For a filter that needs the whole frame but does most of its work locally (Canny: a
-    /// pixel's class is local, the hysteresis is not): the reach of its part run in tiles, and
-    /// what it leaves to the joined frame, in words. `FilterSpec::halves` makes the two parts.
-    fn split(&self) -> Option<(u32, &'static str)> {
-        None
-    }
-
     /// The filter ready to run on one thread, with its own state and scratch buffers.
     fn stage(&self, env: &FilterEnv) -> Result<Box<dyn Stage>, FilterError>;
 }

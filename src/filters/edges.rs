@@ -1,14 +1,17 @@
 //! `edges`: Canny on the grey image, returned as a 3-channel frame. On tiles it runs in two
-//! parts ([`EdgesPart`]): the edge map in the tiles, its hysteresis on the joined frame.
+//! parts ([`EdgesPart`]): each tile's edges within the tile, then the edges across the tiles'
+//! seams on the joined frame.
 
 use opencv::core::Mat;
-use opencv::prelude::*;
 use opencv::imgproc;
+use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::canny::{Canny, MAP_REACH};
+use super::def::{
+    Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, Params, Range, Reach, Stage, numbers, param,
+};
 use super::layout::{Grid, Layout, MAX_SIDE};
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
 use super::{FilterError, ParamError};
 
 /// Canny edge detection on the grey image, returned as a 3-channel frame.
@@ -102,11 +105,6 @@ impl Filter for EdgesParams {
         }
     }
 
-    fn split(&self) -> Option<(u32, &'static str)> {
-        (self.part == EdgesPart::All).then_some((MAP_REACH, "its hysteresis across the seams"))
-    }
-
-
     fn stage(&self, _: &FilterEnv) -> Result<Box<dyn Stage>, FilterError> {
         Ok(Box::new(Edges::new(*self)))
     }
@@ -119,8 +117,14 @@ impl Stage for Edges {
 }
 
 impl EdgesParams {
-    /// Where [`Filter::split`] says it splits: the part run on the tiles of `grid`, cut with
-    /// `margin`, and the part run on the frame joined from them.
+    /// Canny needs the whole frame only for its hysteresis: the reach of the part that runs in
+    /// tiles, and what it leaves to the joined frame, in words.
+    pub(super) fn split(&self) -> Option<(u32, &'static str)> {
+        (self.part == EdgesPart::All).then_some((MAP_REACH, "its hysteresis across the seams"))
+    }
+
+    /// Where [`EdgesParams::split`] says it splits: the part run on the tiles of `grid`, cut
+    /// with `margin`, and the part run on the frame joined from them.
     pub(super) fn halves(&self, grid: Grid, margin: u32) -> Option<(Self, Self)> {
         let part = |part| EdgesParams { part, ..*self };
         let seams = EdgesPart::Seams { cols: grid.cols, rows: grid.rows, margin };
@@ -174,7 +178,9 @@ mod tests {
         let rect = Rect::new(60, 50, 150, 90);
         imgproc::rectangle(&mut frame, rect, Scalar::all(255.0), imgproc::FILLED, imgproc::LINE_8, 0).unwrap();
 
-        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(Image::Source(&frame)).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All })
+            .apply(Image::Source(&frame))
+            .unwrap();
         assert_eq!(out.typ(), CV_8UC3);
         assert_eq!(out.size().unwrap(), frame.size().unwrap());
 
@@ -210,7 +216,9 @@ mod tests {
     #[test]
     fn flat_frame_has_no_edges() {
         let frame = Mat::new_rows_cols_with_default(64, 64, CV_8UC3, Scalar::all(128.0)).unwrap();
-        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All }).apply(Image::Source(&frame)).unwrap();
+        let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All })
+            .apply(Image::Source(&frame))
+            .unwrap();
         let mut grey = Mat::default();
         imgproc::cvt_color(&out, &mut grey, imgproc::COLOR_BGR2GRAY, 0).unwrap();
         assert_eq!(core::count_non_zero(&grey).unwrap(), 0);

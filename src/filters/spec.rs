@@ -156,8 +156,18 @@ impl fmt::Display for Chain {
 }
 
 impl FilterSpec {
-    /// Where the filter splits for tiles ([`super::Filter::split`]): its part run on the tiles
-    /// of `grid`, cut with `margin`, and its part run on the frame joined from them.
+    /// For a filter that needs the whole frame but does most of its work locally (edges: a
+    /// pixel's class is local, Canny's hysteresis is not): the reach of its part run in tiles,
+    /// and what it leaves to the joined frame, in words.
+    pub fn split(&self) -> Option<(u32, &'static str)> {
+        match self {
+            FilterSpec::Edges(p) => p.split(),
+            _ => None,
+        }
+    }
+
+    /// Where [`FilterSpec::split`] says it splits: its part run on the tiles of `grid`, cut
+    /// with `margin`, and its part run on the frame joined from them.
     pub fn halves(&self, grid: Grid, margin: u32) -> Option<(FilterSpec, FilterSpec)> {
         match self {
             FilterSpec::Edges(p) => p.halves(grid, margin).map(|(a, b)| (FilterSpec::Edges(a), FilterSpec::Edges(b))),

@@ -9,7 +9,7 @@
 //! has no margin, and the filters extend its edge just as they extend the frame's (the same
 //! border rule on the same pixels). Filters whose output depends on the whole frame
 //! ([`Reach::Whole`]: detectors, Canny's hysteresis, resizing) are not tiled, but where such a
-//! filter does most of its work locally ([`super::Filter::split`]: Canny classes each pixel from
+//! filter does most of its work locally ([`FilterSpec::split`]: Canny classes each pixel from
 //! its neighbours, and only its hysteresis looks further), that part runs in the tiles and the
 //! rest on the joined frame.
 
@@ -87,14 +87,14 @@ impl Chain {
     }
 
     /// The chain's leading steps that tile, and the first that needs the whole frame; where
-    /// `split`, that step's local half (Canny's edge map) tiles too.
+    /// `split`, that step's local part (edges within each tile) tiles too.
     fn tileable(&self, split: bool) -> Tileable {
         let mut reach = 0u32;
         for (steps, spec) in self.specs().iter().enumerate() {
             match spec.filter().reach() {
                 Reach::Pixels(n) => reach += n,
                 Reach::Whole(why) => {
-                    let splits = spec.filter().split().filter(|_| split);
+                    let splits = spec.split().filter(|_| split);
                     reach += splits.map_or(0, |(n, _)| n);
                     let (name, spec) = (spec.name(), *spec);
                     return Tileable { steps, reach, whole: Some(WholeStep { name, why, spec, splits }) };
@@ -156,7 +156,7 @@ impl TilePlan {
 /// was asked: `off`, or `auto` on smaller frames). The chain's leading steps that tile run in
 /// tiles, the rest on the joined frame. Where `lossless` (tiles come back exactly as filtered),
 /// the first step that needs the whole frame may run its local half in the tiles too
-/// (`edges`: its edge map, whose classes a lossy encoding would blur). A chain whose first
+/// (`edges` within each tile, whose grey levels for the seams a lossy encoding would blur). A chain whose first
 /// step needs the whole frame and does not split is not tiled.
 pub fn plan(
     tiles: Tiles,
