@@ -831,8 +831,9 @@ pub struct RunSettings {
 
     /// Cut large frames into tiles filtered at once, each with the margin its filters need,
     /// so the result is the untiled one exactly: auto (frames of 3840x2160 and more), off, or
-    /// COLSxROWS (e.g. 2x2). From a chain's first step that needs the whole frame (edges,
-    /// faces, motion, scale) on, its steps run on the joined frame [default: auto].
+    /// COLSxROWS (e.g. 2x2). edges finds its edges in the tiles and follows them across the
+    /// seams on the joined frame; from a chain's first step that needs the whole frame (faces,
+    /// motion, scale) on, its steps run on the joined frame [default: auto].
     #[arg(long, value_name = "GRID")]
     pub tiles: Option<crate::filters::tiles::Tiles>,
 
