@@ -214,6 +214,32 @@ mod tests {
     }
 
     #[test]
+    fn a_part_from_a_broker_message_is_held_to_its_bounds() {
+        // A forged task's chain is checked as it is read: no empty or oversized grid, no margin
+        // past any chain's reach.
+        let spec = |part| crate::filters::FilterSpec::Edges(EdgesParams { low: 50.0, high: 150.0, part });
+        let read = |part| crate::filters::Chain::new(vec![spec(part)]);
+        assert!(read(EdgesPart::Tile { margin: 14 }).is_ok());
+        assert!(read(EdgesPart::Seams { cols: 4, rows: 4, margin: 14 }).is_ok());
+        for bad in [
+            EdgesPart::Tile { margin: MAX_MARGIN + 1 },
+            EdgesPart::Seams { cols: 0, rows: 2, margin: 2 },
+            EdgesPart::Seams { cols: 2, rows: 17, margin: 2 },
+            EdgesPart::Seams { cols: 2, rows: 2, margin: u32::MAX },
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.starts_with("edges: "), "{bad:?}: {err}");
+        }
+        // Seams over a grid finer than the frame, or a tile narrower than its margins, end
+        // without a panic.
+        let frame = Mat::new_rows_cols_with_default(5, 7, CV_8UC3, Scalar::all(128.0)).unwrap();
+        for part in [EdgesPart::Seams { cols: 16, rows: 16, margin: 3 }, EdgesPart::Tile { margin: 9 }] {
+            let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part }).apply(Image::Source(&frame)).unwrap();
+            assert_eq!((out.cols(), out.rows()), (7, 5), "{part:?}");
+        }
+    }
+
+    #[test]
     fn flat_frame_has_no_edges() {
         let frame = Mat::new_rows_cols_with_default(64, 64, CV_8UC3, Scalar::all(128.0)).unwrap();
         let out = Edges::new(EdgesParams { low: 50.0, high: 150.0, part: EdgesPart::All })
