@@ -70,14 +70,29 @@ pub enum Packet<T> {
 }
 
 /// Reads packets from `R`, control messages decoded as `T`.
+///
+/// A packet read part-way is kept here, not in the future that reads it, so [`read`] is
+/// cancel-safe: a caller may drop it in a `select!` (a Ctrl-C, the other direction of the
+/// stream) and the next call goes on from the same byte.
+///
+/// [`read`]: PacketReader::read
 pub struct PacketReader<R> {
     inner: R,
+    /// The header read so far, and how many of its bytes are in.
+    header: [u8; 5],
+    header_in: usize,
+    /// Whether the header is in and the body is being read; the body's kind, the body, and
+    /// how many of its bytes are in.
+    in_body: bool,
+    kind: u8,
+    body: Vec<u8>,
+    body_in: usize,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        PacketReader { inner }
+        PacketReader { inner, header: [0; 5], header_in: 0, in_body: false, kind: 0, body: Vec::new(), body_in: 0 }
     }
 
     /// The byte stream it reads.
@@ -86,13 +101,43 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 
     /// The next packet, or `None` when the peer closed the connection between packets.
+    ///
+    /// Cancel-safe: every await is one `read` of the stream, and what it gave is kept before
+    /// the next.
     pub async fn read<T: DeserializeOwned>(&mut self) -> Result<Option<Packet<T>>, ProtocolError> {
-        let mut header = [0u8; 5];
-        let first = self.inner.read(&mut header[..1]).await?;
-        if first == 0 {
-            return Ok(None);
+        while !self.in_body {
+            let n = self.inner.read(&mut self.header[self.header_in..]).await?;
+            if n == 0 {
+                return if self.header_in == 0 { Ok(None) } else { Err(ProtocolError::Truncated) };
+            }
+            self.header_in += n;
+            if self.header_in == self.header.len() {
+                self.header_in = 0;
+                (self.kind, self.body) = self.start_body()?;
+                (self.body_in, self.in_body) = (0, true);
+            }
         }
-        self.inner.read_exact(&mut header[1..]).await.map_err(eof_as_truncated)?;
+        while self.body_in < self.body.len() {
+            let n = self.inner.read(&mut self.body[self.body_in..]).await?;
+            if n == 0 {
+                return Err(ProtocolError::Truncated);
+            }
+            self.body_in += n;
+        }
+        self.in_body = false;
+        let body = std::mem::take(&mut self.body);
+        Ok(Some(match self.kind {
+            KIND_CONTROL => {
+                Packet::Message(serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(json_error(&e)))?)
+            }
+            _ => Packet::Chunk(body),
+        }))
+    }
+
+    /// The kind and an empty body for the header just read, its length checked against its
+    /// kind's limit before anything is allocated.
+    fn start_body(&self) -> Result<(u8, Vec<u8>), ProtocolError> {
+        let header = self.header;
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
         let kind = header[4];
         let (name, limit) = match kind {
@@ -104,14 +149,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         if body_len > limit as u64 {
             return Err(ProtocolError::TooLarge { kind: name, len: body_len, limit });
         }
-        let mut body = vec![0u8; body_len as usize];
-        self.inner.read_exact(&mut body).await.map_err(eof_as_truncated)?;
-        Ok(Some(match kind {
-            KIND_CONTROL => {
-                Packet::Message(serde_json::from_slice(&body).map_err(|e| ProtocolError::Malformed(json_error(&e)))?)
-            }
-            _ => Packet::Chunk(body),
-        }))
+        Ok((kind, vec![0u8; body_len as usize]))
     }
 }
 
@@ -220,10 +258,6 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     }
 }
 
-fn eof_as_truncated(e: std::io::Error) -> ProtocolError {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof { ProtocolError::Truncated } else { ProtocolError::Io(e) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +287,28 @@ mod tests {
         assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Packet::Chunk(vec![7u8; 1000])));
         assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Packet::Message(ClientMessage::Cancel)));
         writer.await.unwrap();
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), None, "clean close between packets");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_given_up_part_way_through_a_packet_goes_on_from_the_same_byte() {
+        // As a `select!` does when another branch wins: the read is dropped while the packet
+        // is part-way in, once in its header and once in its body, and the next read must
+        // still give whole packets.
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = PacketReader::new(b);
+        let mut bytes = vec![0u8, 0, 3, 233, KIND_CHUNK];
+        bytes.extend((0..1000u32).map(|i| (i % 251) as u8));
+        bytes.extend_from_slice(&encode_control(&ClientMessage::Cancel).unwrap());
+        for part in [&bytes[..3], &bytes[3..400]] {
+            a.write_all(part).await.unwrap();
+            let gave_up = tokio::time::timeout(Duration::from_secs(1), r.read::<ClientMessage>()).await;
+            assert!(gave_up.is_err(), "the packet is not whole yet");
+        }
+        a.write_all(&bytes[400..]).await.unwrap();
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Packet::Chunk(bytes[5..1005].to_vec())));
+        assert_eq!(r.read::<ClientMessage>().await.unwrap(), Some(Packet::Message(ClientMessage::Cancel)));
+        drop(a);
         assert_eq!(r.read::<ClientMessage>().await.unwrap(), None, "clean close between packets");
     }
 
