@@ -108,6 +108,12 @@ pub struct JobsArgs {
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit: u32,
 
+    /// Read the job store in DIR (its vpd.db) on this machine instead of asking a server: the
+    /// jobs and clips `vpd run --record-on` recorded there, or a stopped server's history. It
+    /// lists and shows; the controls need the server that runs the job.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+
     /// The flags that are also keys of the configuration file.
     #[command(flatten)]
     pub settings: JobsSettings,

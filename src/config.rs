@@ -455,10 +455,16 @@ impl FileConfig {
         let s = layered(a.settings, &project(&*self.client)?)?;
         let query = match a.action {
             Some(JobsAction::Show(job)) => JobsQuery::Show(job),
+            Some(JobsAction::Control { control, .. }) if a.state_dir.is_some() => {
+                let text =
+                    format!("--state-dir reads a job store; `{}` needs the server that runs the job", control.as_str());
+                return Err(usage(ErrorKind::ArgumentConflict, &text));
+            }
             Some(JobsAction::Control { job, control, output }) => JobsQuery::Control(job, control, output),
             None => JobsQuery::List(a.limit),
         };
         Ok(JobsConfig {
+            store: a.state_dir,
             server: s.server.unwrap_or_else(default_server),
             token: token(a.token, s.token_file.as_deref())?,
             tls: client_tls(s.tls)?,
@@ -985,6 +991,7 @@ mod tests {
         ("client", "jobs"),
         ("jobs", "json"),
         ("jobs", "limit"),
+        ("jobs", "state-dir"), // a store to read once, not a default of the client
         ("worker", "name"),
     ];
 

@@ -314,6 +314,21 @@ pub fn print_job(out: &mut impl Write, j: &JobRecord) -> io::Result<()> {
     if let Some(e) = &j.error {
         writeln!(out, "error     {e}")?;
     }
+    if !j.clips.is_empty() {
+        let bytes: u64 = j.clips.iter().map(|c| c.bytes).sum();
+        writeln!(out, "clips     {} ({bytes} bytes)", j.clips.len())?;
+        for c in &j.clips {
+            writeln!(
+                out,
+                "  {}  {:>7.1} s  {:>6} frames  {:>11} bytes  {}",
+                utc(c.started_ms),
+                c.seconds,
+                c.frames,
+                c.bytes,
+                c.path.display()
+            )?;
+        }
+    }
     if let Some(s) = &j.summary {
         write_human(out, s)?;
     }

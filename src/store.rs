@@ -350,23 +350,7 @@ impl Store {
 
     /// The clips `id` wrote, in order.
     pub fn clips(&self, id: &JobId) -> anyhow::Result<Vec<ClipRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT number, path, started_ms, seconds, frames, bytes FROM clips WHERE job = ?1 ORDER BY number",
-        )?;
-        let clips = stmt
-            .query_map([id], |r| {
-                Ok(ClipRecord {
-                    number: r.get::<_, i64>(0)? as u64,
-                    path: PathBuf::from(r.get::<_, String>(1)?),
-                    started_ms: r.get(2)?,
-                    seconds: r.get(3)?,
-                    frames: r.get::<_, i64>(4)? as u64,
-                    bytes: r.get::<_, i64>(5)? as u64,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(clips)
+        clips_of(&self.conn(), id)
     }
 
     /// Forgets `id`'s segments (joined into its result, or their files gone).
@@ -498,6 +482,7 @@ impl Store {
                         rerun_of: r.get(15)?,
                         removed_ms: r.get(16)?,
                         committed_frames: r.get::<_, i64>(17)? as u64,
+                        clips: Vec::new(),
                     })
                 },
             )
@@ -508,8 +493,28 @@ impl Store {
         record.transitions = stmt
             .query_map([id], |r| Ok(Transition { state: JobState::parse(&r.get::<_, String>(0)?), at_ms: r.get(1)? }))?
             .collect::<Result<_, _>>()?;
+        record.clips = clips_of(&conn, id)?;
         Ok(Some(record))
     }
+}
+
+/// The clips `id` wrote, in order.
+fn clips_of(conn: &Connection, id: &JobId) -> anyhow::Result<Vec<ClipRecord>> {
+    let mut stmt = conn
+        .prepare("SELECT number, path, started_ms, seconds, frames, bytes FROM clips WHERE job = ?1 ORDER BY number")?;
+    let clips = stmt
+        .query_map([id], |r| {
+            Ok(ClipRecord {
+                number: r.get::<_, i64>(0)? as u64,
+                path: PathBuf::from(r.get::<_, String>(1)?),
+                started_ms: r.get(2)?,
+                seconds: r.get(3)?,
+                frames: r.get::<_, i64>(4)? as u64,
+                bytes: r.get::<_, i64>(5)? as u64,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(clips)
 }
 
 /// Moves a job to `state`, within `tx`.
@@ -574,6 +579,8 @@ mod tests {
         let store = Store::open_read_only(dir.path()).unwrap();
         assert_eq!(store.clips(&id("j1")).unwrap(), vec![clip(0), clip(1)]);
         assert!(store.clips(&id("j2")).unwrap().is_empty());
+        // The job's record carries them, for `vpd jobs show`.
+        assert_eq!(store.get(&id("j1")).unwrap().unwrap().clips, vec![clip(0), clip(1)]);
     }
 
     #[test]

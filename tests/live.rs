@@ -286,6 +286,30 @@ fn record_on_motion_writes_one_clip_of_the_moving_span_with_its_pre_and_post_rol
     assert_eq!(recorded[0].frames, frames);
     assert!((recorded[0].seconds - seconds).abs() < 0.1, "{recorded:?} against {seconds} s");
     assert_eq!(recorded[0].bytes, std::fs::metadata(&clip).unwrap().len());
+
+    // `vpd jobs --state-dir` reads that store: the job in the list, its clip in `show`.
+    let jobs_cmd = |args: &[&str]| vpd().arg("jobs").arg("--state-dir").arg(&clips).args(args).output().unwrap();
+    let id = jobs[0].id.to_string();
+    let list = jobs_cmd(&[]);
+    assert!(list.status.success() && String::from_utf8_lossy(&list.stdout).contains(&id), "{list:?}");
+    let show = jobs_cmd(&["show", &id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{show:?}");
+    assert!(text.contains(&format!("clips     1 ({} bytes)", recorded[0].bytes)), "{text}");
+    let line = text.lines().find(|l| l.ends_with(&*clip.to_string_lossy())).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&format!("{frames} frames")), "{line}");
+    let json: Value = serde_json::from_slice(&jobs_cmd(&["show", &id, "--json"]).stdout).unwrap();
+    assert_eq!(json["clips"][0]["path"], clip.to_string_lossy().as_ref(), "{json}");
+    assert_eq!(json["clips"][0]["frames"].as_u64(), Some(frames), "{json}");
+    // The controls need a server; a store that is not there is one line.
+    let control = jobs_cmd(&["cancel", &id]);
+    let err = String::from_utf8_lossy(&control.stderr);
+    assert_eq!(control.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs the server that runs the job"), "{err}");
+    let missing = vpd().args(["jobs", "--state-dir"]).arg(dir.path().join("none")).output().unwrap();
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(err.trim().lines().count() == 1 && err.contains("no job store at"), "{err}");
 }
 
 #[test]

@@ -31,7 +31,7 @@ use crate::metrics::JobSummary;
 use crate::net::ServerAddr;
 use crate::progress::ProgressView;
 use crate::protocol::codec::{MAX_CHUNK_BYTES, Packet, PacketReader, PacketWriter, ProtocolError};
-use crate::protocol::job::{JobControl, JobId, JobSpec, JobState};
+use crate::protocol::job::{JobControl, JobId, JobRecord, JobSpec, JobState};
 use crate::protocol::message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, Token};
 use crate::protocol::wire::TransportEncoding;
 use crate::tls::ClientTls;
@@ -575,6 +575,8 @@ pub struct JobsConfig {
     pub token: Option<Token>,
     /// TLS to it, when it speaks it.
     pub tls: Option<ClientTls>,
+    /// A job store on this machine to read instead of asking the server (`--state-dir`).
+    pub store: Option<PathBuf>,
     /// What to ask.
     pub query: JobsQuery,
     /// JSON on stdout instead of a table.
@@ -585,6 +587,10 @@ pub struct JobsConfig {
 
 /// `vpd jobs`: asks the server for its job history (or one job), or controls a job.
 pub async fn jobs(cfg: &JobsConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(dir) = &cfg.store {
+        let (cfg, dir) = (cfg.clone(), dir.clone());
+        return tokio::task::spawn_blocking(move || read_store(&cfg, &dir)).await?;
+    }
     let target = match &cfg.query {
         JobsQuery::Control(_, JobControl::Fetch, Some(output)) => Some(check_output_path(Path::new(""), output)?),
         _ => None,
@@ -596,6 +602,42 @@ pub async fn jobs(cfg: &JobsConfig, shutdown: CancellationToken) -> anyhow::Resu
             Ok(()) => return Ok(()),
         }
     }
+}
+
+/// `vpd jobs --state-dir DIR`: the list, or one job, from the job store in `dir`, read-only.
+fn read_store(cfg: &JobsConfig, dir: &Path) -> anyhow::Result<()> {
+    let store = crate::store::Store::open_read_only(dir)?;
+    let mut out = std::io::stdout().lock();
+    match &cfg.query {
+        JobsQuery::List(limit) => print_jobs(&mut out, cfg.json, &store.list(*limit as usize)?),
+        JobsQuery::Show(job) => match store.get(job)? {
+            Some(record) => print_job(&mut out, cfg.json, &record),
+            None => bail!("no job {job} in {}", store.path().display()),
+        },
+        JobsQuery::Control(_, control, _) => {
+            bail!("--state-dir reads a job store; `{}` needs the server that runs the job", control.as_str())
+        }
+    }
+}
+
+/// The jobs, newest first: a table, or one line of JSON.
+fn print_jobs(out: &mut impl std::io::Write, json: bool, jobs: &[JobRecord]) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(jobs)?)?;
+    } else {
+        crate::progress::print_jobs(out, jobs)?;
+    }
+    Ok(())
+}
+
+/// One job's record: its lines, or JSON.
+fn print_job(out: &mut impl std::io::Write, json: bool, job: &JobRecord) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(job)?)?;
+    } else {
+        crate::progress::print_job(out, job)?;
+    }
+    Ok(())
 }
 
 /// One try of `vpd jobs`'s question.
@@ -614,14 +656,8 @@ async fn ask(cfg: &JobsConfig, target: Option<&Path>) -> anyhow::Result<()> {
         .context("reading the server's answer")?;
     let mut out = std::io::stdout().lock();
     match answer {
-        Some(Packet::Message(ServerMessage::Jobs { jobs })) if cfg.json => {
-            writeln!(out, "{}", serde_json::to_string(&jobs)?)?;
-        }
-        Some(Packet::Message(ServerMessage::Jobs { jobs })) => crate::progress::print_jobs(&mut out, &jobs)?,
-        Some(Packet::Message(ServerMessage::Job(job))) if cfg.json => {
-            writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
-        }
-        Some(Packet::Message(ServerMessage::Job(job))) => crate::progress::print_job(&mut out, &job)?,
+        Some(Packet::Message(ServerMessage::Jobs { jobs })) => print_jobs(&mut out, cfg.json, &jobs)?,
+        Some(Packet::Message(ServerMessage::Job(job))) => print_job(&mut out, cfg.json, &job)?,
         Some(Packet::Message(ServerMessage::Changed { job, state })) => match &cfg.query {
             JobsQuery::Control(_, JobControl::Cancel, _) => writeln!(out, "cancelling {job}")?,
             JobsQuery::Control(_, JobControl::Rerun, _) => writeln!(out, "{job}")?,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::filters::Chain;
 use crate::media::OutputOptions;
+use crate::media::clips::ClipRecord;
 use crate::metrics::JobSummary;
 use crate::protocol::segment::Split;
 use crate::protocol::wire::TransportEncoding;
@@ -290,6 +291,9 @@ pub struct JobRecord {
     /// When its upload and result were removed (`--keep-results`, `--max-stored`).
     #[serde(default)]
     pub removed_ms: Option<i64>,
+    /// The clips a `--record-on` job wrote, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clips: Vec<ClipRecord>,
 }
 
 #[cfg(test)]
@@ -341,11 +345,13 @@ mod tests {
             committed_frames: 0,
             rerun_of: None,
             removed_ms: None,
+            clips: vec![],
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["client"], "alice");
         assert_eq!(json["chain"], "blur:ksize=5:sigma=0");
         assert_eq!(json["state"], "queued");
+        assert!(json.get("clips").is_none(), "a job of no clips says nothing of them");
         assert_eq!(serde_json::from_value::<JobRecord>(json).unwrap(), record);
     }
 }
