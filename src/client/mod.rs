@@ -834,7 +834,8 @@ fn tls_record(prefix: u64) -> bool {
 }
 
 /// The writer half: uploads `input` once the job is accepted (`start`), then waits to send a
-/// cancel.
+/// cancel. A cancel during the upload waits for the chunk being sent, so the server reads the
+/// `Cancel` as one (and drops the upload) rather than a cut-off upload it keeps for a resume.
 async fn upload_then_cancel<W: AsyncWrite + Unpin>(
     mut writer: PacketWriter<W>,
     input: Option<(PathBuf, u64)>,
@@ -849,12 +850,9 @@ async fn upload_then_cancel<W: AsyncWrite + Unpin>(
                 return Ok(());
             }
         }
-        tokio::select! {
-            sent = upload(&input, offset, &mut writer) => sent?,
-            _ = &mut cancel => {
-                writer.send(&ClientMessage::Cancel).await.ok();
-                return Ok(());
-            }
+        if upload(&input, offset, &mut writer, &mut cancel).await? == Uploaded::Stopped {
+            writer.send(&ClientMessage::Cancel).await.ok();
+            return Ok(());
         }
     }
     // Uploaded: stay ready to cancel until the job ends.
@@ -872,19 +870,35 @@ enum Download {
     Local(anyhow::Error),
 }
 
+/// How an upload ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Uploaded {
+    /// All of it was sent.
+    Whole,
+    /// `cancel` fired (or its sender went away); the last chunk begun went out whole.
+    Stopped,
+}
+
+/// Sends `path` from `offset` in chunks. `cancel` is heard between chunks only: a packet is
+/// never left part-way, so whatever follows it reads as a packet of its own.
 async fn upload<W: AsyncWrite + Unpin>(
     path: &std::path::Path,
     offset: u64,
     writer: &mut PacketWriter<W>,
-) -> anyhow::Result<()> {
+    cancel: &mut oneshot::Receiver<()>,
+) -> anyhow::Result<Uploaded> {
     use tokio::io::AsyncSeekExt as _;
     let mut file = tokio::fs::File::open(path).await.with_context(|| format!("reading {}", path.display()))?;
     file.seek(std::io::SeekFrom::Start(offset)).await.with_context(|| format!("reading {}", path.display()))?;
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
     loop {
-        let n = file.read(&mut buf).await.with_context(|| format!("reading {}", path.display()))?;
+        let n = tokio::select! {
+            biased;
+            _ = &mut *cancel => return Ok(Uploaded::Stopped),
+            n = file.read(&mut buf) => n.with_context(|| format!("reading {}", path.display()))?,
+        };
         if n == 0 {
-            return Ok(());
+            return Ok(Uploaded::Whole);
         }
         writer.send_chunk(&buf[..n]).await.context("uploading")?;
     }
@@ -1010,5 +1024,36 @@ fn batch_input(cfg: &ClientConfig) -> String {
     match &cfg.job {
         ClientJob::Submit { input, .. } => input.display().to_string(),
         ClientJob::Attach(job) => job.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancel_during_an_upload_follows_the_chunk_in_flight_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.bin");
+        std::fs::write(&input, vec![7u8; 3 * MAX_CHUNK_BYTES]).unwrap();
+        // A pipe far smaller than a chunk: the first chunk is part-way out when the cancel comes.
+        let (near, far) = tokio::io::duplex(4096);
+        let (start, started) = oneshot::channel();
+        let (cancel, cancelled) = oneshot::channel();
+        let sending = tokio::spawn(upload_then_cancel(PacketWriter::new(near), Some((input, 0)), started, cancelled));
+        start.send(()).unwrap();
+        let mut far = far;
+        let mut first = [0u8; 5];
+        far.read_exact(&mut first).await.unwrap();
+        cancel.send(()).unwrap();
+        // The rest of that chunk, then the cancel as a message of its own, then the end.
+        let mut rest = vec![0u8; MAX_CHUNK_BYTES];
+        far.read_exact(&mut rest).await.unwrap();
+        assert_eq!(u32::from_be_bytes([first[0], first[1], first[2], first[3]]) as usize, MAX_CHUNK_BYTES + 1);
+        assert!(rest.iter().all(|&b| b == 7));
+        let mut far = PacketReader::new(far);
+        sending.await.unwrap().unwrap();
+        assert_eq!(far.read::<ClientMessage>().await.unwrap(), Some(Packet::Message(ClientMessage::Cancel)));
+        assert_eq!(far.read::<ClientMessage>().await.unwrap(), None, "nothing after the cancel");
     }
 }
