@@ -4,7 +4,9 @@ use opencv::core::{BORDER_DEFAULT, Mat, Size};
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, Params, Stage, Stateless, numbers, odds, param};
+use super::def::{
+    Filter, FilterDef, FilterEnv, FilterParams, Kind, Params, Reach, Stage, Stateless, numbers, odds, param,
+};
 use super::{FilterError, ParamError};
 
 /// Gaussian blur.

@@ -6,7 +6,7 @@ use opencv::core::Mat;
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, Params, Stage, Stateless, odds, param};
+use super::def::{Filter, FilterDef, FilterEnv, FilterParams, Kind, Params, Reach, Stage, Stateless, odds, param};
 use super::{FilterError, ParamError};
 
 /// Edge-preserving noise removal: a median filter (measured against bilateral and non-local

@@ -13,7 +13,9 @@ use opencv::objdetect::CascadeClassifier;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, ParamDef, Params, Range, Stage, ints, param};
+use super::def::{
+    Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, ParamDef, Params, Range, Reach, Stage, ints, param,
+};
 use super::{FilterError, ParamError};
 
 /// What `faces` does with each detected face.

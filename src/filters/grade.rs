@@ -5,7 +5,9 @@ use opencv::core::{CV_8UC3, Mat};
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Range, Stage, numbers, param};
+use super::def::{
+    Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, Params, Range, Reach, Stage, numbers, param,
+};
 use super::{FilterError, ParamError};
 
 /// Colour grading through per-channel lookup tables (built once per chain), then saturation.

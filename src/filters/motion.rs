@@ -8,7 +8,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Image, Kind, Params, Stage, ints, param};
+use super::def::{Filter, FilterDef, FilterEnv, FilterParams, Image, Kind, Params, Reach, Stage, ints, param};
 use super::{FilterError, ParamError};
 
 /// Motion detection against the previous source frame.

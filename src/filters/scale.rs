@@ -5,7 +5,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, ParamDef, Params, Range, Stage, Stateless};
+use super::def::{Filter, FilterDef, FilterEnv, FilterParams, Kind, ParamDef, Params, Range, Reach, Stage, Stateless};
 use super::{FilterError, ParamError};
 
 /// Resizing to a width and/or a height; a dimension left 0 follows from the other, keeping the

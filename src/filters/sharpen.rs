@@ -4,7 +4,7 @@ use opencv::core::{self, BORDER_DEFAULT, Mat, Size};
 use opencv::imgproc;
 use serde::{Deserialize, Serialize};
 
-use super::def::{Filter, FilterEnv, FilterDef, FilterParams, Reach, Kind, Params, Stage, Stateless, numbers, param};
+use super::def::{Filter, FilterDef, FilterEnv, FilterParams, Kind, Params, Reach, Stage, Stateless, numbers, param};
 use super::{FilterError, ParamError};
 
 /// Unsharp mask: the frame plus `amount` times its difference from a Gaussian blur of it.
