@@ -18,7 +18,7 @@ fn run_server_and_remote_workers_write_identical_frames() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 20, width: 480, height: 360, fps: 25.0, face: true });
     let local = Server::start(&["--listen", "127.0.0.1:0", "--threads", "2"]);
-    let remote = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let remote = Server::on_broker(&ns, &[]);
     let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
     for chain in [
@@ -78,7 +78,7 @@ fn killing_a_worker_mid_job_loses_nothing() {
     let input = clip(dir.path(), ClipSpec { frames: 60, width: 640, height: 480, fps: 25.0, face: false });
     let chain = "blur:ksize=51,motion";
     let want = reference(&input, chain, &dir.path().join("run.mkv"));
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     // Alone at first: with the job's window (20 frames) far above its prefetch (2), it always
     // holds two unacked tasks while the job runs.
     let mut doomed = Worker::start(&ns, 2);
@@ -111,16 +111,7 @@ fn a_frozen_worker_is_routed_around() {
     let input = clip(dir.path(), ClipSpec { frames: 40, width: 480, height: 360, fps: 25.0, face: false });
     let chain = "blur:ksize=31";
     let want = reference(&input, chain, &dir.path().join("run.mkv"));
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--redispatch-after",
-        "1",
-    ]);
+    let server = Server::on_broker(&ns, &["--redispatch-after", "1"]);
     // Alone at first, so that it holds unacked tasks when it freezes (see the kill test).
     let frozen = Worker::start(&ns, 2);
     ns.wait_for_workers(1);
@@ -159,7 +150,7 @@ fn a_worker_stops_gracefully_finishing_what_it_holds() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 40, width: 480, height: 360, fps: 25.0, face: false });
     let chain = "blur:ksize=41";
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let mut leaving = Worker::start(&ns, 2);
     let _staying = Worker::start(&ns, 1);
     ns.wait_for_workers(2);
@@ -185,7 +176,7 @@ fn ctrl_c_in_the_client_cancels_the_job_on_the_server() {
     let ns = Namespace::new("cancel");
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 150, width: 640, height: 480, fps: 25.0, face: false });
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let _worker = Worker::start(&ns, 1);
     ns.wait_for_workers(1);
     let events = Events::subscribe(&ns);
@@ -279,7 +270,7 @@ fn a_lost_broker_connection_is_reconnected_mid_job() {
     let input = clip(dir.path(), ClipSpec { frames: 60, width: 480, height: 360, fps: 25.0, face: false });
     let chain = "blur:ksize=41,motion";
     let want = reference(&input, chain, &dir.path().join("run.mkv"));
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
     let events = Events::subscribe(&ns);
@@ -315,7 +306,7 @@ fn a_worker_that_loses_the_broker_reconnects_and_finishes_the_job() {
     let input = clip(dir.path(), ClipSpec { frames: 40, ..ClipSpec::default() });
     let chain = "blur:ksize=21";
     let want = reference(&input, chain, &dir.path().join("run.mkv"));
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     // The only worker: the job can end only if it comes back.
     let worker = Worker::start(&ns, 1);
     ns.wait_for_workers(1);

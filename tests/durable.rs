@@ -205,18 +205,7 @@ fn a_paused_job_publishes_no_tasks_and_resumes_to_the_same_frames() {
     let input = clip(dir.path(), spec);
     let chain = "blur:ksize=61";
     let want = reference(&input, chain, &dir.path().join("reference.mkv"));
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--segment-seconds",
-        "1",
-        "--preview",
-        "127.0.0.1:0",
-    ]);
+    let server = Server::on_broker(&ns, &["--segment-seconds", "1", "--preview", "127.0.0.1:0"]);
     let addr = server.addr();
     let _worker = Worker::start(&ns, 1);
     ns.wait_for_workers(1);

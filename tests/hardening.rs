@@ -469,7 +469,7 @@ fn a_forged_result_is_refused_and_its_frame_dispatched_again() {
     let ns = Namespace::new("forged-result");
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 40, ..ClipSpec::default() });
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let out = dir.path().join("out.mkv");
     let job = spawn_piped(client_cmd(&server.addr(), &input, "edges", &out, &["--codec", "ffv1"]));
 
@@ -567,7 +567,7 @@ fn a_forged_cancel_does_not_stall_a_job() {
     let ns = Namespace::new("forged-cancel");
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 30, ..ClipSpec::default() });
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let worker = Worker::start(&ns, 1);
     ns.wait_for_workers(1);
     // The worker hears the forged cancel before it sees any of the job's tasks.
@@ -764,16 +764,7 @@ fn with_a_cluster_key_forged_tasks_results_and_cancels_are_dropped() {
     std::fs::write(&key, "0123456789abcdef0123456789abcdef-test-key\n").unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let key_args = ["--cluster-key-file", key.to_str().unwrap()];
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--cluster-key-file",
-        key.to_str().unwrap(),
-    ]);
+    let server = Server::on_broker(&ns, &["--cluster-key-file", key.to_str().unwrap()]);
     let (worker, _) = Worker::with_metrics_and(&ns, 1, &key_args);
     ns.wait_for_workers(1);
     let t = ns.topology(); // no key: what a stranger on the broker has

@@ -400,18 +400,7 @@ fn metric(metrics: &str, name: &str) -> f64 {
 #[test]
 fn a_live_stream_through_a_server_and_two_workers_comes_back_as_it_is_encoded() {
     let ns = Namespace::new("live_relay");
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--preview",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let server = Server::on_broker(&ns, &["--preview", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
     let (metrics, preview) = (server.metrics.clone().unwrap(), server.preview.clone().unwrap());

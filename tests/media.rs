@@ -495,7 +495,7 @@ fn run_and_server_with_workers_give_the_same_h264_frames_and_bytes() {
     let input = clip_with_tone(dir.path());
     let local = dir.path().join("run.mp4");
     run(&["run", input.to_str().unwrap(), "-f", "blur:ksize=5,edges", "-o", local.to_str().unwrap(), "-q"]);
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
     let remote = dir.path().join("remote.mp4");

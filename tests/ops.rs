@@ -64,7 +64,7 @@ fn exprs_in_json(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[test]
 fn the_dashboard_and_the_alerts_query_only_series_vpd_exports_and_prometheus_accepts_them() {
-    use crate::util::cluster::{Namespace, Server, Worker, amqp_url};
+    use crate::util::cluster::{Namespace, Server, Worker};
     // What Prometheus itself says of the files.
     for args in [
         vec!["check", "config", "config/prometheus.yml"],
@@ -86,16 +86,7 @@ fn the_dashboard_and_the_alerts_query_only_series_vpd_exports_and_prometheus_acc
 
     // What a server and a worker really export.
     let ns = Namespace::new("ops");
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let server = Server::on_broker(&ns, &["--metrics", "127.0.0.1:0"]);
     let (_worker, worker_metrics) = Worker::with_metrics(&ns, 1);
     let mut names = exported(server.metrics.as_ref().unwrap());
     names.extend(exported(&worker_metrics));

@@ -182,16 +182,7 @@ fn a_standalone_preview_follows_the_cluster_and_survives_a_broker_cut() {
         String::from_utf8(body).unwrap().contains("\nvpd_broker_connected 1\n")
     };
     assert!(wait_for(Duration::from_secs(30), || connected(&dash)), "the preview subscribed to the events");
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let server = Server::on_broker(&ns, &["--metrics", "127.0.0.1:0"]);
     let (workers, worker_metrics): (Vec<_>, Vec<_>) = (0..2).map(|_| Worker::with_metrics(&ns, 1)).unzip();
     ns.wait_for_workers(2);
     let events = EventStream::open(&format!("{dash}events"));

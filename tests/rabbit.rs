@@ -29,16 +29,7 @@ fn a_job_runs_through_quorum_queues_and_a_classic_role_is_told_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let input = clip(dir.path(), ClipSpec { frames: 20, ..ClipSpec::default() });
     let quorum = ["--queue-type", "quorum"];
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--queue-type",
-        "quorum",
-    ]);
+    let server = Server::on_broker(&ns, &quorum);
     let _worker = Worker::start_with(&ns, &quorum);
     ns.wait_for_workers(1);
     let output = dir.path().join("out.mkv");
@@ -108,8 +99,7 @@ fn tasks_the_broker_refuses_are_sent_again_and_never_counted_as_tries() {
     // several of the server's re-send ticks.
     let input = clip(dir.path(), ClipSpec { frames: 30, width: 640, height: 480, fps: 25.0, face: false });
     let chain = "blur:ksize=151,edges";
-    let server =
-        Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name, "--window", "12"]);
+    let server = Server::on_broker(&ns, &["--window", "12"]);
     let _worker = Worker::start(&ns, 1);
     ns.wait_for_workers(1);
     let output = dir.path().join("out.mkv");

@@ -116,8 +116,7 @@ fn auto_tiles_4k_and_whole_frame_steps_run_on_the_joined_frame() {
 fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_identical() {
     let ns = Namespace::new("tiles_workers");
     // 3x3: tiles of three sizes (margins on two, three or four sides), each checked as its own.
-    let server =
-        Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name, "--tiles", "3x3"]);
+    let server = Server::on_broker(&ns, &["--tiles", "3x3"]);
     let (_a, a) = Worker::with_metrics(&ns, 1);
     let (_b, b) = Worker::with_metrics(&ns, 1);
     ns.wait_for_workers(2);
@@ -152,18 +151,7 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
 #[test]
 fn a_server_with_tiles_off_sends_4k_frames_whole() {
     let ns = Namespace::new("tiles_off");
-    let server = Server::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--amqp",
-        &amqp_url(),
-        "--namespace",
-        &ns.name,
-        "--tiles",
-        "off",
-        "--max-message",
-        "134217728",
-    ]);
+    let server = Server::on_broker(&ns, &["--tiles", "off", "--max-message", "134217728"]);
     let (_w, url) = Worker::with_metrics(&ns, 1);
     ns.wait_for_workers(1);
     let dir = tempfile::tempdir().unwrap();
@@ -193,7 +181,7 @@ fn a_worker_killed_while_it_holds_tiles_loses_nothing_and_the_frames_are_identic
     write_clip(&input, &ClipSpec { frames: 8, width: 3840, height: 2160, fps: 25.0, face: false }, "ffv1");
     let chain = "blur:ksize=51";
     let (whole, _, _) = run_tiled(&input, chain, "off", dir.path());
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     // Alone at first, it always holds tiles it has not acked while the job runs.
     let mut doomed = Worker::start(&ns, 2);
     ns.wait_for_workers(1);
@@ -223,7 +211,7 @@ fn an_8k_frame_goes_through_rabbitmq_in_tiles_of_under_16_mib() {
     let input = dir.path().join("in.mkv");
     write_clip(&input, &ClipSpec { frames: 4, width: 7680, height: 4320, fps: 25.0, face: false }, "ffv1");
     let (whole, _, _) = run_tiled(&input, "grade:contrast=1.2", "off", dir.path());
-    let server = Server::start(&["--listen", "127.0.0.1:0", "--amqp", &amqp_url(), "--namespace", &ns.name]);
+    let server = Server::on_broker(&ns, &[]);
     let _workers = [Worker::start(&ns, 1), Worker::start(&ns, 1)];
     ns.wait_for_workers(2);
     let output = dir.path().join("out.mkv");

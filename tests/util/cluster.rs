@@ -128,6 +128,15 @@ impl Server {
         Server::start_in(args, dir, work_dir, |_| {})
     }
 
+    /// A server on the test broker in `ns`, listening on a free loopback port: `vpd server
+    /// --listen 127.0.0.1:0 --amqp … --namespace NS EXTRA`.
+    pub fn on_broker(ns: &Namespace, extra: &[&str]) -> Server {
+        let amqp = amqp_url();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--amqp", &amqp, "--namespace", &ns.name];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
     /// Like [`Server::start`], with `work_dir` (which `dir` holds) and `configure` applied to
     /// the command.
     pub fn start_in(
