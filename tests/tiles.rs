@@ -112,6 +112,12 @@ fn auto_tiles_4k_and_whole_frame_steps_run_on_the_joined_frame() {
     assert!(stderr(&bad).contains("use auto, off or COLSxROWS"), "{}", stderr(&bad));
 }
 
+/// The tasks the worker whose metrics are at `url` has filtered: tiles, or whole frames.
+fn worker_tasks(url: &str) -> u64 {
+    let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));
+    crate::util::web::sample(&String::from_utf8(body).unwrap(), "vpd_worker_frames_processed_total") as u64
+}
+
 #[test]
 fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_identical() {
     let ns = Namespace::new("tiles_workers");
@@ -133,13 +139,7 @@ fn tiles_of_a_4k_frame_go_to_two_workers_as_tasks_of_their_own_and_come_back_ide
     assert!(how.starts_with("3x3, a margin of 14 px; edges in tiles, but its hysteresis"), "{summary:?}");
     assert_eq!((summary.failed_frames, summary.retries), (0, 0), "{summary:?}");
     // Each tile is a task: the workers took 36 between them, both some.
-    let tasks = |url: &str| {
-        let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));
-        let body = String::from_utf8(body).unwrap();
-        let line = body.lines().find(|l| l.starts_with("vpd_worker_frames_processed_total ")).unwrap().to_string();
-        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
-    };
-    let (ta, tb) = (tasks(&a), tasks(&b));
+    let (ta, tb) = (worker_tasks(&a), worker_tasks(&b));
     assert!(ta > 0 && tb > 0 && ta + tb >= 36, "tiles per worker: {ta} and {tb}");
     assert_eq!(frame_md5s(&out), whole, "the frames through the workers are vpd run's, byte for byte");
     // Each frame counts once, for a worker that filtered tiles of it.
@@ -161,9 +161,7 @@ fn a_server_with_tiles_off_sends_4k_frames_whole() {
     let out = dir.path().join("whole.mkv");
     let summary = summary(&client(&server.addr(), &input, "blur,edges", &out, &["--split", "frames"]));
     assert_eq!(summary.tiles, None, "{summary:?}");
-    let (_, _, body) = crate::util::web::get(&format!("{url}metrics"));
-    let body = String::from_utf8(body).unwrap();
-    assert!(body.lines().any(|l| l == "vpd_worker_frames_processed_total 4"), "one task a frame:\n{body}");
+    assert_eq!(worker_tasks(&url), 4, "one task a frame");
     assert_eq!(frame_md5s(&out), whole);
     // A bad grid is a usage error, said at once.
     let bad = run_vpd(&["server", "--listen", "127.0.0.1:0", "--tiles", "2y2"]);
